@@ -1,0 +1,5 @@
+"""`python -m concordia`: the CLI."""
+
+from concordia.cli import main
+
+main()

@@ -1,0 +1,65 @@
+"""The compute backend protocol (the JupyterHub Spawner habit) and the data it exchanges."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from concordia.core.states import JobStatus
+
+
+class JobSpec(BaseModel):
+    """What a backend needs to run one job. ``uuid`` makes submit idempotent."""
+
+    uuid: str
+    job_id: int
+    name: str
+    argv: list[str]
+    #: Files copied into the work directory before the job starts (the InputSandbox).
+    input_files: list[Path] = Field(default_factory=list)
+    #: OutputSandbox globs, relative to the work directory.
+    outputs: list[str] = Field(default_factory=list)
+    cpu_time: int
+    network: bool = False
+    env: dict[str, str] = Field(default_factory=dict)
+    jdl: str = ""
+
+
+class BackendRef(BaseModel):
+    """Where a job lives in its backend; stored in the database with the job."""
+
+    uuid: str
+    ref: str
+    state: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatusUpdate(BaseModel):
+    """A change a backend observed. The reconciler stores it as one status-history row."""
+
+    uuid: str
+    status: JobStatus
+    minor_status: str = ""
+    application_status: str = ""
+    timestamp: datetime
+    exit_code: int | None = None
+    #: Backend state to merge into the job's stored state (e.g. the pid of a local job).
+    state: dict[str, Any] = Field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+    #: False where jobs run without isolation (the UI and CLI say so).
+    isolated: bool
+    #: False where a job's process dies with the server (then a restart marks it Stalled).
+    survives_restart: bool
+
+    async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]: ...
+
+    async def poll(self, refs: list[BackendRef]) -> list[StatusUpdate]: ...
+
+    async def kill(self, refs: list[BackendRef]) -> None: ...
+
+    async def fetch_outputs(self, ref: BackendRef, dest: Path) -> list[Path]: ...

@@ -1,0 +1,1 @@
+"""Pure domain: models, the DIRAC job state machine, JDL, parameters. No I/O."""

@@ -1,0 +1,233 @@
+"""Application definitions: typed parameters, the command template, and batch expansion."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+import string
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
+PARAM_RE = r"^[a-z][a-z0-9_]{0,62}$"
+#: Characters refused in any string value: they could break a JDL, a log line or a shell.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Names every job gets besides its parameters.
+JOB_BUILTINS = ("index", "job_name")
+
+
+class ParameterError(ValueError):
+    """A parameter value breaks its definition's rule; ``field`` names the parameter."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class _ParamBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = ""
+    help: str = ""
+
+
+class IntParam(_ParamBase):
+    type: Literal["int"]
+    default: int | None = None
+    min: int | None = None
+    max: int | None = None
+
+
+class FloatParam(_ParamBase):
+    type: Literal["float"]
+    default: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+class StrParam(_ParamBase):
+    type: Literal["str"]
+    default: str | None = None
+    max_length: int = Field(default=256, ge=1, le=4096)
+    pattern: str | None = None
+
+
+class EnumParam(_ParamBase):
+    type: Literal["enum"]
+    choices: list[str] = Field(min_length=1)
+    default: str | None = None
+
+
+ParameterDef = Annotated[IntParam | FloatParam | StrParam | EnumParam, Field(discriminator="type")]
+ParamValue = int | float | str
+
+
+def check_value(name: str, spec: ParameterDef, raw: Any) -> ParamValue:
+    """Coerce and check one raw value (from JSON, a form or the CLI) against its definition."""
+    if isinstance(spec, IntParam):
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, float) and raw.is_integer():
+            value = int(raw)
+        elif isinstance(raw, str) and re.fullmatch(r"\s*[+-]?\d{1,18}\s*", raw):
+            value = int(raw)
+        else:
+            raise ParameterError(name, f"must be an integer, got {raw!r}")
+        _check_range(name, value, spec.min, spec.max)
+        return value
+    if isinstance(spec, FloatParam):
+        if isinstance(raw, bool) or not isinstance(raw, int | str | float):
+            raise ParameterError(name, "must be a number")
+        try:
+            fvalue = float(raw)
+        except ValueError:
+            raise ParameterError(name, f"must be a number, got {raw!r}") from None
+        if fvalue != fvalue or fvalue in (float("inf"), float("-inf")):
+            raise ParameterError(name, "must be a finite number")
+        _check_range(name, fvalue, spec.min, spec.max)
+        return fvalue
+    if not isinstance(raw, str):
+        raise ParameterError(name, "must be a string")
+    if isinstance(spec, EnumParam):
+        if raw not in spec.choices:
+            raise ParameterError(name, f"must be one of {', '.join(spec.choices)}")
+        return raw
+    if _CONTROL.search(raw):
+        raise ParameterError(name, "must not contain control characters (newlines, tabs, NUL)")
+    if len(raw) > spec.max_length:
+        raise ParameterError(name, f"must be at most {spec.max_length} characters")
+    if spec.pattern is not None and not re.fullmatch(spec.pattern, raw):
+        raise ParameterError(name, f"must match {spec.pattern}")
+    return raw
+
+
+def _check_range(name: str, value: float, lo: float | None, hi: float | None) -> None:
+    if lo is not None and value < lo:
+        raise ParameterError(name, f"must be >= {lo}")
+    if hi is not None and value > hi:
+        raise ParameterError(name, f"must be <= {hi}")
+
+
+class BatchDef(BaseModel):
+    """How one submission becomes N jobs (the seed's Jobs and First Run #)."""
+
+    model_config = ConfigDict(extra="forbid")
+    count: str | None = Field(default=None, description="The parameter giving the job count.")
+    sequences: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-job value = the named parameter + the job's index (run = first_run + i).",
+    )
+
+
+class ApplicationDef(BaseModel):
+    """An application as defined in applications/NAME.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_RE)
+    title: str
+    description: str = ""
+    vos: list[str] = Field(default_factory=list, description="Allowed VOs; empty: everyone.")
+    image: str | None = Field(default=None, description="Image recipe reference (images issue).")
+    build_args: dict[str, ParameterDef] = Field(default_factory=dict)
+    parameters: dict[str, ParameterDef] = Field(default_factory=dict)
+    batch: BatchDef = Field(default_factory=BatchDef)
+    command: str = Field(min_length=1, description="Command template, {name} placeholders.")
+    input_files: list[str] = Field(default_factory=list, description="Files beside the YAML.")
+    outputs: list[str] = Field(default_factory=list, description="OutputSandbox globs.")
+    cpu_time: int = Field(default=3600, ge=1, description="CPU seconds per job (JDL CPUTime).")
+    job_name: str = Field(default="{application}_{index}", description="Job name template.")
+    priority: int = Field(default=1, ge=0, le=10)
+    tags: list[str] = Field(default_factory=list)
+    network: bool = False
+
+    @model_validator(mode="after")
+    def _check_references(self) -> ApplicationDef:
+        for pname in self.parameters:
+            if not re.fullmatch(PARAM_RE, pname) or pname in JOB_BUILTINS:
+                raise ValueError(f"parameter name {pname!r} is not allowed")
+        for pname, spec in self.parameters.items():
+            if spec.default is not None:
+                check_value(pname, spec, spec.default)
+        if self.batch.count is not None:
+            count = self.parameters.get(self.batch.count)
+            if not isinstance(count, IntParam) or count.min is None or count.min < 1:
+                raise ValueError("batch.count must name an int parameter with min >= 1")
+            if count.max is None:
+                raise ValueError("batch.count's parameter needs a max")
+        for seq, source in self.batch.sequences.items():
+            if seq in self.parameters or not re.fullmatch(PARAM_RE, seq):
+                raise ValueError(f"batch sequence {seq!r} clashes or is not a valid name")
+            if not isinstance(self.parameters.get(source), IntParam):
+                raise ValueError(f"batch sequence {seq!r} must start from an int parameter")
+        known = set(self.parameters) | set(self.batch.sequences) | {"index", "application"}
+        for template in (self.command, self.job_name):
+            for field in _placeholders(template):
+                if field not in known:
+                    raise ValueError(f"template uses unknown name {{{field}}}")
+        for rel in self.input_files:
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise ValueError(f"input file {rel!r} must be a relative path inside the app")
+        for pattern in self.outputs:
+            if pattern.startswith("/") or ".." in pattern.split("/"):
+                raise ValueError(f"output glob {pattern!r} must stay inside the work directory")
+        return self
+
+    def fingerprint(self) -> str:
+        """A content hash identifying this exact definition (applications in use)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _placeholders(template: str) -> list[str]:
+    fields = []
+    for _, field, spec, conv in string.Formatter().parse(template):
+        if field is None:
+            continue
+        if spec or conv or not re.fullmatch(PARAM_RE, field):
+            raise ValueError(f"placeholder {{{field}}} must be a plain name")
+        fields.append(field)
+    return fields
+
+
+def validate_parameters(app: ApplicationDef, raw: dict[str, Any]) -> dict[str, ParamValue]:
+    """Check a submission's parameters; fill defaults. Raises ParameterError per field."""
+    unknown = sorted(set(raw) - set(app.parameters))
+    if unknown:
+        raise ParameterError(unknown[0], "is not a parameter of this application")
+    values: dict[str, ParamValue] = {}
+    for name, spec in app.parameters.items():
+        if name in raw and raw[name] is not None and raw[name] != "":
+            values[name] = check_value(name, spec, raw[name])
+        elif spec.default is not None:
+            values[name] = spec.default
+        else:
+            raise ParameterError(name, "is required")
+    return values
+
+
+class JobPlan(BaseModel):
+    """One job of a submission: its index, name, values and the command to run."""
+
+    index: int
+    name: str
+    values: dict[str, ParamValue]
+    argv: list[str]
+
+
+def expand_batch(app: ApplicationDef, values: dict[str, ParamValue]) -> list[JobPlan]:
+    """Turn validated submission values into one plan per job."""
+    count = int(values[app.batch.count]) if app.batch.count else 1
+    plans = []
+    for index in range(count):
+        job_values: dict[str, ParamValue] = dict(values)
+        for seq, source in app.batch.sequences.items():
+            job_values[seq] = int(values[source]) + index
+        context: dict[str, ParamValue] = {**job_values, "index": index, "application": app.name}
+        quoted = {k: shlex.quote(str(v)) for k, v in context.items()}
+        argv = shlex.split(app.command.format_map(quoted))
+        name = app.job_name.format_map(context)
+        plans.append(JobPlan(index=index, name=name, values=job_values, argv=argv))
+    return plans

@@ -1,0 +1,166 @@
+"""The database tables (SQLAlchemy 2): users, tokens, applications in use, submissions, jobs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so Alembic migrations work the same on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every database (SQLite drops the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}  # noqa: RUF012
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    display_name: Mapped[str] = mapped_column(String(256), default="")
+    email: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """Bearer tokens, stored as sha256 digests; a login token is single use."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="api")  # api | login
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Application(Base):
+    """An application definition as it was when first used: old jobs keep their definition."""
+
+    __tablename__ = "applications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    definition: Mapped[dict[str, Any]] = mapped_column()
+    first_used: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the recipe
+    application: Mapped[str] = mapped_column(String(64), index=True)
+    build_args: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="building")
+    builder: Mapped[str] = mapped_column(String(64), default="")
+    formats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Submission(Base):
+    __tablename__ = "submissions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"))
+    application: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[dict[str, Any]] = mapped_column()
+    build_args: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    backend: Mapped[str] = mapped_column(String(32))
+    job_count: Mapped[int] = mapped_column(Integer)
+    vo: Mapped[str] = mapped_column(String(64), default="")
+    group: Mapped[str] = mapped_column(String(128), default="")
+    image_id: Mapped[str | None] = mapped_column(ForeignKey("images.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id"), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    application: Mapped[str] = mapped_column(String(64))
+    index: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(256))
+    parameters: Mapped[dict[str, Any]] = mapped_column()
+    argv: Mapped[list[Any]] = mapped_column()
+    jdl: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    minor_status: Mapped[str] = mapped_column(String(256), default="")
+    application_status: Mapped[str] = mapped_column(String(256), default="")
+    backend: Mapped[str] = mapped_column(String(32))
+    backend_ref: Mapped[str | None] = mapped_column(String(256), default=None)
+    backend_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reschedule_count: Mapped[int] = mapped_column(Integer, default=0)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    outputs: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        # The job monitor's queries: a user's jobs by status, newest change first.
+        Index("ix_jobs_owner_status_updated", "owner_id", "status", "updated_at"),
+        Index("ix_jobs_owner_updated", "owner_id", "updated_at"),
+        Index("ix_jobs_owner_application", "owner_id", "application"),
+        # The reconciler's query: work to do per status.
+        Index("ix_jobs_status_backend", "status", "backend"),
+    )
+
+
+class JobStatusHistory(Base):
+    """Every transition, as DIRAC's LoggingInfo: time, status, minor status, source."""
+
+    __tablename__ = "job_status_history"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    minor_status: Mapped[str] = mapped_column(String(256), default="")
+    application_status: Mapped[str] = mapped_column(String(256), default="")
+    source: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[datetime] = mapped_column()

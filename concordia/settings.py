@@ -1,0 +1,94 @@
+"""The one Settings object: environment (CONCORDIA_*), an optional TOML file, embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: The applications shipped with Concordia live beside the package in the source tree.
+SHIPPED_APPLICATIONS = Path(__file__).resolve().parent.parent / "applications"
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Every default is the embedded one (SQLite, local backend)."""
+
+    model_config = SettingsConfigDict(env_prefix="CONCORDIA_", extra="forbid")
+
+    config_file: Path | None = Field(
+        default=None, description="Optional TOML file with any of these settings."
+    )
+    data_dir: Path = Field(default=Path("var"), description="Database, job directories, tokens.")
+    database_url: str = Field(
+        default="", description="SQLAlchemy async URL; empty means SQLite in the data dir."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = Field(default="", description="URL users open; empty: http://host:port.")
+    applications_dir: Path = SHIPPED_APPLICATIONS
+
+    local_user: str = Field(default="local", description="The user of local mode (no IdP).")
+
+    # The local backend.
+    local_slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    local_isolation: Literal["auto", "bwrap", "none"] = "auto"
+    local_wall_time_factor: float = Field(
+        default=2.0, gt=0, description="Wall-clock limit = factor x the job's CPU time."
+    )
+    local_memory_mb: int = Field(
+        default=0, ge=0, description="Memory limit per job (cgroup, where writable); 0: none."
+    )
+    local_keep_workdir: bool = False
+    kill_grace_seconds: float = Field(default=5.0, ge=0)
+
+    # The reconciler.
+    max_reschedules: int = Field(default=3, ge=0, description="As DIRAC's MaxRescheduling.")
+    poll_interval: float = Field(default=5.0, gt=0, description="Seconds between backend polls.")
+
+    # Uploads and downloads.
+    max_log_chunk: int = Field(default=1 << 20, ge=1024)
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'concordia.db'}"
+        if not self.public_url:
+            self.public_url = f"http://{self.host}:{self.port}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file named by CONCORDIA_CONFIG_FILE ranks below explicit values and env.
+        toml_path = os.environ.get("CONCORDIA_CONFIG_FILE")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+    # Paths derived from the data dir.
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def api_token_file(self) -> Path:
+        return self.data_dir / "api-token"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / "secret-key"
