@@ -1,0 +1,43 @@
+"""Domain errors; the web layer maps each to one HTTP status."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base: a request that cannot be carried out, with a message for the user."""
+
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class NotFound(DomainError):
+    status_code = 404
+
+
+class Forbidden(DomainError):
+    status_code = 403
+
+
+class Conflict(DomainError):
+    """The thing exists but its state forbids the action (e.g. killing a Done job)."""
+
+    status_code = 409
+
+
+class TooLarge(DomainError):
+    status_code = 413
+
+
+class Invalid(DomainError):
+    """A bad input; ``field`` names it, as FastAPI's own 422s do."""
+
+    status_code = 422
+
+    def __init__(self, field: str, message: str, location: str = "body") -> None:
+        self.field = field
+        self.location = location
+        super().__init__(f"{field}: {message}")
+        self.rule = message

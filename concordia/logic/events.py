@@ -1,0 +1,40 @@
+"""An in-process event bus: job and image changes fanned out to SSE subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Event(BaseModel):
+    kind: str  # "job" | "image"
+    owner_id: int | None
+    data: dict[str, Any]
+
+
+class EventBus:
+    """Each subscriber gets its own bounded queue; a slow one loses old events, not the server."""
+
+    def __init__(self, queue_size: int = 1000) -> None:
+        self._subscribers: set[asyncio.Queue[Event]] = set()
+        self._queue_size = queue_size
+
+    def publish(self, event: Event) -> None:
+        for queue in self._subscribers:
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Event]]:
+        queue: asyncio.Queue[Event] = asyncio.Queue(self._queue_size)
+        self._subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.discard(queue)

@@ -1,0 +1,103 @@
+"""Users and bearer tokens: the local user, API tokens, one-time login tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import BaseModel
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concordia.db.tables import ApiToken, User, utcnow
+
+LOGIN_TOKEN_LIFETIME = timedelta(hours=12)
+
+
+class Identity(BaseModel):
+    """Who is calling, as the API and pages see it."""
+
+    user_id: int
+    username: str
+    display_name: str
+    auth: str  # "token" | "session"
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def ensure_user(session: AsyncSession, username: str, display_name: str = "") -> User:
+    user = await session.scalar(select(User).where(User.username == username))
+    if user is None:
+        user = User(username=username, display_name=display_name or username)
+        session.add(user)
+        await session.flush()
+    return user
+
+
+async def create_token(
+    session: AsyncSession, user: User, *, kind: str = "api", name: str = ""
+) -> str:
+    """A new random token; only its digest is stored, the caller shows or writes it once."""
+    token = secrets.token_urlsafe(32)
+    expires = utcnow() + LOGIN_TOKEN_LIFETIME if kind == "login" else None
+    session.add(
+        ApiToken(user_id=user.id, digest=digest(token), kind=kind, name=name, expires_at=expires)
+    )
+    await session.flush()
+    return token
+
+
+async def user_for_token(session: AsyncSession, token: str) -> User | None:
+    row = await session.execute(
+        select(User)
+        .join(ApiToken, ApiToken.user_id == User.id)
+        .where(ApiToken.digest == digest(token), ApiToken.kind == "api")
+    )
+    return row.scalar_one_or_none()
+
+
+async def consume_login_token(session: AsyncSession, token: str) -> User | None:
+    """Exchange a one-time login token for its user; a used or expired token gives None."""
+    now = utcnow()
+    result = await session.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.digest == digest(token),
+            ApiToken.kind == "login",
+            ApiToken.used_at.is_(None),
+            ApiToken.expires_at > now,
+        )
+        .values(used_at=now)
+        .returning(ApiToken.user_id)
+    )
+    user_id = result.scalar_one_or_none()
+    if user_id is None:
+        return None
+    return await session.get(User, user_id)
+
+
+def write_secret_file(path: Path, content: str) -> None:
+    """Write a secret readable by its owner only (0600 from creation, no window)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+    os.replace(tmp, path)
+
+
+async def local_api_token(session: AsyncSession, user: User, token_file: Path) -> str:
+    """The local user's API token, kept in the data dir for the CLI (like Jupyter's)."""
+    if token_file.exists():
+        token = token_file.read_text().strip()
+        found = await user_for_token(session, token)
+        if found is not None and found.id == user.id:
+            return token
+    token = await create_token(session, user, name="local CLI")
+    write_secret_file(token_file, token + "\n")
+    return token

@@ -1,0 +1,279 @@
+"""Jobs: status transitions with history, the job monitor's queries, kill, reschedule, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concordia.backends.base import BackendRef
+from concordia.core.states import (
+    ACTIVE_STATES,
+    KILLABLE_STATES,
+    RESCHEDULABLE_STATES,
+    JobStatus,
+    check_transition,
+)
+from concordia.db.tables import Job, JobStatusHistory, utcnow
+from concordia.logic.errors import Conflict, Invalid, NotFound
+from concordia.logic.events import Event, EventBus
+from concordia.logic.platform import Platform
+
+SortKey = Literal["id", "-id", "updated", "-updated", "created", "-created", "name", "-name"]
+_SORT_COLUMNS = {
+    "id": Job.id,
+    "updated": Job.updated_at,
+    "created": Job.created_at,
+    "name": Job.name,
+}
+
+
+class HistoryEntry(BaseModel):
+    status: str
+    minor_status: str
+    application_status: str
+    source: str
+    timestamp: datetime
+
+
+class JobSummary(BaseModel):
+    id: int
+    name: str
+    application: str
+    submission_id: int
+    status: str
+    minor_status: str
+    backend: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class JobDetail(JobSummary):
+    uuid: str
+    index: int
+    parameters: dict[str, Any]
+    argv: list[str]
+    jdl: str
+    application_status: str
+    backend_ref: str | None
+    isolated: bool | None
+    reschedule_count: int
+    exit_code: int | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    history: list[HistoryEntry]
+
+
+class JobPage(BaseModel):
+    items: list[JobSummary]
+    total: int
+    page: int
+    per_page: int
+
+
+def transition(
+    session: AsyncSession,
+    job: Job,
+    status: JobStatus,
+    *,
+    minor: str = "",
+    app_status: str = "",
+    source: str,
+    at: datetime | None = None,
+) -> None:
+    """Move a job to ``status``, refusing what DIRAC's machine refuses; record the history."""
+    check_transition(JobStatus(job.status), status)
+    record_status(session, job, status, minor=minor, app_status=app_status, source=source, at=at)
+
+
+def record_status(
+    session: AsyncSession,
+    job: Job,
+    status: JobStatus,
+    *,
+    minor: str = "",
+    app_status: str = "",
+    source: str,
+    at: datetime | None = None,
+) -> None:
+    """Set a job's status and add its history row (a new job's first status, or a transition)."""
+    at = at or utcnow()
+    job.status = status.value
+    job.minor_status = minor
+    if app_status:
+        job.application_status = app_status
+    job.updated_at = at
+    if status is JobStatus.RUNNING and job.started_at is None:
+        job.started_at = at
+    if status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED):
+        job.ended_at = at
+    session.add(
+        JobStatusHistory(
+            job_id=job.id,
+            status=status.value,
+            minor_status=minor,
+            application_status=app_status,
+            source=source,
+            timestamp=at,
+        )
+    )
+
+
+def job_event(job: Job) -> Event:
+    return Event(
+        kind="job",
+        owner_id=job.owner_id,
+        data={
+            "id": job.id,
+            "submission_id": job.submission_id,
+            "status": job.status,
+            "minor_status": job.minor_status,
+            "updated_at": job.updated_at.isoformat(),
+        },
+    )
+
+
+def publish_jobs(bus: EventBus, jobs: Sequence[Job]) -> None:
+    for job in jobs:
+        bus.publish(job_event(job))
+
+
+async def get_owned_job(session: AsyncSession, owner_id: int, job_id: int) -> Job:
+    """A job of this user; another user's job is 'not found', as if it did not exist."""
+    job = await session.get(Job, job_id)
+    if job is None or job.owner_id != owner_id:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+async def job_detail(session: AsyncSession, job: Job) -> JobDetail:
+    rows = await session.scalars(
+        select(JobStatusHistory)
+        .where(JobStatusHistory.job_id == job.id)
+        .order_by(JobStatusHistory.timestamp, JobStatusHistory.id)
+    )
+    return JobDetail(
+        **JobSummary.model_validate(job, from_attributes=True).model_dump(),
+        uuid=job.uuid,
+        index=job.index,
+        parameters=job.parameters,
+        argv=job.argv,
+        jdl=job.jdl,
+        application_status=job.application_status,
+        backend_ref=job.backend_ref,
+        isolated=job.backend_state.get("isolated"),
+        reschedule_count=job.reschedule_count,
+        exit_code=job.exit_code,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        history=[HistoryEntry.model_validate(r, from_attributes=True) for r in rows],
+    )
+
+
+def _filtered(
+    owner_id: int,
+    statuses: Sequence[str],
+    submission: int | None,
+    application: str | None,
+) -> Select[Any]:
+    query = select(Job.id).where(Job.owner_id == owner_id)
+    unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
+    if unknown:
+        raise Invalid("status", f"unknown status {unknown[0]!r}", location="query")
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
+    else:
+        query = query.where(Job.status != JobStatus.DELETED.value)
+    if submission is not None:
+        query = query.where(Job.submission_id == submission)
+    if application:
+        query = query.where(Job.application == application)
+    return query
+
+
+async def list_jobs(
+    session: AsyncSession,
+    owner_id: int,
+    *,
+    statuses: Sequence[str] = (),
+    submission: int | None = None,
+    application: str | None = None,
+    page: int = 1,
+    per_page: int = 50,
+    sort: SortKey = "-updated",
+) -> JobPage:
+    """One page of a user's jobs; Deleted jobs only when asked for by status."""
+    base = _filtered(owner_id, statuses, submission, application)
+    total = await session.scalar(select(func.count()).select_from(base.subquery())) or 0
+    column = _SORT_COLUMNS[sort.lstrip("-")]
+    order = [column.desc(), Job.id.desc()] if sort.startswith("-") else [column, Job.id]
+    summary_columns = [getattr(Job, f) for f in JobSummary.model_fields]
+    query = (
+        base.with_only_columns(*summary_columns)
+        .order_by(*order)
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    rows = (await session.execute(query)).mappings().all()
+    items = [JobSummary.model_validate(dict(r)) for r in rows]
+    return JobPage(items=items, total=total, page=page, per_page=per_page)
+
+
+async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
+    async with platform.writing() as session:
+        job = await get_owned_job(session, owner_id, job_id)
+        status = JobStatus(job.status)
+        if status not in KILLABLE_STATES:
+            raise Conflict(f"job {job_id} is {status}: it cannot be killed")
+        if job.backend_ref is not None and (status in ACTIVE_STATES or status is JobStatus.WAITING):
+            await platform.backends[job.backend].kill([backend_ref(job)])
+        transition(session, job, JobStatus.KILLED, minor="Killed by user", source="User")
+    platform.bus.publish(job_event(job))
+    return JobSummary.model_validate(job, from_attributes=True)
+
+
+async def reschedule_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
+    async with platform.writing() as session:
+        job = await get_owned_job(session, owner_id, job_id)
+        status = JobStatus(job.status)
+        if status not in RESCHEDULABLE_STATES or status in ACTIVE_STATES:
+            raise Conflict(f"job {job_id} is {status}: only finished jobs can be rescheduled")
+        requeue(session, job, minor="Rescheduled by user", source="User")
+    platform.bus.publish(job_event(job))
+    platform.wakeup.set()
+    return JobSummary.model_validate(job, from_attributes=True)
+
+
+def requeue(session: AsyncSession, job: Job, *, minor: str, source: str) -> None:
+    """Rescheduled then Received at once: DIRAC's 'virtual' Rescheduled state."""
+    transition(session, job, JobStatus.RESCHEDULED, minor=minor, source=source)
+    transition(session, job, JobStatus.RECEIVED, minor="Job rescheduled", source=source)
+    job.reschedule_count += 1
+    job.exit_code = None
+    job.started_at = job.ended_at = None
+
+
+async def delete_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
+    async with platform.writing() as session:
+        job = await get_owned_job(session, owner_id, job_id)
+        status = JobStatus(job.status)
+        if status is JobStatus.DELETED:
+            raise NotFound(f"no job {job_id}")
+        if status in ACTIVE_STATES:
+            raise Conflict(f"job {job_id} is {status}: kill it before deleting it")
+        if status is JobStatus.WAITING and job.backend_ref is not None:
+            await platform.backends[job.backend].kill([backend_ref(job)])
+        transition(session, job, JobStatus.DELETED, minor="Deleted by user", source="User")
+    await asyncio.to_thread(shutil.rmtree, platform.settings.jobs_dir / job.uuid, True)
+    platform.bus.publish(job_event(job))
+    return JobSummary.model_validate(job, from_attributes=True)
+
+
+def backend_ref(job: Job) -> BackendRef:
+    return BackendRef(uuid=job.uuid, ref=job.backend_ref or job.uuid, state=job.backend_state)

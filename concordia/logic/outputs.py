@@ -1,0 +1,124 @@
+"""A job's logs and outputs: live log chunks, the output list, safe file access, the zip."""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel
+
+from concordia.core.states import JobStatus
+from concordia.db.tables import Job
+from concordia.logic.errors import Invalid, NotFound
+
+Stream = Literal["stdout", "stderr"]
+_LOG_FILES = {"stdout": "std.out", "stderr": "std.err"}
+
+
+class LogChunk(BaseModel):
+    stream: Stream
+    offset: int
+    next_offset: int
+    size: int
+    data: str
+    final: bool
+
+
+class OutputFile(BaseModel):
+    path: str
+    size: int
+
+
+def job_dir(jobs_dir: Path, job: Job) -> Path:
+    return jobs_dir / job.uuid
+
+
+def read_log(jobs_dir: Path, job: Job, stream: Stream, offset: int, limit: int) -> LogChunk:
+    """Bytes from ``offset`` on; ``final`` once the job is over and everything was read."""
+    if offset < 0:
+        raise Invalid("offset", "must be >= 0", location="query")
+    path = job_dir(jobs_dir, job) / _LOG_FILES[stream]
+    data = b""
+    size = 0
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(offset)
+            data = fh.read(limit)
+    except FileNotFoundError:
+        pass
+    # Never split a UTF-8 character between chunks: hold back an incomplete tail.
+    cut = _utf8_complete(data)
+    data = data[:cut]
+    next_offset = offset + len(data)
+    final = JobStatus(job.status).is_final and next_offset >= size
+    return LogChunk(
+        stream=stream,
+        offset=offset,
+        next_offset=next_offset,
+        size=size,
+        data=data.decode("utf-8", errors="replace"),
+        final=final,
+    )
+
+
+def _utf8_complete(data: bytes) -> int:
+    """Length of the longest prefix that does not end inside a multi-byte character."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # a lead byte or ASCII
+            need = 1 if byte < 0x80 else (2 if byte < 0xE0 else 3 if byte < 0xF0 else 4)
+            return len(data) if back >= need else len(data) - back
+    return len(data)
+
+
+def list_outputs(jobs_dir: Path, job: Job) -> list[OutputFile]:
+    root = job_dir(jobs_dir, job) / "outputs"
+    return [OutputFile(path=rel, size=size) for rel, size in sorted(_walk_regular(root, root))]
+
+
+def _walk_regular(root: Path, directory: Path) -> Iterator[tuple[str, int]]:
+    """Regular files under ``directory``; symlinks are never followed nor listed."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk_regular(root, Path(entry.path))
+        elif entry.is_file(follow_symlinks=False):
+            yield Path(entry.path).relative_to(root).as_posix(), entry.stat().st_size
+
+
+def output_path(jobs_dir: Path, job: Job, relative: str) -> Path:
+    """The file for a user-given output path; traversal, absolute paths and links refused."""
+    pure = PurePosixPath(relative)
+    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative:
+        raise Invalid("path", "must be a relative path inside the job's outputs", location="path")
+    root = (job_dir(jobs_dir, job) / "outputs").resolve()
+    candidate = root.joinpath(*pure.parts)
+    # Walk each component with lstat: a symlink anywhere on the way is refused.
+    current = root
+    for part in pure.parts:
+        current = current / part
+        try:
+            mode = current.lstat().st_mode
+        except FileNotFoundError:
+            raise NotFound(f"no output {relative!r}") from None
+        if stat.S_ISLNK(mode):
+            raise Invalid("path", "refers to a link; links are never served", location="path")
+    if not stat.S_ISREG(candidate.lstat().st_mode):
+        raise NotFound(f"no output {relative!r}")
+    return candidate
+
+
+def write_zip(jobs_dir: Path, job: Job, target: Path) -> None:
+    """All outputs in one zip file (blocking; run it in a thread)."""
+    root = job_dir(jobs_dir, job) / "outputs"
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for rel, _size in sorted(_walk_regular(root, root)):
+            archive.write(root / rel, arcname=f"job-{job.id}/{rel}")

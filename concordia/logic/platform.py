@@ -1,0 +1,40 @@
+"""The running platform's shared parts, handed to every use case."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from concordia.backends.base import Backend
+from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.events import EventBus
+from concordia.settings import Settings
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    catalog: ApplicationCatalog
+    backends: dict[str, Backend]
+    bus: EventBus = field(default_factory=EventBus)
+    #: One writer of job state at a time in this process: the reconciler and user actions
+    #: read-modify-write the same rows, and a lost update would lose a kill or a result.
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Set to make the reconciler look for work now rather than at its next tick.
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncSession]:
+        """A transaction under the write lock, committed on success."""
+        async with self.write_lock, self.sessions() as session, session.begin():
+            yield session

@@ -1,0 +1,242 @@
+"""Submissions: check a request, plan its jobs (with their JDL), store them, report progress."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concordia.core.application import (
+    ApplicationDef,
+    JobPlan,
+    ParameterError,
+    ParamValue,
+    check_value,
+    expand_batch,
+    validate_parameters,
+)
+from concordia.core.jdl import job_jdl
+from concordia.core.states import JobStatus
+from concordia.db.tables import Application, Job, Submission, utcnow
+from concordia.logic.errors import Invalid, NotFound
+from concordia.logic.jobs import publish_jobs, record_status
+from concordia.logic.platform import Platform
+
+STD_OUTPUT, STD_ERROR = "std.out", "std.err"
+
+
+class SubmissionRequest(BaseModel):
+    application: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    build_args: dict[str, Any] = Field(default_factory=dict)
+    backend: str | None = None
+
+
+class PlannedJob(BaseModel):
+    index: int
+    name: str
+    parameters: dict[str, Any]
+    argv: list[str]
+    jdl: str
+
+
+class Progress(BaseModel):
+    waiting: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    killed: int = 0
+    deleted: int = 0
+
+
+class SubmissionView(BaseModel):
+    id: int
+    application: str
+    parameters: dict[str, Any]
+    build_args: dict[str, Any]
+    backend: str
+    vo: str
+    group: str
+    job_count: int
+    created_at: datetime
+    counts: dict[str, int]
+    progress: Progress
+    finished: bool
+    job_ids: list[int]
+
+
+def _job_group(app: ApplicationDef, submission_id: int | None) -> str:
+    return f"{app.name}.{submission_id}" if submission_id is not None else app.name
+
+
+def check_request(
+    app: ApplicationDef, request: SubmissionRequest
+) -> tuple[dict[str, ParamValue], dict[str, ParamValue]]:
+    """The coerced parameters and build arguments; raises Invalid naming the field. No I/O."""
+    try:
+        values = validate_parameters(app, request.parameters)
+    except ParameterError as exc:
+        raise Invalid(f"parameters.{exc.field}", exc.message) from None
+    unknown = sorted(set(request.build_args) - set(app.build_args))
+    if unknown:
+        raise Invalid(f"build_args.{unknown[0]}", "is not a build argument of this application")
+    build_args: dict[str, ParamValue] = {}
+    for name, spec in app.build_args.items():
+        try:
+            build_args[name] = check_value(name, spec, request.build_args.get(name, spec.default))
+        except ParameterError as exc:
+            raise Invalid(f"build_args.{exc.field}", exc.message) from None
+    return values, build_args
+
+
+def plan_jobs(
+    app: ApplicationDef, values: dict[str, ParamValue], submission_id: int | None = None
+) -> list[PlannedJob]:
+    """Every job of a submission with its JDL (also the preview of one not yet made)."""
+    return [_planned(app, plan, submission_id) for plan in expand_batch(app, values)]
+
+
+def _planned(app: ApplicationDef, plan: JobPlan, submission_id: int | None) -> PlannedJob:
+    jdl = job_jdl(
+        executable=plan.argv[0],
+        arguments=plan.argv[1:],
+        job_name=plan.name,
+        job_group=_job_group(app, submission_id),
+        input_sandbox=[rel.rsplit("/", 1)[-1] for rel in app.input_files],
+        output_sandbox=[*app.outputs, STD_OUTPUT, STD_ERROR],
+        std_output=STD_OUTPUT,
+        std_error=STD_ERROR,
+        cpu_time=app.cpu_time,
+        priority=app.priority,
+        tags=app.tags,
+    )
+    return PlannedJob(
+        index=plan.index, name=plan.name, parameters=plan.values, argv=plan.argv, jdl=jdl
+    )
+
+
+async def _application_row(session: AsyncSession, app: ApplicationDef) -> Application:
+    fingerprint = app.fingerprint()
+    row = await session.scalar(select(Application).where(Application.fingerprint == fingerprint))
+    if row is None:
+        row = Application(
+            name=app.name, fingerprint=fingerprint, definition=app.model_dump(mode="json")
+        )
+        session.add(row)
+        await session.flush()
+    return row
+
+
+async def submit_batch(
+    platform: Platform, owner_id: int, request: SubmissionRequest
+) -> SubmissionView:
+    """Store a submission and its jobs as Received; the reconciler takes it from there."""
+    app = platform.catalog.get(request.application)
+    backend = request.backend or "local"
+    if backend not in platform.backends:
+        raise Invalid("backend", f"unknown backend; available: {', '.join(platform.backends)}")
+    values, build_args = check_request(app, request)  # every check before any write
+    async with platform.writing() as session:
+        app_row = await _application_row(session, app)
+        submission = Submission(
+            owner_id=owner_id,
+            application_id=app_row.id,
+            application=app.name,
+            parameters=values,
+            build_args=build_args,
+            backend=backend,
+            job_count=0,
+        )
+        session.add(submission)
+        await session.flush()
+        planned = plan_jobs(app, values, submission.id)
+        submission.job_count = len(planned)
+        now = utcnow()
+        jobs = [
+            Job(
+                uuid=str(uuid.uuid4()),
+                submission_id=submission.id,
+                owner_id=owner_id,
+                application=app.name,
+                index=p.index,
+                name=p.name,
+                parameters=p.parameters,
+                argv=p.argv,
+                jdl=p.jdl,
+                status=JobStatus.RECEIVED.value,
+                minor_status="Job accepted",
+                backend=backend,
+                created_at=now,
+                updated_at=now,
+            )
+            for p in planned
+        ]
+        session.add_all(jobs)
+        await session.flush()
+        for job in jobs:
+            record_status(session, job, JobStatus.RECEIVED, minor="Job accepted", source="User")
+        submission_id = submission.id
+    publish_jobs(platform.bus, jobs)
+    platform.wakeup.set()
+    return await get_submission(platform, owner_id, submission_id)
+
+
+async def get_submission(platform: Platform, owner_id: int, submission_id: int) -> SubmissionView:
+    async with platform.reading() as session:
+        submission = await session.get(Submission, submission_id)
+        if submission is None or submission.owner_id != owner_id:
+            raise NotFound(f"no submission {submission_id}")
+        rows = await session.execute(
+            select(Job.status, func.count())
+            .where(Job.submission_id == submission_id)
+            .group_by(Job.status)
+        )
+        counts = {status: n for status, n in rows.all()}
+        ids = await session.scalars(
+            select(Job.id).where(Job.submission_id == submission_id).order_by(Job.index)
+        )
+        job_ids = list(ids)
+    return SubmissionView(
+        id=submission.id,
+        application=submission.application,
+        parameters=submission.parameters,
+        build_args=submission.build_args,
+        backend=submission.backend,
+        vo=submission.vo,
+        group=submission.group,
+        job_count=submission.job_count,
+        created_at=submission.created_at,
+        counts=counts,
+        progress=progress_of(counts),
+        finished=all(JobStatus(s).is_final for s in counts),
+        job_ids=job_ids,
+    )
+
+
+def progress_of(counts: dict[str, int]) -> Progress:
+    """The four numbers a user watches: waiting, running, done, failed (and killed/deleted)."""
+    by = Counter[str]()
+    for status, n in counts.items():
+        by[_BUCKET[JobStatus(status)]] += n
+    return Progress(**by)
+
+
+_BUCKET = {
+    JobStatus.RECEIVED: "waiting",
+    JobStatus.CHECKING: "waiting",
+    JobStatus.WAITING: "waiting",
+    JobStatus.RESCHEDULED: "waiting",
+    JobStatus.MATCHED: "running",
+    JobStatus.RUNNING: "running",
+    JobStatus.COMPLETING: "running",
+    JobStatus.STALLED: "running",
+    JobStatus.DONE: "done",
+    JobStatus.FAILED: "failed",
+    JobStatus.KILLED: "killed",
+    JobStatus.DELETED: "deleted",
+}

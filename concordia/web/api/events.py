@@ -1,0 +1,30 @@
+"""/events: Server-Sent Events of the caller's job changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from sse_starlette.sse import EventSourceResponse
+
+from concordia.web.deps import CurrentUser, PlatformDep
+
+router = APIRouter(tags=["events"])
+
+
+@router.get("/events")
+async def events(request: Request, platform: PlatformDep, user: CurrentUser) -> EventSourceResponse:
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        async with platform.bus.subscribe() as queue:
+            yield {"event": "ready", "data": "{}"}
+            while not await request.is_disconnected():
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=15)
+                except TimeoutError:
+                    continue
+                if event.owner_id == user.user_id:
+                    yield {"event": event.kind, "data": json.dumps(event.data)}
+
+    return EventSourceResponse(stream(), ping=15)

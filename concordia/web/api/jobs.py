@@ -1,0 +1,121 @@
+"""/jobs: the job monitor's queries, logs, outputs, and kill / reschedule / delete."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from concordia.logic import jobs as job_logic
+from concordia.logic import outputs
+from concordia.logic.jobs import JobDetail, JobPage, JobSummary, SortKey
+from concordia.logic.outputs import LogChunk, OutputFile, Stream
+from concordia.web.deps import CurrentUser, PlatformDep
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get("/jobs")
+async def list_jobs(
+    platform: PlatformDep,
+    user: CurrentUser,
+    status: Annotated[list[str] | None, Query(description="Repeat or comma-separate")] = None,
+    submission: int | None = None,
+    application: str | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=500)] = 50,
+    sort: SortKey = "-updated",
+) -> JobPage:
+    statuses = [s for item in status or [] for s in item.split(",") if s]
+    async with platform.reading() as session:
+        return await job_logic.list_jobs(
+            session,
+            user.user_id,
+            statuses=statuses,
+            submission=submission,
+            application=application,
+            page=page,
+            per_page=per_page,
+            sort=sort,
+        )
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: int, platform: PlatformDep, user: CurrentUser) -> JobDetail:
+    async with platform.reading() as session:
+        job = await job_logic.get_owned_job(session, user.user_id, job_id)
+        return await job_logic.job_detail(session, job)
+
+
+@router.get("/jobs/{job_id}/logs")
+async def get_logs(
+    job_id: int,
+    platform: PlatformDep,
+    user: CurrentUser,
+    stream: Stream = "stdout",
+    offset: int = 0,
+) -> LogChunk:
+    async with platform.reading() as session:
+        job = await job_logic.get_owned_job(session, user.user_id, job_id)
+    settings = platform.settings
+    return outputs.read_log(settings.jobs_dir, job, stream, offset, settings.max_log_chunk)
+
+
+@router.get("/jobs/{job_id}/outputs")
+async def list_outputs(job_id: int, platform: PlatformDep, user: CurrentUser) -> list[OutputFile]:
+    async with platform.reading() as session:
+        job = await job_logic.get_owned_job(session, user.user_id, job_id)
+    return outputs.list_outputs(platform.settings.jobs_dir, job)
+
+
+@router.get("/jobs/{job_id}/outputs.zip")
+async def download_zip(job_id: int, platform: PlatformDep, user: CurrentUser) -> FileResponse:
+    async with platform.reading() as session:
+        job = await job_logic.get_owned_job(session, user.user_id, job_id)
+    tmp_dir = platform.settings.data_dir / "tmp"
+    tmp_dir.mkdir(exist_ok=True)
+    fd, name = tempfile.mkstemp(suffix=".zip", dir=tmp_dir)
+    os.close(fd)
+    target = Path(name)
+    try:
+        await asyncio.to_thread(outputs.write_zip, platform.settings.jobs_dir, job, target)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return FileResponse(
+        target,
+        media_type="application/zip",
+        filename=f"job-{job.id}-outputs.zip",
+        background=BackgroundTask(target.unlink, missing_ok=True),
+    )
+
+
+@router.get("/jobs/{job_id}/outputs/{path:path}")
+async def download_output(
+    job_id: int, path: str, platform: PlatformDep, user: CurrentUser
+) -> FileResponse:
+    async with platform.reading() as session:
+        job = await job_logic.get_owned_job(session, user.user_id, job_id)
+    file = outputs.output_path(platform.settings.jobs_dir, job, path)
+    return FileResponse(file, filename=file.name)
+
+
+@router.post("/jobs/{job_id}/kill")
+async def kill_job(job_id: int, platform: PlatformDep, user: CurrentUser) -> JobSummary:
+    return await job_logic.kill_job(platform, user.user_id, job_id)
+
+
+@router.post("/jobs/{job_id}/reschedule")
+async def reschedule_job(job_id: int, platform: PlatformDep, user: CurrentUser) -> JobSummary:
+    return await job_logic.reschedule_job(platform, user.user_id, job_id)
+
+
+@router.delete("/jobs/{job_id}")
+async def delete_job(job_id: int, platform: PlatformDep, user: CurrentUser) -> JobSummary:
+    return await job_logic.delete_job(platform, user.user_id, job_id)

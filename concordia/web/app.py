@@ -1,0 +1,126 @@
+"""The FastAPI app factory: start-up (migrations, backends, reconciler) and the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.middleware.sessions import SessionMiddleware
+
+from concordia import __version__
+from concordia.backends.base import Backend
+from concordia.backends.local import LocalBackend
+from concordia.db.engine import make_engine, make_sessionmaker
+from concordia.db.migrate import upgrade
+from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.identity import (
+    consume_login_token,
+    create_token,
+    ensure_user,
+    local_api_token,
+    write_secret_file,
+)
+from concordia.logic.platform import Platform
+from concordia.settings import Settings
+from concordia.web.api import router as api_router
+from concordia.web.errors import install_error_handlers
+from concordia.worker import Reconciler, cancel
+
+log = logging.getLogger(__name__)
+
+
+def _secret_key(settings: Settings) -> str:
+    path = settings.secret_key_file
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(48)
+    write_secret_file(path, key + "\n")
+    return key
+
+
+def create_app(
+    settings: Settings, on_ready: Callable[[str, Platform], None] | None = None
+) -> FastAPI:
+    """``on_ready`` receives the one-time login URL and the platform once it is up."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(upgrade, settings.database_url)
+        engine = make_engine(settings.database_url)
+        local = LocalBackend(settings)
+        await local.start()
+        backends: dict[str, Backend] = {"local": local}
+        platform = Platform(
+            settings=settings,
+            sessions=make_sessionmaker(engine),
+            catalog=ApplicationCatalog(settings.applications_dir).load(),
+            backends=backends,
+        )
+        async with platform.writing() as session:
+            user = await ensure_user(session, settings.local_user)
+            await local_api_token(session, user, settings.api_token_file)
+            login_token = await create_token(session, user, kind="login", name="start-up")
+        app.state.platform = platform
+        reconciler = asyncio.create_task(Reconciler(platform).run(), name="reconciler")
+        if on_ready is not None:
+            on_ready(f"{settings.public_url}/login?token={login_token}", platform)
+        try:
+            yield
+        finally:
+            await cancel(reconciler)
+            await local.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Concordia",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=_secret_key(settings),
+        session_cookie="concordia_session",
+        same_site="lax",
+        https_only=settings.public_url.startswith("https://"),
+    )
+    install_error_handlers(app)
+    app.include_router(api_router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/login", include_in_schema=False)
+    async def login(request: Request, token: str = "") -> Any:
+        platform: Platform = request.app.state.platform
+        async with platform.writing() as session:
+            user = await consume_login_token(session, token) if token else None
+        if user is None:
+            return JSONResponse(
+                {"detail": "this login link is unknown, used or expired; restart or ask again"},
+                status_code=401,
+            )
+        request.session.update(
+            user_id=user.id,
+            username=user.username,
+            display_name=user.display_name,
+            csrf=secrets.token_urlsafe(24),
+        )
+        return RedirectResponse("/", status_code=303)
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        # The pages arrive with the web platform; until then the API's own docs are home.
+        return RedirectResponse("/api/docs", status_code=307)
+
+    return app

@@ -1,0 +1,221 @@
+"""The reconciler: hands new jobs to their backend, stores what backends report, heals restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concordia.backends.base import Backend, BackendRef, JobSpec, StatusUpdate
+from concordia.core.application import ApplicationDef
+from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
+from concordia.db.tables import Application, Job, Submission
+from concordia.logic.jobs import backend_ref, publish_jobs, requeue, transition
+from concordia.logic.platform import Platform
+
+log = logging.getLogger(__name__)
+
+#: Jobs handed to a backend per round, so one huge submission cannot stall the loop.
+DISPATCH_BATCH = 500
+_WATCHED = (JobStatus.WAITING, *ACTIVE_STATES)
+
+
+class Reconciler:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self._definitions: dict[int, ApplicationDef] = {}
+
+    async def run(self) -> None:
+        await self.recover()
+        while True:
+            try:
+                await self.step()
+            except Exception:
+                # One bad round must not stop the platform; the next round retries.
+                log.exception("reconciler round failed")
+            await self._wait()
+
+    async def step(self) -> None:
+        self.platform.wakeup.clear()
+        for name, backend in self.platform.backends.items():
+            await self.dispatch(name, backend)
+            await self.apply_updates(name, backend)
+
+    async def _wait(self) -> None:
+        events = [self.platform.wakeup]
+        events += [e for b in self.platform.backends.values() if (e := _changed(b)) is not None]
+        waiters = [asyncio.create_task(e.wait()) for e in events]
+        try:
+            await asyncio.wait(
+                waiters,
+                timeout=self.platform.settings.poll_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def dispatch(self, name: str, backend: Backend) -> None:
+        """Received -> Checking -> Waiting, and into the backend's queue."""
+        async with self.platform.writing() as session:
+            jobs = list(
+                await session.scalars(
+                    select(Job)
+                    .where(Job.status == JobStatus.RECEIVED.value, Job.backend == name)
+                    .order_by(Job.id)
+                    .limit(DISPATCH_BATCH)
+                )
+            )
+            if not jobs:
+                return
+            for job in jobs:
+                transition(session, job, JobStatus.CHECKING, minor="JobSanity", source="JobSanity")
+                transition(
+                    session,
+                    job,
+                    JobStatus.WAITING,
+                    minor=f"Waiting for a {name} slot",
+                    source="JobScheduling",
+                )
+            await self._submit(session, backend, jobs)
+        publish_jobs(self.platform.bus, jobs)
+
+    async def _submit(self, session: AsyncSession, backend: Backend, jobs: Sequence[Job]) -> None:
+        specs = [await self._spec(session, job) for job in jobs]
+        refs = await backend.submit(specs)
+        by_uuid = {ref.uuid: ref for ref in refs}
+        for job in jobs:
+            ref = by_uuid[job.uuid]
+            job.backend_ref = ref.ref
+            job.backend_state = {**job.backend_state, **ref.state}
+
+    async def _spec(self, session: AsyncSession, job: Job) -> JobSpec:
+        submission = await session.get(Submission, job.submission_id)
+        assert submission is not None
+        app = self._definitions.get(submission.application_id)
+        if app is None:
+            row = await session.get(Application, submission.application_id)
+            assert row is not None
+            app = self._definitions[row.id] = ApplicationDef.model_validate(row.definition)
+        directory = self.platform.catalog.directory
+        return JobSpec(
+            uuid=job.uuid,
+            job_id=job.id,
+            name=job.name,
+            argv=job.argv,
+            input_files=[directory / rel for rel in app.input_files],
+            outputs=app.outputs,
+            cpu_time=app.cpu_time,
+            network=app.network,
+            jdl=job.jdl,
+        )
+
+    async def apply_updates(self, name: str, backend: Backend) -> None:
+        async with self.platform.reading() as session:
+            watched = (
+                await session.execute(
+                    select(Job.uuid, Job.backend_ref, Job.backend_state).where(
+                        Job.status.in_([s.value for s in _WATCHED]), Job.backend == name
+                    )
+                )
+            ).all()
+        if not watched:
+            return
+        refs = [BackendRef(uuid=u, ref=r or u, state=s) for u, r, s in watched]
+        updates = await backend.poll(refs)
+        if not updates:
+            return
+        async with self.platform.writing() as session:
+            jobs = await self._jobs_by_uuid(session, {u.uuid for u in updates})
+            for update in updates:
+                job = jobs.get(update.uuid)
+                if job is not None:
+                    self._apply(session, name, job, update)
+        finished = [j for j in jobs.values() if JobStatus(j.status).is_final]
+        for job in finished:
+            dest = self.platform.settings.jobs_dir / job.uuid / "outputs"
+            try:
+                await backend.fetch_outputs(backend_ref(job), dest)
+            except Exception:
+                log.exception("could not fetch the outputs of job %s", job.id)
+        publish_jobs(self.platform.bus, list(jobs.values()))
+
+    @staticmethod
+    async def _jobs_by_uuid(session: AsyncSession, uuids: set[str]) -> dict[str, Job]:
+        rows = await session.scalars(select(Job).where(Job.uuid.in_(uuids)))
+        return {job.uuid: job for job in rows}
+
+    @staticmethod
+    def _apply(session: AsyncSession, backend: str, job: Job, update: StatusUpdate) -> None:
+        try:
+            transition(
+                session,
+                job,
+                update.status,
+                minor=update.minor_status,
+                app_status=update.application_status,
+                source=f"{backend} backend",
+                at=update.timestamp,
+            )
+        except InvalidTransition as exc:
+            # A user's kill or delete may overtake what the backend saw; anything else
+            # is a backend bug worth shouting about, but never worth stopping for.
+            level = logging.INFO if JobStatus(job.status).is_final else logging.ERROR
+            log.log(level, "job %s: update ignored: %s", job.id, exc)
+            return
+        job.backend_state = {**job.backend_state, **update.state}
+        if update.exit_code is not None:
+            job.exit_code = update.exit_code
+
+    async def recover(self) -> None:
+        """After a restart: jobs whose process died are Stalled, then rescheduled or Failed;
+        jobs that were waiting go back into their backend's queue."""
+        max_reschedules = self.platform.settings.max_reschedules
+        async with self.platform.writing() as session:
+            for name, backend in self.platform.backends.items():
+                rows = await session.scalars(
+                    select(Job).where(
+                        Job.backend == name,
+                        Job.status.in_([s.value for s in _WATCHED]),
+                    )
+                )
+                jobs = list(rows)
+                lost = [j for j in jobs if j.status != JobStatus.WAITING.value]
+                if lost and not getattr(backend, "survives_restart", True):
+                    await backend.kill([backend_ref(j) for j in lost])
+                    for job in lost:
+                        _stall(session, job, max_reschedules)
+                waiting = [j for j in jobs if j.status == JobStatus.WAITING.value]
+                if waiting:
+                    await self._submit(session, backend, waiting)
+                publish_jobs(self.platform.bus, jobs)
+
+
+def _stall(session: AsyncSession, job: Job, max_reschedules: int) -> None:
+    if job.status != JobStatus.MATCHED.value:  # a Matched job never started: nothing stalled
+        transition(
+            session,
+            job,
+            JobStatus.STALLED,
+            minor="Job process lost: the server stopped while it ran",
+            source="StalledJobAgent",
+        )
+    transition(session, job, JobStatus.FAILED, minor="Stalled", source="StalledJobAgent")
+    if job.reschedule_count < max_reschedules:
+        requeue(session, job, minor="Rescheduled after a stall", source="StalledJobAgent")
+
+
+def _changed(backend: Any) -> asyncio.Event | None:
+    event = getattr(backend, "changed", None)
+    return event if isinstance(event, asyncio.Event) else None
+
+
+async def cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

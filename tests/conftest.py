@@ -1,0 +1,191 @@
+"""Shared fixtures: settings on a temporary data dir, the app in-process, a live server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+import pytest
+
+from concordia.logic.identity import create_token, ensure_user
+from concordia.logic.platform import Platform
+from concordia.settings import Settings
+from concordia.web.app import create_app
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "local_slots": 2,
+        "poll_interval": 0.5,
+        "kill_grace_seconds": 1.0,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "var")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_db_settings(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Settings]:
+    """The embedded SQLite and the real PostgreSQL server, each in a fresh database."""
+    if request.param == "sqlite":
+        yield make_settings(tmp_path / "var")
+        return
+    name = f"concordia_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield make_settings(
+            tmp_path / "var", database_url=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@dataclass
+class Running:
+    """The app running in-process, with a client for the local user and a way to add users."""
+
+    platform: Platform
+    client: httpx.AsyncClient
+    settings: Settings
+    new_client: Callable[[str], AbstractAsyncContextManager[httpx.AsyncClient]]
+    login_url: str
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[Running]:
+    ready: list[str] = []
+    app = create_app(settings, on_ready=lambda url, _platform: ready.append(url))
+    async with app.router.lifespan_context(app):
+        platform: Platform = app.state.platform
+        transport = httpx.ASGITransport(app=app)
+
+        @asynccontextmanager
+        async def new_client(username: str) -> AsyncIterator[httpx.AsyncClient]:
+            async with platform.writing() as session:
+                user = await ensure_user(session, username)
+                token = await create_token(session, user, name="test")
+            async with httpx.AsyncClient(
+                transport=transport,
+                base_url="http://testserver",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as client:
+                yield client
+
+        token = settings.api_token_file.read_text().strip()
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client:
+            yield Running(platform, client, settings, new_client, ready[0])
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Running]:
+    async with running_app(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def any_db_app(any_db_settings: Settings) -> AsyncIterator[Running]:
+    async with running_app(any_db_settings) as running:
+        yield running
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveServer:
+    """`concordia serve` as a real process, as a user starts it."""
+
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "api-token").read_text().strip()
+
+    def start(self, timeout: float = 30) -> None:
+        self.log_path = self.data_dir.parent / f"server-{time.monotonic_ns()}.log"
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "concordia", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    if (self.data_dir / "api-token").exists():
+                        return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not start: {self.log_path.read_text()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.process.wait(timeout=30)
+
+    def output(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    data_dir = tmp_path / "var"
+    port = free_port()
+    env = {
+        **os.environ,
+        "CONCORDIA_DATA_DIR": str(data_dir),
+        "CONCORDIA_PORT": str(port),
+        "CONCORDIA_LOCAL_SLOTS": "2",
+        "CONCORDIA_POLL_INTERVAL": "0.5",
+        "CONCORDIA_KILL_GRACE_SECONDS": "1",
+    }
+    server = LiveServer(data_dir=data_dir, port=port, env=env)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.kill(signal.SIGTERM)

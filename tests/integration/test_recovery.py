@@ -1,0 +1,129 @@
+"""Durability: SIGKILL the real server while jobs run; the next start loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from tests.conftest import LiveServer
+
+
+def api(server: LiveServer) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}, timeout=10
+    )
+
+
+def wait_for(
+    client: httpx.Client, job_id: int, statuses: set[str], timeout: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {statuses}: {job['status']}")
+
+
+def hello_processes() -> int:
+    """Job shells running hello.sh, counted from /proc (bwrap's own argv is not counted)."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
+            continue
+        count += argv[:2] == [b"sh", b"hello.sh"]
+    return count
+
+
+def test_jobs_running_at_sigkill_are_stalled_then_rescheduled(live_server: LiveServer) -> None:
+    with api(live_server) as client:
+        running = client.post(
+            "/api/v1/submissions",
+            json={"application": "hello", "parameters": {"jobs": 2, "sleep": 60}},
+        ).json()
+        queued = client.post(
+            "/api/v1/submissions", json={"application": "hello", "parameters": {"jobs": 2}}
+        ).json()
+        for job_id in running["job_ids"]:
+            assert wait_for(client, job_id, {"Running"})["isolated"] is True
+        statuses = [client.get(f"/api/v1/jobs/{j}").json()["status"] for j in queued["job_ids"]]
+        assert statuses == ["Waiting", "Waiting"]  # two slots, both busy
+    assert hello_processes() == 2
+
+    live_server.kill(signal.SIGKILL)
+    live_server.start()
+
+    with api(live_server) as client:
+        for job_id in running["job_ids"]:
+            job = wait_for(client, job_id, {"Running"})
+            history = [h["status"] for h in job["history"]]
+            assert history.count("Stalled") == 1, history
+            at = history.index("Stalled")
+            assert history[at : at + 4] == ["Stalled", "Failed", "Rescheduled", "Received"]
+            assert job["reschedule_count"] == 1
+        # The reruns are the only job processes: the killed server's jobs died with it.
+        assert hello_processes() == 2
+        for job_id in running["job_ids"]:
+            assert client.post(f"/api/v1/jobs/{job_id}/kill").json()["status"] == "Killed"
+        # The queued jobs were neither lost nor duplicated: each ran once, to Done.
+        for job_id in queued["job_ids"]:
+            done = wait_for(client, job_id, {"Done"})
+            assert [h["status"] for h in done["history"]].count("Running") == 1
+            assert done["reschedule_count"] == 0
+        assert client.get("/api/v1/jobs").json()["total"] == 4
+
+
+def test_without_reschedules_left_a_stalled_job_fails(live_server: LiveServer) -> None:
+    live_server.env["CONCORDIA_MAX_RESCHEDULES"] = "0"
+    with api(live_server) as client:
+        sub = client.post(
+            "/api/v1/submissions", json={"application": "hello", "parameters": {"sleep": 60}}
+        ).json()
+        wait_for(client, sub["job_ids"][0], {"Running"})
+    live_server.kill(signal.SIGKILL)
+    live_server.start()
+    with api(live_server) as client:
+        job = client.get(f"/api/v1/jobs/{sub['job_ids'][0]}").json()
+        assert job["status"] == "Failed" and job["minor_status"] == "Stalled"
+        assert [h["status"] for h in job["history"]][-2:] == ["Stalled", "Failed"]
+
+
+def test_events_stream_job_changes_live(live_server: LiveServer) -> None:
+    seen: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        headers = {"Authorization": f"Bearer {live_server.token}"}
+        with httpx.stream(
+            "GET", f"{live_server.url}/api/v1/events", headers=headers, timeout=30
+        ) as r:
+            event = ""
+            for line in r.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                    if event == "ready":
+                        ready.set()
+                elif line.startswith("data:") and event == "job":
+                    seen.append(json.loads(line.split(":", 1)[1]))
+                    if seen[-1]["status"] == "Done":
+                        return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    with api(live_server) as client:
+        sub = client.post("/api/v1/submissions", json={"application": "hello"}).json()
+    thread.join(30)
+    statuses = [e["status"] for e in seen if e["id"] == sub["job_ids"][0]]
+    assert statuses[0] == "Received" and statuses[-1] == "Done"
+    assert "Running" in statuses
