@@ -1,0 +1,1 @@
+"""Compute backends behind one protocol: local (this machine) and DiracX."""

@@ -1,0 +1,429 @@
+"""The local backend: a pool of slots running jobs on this machine, under bubblewrap if it can."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from concordia.backends import sandbox
+from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
+from concordia.core.states import JobStatus
+from concordia.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_T = TypeVar("_T")
+_LOGS = ("std.out", "std.err")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_DEPTH = 64  # of output directories collected
+
+
+@dataclass(eq=False)
+class _Job:
+    spec: JobSpec
+    dir: Path
+    phase: Literal["queued", "preparing", "running", "ended"] = "queued"
+    killed: bool = False  # by kill() or close(): no more updates
+    timed_out: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+    exited: asyncio.Future[Any] | None = None
+    terminating: asyncio.Task[None] | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _CannotStart(Exception):
+    pass
+
+
+class LocalBackend:
+    """Runs jobs in ``settings.local_slots`` slots, first come first served.
+
+    ``poll`` returns the pending updates of every job, not only those of ``refs``. A job
+    killed by signal N reports exit code 128 + N. Jobs die with the server (bwrap's
+    --die-with-parent): after a restart the reconciler stalls them.
+    """
+
+    name = "local"
+    survives_restart = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.isolated = False  # decided by start()
+        self.changed = asyncio.Event()  # set whenever updates are pending
+        self._jobs: dict[str, _Job] = {}  # queued or running; of ended jobs nothing is kept
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._pending: list[StatusUpdate] = []
+        self._last: dict[str, datetime] = {}
+        self._runners: list[asyncio.Task[None]] = []
+        self._cgroups: list[sandbox.SlotCgroup] = []
+
+    async def start(self) -> None:
+        """Decide on isolation (a probe run) and start the slots."""
+        if self._runners:
+            return
+        jobs_dir = self.settings.jobs_dir
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        mode = self.settings.local_isolation
+        self.isolated = await asyncio.to_thread(sandbox.detect_isolation, mode, jobs_dir)
+        slots, memory_mb = self.settings.local_slots, self.settings.local_memory_mb
+        self._cgroups = await asyncio.to_thread(
+            lambda: [sandbox.SlotCgroup(memory_mb) for _ in range(slots)]
+        )
+        self._runners = [
+            asyncio.create_task(self._runner(cgroup), name=f"local-slot-{i}")
+            for i, cgroup in enumerate(self._cgroups)
+        ]
+
+    async def close(self) -> None:
+        """Kill every job (SIGKILL), collect their logs, stop the slots. No update is emitted."""
+        busy = []
+        for job in list(self._jobs.values()):
+            job.killed = True
+            if job.phase == "queued":
+                self._end(job)
+            else:
+                self._signal(job, signal.SIGKILL)
+                busy.append(asyncio.ensure_future(job.finished.wait()))
+        if busy:
+            await asyncio.wait(busy, timeout=10)
+        for task in self._runners:
+            task.cancel()
+        await asyncio.gather(*self._runners, return_exceptions=True)
+        self._runners = []
+        for _ in range(40):  # the last sandboxes' processes may take a moment to be reaped
+            self._cgroups = [cg for cg in self._cgroups if not cg.remove()]
+            if not self._cgroups:
+                break
+            await asyncio.sleep(0.05)
+
+    def job_dir(self, uuid: str) -> Path:
+        if not _UUID.match(uuid):
+            raise ValueError(f"invalid job uuid {uuid!r}")
+        return self.settings.jobs_dir / uuid
+
+    def running(self, uuid: str) -> bool:
+        job = self._jobs.get(uuid)
+        return job is not None and job.phase == "running"
+
+    async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]:
+        """Queue the jobs; a job already queued or running is left alone, an ended one reruns.
+
+        Raises ValueError, queueing none, if a uuid cannot name a directory.
+        """
+        dirs = [self.job_dir(spec.uuid) for spec in jobs]
+        for spec, jd in zip(jobs, dirs, strict=True):
+            if spec.uuid not in self._jobs:
+                self._jobs[spec.uuid] = job = _Job(spec, jd)
+                self._queue.put_nowait(job)
+        return [
+            BackendRef(uuid=s.uuid, ref=s.uuid, state={"dir": str(d)})
+            for s, d in zip(jobs, dirs, strict=True)
+        ]
+
+    async def poll(self, refs: list[BackendRef]) -> list[StatusUpdate]:
+        return await self.drain()
+
+    async def drain(self) -> list[StatusUpdate]:
+        """Every pending update, oldest first."""
+        updates, self._pending = self._pending, []
+        self.changed.clear()
+        return updates
+
+    async def kill(self, refs: list[BackendRef]) -> None:
+        """Dequeue or terminate the jobs; return once they are gone and their logs collected.
+
+        No update is emitted for them afterwards (pending ones are dropped): the caller
+        records Killed itself.
+        """
+        waits = []
+        for ref in refs:
+            self._pending = [u for u in self._pending if u.uuid != ref.uuid]
+            job = self._jobs.get(ref.uuid)
+            if job is None:
+                continue
+            job.killed = True
+            if job.phase == "queued":  # the slot that dequeues it skips it
+                self._end(job)
+            else:
+                waits.append(self._stop(job))
+        await asyncio.gather(*waits)
+
+    async def fetch_outputs(self, ref: BackendRef, dest: Path) -> list[Path]:
+        """Copy the job's outputs/ (results and std.out, std.err) to dest; list the files."""
+        return await asyncio.to_thread(_copy_outputs, self.job_dir(ref.uuid) / "outputs", dest)
+
+    async def _runner(self, cgroup: sandbox.SlotCgroup) -> None:
+        while True:
+            job = await self._queue.get()
+            if job.phase != "queued":
+                continue
+            try:
+                await self._run(job, cgroup)
+            except Exception as exc:  # a bug must not take the slot down with it
+                log.exception("local job %s", job.spec.uuid)
+                if not job.killed:
+                    self._emit(job.spec.uuid, JobStatus.FAILED, f"Internal error: {exc}")
+            finally:
+                self._end(job)
+
+    def _end(self, job: _Job) -> None:
+        job.phase = "ended"
+        job.finished.set()
+        if self._jobs.get(job.spec.uuid) is job:
+            del self._jobs[job.spec.uuid]
+            self._last.pop(job.spec.uuid, None)
+
+    async def _run(self, job: _Job, cgroup: sandbox.SlotCgroup) -> None:
+        spec, uuid = job.spec, job.spec.uuid
+        job.phase = "preparing"
+        self._emit(uuid, JobStatus.MATCHED, "Assigned to local slot")
+        try:  # copying inputs may take a while: in a thread; a bare directory is quick
+            out, err = await _maybe_thread(bool(spec.input_files), _prepare, job)
+        except _CannotStart as exc:
+            if not job.killed:
+                self._emit(uuid, JobStatus.FAILED, f"Cannot start application: {exc}")
+            return
+        before = cgroup.counters()
+        error = ""
+        try:
+            if not job.killed:
+                job.proc = sandbox.launch(
+                    spec.argv, job.dir / "work", stdout=out, stderr=err, cpu_time=spec.cpu_time,
+                    isolated=self.isolated, network=spec.network, env=spec.env, cgroup=cgroup,
+                )  # fmt: skip
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
+            error = f"Cannot start application: {exc}"
+        finally:
+            os.close(out)
+            os.close(err)
+        if job.proc is None:  # killed while preparing, or could not start
+            await self._finish(job, cgroup)
+            if error and not job.killed:
+                self._emit(uuid, JobStatus.FAILED, error)
+            return
+        job.phase = "running"
+        memory_limit = None if self.settings.local_memory_mb == 0 else cgroup.memory_limited
+        state = {"pid": job.proc.pid, "isolated": self.isolated, "memory_limit": memory_limit}
+        self._emit(uuid, JobStatus.RUNNING, "Application", state=state)
+        started = time.monotonic()
+        status, rusage_cpu = await self._wait(job)
+        wall = time.monotonic() - started
+        if not job.killed:
+            self._emit(uuid, JobStatus.COMPLETING, "Collecting outputs")
+        after = await self._finish(job, cgroup)
+        if job.killed:
+            return
+        # wait4 on bwrap misses the sandbox's processes: only the cgroup knows their CPU time.
+        cpu = rusage_cpu if not self.isolated else None
+        if before[0] is not None and after[0] is not None:
+            cpu = after[0] - before[0]
+        minor, code = sandbox.exit_reason(
+            status, cpu, spec.cpu_time, isolated=self.isolated, oom=after[1] > before[1],
+            stderr=job.dir / "std.err",
+        )  # fmt: skip
+        if job.timed_out:
+            minor = "Wall time limit exceeded"
+        usage = {"cpu_seconds": cpu and round(cpu, 3), "wall_seconds": round(wall, 3)}
+        final = JobStatus.DONE if minor is None else JobStatus.FAILED
+        self._emit(uuid, final, minor or "Execution Complete", exit_code=code, state=usage)
+
+    async def _finish(self, job: _Job, cgroup: sandbox.SlotCgroup) -> tuple[float | None, int]:
+        """After the process: kill what it left, collect outputs, remove work/; slot counters."""
+        if not self.isolated:  # nothing outlives bwrap; a plain job may have left processes
+            for pid in cgroup.pids():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        counters = cgroup.counters()
+        # Moving outputs may take a while: in a thread; only linking the logs is quick.
+        await _maybe_thread(bool(job.spec.outputs), collect_outputs, job.dir, job.spec.outputs)
+        if not self.settings.local_keep_workdir:
+            try:
+                (job.dir / "work").rmdir()  # the usual case, at once: the job left nothing
+            except FileNotFoundError:
+                pass
+            except OSError:
+                await asyncio.to_thread(shutil.rmtree, job.dir / "work", ignore_errors=True)
+        return counters
+
+    async def _wait(self, job: _Job) -> tuple[int, float]:
+        """Wait for the process to end, enforcing the wall-clock limit; reap it."""
+        assert job.proc is not None
+        limit = max(1, job.spec.cpu_time) * self.settings.local_wall_time_factor
+        with sandbox.exit_watch(job.proc.pid) as job.exited:
+            timer = asyncio.get_running_loop().call_later(limit, self._wall_limit, job)
+            try:
+                await job.exited
+            finally:
+                timer.cancel()
+        return sandbox.reap(job.proc)
+
+    def _wall_limit(self, job: _Job) -> None:
+        if not job.killed:
+            job.timed_out = True
+            job.terminating = asyncio.create_task(self._terminate(job))
+
+    async def _stop(self, job: _Job) -> None:
+        await self._terminate(job)
+        await job.finished.wait()
+
+    async def _terminate(self, job: _Job) -> None:
+        """SIGTERM, then SIGKILL after the grace period."""
+        if job.exited is not None and not job.exited.done():
+            self._signal(job, signal.SIGTERM)
+            done, _ = await asyncio.wait({job.exited}, timeout=self.settings.kill_grace_seconds)
+            if not done:
+                self._signal(job, signal.SIGKILL)
+
+    def _signal(self, job: _Job, sig: int) -> None:
+        if job.proc is not None and job.proc.returncode is None:  # not reaped: pid still ours
+            sandbox.signal_job(job.proc.pid, sig, isolated=self.isolated)
+
+    def _update(self, uuid: str, status: JobStatus, minor: str, **kw: Any) -> StatusUpdate:
+        now = datetime.now(UTC)
+        last = self._last.get(uuid)
+        if last is not None and now <= last:  # strictly increasing per job
+            now = last + timedelta(microseconds=1)
+        self._last[uuid] = now
+        return StatusUpdate(uuid=uuid, status=status, minor_status=minor, timestamp=now, **kw)
+
+    def _emit(self, uuid: str, status: JobStatus, minor: str, **kw: Any) -> None:
+        self._pending.append(self._update(uuid, status, minor, **kw))
+        self.changed.set()
+
+
+# File work (in threads where it may take a while).
+def _prepare(job: _Job) -> tuple[int, int]:
+    """A clean job directory with the inputs in work/; the opened logs."""
+    jd, work = job.dir, job.dir / "work"
+    try:
+        jd.mkdir(mode=0o700)
+    except FileExistsError:  # a rescheduled job starts from a clean directory
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(jd / "outputs", ignore_errors=True)
+    work.mkdir(mode=0o700)
+    try:
+        for src in job.spec.input_files:
+            if src.is_dir():
+                shutil.copytree(src, work / src.name, symlinks=True)
+            else:
+                shutil.copyfile(src, work / src.name)
+    except OSError as exc:
+        raise _CannotStart(f"input file {exc.filename}: {exc.strerror or exc}") from exc
+    sandbox.hand_over(work)
+    (jd / "outputs").mkdir(mode=0o700)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    out = os.open(jd / "std.out", flags, 0o600)  # the child's stdout: it streams to disk
+    err = os.open(jd / "std.err", flags, 0o600)
+    return out, err
+
+
+async def _maybe_thread(slow: bool, func: Callable[..., _T], *args: Any) -> _T:
+    return await asyncio.to_thread(func, *args) if slow else func(*args)
+
+
+def collect_outputs(job_dir: Path, patterns: list[str]) -> list[Path]:
+    """Move the regular files of work/ matching the globs to outputs/; add std.out, std.err."""
+    outputs = job_dir / "outputs"
+    outputs.mkdir(exist_ok=True)
+    globs = [g for g in map(_split_glob, patterns) if g]
+    moved = []
+    if globs:
+        with contextlib.suppress(OSError):
+            moved = _move_matches(os.open(job_dir / "work", _DIR_FLAGS), (), globs, outputs)
+    for name in _LOGS:
+        try:
+            os.link(job_dir / name, outputs / name)  # the job is over: a link is a free copy
+        except FileNotFoundError:
+            continue
+        except OSError:
+            shutil.copyfile(job_dir / name, outputs / name)
+        moved.append(outputs / name)
+    return moved
+
+
+def _move_matches(
+    dir_fd: int, rel: tuple[str, ...], globs: list[tuple[str, ...]], outputs: Path
+) -> list[Path]:
+    """Move the matching regular files below ``dir_fd`` (closed here) to ``outputs``.
+
+    The job's processes may outlive it by a moment, and the server may be root: every step goes
+    through directory fds opened with O_NOFOLLOW and renames relative to them, so no symlink
+    can redirect the server outside the work directory; a name swapped for something else than
+    a regular file after the check is thrown away.
+    """
+    moved = []
+    try:
+        with os.scandir(dir_fd) as scan:
+            entries = list(scan)
+        for entry in entries:
+            path = (*rel, entry.name)
+            try:
+                if entry.is_dir(follow_symlinks=False) and len(path) < _MAX_DEPTH:
+                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
+                    moved += _move_matches(child, path, globs, outputs)
+                elif (
+                    entry.is_file(follow_symlinks=False)
+                    and path[0] not in _LOGS  # those names are the server's logs
+                    and any(_glob_match(path, glob) for glob in globs)
+                ):
+                    dest = outputs.joinpath(*path)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(entry.name, dest, src_dir_fd=dir_fd)
+                    if stat.S_ISREG(os.lstat(dest).st_mode):
+                        moved.append(dest)
+                    else:
+                        dest.unlink()
+            except OSError as exc:  # this one is not collected; the others still are
+                log.warning("output %s not collected: %s", "/".join(path), exc)
+    finally:
+        os.close(dir_fd)
+    return moved
+
+
+def _split_glob(pattern: str) -> tuple[str, ...]:
+    parts = tuple(p for p in pattern.strip().split("/") if p not in ("", "."))
+    if pattern.startswith("/") or ".." in parts:
+        log.warning("output pattern %r ignored: it must stay inside the work directory", pattern)
+        return ()
+    return parts
+
+
+def _glob_match(parts: tuple[str, ...], glob: tuple[str, ...]) -> bool:
+    """Match by path segment: ``*``, ``?``, ``[...]`` within one segment, ``**`` for any number."""
+
+    def closure(states: set[int]) -> set[int]:  # "**" may also match no segment at all
+        more = {j + 1 for j in states if j < len(glob) and glob[j] == "**"}
+        return states if more <= states else closure(states | more)
+
+    states = closure({0})
+    for part in parts:
+        states = closure(
+            {j if glob[j] == "**" else j + 1 for j in states if j < len(glob)
+             if glob[j] == "**" or fnmatch.fnmatchcase(part, glob[j])}
+        )  # fmt: skip
+        if not states:
+            return False
+    return len(glob) in states
+
+
+def _copy_outputs(outputs: Path, dest: Path) -> list[Path]:
+    if not outputs.is_dir():
+        return []
+    if dest.resolve() != outputs.resolve():
+        shutil.copytree(outputs, dest, symlinks=True, dirs_exist_ok=True)
+    return sorted(p for p in dest.rglob("*") if p.is_file() and not p.is_symlink())

@@ -1,0 +1,401 @@
+"""How one local job process is launched, limited, watched, signalled and judged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: The uid/gid jobs run as when the server runs as root ("nobody").
+JOB_UID = 65534
+JOB_GID = 65534
+#: The uid/gid a job of a server not running as root sees in its sandbox (a user namespace
+#: maps them to the server's own user).
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: TMPDIR of a job: a fresh tmpfs in the sandbox, the host's (sticky) /tmp without one.
+JOB_TMP = "/tmp"  # noqa: S108
+#: The hard RLIMIT_CPU is this many seconds above the soft one (SIGXCPU first, SIGKILL after).
+CPU_HARD_MARGIN = 5
+#: $0 of the launcher shell: its error messages start with this name.
+LAUNCHER_NAME = "concordia-job"
+
+# The launcher runs as the server's user (as root it may join cgroups): it sets RLIMIT_CPU,
+# joins the slot's cgroups, then execs the rest of the chain (bwrap or setpriv, the job).
+# Shell builtins cost one small exec, less than prlimit + cgexec; no preexec_fn (no fork).
+_LAUNCHER = (
+    'ulimit -S -t "$1" && ulimit -H -t "$2" || exit 125; n=$3; shift 3; '
+    'while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; n=$((n - 1)); shift; done; '
+    'exec "$@"'
+)
+_HOST_DIRS = ("/usr", "/etc", "/opt")
+_MERGED_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+_START_ERROR = re.compile(rf"^(bwrap|setpriv|{LAUNCHER_NAME}): ")
+_serial = itertools.count()
+
+
+def drops_privileges() -> bool:
+    """Jobs of a server running as root run as JOB_UID; otherwise as the server's own user."""
+    return os.geteuid() == 0
+
+
+def hand_over(path: Path) -> None:
+    """Give a job's work directory (and what is in it) to the uid the job runs as."""
+    if not drops_privileges():
+        return
+    os.chown(path, JOB_UID, JOB_GID, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), JOB_UID, JOB_GID, follow_symlinks=False)
+
+
+@functools.cache
+def _bwrap_base() -> tuple[str, ...]:
+    # bwrap and the system directories: the host root would expose the data dir and /root.
+    args = [shutil.which("bwrap") or "bwrap"]
+    for path in _HOST_DIRS:
+        if os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in _MERGED_DIRS:
+        if os.path.islink(path):  # merged /usr
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return tuple(args)
+
+
+def build_command(
+    argv: Sequence[str],
+    workdir: Path,
+    *,
+    isolated: bool,
+    network: bool,
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The command that runs ``argv`` in ``workdir``: a bwrap line, or argv as-is (cwd=workdir).
+
+    As root, bwrap sets the sandbox up as root (bwrap resolves bind sources with its caller's
+    rights, and the data dir is 0700) without a user namespace (in one made by root the job
+    would be root outside), then starts the job through setpriv as JOB_UID: no capabilities,
+    no_new_privs. Otherwise bwrap maps the server's user to SANDBOX_UID in a user namespace.
+    """
+    if not isolated:
+        return list(argv)
+    cmd = [*_bwrap_base(), "--dir", "/work", "--bind", str(workdir), "/work"]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", JOB_TMP]
+    if drops_privileges():
+        cmd += ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+        cmd += [] if network else ["--unshare-net"]
+    else:
+        cmd += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID)]
+        cmd += ["--unshare-all", *(["--share-net"] if network else [])]
+    cmd += ["--die-with-parent", "--new-session", "--clearenv"]
+    variables = {"PATH": SANDBOX_PATH, "HOME": "/work", "TMPDIR": JOB_TMP, **(env or {})}
+    for key, value in variables.items():
+        cmd += ["--setenv", key, value]
+    cmd += ["--chdir", "/work", "--hostname", "job", "--remount-ro", "/", "--"]
+    return cmd + _drop_privileges(isolated=True) + list(argv)
+
+
+@functools.cache
+def _setpriv() -> str:
+    return shutil.which("setpriv") or "setpriv"
+
+
+def _drop_privileges(*, isolated: bool) -> list[str]:
+    if not drops_privileges():
+        return []
+    drop = [_setpriv(), f"--reuid={JOB_UID}", f"--regid={JOB_GID}"]
+    drop += ["--clear-groups", "--inh-caps=-all", "--no-new-privs"]
+    # In bwrap: no capability may come back. Plain: the job dies with the server (bwrap jobs
+    # have --die-with-parent).
+    drop += ["--bounding-set=-all"] if isolated else ["--pdeathsig=KILL"]
+    return [*drop, "--"]
+
+
+def launch_prefix(cpu_time: int, cgroup_procs: Sequence[Path], *, isolated: bool) -> list[str]:
+    """What runs before the command: the limits shell, then for a plain job of root, setpriv."""
+    soft = max(1, cpu_time)
+    prefix = ["/bin/sh", "-c", _LAUNCHER, LAUNCHER_NAME, str(soft), str(soft + CPU_HARD_MARGIN)]
+    prefix += [str(len(cgroup_procs)), *map(str, cgroup_procs)]
+    return prefix if isolated else prefix + _drop_privileges(isolated=False)
+
+
+def launch(
+    argv: Sequence[str],
+    workdir: Path,
+    *,
+    stdout: int,
+    stderr: int,
+    cpu_time: int,
+    isolated: bool,
+    network: bool = False,
+    env: Mapping[str, str] | None = None,
+    cgroup: SlotCgroup | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a job's process in its own session; Popen returns once the launcher has exec'd.
+
+    The launcher never gets the server's environment (settings, tokens): under bwrap the job
+    gets PATH, HOME, TMPDIR and its own variables; without it, the same with HOME=workdir.
+    """
+    cmd = launch_prefix(cpu_time, cgroup.procs if cgroup else [], isolated=isolated)
+    cmd += build_command(argv, workdir, isolated=isolated, network=network, env=env)
+    plain_env = {"HOME": str(workdir), "TMPDIR": JOB_TMP, **(env or {})}
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=workdir,
+        env={"PATH": SANDBOX_PATH, **({} if isolated else plain_env)},
+        start_new_session=True,
+    )
+
+
+@contextlib.contextmanager
+def exit_watch(pid: int) -> Iterator[asyncio.Future[Any]]:
+    """A future resolved when the process ends, leaving it unreaped for reap()."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # kernel < 5.3: a thread waits instead (WNOWAIT: it does not reap)
+        yield asyncio.ensure_future(
+            asyncio.to_thread(os.waitid, os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        )
+        return
+    exited: asyncio.Future[Any] = loop.create_future()
+
+    def ended() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, ended)
+    try:
+        yield exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def reap(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Reap an ended process: (wait status, CPU seconds of it and of the children it reaped).
+
+    Reaping it ourselves, not through asyncio's child watcher, gives its CPU time and keeps
+    its process group from being reused while we may still signal it.
+    """
+    with contextlib.suppress(OSError):  # what the job left behind in its process group
+        os.killpg(proc.pid, signal.SIGKILL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return status, usage.ru_utime + usage.ru_stime
+
+
+def signal_job(pid: int, sig: int, *, isolated: bool) -> None:
+    """Signal a job's processes. Under bwrap the job runs in its own session below bwrap:
+    signal the sandbox's processes, and bwrap only with SIGKILL (its death ends them all)."""
+    targets = _descendants(pid)
+    if not isolated or sig == signal.SIGKILL:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, sig)
+    for target in targets:
+        with contextlib.suppress(OSError):
+            os.kill(target, sig)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(OSError, ValueError):
+                    children = Path(f"/proc/{parent}/task/{tid}/children").read_text().split()
+                    found += map(int, children)
+                    todo += map(int, children)
+    return found
+
+
+def exit_reason(
+    status: int, cpu: float | None, cpu_time: int, *, isolated: bool, oom: bool, stderr: Path
+) -> tuple[str | None, int]:
+    """(None, 0) for a success, else (why the job failed, its exit code; 128+N for signal N)."""
+    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+    code = 128 + sig if sig else os.WEXITSTATUS(status)
+    if isolated and 128 < code < 128 + 65:  # bwrap reports a job killed by N as 128+N
+        sig = code - 128
+    if oom and code != 0:
+        return "Memory limit exceeded", code
+    cpu_out = cpu is not None and cpu >= max(1, cpu_time)  # SIGKILL at the hard limit
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_out):
+        return "CPU time limit exceeded", code
+    if sig:
+        return f"Application killed by signal {sig}", code
+    if code == 0:
+        return None, 0
+    error = start_error(_tail(stderr))
+    if error:
+        return f"Cannot start application: {error}", code
+    return f"Application exited with code {code}", code
+
+
+def start_error(stderr_tail: str) -> str | None:
+    """The launcher's or bwrap's own error (the job never ran), from the end of std.err."""
+    lines = [line for line in stderr_tail.splitlines() if line.strip()]
+    if lines and _START_ERROR.match(lines[-1]):
+        return lines[-1].strip()
+    return None
+
+
+def _tail(path: Path, size: int = 2048) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def detect_isolation(mode: str, probe_dir: Path | None = None) -> bool:
+    """Whether jobs run under bubblewrap: "none" never, "bwrap" always (or raise), "auto" if usable.
+
+    The probe runs ``true`` exactly as a job runs: same flags, privilege drop and limits, in a
+    work directory under ``probe_dir`` (the jobs directory).
+    """
+    if mode == "none":
+        return False
+    if mode not in ("auto", "bwrap"):
+        raise ValueError(f"unknown isolation mode {mode!r} (auto, bwrap or none)")
+    error = _probe(str(probe_dir) if probe_dir else None)
+    if error is None:
+        return True
+    if mode == "bwrap":
+        raise RuntimeError(f"local_isolation is 'bwrap' but bubblewrap cannot run jobs: {error}")
+    log.warning("local jobs run without isolation: bubblewrap cannot run them: %s", error)
+    return False
+
+
+@functools.cache
+def _probe(probe_dir: str | None) -> str | None:
+    """Run ``true`` in the sandbox; None if it worked, else why not. Cached per process."""
+    if shutil.which("bwrap") is None:
+        return "bwrap is not installed (Debian: apt-get install bubblewrap)"
+    if probe_dir:
+        os.makedirs(probe_dir, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=".probe-", dir=probe_dir))
+    try:
+        hand_over(workdir)
+        try:
+            proc = launch(
+                ["true"], workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                cpu_time=10, isolated=True,
+            )  # fmt: skip
+            _, stderr = proc.communicate(timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"the probe failed: {exc}"
+        if proc.returncode == 0:
+            return None
+        return stderr.decode(errors="replace").strip() or f"exit code {proc.returncode}"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@functools.cache
+def _cgroup_root(controller: str) -> Path | None:
+    """The server's own cgroup v1 directory of a controller, if mounted where expected."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controller in controllers.split(","):
+                root = Path("/sys/fs/cgroup", controller, path.lstrip("/"))
+                return root if root.is_dir() else None
+    return None
+
+
+class SlotCgroup:
+    """With a memory limit, the cgroup v1 children of one slot, each left out where it cannot
+    be made: memory (RAM + swap; the kernel OOM-kills a job that exceeds it) and cpuacct (the
+    job's CPU time, including the sandbox's processes that wait4 on bwrap cannot see).
+
+    A slot runs one job at a time: a job's figures are the differences of the counters before
+    and after it. One cgroup per slot, not per job, saves a mkdir and a busy rmdir (bwrap's
+    processes outlive the job by a moment) per job. Without a memory limit there is none:
+    joining a cgroup costs a job more than all the rest of its launch (measured: +15%).
+    """
+
+    def __init__(self, memory_mb: int = 0) -> None:
+        self.dirs: dict[str, Path] = {}
+        name = f"concordia-{os.getpid()}-{next(_serial)}"
+        for controller in ("memory", "cpuacct") if memory_mb else ():
+            root = _cgroup_root(controller)
+            if root is None:
+                continue
+            path = self.dirs[controller] = root / name
+            try:
+                path.mkdir()
+                if controller == "memory":
+                    for limit in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+                        if limit == "memory.limit_in_bytes" or (path / limit).exists():
+                            (path / limit).write_text(str(memory_mb * 1024 * 1024))
+            except OSError as exc:
+                log.log(logging.WARNING if controller == "memory" else logging.DEBUG,
+                        "no %s cgroup: %s", controller, exc)  # fmt: skip
+                del self.dirs[controller]
+                _rmdir(path)
+
+    @property
+    def procs(self) -> list[Path]:
+        return [path / "cgroup.procs" for path in self.dirs.values()]
+
+    @property
+    def memory_limited(self) -> bool:
+        return "memory" in self.dirs
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for procs in self.procs:
+            with contextlib.suppress(OSError, ValueError):
+                found.update(map(int, procs.read_text().split()))
+        return found
+
+    def counters(self) -> tuple[float | None, int]:
+        """(CPU seconds used in the slot, if known; OOM kills in the slot)."""
+        cpu, ooms = None, 0
+        with contextlib.suppress(KeyError, OSError, ValueError):
+            cpu = int((self.dirs["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
+        with contextlib.suppress(KeyError, OSError, ValueError):
+            control = (self.dirs["memory"] / "memory.oom_control").read_text()
+            found = re.search(r"^oom_kill (\d+)", control, re.MULTILINE)
+            ooms = int(found[1] if found else (self.dirs["memory"] / "memory.failcnt").read_text())
+        return cpu, ooms
+
+    def remove(self) -> bool:
+        """Remove the cgroups; False if some are still busy (try again a moment later)."""
+        for controller, path in list(self.dirs.items()):
+            if _rmdir(path):
+                del self.dirs[controller]
+        return not self.dirs
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True

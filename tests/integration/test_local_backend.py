@@ -1,0 +1,346 @@
+"""The local backend with real processes under real bubblewrap: lifecycle, limits, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from concordia.backends import sandbox
+from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
+from concordia.backends.local import LocalBackend
+from concordia.core.states import FINAL_STATES, JobStatus
+from concordia.settings import Settings
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+
+S = JobStatus
+T = TypeVar("T")
+Factory = Callable[..., Awaitable[LocalBackend]]
+AS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+async def make_backend(tmp_path: Path) -> AsyncIterator[Factory]:
+    """Started backends on tmp_path/var (0700, as the app makes it); closed after the test."""
+    started: list[LocalBackend] = []
+
+    async def make(**overrides: Any) -> LocalBackend:
+        values: dict[str, Any] = {"local_slots": 2, "kill_grace_seconds": 0.5}
+        values.update(overrides)
+        data_dir = tmp_path / "var"
+        data_dir.mkdir(mode=0o700, exist_ok=True)
+        backend = LocalBackend(Settings(data_dir=data_dir, **values))
+        await within(backend.start())
+        started.append(backend)
+        return backend
+
+    yield make
+    for backend in started:
+        await within(backend.close())
+
+
+async def within(awaitable: Awaitable[T], seconds: float = 15) -> T:
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+def job(uuid: str, *argv: str, cpu_time: int = 10, **fields: Any) -> JobSpec:
+    return JobSpec(uuid=uuid, job_id=1, name=uuid, argv=list(argv), cpu_time=cpu_time, **fields)
+
+
+def ref(uuid: str) -> BackendRef:
+    return BackendRef(uuid=uuid, ref=uuid)
+
+
+async def run(
+    backend: LocalBackend, *specs: JobSpec, seconds: float = 15
+) -> dict[str, list[StatusUpdate]]:
+    """Submit the jobs; return their updates once each has a final one."""
+    await backend.submit(list(specs))
+    return await updates_until(backend, {s.uuid for s in specs}, seconds)
+
+
+async def updates_until(
+    backend: LocalBackend, uuids: set[str], seconds: float = 15
+) -> dict[str, list[StatusUpdate]]:
+    seen: dict[str, list[StatusUpdate]] = {uuid: [] for uuid in uuids}
+
+    async def wait() -> None:
+        while not all(u and u[-1].status in FINAL_STATES for u in seen.values()):
+            await backend.changed.wait()
+            for update in await backend.poll([]):
+                seen.setdefault(update.uuid, []).append(update)
+
+    await within(wait(), seconds)
+    return seen
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    async def wait() -> None:
+        while not condition():
+            await asyncio.sleep(0.02)
+
+    await within(wait(), seconds)
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_job_runs_and_its_outputs_are_collected(make_backend: Factory) -> None:
+    backend = await make_backend()
+    assert backend.isolated
+    script = (
+        "echo hello; echo oops >&2; echo data > result.txt; mkdir sub;"
+        " echo a > sub/a.txt; echo b > sub/b.dat; mkdir dir.txt"
+    )
+    updates = await run(backend, job("j1", "sh", "-c", script, outputs=["*.txt", "sub/*.txt"]))
+    history = updates["j1"]
+    assert [u.status for u in history] == [S.MATCHED, S.RUNNING, S.COMPLETING, S.DONE]
+    assert [u.minor_status for u in history] == [
+        "Assigned to local slot",
+        "Application",
+        "Collecting outputs",
+        "Execution Complete",
+    ]
+    assert all(a.timestamp < b.timestamp for a, b in pairwise(history))
+    assert history[-1].exit_code == 0
+    assert history[1].state["isolated"] is True
+    assert history[1].state["memory_limit"] is None  # none asked for
+    jd = backend.job_dir("j1")
+    assert (jd / "std.out").read_text() == "hello\n"
+    assert (jd / "std.err").read_text() == "oops\n"
+    assert not (jd / "work").exists()
+    dest = jd.parent.parent / "download"
+    files = await within(backend.fetch_outputs(ref("j1"), dest))
+    names = sorted(str(f.relative_to(dest)) for f in files)
+    assert names == ["result.txt", "std.err", "std.out", "sub/a.txt"]
+    assert (dest / "result.txt").read_text() == "data\n"
+    assert (dest / "std.out").read_text() == "hello\n"
+
+
+async def test_exit_code_and_start_failures(make_backend: Factory, tmp_path: Path) -> None:
+    backend = await make_backend()
+    missing = tmp_path / "missing.dat"
+    updates = await run(
+        backend,
+        job("code", "sh", "-c", "exit 3"),
+        job("noexe", "no-such-program"),
+        job("noinput", "true", input_files=[missing]),
+    )
+    assert updates["code"][-1].status == S.FAILED
+    assert updates["code"][-1].minor_status == "Application exited with code 3"
+    assert updates["code"][-1].exit_code == 3
+    assert updates["noexe"][-1].status == S.FAILED
+    assert updates["noexe"][-1].minor_status.startswith("Cannot start application:")
+    assert "no-such-program" in updates["noexe"][-1].minor_status
+    assert [u.status for u in updates["noinput"]] == [S.MATCHED, S.FAILED]
+    assert updates["noinput"][-1].minor_status.startswith("Cannot start application: input")
+
+
+async def test_input_files_are_in_the_work_directory(make_backend: Factory, tmp_path: Path) -> None:
+    backend = await make_backend()
+    data = tmp_path / "in.txt"
+    data.write_text("42\n")
+    updates = await run(
+        backend, job("in", "sh", "-c", "cat in.txt; echo x >> in.txt", input_files=[data])
+    )
+    assert updates["in"][-1].status == S.DONE
+    assert (backend.job_dir("in") / "std.out").read_text() == "42\n"
+
+
+async def test_cpu_time_limit(make_backend: Factory) -> None:
+    backend = await make_backend(local_wall_time_factor=5)
+    updates = await run(backend, job("cpu", "python3", "-c", "while True: pass", cpu_time=1))
+    assert updates["cpu"][-1].status == S.FAILED
+    assert updates["cpu"][-1].minor_status == "CPU time limit exceeded"
+
+
+async def test_wall_time_limit(make_backend: Factory) -> None:
+    backend = await make_backend(local_wall_time_factor=1)
+    updates = await run(backend, job("wall", "sleep", "30", cpu_time=1))
+    assert [u.status for u in updates["wall"]][-2:] == [S.COMPLETING, S.FAILED]
+    assert updates["wall"][-1].minor_status == "Wall time limit exceeded"
+    assert updates["wall"][-1].state["wall_seconds"] < 5
+
+
+async def test_kill_running_job(make_backend: Factory) -> None:
+    backend = await make_backend()
+    script = "trap 'echo got TERM; exit 1' TERM; echo started; sleep 300 & wait"
+    await backend.submit([job("k", "sh", "-c", script)])
+    std_out = backend.job_dir("k") / "std.out"
+    await until(lambda: std_out.exists() and "started" in std_out.read_text())
+    pending = await backend.poll([])
+    pid = next(u.state["pid"] for u in pending if u.status == S.RUNNING)
+    assert backend.running("k") and pid_exists(pid)
+    await within(backend.kill([ref("k")]))
+    assert not backend.running("k")
+    assert not pid_exists(pid)
+    await until(lambda: not any(b"sleep\x00300" in c for c in cmdlines()), 5)
+    await asyncio.sleep(0.2)
+    assert await backend.poll([]) == []  # the caller records Killed itself
+    outputs = backend.job_dir("k") / "outputs"
+    assert (outputs / "std.out").read_text() == "started\ngot TERM\n"  # SIGTERM came first
+
+
+def cmdlines() -> list[bytes]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                found.append(Path(f"/proc/{entry}/cmdline").read_bytes())
+            except OSError:
+                pass
+    return found
+
+
+async def test_kill_queued_job(make_backend: Factory) -> None:
+    backend = await make_backend(local_slots=1)
+    await backend.submit([job("first", "sleep", "300"), job("second", "true")])
+    await until(lambda: backend.running("first"))
+    await within(backend.kill([ref("second")]))
+    await within(backend.kill([ref("first")]))
+    await asyncio.sleep(0.3)
+    updates = await backend.poll([])
+    assert not [u for u in updates if u.uuid == "second"]
+    assert not backend.job_dir("second").exists()
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="the job's uid is only dropped when the server is root")
+async def test_isolation(make_backend: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVER_SECRET_FOR_TEST", "secret")
+    backend = await make_backend()
+    data_dir = backend.settings.data_dir
+    probe = f"""
+import os, socket
+def check(name, action):
+    try:
+        action()
+        print(name, "allowed")
+    except OSError as exc:
+        print(name, "denied", type(exc).__name__)
+check("write-usr", lambda: open("/usr/concordia-test", "w"))
+check("read-shadow", lambda: open("/etc/shadow").read())
+check("list-root", lambda: os.listdir("/root"))
+check("list-data-dir", lambda: os.listdir({str(data_dir)!r}))
+check("postgres", lambda: socket.create_connection(("127.0.0.1", 5432), timeout=2))
+print("uid", os.getuid(), os.geteuid())
+print("env", os.environ["HOME"], os.environ["PATH"], "SERVER_SECRET_FOR_TEST" in os.environ)
+"""
+    updates = await run(backend, job("iso", "python3", "-c", probe))
+    assert updates["iso"][-1].status == S.DONE, (backend.job_dir("iso") / "std.err").read_text()
+    lines = (backend.job_dir("iso") / "std.out").read_text().splitlines()
+    assert lines[0].startswith("write-usr denied")
+    assert lines[1].startswith("read-shadow denied")
+    assert lines[2] == "list-root denied FileNotFoundError"
+    assert lines[3] == "list-data-dir denied FileNotFoundError"
+    assert lines[4].startswith("postgres denied")
+    assert lines[5] == f"uid {sandbox.JOB_UID} {sandbox.JOB_UID}"
+    assert lines[6] == f"env /work {sandbox.SANDBOX_PATH} False"  # nothing from the server
+
+
+async def test_symlinks_are_never_collected(make_backend: Factory) -> None:
+    backend = await make_backend()
+    script = "ln -s /etc/passwd leak.txt; ln -s / root; ln -s /etc etc; echo ok > real.txt"
+    globs = ["*.txt", "root/etc/passwd", "etc/*", "**/passwd", "../*", "/etc/passwd"]
+    updates = await run(backend, job("sym", "sh", "-c", script, outputs=globs))
+    assert updates["sym"][-1].status == S.DONE
+    outputs = backend.job_dir("sym") / "outputs"
+    found = sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*"))
+    assert found == ["real.txt", "std.err", "std.out"]
+    assert not any(p.is_symlink() for p in outputs.rglob("*"))
+
+
+async def test_submit_is_idempotent_and_a_rerun_starts_clean(make_backend: Factory) -> None:
+    backend = await make_backend()
+    spec = job("idem", "sh", "-c", "echo run; echo x > out.txt", outputs=["*.txt"])
+    refs = await backend.submit([spec])
+    assert await backend.submit([spec]) == refs
+    assert refs[0].ref == "idem" and refs[0].state == {"dir": str(backend.job_dir("idem"))}
+    updates = await updates_until(backend, {"idem"})
+    assert [u.status for u in updates["idem"]].count(S.MATCHED) == 1
+    assert (backend.job_dir("idem") / "std.out").read_text() == "run\n"
+    # A rescheduled job runs again, from a clean directory.
+    rerun = job("idem", "sh", "-c", "ls; echo again", outputs=["*.txt"])
+    updates = await run(backend, rerun)
+    assert [u.status for u in updates["idem"]] == [S.MATCHED, S.RUNNING, S.COMPLETING, S.DONE]
+    assert (backend.job_dir("idem") / "std.out").read_text() == "again\n"
+    assert not (backend.job_dir("idem") / "outputs" / "out.txt").exists()
+
+
+async def test_stdout_streams_while_the_job_runs(make_backend: Factory) -> None:
+    backend = await make_backend()
+    await backend.submit([job("stream", "sh", "-c", "echo first; sleep 1.5; echo second")])
+    std_out = backend.job_dir("stream") / "std.out"
+    await until(lambda: std_out.exists() and std_out.read_text() == "first\n")
+    assert backend.running("stream")
+    updates = await updates_until(backend, {"stream"})
+    assert updates["stream"][-1].status == S.DONE
+    assert std_out.read_text() == "first\nsecond\n"
+
+
+async def test_plain_mode(make_backend: Factory) -> None:
+    backend = await make_backend(local_isolation="none")
+    assert not backend.isolated
+    script = "id -u; pwd; echo out > r.txt"
+    updates = await run(backend, job("plain", "sh", "-c", script, outputs=["r.txt"]))
+    assert updates["plain"][1].state["isolated"] is False
+    assert updates["plain"][-1].status == S.DONE
+    uid, cwd = (backend.job_dir("plain") / "std.out").read_text().split()
+    assert int(uid) == (sandbox.JOB_UID if AS_ROOT else os.getuid())
+    assert cwd == str(backend.job_dir("plain") / "work")
+    assert (backend.job_dir("plain") / "outputs" / "r.txt").read_text() == "out\n"
+
+
+async def test_memory_limit(make_backend: Factory) -> None:
+    probe = sandbox.SlotCgroup(64)
+    limited = probe.memory_limited
+    probe.remove()
+    if not limited:
+        pytest.skip("no writable cgroup v1 memory controller")
+    backend = await make_backend(local_memory_mb=64)
+    hog = "x = bytearray(400 * 1024 * 1024); print('survived')"
+    updates = await run(backend, job("mem", "python3", "-c", hog), job("small", "true"))
+    assert updates["mem"][1].state["memory_limit"] is True
+    assert updates["mem"][-1].status == S.FAILED
+    assert updates["mem"][-1].minor_status == "Memory limit exceeded"
+    assert updates["small"][-1].status == S.DONE
+
+
+async def test_a_bad_uuid_queues_nothing(make_backend: Factory) -> None:
+    backend = await make_backend()
+    with pytest.raises(ValueError, match="invalid job uuid"):
+        await backend.submit([job("fine", "true"), job("../escape", "true")])
+    await asyncio.sleep(0.2)
+    assert await backend.poll([]) == []
+    assert not backend.job_dir("fine").exists()
+
+
+async def test_close_kills_everything(make_backend: Factory) -> None:
+    backend = await make_backend(local_slots=1)
+    await backend.submit([job("long", "sleep", "300"), job("waiting", "true")])
+    await until(lambda: backend.running("long"))
+    pid = next(u.state["pid"] for u in await backend.poll([]) if u.status == S.RUNNING)
+    await within(backend.close())
+    assert not pid_exists(pid)
+    assert await backend.poll([]) == []
+    assert (backend.job_dir("long") / "outputs" / "std.out").exists()
+    assert not backend.job_dir("waiting").exists()
+
+
+def test_isolation_modes(tmp_path: Path) -> None:
+    assert sandbox.detect_isolation("none") is False
+    assert sandbox.detect_isolation("auto", tmp_path) is True
+    assert sandbox.detect_isolation("bwrap", tmp_path) is True
+    with pytest.raises(ValueError, match="unknown isolation mode"):
+        sandbox.detect_isolation("docker")
