@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from concordia.backends.base import Backend, BackendRef, JobSpec, StatusUpdate
 from concordia.core.application import ApplicationDef
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 #: Jobs handed to a backend per round, so one huge submission cannot stall the loop.
 DISPATCH_BATCH = 500
+#: After a wake-up, wait this long for more news: one round then stores many updates in one
+#: transaction, instead of a round per update taking CPU from the jobs themselves.
+COALESCE_SECONDS = 0.02
 _WATCHED = (JobStatus.WAITING, *ACTIVE_STATES)
 
 
@@ -29,29 +33,49 @@ class Reconciler:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self._definitions: dict[int, ApplicationDef] = {}
+        #: Per backend, the jobs it holds (Waiting or active), by uuid. Kept up to date as
+        #: rounds go, and read again from the database at every timed poll, so that jobs
+        #: killed or deleted by users drop out; a round then needs no query to know them.
+        self._watched: dict[str, dict[str, BackendRef]] = {}
 
     async def run(self) -> None:
         await self.recover()
+        resync = True
         while True:
             try:
-                await self.step()
+                await self.step(resync=resync)
             except Exception:
                 # One bad round must not stop the platform; the next round retries.
                 log.exception("reconciler round failed")
-            await self._wait()
+                resync = True
+            resync = not await self._wait() or resync
 
-    async def step(self) -> None:
+    async def step(self, *, resync: bool = True) -> None:
         self.platform.wakeup.clear()
         for name, backend in self.platform.backends.items():
+            if resync:
+                await self._load_watched(name)
             await self.dispatch(name, backend)
             await self.apply_updates(name, backend)
 
-    async def _wait(self) -> None:
+    async def _load_watched(self, name: str) -> None:
+        async with self.platform.reading() as session:
+            rows = await session.execute(
+                select(Job.uuid, Job.backend_ref, Job.backend_state).where(
+                    Job.status.in_([s.value for s in _WATCHED]), Job.backend == name
+                )
+            )
+            self._watched[name] = {
+                u: BackendRef(uuid=u, ref=r or u, state=s) for u, r, s in rows.all()
+            }
+
+    async def _wait(self) -> bool:
+        """Until news or the poll interval; True if woken by news."""
         events = [self.platform.wakeup]
         events += [e for b in self.platform.backends.values() if (e := _changed(b)) is not None]
         waiters = [asyncio.create_task(e.wait()) for e in events]
         try:
-            await asyncio.wait(
+            done, _ = await asyncio.wait(
                 waiters,
                 timeout=self.platform.settings.poll_interval,
                 return_when=asyncio.FIRST_COMPLETED,
@@ -59,6 +83,9 @@ class Reconciler:
         finally:
             for w in waiters:
                 w.cancel()
+        if done:
+            await asyncio.sleep(COALESCE_SECONDS)
+        return bool(done)
 
     async def dispatch(self, name: str, backend: Backend) -> None:
         """Received -> Checking -> Waiting, and into the backend's queue."""
@@ -83,10 +110,12 @@ class Reconciler:
                     source="JobScheduling",
                 )
             await self._submit(session, backend, jobs)
+        self._watch(name, jobs)
         publish_jobs(self.platform.bus, jobs)
 
     async def _submit(self, session: AsyncSession, backend: Backend, jobs: Sequence[Job]) -> None:
-        specs = [await self._spec(session, job) for job in jobs]
+        apps = await self._definitions_of(session, {job.submission_id for job in jobs})
+        specs = [self._spec(job, apps[job.submission_id]) for job in jobs]
         refs = await backend.submit(specs)
         by_uuid = {ref.uuid: ref for ref in refs}
         for job in jobs:
@@ -94,14 +123,27 @@ class Reconciler:
             job.backend_ref = ref.ref
             job.backend_state = {**job.backend_state, **ref.state}
 
-    async def _spec(self, session: AsyncSession, job: Job) -> JobSpec:
-        submission = await session.get(Submission, job.submission_id)
-        assert submission is not None
-        app = self._definitions.get(submission.application_id)
-        if app is None:
-            row = await session.get(Application, submission.application_id)
-            assert row is not None
-            app = self._definitions[row.id] = ApplicationDef.model_validate(row.definition)
+    async def _definitions_of(
+        self, session: AsyncSession, submission_ids: set[int]
+    ) -> dict[int, ApplicationDef]:
+        """Each submission's application definition, as stored when it was first used."""
+        rows = (
+            await session.execute(
+                select(Submission.id, Submission.application_id).where(
+                    Submission.id.in_(submission_ids)
+                )
+            )
+        ).all()
+        missing = {app_id for _, app_id in rows} - set(self._definitions)
+        if missing:
+            stored = await session.execute(
+                select(Application.id, Application.definition).where(Application.id.in_(missing))
+            )
+            for app_id, definition in stored.all():
+                self._definitions[app_id] = ApplicationDef.model_validate(definition)
+        return {sid: self._definitions[app_id] for sid, app_id in rows}
+
+    def _spec(self, job: Job, app: ApplicationDef) -> JobSpec:
         directory = self.platform.catalog.directory
         return JobSpec(
             uuid=job.uuid,
@@ -115,19 +157,19 @@ class Reconciler:
             jdl=job.jdl,
         )
 
+    def _watch(self, name: str, jobs: Sequence[Job]) -> None:
+        watched = self._watched.setdefault(name, {})
+        for job in jobs:
+            if JobStatus(job.status) in _WATCHED:
+                watched[job.uuid] = backend_ref(job)
+            else:
+                watched.pop(job.uuid, None)
+
     async def apply_updates(self, name: str, backend: Backend) -> None:
-        async with self.platform.reading() as session:
-            watched = (
-                await session.execute(
-                    select(Job.uuid, Job.backend_ref, Job.backend_state).where(
-                        Job.status.in_([s.value for s in _WATCHED]), Job.backend == name
-                    )
-                )
-            ).all()
+        watched = self._watched.get(name)
         if not watched:
             return
-        refs = [BackendRef(uuid=u, ref=r or u, state=s) for u, r, s in watched]
-        updates = await backend.poll(refs)
+        updates = await backend.poll(list(watched.values()))
         if not updates:
             return
         async with self.platform.writing() as session:
@@ -136,18 +178,17 @@ class Reconciler:
                 job = jobs.get(update.uuid)
                 if job is not None:
                     self._apply(session, name, job, update)
-        finished = [j for j in jobs.values() if JobStatus(j.status).is_final]
-        for job in finished:
-            dest = self.platform.settings.jobs_dir / job.uuid / "outputs"
-            try:
-                await backend.fetch_outputs(backend_ref(job), dest)
-            except Exception:
-                log.exception("could not fetch the outputs of job %s", job.id)
+        self._watch(name, list(jobs.values()))
         publish_jobs(self.platform.bus, list(jobs.values()))
 
     @staticmethod
     async def _jobs_by_uuid(session: AsyncSession, uuids: set[str]) -> dict[str, Job]:
-        rows = await session.scalars(select(Job).where(Job.uuid.in_(uuids)))
+        # What a backend reports never touches the job's definition: leave it unloaded.
+        rows = await session.scalars(
+            select(Job)
+            .where(Job.uuid.in_(uuids))
+            .options(defer(Job.jdl), defer(Job.argv), defer(Job.parameters))
+        )
         return {job.uuid: job for job in rows}
 
     @staticmethod
@@ -193,6 +234,7 @@ class Reconciler:
                 waiting = [j for j in jobs if j.status == JobStatus.WAITING.value]
                 if waiting:
                     await self._submit(session, backend, waiting)
+                self._watch(name, jobs)
                 publish_jobs(self.platform.bus, jobs)
 
 

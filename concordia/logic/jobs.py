@@ -23,7 +23,7 @@ from concordia.core.states import (
 from concordia.db.tables import Job, JobStatusHistory, utcnow
 from concordia.logic.errors import Conflict, Invalid, NotFound
 from concordia.logic.events import Event, EventBus
-from concordia.logic.platform import Platform
+from concordia.logic.platform import HISTORY_KEY, Platform
 
 SortKey = Literal["id", "-id", "updated", "-updated", "created", "-created", "name", "-name"]
 _SORT_COLUMNS = {
@@ -113,15 +113,18 @@ def record_status(
         job.started_at = at
     if status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED):
         job.ended_at = at
-    session.add(
-        JobStatusHistory(
-            job_id=job.id,
-            status=status.value,
-            minor_status=minor,
-            application_status=app_status,
-            source=source,
-            timestamp=at,
-        )
+    # Rows wait in the session and go in one multi-row INSERT at commit (Platform.writing):
+    # one ORM object per row would cost one statement per row.
+    history: list[dict[str, Any]] = session.info.setdefault(HISTORY_KEY, [])
+    history.append(
+        {
+            "job_id": job.id,
+            "status": status.value,
+            "minor_status": minor,
+            "application_status": app_status,
+            "source": source,
+            "timestamp": at,
+        }
     )
 
 
@@ -231,9 +234,11 @@ async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary
         status = JobStatus(job.status)
         if status not in KILLABLE_STATES:
             raise Conflict(f"job {job_id} is {status}: it cannot be killed")
-        if job.backend_ref is not None and (status in ACTIVE_STATES or status is JobStatus.WAITING):
-            await platform.backends[job.backend].kill([backend_ref(job)])
         transition(session, job, JobStatus.KILLED, minor="Killed by user", source="User")
+    # Outside the lock: stopping a process may take the grace period. Whatever the backend
+    # reports meanwhile is refused by the state machine (Killed is final) and logged.
+    if job.backend_ref is not None and (status in ACTIVE_STATES or status is JobStatus.WAITING):
+        await platform.backends[job.backend].kill([backend_ref(job)])
     platform.bus.publish(job_event(job))
     return JobSummary.model_validate(job, from_attributes=True)
 

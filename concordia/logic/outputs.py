@@ -14,6 +14,8 @@ from pydantic import BaseModel
 from concordia.core.states import JobStatus
 from concordia.db.tables import Job
 from concordia.logic.errors import Invalid, NotFound
+from concordia.logic.jobs import backend_ref
+from concordia.logic.platform import Platform
 
 Stream = Literal["stdout", "stderr"]
 _LOG_FILES = {"stdout": "std.out", "stderr": "std.err"}
@@ -35,6 +37,13 @@ class OutputFile(BaseModel):
 
 def job_dir(jobs_dir: Path, job: Job) -> Path:
     return jobs_dir / job.uuid
+
+
+async def fetch_outputs(platform: Platform, job: Job) -> None:
+    """Bring a job's outputs into its outputs/ directory, when a user asks for them: a
+    backend keeping them elsewhere (a grid's sandbox store) is only asked when needed."""
+    dest = job_dir(platform.settings.jobs_dir, job) / "outputs"
+    await platform.backends[job.backend].fetch_outputs(backend_ref(job), dest)
 
 
 def read_log(jobs_dir: Path, job: Job, stream: Stream, offset: int, limit: int) -> LogChunk:

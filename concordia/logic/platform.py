@@ -7,12 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from concordia.backends.base import Backend
+from concordia.db.tables import JobStatusHistory
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.events import EventBus
 from concordia.settings import Settings
+
+#: The session.info key under which logic.jobs.record_status keeps pending history rows.
+HISTORY_KEY = "concordia.history"
 
 
 @dataclass
@@ -35,6 +40,11 @@ class Platform:
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[AsyncSession]:
-        """A transaction under the write lock, committed on success."""
+        """A transaction under the write lock, committed on success, with the status-history
+        rows its transitions recorded (logic.jobs.record_status) written in one statement."""
         async with self.write_lock, self.sessions() as session, session.begin():
             yield session
+            history = session.info.pop(HISTORY_KEY, None)
+            if history:
+                await session.flush()
+                await session.execute(insert(JobStatusHistory), history)

@@ -71,6 +71,7 @@ async def get_logs(
 async def list_outputs(job_id: int, platform: PlatformDep, user: CurrentUser) -> list[OutputFile]:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
+    await outputs.fetch_outputs(platform, job)
     return outputs.list_outputs(platform.settings.jobs_dir, job)
 
 
@@ -78,6 +79,7 @@ async def list_outputs(job_id: int, platform: PlatformDep, user: CurrentUser) ->
 async def download_zip(job_id: int, platform: PlatformDep, user: CurrentUser) -> FileResponse:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
+    await outputs.fetch_outputs(platform, job)
     tmp_dir = platform.settings.data_dir / "tmp"
     tmp_dir.mkdir(exist_ok=True)
     fd, name = tempfile.mkstemp(suffix=".zip", dir=tmp_dir)
@@ -102,6 +104,7 @@ async def download_output(
 ) -> FileResponse:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
+    await outputs.fetch_outputs(platform, job)
     file = outputs.output_path(platform.settings.jobs_dir, job, path)
     return FileResponse(file, filename=file.name)
 
