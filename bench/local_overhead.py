@@ -1,0 +1,142 @@
+"""The platform's overhead on local jobs: 200 jobs of /bin/true, submission to all Done.
+
+Runs, in the same process and the same run:
+- platform: `concordia serve` (SQLite, local backend, SLOTS slots) with a one-line
+  application running /bin/true; the time from POST /submissions of 200 jobs until the
+  submission is finished (every job Done, with its history and outputs stored);
+- direct: the same 200 bubblewrap command lines (the local backend's own sandbox) run
+  straight from asyncio with the same parallelism, no database, no server.
+Last line: `ratio <platform/direct>`. Goal <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from concordia.backends.sandbox import build_command, detect_isolation, hand_over
+
+APPLICATION = """\
+name: noop
+title: /bin/true
+command: /bin/true
+cpu_time: 60
+batch: {count: jobs}
+parameters:
+  jobs: {type: int, default: 1, min: 1, max: 10000}
+"""
+
+
+def run_platform(tmp: Path, jobs: int, slots: int) -> float:
+    apps = tmp / "apps"
+    apps.mkdir()
+    (apps / "noop.yaml").write_text(APPLICATION)
+    data = tmp / "var"
+    port = 19000 + os.getpid() % 1000
+    env = {
+        **os.environ,
+        "CONCORDIA_DATA_DIR": str(data),
+        "CONCORDIA_PORT": str(port),
+        "CONCORDIA_APPLICATIONS_DIR": str(apps),
+        "CONCORDIA_LOCAL_SLOTS": str(slots),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "concordia", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "api-token").exists() or not _up(url):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("the server did not start")
+            time.sleep(0.1)
+        headers = {"Authorization": f"Bearer {(data / 'api-token').read_text().strip()}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            client.get("/api/v1/me").raise_for_status()  # warm the connection
+            cpu_before = _cpu_seconds(server.pid)
+            start = time.perf_counter()
+            response = client.post(
+                "/api/v1/submissions",
+                json={"application": "noop", "parameters": {"jobs": jobs}},
+            )
+            response.raise_for_status()
+            sid = response.json()["id"]
+            while True:
+                body = client.get(f"/api/v1/submissions/{sid}").json()
+                if body["finished"]:
+                    break
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - start
+            print(f"server_cpu_s {_cpu_seconds(server.pid) - cpu_before:.3f}")
+        if body["counts"] != {"Done": jobs}:
+            raise SystemExit(f"not every job is Done: {body['counts']}")
+        return elapsed
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+async def run_direct(tmp: Path, jobs: int, slots: int, isolated: bool) -> float:
+    root = tmp / "direct"
+    limit = asyncio.Semaphore(slots)
+
+    async def one(index: int) -> None:
+        async with limit:
+            work = root / str(index) / "work"
+            work.mkdir(parents=True)
+            hand_over(work)
+            cmd = build_command(["/bin/true"], work, isolated=isolated, network=False)
+            proc = await asyncio.create_subprocess_exec(*cmd, cwd=work)
+            if await proc.wait() != 0:
+                raise SystemExit(f"direct run {index} failed")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(jobs)))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--slots", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        isolated = detect_isolation("auto")
+        print(f"jobs {args.jobs}, slots {args.slots}, bubblewrap {isolated}")
+        platform = run_platform(tmp, args.jobs, args.slots)
+        print(f"platform_s {platform:.3f}")
+        direct = asyncio.run(run_direct(tmp, args.jobs, args.slots, isolated))
+        print(f"direct_s {direct:.3f}")
+        shutil.rmtree(tmp / "direct", ignore_errors=True)
+        print(f"ratio {platform / direct:.2f}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (the server itself, not its jobs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
