@@ -58,6 +58,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
+        # Absolute from here on: jobs run in other working directories (bwrap, subprocesses).
+        self.data_dir = self.data_dir.absolute()
+        self.applications_dir = self.applications_dir.absolute()
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'concordia.db'}"
         if not self.public_url:

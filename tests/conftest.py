@@ -145,6 +145,7 @@ class LiveServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "concordia", "serve"],
             env=self.env,
+            cwd=self.data_dir.parent,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -176,7 +177,8 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     port = free_port()
     env = {
         **os.environ,
-        "CONCORDIA_DATA_DIR": str(data_dir),
+        # Relative, as with `make run` (the default is ./var).
+        "CONCORDIA_DATA_DIR": data_dir.name,
         "CONCORDIA_PORT": str(port),
         "CONCORDIA_LOCAL_SLOTS": "2",
         "CONCORDIA_POLL_INTERVAL": "0.5",
