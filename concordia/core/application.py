@@ -28,6 +28,14 @@ class ParameterError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+class ParameterErrors(ParameterError):
+    """Several bad values at once, so a form can show every one; reads as the first."""
+
+    def __init__(self, errors: list[ParameterError]) -> None:
+        self.errors = errors
+        super().__init__(errors[0].field, errors[0].message)
+
+
 class _ParamBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str = ""
@@ -193,18 +201,24 @@ def _placeholders(template: str) -> list[str]:
 
 
 def validate_parameters(app: ApplicationDef, raw: dict[str, Any]) -> dict[str, ParamValue]:
-    """Check a submission's parameters; fill defaults. Raises ParameterError per field."""
-    unknown = sorted(set(raw) - set(app.parameters))
-    if unknown:
-        raise ParameterError(unknown[0], "is not a parameter of this application")
+    """Check a submission's parameters; fill defaults. Raises ParameterErrors (all of them)."""
+    errors = [
+        ParameterError(name, "is not a parameter of this application")
+        for name in sorted(set(raw) - set(app.parameters))
+    ]
     values: dict[str, ParamValue] = {}
     for name, spec in app.parameters.items():
-        if name in raw and raw[name] is not None and raw[name] != "":
-            values[name] = check_value(name, spec, raw[name])
-        elif spec.default is not None:
-            values[name] = spec.default
-        else:
-            raise ParameterError(name, "is required")
+        try:
+            if name in raw and raw[name] is not None and raw[name] != "":
+                values[name] = check_value(name, spec, raw[name])
+            elif spec.default is not None:
+                values[name] = spec.default
+            else:
+                raise ParameterError(name, "is required")
+        except ParameterError as exc:
+            errors.append(exc)
+    if errors:
+        raise ParameterErrors(errors)
     return values
 
 

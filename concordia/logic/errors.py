@@ -32,12 +32,16 @@ class TooLarge(DomainError):
 
 
 class Invalid(DomainError):
-    """A bad input; ``field`` names it, as FastAPI's own 422s do."""
+    """Bad input; each problem names its field and rule, as FastAPI's own 422s do."""
 
     status_code = 422
 
     def __init__(self, field: str, message: str, location: str = "body") -> None:
-        self.field = field
-        self.location = location
+        self.problems = [(location, field, message)]
         super().__init__(f"{field}: {message}")
-        self.rule = message
+
+    @classmethod
+    def many(cls, problems: list[tuple[str, str]], location: str = "body") -> Invalid:
+        error = cls(*problems[0], location=location)
+        error.problems = [(location, field, message) for field, message in problems]
+        return error

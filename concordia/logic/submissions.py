@@ -15,6 +15,7 @@ from concordia.core.application import (
     ApplicationDef,
     JobPlan,
     ParameterError,
+    ParameterErrors,
     ParamValue,
     check_value,
     expand_batch,
@@ -80,8 +81,8 @@ def check_request(
     """The coerced parameters and build arguments; raises Invalid naming the field. No I/O."""
     try:
         values = validate_parameters(app, request.parameters)
-    except ParameterError as exc:
-        raise Invalid(f"parameters.{exc.field}", exc.message) from None
+    except ParameterErrors as exc:
+        raise Invalid.many([(f"parameters.{e.field}", e.message) for e in exc.errors]) from None
     unknown = sorted(set(request.build_args) - set(app.build_args))
     if unknown:
         raise Invalid(f"build_args.{unknown[0]}", "is not a build argument of this application")

@@ -17,8 +17,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def domain_error(_request: Request, exc: DomainError) -> JSONResponse:
         if isinstance(exc, Invalid):
             # The same shape as FastAPI's own validation errors, so clients parse one form.
-            loc = [exc.location, *exc.field.split(".")]
-            detail = [{"loc": loc, "msg": exc.rule, "type": "value_error"}]
+            detail = [
+                {"loc": [location, *field.split(".")], "msg": rule, "type": "value_error"}
+                for location, field, rule in exc.problems
+            ]
             return JSONResponse({"detail": detail}, status_code=422)
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 

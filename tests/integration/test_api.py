@@ -297,3 +297,18 @@ async def test_the_login_link_works_once_and_state_changes_need_csrf(app: Runnin
         again = await other.get(path)
         assert again.status_code == 401
         assert (await other.get("/api/v1/me")).status_code == 401
+
+
+async def test_every_bad_parameter_is_named_at_once(app: Running) -> None:
+    response = await app.client.post(
+        "/api/v1/submissions",
+        json={"application": "hello", "parameters": {"jobs": 0, "sleep": "soon", "x": 1}},
+    )
+    assert response.status_code == 422
+    named = {tuple(d["loc"]): d["msg"] for d in response.json()["detail"]}
+    assert set(named) == {
+        ("body", "parameters", "jobs"),
+        ("body", "parameters", "sleep"),
+        ("body", "parameters", "x"),
+    }
+    assert "number" in named[("body", "parameters", "sleep")]
