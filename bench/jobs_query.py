@@ -9,20 +9,16 @@ Goal: p95 < 50 ms, RSS < 250 MB.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import signal
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
+from server import serve
 
 STATUSES = ["Done"] * 70 + ["Failed"] * 10 + ["Running"] * 5 + ["Waiting"] * 10 + ["Killed"] * 5
 
@@ -34,18 +30,18 @@ def fill(db: Path, jobs: int) -> None:
     con.execute(
         "INSERT INTO applications (name, fingerprint, definition, first_used)"
         " VALUES ('hello', 'bench', '{}', ?)",
-        (now.isoformat(),),
+        (_stamp(now),),
     )
     con.execute(
         "INSERT INTO submissions (owner_id, application_id, application, parameters, build_args,"
         ' backend, job_count, vo, "group", created_at)'
         " VALUES (1, 1, 'hello', '{}', '{}', 'local', ?, '', '', ?)",
-        (jobs, now.isoformat()),
+        (jobs, _stamp(now)),
     )
     rng = random.Random(1)
     rows = []
     for i in range(jobs):
-        at = (now - timedelta(seconds=jobs - i)).isoformat()
+        at = _stamp(now - timedelta(seconds=jobs - i))
         status = rng.choice(STATUSES)
         rows.append(
             (
@@ -77,11 +73,9 @@ def fill(db: Path, jobs: int) -> None:
     con.close()
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def _stamp(at: datetime) -> str:
+    """UTC time as SQLAlchemy stores it in SQLite."""
+    return at.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def main() -> None:
@@ -90,59 +84,28 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "var"
-        port = 18000 + os.getpid() % 1000
-        env = {**os.environ, "CONCORDIA_DATA_DIR": str(data), "CONCORDIA_PORT": str(port)}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "concordia", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while not (data / "api-token").exists() or not _up(url):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not start")
-                time.sleep(0.2)
-            token = (data / "api-token").read_text().strip()
-            t0 = time.perf_counter()
-            fill(data / "concordia.db", args.jobs)
-            print(f"filled {args.jobs} jobs in {time.perf_counter() - t0:.1f} s")
-
-            headers = {"Authorization": f"Bearer {token}"}
-            params = {"status": "Done", "per_page": 50, "sort": "-updated"}
-            times = []
-            with httpx.Client(base_url=url, headers=headers) as client:
-                for i in range(args.requests + 10):
-                    params["page"] = 1 + i % 20
-                    start = time.perf_counter()
-                    response = client.get("/api/v1/jobs", params=params)
-                    elapsed = (time.perf_counter() - start) * 1000
-                    response.raise_for_status()
-                    assert len(response.json()["items"]) == 50
-                    if i >= 10:  # the first requests warm caches and connections
-                        times.append(elapsed)
-            total = response.json()["total"]
-            times.sort()
-            p50 = statistics.median(times)
-            p95 = times[int(len(times) * 0.95) - 1]
-            print(f"requests {len(times)} (status=Done: {total} jobs), per_page 50")
-            print(f"p50_ms {p50:.1f}")
-            print(f"peak_rss_mb {peak_rss_mb(server.pid):.0f}")
-            print(f"p95_ms {p95:.1f}")
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp) / "var") as server:
+        t0 = time.perf_counter()
+        fill(server.data_dir / "concordia.db", args.jobs)
+        print(f"filled {args.jobs} jobs in {time.perf_counter() - t0:.1f} s")
+        params: dict[str, str | int] = {"status": "Done", "per_page": 50, "sort": "-updated"}
+        times = []
+        with server.client() as client:
+            for i in range(args.requests + 10):
+                params["page"] = 1 + i % 20
+                start = time.perf_counter()
+                response = client.get("/api/v1/jobs", params=params)
+                elapsed = (time.perf_counter() - start) * 1000
+                response.raise_for_status()
+                assert len(response.json()["items"]) == 50
+                if i >= 10:  # the first requests warm caches and connections
+                    times.append(elapsed)
+        total = response.json()["total"]
+        times.sort()
+        print(f"requests {len(times)} (status=Done: {total} jobs), per_page 50")
+        print(f"p50_ms {statistics.median(times):.1f}")
+        print(f"peak_rss_mb {server.peak_rss_mb():.0f}")
+        print(f"p95_ms {times[int(len(times) * 0.95) - 1]:.1f}")
 
 
 if __name__ == "__main__":

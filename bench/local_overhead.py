@@ -15,14 +15,11 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from server import serve
 
 from concordia.backends.sandbox import build_command, detect_isolation, hand_over
 
@@ -41,52 +38,23 @@ def run_platform(tmp: Path, jobs: int, slots: int) -> float:
     apps = tmp / "apps"
     apps.mkdir()
     (apps / "noop.yaml").write_text(APPLICATION)
-    data = tmp / "var"
-    port = 19000 + os.getpid() % 1000
-    env = {
-        **os.environ,
-        "CONCORDIA_DATA_DIR": str(data),
-        "CONCORDIA_PORT": str(port),
-        "CONCORDIA_APPLICATIONS_DIR": str(apps),
-        "CONCORDIA_LOCAL_SLOTS": str(slots),
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "concordia", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not (data / "api-token").exists() or not _up(url):
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not start")
-            time.sleep(0.1)
-        headers = {"Authorization": f"Bearer {(data / 'api-token').read_text().strip()}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-            client.get("/api/v1/me").raise_for_status()  # warm the connection
-            cpu_before = _cpu_seconds(server.pid)
-            start = time.perf_counter()
-            response = client.post(
-                "/api/v1/submissions",
-                json={"application": "noop", "parameters": {"jobs": jobs}},
-            )
-            response.raise_for_status()
-            sid = response.json()["id"]
-            while True:
-                body = client.get(f"/api/v1/submissions/{sid}").json()
-                if body["finished"]:
-                    break
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - start
-            print(f"server_cpu_s {_cpu_seconds(server.pid) - cpu_before:.3f}")
-        if body["counts"] != {"Done": jobs}:
-            raise SystemExit(f"not every job is Done: {body['counts']}")
-        return elapsed
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+    settings = {"applications_dir": str(apps), "local_slots": str(slots)}
+    with serve(tmp / "var", **settings) as server, server.client() as client:
+        client.get("/api/v1/me").raise_for_status()  # warm the connection
+        cpu_before = server.cpu_seconds()
+        start = time.perf_counter()
+        response = client.post(
+            "/api/v1/submissions", json={"application": "noop", "parameters": {"jobs": jobs}}
+        )
+        response.raise_for_status()
+        sid = response.json()["id"]
+        while not (body := client.get(f"/api/v1/submissions/{sid}").json())["finished"]:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - start
+        print(f"server_cpu_s {server.cpu_seconds() - cpu_before:.3f}")
+    if body["counts"] != {"Done": jobs}:
+        raise SystemExit(f"not every job is Done: {body['counts']}")
+    return elapsed
 
 
 async def run_direct(tmp: Path, jobs: int, slots: int, isolated: bool) -> float:
@@ -123,19 +91,6 @@ def main() -> None:
         print(f"direct_s {direct:.3f}")
         shutil.rmtree(tmp / "direct", ignore_errors=True)
         print(f"ratio {platform / direct:.2f}")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (the server itself, not its jobs)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 if __name__ == "__main__":

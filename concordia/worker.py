@@ -44,11 +44,13 @@ class Reconciler:
         while True:
             try:
                 await self.step(resync=resync)
+                resync = False
             except Exception:
                 # One bad round must not stop the platform; the next round retries.
                 log.exception("reconciler round failed")
                 resync = True
-            resync = not await self._wait() or resync
+            if not await self._wait():  # the poll interval passed without news
+                resync = True
 
     async def step(self, *, resync: bool = True) -> None:
         self.platform.wakeup.clear()

@@ -1,0 +1,74 @@
+"""A real `concordia serve` for the benchmarks: started on a free port, stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    pid: int
+    data_dir: Path
+
+    def client(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process itself (not of its jobs)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+@contextmanager
+def serve(data_dir: Path, **settings: str) -> Iterator[Server]:
+    """Start the server with CONCORDIA_<NAME> settings; wait until it answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "CONCORDIA_DATA_DIR": str(data_dir), "CONCORDIA_PORT": str(port)}
+    env.update({f"CONCORDIA_{k.upper()}": v for k, v in settings.items()})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "concordia", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not (data_dir / "api-token").exists() or not _up(url):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit("the server did not start")
+            time.sleep(0.1)
+        token = (data_dir / "api-token").read_text().strip()
+        yield Server(url=url, token=token, pid=process.pid, data_dir=data_dir)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
