@@ -47,6 +47,7 @@ def run_platform(tmp: Path, jobs: int, slots: int) -> float:
             "/api/v1/submissions", json={"application": "noop", "parameters": {"jobs": jobs}}
         )
         response.raise_for_status()
+        print(f"submit_s {time.perf_counter() - start:.3f}")
         sid = response.json()["id"]
         while not (body := client.get(f"/api/v1/submissions/{sid}").json())["finished"]:
             time.sleep(0.05)

@@ -120,7 +120,8 @@ class Submission(Base):
 class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    # A client-made unique value: the "sentinel" that lets many jobs go in one INSERT.
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, insert_sentinel=True)
     submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id"), index=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     application: Mapped[str] = mapped_column(String(64))
