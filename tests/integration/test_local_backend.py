@@ -14,6 +14,7 @@ import pytest
 
 from concordia.backends import sandbox
 from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
+from concordia.backends.cgroup import SlotCgroup
 from concordia.backends.local import LocalBackend
 from concordia.core.states import FINAL_STATES, JobStatus
 from concordia.settings import Settings
@@ -303,7 +304,7 @@ async def test_plain_mode(make_backend: Factory) -> None:
 
 
 async def test_memory_limit(make_backend: Factory) -> None:
-    probe = sandbox.SlotCgroup(64)
+    probe = SlotCgroup(64)
     limited = probe.memory_limited
     probe.remove()
     if not limited:
