@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import os
 import re
@@ -47,7 +46,6 @@ _LAUNCHER = (
 _HOST_DIRS = ("/usr", "/etc", "/opt")
 _MERGED_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 _START_ERROR = re.compile(rf"^(bwrap|setpriv|{LAUNCHER_NAME}): ")
-_serial = itertools.count()
 
 
 def drops_privileges() -> bool:
