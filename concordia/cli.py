@@ -41,7 +41,7 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 POLL_SECONDS = 0.5
 NOT_AUTHENTICATED = "not authenticated: check --token / CONCORDIA_TOKEN or the api-token file"
-NO_ISOLATION = "jobs run WITHOUT isolation: install bubblewrap"
+NO_ISOLATION = "jobs run WITHOUT isolation"
 STATUS_STYLES = {"Done": "green", "Failed": "red", "Killed": "yellow", "Running": "cyan"}
 
 JSON_OPTION = typer.Option(False, "--json", help="Print the API's JSON instead.")
@@ -215,10 +215,10 @@ def _id_list(ids: list[int]) -> str:
     return " ".join(map(str, ids))
 
 
-def _isolation(backend: str, isolated: bool) -> Text:
-    if isolated:
+def _isolation(backend: str, problem: str | None) -> Text:
+    if problem is None:
         return Text(f"{backend} (jobs are isolated)")
-    return Text(f"{backend} — {NO_ISOLATION}", style="bold yellow")
+    return Text(f"{backend} — {NO_ISOLATION}: {problem}", style="bold yellow")
 
 
 def _database_kind(database_url: str) -> str:
@@ -238,7 +238,7 @@ def _banner(settings: Settings, login_url: str, platform: Platform) -> None:
     say(f"  Data dir:  {settings.data_dir.resolve()}")
     say(f"  Database:  {_database_kind(settings.database_url)}")
     for name, backend in platform.backends.items():
-        say(Text("  Backend:   ").append_text(_isolation(name, backend.isolated)))
+        say(Text("  Backend:   ").append_text(_isolation(name, backend.isolation_problem)))
     say("\n  Open this URL to log in (one-time link):")
     say(f"      {login_url}", "bold cyan")
     say(f"\n  The CLI uses the API token in {settings.api_token_file.resolve()}\n")
@@ -435,7 +435,7 @@ def status(ctx: typer.Context, job: int = JOB_ARG, as_json: bool = JSON_OPTION) 
         info.add_row(Text(label, style="bold"), _cell(value))
     out.print(info)
     if d["isolated"] is False:
-        say("⚠ this job ran without isolation (install bubblewrap)", "bold yellow")
+        say("⚠ this job ran without isolation (see `concordia me`)", "bold yellow")
     rows = [
         [_when(h["timestamp"]), _status(h["status"]), h["minor_status"], h["source"]]
         for h in d["history"]
@@ -570,7 +570,7 @@ def me(ctx: typer.Context) -> None:
     say(f"{d['username']} ({d['display_name'] or 'no display name'})", "bold")
     say(f"mode: {d['mode']}, signed in by {d['auth']}")
     for b in d["backends"]:
-        say(Text("backend ").append_text(_isolation(b["name"], b["isolated"])))
+        say(Text("backend ").append_text(_isolation(b["name"], b["isolation_problem"])))
 
 
 def main() -> None:

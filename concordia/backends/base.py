@@ -53,6 +53,8 @@ class Backend(Protocol):
     name: str
     #: False where jobs run without isolation (the UI and CLI say so).
     isolated: bool
+    #: Why jobs are not isolated (what to install or change); None where they are.
+    isolation_problem: str | None
     #: False where a job's process dies with the server (then a restart marks it Stalled).
     survives_restart: bool
 

@@ -61,6 +61,7 @@ class LocalBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.isolated = False  # decided by start()
+        self.isolation_problem: str | None = "not started"
         self.changed = asyncio.Event()  # set whenever updates are pending
         self._jobs: dict[str, _Job] = {}  # queued or running; of ended jobs nothing is kept
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
@@ -76,7 +77,8 @@ class LocalBackend:
         jobs_dir = self.settings.jobs_dir
         jobs_dir.mkdir(parents=True, exist_ok=True)
         mode = self.settings.local_isolation
-        self.isolated = await asyncio.to_thread(sandbox.detect_isolation, mode, jobs_dir)
+        problem = await asyncio.to_thread(sandbox.isolation_problem, mode, jobs_dir)
+        self.isolation_problem, self.isolated = problem, problem is None
         slots, memory_mb = self.settings.local_slots, self.settings.local_memory_mb
         self._cgroups = await asyncio.to_thread(
             lambda: [SlotCgroup(memory_mb) for _ in range(slots)]

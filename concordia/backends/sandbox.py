@@ -270,23 +270,28 @@ def _tail(path: Path, size: int = 2048) -> str:
         return ""
 
 
-def detect_isolation(mode: str, probe_dir: Path | None = None) -> bool:
-    """Whether jobs run under bubblewrap: "none" never, "bwrap" always (or raise), "auto" if usable.
+def isolation_problem(mode: str, probe_dir: Path | None = None) -> str | None:
+    """None where jobs run under bubblewrap, else why not: "none" never, "bwrap" always (or
+    raise), "auto" if usable.
 
     The probe runs ``true`` exactly as a job runs: same flags, privilege drop and limits, in a
     work directory under ``probe_dir`` (the jobs directory).
     """
     if mode == "none":
-        return False
+        return "isolation is turned off (local_isolation = none)"
     if mode not in ("auto", "bwrap"):
         raise ValueError(f"unknown isolation mode {mode!r} (auto, bwrap or none)")
     error = _probe(str(probe_dir) if probe_dir else None)
     if error is None:
-        return True
+        return None
     if mode == "bwrap":
         raise RuntimeError(f"local_isolation is 'bwrap' but bubblewrap cannot run jobs: {error}")
     log.warning("local jobs run without isolation: bubblewrap cannot run them: %s", error)
-    return False
+    return error
+
+
+def detect_isolation(mode: str, probe_dir: Path | None = None) -> bool:
+    return isolation_problem(mode, probe_dir) is None
 
 
 @functools.cache

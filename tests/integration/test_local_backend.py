@@ -345,3 +345,5 @@ def test_isolation_modes(tmp_path: Path) -> None:
     assert sandbox.detect_isolation("bwrap", tmp_path) is True
     with pytest.raises(ValueError, match="unknown isolation mode"):
         sandbox.detect_isolation("docker")
+    assert "local_isolation = none" in (sandbox.isolation_problem("none") or "")
+    assert sandbox.isolation_problem("auto", tmp_path) is None

@@ -13,6 +13,7 @@ router = APIRouter(tags=["identity"])
 class BackendInfo(BaseModel):
     name: str
     isolated: bool
+    isolation_problem: str | None
 
 
 class Me(BaseModel):
@@ -36,5 +37,8 @@ async def me(platform: PlatformDep, user: CurrentUser) -> Me:
         vos=[],
         certificate_dn=None,
         proxy=None,
-        backends=[BackendInfo(name=n, isolated=b.isolated) for n, b in platform.backends.items()],
+        backends=[
+            BackendInfo(name=n, isolated=b.isolated, isolation_problem=b.isolation_problem)
+            for n, b in platform.backends.items()
+        ],
     )
