@@ -21,8 +21,9 @@ from concordia.logic.platform import Platform
 
 log = logging.getLogger(__name__)
 
-#: Jobs handed to a backend per round, so one huge submission cannot stall the loop.
-DISPATCH_BATCH = 500
+#: Jobs handed to a backend per round: small enough that the first jobs start while the
+#: rest of a big submission is still being handed over, and no round stalls the loop.
+DISPATCH_BATCH = 50
 #: After a wake-up, wait this long for more news: one round then stores many updates in one
 #: transaction, instead of a round per update taking CPU from the jobs themselves.
 COALESCE_SECONDS = 0.02
@@ -102,6 +103,8 @@ class Reconciler:
             )
             if not jobs:
                 return
+            if len(jobs) == DISPATCH_BATCH:  # more to hand over: come back at once
+                self.platform.wakeup.set()
             for job in jobs:
                 transition(session, job, JobStatus.CHECKING, minor="JobSanity", source="JobSanity")
                 transition(

@@ -312,3 +312,15 @@ async def test_every_bad_parameter_is_named_at_once(app: Running) -> None:
         ("body", "parameters", "x"),
     }
     assert "number" in named[("body", "parameters", "sleep")]
+
+
+async def test_a_value_cannot_inject_into_the_jdl_or_the_command(app: Running) -> None:
+    evil = 'x"; Executable = "/bin/evil"; Arguments = "$(id) `id`'
+    sub = await submit(app.client, message=evil)
+    job = await wait_status(app.client, sub["job_ids"][0], FINAL)
+    jdl = parse_jdl(job["jdl"])
+    assert jdl["Executable"] == "sh"
+    assert "/bin/evil" not in [v for k, v in jdl.items() if k != "Arguments"]
+    assert job["argv"][2] == evil  # one argument, as given
+    log = (await app.client.get(f"/api/v1/jobs/{job['id']}/logs")).json()
+    assert f"run 1: {evil}" in log["data"]  # the shell printed it, it did not run it
