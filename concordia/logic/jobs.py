@@ -161,22 +161,12 @@ async def job_detail(session: AsyncSession, job: Job) -> JobDetail:
         .where(JobStatusHistory.job_id == job.id)
         .order_by(JobStatusHistory.timestamp, JobStatusHistory.id)
     )
-    return JobDetail(
-        **JobSummary.model_validate(job, from_attributes=True).model_dump(),
-        uuid=job.uuid,
-        index=job.index,
-        parameters=job.parameters,
-        argv=job.argv,
-        jdl=job.jdl,
-        application_status=job.application_status,
-        backend_ref=job.backend_ref,
-        isolated=job.backend_state.get("isolated"),
-        reschedule_count=job.reschedule_count,
-        exit_code=job.exit_code,
-        started_at=job.started_at,
-        ended_at=job.ended_at,
-        history=[HistoryEntry.model_validate(r, from_attributes=True) for r in rows],
-    )
+    derived = {
+        "isolated": job.backend_state.get("isolated"),
+        "history": [HistoryEntry.model_validate(r, from_attributes=True) for r in rows],
+    }
+    stored = {name: getattr(job, name) for name in JobDetail.model_fields if name not in derived}
+    return JobDetail.model_validate({**stored, **derived})
 
 
 def _filtered(
