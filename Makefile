@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := bubblewrap
+TEST_PACKAGES := chromium
 
-.PHONY: run test lint check system-deps bench clean
+.PHONY: run test lint system-deps test-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,25 +16,15 @@ $(STAMP): pyproject.toml
 
 # System packages: installed through apt-get where we are root, else named exactly.
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing:$$missing"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
-	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
-	  else \
-	    echo "missing system packages:$$missing"; \
-	    echo "install them with: sudo apt-get install$$missing"; \
-	    echo "(without bubblewrap, jobs run as plain processes, NOT isolated)"; \
-	  fi; \
-	fi
+	@scripts/ensure-packages "jobs are isolated with bubblewrap; without it they run NOT isolated" $(SYSTEM_PACKAGES)
+
+test-deps: system-deps
+	@scripts/ensure-packages "the browser tests drive Debian's chromium" $(TEST_PACKAGES)
 
 run: $(STAMP) system-deps
 	$(BIN)/concordia serve
 
-test: $(STAMP) system-deps
+test: $(STAMP) test-deps
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

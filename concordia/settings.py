@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -16,6 +16,58 @@ from pydantic_settings import (
 
 #: The applications shipped with Concordia live beside the package in the source tree.
 SHIPPED_APPLICATIONS = Path(__file__).resolve().parent.parent / "applications"
+
+
+class Card(BaseModel):
+    """A service or archive on the home page (ESAP's cards)."""
+
+    title: str
+    description: str
+    url: str
+    #: A file under the web static folder, e.g. "logos/rucio.svg"; empty: the title's initial.
+    logo: str = ""
+
+    @property
+    def external(self) -> bool:
+        return self.url.startswith(("http://", "https://"))
+
+
+DEFAULT_CARDS = [
+    Card(
+        title="DIRAC",
+        description="Containerised jobs on the grid: pick an application, configure its "
+        "container, submit a batch of jobs, watch them and get the results.",
+        url="/concordia",
+        logo="logos/dirac.svg",
+    ),
+    Card(
+        title="WSRT-Apertif",
+        description="Apertif surveys: imaging and time-domain data of the Westerbork "
+        "Synthesis Radio Telescope.",
+        url="https://www.astron.nl/telescopes/wsrt-apertif/",
+    ),
+    Card(
+        title="ASTRON VO",
+        description="The ASTRON Virtual Observatory: image surveys in FITS, served through "
+        "IVOA standards.",
+        url="https://vo.astron.nl/",
+    ),
+    Card(
+        title="Zooniverse",
+        description="People-powered research: volunteers classify data for science projects.",
+        url="https://www.zooniverse.org/",
+    ),
+    Card(
+        title="Rucio",
+        description="Scientific data management: the ESCAPE data lake's files and replicas.",
+        url="https://rucio.cern.ch/",
+    ),
+    Card(
+        title="Zenodo",
+        description="Open science repository: publish and find data, software and images.",
+        url="https://zenodo.org/",
+    ),
+]
 
 
 class Settings(BaseSettings):
@@ -36,6 +88,9 @@ class Settings(BaseSettings):
     applications_dir: Path = SHIPPED_APPLICATIONS
 
     local_user: str = Field(default="local", description="The user of local mode (no IdP).")
+    cards: list[Card] = Field(
+        default_factory=lambda: list(DEFAULT_CARDS), description="The home page's services."
+    )
 
     # The local backend.
     local_slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)

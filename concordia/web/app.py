@@ -7,10 +7,12 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from concordia import __version__
@@ -29,10 +31,12 @@ from concordia.logic.identity import (
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
 from concordia.web.api import router as api_router
-from concordia.web.errors import install_error_handlers
+from concordia.web.errors import error_page, install_error_handlers
+from concordia.web.pages import router as pages_router
 from concordia.worker import Reconciler, cancel
 
 log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _secret_key(settings: Settings) -> str:
@@ -95,6 +99,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(pages_router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
@@ -106,9 +112,11 @@ def create_app(
         async with platform.writing() as session:
             user = await consume_login_token(session, token) if token else None
         if user is None:
-            return JSONResponse(
-                {"detail": "this login link is unknown, used or expired; restart or ask again"},
-                status_code=401,
+            return error_page(
+                request,
+                401,
+                "This sign-in link is unknown, already used or expired.",
+                "Restart `concordia serve` (make run) for a new one-time link.",
             )
         request.session.update(
             user_id=user.id,
@@ -117,10 +125,5 @@ def create_app(
             csrf=secrets.token_urlsafe(24),
         )
         return RedirectResponse("/", status_code=303)
-
-    @app.get("/", include_in_schema=False)
-    async def home() -> RedirectResponse:
-        # The pages arrive with the web platform; until then the API's own docs are home.
-        return RedirectResponse("/api/docs", status_code=307)
 
     return app

@@ -1,20 +1,53 @@
-"""Domain errors and stray exceptions as JSON with the right status, never a bare 500 page."""
+"""Errors as the caller can read them: JSON for the API, a page with a way back for people."""
 
 from __future__ import annotations
 
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from concordia.logic.errors import DomainError, Invalid
+from concordia.web.pages.common import PageForbidden, SignInRequired, render
 
 log = logging.getLogger(__name__)
+
+_HEADINGS = {
+    401: "Please sign in",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Not allowed",
+    409: "Not possible now",
+    413: "Too large",
+    422: "Please check what you entered",
+    500: "Something went wrong",
+}
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith(("/api/", "/healthz"))
+
+
+def error_page(request: Request, status: int, *lines: str) -> Response:
+    return render(
+        request,
+        "error.html",
+        status_code=status,
+        heading=_HEADINGS.get(status, "Error"),
+        lines=lines,
+        back_url="/",
+        back_label="Back to the home page",
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
-    async def domain_error(_request: Request, exc: DomainError) -> JSONResponse:
+    async def domain_error(request: Request, exc: DomainError) -> Response:
+        if not _is_api(request):
+            return error_page(request, exc.status_code, exc.message)
         if isinstance(exc, Invalid):
             # The same shape as FastAPI's own validation errors, so clients parse one form.
             detail = [
@@ -24,7 +57,40 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": detail}, status_code=422)
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _is_api(request):
+            return JSONResponse(
+                {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+            )
+        return error_page(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+        lines = [f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors()]
+        return error_page(request, 422, *lines)
+
+    @app.exception_handler(SignInRequired)
+    async def sign_in(request: Request, _exc: SignInRequired) -> Response:
+        return error_page(
+            request,
+            401,
+            "This page needs you to be signed in.",
+            "In local mode, open the one-time link that `concordia serve` (make run) printed "
+            "when it started; restart it for a new link.",
+        )
+
+    @app.exception_handler(PageForbidden)
+    async def forbidden(request: Request, _exc: PageForbidden) -> Response:
+        return error_page(
+            request, 403, "This form has expired or did not come from Concordia; reload the page."
+        )
+
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        if not _is_api(request):
+            return error_page(request, 500, "The error has been logged.")
         return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)

@@ -1,0 +1,9 @@
+"""The HTML pages (Jinja2 + htmx): thin adapters from the browser to the logic layer."""
+
+from fastapi import APIRouter
+
+from concordia.web.pages import home
+
+router = APIRouter(include_in_schema=False)
+for module in (home,):
+    router.include_router(module.router)
