@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from concordia.web.pages import home
+from concordia.web.pages import concordia, home, jobs, submissions
 
 router = APIRouter(include_in_schema=False)
-for module in (home,):
+for module in (home, concordia, submissions, jobs):
     router.include_router(module.router)

@@ -1,0 +1,5 @@
+"""Placeholder: the concordia pages (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

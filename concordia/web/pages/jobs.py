@@ -1,0 +1,5 @@
+"""Placeholder: the jobs pages (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
