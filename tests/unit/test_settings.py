@@ -37,3 +37,17 @@ def test_bad_settings_are_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ValidationError) as info:
         Settings()
     assert "local_isolation" in str(info.value)
+
+
+def test_home_cards_come_from_configuration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert [c.title for c in Settings().cards][:2] == ["DIRAC", "WSRT-Apertif"]
+    config = tmp_path / "concordia.toml"
+    config.write_text(
+        '[[cards]]\ntitle = "KM3NeT Open Data"\ndescription = "Neutrino events"\n'
+        'url = "https://opendata.km3net.de"\n'
+    )
+    monkeypatch.setenv("CONCORDIA_CONFIG_FILE", str(config))
+    [card] = Settings().cards
+    assert card.title == "KM3NeT Open Data" and card.external and card.logo == ""
