@@ -55,6 +55,33 @@ class Progress(BaseModel):
     deleted: int = 0
 
 
+class SequenceRange(BaseModel):
+    """The values a batch sequence takes across the jobs (e.g. runs 7 to 9)."""
+
+    name: str
+    first: int
+    last: int
+
+
+class SubmissionPreview(BaseModel):
+    """What a submission would create, before anything is stored."""
+
+    count: int
+    names: list[str]
+    ranges: list[SequenceRange]
+    first_jdl: str
+
+
+class SubmissionJob(BaseModel):
+    """One row of a submission's job table."""
+
+    id: int
+    index: int
+    name: str
+    status: str
+    minor_status: str
+
+
 class SubmissionView(BaseModel):
     id: int
     application: str
@@ -100,6 +127,22 @@ def plan_jobs(
 ) -> list[PlannedJob]:
     """Every job of a submission with its JDL (also the preview of one not yet made)."""
     return [_planned(app, plan, submission_id) for plan in expand_batch(app, values)]
+
+
+def preview(app: ApplicationDef, request: SubmissionRequest) -> SubmissionPreview:
+    """The jobs a request would create and the JDL of the first; raises Invalid. No I/O."""
+    values, _ = check_request(app, request)
+    plans = expand_batch(app, values)
+    ranges = [
+        SequenceRange(name=seq, first=int(plans[0].values[seq]), last=int(plans[-1].values[seq]))
+        for seq in app.batch.sequences
+    ]
+    return SubmissionPreview(
+        count=len(plans),
+        names=[plan.name for plan in plans],
+        ranges=ranges,
+        first_jdl=_planned(app, plans[0], None).jdl,
+    )
 
 
 def _planned(app: ApplicationDef, plan: JobPlan, submission_id: int | None) -> PlannedJob:
@@ -217,6 +260,22 @@ async def get_submission(platform: Platform, owner_id: int, submission_id: int) 
         finished=all(JobStatus(s).is_final for s in counts),
         job_ids=job_ids,
     )
+
+
+async def submission_jobs(
+    platform: Platform, owner_id: int, submission_id: int
+) -> list[SubmissionJob]:
+    """The jobs of the caller's submission in index order; another user's is not found."""
+    async with platform.reading() as session:
+        submission = await session.get(Submission, submission_id)
+        if submission is None or submission.owner_id != owner_id:
+            raise NotFound(f"no submission {submission_id}")
+        rows = await session.execute(
+            select(Job.id, Job.index, Job.name, Job.status, Job.minor_status)
+            .where(Job.submission_id == submission_id)
+            .order_by(Job.index)
+        )
+        return [SubmissionJob.model_validate(dict(row)) for row in rows.mappings()]
 
 
 def progress_of(counts: dict[str, int]) -> Progress:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+from datetime import date
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,12 @@ from concordia.logic.outputs import LogChunk, OutputFile, Stream
 from concordia.web.deps import CurrentUser, PlatformDep
 
 router = APIRouter(tags=["jobs"])
+SAFE_DOWNLOAD_HEADERS = {
+    "Content-Security-Policy": (
+        "sandbox; default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 @router.get("/jobs")
@@ -28,6 +35,9 @@ async def list_jobs(
     status: Annotated[list[str] | None, Query(description="Repeat or comma-separate")] = None,
     submission: int | None = None,
     application: str | None = None,
+    q: Annotated[str | None, Query(description="Part of the job name")] = None,
+    created_from: Annotated[date | None, Query(description="Created on or after (UTC)")] = None,
+    created_to: Annotated[date | None, Query(description="Created on or before (UTC)")] = None,
     page: Annotated[int, Query(ge=1)] = 1,
     per_page: Annotated[int, Query(ge=1, le=500)] = 50,
     sort: SortKey = "-updated",
@@ -40,6 +50,9 @@ async def list_jobs(
             statuses=statuses,
             submission=submission,
             application=application,
+            text=q,
+            created_from=created_from,
+            created_to=created_to,
             page=page,
             per_page=per_page,
             sort=sort,
@@ -106,7 +119,8 @@ async def download_output(
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
     await outputs.fetch_outputs(platform, job)
     file = outputs.output_path(platform.settings.jobs_dir, job, path)
-    return FileResponse(file, filename=file.name)
+    # Opened in the browser, a job's SVG or HTML must not run script in Concordia's origin.
+    return FileResponse(file, filename=file.name, headers=SAFE_DOWNLOAD_HEADERS)
 
 
 @router.post("/jobs/{job_id}/kill")

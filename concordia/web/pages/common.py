@@ -9,8 +9,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import FormData
 
 from concordia import __version__
+from concordia.logic.errors import TooLarge
 from concordia.logic.identity import Identity
 from concordia.web.deps import CSRF_HEADER
 
@@ -39,6 +41,21 @@ def page_identity(request: Request) -> Identity:
 
 
 PageUser = Annotated[Identity, Depends(page_identity)]
+
+
+#: A page form is a few fields: anything larger is refused (413) before it is parsed.
+MAX_FORM_BYTES = 256 * 1024
+
+
+async def read_form(request: Request, *, csrf: bool = True) -> FormData:
+    """A posted form (urlencoded or multipart, no files), by default with its CSRF token
+    checked before anything in it is used."""
+    if len(await request.body()) > MAX_FORM_BYTES:
+        raise TooLarge(f"the form is larger than {MAX_FORM_BYTES} bytes")
+    form = await request.form(max_files=0)
+    if csrf:
+        check_csrf(request, str(form.get("csrf", "")))
+    return form
 
 
 def check_csrf(request: Request, token: str) -> None:

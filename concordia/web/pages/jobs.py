@@ -1,5 +1,254 @@
-"""Placeholder: the jobs pages (being written)."""
+"""The job monitor (filters, counts per status, bulk actions, live rows) and a job's page."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import itertools
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path, PurePosixPath
+from typing import Any, get_args
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from concordia.core.states import KILLABLE_STATES, RESCHEDULABLE_STATES, JobStatus
+from concordia.db.tables import Job
+from concordia.logic import jobs as job_logic
+from concordia.logic import outputs
+from concordia.logic.errors import Invalid
+from concordia.logic.jobs import BulkAction, JobFilter, SortKey
+from concordia.web.deps import PlatformDep
+from concordia.web.pages.common import PageUser, read_form, render
 
 router = APIRouter()
+PAGE_SIZES = (50, 100, 200)
+SORTS: tuple[SortKey, ...] = get_args(SortKey)
+ACTIONS: tuple[BulkAction, ...] = get_args(BulkAction)
+STATUSES = [s.value for s in JobStatus]
+PREVIEW_BYTES = 64 * 1024
+CSV_ROWS = 100
+MAX_PREVIEWS = 20
+IMAGES = {".png", ".jpg", ".jpeg", ".svg"}
+TEXTS = {".txt", ".log", ".out", ".err", ".json", ".yaml", ".yml", ".md", ".dat", ".xml"}
+LOGS = {"std.out", "std.err"}  # shown live in their own sections
+FLASH = "jobs_flash"
+
+
+@dataclass
+class MonitorQuery:
+    """The monitor's GET parameters, checked; links keep them (bookmarkable)."""
+
+    where: JobFilter
+    page: int
+    per_page: int
+    sort: SortKey
+    params: dict[str, list[str]]
+
+    @property
+    def query(self) -> str:
+        return urlencode(self.params, doseq=True)
+
+    def link(self, **changes: object) -> str:
+        """This query with some parameters changed; any change but paging restarts at page 1."""
+        params = {k: v for k, v in self.params.items() if k != "page" or "page" in changes}
+        for name, value in changes.items():
+            if value is None:
+                params.pop(name, None)
+            else:
+                params[name] = [str(value)]
+        return "/jobs?" + urlencode(params, doseq=True)
+
+    def sort_link(self, column: str) -> tuple[str, str]:
+        """The header link for a column and its aria-sort value."""
+        if self.sort == column:
+            return self.link(sort=f"-{column}"), "ascending"
+        if self.sort == f"-{column}":
+            return self.link(sort=column), "descending"
+        first = column if column in ("name", "status") else f"-{column}"
+        return self.link(sort=first), "none"
+
+
+def monitor_query(request: Request) -> MonitorQuery:
+    raw = request.query_params
+    params = {k: [v for v in raw.getlist(k) if v.strip()] for k in raw}
+    params = {k: v for k, v in params.items() if v}
+    one = {k: v[-1].strip() for k, v in params.items()}
+    problems: list[tuple[str, str]] = []
+
+    def number(name: str, default: int) -> int:
+        if name in one and not one[name].isdigit():
+            problems.append((name, "must be a whole number"))
+        return int(one[name]) if one.get(name, "").isdigit() else default
+
+    def day(name: str) -> date | None:
+        try:
+            return date.fromisoformat(one[name]) if name in one else None
+        except ValueError:
+            problems.append((name, "must be a date (YYYY-MM-DD)"))
+            return None
+
+    statuses = [s for v in params.get("status", []) for s in v.split(",") if s]
+    bad = [s for s in statuses if s not in STATUSES]
+    if bad:
+        problems.append(("status", f"unknown status {bad[0]!r}"))
+    submission = number("submission", 0) or None
+    page, per_page = max(number("page", 1), 1), number("per_page", PAGE_SIZES[0])
+    if per_page not in PAGE_SIZES:
+        problems.append(("per_page", f"must be one of {', '.join(map(str, PAGE_SIZES))}"))
+    sort = next((s for s in SORTS if s == one.get("sort", "-updated")), None)
+    if sort is None:
+        problems.append(("sort", f"must be one of {', '.join(SORTS)}"))
+    created = day("created_from"), day("created_to")
+    if problems:
+        raise Invalid.many(problems, location="query")
+    where = JobFilter(
+        statuses=statuses,
+        submission=submission,
+        application=one.get("application"),
+        text=one.get("q"),
+        created_from=created[0],
+        created_to=created[1],
+    )
+    return MonitorQuery(where, page, per_page, sort or "-updated", params)
+
+
+async def _monitor(request: Request, platform: PlatformDep, user_id: int) -> dict[str, Any]:
+    query = monitor_query(request)
+    async with platform.reading() as session:
+        found, counts = await job_logic.monitor_jobs(
+            session, user_id, query.where, page=query.page, per_page=query.per_page, sort=query.sort
+        )
+    pages = max(1, -(-found.total // query.per_page))
+    return {"q": query, "found": found, "counts": counts, "pages": pages}
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+async def jobs_page(request: Request, platform: PlatformDep, user: PageUser) -> HTMLResponse:
+    context = await _monitor(request, platform, user.user_id)
+    apps = sorted({*platform.catalog.apps, *filter(None, [context["q"].where.application])})
+    flash = request.session.pop(FLASH, None)
+    return render(
+        request, "jobs.html", statuses=STATUSES, applications=apps, flash=flash, **context
+    )
+
+
+@router.get("/jobs/table", response_class=HTMLResponse)
+async def jobs_table(request: Request, platform: PlatformDep, user: PageUser) -> HTMLResponse:
+    return render(request, "jobs_table.html", **await _monitor(request, platform, user.user_id))
+
+
+@router.get("/jobs/counts", response_class=HTMLResponse)
+async def jobs_counts(request: Request, platform: PlatformDep, user: PageUser) -> HTMLResponse:
+    query = monitor_query(request)
+    async with platform.reading() as session:
+        counts = await job_logic.count_by_status(session, user.user_id, query.where)
+    return render(request, "jobs_counts.html", q=query, counts=counts)
+
+
+@router.post("/jobs/bulk")
+async def jobs_bulk(request: Request, platform: PlatformDep, user: PageUser) -> RedirectResponse:
+    form = await read_form(request)
+    action = next((a for a in ACTIONS if a == form.get("action")), None)
+    if action is None:
+        raise Invalid("action", f"must be one of {', '.join(ACTIONS)}", location="form")
+    ids = [int(v) for v in form.getlist("job") if isinstance(v, str) and v.isdigit()]
+    outcome = await job_logic.bulk_action(platform, user.user_id, action, ids)
+    request.session[FLASH] = {
+        "action": action,
+        "asked": len(ids),
+        "succeeded": len(outcome.succeeded),
+        "refused": outcome.refused[:10],
+        "more": max(0, len(outcome.refused) - 10),
+    }
+    back = urlencode(parse_qsl(str(form.get("back", ""))))  # a query string, nothing else
+    return RedirectResponse(f"/jobs?{back}" if back else "/jobs", status_code=303)
+
+
+@router.get("/jobs/{job_id:int}", response_class=HTMLResponse)
+async def job_page(
+    job_id: int, request: Request, platform: PlatformDep, user: PageUser
+) -> HTMLResponse:
+    context = await _job_parts(job_id, platform, user.user_id)
+    job: Job = context.pop("job")
+    jobs_dir, limit = platform.settings.jobs_dir, PREVIEW_BYTES
+    logs = {s: outputs.read_log(jobs_dir, job, s, 0, limit) for s in ("stdout", "stderr")}
+    status = JobStatus(context["detail"].status)
+    return render(
+        request,
+        "job.html",
+        logs=logs,
+        can_kill=status in KILLABLE_STATES,
+        can_reschedule=status.is_final and status in RESCHEDULABLE_STATES,
+        flash=request.session.pop(FLASH, None),
+        **context,
+    )
+
+
+@router.get("/jobs/{job_id:int}/parts", response_class=HTMLResponse)
+async def job_parts(
+    job_id: int, request: Request, platform: PlatformDep, user: PageUser
+) -> HTMLResponse:
+    """History and outputs again, swapped in when the job changes (htmx out-of-band)."""
+    context = await _job_parts(job_id, platform, user.user_id)
+    return render(request, "job_parts.html", oob=True, **context)
+
+
+async def _job_parts(job_id: int, platform: PlatformDep, user_id: int) -> dict[str, Any]:
+    async with platform.reading() as session:
+        job = await job_logic.get_owned_job(session, user_id, job_id)
+        detail = await job_logic.job_detail(session, job)
+    if JobStatus(job.status).is_final:
+        await outputs.fetch_outputs(platform, job)
+    files = outputs.list_outputs(platform.settings.jobs_dir, job)
+    previews = await asyncio.to_thread(_previews, platform.settings.jobs_dir, job, files)
+    return {"job": job, "detail": detail, "files": files, "previews": previews}
+
+
+def _previews(jobs_dir: Path, job: Job, files: list[outputs.OutputFile]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for file in files:
+        if len(found) >= MAX_PREVIEWS:
+            break
+        suffix = PurePosixPath(file.path).suffix.lower()
+        if file.path in LOGS or suffix not in IMAGES | TEXTS | {".csv"}:
+            continue
+        if suffix in IMAGES:
+            found[file.path] = {"kind": "image"}
+            continue
+        with outputs.output_path(jobs_dir, job, file.path).open("rb") as fh:
+            data = fh.read(PREVIEW_BYTES + 1)
+        text = data[:PREVIEW_BYTES].decode("utf-8", "replace")
+        if suffix == ".csv":
+            try:
+                rows = list(itertools.islice(csv.reader(io.StringIO(text)), CSV_ROWS + 1))
+            except csv.Error:
+                rows = []
+            if rows:
+                more = len(rows) > CSV_ROWS or len(data) > PREVIEW_BYTES
+                found[file.path] = {"kind": "csv", "rows": rows[:CSV_ROWS], "more": more}
+                continue
+        found[file.path] = {"kind": "text", "text": text, "more": len(data) > PREVIEW_BYTES}
+    return found
+
+
+@router.post("/jobs/{job_id:int}/{action}")
+async def job_action(
+    job_id: int, action: str, request: Request, platform: PlatformDep, user: PageUser
+) -> RedirectResponse:
+    await read_form(request)
+    chosen = next((a for a in ACTIONS if a == action and a != "delete"), None)
+    if chosen is None:
+        raise Invalid("action", "must be kill or reschedule", location="path")
+    outcome = await job_logic.bulk_action(platform, user.user_id, chosen, [job_id])
+    request.session[FLASH] = {
+        "action": action,
+        "asked": 1,
+        "succeeded": len(outcome.succeeded),
+        "refused": outcome.refused,
+        "more": 0,
+    }
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)

@@ -1,0 +1,132 @@
+// The job monitor's live rows and counts, and a job's live log tail. No build step.
+"use strict";
+
+(() => {
+  const debounce = (fn, ms) => {
+    let timer = null;
+    return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
+  };
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const shortTime = (iso) => iso.replace("T", " ").slice(0, 19);
+
+  // Status, minor status and update time of one job, wherever they are shown under root.
+  function showJob(root, job) {
+    for (const cell of root.querySelectorAll('[data-field="status"]')) {
+      cell.textContent = job.status;
+      cell.className = cell.className.replace(/\bstatus-\S+/g, "").trim() + " status-" + job.status;
+    }
+    const minor = root.querySelector('[data-field="minor_status"]');
+    if (minor) minor.textContent = job.minor_status;
+    const updated = root.querySelector('[data-field="updated_at"] time');
+    if (updated) {
+      updated.dateTime = job.updated_at;
+      updated.textContent = shortTime(job.updated_at);
+    }
+  }
+
+  function monitor(form) {
+    const query = form.dataset.query;
+    const table = document.getElementById("jobs-table");
+    const buttons = form.querySelectorAll(".jobs-bulk-bar button");
+    const label = document.getElementById("jobs-selected");
+
+    const checked = () => [...table.querySelectorAll('input[name="job"]:checked')];
+    const updateSelection = () => {
+      const n = checked().length;
+      label.textContent = n ? `${n} selected:` : "Select jobs for:";
+      buttons.forEach((b) => { b.disabled = n === 0; });
+      const all = document.getElementById("jobs-select-all");
+      const boxes = table.querySelectorAll('input[name="job"]');
+      if (all) all.checked = boxes.length > 0 && n === boxes.length;
+    };
+    table.addEventListener("change", (event) => {
+      if (event.target.id === "jobs-select-all") {
+        table.querySelectorAll('input[name="job"]').forEach((box) => { box.checked = event.target.checked; });
+      }
+      updateSelection();
+    });
+
+    const refreshCounts = debounce(() => {
+      htmx.ajax("GET", "/jobs/counts?" + query, { target: "#jobs-counts", swap: "outerHTML" });
+    }, 400);
+    // A job not on the page (a new submission): fetch the rows again, keeping the selection.
+    const refreshTable = debounce(() => {
+      const keep = new Set(checked().map((box) => box.value));
+      htmx.ajax("GET", "/jobs/table?" + query, { target: "#jobs-table", swap: "innerHTML" }).then(() => {
+        table.querySelectorAll('input[name="job"]').forEach((box) => { box.checked = keep.has(box.value); });
+        updateSelection();
+      });
+    }, 600);
+
+    const source = concordiaJobEvents((job) => {
+      const row = table.querySelector(`tr[data-job-id="${Number(job.id)}"]`);
+      if (row) {
+        showJob(row, job);
+        row.classList.remove("jobs-changed");
+        void row.offsetWidth; // restart the highlight
+        row.classList.add("jobs-changed");
+      } else {
+        refreshTable();
+      }
+      refreshCounts();
+    });
+    // Changes between the page's rendering and the stream's (re)connection are not sent:
+    // catch up once connected.
+    source.addEventListener("open", () => { refreshTable(); refreshCounts(); });
+    updateSelection();
+  }
+
+  // Appends what the job writes, about once a second, until the stream is final.
+  async function tail(jobId, pre) {
+    let offset = Number(pre.dataset.offset) || 0;
+    let final = pre.dataset.final === "true";
+    while (!final) {
+      let chunk;
+      try {
+        const url = `/api/v1/jobs/${jobId}/logs?stream=${pre.dataset.stream}&offset=${offset}`;
+        const response = await fetch(url, { headers: { Accept: "application/json" } });
+        if (!response.ok) throw new Error(String(response.status));
+        chunk = await response.json();
+      } catch (error) {
+        await sleep(5000);
+        continue;
+      }
+      if (chunk.data) {
+        const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        pre.append(document.createTextNode(chunk.data)); // text, never markup
+        if (atBottom) pre.scrollTop = pre.scrollHeight;
+      }
+      offset = chunk.next_offset;
+      final = chunk.final;
+      pre.dataset.offset = String(offset);
+      if (!final && offset >= chunk.size) await sleep(1000);
+    }
+    pre.dataset.final = "true";
+  }
+
+  function jobPage(root) {
+    const jobId = Number(root.dataset.jobId);
+    root.querySelectorAll("pre[data-stream]").forEach((pre) => tail(jobId, pre));
+    const head = root.querySelector(".job-head");
+    const refreshParts = debounce(() => {
+      htmx.ajax("GET", `/jobs/${jobId}/parts`, { target: "#job-outputs", swap: "none" });
+    }, 500);
+    const source = concordiaJobEvents((job) => {
+      if (Number(job.id) !== jobId) return;
+      showJob(head, job);
+      refreshParts();
+    });
+    source.addEventListener("open", async () => {
+      const response = await fetch(`/api/v1/jobs/${jobId}`, { headers: { Accept: "application/json" } });
+      if (response.ok) showJob(head, await response.json());
+      refreshParts();
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const form = document.getElementById("jobs-bulk");
+    if (form) monitor(form);
+    const job = document.getElementById("job");
+    if (job) jobPage(job);
+  });
+})();
