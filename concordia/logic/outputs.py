@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import itertools
 import os
 import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -131,3 +134,39 @@ def write_zip(jobs_dir: Path, job: Job, target: Path) -> None:
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for rel, _size in sorted(_walk_regular(root, root)):
             archive.write(root / rel, arcname=f"job-{job.id}/{rel}")
+
+
+PREVIEW_BYTES = 64 * 1024
+CSV_ROWS = 100
+MAX_PREVIEWS = 20
+IMAGES = {".png", ".jpg", ".jpeg", ".svg"}
+TEXTS = {".txt", ".log", ".out", ".err", ".json", ".yaml", ".yml", ".md", ".dat", ".xml"}
+LOGS = {"std.out", "std.err"}  # shown live in their own sections
+
+
+def previews(jobs_dir: Path, job: Job, files: list[OutputFile]) -> dict[str, Any]:
+    """How to show each output on the job page: an image, a CSV table or text (blocking)."""
+    found: dict[str, Any] = {}
+    for file in files:
+        if len(found) >= MAX_PREVIEWS:
+            break
+        suffix = PurePosixPath(file.path).suffix.lower()
+        if file.path in LOGS or suffix not in IMAGES | TEXTS | {".csv"}:
+            continue
+        if suffix in IMAGES:
+            found[file.path] = {"kind": "image"}
+            continue
+        with output_path(jobs_dir, job, file.path).open("rb") as fh:
+            data = fh.read(PREVIEW_BYTES + 1)
+        text = data[:PREVIEW_BYTES].decode("utf-8", "replace")
+        if suffix == ".csv":
+            try:
+                rows = list(itertools.islice(csv.reader(io.StringIO(text)), CSV_ROWS + 1))
+            except csv.Error:
+                rows = []
+            if rows:
+                more = len(rows) > CSV_ROWS or len(data) > PREVIEW_BYTES
+                found[file.path] = {"kind": "csv", "rows": rows[:CSV_ROWS], "more": more}
+                continue
+        found[file.path] = {"kind": "text", "text": text, "more": len(data) > PREVIEW_BYTES}
+    return found

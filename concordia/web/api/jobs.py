@@ -14,8 +14,9 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from concordia.logic import jobs as job_logic
-from concordia.logic import outputs
-from concordia.logic.jobs import JobDetail, JobPage, JobSummary, SortKey
+from concordia.logic import monitor, outputs
+from concordia.logic.jobs import JobDetail, JobSummary
+from concordia.logic.monitor import JobPage, SortKey
 from concordia.logic.outputs import LogChunk, OutputFile, Stream
 from concordia.web.deps import CurrentUser, PlatformDep
 
@@ -44,7 +45,7 @@ async def list_jobs(
 ) -> JobPage:
     statuses = [s for item in status or [] for s in item.split(",") if s]
     async with platform.reading() as session:
-        return await job_logic.list_jobs(
+        return await monitor.list_jobs(
             session,
             user.user_id,
             statuses=statuses,

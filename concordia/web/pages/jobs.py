@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
-import itertools
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path, PurePosixPath
 from typing import Any, get_args
 from urllib.parse import parse_qsl, urlencode
 
@@ -18,9 +14,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from concordia.core.states import KILLABLE_STATES, RESCHEDULABLE_STATES, JobStatus
 from concordia.db.tables import Job
 from concordia.logic import jobs as job_logic
-from concordia.logic import outputs
+from concordia.logic import monitor, outputs
 from concordia.logic.errors import Invalid
-from concordia.logic.jobs import BulkAction, JobFilter, SortKey
+from concordia.logic.jobs import BulkAction
+from concordia.logic.monitor import JobFilter, SortKey
 from concordia.web.deps import PlatformDep
 from concordia.web.pages.common import PageUser, read_form, render
 
@@ -29,12 +26,6 @@ PAGE_SIZES = (50, 100, 200)
 SORTS: tuple[SortKey, ...] = get_args(SortKey)
 ACTIONS: tuple[BulkAction, ...] = get_args(BulkAction)
 STATUSES = [s.value for s in JobStatus]
-PREVIEW_BYTES = 64 * 1024
-CSV_ROWS = 100
-MAX_PREVIEWS = 20
-IMAGES = {".png", ".jpg", ".jpeg", ".svg"}
-TEXTS = {".txt", ".log", ".out", ".err", ".json", ".yaml", ".yml", ".md", ".dat", ".xml"}
-LOGS = {"std.out", "std.err"}  # shown live in their own sections
 FLASH = "jobs_flash"
 
 
@@ -119,7 +110,7 @@ def monitor_query(request: Request) -> MonitorQuery:
 async def _monitor(request: Request, platform: PlatformDep, user_id: int) -> dict[str, Any]:
     query = monitor_query(request)
     async with platform.reading() as session:
-        found, counts = await job_logic.monitor_jobs(
+        found, counts = await monitor.monitor_jobs(
             session, user_id, query.where, page=query.page, per_page=query.per_page, sort=query.sort
         )
     pages = max(1, -(-found.total // query.per_page))
@@ -145,7 +136,7 @@ async def jobs_table(request: Request, platform: PlatformDep, user: PageUser) ->
 async def jobs_counts(request: Request, platform: PlatformDep, user: PageUser) -> HTMLResponse:
     query = monitor_query(request)
     async with platform.reading() as session:
-        counts = await job_logic.count_by_status(session, user.user_id, query.where)
+        counts = await monitor.count_by_status(session, user.user_id, query.where)
     return render(request, "jobs_counts.html", q=query, counts=counts)
 
 
@@ -174,7 +165,7 @@ async def job_page(
 ) -> HTMLResponse:
     context = await _job_parts(job_id, platform, user.user_id)
     job: Job = context.pop("job")
-    jobs_dir, limit = platform.settings.jobs_dir, PREVIEW_BYTES
+    jobs_dir, limit = platform.settings.jobs_dir, outputs.PREVIEW_BYTES
     logs = {s: outputs.read_log(jobs_dir, job, s, 0, limit) for s in ("stdout", "stderr")}
     status = JobStatus(context["detail"].status)
     return render(
@@ -204,35 +195,8 @@ async def _job_parts(job_id: int, platform: PlatformDep, user_id: int) -> dict[s
     if JobStatus(job.status).is_final:
         await outputs.fetch_outputs(platform, job)
     files = outputs.list_outputs(platform.settings.jobs_dir, job)
-    previews = await asyncio.to_thread(_previews, platform.settings.jobs_dir, job, files)
+    previews = await asyncio.to_thread(outputs.previews, platform.settings.jobs_dir, job, files)
     return {"job": job, "detail": detail, "files": files, "previews": previews}
-
-
-def _previews(jobs_dir: Path, job: Job, files: list[outputs.OutputFile]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for file in files:
-        if len(found) >= MAX_PREVIEWS:
-            break
-        suffix = PurePosixPath(file.path).suffix.lower()
-        if file.path in LOGS or suffix not in IMAGES | TEXTS | {".csv"}:
-            continue
-        if suffix in IMAGES:
-            found[file.path] = {"kind": "image"}
-            continue
-        with outputs.output_path(jobs_dir, job, file.path).open("rb") as fh:
-            data = fh.read(PREVIEW_BYTES + 1)
-        text = data[:PREVIEW_BYTES].decode("utf-8", "replace")
-        if suffix == ".csv":
-            try:
-                rows = list(itertools.islice(csv.reader(io.StringIO(text)), CSV_ROWS + 1))
-            except csv.Error:
-                rows = []
-            if rows:
-                more = len(rows) > CSV_ROWS or len(data) > PREVIEW_BYTES
-                found[file.path] = {"kind": "csv", "rows": rows[:CSV_ROWS], "more": more}
-                continue
-        found[file.path] = {"kind": "text", "text": text, "more": len(data) > PREVIEW_BYTES}
-    return found
 
 
 @router.post("/jobs/{job_id:int}/{action}")
