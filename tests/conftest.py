@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
@@ -112,6 +113,17 @@ async def app(settings: Settings) -> AsyncIterator[Running]:
 async def any_db_app(any_db_settings: Settings) -> AsyncIterator[Running]:
     async with running_app(any_db_settings) as running:
         yield running
+
+
+@pytest.fixture
+async def signed_in(app: Running) -> AsyncIterator[httpx.AsyncClient]:
+    """A client signed in through the one-time link, keeping the session cookie (a browser)."""
+    async with httpx.AsyncClient(
+        transport=app.client._transport, base_url="http://testserver"
+    ) as client:
+        login = urlsplit(app.login_url)
+        assert (await client.get(f"{login.path}?{login.query}")).status_code == 303
+        yield client
 
 
 def free_port() -> int:

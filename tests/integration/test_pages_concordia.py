@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from html import escape
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from concordia.db.tables import Job, Submission
@@ -33,17 +31,6 @@ parameters:
 """
 
 
-@pytest.fixture
-async def browser(app: Running) -> AsyncIterator[httpx.AsyncClient]:
-    """A client with the session cookie of the local user, as a browser after sign-in."""
-    async with httpx.AsyncClient(
-        transport=app.client._transport, base_url="http://testserver"
-    ) as c:
-        url = urlsplit(app.login_url)
-        assert (await c.get(f"{url.path}?{url.query}")).status_code == 303
-        yield c
-
-
 def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found, "the form carries no csrf field"
@@ -62,16 +49,16 @@ async def count(app: Running, table: type[Job] | type[Submission]) -> int:
         return await session.scalar(select(func.count()).select_from(table)) or 0
 
 
-async def test_the_catalogue_leads_to_each_application(browser: httpx.AsyncClient) -> None:
-    page = (await browser.get("/concordia")).text
+async def test_the_catalogue_leads_to_each_application(signed_in: httpx.AsyncClient) -> None:
+    page = (await signed_in.get("/concordia")).text
     assert 'href="/concordia/hello"' in page
     assert "Hello, Concordia" in page and "Prints a message" in page
 
 
 async def test_the_form_has_a_labelled_input_per_parameter(
-    app: Running, browser: httpx.AsyncClient
+    app: Running, signed_in: httpx.AsyncClient
 ) -> None:
-    response = await browser.get(FORM)
+    response = await signed_in.get(FORM)
     assert response.status_code == 200
     html = response.text
     hello = app.platform.catalog.get("hello")
@@ -93,9 +80,9 @@ async def test_the_form_has_a_labelled_input_per_parameter(
 
 
 async def test_check_shows_the_message_next_to_the_field_and_stores_nothing(
-    app: Running, browser: httpx.AsyncClient
+    app: Running, signed_in: httpx.AsyncClient
 ) -> None:
-    response = await browser.post(f"{FORM}/check", data={"parameters.jobs": "0"})
+    response = await signed_in.post(f"{FORM}/check", data={"parameters.jobs": "0"})
     assert response.status_code == 200
     jobs = field_html(response.text, "p-jobs")
     assert 'aria-invalid="true"' in jobs
@@ -105,9 +92,9 @@ async def test_check_shows_the_message_next_to_the_field_and_stores_nothing(
     assert await count(app, Job) == 0 and await count(app, Submission) == 0
 
 
-async def test_the_preview_shows_the_runs_and_the_first_jdl(browser: httpx.AsyncClient) -> None:
+async def test_the_preview_shows_the_runs_and_the_first_jdl(signed_in: httpx.AsyncClient) -> None:
     form = {"parameters.jobs": "3", "parameters.first_run": "7", "parameters.message": "hi"}
-    html = (await browser.post(f"{FORM}/check", data=form)).text
+    html = (await signed_in.post(f"{FORM}/check", data=form)).text
     preview = html[html.index('id="concordia-preview"') :]
     assert "3 jobs</strong> · runs 7 to 9" in preview
     for name in ("hello_7", "hello_8", "hello_9"):
@@ -117,22 +104,22 @@ async def test_the_preview_shows_the_runs_and_the_first_jdl(browser: httpx.Async
 
 
 async def test_a_post_without_csrf_is_refused_and_stores_nothing(
-    app: Running, browser: httpx.AsyncClient
+    app: Running, signed_in: httpx.AsyncClient
 ) -> None:
     for csrf in (None, "forged"):
         data = {"parameters.jobs": "2"} | ({"csrf": csrf} if csrf else {})
-        response = await browser.post(FORM, data=data)
+        response = await signed_in.post(FORM, data=data)
         assert response.status_code == 403
         assert "Not allowed" in response.text
     assert await count(app, Submission) == 0
 
 
 async def test_an_invalid_post_returns_the_form_with_messages(
-    app: Running, browser: httpx.AsyncClient
+    app: Running, signed_in: httpx.AsyncClient
 ) -> None:
-    csrf = csrf_of((await browser.get(FORM)).text)
+    csrf = csrf_of((await signed_in.get(FORM)).text)
     data = {"csrf": csrf, "parameters.jobs": "0", "parameters.sleep": "soon"}
-    response = await browser.post(FORM, data=data)
+    response = await signed_in.post(FORM, data=data)
     assert response.status_code == 422
     assert 'role="alert"' in response.text
     assert 'value="soon"' in field_html(response.text, "p-sleep")  # what was typed stays
@@ -141,43 +128,43 @@ async def test_an_invalid_post_returns_the_form_with_messages(
 
 
 async def test_a_valid_post_leads_to_the_submission_page(
-    app: Running, browser: httpx.AsyncClient
+    app: Running, signed_in: httpx.AsyncClient
 ) -> None:
-    csrf = csrf_of((await browser.get(FORM)).text)
+    csrf = csrf_of((await signed_in.get(FORM)).text)
     data = {"csrf": csrf, "parameters.jobs": "2", "parameters.first_run": "5"}
-    response = await browser.post(FORM, data=data)
+    response = await signed_in.post(FORM, data=data)
     assert response.status_code == 303
     location = response.headers["location"]
     assert re.fullmatch(r"/submissions/\d+", location)
     assert await count(app, Job) == 2
-    page = await browser.get(location)
+    page = await signed_in.get(location)
     assert page.status_code == 200
     assert "hello_5" in page.text and "hello_6" in page.text
     assert re.search(r'<a id="job-link-\d+" href="/jobs/\d+">', page.text)
     assert 'id="submission-progress"' in page.text and 'role="img"' in page.text
-    progress = await browser.get(f"{location}/progress")
+    progress = await signed_in.get(f"{location}/progress")
     assert progress.status_code == 200 and "of 2 jobs" in progress.text
-    rows = await browser.get(f"{location}/rows")
+    rows = await signed_in.get(f"{location}/rows")
     assert rows.text.count("<tr ") == 2
 
 
 async def test_another_users_submission_is_not_found(
-    app: Running, browser: httpx.AsyncClient
+    app: Running, signed_in: httpx.AsyncClient
 ) -> None:
     async with app.new_client("bob") as bob:
         made = await bob.post("/api/v1/submissions", json={"application": "hello"})
         assert made.status_code == 201
     sid = made.json()["id"]
     for path in (f"/submissions/{sid}", f"/submissions/{sid}/progress", f"/submissions/{sid}/rows"):
-        response = await browser.get(path)
+        response = await signed_in.get(path)
         assert response.status_code == 404
         assert "Not found" in response.text and "Back to the home page" in response.text
 
 
-async def test_an_unknown_application_is_a_not_found_page(browser: httpx.AsyncClient) -> None:
+async def test_an_unknown_application_is_a_not_found_page(signed_in: httpx.AsyncClient) -> None:
     for response in (
-        await browser.get("/concordia/nope"),
-        await browser.post("/concordia/nope/check", data={}),
+        await signed_in.get("/concordia/nope"),
+        await signed_in.post("/concordia/nope/check", data={}),
     ):
         assert response.status_code == 404
         assert "Not found" in response.text

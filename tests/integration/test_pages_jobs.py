@@ -4,28 +4,13 @@ actions, and a job's page with its history, JDL, outputs and previews."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from html import unescape
-from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
 from tests.conftest import Running
 from tests.integration.test_api import FINAL, submit, wait_status, wait_submission
-
-
-@pytest.fixture
-async def browser(app: Running) -> AsyncIterator[httpx.AsyncClient]:
-    """A client signed in through the one-time link, keeping the session cookie."""
-    async with httpx.AsyncClient(
-        transport=app.client._transport, base_url="http://testserver"
-    ) as client:
-        login = urlsplit(app.login_url)
-        response = await client.get(f"{login.path}?{login.query}")
-        assert response.status_code == 303
-        yield client
 
 
 def job_ids(html: str) -> list[int]:
@@ -44,20 +29,20 @@ def count_of(html: str, status: str) -> int:
 
 
 async def test_the_monitor_filters_sorts_and_pages(
-    app: Running, browser: httpx.AsyncClient
+    app: Running, signed_in: httpx.AsyncClient
 ) -> None:
     first = await submit(app.client, jobs=3, first_run=1)
     second = await submit(app.client, jobs=2, first_run=20, exit_code=3)
     await wait_submission(app.client, first["id"])
     await wait_submission(app.client, second["id"])
 
-    page = (await browser.get("/jobs")).text
+    page = (await signed_in.get("/jobs")).text
     assert sorted(job_ids(page)) == sorted(first["job_ids"] + second["job_ids"])
     assert count_of(page, "Done") == 3 and count_of(page, "Failed") == 2
     assert "Page 1 of 1, 5 jobs" in page
 
     async def ids(**params: object) -> list[int]:
-        response = await browser.get("/jobs", params=params)  # type: ignore[arg-type]
+        response = await signed_in.get("/jobs", params=params)  # type: ignore[arg-type]
         assert response.status_code == 200, response.text
         return job_ids(response.text)
 
@@ -81,39 +66,39 @@ async def test_the_monitor_filters_sorts_and_pages(
     f, s = first["job_ids"], second["job_ids"]
     assert await ids(sort="name") == [f[0], f[1], s[0], s[1], f[2]]  # hello_1, _2, _20, _21, _3
     assert await ids(sort="-status", q="hello_2") == [s[1], s[0], f[1]]  # Failed, Done
-    assert (await browser.get("/jobs", params={"sort": "bogus"})).status_code == 422
-    assert (await browser.get("/jobs", params={"per_page": 7})).status_code == 422
-    bad_date = await browser.get("/jobs", params={"created_from": "yesterday"})
+    assert (await signed_in.get("/jobs", params={"sort": "bogus"})).status_code == 422
+    assert (await signed_in.get("/jobs", params={"per_page": 7})).status_code == 422
+    bad_date = await signed_in.get("/jobs", params={"created_from": "yesterday"})
     assert bad_date.status_code == 422 and "YYYY-MM-DD" in bad_date.text
 
     # Paging: 60 jobs at 50 a page.
     more = await submit(app.client, jobs=55)
-    second_page = await browser.get("/jobs", params={"sort": "id", "page": 2})
+    second_page = await signed_in.get("/jobs", params={"sort": "id", "page": 2})
     assert "Page 2 of 2, 60 jobs" in second_page.text
     assert job_ids(second_page.text) == sorted(more["job_ids"])[-10:]
     assert len(await ids(per_page=100)) == 60
 
-    counts = (await browser.get("/jobs/counts", params={"submission": more["id"]})).text
+    counts = (await signed_in.get("/jobs/counts", params={"submission": more["id"]})).text
     assert 'All <span class="n">55</span>' in counts and "Failed" not in counts
-    table = await browser.get("/jobs/table", params={"submission": more["id"]})
+    table = await signed_in.get("/jobs/table", params={"submission": more["id"]})
     assert len(job_ids(table.text)) == 50 and "<html" not in table.text
 
 
-async def test_bulk_kill_reports_each_refusal(app: Running, browser: httpx.AsyncClient) -> None:
+async def test_bulk_kill_reports_each_refusal(app: Running, signed_in: httpx.AsyncClient) -> None:
     done = await submit(app.client)
     await wait_status(app.client, done["job_ids"][0], FINAL)
     long = await submit(app.client, sleep=60)
     await wait_status(app.client, long["job_ids"][0], {"Running"})
     done_id, long_id = done["job_ids"][0], long["job_ids"][0]
-    page = (await browser.get("/jobs")).text
+    page = (await signed_in.get("/jobs")).text
 
-    forged = await browser.post(
+    forged = await signed_in.post(
         "/jobs/bulk", data={"action": "kill", "job": [str(long_id)], "back": ""}
     )
     assert forged.status_code == 403 and "Not allowed" in forged.text
     assert (await app.client.get(f"/api/v1/jobs/{long_id}")).json()["status"] == "Running"
 
-    response = await browser.post(
+    response = await signed_in.post(
         "/jobs/bulk",
         data={
             "csrf": csrf_of(page),
@@ -124,22 +109,22 @@ async def test_bulk_kill_reports_each_refusal(app: Running, browser: httpx.Async
     )
     assert response.status_code == 303
     assert response.headers["location"].startswith("/jobs?status=Running&status=Done")
-    report = unescape((await browser.get(response.headers["location"])).text)
+    report = unescape((await signed_in.get(response.headers["location"])).text)
     assert "Killed 1 of 2 jobs." in report
     assert f"job {done_id} is Done: it cannot be killed" in report
     assert (await app.client.get(f"/api/v1/jobs/{long_id}")).json()["status"] == "Killed"
     # The report is shown once.
-    assert "Killed 1 of 2" not in (await browser.get("/jobs")).text
+    assert "Killed 1 of 2" not in (await signed_in.get("/jobs")).text
 
-    deleted = await browser.post(
+    deleted = await signed_in.post(
         "/jobs/bulk", data={"csrf": csrf_of(page), "action": "delete", "job": [str(done_id)]}
     )
     assert deleted.status_code == 303
-    assert done_id not in job_ids((await browser.get("/jobs")).text)
-    assert job_ids((await browser.get("/jobs?status=Deleted")).text) == [done_id]
+    assert done_id not in job_ids((await signed_in.get("/jobs")).text)
+    assert job_ids((await signed_in.get("/jobs?status=Deleted")).text) == [done_id]
 
 
-async def test_the_job_page(app: Running, browser: httpx.AsyncClient) -> None:
+async def test_the_job_page(app: Running, signed_in: httpx.AsyncClient) -> None:
     sub = await submit(app.client, message="<b>hi</b>", first_run=4)
     job = await wait_status(app.client, sub["job_ids"][0], FINAL)
     outputs_dir = app.settings.jobs_dir / job["uuid"] / "outputs"
@@ -150,7 +135,7 @@ async def test_the_job_page(app: Running, browser: httpx.AsyncClient) -> None:
         '<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
     )
 
-    page = await browser.get(f"/jobs/{job['id']}")
+    page = await signed_in.get(f"/jobs/{job['id']}")
     assert page.status_code == 200
     html = page.text
     for status in ("Received", "Checking", "Waiting", "Matched", "Running", "Done"):
@@ -165,32 +150,32 @@ async def test_the_job_page(app: Running, browser: httpx.AsyncClient) -> None:
     assert f'<img src="/api/v1/jobs/{job["id"]}/outputs/plot.svg"' in html
     assert "run=4" in html  # the text preview of result-4.txt
 
-    svg = await browser.get(f"/api/v1/jobs/{job['id']}/outputs/plot.svg")
+    svg = await signed_in.get(f"/api/v1/jobs/{job['id']}/outputs/plot.svg")
     assert svg.status_code == 200
     assert svg.headers["content-security-policy"].startswith("sandbox;")
     assert svg.headers["x-content-type-options"] == "nosniff"
 
-    parts = await browser.get(f"/jobs/{job['id']}/parts")
+    parts = await signed_in.get(f"/jobs/{job['id']}/parts")
     assert parts.text.count('hx-swap-oob="true"') == 2
 
     # A Done job can be neither killed nor rescheduled: no buttons, and a forced POST is refused.
     assert f"/jobs/{job['id']}/reschedule" not in html and f"/jobs/{job['id']}/kill" not in html
-    killed = await browser.post(f"/jobs/{job['id']}/kill", data={"csrf": csrf_of(html)})
-    assert "cannot be killed" in unescape((await browser.get(killed.headers["location"])).text)
+    killed = await signed_in.post(f"/jobs/{job['id']}/kill", data={"csrf": csrf_of(html)})
+    assert "cannot be killed" in unescape((await signed_in.get(killed.headers["location"])).text)
 
 
-async def test_another_users_job_is_not_found(app: Running, browser: httpx.AsyncClient) -> None:
+async def test_another_users_job_is_not_found(app: Running, signed_in: httpx.AsyncClient) -> None:
     async with app.new_client("eve") as eve:
         theirs = await submit(eve)
-    response = await browser.get(f"/jobs/{theirs['job_ids'][0]}")
+    response = await signed_in.get(f"/jobs/{theirs['job_ids'][0]}")
     assert response.status_code == 404 and "Not found" in response.text
-    assert theirs["job_ids"][0] not in job_ids((await browser.get("/jobs")).text)
-    page = (await browser.get("/jobs")).text
-    refused = await browser.post(
+    assert theirs["job_ids"][0] not in job_ids((await signed_in.get("/jobs")).text)
+    page = (await signed_in.get("/jobs")).text
+    refused = await signed_in.post(
         "/jobs/bulk",
         data={"csrf": csrf_of(page), "action": "kill", "job": [str(theirs["job_ids"][0])]},
     )
-    report = unescape((await browser.get(refused.headers["location"])).text)
+    report = unescape((await signed_in.get(refused.headers["location"])).text)
     assert f"no job {theirs['job_ids'][0]}" in report
 
 
