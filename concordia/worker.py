@@ -165,10 +165,10 @@ class Reconciler:
     def _watch(self, name: str, jobs: Sequence[Job]) -> None:
         watched = self._watched.setdefault(name, {})
         for job in jobs:
-            if JobStatus(job.status) in _WATCHED:
-                watched[job.uuid] = backend_ref(job)
-            else:
+            if JobStatus(job.status) not in _WATCHED:
                 watched.pop(job.uuid, None)
+            elif job.uuid not in watched:  # a ref names a job; it does not follow its state
+                watched[job.uuid] = backend_ref(job)
 
     async def apply_updates(self, name: str, backend: Backend) -> None:
         watched = self._watched.get(name)
