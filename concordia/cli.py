@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -40,6 +42,7 @@ app.add_typer(db_app, name="db")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 POLL_SECONDS = 0.5
+TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s]+")
 NOT_AUTHENTICATED = "not authenticated: check --token / CONCORDIA_TOKEN or the api-token file"
 NO_ISOLATION = "jobs run WITHOUT isolation"
 STATUS_STYLES = {"Done": "green", "Failed": "red", "Killed": "yellow", "Running": "cyan"}
@@ -244,6 +247,17 @@ def _banner(settings: Settings, login_url: str, platform: Platform) -> None:
     say(f"\n  The CLI uses the API token in {settings.api_token_file.resolve()}\n")
 
 
+class RedactTokens(logging.Filter):
+    """Masks `token=...` in log arguments (the one-time login link's request line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
 @app.command(rich_help_panel="Server")
 def serve() -> None:
     """Run the Concordia server (web pages, REST API, job backends) until interrupted."""
@@ -262,6 +276,8 @@ def serve() -> None:
         port=settings.port,
         log_level="info",
     )
+    # After uvicorn set its logging up: the access log must not keep login tokens.
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     server = uvicorn.Server(config)
     server.run()
     if not server.started:

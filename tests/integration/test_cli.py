@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -269,3 +270,16 @@ def test_help_works_without_any_settings(args: list[str]) -> None:
     result = run_concordia({"CONCORDIA_PORT": "not-a-port"}, *args)
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
+
+
+def test_the_server_log_never_keeps_the_login_token(live_server: LiveServer) -> None:
+    login = next(
+        line.split()[-1] for line in live_server.output().splitlines() if "/login?token=" in line
+    )
+    token = login.split("token=", 1)[1]
+    httpx.get(login, follow_redirects=False)
+    deadline = time.monotonic() + 5
+    while "/login?token=***" not in live_server.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    access_lines = [line for line in live_server.output().splitlines() if "GET /login" in line]
+    assert access_lines and all(token not in line for line in access_lines)
