@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy import update as update_stmt
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
 
 from concordia.backends.base import Backend, BackendRef, JobSpec, StatusUpdate
 from concordia.core.application import ApplicationDef
@@ -162,7 +164,7 @@ class Reconciler:
             jdl=job.jdl,
         )
 
-    def _watch(self, name: str, jobs: Sequence[Job]) -> None:
+    def _watch(self, name: str, jobs: Sequence[Job | _Row]) -> None:
         watched = self._watched.setdefault(name, {})
         for job in jobs:
             if JobStatus(job.status) not in _WATCHED:
@@ -178,26 +180,18 @@ class Reconciler:
         if not updates:
             return
         async with self.platform.writing() as session:
-            jobs = await self._jobs_by_uuid(session, {u.uuid for u in updates})
+            rows = await _rows_by_uuid(session, {u.uuid for u in updates})
             for update in updates:
-                job = jobs.get(update.uuid)
-                if job is not None:
-                    self._apply(session, name, job, update)
-        self._watch(name, list(jobs.values()))
-        publish_jobs(self.platform.bus, list(jobs.values()))
+                row = rows.get(update.uuid)
+                if row is not None:
+                    self._apply(session, name, row, update)
+            # One UPDATE per round, by primary key: the rows carry every field a round sets.
+            await session.execute(update_stmt(Job), [asdict(row) for row in rows.values()])
+        self._watch(name, list(rows.values()))
+        publish_jobs(self.platform.bus, list(rows.values()))
 
     @staticmethod
-    async def _jobs_by_uuid(session: AsyncSession, uuids: set[str]) -> dict[str, Job]:
-        # What a backend reports never touches the job's definition: leave it unloaded.
-        rows = await session.scalars(
-            select(Job)
-            .where(Job.uuid.in_(uuids))
-            .options(defer(Job.jdl), defer(Job.argv), defer(Job.parameters))
-        )
-        return {job.uuid: job for job in rows}
-
-    @staticmethod
-    def _apply(session: AsyncSession, backend: str, job: Job, update: StatusUpdate) -> None:
+    def _apply(session: AsyncSession, backend: str, job: _Row, update: StatusUpdate) -> None:
         try:
             transition(
                 session,
@@ -241,6 +235,33 @@ class Reconciler:
                     await self._submit(session, backend, waiting)
                 self._watch(name, jobs)
                 publish_jobs(self.platform.bus, jobs)
+
+
+@dataclass
+class _Row:
+    """The fields of a job that backend updates read and write: lighter than an ORM Job."""
+
+    id: int
+    uuid: str
+    owner_id: int
+    submission_id: int
+    status: str
+    minor_status: str
+    application_status: str
+    updated_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    exit_code: int | None
+    backend_ref: str | None
+    backend_state: dict[str, Any]
+
+
+_ROW_COLUMNS = [getattr(Job, f.name) for f in fields(_Row)]
+
+
+async def _rows_by_uuid(session: AsyncSession, uuids: set[str]) -> dict[str, _Row]:
+    result = await session.execute(select(*_ROW_COLUMNS).where(Job.uuid.in_(uuids)))
+    return {row.uuid: _Row(*row) for row in result.all()}
 
 
 def _stall(session: AsyncSession, job: Job, max_reschedules: int) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -64,9 +64,36 @@ class JobDetail(JobSummary):
     history: list[HistoryEntry]
 
 
+class Tracked(Protocol):
+    """What a status change touches: a Job, or a lighter row of the same fields."""
+
+    id: int
+    status: str
+    minor_status: str
+    application_status: str
+    updated_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+class Announced(Tracked, Protocol):
+    """What a job change event says."""
+
+    owner_id: int
+    submission_id: int
+
+
+class Placed(Protocol):
+    """Where a job lives in its backend."""
+
+    uuid: str
+    backend_ref: str | None
+    backend_state: dict[str, Any]
+
+
 def transition(
     session: AsyncSession,
-    job: Job,
+    job: Tracked,
     status: JobStatus,
     *,
     minor: str = "",
@@ -81,7 +108,7 @@ def transition(
 
 def record_status(
     session: AsyncSession,
-    job: Job,
+    job: Tracked,
     status: JobStatus,
     *,
     minor: str = "",
@@ -115,7 +142,7 @@ def record_status(
     )
 
 
-def job_event(job: Job) -> Event:
+def job_event(job: Announced) -> Event:
     return Event(
         kind="job",
         owner_id=job.owner_id,
@@ -129,7 +156,7 @@ def job_event(job: Job) -> Event:
     )
 
 
-def publish_jobs(bus: EventBus, jobs: Sequence[Job]) -> None:
+def publish_jobs(bus: EventBus, jobs: Sequence[Announced]) -> None:
     for job in jobs:
         bus.publish(job_event(job))
 
@@ -234,5 +261,5 @@ async def delete_job(platform: Platform, owner_id: int, job_id: int) -> JobSumma
     return JobSummary.model_validate(job, from_attributes=True)
 
 
-def backend_ref(job: Job) -> BackendRef:
+def backend_ref(job: Placed) -> BackendRef:
     return BackendRef(uuid=job.uuid, ref=job.backend_ref or job.uuid, state=job.backend_state)
