@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
@@ -74,26 +73,13 @@ def _filtered(owner_id: int, where: JobFilter, *, by_status: bool = True) -> Sel
 async def list_jobs(
     session: AsyncSession,
     owner_id: int,
+    where: JobFilter,
     *,
-    statuses: Sequence[str] = (),
-    submission: int | None = None,
-    application: str | None = None,
-    text: str | None = None,
-    created_from: date | None = None,
-    created_to: date | None = None,
     page: int = 1,
     per_page: int = 50,
     sort: SortKey = "-updated",
 ) -> JobPage:
-    """One page of a user's jobs; Deleted jobs only when asked for by status."""
-    where = JobFilter(
-        statuses=list(statuses),
-        submission=submission,
-        application=application,
-        text=text,
-        created_from=created_from,
-        created_to=created_to,
-    )
+    """One page of a user's jobs with their total; Deleted jobs only when asked for."""
     base = _filtered(owner_id, where)
     total = await session.scalar(select(func.count()).select_from(base.subquery())) or 0
     items = await _page_items(session, base, page, per_page, sort)

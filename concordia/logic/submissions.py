@@ -230,11 +230,17 @@ async def submit_batch(
     return await get_submission(platform, owner_id, submission_id)
 
 
+async def _owned_submission(session: AsyncSession, owner_id: int, submission_id: int) -> Submission:
+    """The caller's submission; another user's is 'not found', as if it did not exist."""
+    submission = await session.get(Submission, submission_id)
+    if submission is None or submission.owner_id != owner_id:
+        raise NotFound(f"no submission {submission_id}")
+    return submission
+
+
 async def get_submission(platform: Platform, owner_id: int, submission_id: int) -> SubmissionView:
     async with platform.reading() as session:
-        submission = await session.get(Submission, submission_id)
-        if submission is None or submission.owner_id != owner_id:
-            raise NotFound(f"no submission {submission_id}")
+        submission = await _owned_submission(session, owner_id, submission_id)
         rows = await session.execute(
             select(Job.status, func.count())
             .where(Job.submission_id == submission_id)
@@ -267,9 +273,7 @@ async def submission_jobs(
 ) -> list[SubmissionJob]:
     """The jobs of the caller's submission in index order; another user's is not found."""
     async with platform.reading() as session:
-        submission = await session.get(Submission, submission_id)
-        if submission is None or submission.owner_id != owner_id:
-            raise NotFound(f"no submission {submission_id}")
+        await _owned_submission(session, owner_id, submission_id)
         rows = await session.execute(
             select(Job.id, Job.index, Job.name, Job.status, Job.minor_status)
             .where(Job.submission_id == submission_id)

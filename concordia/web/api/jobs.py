@@ -16,7 +16,7 @@ from starlette.background import BackgroundTask
 from concordia.logic import jobs as job_logic
 from concordia.logic import monitor, outputs
 from concordia.logic.jobs import JobDetail, JobSummary
-from concordia.logic.monitor import JobPage, SortKey
+from concordia.logic.monitor import JobFilter, JobPage, SortKey
 from concordia.logic.outputs import LogChunk, OutputFile, Stream
 from concordia.web.deps import CurrentUser, PlatformDep
 
@@ -45,18 +45,16 @@ async def list_jobs(
 ) -> JobPage:
     statuses = [s for item in status or [] for s in item.split(",") if s]
     async with platform.reading() as session:
-        return await monitor.list_jobs(
-            session,
-            user.user_id,
+        where = JobFilter(
             statuses=statuses,
             submission=submission,
             application=application,
             text=q,
             created_from=created_from,
             created_to=created_to,
-            page=page,
-            per_page=per_page,
-            sort=sort,
+        )
+        return await monitor.list_jobs(
+            session, user.user_id, where, page=page, per_page=per_page, sort=sort
         )
 
 
