@@ -70,6 +70,13 @@ DEFAULT_CARDS = [
 ]
 
 
+class SourceFile(BaseModel):
+    """A file the operator provides for image builds (e.g. CORSIKA's registered-only tarball)."""
+
+    url: str = Field(description="http(s):// URL or a path on this machine.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Its checksum, checked at build.")
+
+
 class Settings(BaseSettings):
     """Everything configurable. Every default is the embedded one (SQLite, local backend)."""
 
@@ -103,6 +110,20 @@ class Settings(BaseSettings):
     )
     local_keep_workdir: bool = False
     kill_grace_seconds: float = Field(default=5.0, ge=0)
+
+    # Images.
+    image_builders: list[Literal["apptainer", "mmdebstrap", "podman"]] = Field(
+        default_factory=lambda: ["apptainer", "mmdebstrap", "podman"],
+        description="Builders to probe at start, in order of preference.",
+    )
+    image_formats: list[Literal["squashfs", "oci"]] = Field(
+        default_factory=lambda: ["squashfs", "oci"],
+        description="What a build produces besides the rootfs jobs run on here.",
+    )
+    image_build_timeout: float = Field(default=3600, gt=0, description="Seconds per build.")
+    sources: dict[str, SourceFile] = Field(
+        default_factory=dict, description="Operator-provided build inputs by name (corsika)."
+    )
 
     # The reconciler.
     max_reschedules: int = Field(default=3, ge=0, description="As DIRAC's MaxRescheduling.")
@@ -142,6 +163,10 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
 
     @property
     def api_token_file(self) -> Path:

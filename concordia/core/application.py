@@ -6,10 +6,11 @@ import hashlib
 import json
 import re
 import shlex
-import string
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from concordia.core.recipe import Recipe, template_fields
 
 NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
 PARAM_RE = r"^[a-z][a-z0-9_]{0,62}$"
@@ -138,8 +139,10 @@ class ApplicationDef(BaseModel):
     title: str
     description: str = ""
     vos: list[str] = Field(default_factory=list, description="Allowed VOs; empty: everyone.")
-    image: str | None = Field(default=None, description="Image recipe reference (images issue).")
-    build_args: dict[str, ParameterDef] = Field(default_factory=dict)
+    image: Recipe | None = Field(default=None, description="The image jobs run in; none: host.")
+    build_args: dict[str, ParameterDef] = Field(
+        default_factory=dict, description="Choices made when the image is built (recipe steps)."
+    )
     parameters: dict[str, ParameterDef] = Field(default_factory=dict)
     batch: BatchDef = Field(default_factory=BatchDef)
     command: str = Field(min_length=1, description="Command template, {name} placeholders.")
@@ -172,9 +175,19 @@ class ApplicationDef(BaseModel):
                 raise ValueError(f"batch sequence {seq!r} must start from an int parameter")
         known = set(self.parameters) | set(self.batch.sequences) | {"index", "application"}
         for template in (self.command, self.job_name):
-            for field in _placeholders(template):
+            for field in template_fields(template):
                 if field not in known:
                     raise ValueError(f"template uses unknown name {{{field}}}")
+        for name, spec in self.build_args.items():
+            if not re.fullmatch(PARAM_RE, name) or spec.default is None:
+                raise ValueError(f"build argument {name!r} needs a plain name and a default")
+            check_value(name, spec, spec.default)
+        if self.image is not None:
+            unknown = sorted(self.image.placeholders() - set(self.build_args))
+            if unknown:
+                raise ValueError(f"image recipe uses unknown build argument {{{unknown[0]}}}")
+        elif self.build_args:
+            raise ValueError("build arguments need an image recipe that uses them")
         for rel in self.input_files:
             if rel.startswith("/") or ".." in rel.split("/"):
                 raise ValueError(f"input file {rel!r} must be a relative path inside the app")
@@ -187,17 +200,6 @@ class ApplicationDef(BaseModel):
         """A content hash identifying this exact definition (applications in use)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
-
-
-def _placeholders(template: str) -> list[str]:
-    fields = []
-    for _, field, spec, conv in string.Formatter().parse(template):
-        if field is None:
-            continue
-        if spec or conv or not re.fullmatch(PARAM_RE, field):
-            raise ValueError(f"placeholder {{{field}}} must be a plain name")
-        fields.append(field)
-    return fields
 
 
 def validate_parameters(app: ApplicationDef, raw: dict[str, Any]) -> dict[str, ParamValue]:
