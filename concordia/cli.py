@@ -290,7 +290,7 @@ def db_upgrade() -> None:
     from concordia.db.migrate import upgrade
 
     settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.make_data_dir()
     upgrade(settings.database_url)
     say(f"database is up to date: {_database_kind(settings.database_url)}")
 

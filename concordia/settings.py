@@ -159,6 +159,13 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
         return tuple(sources)
 
+    def make_data_dir(self) -> Path:
+        """Create the data dir. Its files are private (0600), but the sandboxes of jobs, which
+        run as another uid, must pass through it to their work directory and image: 0711."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o711)
+        return self.data_dir
+
     # Paths derived from the data dir.
     @property
     def jobs_dir(self) -> Path:

@@ -74,8 +74,9 @@ class LocalBackend:
         """Decide on isolation (a probe run) and start the slots."""
         if self._runners:
             return
+        self.settings.make_data_dir()  # also opens one made 0700 by an older version
         jobs_dir = self.settings.jobs_dir
-        jobs_dir.mkdir(parents=True, exist_ok=True)
+        jobs_dir.mkdir(exist_ok=True)
         mode = self.settings.local_isolation
         problem = await asyncio.to_thread(sandbox.isolation_problem, mode, jobs_dir)
         self.isolation_problem, self.isolated = problem, problem is None
@@ -310,7 +311,7 @@ def _prepare(job: _Job) -> tuple[int, int]:
     """A clean job directory with the inputs in work/; the opened logs."""
     jd, work = job.dir, job.dir / "work"
     try:
-        jd.mkdir(mode=0o700)
+        jd.mkdir(mode=0o711)  # the sandbox's uid passes through to work/
     except FileExistsError:  # a rescheduled job starts from a clean directory
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(jd / "outputs", ignore_errors=True)

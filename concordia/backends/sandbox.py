@@ -63,10 +63,21 @@ def hand_over(path: Path) -> None:
             os.chown(os.path.join(dirpath, name), JOB_UID, JOB_GID, follow_symlinks=False)
 
 
+def _bwrap_base(rootfs: Path | None) -> list[str]:
+    if rootfs is not None:  # an image: /work is made by its builder (a read-only root)
+        return [_bwrap(), "--ro-bind", str(rootfs), "/"]
+    return [*_host_root(), "--dir", "/work"]
+
+
 @functools.cache
-def _bwrap_base() -> tuple[str, ...]:
-    # bwrap and the system directories: the host root would expose the data dir and /root.
-    args = [shutil.which("bwrap") or "bwrap"]
+def _bwrap() -> str:
+    return shutil.which("bwrap") or "bwrap"
+
+
+@functools.cache
+def _host_root() -> tuple[str, ...]:
+    # The system directories only: the host root would expose the data dir and /root.
+    args = [_bwrap()]
     for path in _HOST_DIRS:
         if os.path.isdir(path):
             args += ["--ro-bind", path, path]
@@ -85,30 +96,29 @@ def build_command(
     isolated: bool,
     network: bool,
     env: Mapping[str, str] | None = None,
+    rootfs: Path | None = None,
 ) -> list[str]:
     """The command that runs ``argv`` in ``workdir``: a bwrap line, or argv as-is (cwd=workdir).
 
-    As root, bwrap sets the sandbox up as root (bwrap resolves bind sources with its caller's
-    rights, and the data dir is 0700) without a user namespace (in one made by root the job
-    would be root outside), then starts the job through setpriv as JOB_UID: no capabilities,
-    no_new_privs. Otherwise bwrap maps the server's user to SANDBOX_UID in a user namespace.
+    The job's root is ``rootfs`` (its image, read-only) or, without one, the host's /usr, /etc
+    and /opt. bwrap itself runs unprivileged, in a user namespace mapping the job's
+    SANDBOX_UID to the server's user or, for a server running as root, to JOB_UID: setpriv
+    drops to it before bwrap starts, so no part of the sandbox ever holds root's rights (the
+    data dir's parents must then be traversable by JOB_UID; the isolation probe checks it).
     """
     if not isolated:
         return list(argv)
-    cmd = [*_bwrap_base(), "--dir", "/work", "--bind", str(workdir), "/work"]
+    cmd = [*_drop_privileges(isolated=True), *_bwrap_base(rootfs)]
+    cmd += ["--bind", str(workdir), "/work"]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", JOB_TMP]
-    if drops_privileges():
-        cmd += ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
-        cmd += [] if network else ["--unshare-net"]
-    else:
-        cmd += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID)]
-        cmd += ["--unshare-all", *(["--share-net"] if network else [])]
+    cmd += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID)]
+    cmd += ["--unshare-all", *(["--share-net"] if network else [])]
     cmd += ["--die-with-parent", "--new-session", "--clearenv"]
     variables = {"PATH": SANDBOX_PATH, "HOME": "/work", "TMPDIR": JOB_TMP, **(env or {})}
     for key, value in variables.items():
         cmd += ["--setenv", key, value]
     cmd += ["--chdir", "/work", "--hostname", "job", "--remount-ro", "/", "--"]
-    return cmd + _drop_privileges(isolated=True) + list(argv)
+    return cmd + list(argv)
 
 
 @functools.cache
@@ -120,11 +130,9 @@ def _drop_privileges(*, isolated: bool) -> list[str]:
     if not drops_privileges():
         return []
     drop = [_setpriv(), f"--reuid={JOB_UID}", f"--regid={JOB_GID}"]
-    drop += ["--clear-groups", "--inh-caps=-all", "--no-new-privs"]
-    # In bwrap: no capability may come back. Plain: the job dies with the server (bwrap jobs
-    # have --die-with-parent).
-    drop += ["--bounding-set=-all"] if isolated else ["--pdeathsig=KILL"]
-    return [*drop, "--"]
+    drop += ["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    # A plain job dies with the server (bwrap jobs have --die-with-parent).
+    return [*drop, *([] if isolated else ["--pdeathsig=KILL"]), "--"]
 
 
 def launch_prefix(cpu_time: int, cgroup_procs: Sequence[Path], *, isolated: bool) -> list[str]:
@@ -146,6 +154,7 @@ def launch(
     network: bool = False,
     env: Mapping[str, str] | None = None,
     cgroup: SlotCgroup | None = None,
+    rootfs: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a job's process in its own session; Popen returns once the launcher has exec'd.
 
@@ -153,7 +162,9 @@ def launch(
     gets PATH, HOME, TMPDIR and its own variables; without it, the same with HOME=workdir.
     """
     cmd = launch_prefix(cpu_time, cgroup.procs if cgroup else [], isolated=isolated)
-    cmd += build_command(argv, workdir, isolated=isolated, network=network, env=env)
+    cmd += build_command(
+        argv, workdir, isolated=isolated, network=network, env=env, rootfs=rootfs
+    )
     plain_env = {"HOME": str(workdir), "TMPDIR": JOB_TMP, **(env or {})}
     return subprocess.Popen(
         cmd,
@@ -314,6 +325,12 @@ def _probe(probe_dir: str | None) -> str | None:
             return f"the probe failed: {exc}"
         if proc.returncode == 0:
             return None
-        return stderr.decode(errors="replace").strip() or f"exit code {proc.returncode}"
+        error = stderr.decode(errors="replace").strip() or f"exit code {proc.returncode}"
+        if drops_privileges() and "Permission denied" in error:
+            error += (
+                f" (jobs of a server running as root run as uid {JOB_UID}: every parent"
+                " directory of the data dir must be traversable by it, chmod o+x)"
+            )
+        return error
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -52,7 +52,7 @@ def create_app(
     settings: Settings, on_ready: Callable[[str, Platform], None] | None = None
 ) -> FastAPI:
     """``on_ready`` receives the one-time login URL and the platform once it is up."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.make_data_dir()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

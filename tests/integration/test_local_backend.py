@@ -29,7 +29,7 @@ AS_ROOT = os.geteuid() == 0
 
 @pytest.fixture
 async def make_backend(tmp_path: Path) -> AsyncIterator[Factory]:
-    """Started backends on tmp_path/var (0700, as the app makes it); closed after the test."""
+    """Started backends on tmp_path/var (made 0700, as older versions did); closed after."""
     started: list[LocalBackend] = []
 
     async def make(**overrides: Any) -> LocalBackend:
@@ -237,8 +237,11 @@ check("list-data-dir", lambda: os.listdir({str(data_dir)!r}))
 check("postgres", lambda: socket.create_connection(("127.0.0.1", 5432), timeout=2))
 print("uid", os.getuid(), os.geteuid())
 print("env", os.environ["HOME"], os.environ["PATH"], "SERVER_SECRET_FOR_TEST" in os.environ)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print("caps", *(int(status[k], 16) for k in ("CapEff", "CapPrm", "CapBnd")))
+open("owner.txt", "w").close()
 """
-    updates = await run(backend, job("iso", "python3", "-c", probe))
+    updates = await run(backend, job("iso", "python3", "-c", probe, outputs=["owner.txt"]))
     assert updates["iso"][-1].status == S.DONE, (backend.job_dir("iso") / "std.err").read_text()
     lines = (backend.job_dir("iso") / "std.out").read_text().splitlines()
     assert lines[0].startswith("write-usr denied")
@@ -246,8 +249,11 @@ print("env", os.environ["HOME"], os.environ["PATH"], "SERVER_SECRET_FOR_TEST" in
     assert lines[2] == "list-root denied FileNotFoundError"
     assert lines[3] == "list-data-dir denied FileNotFoundError"
     assert lines[4].startswith("postgres denied")
-    assert lines[5] == f"uid {sandbox.JOB_UID} {sandbox.JOB_UID}"
+    assert lines[5] == f"uid {sandbox.SANDBOX_UID} {sandbox.SANDBOX_UID}"
     assert lines[6] == f"env /work {sandbox.SANDBOX_PATH} False"  # nothing from the server
+    assert lines[7] == "caps 0 0 0"
+    # Outside the sandbox the job is the unprivileged JOB_UID, never root.
+    assert (backend.job_dir("iso") / "outputs" / "owner.txt").stat().st_uid == sandbox.JOB_UID
 
 
 async def test_symlinks_are_never_collected(make_backend: Factory) -> None:
