@@ -10,12 +10,11 @@ import string
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: A Debian package name (Policy 5.6.1), optionally with an architecture or version pin.
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9]+)?(=[A-Za-z0-9.+~:-]+)?$")
-#: A pip requirement: a name with extras and a version spec; never an option ("-e", "--index").
-_PIP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!-]+,?)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SUITE = re.compile(r"^debian:[a-z][a-z0-9-]*$")
 _BASE_RECIPE = re.compile(r"^recipe:[a-z][a-z0-9_-]{0,62}$")
@@ -51,7 +50,9 @@ class Recipe(BaseModel):
         "unpacked (tiny images; steps run with what the packages bring).",
     )
     packages: list[str] = Field(default_factory=list, description="Debian packages.")
-    pip: list[str] = Field(default_factory=list, description="PyPI requirements (needs python3-pip).")
+    pip: list[str] = Field(
+        default_factory=list, description="PyPI requirements (the image needs python3-pip)."
+    )
     files: dict[str, str] = Field(
         default_factory=dict,
         description="Files beside the application's YAML (relative) -> absolute path in the image.",
@@ -82,8 +83,13 @@ class Recipe(BaseModel):
     @classmethod
     def _pip(cls, requirements: list[str]) -> list[str]:
         for req in requirements:
-            if not _PIP.match(req):
-                raise ValueError(f"{req!r} is not a pip requirement (name[extras]<spec>)")
+            # A requirement, never an option ("-e", "--index-url") nor a URL to fetch from.
+            try:
+                parsed = Requirement(req)
+            except InvalidRequirement as exc:
+                raise ValueError(f"{req!r} is not a pip requirement: {exc}") from None
+            if parsed.url or req.lstrip().startswith("-"):
+                raise ValueError(f"{req!r}: give a name and version, not a URL or an option")
         return requirements
 
     @field_validator("files")
