@@ -112,8 +112,8 @@ class Settings(BaseSettings):
     kill_grace_seconds: float = Field(default=5.0, ge=0)
 
     # Images.
-    image_builders: list[Literal["apptainer", "mmdebstrap", "podman"]] = Field(
-        default_factory=lambda: ["apptainer", "mmdebstrap", "podman"],
+    image_builders: list[Literal["apptainer", "mmdebstrap"]] = Field(
+        default_factory=lambda: ["apptainer", "mmdebstrap"],
         description="Builders to probe at start, in order of preference.",
     )
     image_formats: list[Literal["squashfs", "oci"]] = Field(

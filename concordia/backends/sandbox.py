@@ -162,9 +162,7 @@ def launch(
     gets PATH, HOME, TMPDIR and its own variables; without it, the same with HOME=workdir.
     """
     cmd = launch_prefix(cpu_time, cgroup.procs if cgroup else [], isolated=isolated)
-    cmd += build_command(
-        argv, workdir, isolated=isolated, network=network, env=env, rootfs=rootfs
-    )
+    cmd += build_command(argv, workdir, isolated=isolated, network=network, env=env, rootfs=rootfs)
     plain_env = {"HOME": str(workdir), "TMPDIR": JOB_TMP, **(env or {})}
     return subprocess.Popen(
         cmd,

@@ -61,6 +61,10 @@ class Recipe(BaseModel):
         default_factory=dict, description="Operator-provided files (Settings.sources) by name."
     )
     steps: list[str] = Field(default_factory=list, description="Shell commands run at build time.")
+    shell: str = Field(
+        default="/bin/sh",
+        description="The image's shell for the steps (extract variant: e.g. /bin/busybox sh).",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Environment of the jobs.")
     workdir: str = Field(default="/work", description="Where jobs start (their work directory).")
 
@@ -109,6 +113,15 @@ class Recipe(BaseModel):
                 raise ValueError("a build step must be a non-empty shell command")
         return steps
 
+    @field_validator("shell")
+    @classmethod
+    def _shell(cls, shell: str) -> str:
+        words = shlex.split(shell)
+        if not words:
+            raise ValueError("shell must name a program in the image")
+        _image_path(words[0])
+        return shell
+
     @field_validator("env")
     @classmethod
     def _env(cls, env: dict[str, str]) -> dict[str, str]:
@@ -152,6 +165,7 @@ class Recipe(BaseModel):
             files={**base.files, **self.files},
             sources={**base.sources, **self.sources},
             steps=base.steps + self.steps,
+            shell=base.shell,
             env={**base.env, **self.env},
             workdir=self.workdir,
         )

@@ -1,0 +1,1 @@
+"""Images: recipes become root filesystems, SquashFS and OCI archives, kept in a store."""

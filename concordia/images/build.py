@@ -1,0 +1,127 @@
+"""One image build from plan to published image, and the choice of builder (probed at start)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from concordia.images.builders import (
+    ApptainerBuilder,
+    Builder,
+    BuildError,
+    BuildPlan,
+    MmdebstrapBuilder,
+    finish_rootfs,
+)
+from concordia.images.formats import make_formats, missing_tools
+from concordia.images.store import ROOTFS, ImageStore, StoredImage
+
+#: What to install for each builder (Debian package names), shown when none is usable.
+INSTALL_HINTS = {
+    "apptainer": "Apptainer (not in Debian 12: see apptainer.org)",
+    "mmdebstrap": "apt-get install mmdebstrap",
+}
+
+
+@dataclass
+class BuilderChoice:
+    """The builder in use (None: images cannot be built) and why the others were passed over."""
+
+    builder: Builder | None
+    problems: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        if self.builder is not None:
+            return self.builder.version
+        hints = "; ".join(f"{name}: {why}" for name, why in self.problems.items())
+        return f"no image builder can run ({hints})"
+
+
+def choose_builder(order: list[str], formats: list[str]) -> BuilderChoice:
+    """The first builder of ``order`` that is installed, with the tools the formats need."""
+    problems: dict[str, str] = {}
+    missing = missing_tools(formats)
+    for name in order:
+        builder = _probe(name)
+        if isinstance(builder, str):
+            problems[name] = builder
+        elif missing:
+            problems[name] = f"the image formats need: apt-get install {' '.join(missing)}"
+        else:
+            return BuilderChoice(builder, problems)
+    return BuilderChoice(None, problems)
+
+
+def _probe(name: str) -> Builder | str:
+    if name == "apptainer":
+        command = shutil.which("apptainer") or shutil.which("singularity")
+        if command is None:
+            return f"not installed ({INSTALL_HINTS['apptainer']})"
+        return ApptainerBuilder(command, _version([command, "--version"]))
+    if shutil.which("mmdebstrap") is None:
+        return f"not installed ({INSTALL_HINTS['mmdebstrap']})"
+    return MmdebstrapBuilder(f"mmdebstrap {_version(['mmdebstrap', '--version']).split()[-1]}")
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return f"{Path(cmd[0]).name} (unknown version)"
+    return out.strip().splitlines()[0] if out.strip() else Path(cmd[0]).name
+
+
+def run_build(
+    plan: BuildPlan, builder: Builder, store: ImageStore, formats: list[str]
+) -> StoredImage:
+    """Build into a private workspace, then publish by rename: a crash at any point leaves
+    no image that looks complete. Raises BuildError (the log says why)."""
+    work = store.workspace(plan.image_id)
+    context, rootfs = work / ".context", work / ROOTFS
+    context.mkdir(mode=0o700)
+    started = datetime.now(UTC)
+    with open(store.log_path(plan.image_id), "w", buffering=1) as log:
+        args = ", ".join(f"{k}={v}" for k, v in plan.build_args.items()) or "none"
+        log.write(f"building image {plan.image_id} of {plan.application} with {builder.version}\n")
+        log.write(f"build arguments: {args}\n")
+        try:
+            builder.build(plan, context, rootfs, log)
+            finish_rootfs(rootfs, plan.recipe.workdir)
+            env = plan.recipe.rendered_env(plan.build_args)
+            made = make_formats(rootfs, work, formats, env, plan.recipe.workdir, log, plan.timeout)
+            shutil.rmtree(context)
+            meta = {
+                "id": plan.image_id,
+                "application": plan.application,
+                "build_args": plan.build_args,
+                "builder": builder.version,
+                "env": env,
+                "workdir": plan.recipe.workdir,
+                "formats": made,
+                "rootfs_size": _tree_size(rootfs),
+                "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
+            }
+            image = store.publish(plan.image_id, work, meta)
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
+            log.write(f"\nBUILD FAILED: {reason}\n")
+            shutil.rmtree(work, ignore_errors=True)
+            if isinstance(exc, BuildError):
+                raise
+            if isinstance(exc, OSError):
+                raise BuildError(reason) from exc
+            raise
+        log.write(f"\nbuilt in {meta['seconds']} s: {', '.join(made) or 'rootfs only'}\n")
+    return image
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for entry in path.rglob("*"):
+        if entry.is_file() and not entry.is_symlink():
+            total += entry.stat().st_size
+    return total
