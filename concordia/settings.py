@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
@@ -70,6 +70,11 @@ DEFAULT_CARDS = [
 ]
 
 
+#: Image builders in their default order of preference, and the formats a build can make.
+Builders = Literal["apptainer", "mmdebstrap"]
+ImageFormats = Literal["squashfs", "oci"]
+
+
 class SourceFile(BaseModel):
     """A file the operator provides for image builds (e.g. CORSIKA's registered-only tarball)."""
 
@@ -112,12 +117,12 @@ class Settings(BaseSettings):
     kill_grace_seconds: float = Field(default=5.0, ge=0)
 
     # Images.
-    image_builders: list[Literal["apptainer", "mmdebstrap"]] = Field(
-        default_factory=lambda: ["apptainer", "mmdebstrap"],
+    image_builders: list[Builders] = Field(
+        default_factory=lambda: list(get_args(Builders)),
         description="Builders to probe at start, in order of preference.",
     )
-    image_formats: list[Literal["squashfs", "oci"]] = Field(
-        default_factory=lambda: ["squashfs", "oci"],
+    image_formats: list[ImageFormats] = Field(
+        default_factory=lambda: list(get_args(ImageFormats)),
         description="What a build produces besides the rootfs jobs run on here.",
     )
     image_build_timeout: float = Field(default=3600, gt=0, description="Seconds per build.")

@@ -10,15 +10,17 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy import update as update_stmt
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.backends.base import Backend, BackendRef, JobSpec, StatusUpdate
+from concordia.backends.base import Backend, BackendRef, JobImage, JobSpec, StatusUpdate
 from concordia.core.application import ApplicationDef
 from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
-from concordia.db.tables import Application, Job, Submission
-from concordia.logic.jobs import backend_ref, publish_jobs, requeue, transition
+from concordia.db.tables import Application, Image, Job, Submission
+from concordia.images.store import StoredImage
+from concordia.logic.images import BUILDING, FAILED
+from concordia.logic.jobs import backend_ref, publish_jobs, record_status, requeue, transition
 from concordia.logic.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -67,12 +69,12 @@ class Reconciler:
         async with self.platform.reading() as session:
             rows = await session.execute(
                 select(Job.uuid, Job.backend_ref, Job.backend_state).where(
-                    Job.status.in_([s.value for s in _WATCHED]), Job.backend == name
+                    Job.status.in_([s.value for s in _WATCHED]),
+                    Job.backend == name,
+                    Job.backend_ref.is_not(None),
                 )
             )
-            self._watched[name] = {
-                u: BackendRef(uuid=u, ref=r or u, state=s) for u, r, s in rows.all()
-            }
+            self._watched[name] = {u: BackendRef(uuid=u, ref=r, state=s) for u, r, s in rows.all()}
 
     async def _wait(self) -> bool:
         """Until news or the poll interval; True if woken by news."""
@@ -93,36 +95,66 @@ class Reconciler:
         return bool(done)
 
     async def dispatch(self, name: str, backend: Backend) -> None:
-        """Received -> Checking -> Waiting, and into the backend's queue."""
+        """Received -> Checking -> Waiting, and into the backend's queue once the job's image
+        is ready ("Waiting for image" until then; a failed build fails the job)."""
         async with self.platform.writing() as session:
-            jobs = list(
-                await session.scalars(
-                    select(Job)
-                    .where(Job.status == JobStatus.RECEIVED.value, Job.backend == name)
+            waiting_for_image = and_(
+                Job.status == JobStatus.WAITING.value,
+                Job.backend_ref.is_(None),
+                Image.status != BUILDING,
+            )
+            rows = (
+                await session.execute(
+                    select(Job, Image.status)
+                    .join(Submission, Job.submission_id == Submission.id)
+                    .outerjoin(Image, Submission.image_id == Image.id)
+                    .where(
+                        Job.backend == name,
+                        or_(Job.status == JobStatus.RECEIVED.value, waiting_for_image),
+                    )
                     .order_by(Job.id)
                     .limit(DISPATCH_BATCH)
                 )
-            )
-            if not jobs:
+            ).all()
+            if not rows:
                 return
-            if len(jobs) == DISPATCH_BATCH:  # more to hand over: come back at once
+            if len(rows) == DISPATCH_BATCH:  # more to hand over: come back at once
                 self.platform.wakeup.set()
-            for job in jobs:
-                transition(session, job, JobStatus.CHECKING, minor="JobSanity", source="JobSanity")
-                transition(
-                    session,
-                    job,
-                    JobStatus.WAITING,
-                    minor=f"Waiting for a {name} slot",
-                    source="JobScheduling",
-                )
-            await self._submit(session, backend, jobs)
+            ready = []
+            for job, image_status in rows:
+                if job.status == JobStatus.RECEIVED.value:
+                    transition(
+                        session, job, JobStatus.CHECKING, minor="JobSanity", source="JobSanity"
+                    )
+                if image_status == FAILED:
+                    transition(
+                        session, job, JobStatus.FAILED, minor="Image build failed",
+                        source="JobScheduling",
+                    )  # fmt: skip
+                elif image_status == BUILDING:
+                    job.backend_ref = None  # a rescheduled job's old ref names nothing now
+                    transition(
+                        session, job, JobStatus.WAITING, minor="Waiting for image",
+                        source="JobScheduling",
+                    )  # fmt: skip
+                else:
+                    minor = f"Waiting for a {name} slot"
+                    if job.status == JobStatus.WAITING.value:  # its image is ready now
+                        record_status(session, job, JobStatus.WAITING, minor=minor, source="Images")
+                    else:
+                        transition(
+                            session, job, JobStatus.WAITING, minor=minor, source="JobScheduling"
+                        )
+                    ready.append(job)
+            if ready:
+                await self._submit(session, backend, ready)
+        jobs = [job for job, _ in rows]
         self._watch(name, jobs)
         publish_jobs(self.platform.bus, jobs)
 
     async def _submit(self, session: AsyncSession, backend: Backend, jobs: Sequence[Job]) -> None:
-        apps = await self._definitions_of(session, {job.submission_id for job in jobs})
-        specs = [self._spec(job, apps[job.submission_id]) for job in jobs]
+        runs = await self._runs_of(session, {job.submission_id for job in jobs})
+        specs = [self._spec(job, *runs[job.submission_id]) for job in jobs]
         refs = await backend.submit(specs)
         by_uuid = {ref.uuid: ref for ref in refs}
         for job in jobs:
@@ -130,27 +162,32 @@ class Reconciler:
             job.backend_ref = ref.ref
             job.backend_state = {**job.backend_state, **ref.state}
 
-    async def _definitions_of(
+    async def _runs_of(
         self, session: AsyncSession, submission_ids: set[int]
-    ) -> dict[int, ApplicationDef]:
-        """Each submission's application definition, as stored when it was first used."""
+    ) -> dict[int, tuple[ApplicationDef, StoredImage | None]]:
+        """Each submission's application definition (as stored when it was first used) and
+        the image its jobs run in."""
         rows = (
             await session.execute(
-                select(Submission.id, Submission.application_id).where(
+                select(Submission.id, Submission.application_id, Submission.image_id).where(
                     Submission.id.in_(submission_ids)
                 )
             )
         ).all()
-        missing = {app_id for _, app_id in rows} - set(self._definitions)
+        missing = {app_id for _, app_id, _ in rows} - set(self._definitions)
         if missing:
             stored = await session.execute(
                 select(Application.id, Application.definition).where(Application.id.in_(missing))
             )
             for app_id, definition in stored.all():
                 self._definitions[app_id] = ApplicationDef.model_validate(definition)
-        return {sid: self._definitions[app_id] for sid, app_id in rows}
+        store = self.platform.images.store
+        return {
+            sid: (self._definitions[app_id], store.get(image) if image else None)
+            for sid, app_id, image in rows
+        }
 
-    def _spec(self, job: Job, app: ApplicationDef) -> JobSpec:
+    def _spec(self, job: Job, app: ApplicationDef, image: StoredImage | None) -> JobSpec:
         directory = self.platform.catalog.directory
         return JobSpec(
             uuid=job.uuid,
@@ -162,6 +199,7 @@ class Reconciler:
             cpu_time=app.cpu_time,
             network=app.network,
             jdl=job.jdl,
+            image=None if image is None else _job_image(image),
         )
 
     def _watch(self, name: str, jobs: Sequence[Job | _Row]) -> None:
@@ -169,6 +207,8 @@ class Reconciler:
         for job in jobs:
             if JobStatus(job.status) not in _WATCHED:
                 watched.pop(job.uuid, None)
+            elif job.backend_ref is None:  # waiting for its image: not in the backend yet
+                continue
             elif job.uuid not in watched:  # a ref names a job; it does not follow its state
                 watched[job.uuid] = backend_ref(job)
 
@@ -230,7 +270,11 @@ class Reconciler:
                     await backend.kill([backend_ref(j) for j in lost])
                     for job in lost:
                         _stall(session, job, max_reschedules)
-                waiting = [j for j in jobs if j.status == JobStatus.WAITING.value]
+                waiting = [
+                    j
+                    for j in jobs
+                    if j.status == JobStatus.WAITING.value and j.backend_ref is not None
+                ]
                 if waiting:
                     await self._submit(session, backend, waiting)
                 self._watch(name, jobs)
@@ -262,6 +306,17 @@ _ROW_COLUMNS = [getattr(Job, f.name) for f in fields(_Row)]
 async def _rows_by_uuid(session: AsyncSession, uuids: set[str]) -> dict[str, _Row]:
     result = await session.execute(select(*_ROW_COLUMNS).where(Job.uuid.in_(uuids)))
     return {row.uuid: _Row(*row) for row in result.all()}
+
+
+def _job_image(image: StoredImage) -> JobImage:
+    squashfs = image.format_path("squashfs")
+    return JobImage(
+        id=image.id,
+        rootfs=image.rootfs,
+        squashfs=squashfs if squashfs.exists() else None,
+        env=image.meta.get("env", {}),
+        workdir=image.meta.get("workdir", "/work"),
+    )
 
 
 def _stall(session: AsyncSession, job: Job, max_reschedules: int) -> None:

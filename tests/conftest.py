@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,26 +52,59 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="session")
+def image_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image store holding the hello image, built once per test session for real (the
+    tests of builds themselves build in their own store)."""
+    root = tmp_path_factory.mktemp("image-seed")
+    for path in [root, *root.parents]:  # as the tmp_path fixture does
+        if os.geteuid() == 0 and not path.stat().st_mode & 0o001:
+            path.chmod(path.stat().st_mode | 0o011)
+    settings = make_settings(root / "var")
+
+    async def build() -> None:
+        async with running_app(settings) as app:
+            response = await app.client.post("/api/v1/images", json={"application": "hello"})
+            assert response.status_code in (200, 202), response.text
+            url = f"/api/v1/images/{response.json()['image']['id']}"
+            deadline = time.monotonic() + 300
+            while (image := (await app.client.get(url)).json())["status"] == "building":
+                assert time.monotonic() < deadline, "the hello image took over 5 minutes"
+                await asyncio.sleep(0.2)
+            assert image["status"] == "ready", image["error"]
+
+    asyncio.run(build())
+    return settings.images_dir
+
+
+def seed_images(settings: Settings, seed: Path) -> Settings:
+    """Put the seed's images in the settings' store (hard links: instant, no copy)."""
+    for image in seed.iterdir():
+        if (image / "image.json").is_file():
+            target = settings.images_dir / image.name
+            shutil.copytree(image, target, symlinks=True, copy_function=os.link)
+    return settings
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path / "var")
+def settings(tmp_path: Path, image_seed: Path) -> Settings:
+    return seed_images(make_settings(tmp_path / "var"), image_seed)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def any_db_settings(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, image_seed: Path
 ) -> AsyncIterator[Settings]:
     """The embedded SQLite and the real PostgreSQL server, each in a fresh database."""
     if request.param == "sqlite":
-        yield make_settings(tmp_path / "var")
+        yield seed_images(make_settings(tmp_path / "var"), image_seed)
         return
     name = f"concordia_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(PG_ADMIN)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        yield make_settings(
-            tmp_path / "var", database_url=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-        )
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        yield seed_images(make_settings(tmp_path / "var", database_url=url), image_seed)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -196,8 +231,9 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+def live_server(tmp_path: Path, image_seed: Path) -> Iterator[LiveServer]:
     data_dir = tmp_path / "var"
+    seed_images(make_settings(data_dir), image_seed)
     port = free_port()
     env = {
         **os.environ,

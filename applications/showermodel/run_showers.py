@@ -205,19 +205,15 @@ def write_csv(
 def plot_profiles(path: Path, run: int, primary: str, results: list[ShowerResult]) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    cmap = plt.get_cmap("viridis")
-    energies = [math.log10(r.spec.energy_tev) for r in results]
-    e_lo, e_hi = min(energies), max(energies)
-    for r, log_e in zip(results, energies, strict=True):
-        shade = (log_e - e_lo) / (e_hi - e_lo) if e_hi > e_lo else 0.5
-        ax.plot(r.profile_x, r.profile_n_ch, color=cmap(shade), lw=1.2)
+    colours, scale = _energy_colours(plt, results)
+    for r, colour in zip(results, colours, strict=True):
+        ax.plot(r.profile_x, r.profile_n_ch, color=colour, lw=1.2)
     ax.set_yscale("log")
     ax.set_ylim(bottom=max(1.0, min(r.n_ch_max for r in results) * 1e-3))
     ax.set_xlabel("Slant depth X (g/cm²)")
     ax.set_ylabel("Charged particles N_ch")
     ax.set_title(f"Run {run}: longitudinal profiles of {len(results)} {primary} showers")
-    norm = plt.Normalize(e_lo, e_hi if e_hi > e_lo else e_lo + 1)
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="log10(E / TeV)")
+    fig.colorbar(scale, ax=ax, label="log10(E / TeV)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -233,35 +229,35 @@ def plot_signals(
 ) -> None:
     plt = _pyplot()
     fig, (ax_map, ax_sig) = plt.subplots(1, 2, figsize=(13, 5.5))
+    colours, scale = _energy_colours(plt, results)
     xs = [x * 1000 for x, _ in positions]
     ys = [y * 1000 for _, y in positions]
     ax_map.scatter(xs, ys, marker="^", s=120, c="k", label="telescope")
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
         ax_map.annotate(str(i), (x, y), textcoords="offset points", xytext=(6, 6))
-    cores = ax_map.scatter(
+    ax_map.scatter(
         [r.spec.core_x_km * 1000 for r in results],
         [r.spec.core_y_km * 1000 for r in results],
-        c=[math.log10(r.spec.energy_tev) for r in results],
-        cmap="viridis",
+        c=colours,
         s=30,
         label="shower core",
     )
-    fig.colorbar(cores, ax=ax_map, label="log10(E / TeV)")
+    fig.colorbar(scale, ax=ax_sig, label="log10(E / TeV)")
     ax_map.set_aspect("equal", adjustable="datalim")
     ax_map.set_xlabel("x, east (m)")
     ax_map.set_ylabel("y, north (m)")
     ax_map.set_title(f"Layout {layout} and shower cores")
-    ax_map.legend(loc="upper right", fontsize="small")
+    ax_map.legend(loc="best", fontsize="small")
 
     tel_ids = list(range(len(positions)))
-    for r in results:
+    for r, colour in zip(results, colours, strict=True):
         # Zero signals (shower outside the field of view) cannot go on a log axis.
         shown = [(t, npe) for t, npe in zip(tel_ids, r.npe, strict=True) if npe > 0]
         if shown:
-            ax_sig.plot(*zip(*shown, strict=True), marker="o", lw=0.8, alpha=0.7)
+            ax_sig.plot(*zip(*shown, strict=True), color=colour, marker="o", lw=0.8, alpha=0.8)
     ax_sig.axhline(TRIGGER_PE, color="r", ls="--", label=f"{TRIGGER_PE:g} p.e.")
     ax_sig.set_yscale("log")
-    ax_sig.set_xticks(tel_ids)
+    ax_sig.set_xticks(tel_ids[:: len(tel_ids) // 13 + 1])  # at most 13 readable labels
     ax_sig.set_xlabel("Telescope")
     ax_sig.set_ylabel("Photoelectrons (Cherenkov + fluorescence)")
     ax_sig.set_title(f"Run {run}: signal per telescope, one line per shower")
@@ -270,6 +266,15 @@ def plot_signals(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _energy_colours(plt: Any, results: list[ShowerResult]) -> tuple[list[Any], Any]:
+    """One colour per shower by log energy, and the scale for a colour bar: plots match."""
+    energies = [math.log10(r.spec.energy_tev) for r in results]
+    lo, hi = min(energies), max(energies)
+    norm = plt.Normalize(lo, hi if hi > lo else lo + 1)  # one energy: any non-empty range
+    scale = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
+    return [scale.to_rgba(e) for e in energies], scale
 
 
 def _pyplot() -> Any:

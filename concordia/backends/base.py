@@ -11,6 +11,17 @@ from pydantic import BaseModel, Field
 from concordia.core.states import JobStatus
 
 
+class JobImage(BaseModel):
+    """The image a job runs in: its id, the rootfs for local runtimes, the SquashFS for
+    Apptainer, and what the recipe sets (environment, working directory)."""
+
+    id: str
+    rootfs: Path
+    squashfs: Path | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str = "/work"
+
+
 class JobSpec(BaseModel):
     """What a backend needs to run one job. ``uuid`` makes submit idempotent."""
 
@@ -26,6 +37,8 @@ class JobSpec(BaseModel):
     network: bool = False
     env: dict[str, str] = Field(default_factory=dict)
     jdl: str = ""
+    #: None: the job runs on the host's system directories.
+    image: JobImage | None = None
 
 
 class BackendRef(BaseModel):

@@ -200,11 +200,18 @@ class LocalBackend:
             return
         before = cgroup.counters()
         error = ""
+        image = spec.image
         try:
-            if not job.killed:
+            if image is not None and not self.isolated:
+                why = self.isolation_problem
+                error = f"Cannot start application: its image needs bubblewrap ({why})"
+            elif not job.killed:
                 job.proc = sandbox.launch(
                     spec.argv, job.dir / "work", stdout=out, stderr=err, cpu_time=spec.cpu_time,
-                    isolated=self.isolated, network=spec.network, env=spec.env, cgroup=cgroup,
+                    isolated=self.isolated, network=spec.network, cgroup=cgroup,
+                    env={**(image.env if image else {}), **spec.env},
+                    rootfs=image.rootfs if image else None,
+                    mount=image.workdir if image else "/work",
                 )  # fmt: skip
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
             error = f"Cannot start application: {exc}"

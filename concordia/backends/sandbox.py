@@ -63,10 +63,10 @@ def hand_over(path: Path) -> None:
             os.chown(os.path.join(dirpath, name), JOB_UID, JOB_GID, follow_symlinks=False)
 
 
-def _bwrap_base(rootfs: Path | None) -> list[str]:
-    if rootfs is not None:  # an image: /work is made by its builder (a read-only root)
+def _bwrap_base(rootfs: Path | None, mount: str) -> list[str]:
+    if rootfs is not None:  # an image: the mount point is made by its builder (read-only root)
         return [_bwrap(), "--ro-bind", str(rootfs), "/"]
-    return [*_host_root(), "--dir", "/work"]
+    return [*_host_root(), "--dir", mount]
 
 
 @functools.cache
@@ -97,8 +97,10 @@ def build_command(
     network: bool,
     env: Mapping[str, str] | None = None,
     rootfs: Path | None = None,
+    mount: str = "/work",
 ) -> list[str]:
-    """The command that runs ``argv`` in ``workdir``: a bwrap line, or argv as-is (cwd=workdir).
+    """The command that runs ``argv`` in ``workdir`` (mounted at ``mount``, HOME and the
+    current directory): a bwrap line, or argv as-is (cwd=workdir).
 
     The job's root is ``rootfs`` (its image, read-only) or, without one, the host's /usr, /etc
     and /opt. bwrap itself runs unprivileged, in a user namespace mapping the job's
@@ -108,16 +110,16 @@ def build_command(
     """
     if not isolated:
         return list(argv)
-    cmd = [*_drop_privileges(isolated=True), *_bwrap_base(rootfs)]
-    cmd += ["--bind", str(workdir), "/work"]
+    cmd = [*_drop_privileges(isolated=True), *_bwrap_base(rootfs, mount)]
+    cmd += ["--bind", str(workdir), mount]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", JOB_TMP]
     cmd += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID)]
     cmd += ["--unshare-all", *(["--share-net"] if network else [])]
     cmd += ["--die-with-parent", "--new-session", "--clearenv"]
-    variables = {"PATH": SANDBOX_PATH, "HOME": "/work", "TMPDIR": JOB_TMP, **(env or {})}
+    variables = {"PATH": SANDBOX_PATH, "HOME": mount, "TMPDIR": JOB_TMP, **(env or {})}
     for key, value in variables.items():
         cmd += ["--setenv", key, value]
-    cmd += ["--chdir", "/work", "--hostname", "job", "--remount-ro", "/", "--"]
+    cmd += ["--chdir", mount, "--hostname", "job", "--remount-ro", "/", "--"]
     return cmd + list(argv)
 
 
@@ -155,6 +157,7 @@ def launch(
     env: Mapping[str, str] | None = None,
     cgroup: SlotCgroup | None = None,
     rootfs: Path | None = None,
+    mount: str = "/work",
 ) -> subprocess.Popen[bytes]:
     """Start a job's process in its own session; Popen returns once the launcher has exec'd.
 

@@ -224,6 +224,25 @@ def validate_parameters(app: ApplicationDef, raw: dict[str, Any]) -> dict[str, P
     return values
 
 
+def validate_build_args(app: ApplicationDef, raw: dict[str, Any]) -> dict[str, ParamValue]:
+    """Check the build arguments of an image configuration; defaults filled in, every
+    problem at once (ParameterErrors)."""
+    errors = [
+        ParameterError(name, "is not a build argument of this application")
+        for name in sorted(set(raw) - set(app.build_args))
+    ]
+    values: dict[str, ParamValue] = {}
+    for name, spec in app.build_args.items():
+        value = raw.get(name)
+        try:
+            values[name] = check_value(name, spec, spec.default if value in (None, "") else value)
+        except ParameterError as exc:
+            errors.append(exc)
+    if errors:
+        raise ParameterErrors(errors)
+    return values
+
+
 class JobPlan(BaseModel):
     """One job of a submission: its index, name, values and the command to run."""
 

@@ -99,6 +99,10 @@ class Image(Base):
     builder: Mapped[str] = mapped_column(String(64), default="")
     formats: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Why the last build failed (its log has the details); empty otherwise.
+    error: Mapped[str] = mapped_column(Text, default="")
+    built_at: Mapped[datetime | None] = mapped_column(default=None)
+    rootfs_size: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Submission(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -20,6 +21,8 @@ from concordia.core.recipe import Recipe
 #: Directories every image has: bwrap cannot create a mount point in a read-only root.
 IMAGE_DIRS = ("work", "tmp", "proc", "dev", "sys", "run")
 _BUILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: The host's resolver and trust store, lent to the build steps (pip behind a TLS proxy).
+_HOST_FILES = ("/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt")
 #: Docs, man pages and translations are never needed by a batch job and weigh a lot.
 _DPKG_EXCLUDES = (
     "/usr/share/doc/*",
@@ -27,6 +30,17 @@ _DPKG_EXCLUDES = (
     "/usr/share/info/*",
     "/usr/share/locale/*",
 )
+
+
+#: Build processes running now (their process groups), stopped when the server stops.
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+def stop_running_builds() -> None:
+    """Kill every build process: their builds are left unpublished, to start again later."""
+    for proc in list(_RUNNING):
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 class BuildError(Exception):
@@ -84,6 +98,7 @@ def run_logged(
         cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env,
         start_new_session=True,
     )  # fmt: skip
+    _RUNNING.add(proc)
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -91,7 +106,8 @@ def run_logged(
         proc.wait()
         raise BuildError(f"{cmd[0]} took longer than {timeout:.0f} s") from None
     finally:
-        if proc.returncode is None:  # interrupted (the server stops): leave nothing running
+        _RUNNING.discard(proc)
+        if proc.returncode is None:  # interrupted: leave nothing running
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     if code != 0:
@@ -150,14 +166,13 @@ def customize(plan: BuildPlan, context: Path, rootfs: Path, log: IO[str]) -> Non
     build_dir = rootfs / ".concordia-build"
     build_dir.mkdir(exist_ok=True)
     (build_dir / "steps.sh").write_text(steps_script(plan))
-    resolv = rootfs / "etc" / "resolv.conf"
-    made_resolv = not resolv.exists() and not resolv.is_symlink()
     cmd = ["bwrap", "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev"]
     cmd += ["--tmpfs", "/tmp", "--chdir", "/", "--die-with-parent", "--clearenv"]  # noqa: S108
-    if os.path.exists("/etc/resolv.conf"):
-        cmd += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
-    if os.geteuid() != 0:  # apt needs real root; pip and compilers are content with this
-        cmd += ["--unshare-user", "--uid", "0", "--gid", "0"]
+    made: list[Path] = []  # mount points bwrap makes in the image, removed after the steps
+    for host_file in _HOST_FILES:
+        if os.path.isfile(host_file):
+            made += _missing_parts(rootfs, host_file)
+            cmd += ["--ro-bind", host_file, host_file]
     variables = {"HOME": "/root", "PATH": _BUILD_PATH, "DEBIAN_FRONTEND": "noninteractive"}
     variables |= plan.recipe.rendered_env(plan.build_args)
     for key, value in variables.items():
@@ -167,8 +182,19 @@ def customize(plan: BuildPlan, context: Path, rootfs: Path, log: IO[str]) -> Non
         run_logged([*cmd, *shell, "/.concordia-build/steps.sh"], log, timeout=plan.timeout)
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
-        if made_resolv:
-            resolv.unlink(missing_ok=True)
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() else path.unlink()
+
+
+def _missing_parts(rootfs: Path, path: str) -> list[Path]:
+    """The components of ``path`` that do not exist in the image yet, outermost first."""
+    missing, current = [], rootfs
+    for part in Path(path).relative_to("/").parts:
+        current = current / part
+        if not current.exists() and not current.is_symlink():
+            missing.append(current)
+    return missing
 
 
 def fetch_targets(plan: BuildPlan, context: Path) -> dict[str, Path]:

@@ -41,12 +41,12 @@ class ImageStore:
 
     def prepare(self) -> None:
         """Create the store; forget half-made builds of a process that died (never published)."""
-        for sub in (self.root, self.root / "logs"):
-            sub.mkdir(parents=True, exist_ok=True)
+        for path in (self.root, self.root / "logs"):
+            path.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)  # the jobs' sandboxes (another uid) pass through to a rootfs
-        for sub in (".tmp", ".trash"):
-            shutil.rmtree(self.root / sub, ignore_errors=True)
-            (self.root / sub).mkdir(mode=0o700)
+        for name in (".tmp", ".trash"):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+            (self.root / name).mkdir(mode=0o700)
 
     def path(self, image_id: str) -> Path:
         if not _ID.match(image_id):
@@ -63,6 +63,9 @@ class ImageStore:
         except (OSError, ValueError):
             return None
         return StoredImage(image_id, path, meta)
+
+    def complete(self, image_id: str) -> bool:
+        return (self.path(image_id) / META).is_file()
 
     def workspace(self, image_id: str) -> Path:
         """A fresh private directory to build ``image_id`` in."""

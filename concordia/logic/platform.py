@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from concordia.backends.base import Backend
 from concordia.db.tables import JobStatusHistory
+from concordia.images.build import BuilderChoice
+from concordia.images.store import ImageStore
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.events import EventBus
 from concordia.settings import Settings
@@ -21,11 +23,23 @@ HISTORY_KEY = "concordia.history"
 
 
 @dataclass
+class ImageBuilds:
+    """The image store, the builder chosen at start, and the builds running now."""
+
+    store: ImageStore
+    choice: BuilderChoice
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    #: Builds at once: each wants cores, network and gigabytes of disk.
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+
+
+@dataclass
 class Platform:
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
     catalog: ApplicationCatalog
     backends: dict[str, Backend]
+    images: ImageBuilds
     bus: EventBus = field(default_factory=EventBus)
     #: One writer of job state at a time in this process: the reconciler and user actions
     #: read-modify-write the same rows, and a lost update would lose a kill or a result.

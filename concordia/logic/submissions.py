@@ -14,17 +14,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from concordia.core.application import (
     ApplicationDef,
     JobPlan,
-    ParameterError,
     ParameterErrors,
     ParamValue,
-    check_value,
     expand_batch,
+    validate_build_args,
     validate_parameters,
 )
 from concordia.core.jdl import job_jdl
 from concordia.core.states import JobStatus
 from concordia.db.tables import Application, Job, Submission, utcnow
 from concordia.logic.errors import Invalid, NotFound
+from concordia.logic.images import select_or_build
 from concordia.logic.jobs import publish_jobs, record_status
 from concordia.logic.platform import Platform
 
@@ -85,6 +85,7 @@ class SubmissionJob(BaseModel):
 class SubmissionView(BaseModel):
     id: int
     application: str
+    image_id: str | None
     parameters: dict[str, Any]
     build_args: dict[str, Any]
     backend: str
@@ -110,15 +111,10 @@ def check_request(
         values = validate_parameters(app, request.parameters)
     except ParameterErrors as exc:
         raise Invalid.many([(f"parameters.{e.field}", e.message) for e in exc.errors]) from None
-    unknown = sorted(set(request.build_args) - set(app.build_args))
-    if unknown:
-        raise Invalid(f"build_args.{unknown[0]}", "is not a build argument of this application")
-    build_args: dict[str, ParamValue] = {}
-    for name, spec in app.build_args.items():
-        try:
-            build_args[name] = check_value(name, spec, request.build_args.get(name, spec.default))
-        except ParameterError as exc:
-            raise Invalid(f"build_args.{exc.field}", exc.message) from None
+    try:
+        build_args = validate_build_args(app, request.build_args)
+    except ParameterErrors as exc:
+        raise Invalid.many([(f"build_args.{e.field}", e.message) for e in exc.errors]) from None
     return values, build_args
 
 
@@ -185,6 +181,9 @@ async def submit_batch(
     if backend not in platform.backends:
         raise Invalid("backend", f"unknown backend; available: {', '.join(platform.backends)}")
     values, build_args = check_request(app, request)  # every check before any write
+    image = None
+    if app.image is not None:  # the container: selected if it exists, else its build starts
+        image = (await select_or_build(platform, app.name, build_args)).image.id
     async with platform.writing() as session:
         app_row = await _application_row(session, app)
         submission = Submission(
@@ -195,6 +194,7 @@ async def submit_batch(
             build_args=build_args,
             backend=backend,
             job_count=0,
+            image_id=image,
         )
         session.add(submission)
         await session.flush()
@@ -254,6 +254,7 @@ async def get_submission(platform: Platform, owner_id: int, submission_id: int) 
     return SubmissionView(
         id=submission.id,
         application=submission.application,
+        image_id=submission.image_id,
         parameters=submission.parameters,
         build_args=submission.build_args,
         backend=submission.backend,

@@ -20,6 +20,7 @@ from concordia.backends.base import Backend
 from concordia.backends.local import LocalBackend
 from concordia.db.engine import make_engine, make_sessionmaker
 from concordia.db.migrate import upgrade
+from concordia.images.builders import stop_running_builds
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.identity import (
     consume_login_token,
@@ -28,6 +29,7 @@ from concordia.logic.identity import (
     local_api_token,
     write_secret_file,
 )
+from concordia.logic.images import open_image_builds, recover_builds
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
 from concordia.web.api import router as api_router
@@ -66,7 +68,9 @@ def create_app(
             sessions=make_sessionmaker(engine),
             catalog=ApplicationCatalog(settings.applications_dir).load(),
             backends=backends,
+            images=await asyncio.to_thread(open_image_builds, settings),
         )
+        await recover_builds(platform)
         async with platform.writing() as session:
             user = await ensure_user(session, settings.local_user)
             await local_api_token(session, user, settings.api_token_file)
@@ -79,6 +83,9 @@ def create_app(
             yield
         finally:
             await cancel(reconciler)
+            for build in list(platform.images.tasks.values()):  # left "building": resumed
+                await cancel(build)
+            stop_running_builds()
             await local.close()
             await engine.dispose()
 

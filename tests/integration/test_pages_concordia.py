@@ -23,6 +23,11 @@ job_name: "shower_{run}"
 batch: {count: jobs, sequences: {run: first_run}}
 build_args:
   he_model: {type: enum, label: HE Interaction Model, choices: [QGSJET, EPOS], default: EPOS}
+image:
+  variant: extract
+  packages: [busybox-static]
+  shell: /bin/busybox sh
+  steps: ["/bin/busybox --install -s /bin", "echo {he_model} > /etc/he-model"]
 parameters:
   jobs: {type: int, label: Jobs, default: 1, min: 1, max: 10}
   showers: {type: int, label: Showers, default: 100, min: 1, max: 100000}

@@ -1,4 +1,4 @@
-"""/events: Server-Sent Events of the caller's job changes."""
+"""/events: Server-Sent Events of the caller's job changes and of image builds."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ async def events(request: Request, platform: PlatformDep, user: CurrentUser) -> 
                     event = await asyncio.wait_for(queue.get(), timeout=15)
                 except TimeoutError:
                     continue
-                if event.owner_id == user.user_id:
+                if event.owner_id in (None, user.user_id):  # None: for everyone (images)
                     yield {"event": event.kind, "data": json.dumps(event.data)}
 
     return EventSourceResponse(stream(), ping=15)

@@ -1,0 +1,393 @@
+"""Images: select the image of an application's configuration if it exists, else build it once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from concordia.core.application import ApplicationDef, ParameterErrors, validate_build_args
+from concordia.core.recipe import Recipe, image_id
+from concordia.core.states import FINAL_STATES
+from concordia.db.tables import Image, Job, Submission, utcnow
+from concordia.images.build import choose_builder, run_build
+from concordia.images.builders import BuildError, BuildPlan, Source
+from concordia.images.store import ImageStore, StoredImage
+from concordia.logic.errors import Conflict, Invalid, NotFound
+from concordia.logic.events import Event
+from concordia.logic.platform import ImageBuilds, Platform
+from concordia.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BUILDING, READY, FAILED, DELETED = "building", "ready", "failed", "deleted"
+#: Longest chain of recipe:APP bases (a loop is refused long before).
+_MAX_BASES = 8
+
+
+class FormatView(BaseModel):
+    file: str
+    size: int
+    sha256: str
+
+
+class ImageView(BaseModel):
+    id: str
+    application: str
+    build_args: dict[str, Any]
+    status: str
+    builder: str
+    formats: dict[str, FormatView]
+    rootfs_size: int
+    created_at: datetime
+    built_at: datetime | None
+    error: str
+    #: Jobs of the submissions that ran (or will run) in this image.
+    jobs: int
+
+
+class ImageSelection(BaseModel):
+    """The answer to "this configuration, please": selected (it existed) or being built."""
+
+    selected: bool
+    image: ImageView
+
+
+def open_image_builds(settings: Settings) -> ImageBuilds:
+    """The image store (half-made builds discarded) and the builder probed on this machine."""
+    store = ImageStore(settings.images_dir)
+    store.prepare()
+    choice = choose_builder(list(settings.image_builders), list(settings.image_formats))
+    log.info("image builder: %s", choice.summary)
+    return ImageBuilds(store, choice)
+
+
+# Planning: configuration -> recipe, files, sources -> id. No database.
+def unavailable_reason(platform: Platform, app: ApplicationDef) -> str | None:
+    """Why the application's image cannot be made here (an operator-provided file is not
+    configured, or no builder runs); None if it can."""
+    if app.image is None:
+        return None
+    recipe = flat_recipe(platform, app)
+    for name, use in recipe.sources.items():
+        if name not in platform.settings.sources:
+            hint = f" {use.help}" if use.help else ""
+            return f"{app.title} is unavailable: its build needs the file '{name}'.{hint}"
+    return None
+
+
+def flat_recipe(platform: Platform, app: ApplicationDef) -> Recipe:
+    """The application's recipe with its recipe:APP bases folded in (one build)."""
+    chain = []
+    current: ApplicationDef | None = app
+    while current is not None:
+        if current.image is None:
+            raise Conflict(f"application {current.name!r} has no image recipe")
+        chain.append(current.image)
+        base = current.image.base_recipe
+        if len(chain) > _MAX_BASES or base == app.name:
+            raise Conflict(f"the image recipe of {app.name!r} has a loop of bases")
+        current = platform.catalog.get(base) if base else None
+    recipe = chain.pop()
+    while chain:
+        recipe = chain.pop().on_top_of(recipe)
+    return recipe
+
+
+def plan_image(platform: Platform, app: ApplicationDef, build_args: dict[str, Any]) -> BuildPlan:
+    """The build of this configuration and its id. Raises Conflict if it cannot be built."""
+    builder = platform.images.choice.builder
+    if builder is None:
+        raise Conflict(f"images cannot be built here: {platform.images.choice.summary}")
+    reason = unavailable_reason(platform, app)
+    if reason:
+        raise Conflict(reason)
+    recipe = flat_recipe(platform, app)
+    files = {dest: platform.catalog.directory / src for dest, src in recipe.files.items()}
+    digests = {dest: _file_digest(path) for dest, path in files.items()}
+    sources = {}
+    for name, use in recipe.sources.items():
+        configured = platform.settings.sources[name]
+        sources[use.dest] = Source(configured.url, configured.sha256)
+        digests[use.dest] = configured.sha256
+    return BuildPlan(
+        image_id=image_id(recipe, build_args, digests, builder.version),
+        application=app.name,
+        recipe=recipe,
+        build_args=build_args,
+        files=files,
+        sources=sources,
+        timeout=platform.settings.image_build_timeout,
+    )
+
+
+_digests: dict[tuple[Path, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a recipe file, remembered while it keeps its size and mtime."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise Conflict(f"the image recipe's file {path.name} is missing") from exc
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _digests:
+        _digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _digests[key]
+
+
+def check_build_args(app: ApplicationDef, raw: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return validate_build_args(app, raw)
+    except ParameterErrors as exc:
+        raise Invalid.many([(f"build_args.{e.field}", e.message) for e in exc.errors]) from None
+
+
+# Select or build.
+async def select_or_build(
+    platform: Platform, application: str, raw_build_args: dict[str, Any], *, force: bool = False
+) -> ImageSelection:
+    """The image of this configuration: selected at once if it exists, else exactly one build
+    starts (however many ask at the same time); ``force`` rebuilds a ready image."""
+    app = platform.catalog.get(application)
+    if app.image is None:
+        raise Invalid("application", "this application runs without an image")
+    plan = plan_image(platform, app, check_build_args(app, raw_build_args))
+    if not force:  # the usual case, an image that exists: no write, no lock
+        async with platform.reading() as session:
+            row = await session.get(Image, plan.image_id)
+            if row is not None and row.status == READY and _complete(platform, row.id):
+                counts = await _job_counts(session, [row.id])
+                return ImageSelection(selected=True, image=_view(row, counts.get(row.id, 0)))
+    async with platform.writing() as session:  # one writer: the check and the claim are one
+        row = await session.get(Image, plan.image_id)
+        stored = platform.images.store.get(plan.image_id)
+        if row is None and stored is not None and not force:
+            row = _adopt(stored)  # in the store but not in this database (a shared store)
+            session.add(row)
+        ready = row is not None and row.status == READY and stored is not None
+        if row is not None and (row.status == BUILDING or (ready and not force)):
+            selected = ready
+        else:
+            if row is None:
+                row = Image(id=plan.image_id, application=app.name, build_args=plan.build_args)
+                session.add(row)
+            row.status, row.error, row.created_at = BUILDING, "", utcnow()
+            row.builder = platform.images.choice.summary
+            selected = False
+            await session.flush()
+            _start(platform, plan)
+        _publish(platform, row)
+    return ImageSelection(selected=selected, image=await get_image(platform, plan.image_id))
+
+
+def _adopt(stored: StoredImage) -> Image:
+    """A database row for an image found complete in the store: its id is its content."""
+    meta = stored.meta
+    return Image(
+        id=stored.id,
+        application=meta["application"],
+        build_args=meta["build_args"],
+        status=READY,
+        builder=meta["builder"],
+        formats=meta["formats"],
+        rootfs_size=meta["rootfs_size"],
+        built_at=utcnow(),
+    )
+
+
+def _complete(platform: Platform, image: str) -> bool:
+    """The image's files are in the store (a ready row whose files were removed by hand is
+    rebuilt rather than handed to jobs)."""
+    return platform.images.store.complete(image)
+
+
+def _start(platform: Platform, plan: BuildPlan) -> None:
+    task = asyncio.create_task(_build(platform, plan), name=f"image-build-{plan.image_id[:12]}")
+    platform.images.tasks[plan.image_id] = task
+    task.add_done_callback(lambda _: platform.images.tasks.pop(plan.image_id, None))
+
+
+async def _build(platform: Platform, plan: BuildPlan) -> None:
+    images = platform.images
+    builder = images.choice.builder
+    assert builder is not None
+    error = ""
+    async with images.slots:
+        try:
+            stored = await asyncio.to_thread(
+                run_build, plan, builder, images.store, list(platform.settings.image_formats)
+            )
+        except BuildError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug: the image fails, the platform goes on
+            log.exception("image build %s", plan.image_id)
+            error = f"internal error: {exc}"
+    async with platform.writing() as session:
+        found = await session.get(Image, plan.image_id)
+        if found is None:
+            return
+        row = found
+        if error:
+            row.status, row.error = FAILED, error
+        else:
+            row.status, row.builder, row.built_at = READY, builder.version, utcnow()
+            row.formats, row.rootfs_size = stored.meta["formats"], stored.meta["rootfs_size"]
+    _publish(platform, row)
+    platform.wakeup.set()  # jobs waiting for this image may go
+
+
+async def recover_builds(platform: Platform) -> None:
+    """After a restart: builds that were running start again (their half-made workspace was
+    discarded); those whose application changed since fail, as do their jobs."""
+    async with platform.reading() as session:
+        rows = list(await session.scalars(select(Image).where(Image.status == BUILDING)))
+    for row in rows:
+        try:
+            app = platform.catalog.get(row.application)
+            plan = plan_image(platform, app, dict(row.build_args))
+        except (NotFound, Conflict) as exc:
+            await _fail(platform, row.id, f"interrupted by a restart and cannot resume: {exc}")
+            continue
+        if plan.image_id != row.id:
+            await _fail(platform, row.id, "interrupted by a restart; the application changed")
+            continue
+        _start(platform, plan)
+
+
+async def _fail(platform: Platform, image: str, error: str) -> None:
+    async with platform.writing() as session:
+        row = await session.get(Image, image)
+        if row is not None:
+            row.status, row.error = FAILED, error
+    platform.wakeup.set()
+
+
+def _publish(platform: Platform, row: Image) -> None:
+    data = {"id": row.id, "application": row.application, "status": row.status}
+    platform.bus.publish(Event(kind="image", owner_id=None, data=data))
+
+
+# The catalogue.
+async def list_images(platform: Platform, application: str | None = None) -> list[ImageView]:
+    async with platform.reading() as session:
+        query = select(Image).where(Image.status != DELETED).order_by(Image.created_at.desc())
+        if application:
+            query = query.where(Image.application == application)
+        rows = list(await session.scalars(query))
+        counts = await _job_counts(session, [row.id for row in rows])
+    return [_view(row, counts.get(row.id, 0)) for row in rows]
+
+
+async def get_image(platform: Platform, image: str) -> ImageView:
+    async with platform.reading() as session:
+        row = await session.get(Image, image)
+        if row is None or row.status == DELETED:
+            raise NotFound(f"no image {image}")
+        counts = await _job_counts(session, [image])
+    return _view(row, counts.get(image, 0))
+
+
+async def _job_counts(session: Any, ids: list[str]) -> dict[str, int]:
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(Submission.image_id, func.sum(Submission.job_count))
+        .where(Submission.image_id.in_(ids))
+        .group_by(Submission.image_id)
+    )
+    return {image: int(n) for image, n in rows.all()}
+
+
+def _view(row: Image, jobs: int) -> ImageView:
+    return ImageView(
+        id=row.id,
+        application=row.application,
+        build_args=row.build_args,
+        status=row.status,
+        builder=row.builder,
+        formats={k: FormatView.model_validate(v) for k, v in row.formats.items()},
+        rootfs_size=row.rootfs_size,
+        created_at=row.created_at,
+        built_at=row.built_at,
+        error=row.error,
+        jobs=jobs,
+    )
+
+
+async def delete_image(platform: Platform, image: str) -> None:
+    """Remove an image's files; refused while it builds or jobs that use it are not over."""
+    async with platform.writing() as session:
+        row = await session.get(Image, image)
+        if row is None or row.status == DELETED:
+            raise NotFound(f"no image {image}")
+        if row.status == BUILDING:
+            raise Conflict("the image is being built; delete it when the build has ended")
+        active = await session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .join(Submission, Job.submission_id == Submission.id)
+            .where(Submission.image_id == image, Job.status.not_in([s.value for s in FINAL_STATES]))
+        )
+        if active:
+            raise Conflict(f"{active} job(s) not yet finished use this image")
+        await asyncio.to_thread(platform.images.store.delete, image)
+        row.status, row.formats, row.rootfs_size = DELETED, {}, 0
+    _publish(platform, row)
+
+
+async def image_file(platform: Platform, image: str, fmt: str) -> Path:
+    """The file of one format of a ready image (for download)."""
+    view = await get_image(platform, image)
+    if fmt not in view.formats:
+        raise NotFound(f"image {image} has no {fmt} format")
+    stored = platform.images.store.get(image)
+    if stored is None:
+        raise NotFound(f"image {image} has no files")
+    return stored.format_path(fmt)
+
+
+# Build logs.
+async def read_log(platform: Platform, image: str, offset: int = 0) -> tuple[str, int]:
+    """The build log from byte ``offset``: (text, next offset)."""
+    await get_image(platform, image)
+    path = platform.images.store.log_path(image)
+    limit = platform.settings.max_log_chunk
+    return await asyncio.to_thread(_read_from, path, offset, limit)
+
+
+def _read_from(path: Path, offset: int, limit: int) -> tuple[str, int]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, offset))
+            data = f.read(limit)
+    except FileNotFoundError:
+        return "", offset
+    end = len(data)
+    if len(data) == limit:  # cut at the last whole line (and whole UTF-8 character)
+        end = data.rfind(b"\n") + 1 or len(data)
+    return data[:end].decode(errors="replace"), max(0, offset) + end
+
+
+async def follow_log(platform: Platform, image: str, offset: int = 0) -> AsyncIterator[str]:
+    """The build log as it grows, until the build ends (then the rest, and stop)."""
+    async with platform.bus.subscribe() as events:
+        while True:
+            status = (await get_image(platform, image)).status
+            text, offset = await read_log(platform, image, offset)
+            if text:
+                yield text
+                continue
+            if status != BUILDING:
+                return
+            try:  # a line written or the build's end, whichever comes first
+                await asyncio.wait_for(events.get(), timeout=0.25)
+            except TimeoutError:
+                pass

@@ -1,0 +1,115 @@
+"""/images: select-or-build, the catalogue, build logs (text and live), downloads, delete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+from sse_starlette.sse import EventSourceResponse
+
+from concordia.logic import images
+from concordia.logic.errors import NotFound
+from concordia.logic.images import ImageSelection, ImageView
+from concordia.web.deps import CurrentUser, PlatformDep
+
+router = APIRouter(tags=["images"])
+_MEDIA = {"squashfs": "application/vnd.squashfs", "oci": "application/x-tar"}
+_SUFFIX = {"squashfs": "sqsh", "oci": "oci.tar"}
+
+
+class ImageRequest(BaseModel):
+    application: str
+    build_args: dict[str, Any] = Field(default_factory=dict)
+    #: Build again even if the image exists (a rebuild picks up newer packages).
+    force: bool = False
+
+
+@router.get("/images")
+async def list_images(
+    platform: PlatformDep, _user: CurrentUser, application: str | None = None
+) -> list[ImageView]:
+    return await images.list_images(platform, application)
+
+
+@router.post(
+    "/images",
+    responses={
+        200: {"description": "The image exists: selected"},
+        202: {"description": "Building"},
+    },
+)
+async def select_or_build(
+    body: ImageRequest, response: Response, platform: PlatformDep, _user: CurrentUser
+) -> ImageSelection:
+    selection = await images.select_or_build(
+        platform, body.application, body.build_args, force=body.force
+    )
+    response.status_code = 200 if selection.selected else 202
+    return selection
+
+
+@router.get("/images/{image_id}")
+async def get_image(image_id: str, platform: PlatformDep, _user: CurrentUser) -> ImageView:
+    return await images.get_image(platform, _checked(image_id))
+
+
+@router.delete("/images/{image_id}", status_code=204)
+async def delete_image(image_id: str, platform: PlatformDep, _user: CurrentUser) -> None:
+    await images.delete_image(platform, _checked(image_id))
+
+
+@router.get("/images/{image_id}/log", response_class=PlainTextResponse)
+async def build_log(
+    image_id: str,
+    platform: PlatformDep,
+    _user: CurrentUser,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> PlainTextResponse:
+    """The build log from byte ``offset``; X-Log-Offset is where to continue from."""
+    text, next_offset = await images.read_log(platform, _checked(image_id), offset)
+    status = (await images.get_image(platform, image_id)).status
+    headers = {"X-Log-Offset": str(next_offset), "X-Image-Status": status}
+    return PlainTextResponse(text, headers=headers)
+
+
+@router.get("/images/{image_id}/log/events")
+async def follow_build_log(
+    image_id: str,
+    request: Request,
+    platform: PlatformDep,
+    _user: CurrentUser,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> EventSourceResponse:
+    """Server-Sent Events: "log" (new text) until the build ends, then "end" (its status)."""
+    await images.get_image(platform, _checked(image_id))
+
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        async for text in images.follow_log(platform, image_id, offset):
+            if await request.is_disconnected():
+                return
+            yield {"event": "log", "data": json.dumps({"text": text})}
+        view = await images.get_image(platform, image_id)
+        yield {"event": "end", "data": json.dumps({"status": view.status, "error": view.error})}
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+@router.get("/images/{image_id}/download/{fmt}")
+async def download(
+    image_id: str, fmt: Literal["squashfs", "oci"], platform: PlatformDep, _user: CurrentUser
+) -> FileResponse:
+    path = await images.image_file(platform, _checked(image_id), fmt)
+    view = await images.get_image(platform, image_id)
+    name = f"{view.application}-{image_id[:12]}.{_SUFFIX[fmt]}"
+    return FileResponse(path, media_type=_MEDIA[fmt], filename=name)
+
+
+def _checked(image_id: str) -> str:
+    """An image id is 64 hex digits; anything else names no image (404, never a path)."""
+    if len(image_id) != 64 or any(c not in "0123456789abcdef" for c in image_id):
+        raise NotFound(f"no image {image_id}")
+    return image_id
