@@ -262,8 +262,8 @@ class Zenith:
     diffuse_radius_m: float
 
 
-# The production zenith angles. Showers get brighter thresholds and larger footprints as
-# the zenith angle grows, so the energy range and the core-scatter radius grow with it:
+# The production zenith angles. At larger zenith angles the energy threshold rises and the
+# Cherenkov light pool grows, so the energy range and the core-scatter radius grow too:
 # 20 and 40 deg as in the CTA prod2 cards (energies x2, radii 2500/3000 m -> 2700/3300 m);
 # 60 deg extrapolated with the same threshold scaling (about cos(zenith)^-2.7).
 ZENITHS = {
@@ -292,8 +292,8 @@ def corsika_phip(site: str, pointing: str) -> float:
     """CORSIKA's PHIP for showers coming from the pointing direction.
 
     PHIP is the azimuth of the primary's momentum in CORSIKA's frame (x to magnetic North,
-    counted towards West), so a shower from azimuth A travels towards A + 180 deg; ARRANG
-    turns the array from magnetic to geographic North, as CTAO's simtools does.
+    counted towards West), so a shower from azimuth A travels towards A + 180 deg; adding
+    the declination (ARRANG) makes A a geographic azimuth, as CTAO's simtools does.
     """
     azimuth = _choice(POINTINGS, pointing, "pointing")
     return round((azimuth + 180.0 + _site(site).arrang_deg) % 360.0, 3)
@@ -303,8 +303,8 @@ def run_seeds(run: int) -> list[int]:
     """Four independent seeds for CORSIKA's random sequences, fixed by the run number.
 
     Each comes from SHA-256 of the run number and the sequence index, reduced to CORSIKA's
-    valid range, so the same run always repeats exactly and different runs never share a
-    stream (by construction the four differ from each other too).
+    valid range: the same run always repeats exactly, different runs get unrelated seeds,
+    and the four of a run always differ from each other.
     """
     _check_run(run)
     seeds: list[int] = []

@@ -210,6 +210,7 @@ def _complete(platform: Platform, image: str) -> bool:
 
 
 def _start(platform: Platform, plan: BuildPlan) -> None:
+    platform.images.started += 1
     task = asyncio.create_task(_build(platform, plan), name=f"image-build-{plan.image_id[:12]}")
     platform.images.tasks[plan.image_id] = task
     task.add_done_callback(lambda _: platform.images.tasks.pop(plan.image_id, None))

@@ -29,6 +29,8 @@ class ImageBuilds:
     store: ImageStore
     choice: BuilderChoice
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    #: Builds started by this process (each select-or-build that found nothing).
+    started: int = 0
     #: Builds at once: each wants cores, network and gigabytes of disk.
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from concordia.cli import app
-from tests.conftest import LiveServer, free_port
+from concordia.settings import SHIPPED_APPLICATIONS
+from tests.conftest import LiveServer, free_port, make_settings, seed_images
 
 runner = CliRunner()
 
@@ -208,11 +210,16 @@ def test_an_unreachable_server_exits_2() -> None:
     assert "not a Concordia URL: 'localhost'" in garbled.stderr
 
 
-def test_jobs_without_isolation_are_flagged_everywhere(tmp_path: Path) -> None:
+def test_jobs_without_isolation_are_flagged_everywhere(tmp_path: Path, image_seed: Path) -> None:
+    apps = tmp_path / "apps"
+    shutil.copytree(SHIPPED_APPLICATIONS, apps)
+    (apps / "plain.yaml").write_text("name: plain\ntitle: Plain\ncommand: echo plain\n")
+    seed_images(make_settings(tmp_path / "var"), image_seed)
     port = free_port()
     env = {
         **os.environ,
         "CONCORDIA_DATA_DIR": str(tmp_path / "var"),
+        "CONCORDIA_APPLICATIONS_DIR": str(apps),
         "CONCORDIA_PORT": str(port),
         "CONCORDIA_POLL_INTERVAL": "0.5",
         "CONCORDIA_LOCAL_ISOLATION": "none",
@@ -223,8 +230,17 @@ def test_jobs_without_isolation_are_flagged_everywhere(tmp_path: Path) -> None:
         reason = "local — jobs run WITHOUT isolation: isolation is turned off (local_isolation"
         assert reason in server.output()
         assert reason in ok(server, "me").stdout
+        # A job without an image runs on the host, and says so.
+        plain = json.loads(ok(server, "submit", "plain", "--json").stdout)["job_ids"][0]
+        wait_status(server, plain, "Done")
+        assert "this job ran without isolation" in ok(server, "status", str(plain)).stdout
+        # A job in an image cannot run without a container runtime, and says why.
         [job] = done_jobs(server)
-        assert "this job ran without isolation" in ok(server, "status", str(job)).stdout
+        detail = job_detail(server, job)
+        assert detail["status"] == "Failed"
+        assert detail["minor_status"].startswith(
+            "Cannot start application: its image needs bubblewrap (isolation is turned off"
+        )
     finally:
         if server.process is not None and server.process.poll() is None:
             server.kill(signal.SIGTERM)
