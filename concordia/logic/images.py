@@ -53,6 +53,25 @@ class ImageView(BaseModel):
     jobs: int
 
 
+class BuildersView(BaseModel):
+    """Which builder this server uses, and why each other one is not used (what to install)."""
+
+    builder: str | None
+    summary: str
+    problems: dict[str, str]
+    formats: list[str]
+
+
+def builders(platform: Platform) -> BuildersView:
+    choice = platform.images.choice
+    return BuildersView(
+        builder=choice.builder.version if choice.builder else None,
+        summary=choice.summary,
+        problems=choice.problems,
+        formats=list(platform.settings.image_formats),
+    )
+
+
 class ImageSelection(BaseModel):
     """The answer to "this configuration, please": selected (it existed) or being built."""
 
@@ -207,6 +226,34 @@ def _complete(platform: Platform, image: str) -> bool:
     """The image's files are in the store (a ready row whose files were removed by hand is
     rebuilt rather than handed to jobs)."""
     return platform.images.store.complete(image)
+
+
+class ImageState(BaseModel):
+    """What a configuration's image is now, without building anything (the form shows it)."""
+
+    id: str | None
+    #: ready, building, failed, or None: not built yet (a submission builds it).
+    status: str | None
+    #: Why it cannot be built here, if it cannot.
+    problem: str | None = None
+
+
+async def image_state(
+    platform: Platform, application: str, raw_build_args: dict[str, Any]
+) -> ImageState:
+    app = platform.catalog.get(application)
+    if app.image is None:
+        return ImageState(id=None, status=None)
+    try:
+        plan = plan_image(platform, app, check_build_args(app, raw_build_args))
+    except Conflict as exc:
+        return ImageState(id=None, status=None, problem=exc.message)
+    async with platform.reading() as session:
+        row = await session.get(Image, plan.image_id)
+    status = None if row is None or row.status == DELETED else row.status
+    if status is None and platform.images.store.complete(plan.image_id):
+        status = READY  # in a shared store: selected when asked for
+    return ImageState(id=plan.image_id, status=status)
 
 
 def _start(platform: Platform, plan: BuildPlan) -> None:

@@ -48,7 +48,7 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 def login_url(server: LiveServer) -> str:
-    found = re.findall(r"http://\S+/login\?token=\S+", server.output())
+    found: list[str] = re.findall(r"http://\S+/login\?token=\S+", server.output())
     assert found, "the server printed no login link"
     return found[-1]
 

@@ -13,7 +13,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from concordia.logic import images
 from concordia.logic.errors import NotFound
-from concordia.logic.images import ImageSelection, ImageView
+from concordia.logic.images import BuildersView, ImageSelection, ImageView
 from concordia.web.deps import CurrentUser, PlatformDep
 
 router = APIRouter(tags=["images"])
@@ -26,6 +26,12 @@ class ImageRequest(BaseModel):
     build_args: dict[str, Any] = Field(default_factory=dict)
     #: Build again even if the image exists (a rebuild picks up newer packages).
     force: bool = False
+
+
+@router.get("/builders")
+async def list_builders(platform: PlatformDep, _user: CurrentUser) -> BuildersView:
+    """The image builder in use, and for the others why not (what to install)."""
+    return images.builders(platform)
 
 
 @router.get("/images")
