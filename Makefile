@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := bubblewrap
+# bubblewrap runs jobs in their images; mmdebstrap builds images; squashfs-tools and umoci
+# write the SquashFS (Apptainer) and OCI forms of each image.
+SYSTEM_PACKAGES := bubblewrap mmdebstrap squashfs-tools umoci
 TEST_PACKAGES := chromium
 
 .PHONY: run test lint system-deps test-deps bench clean
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml
 
 # System packages: installed through apt-get where we are root, else named exactly.
 system-deps:
-	@scripts/ensure-packages "jobs are isolated with bubblewrap; without it they run NOT isolated" $(SYSTEM_PACKAGES)
+	@scripts/ensure-packages "images are built with mmdebstrap and jobs run in them with bubblewrap" $(SYSTEM_PACKAGES)
 
 test-deps: system-deps
 	@scripts/ensure-packages "the browser tests drive Debian's chromium" $(TEST_PACKAGES)

@@ -117,7 +117,7 @@ class Submission(Base):
     job_count: Mapped[int] = mapped_column(Integer)
     vo: Mapped[str] = mapped_column(String(64), default="")
     group: Mapped[str] = mapped_column(String(128), default="")
-    image_id: Mapped[str | None] = mapped_column(ForeignKey("images.id"), default=None)
+    image_id: Mapped[str | None] = mapped_column(ForeignKey("images.id"), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.core.application import ApplicationDef, ParameterErrors, validate_build_args
 from concordia.core.recipe import Recipe, image_id
@@ -20,6 +21,7 @@ from concordia.db.tables import Image, Job, Submission, utcnow
 from concordia.images.build import choose_builder, run_build
 from concordia.images.builders import BuildError, BuildPlan, Source
 from concordia.images.store import ImageStore, StoredImage
+from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.errors import Conflict, Invalid, NotFound
 from concordia.logic.events import Event
 from concordia.logic.platform import ImageBuilds, Platform
@@ -94,7 +96,7 @@ def unavailable_reason(platform: Platform, app: ApplicationDef) -> str | None:
     configured, or no builder runs); None if it can."""
     if app.image is None:
         return None
-    recipe = flat_recipe(platform, app)
+    recipe = flat_recipe(platform.catalog, app)
     for name, use in recipe.sources.items():
         if name not in platform.settings.sources:
             hint = f" {use.help}" if use.help else ""
@@ -102,7 +104,7 @@ def unavailable_reason(platform: Platform, app: ApplicationDef) -> str | None:
     return None
 
 
-def flat_recipe(platform: Platform, app: ApplicationDef) -> Recipe:
+def flat_recipe(catalog: ApplicationCatalog, app: ApplicationDef) -> Recipe:
     """The application's recipe with its recipe:APP bases folded in (one build)."""
     chain = []
     current: ApplicationDef | None = app
@@ -113,7 +115,7 @@ def flat_recipe(platform: Platform, app: ApplicationDef) -> Recipe:
         base = current.image.base_recipe
         if len(chain) > _MAX_BASES or base == app.name:
             raise Conflict(f"the image recipe of {app.name!r} has a loop of bases")
-        current = platform.catalog.get(base) if base else None
+        current = catalog.get(base) if base else None
     recipe = chain.pop()
     while chain:
         recipe = chain.pop().on_top_of(recipe)
@@ -128,7 +130,7 @@ def plan_image(platform: Platform, app: ApplicationDef, build_args: dict[str, An
     reason = unavailable_reason(platform, app)
     if reason:
         raise Conflict(reason)
-    recipe = flat_recipe(platform, app)
+    recipe = flat_recipe(platform.catalog, app)
     files = {dest: platform.catalog.directory / src for dest, src in recipe.files.items()}
     digests = {dest: _file_digest(path) for dest, path in files.items()}
     sources = {}
@@ -181,10 +183,9 @@ async def select_or_build(
     plan = plan_image(platform, app, check_build_args(app, raw_build_args))
     if not force:  # the usual case, an image that exists: no write, no lock
         async with platform.reading() as session:
-            row = await session.get(Image, plan.image_id)
-            if row is not None and row.status == READY and _complete(platform, row.id):
-                counts = await _job_counts(session, [row.id])
-                return ImageSelection(selected=True, image=_view(row, counts.get(row.id, 0)))
+            view = await _find(session, plan.image_id)
+        if view is not None and view.status == READY and _complete(platform, view.id):
+            return ImageSelection(selected=True, image=view)
     async with platform.writing() as session:  # one writer: the check and the claim are one
         row = await session.get(Image, plan.image_id)
         stored = platform.images.store.get(plan.image_id)
@@ -324,34 +325,35 @@ def _publish(platform: Platform, row: Image) -> None:
 
 
 # The catalogue.
+#: Jobs of the submissions that used an image, beside each image row (one query).
+_JOBS = (
+    select(func.coalesce(func.sum(Submission.job_count), 0))
+    .where(Submission.image_id == Image.id)
+    .correlate(Image)
+    .scalar_subquery()
+)
+
+
 async def list_images(platform: Platform, application: str | None = None) -> list[ImageView]:
+    query = select(Image, _JOBS).where(Image.status != DELETED).order_by(Image.created_at.desc())
+    if application:
+        query = query.where(Image.application == application)
     async with platform.reading() as session:
-        query = select(Image).where(Image.status != DELETED).order_by(Image.created_at.desc())
-        if application:
-            query = query.where(Image.application == application)
-        rows = list(await session.scalars(query))
-        counts = await _job_counts(session, [row.id for row in rows])
-    return [_view(row, counts.get(row.id, 0)) for row in rows]
+        rows = (await session.execute(query)).all()
+    return [_view(row, jobs) for row, jobs in rows]
 
 
 async def get_image(platform: Platform, image: str) -> ImageView:
     async with platform.reading() as session:
-        row = await session.get(Image, image)
-        if row is None or row.status == DELETED:
-            raise NotFound(f"no image {image}")
-        counts = await _job_counts(session, [image])
-    return _view(row, counts.get(image, 0))
+        found = await _find(session, image)
+    if found is None or found.status == DELETED:
+        raise NotFound(f"no image {image}")
+    return found
 
 
-async def _job_counts(session: Any, ids: list[str]) -> dict[str, int]:
-    if not ids:
-        return {}
-    rows = await session.execute(
-        select(Submission.image_id, func.sum(Submission.job_count))
-        .where(Submission.image_id.in_(ids))
-        .group_by(Submission.image_id)
-    )
-    return {image: int(n) for image, n in rows.all()}
+async def _find(session: AsyncSession, image: str) -> ImageView | None:
+    found = (await session.execute(select(Image, _JOBS).where(Image.id == image))).first()
+    return None if found is None else _view(*found)
 
 
 def _view(row: Image, jobs: int) -> ImageView:

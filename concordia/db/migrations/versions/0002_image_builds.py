@@ -1,4 +1,4 @@
-"""image builds: error, built_at, rootfs_size
+"""image builds: error, built_at, rootfs_size; submissions by image
 
 Revision ID: 0002
 Revises: 0001
@@ -25,7 +25,11 @@ def upgrade() -> None:
         )
 
 
+    op.create_index(op.f("ix_submissions_image_id"), "submissions", ["image_id"])
+
+
 def downgrade() -> None:
+    op.drop_index(op.f("ix_submissions_image_id"), table_name="submissions")
     with op.batch_alter_table("images") as batch:
         batch.drop_column("rootfs_size")
         batch.drop_column("built_at")

@@ -1,0 +1,107 @@
+"""Start overhead of a job in its image: the local backend against bubblewrap run directly.
+
+Builds the busybox image once (mmdebstrap, in a temporary data dir), then runs ``true`` in
+it N times one after the other through the local backend (job directory, launcher with
+limits, cgroup, sandbox, outputs collection; submit to final update) and, last, N times as
+the bare bubblewrap command on the same rootfs. Last line: `ratio <x>` (median backend /
+median direct). Goal: <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from concordia.backends import sandbox
+from concordia.backends.base import JobImage, JobSpec
+from concordia.backends.local import LocalBackend
+from concordia.core.recipe import Recipe
+from concordia.core.states import FINAL_STATES
+from concordia.images.build import choose_builder, run_build
+from concordia.images.builders import BuildPlan
+from concordia.images.store import ImageStore
+from concordia.settings import Settings
+
+BUSYBOX = Recipe(  # noqa: S604 (shell names the image's shell; nothing runs here)
+    variant="extract",
+    packages=["busybox-static"],
+    shell="/bin/busybox sh",
+    steps=["/bin/busybox --install -s /bin"],
+)
+
+
+def build_image(data_dir: Path) -> Path:
+    store = ImageStore(data_dir / "images")
+    store.prepare()
+    builder = choose_builder(["mmdebstrap"], []).builder
+    assert builder is not None, "mmdebstrap is needed (apt-get install mmdebstrap)"
+    plan = BuildPlan(image_id="0" * 64, application="bench", recipe=BUSYBOX, build_args={})
+    return run_build(plan, builder, store, []).rootfs
+
+
+async def through_backend(settings: Settings, rootfs: Path, runs: int) -> list[float]:
+    backend = LocalBackend(settings)
+    await backend.start()
+    assert backend.isolated, backend.isolation_problem
+    image = JobImage(id="0" * 64, rootfs=rootfs)
+    times = []
+    try:
+        for index in range(runs):
+            spec = JobSpec(uuid=str(uuid.uuid4()), job_id=index, name="t", argv=["true"],
+                           cpu_time=60, image=image)  # fmt: skip
+            started = time.perf_counter()
+            await backend.submit([spec])
+            while True:
+                await backend.changed.wait()
+                updates = await backend.drain()
+                if any(u.status in FINAL_STATES for u in updates):
+                    break
+            times.append(time.perf_counter() - started)
+    finally:
+        await backend.close()
+    return times
+
+
+def direct(rootfs: Path, workdir: Path, runs: int) -> list[float]:
+    workdir.mkdir(exist_ok=True)
+    sandbox.hand_over(workdir)
+    cmd = sandbox.build_command(["true"], workdir, isolated=True, network=False, rootfs=rootfs)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=60)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="concordia-bench-") as tmp:
+        data_dir = Path(tmp) / "var"
+        Settings(data_dir=data_dir).make_data_dir()
+        Path(tmp).chmod(0o711)  # the job uid passes through to the work directories
+        rootfs = build_image(data_dir)
+        settings = Settings(data_dir=data_dir, local_slots=1)
+        ours = asyncio.run(through_backend(settings, rootfs, args.runs))
+        bare = direct(rootfs, data_dir / "direct-work", args.runs)
+    ours_ms, bare_ms = statistics.median(ours) * 1000, statistics.median(bare) * 1000
+    print(f"runs {args.runs}")
+    print(f"backend_median_ms {ours_ms:.2f}  (p90 {_p90(ours) * 1000:.2f})")
+    print(f"bwrap_direct_median_ms {bare_ms:.2f}  (p90 {_p90(bare) * 1000:.2f})")
+    print(f"ratio {ours_ms / bare_ms:.2f}")
+
+
+def _p90(values: list[float]) -> float:
+    return statistics.quantiles(values, n=10)[-1]
+
+
+if __name__ == "__main__":
+    main()
