@@ -20,7 +20,7 @@ from concordia.core.states import (
     JobStatus,
     check_transition,
 )
-from concordia.db.tables import Job, JobStatusHistory, utcnow
+from concordia.db.tables import Job, JobStatusHistory, Submission, utcnow
 from concordia.logic.errors import Conflict, DomainError, NotFound
 from concordia.logic.events import Event, EventBus
 from concordia.logic.platform import HISTORY_KEY, Platform
@@ -62,6 +62,8 @@ class JobDetail(JobSummary):
     started_at: datetime | None
     ended_at: datetime | None
     history: list[HistoryEntry]
+    #: The container image the job runs in (its build log explains an "Image build failed").
+    image_id: str | None
 
 
 class Tracked(Protocol):
@@ -178,6 +180,9 @@ async def job_detail(session: AsyncSession, job: Job) -> JobDetail:
     derived = {
         "isolated": job.backend_state.get("isolated"),
         "history": [HistoryEntry.model_validate(r, from_attributes=True) for r in rows],
+        "image_id": await session.scalar(
+            select(Submission.image_id).where(Submission.id == job.submission_id)
+        ),
     }
     stored = {name: getattr(job, name) for name in JobDetail.model_fields if name not in derived}
     return JobDetail.model_validate({**stored, **derived})

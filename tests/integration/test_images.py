@@ -173,6 +173,8 @@ async def test_a_failing_step_fails_the_build_and_its_jobs(image_settings: Setti
         assert [(j["status"], j["minor_status"]) for j in jobs] == [
             ("Failed", "Image build failed")
         ]
+        detail = (await client.get(f"/api/v1/jobs/{jobs[0]['id']}")).json()
+        assert detail["image_id"] == image_id  # the job leads to the build log
 
 
 async def test_jobs_wait_for_their_image_then_run_in_it(image_settings: Settings) -> None:
