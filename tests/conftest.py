@@ -231,7 +231,16 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(tmp_path: Path, image_seed: Path) -> Iterator[LiveServer]:
+def live_server_env() -> dict[str, str]:
+    """Extra environment for the live server (e.g. CONCORDIA_APPLICATIONS_DIR); a test module
+    overrides this fixture to start it otherwise configured."""
+    return {}
+
+
+@pytest.fixture
+def live_server(
+    tmp_path: Path, image_seed: Path, live_server_env: dict[str, str]
+) -> Iterator[LiveServer]:
     data_dir = tmp_path / "var"
     seed_images(make_settings(data_dir), image_seed)
     port = free_port()
@@ -243,6 +252,7 @@ def live_server(tmp_path: Path, image_seed: Path) -> Iterator[LiveServer]:
         "CONCORDIA_LOCAL_SLOTS": "2",
         "CONCORDIA_POLL_INTERVAL": "0.5",
         "CONCORDIA_KILL_GRACE_SECONDS": "1",
+        **live_server_env,
     }
     server = LiveServer(data_dir=data_dir, port=port, env=env)
     server.start()

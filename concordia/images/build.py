@@ -44,16 +44,19 @@ class BuilderChoice:
 def choose_builder(order: list[str], formats: list[str]) -> BuilderChoice:
     """The first builder of ``order`` that is installed, with the tools the formats need."""
     problems: dict[str, str] = {}
+    chosen: Builder | None = None
     missing = missing_tools(formats)
-    for name in order:
+    for name in order:  # every one is probed, so that each can say why it is not used
         builder = _probe(name)
         if isinstance(builder, str):
             problems[name] = builder
         elif missing:
             problems[name] = f"the image formats need: apt-get install {' '.join(missing)}"
+        elif chosen is None:
+            chosen = builder
         else:
-            return BuilderChoice(builder, problems)
-    return BuilderChoice(None, problems)
+            problems[name] = f"usable, but {chosen.name} comes first in image_builders"
+    return BuilderChoice(chosen, problems)
 
 
 def _probe(name: str) -> Builder | str:

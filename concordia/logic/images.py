@@ -325,6 +325,13 @@ def _publish(platform: Platform, row: Image) -> None:
 
 
 # The catalogue.
+def checked_id(image_id: str) -> str:
+    """An image id is 64 lowercase hex digits; anything else names no image (never a path)."""
+    if len(image_id) != 64 or any(c not in "0123456789abcdef" for c in image_id):
+        raise NotFound(f"no image {image_id[:80]}")
+    return image_id
+
+
 #: Jobs of the submissions that used an image, beside each image row (one query).
 _JOBS = (
     select(func.coalesce(func.sum(Submission.job_count), 0))
@@ -420,9 +427,8 @@ def _read_from(path: Path, offset: int, limit: int) -> tuple[str, int]:
             data = f.read(limit)
     except FileNotFoundError:
         return "", offset
-    end = len(data)
-    if len(data) == limit:  # cut at the last whole line (and whole UTF-8 character)
-        end = data.rfind(b"\n") + 1 or len(data)
+    # Whole lines only (so never half a UTF-8 character), unless a line outgrows the chunk.
+    end = data.rfind(b"\n") + 1 or len(data)
     return data[:end].decode(errors="replace"), max(0, offset) + end
 
 

@@ -12,7 +12,6 @@ from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
 from concordia.logic import images
-from concordia.logic.errors import NotFound
 from concordia.logic.images import BuildersView, ImageSelection, ImageView
 from concordia.web.deps import CurrentUser, PlatformDep
 
@@ -60,12 +59,12 @@ async def select_or_build(
 
 @router.get("/images/{image_id}")
 async def get_image(image_id: str, platform: PlatformDep, _user: CurrentUser) -> ImageView:
-    return await images.get_image(platform, _checked(image_id))
+    return await images.get_image(platform, images.checked_id(image_id))
 
 
 @router.delete("/images/{image_id}", status_code=204)
 async def delete_image(image_id: str, platform: PlatformDep, _user: CurrentUser) -> None:
-    await images.delete_image(platform, _checked(image_id))
+    await images.delete_image(platform, images.checked_id(image_id))
 
 
 @router.get("/images/{image_id}/log", response_class=PlainTextResponse)
@@ -76,7 +75,7 @@ async def build_log(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> PlainTextResponse:
     """The build log from byte ``offset``; X-Log-Offset is where to continue from."""
-    text, next_offset = await images.read_log(platform, _checked(image_id), offset)
+    text, next_offset = await images.read_log(platform, images.checked_id(image_id), offset)
     status = (await images.get_image(platform, image_id)).status
     headers = {"X-Log-Offset": str(next_offset), "X-Image-Status": status}
     return PlainTextResponse(text, headers=headers)
@@ -91,7 +90,7 @@ async def follow_build_log(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> EventSourceResponse:
     """Server-Sent Events: "log" (new text) until the build ends, then "end" (its status)."""
-    await images.get_image(platform, _checked(image_id))
+    await images.get_image(platform, images.checked_id(image_id))
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         async for text in images.follow_log(platform, image_id, offset):
@@ -108,14 +107,7 @@ async def follow_build_log(
 async def download(
     image_id: str, fmt: Literal["squashfs", "oci"], platform: PlatformDep, _user: CurrentUser
 ) -> FileResponse:
-    path = await images.image_file(platform, _checked(image_id), fmt)
+    path = await images.image_file(platform, images.checked_id(image_id), fmt)
     view = await images.get_image(platform, image_id)
     name = f"{view.application}-{image_id[:12]}.{_SUFFIX[fmt]}"
     return FileResponse(path, media_type=_MEDIA[fmt], filename=name)
-
-
-def _checked(image_id: str) -> str:
-    """An image id is 64 hex digits; anything else names no image (404, never a path)."""
-    if len(image_id) != 64 or any(c not in "0123456789abcdef" for c in image_id):
-        raise NotFound(f"no image {image_id}")
-    return image_id

@@ -9,8 +9,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from concordia.core.application import ApplicationDef, FloatParam, ParameterDef
-from concordia.logic import submissions
-from concordia.logic.errors import Invalid
+from concordia.logic import images, submissions
+from concordia.logic.errors import Conflict, Invalid, NotFound
+from concordia.logic.images import READY
 from concordia.logic.submissions import SubmissionPreview, SubmissionRequest
 from concordia.web.deps import PlatformDep
 from concordia.web.pages.common import PageUser, read_form, render
@@ -82,12 +83,46 @@ def _form_context(app: ApplicationDef, values: dict[str, str]) -> dict[str, Any]
     }
 
 
+async def _image_context(
+    platform: PlatformDep, app: ApplicationDef, values: dict[str, str]
+) -> dict[str, Any]:
+    """The container image of the configuration in the form, as it is now (nothing is built)."""
+    context: dict[str, Any] = {"has_image": app.image is not None, "image": None}
+    if app.image is None:
+        return context
+    try:
+        state = await images.image_state(platform, app.name, _request_of(app, values).build_args)
+    except Invalid:  # the inputs' own messages say what is wrong
+        return context
+    # A ready image found in a shared store has no page until it is first selected.
+    listed = state.status is not None
+    if state.status == READY and state.id:
+        try:
+            await images.get_image(platform, state.id)
+        except NotFound:
+            listed = False
+    return context | {"image": state, "image_listed": listed}
+
+
+async def _form(
+    platform: PlatformDep, app: ApplicationDef, values: dict[str, str]
+) -> dict[str, Any]:
+    return _form_context(app, values) | await _image_context(platform, app, values)
+
+
 @router.get("/concordia", response_class=HTMLResponse)
 async def choose_application(
     request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     apps = sorted(platform.catalog.apps.values(), key=lambda a: a.title.lower())
-    return render(request, "concordia.html", apps=apps)
+    unavailable = {app.name: images.unavailable_reason(platform, app) for app in apps}
+    return render(
+        request,
+        "concordia.html",
+        apps=apps,
+        unavailable=unavailable,
+        builders=images.builders(platform),
+    )
 
 
 @router.get("/concordia/{name}", response_class=HTMLResponse)
@@ -95,7 +130,7 @@ async def application_form(
     request: Request, name: str, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     app = platform.catalog.get(name)
-    return render(request, "concordia_app.html", **_form_context(app, _defaults(app)))
+    return render(request, "concordia_app.html", **await _form(platform, app, _defaults(app)))
 
 
 @router.post("/concordia/{name}/check", response_class=HTMLResponse)
@@ -105,7 +140,7 @@ async def check_form(
     """The form's messages and preview for the values so far; stores nothing."""
     app = platform.catalog.get(name)
     values = _values(await read_form(request, csrf=False))
-    return render(request, "concordia_form.html", **_form_context(app, values))
+    return render(request, "concordia_form.html", **await _form(platform, app, values))
 
 
 @router.post("/concordia/{name}", response_class=HTMLResponse)
@@ -117,6 +152,11 @@ async def submit_form(
     try:
         view = await submissions.submit_batch(platform, user.user_id, _request_of(app, values))
     except Invalid:
-        context = _form_context(app, values)
+        context = await _form(platform, app, values)
         return render(request, "concordia_app.html", status_code=422, submitted=True, **context)
+    except Conflict as exc:  # its image cannot be built here (the form says so beforehand)
+        context = await _form(platform, app, values)
+        return render(
+            request, "concordia_app.html", status_code=409, refused=exc.message, **context
+        )
     return RedirectResponse(f"/submissions/{view.id}", status_code=303)
