@@ -24,7 +24,6 @@ def upgrade() -> None:
             sa.Column("rootfs_size", sa.BigInteger(), nullable=False, server_default="0")
         )
 
-
     op.create_index(op.f("ix_submissions_image_id"), "submissions", ["image_id"])
 
 
