@@ -38,6 +38,8 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/local_overhead.py
 	$(BIN)/python bench/jobs_query.py
 	$(BIN)/python bench/pages.py
+	$(BIN)/python bench/image_lookup.py
+	$(BIN)/python bench/job_start.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -84,6 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
+        tmp.chmod(0o711)  # jobs of a server running as root pass through as another uid
         isolated = detect_isolation("auto")
         print(f"jobs {args.jobs}, slots {args.slots}, bubblewrap {isolated}")
         platform = run_platform(tmp, args.jobs, args.slots)

@@ -42,6 +42,7 @@ class Server:
 @contextmanager
 def serve(data_dir: Path, **settings: str) -> Iterator[Server]:
     """Start the server with CONCORDIA_<NAME> settings; wait until it answers."""
+    data_dir.parent.chmod(0o711)  # jobs of a server running as root pass through as another uid
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
