@@ -94,9 +94,11 @@ def run_logged(
     log.write(f"$ {shlex.join(cmd)}\n")
     log.flush()
     env = {"PATH": _BUILD_PATH, "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+    # Killed with the server (SIGKILL included): its restart builds again, from scratch.
+    guarded = [shutil.which("setpriv") or "setpriv", "--pdeathsig=KILL", "--", *cmd]
     proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=env,
-        start_new_session=True,
+        guarded, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+        env=env, start_new_session=True,
     )  # fmt: skip
     _RUNNING.add(proc)
     try:

@@ -38,7 +38,13 @@ class ApplicationCatalog:
                 log.error("application %s is invalid and left out: %s", path.name, exc)
                 continue
             apps[app.name] = app
-        self.apps, self.errors = apps, errors
+        for name in list(apps):  # a recipe:APP base must name a loaded recipe, without a loop
+            problem = _base_problem(apps, name)
+            if problem:
+                errors[f"{name}.yaml"] = problem
+                log.error("application %s.yaml is invalid and left out: %s", name, problem)
+        self.apps = {name: app for name, app in apps.items() if f"{name}.yaml" not in errors}
+        self.errors = errors
         return self
 
     def get(self, name: str) -> ApplicationDef:
@@ -49,3 +55,17 @@ class ApplicationCatalog:
 
     def input_paths(self, app: ApplicationDef) -> list[Path]:
         return [self.directory / rel for rel in app.input_files]
+
+
+def _base_problem(apps: dict[str, ApplicationDef], name: str) -> str | None:
+    seen = [name]
+    image = apps[name].image
+    while image is not None and image.base_recipe is not None:
+        base = image.base_recipe
+        if base in seen:
+            return f"its image recipe's bases loop: {' -> '.join([*seen, base])}"
+        if base not in apps or apps[base].image is None:
+            return f"its image recipe starts from {base!r}, which is no application with a recipe"
+        seen.append(base)
+        image = apps[base].image
+    return None

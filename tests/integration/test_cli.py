@@ -269,6 +269,7 @@ def test_the_cli_finds_the_token_in_the_data_dir(live_server: LiveServer) -> Non
     assert "Concordia is running" in banner and "SQLite" in banner
     assert "Open this URL to log in (one-time link):" in banner
     assert f"{live_server.data_dir.resolve()}/api-token" in banner
+    assert f"Images:    {live_server.data_dir.resolve()}/images, built with mmdebstrap" in banner
     assert "sqlite+aiosqlite" not in banner and live_server.token not in banner
 
 

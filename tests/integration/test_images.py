@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
 import tarfile
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import httpx
 import pytest
 
 from concordia.settings import SHIPPED_APPLICATIONS, Settings
-from tests.conftest import make_settings, running_app
+from tests.conftest import LiveServer, free_port, make_settings, running_app
 
 BUSYBOX = """
 image:
@@ -268,3 +270,61 @@ async def test_the_hello_image_is_tiny_and_quick(tmp_path: Path) -> None:
         image = await wait_built(app.client, started["image"]["id"], timeout=120)
         assert image["status"] == "ready", image["error"]
         assert image["rootfs_size"] < 5_000_000 and list(image["formats"]) == ["squashfs"]
+
+
+SLOW_YAML = f"""
+name: slow
+title: Slow to build
+command: "cat /etc/slow"
+{BUSYBOX}    - sleep 3; echo built slowly > /etc/slow
+"""
+
+
+def test_a_killed_server_leaves_no_half_image_and_builds_again(tmp_path: Path) -> None:
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "slow.yaml").write_text(SLOW_YAML)
+    data_dir = tmp_path / "var"
+
+    def start() -> tuple[LiveServer, httpx.Client]:
+        port = free_port()
+        env = {
+            **os.environ,
+            "CONCORDIA_DATA_DIR": str(data_dir),
+            "CONCORDIA_APPLICATIONS_DIR": str(apps),
+            "CONCORDIA_PORT": str(port),
+            "CONCORDIA_IMAGE_FORMATS": "[]",
+        }
+        server = LiveServer(data_dir=data_dir, port=port, env=env)
+        server.start()
+        headers = {"Authorization": f"Bearer {server.token}"}
+        return server, httpx.Client(base_url=server.url, headers=headers, timeout=30)
+
+    server, client = start()
+    try:
+        image_id = client.post("/api/v1/images", json={"application": "slow"}).json()["image"]["id"]
+        deadline = time.monotonic() + 120
+        while "### step 2/2" not in client.get(f"/api/v1/images/{image_id}/log").text:
+            assert time.monotonic() < deadline, "the build never reached its slow step"
+            time.sleep(0.1)
+        server.kill(signal.SIGKILL)
+        assert not (data_dir / "images" / image_id).exists()  # half-made: not published
+        assert [p.name[:64] for p in (data_dir / "images" / ".tmp").iterdir()] == [image_id]
+    finally:
+        client.close()
+        if server.process is not None and server.process.poll() is None:
+            server.kill(signal.SIGKILL)
+    server, client = start()
+    try:
+        deadline = time.monotonic() + 120
+        while (image := client.get(f"/api/v1/images/{image_id}").json())["status"] == "building":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert image["status"] == "ready", image["error"]
+        assert (data_dir / "images" / image_id / "rootfs" / "etc" / "slow").read_text() == (
+            "built slowly\n"
+        )
+        assert list((data_dir / "images" / ".tmp").iterdir()) == []
+    finally:
+        client.close()
+        server.kill(signal.SIGTERM)
