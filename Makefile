@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 # bubblewrap runs jobs in their images; mmdebstrap builds images; squashfs-tools and umoci
 # write the SquashFS (Apptainer) and OCI forms of each image.
 SYSTEM_PACKAGES := bubblewrap mmdebstrap squashfs-tools umoci
-TEST_PACKAGES := chromium
+# podman (with runc: crun refuses cgroup v1 hybrid mode) is the third runtime of jobs in images.
+TEST_PACKAGES := chromium podman runc
 
 .PHONY: run test lint system-deps test-deps bench clean
 
@@ -21,7 +22,7 @@ system-deps:
 	@scripts/ensure-packages "images are built with mmdebstrap and jobs run in them with bubblewrap" $(SYSTEM_PACKAGES)
 
 test-deps: system-deps
-	@scripts/ensure-packages "the browser tests drive Debian's chromium" $(TEST_PACKAGES)
+	@scripts/ensure-packages "the browser tests drive Debian's chromium; podman runs jobs in tests" $(TEST_PACKAGES)
 
 run: $(STAMP) system-deps
 	$(BIN)/concordia serve

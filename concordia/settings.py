@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     # The local backend.
     local_slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     local_isolation: Literal["auto", "bwrap", "none"] = "auto"
+    local_runtime: Literal["auto", "apptainer", "bwrap", "podman"] = Field(
+        default="auto",
+        description="What runs jobs in their images. auto: apptainer (or singularity) if "
+        "installed, else bubblewrap if its probe passes, else podman if a probe run works; "
+        "with local_isolation = none, auto chooses none.",
+    )
     local_wall_time_factor: float = Field(
         default=2.0, gt=0, description="Wall-clock limit = factor x the job's CPU time."
     )

@@ -68,6 +68,8 @@ class Backend(Protocol):
     isolated: bool
     #: Why jobs are not isolated (what to install or change); None where they are.
     isolation_problem: str | None
+    #: What runs jobs in their images, and why not the other runtimes (for people).
+    runtime_summary: str
     #: False where a job's process dies with the server (then a restart marks it Stalled).
     survives_restart: bool
 

@@ -55,7 +55,7 @@ class SlotCgroup:
                 log.log(logging.WARNING if controller == "memory" else logging.DEBUG,
                         "no %s cgroup: %s", controller, exc)  # fmt: skip
                 del self.dirs[controller]
-                _rmdir(path)
+                rmdir_if_empty(path)
 
     @property
     def procs(self) -> list[Path]:
@@ -86,12 +86,13 @@ class SlotCgroup:
     def remove(self) -> bool:
         """Remove the cgroups; False if some are still busy (try again a moment later)."""
         for controller, path in list(self.dirs.items()):
-            if _rmdir(path):
+            if rmdir_if_empty(path):
                 del self.dirs[controller]
         return not self.dirs
 
 
-def _rmdir(path: Path) -> bool:
+def rmdir_if_empty(path: Path) -> bool:
+    """Remove an (empty) cgroup directory; False while it is busy."""
     try:
         path.rmdir()
     except FileNotFoundError:

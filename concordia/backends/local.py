@@ -1,4 +1,5 @@
-"""The local backend: a pool of slots running jobs on this machine, under bubblewrap if it can."""
+"""The local backend: a pool of slots running jobs on this machine, each in its image (Apptainer,
+bubblewrap or podman), a job without one under bubblewrap if it can."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from concordia.backends import sandbox
+from concordia.backends import runtimes, sandbox
 from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
 from concordia.backends.cgroup import SlotCgroup
 from concordia.backends.outputs import collect_outputs, copy_outputs
+from concordia.backends.runtimes import ContainerCgroup, RuntimeChoice
 from concordia.core.states import JobStatus
 from concordia.settings import Settings
 
@@ -38,6 +40,10 @@ class _Job:
     killed: bool = False  # by kill() or close(): no more updates
     timed_out: bool = False
     proc: subprocess.Popen[bytes] | None = None
+    #: What runs it: "apptainer", "bwrap" or "podman"; None: a plain process.
+    runtime: str | None = None
+    #: Its podman container's name.
+    container: str | None = None
     exited: asyncio.Future[Any] | None = None
     terminating: asyncio.Task[None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -52,7 +58,13 @@ class LocalBackend:
 
     ``poll`` returns the pending updates of every job, not only those of ``refs``. A job
     killed by signal N reports exit code 128 + N. Jobs die with the server (bwrap's
-    --die-with-parent): after a restart the reconciler stalls them.
+    --die-with-parent; podman's containers are removed when it starts again): after a restart
+    the reconciler stalls them.
+
+    ``isolated`` is False where some job would run without isolation (a job without an image
+    runs under bubblewrap or not at all isolated; a job in an image never runs unisolated: it
+    fails without a runtime). ``runtime`` is what runs jobs in images, ``runtime_problem`` why
+    none does, ``runtime_summary`` the choice and why not the others, for people.
     """
 
     name = "local"
@@ -62,6 +74,13 @@ class LocalBackend:
         self.settings = settings
         self.isolated = False  # decided by start()
         self.isolation_problem: str | None = "not started"
+        self.runtime: str | None = None  # decided by start()
+        self.runtime_problem: str | None = "not started"
+        self.runtime_problems: dict[str, str] = {}
+        self.runtime_summary = "not started"
+        self._runtime_command: str | None = None
+        self._podman: runtimes.Podman | None = None
+        self._containers: list[ContainerCgroup] = []
         self.changed = asyncio.Event()  # set whenever updates are pending
         self._jobs: dict[str, _Job] = {}  # queued or running; of ended jobs nothing is kept
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
@@ -71,7 +90,7 @@ class LocalBackend:
         self._cgroups: list[SlotCgroup] = []
 
     async def start(self) -> None:
-        """Decide on isolation (a probe run) and start the slots."""
+        """Decide on isolation and the runtime of jobs in images (probe runs), start the slots."""
         if self._runners:
             return
         self.settings.make_data_dir()  # also opens one made 0700 by an older version
@@ -79,15 +98,61 @@ class LocalBackend:
         jobs_dir.mkdir(exist_ok=True)
         mode = self.settings.local_isolation
         problem = await asyncio.to_thread(sandbox.isolation_problem, mode, jobs_dir)
-        self.isolation_problem, self.isolated = problem, problem is None
+        choice = await asyncio.to_thread(self._choose_runtime, problem)
+        self._decided(problem, choice)
         slots, memory_mb = self.settings.local_slots, self.settings.local_memory_mb
         self._cgroups = await asyncio.to_thread(
             lambda: [SlotCgroup(memory_mb) for _ in range(slots)]
         )
+        if self._podman is not None and not self._podman.rootless:
+            self._containers = await asyncio.to_thread(
+                lambda: [ContainerCgroup(memory_mb) for _ in range(slots)]
+            )
         self._runners = [
-            asyncio.create_task(self._runner(cgroup), name=f"local-slot-{i}")
+            asyncio.create_task(
+                self._runner(cgroup, self._containers[i] if self._containers else None),
+                name=f"local-slot-{i}",
+            )
             for i, cgroup in enumerate(self._cgroups)
         ]
+
+    def _choose_runtime(self, bwrap_problem: str | None) -> RuntimeChoice:
+        podman: list[runtimes.Podman] = []
+
+        def probe_podman(executable: str) -> str | None:
+            settings = self.settings
+            podman.append(
+                runtimes.Podman(executable, settings.data_dir / "podman", settings.jobs_dir)
+            )
+            return podman[-1].probe(settings.jobs_dir, settings.local_memory_mb)
+
+        choice = runtimes.choose_runtime(
+            self.settings.local_runtime, isolation=self.settings.local_isolation,
+            bwrap_problem=bwrap_problem, probe_podman=probe_podman,
+        )  # fmt: skip
+        if choice.name == "podman":
+            self._podman = podman[-1]
+            left = self._podman.remove_leftovers()
+            if left:
+                log.warning("removed %d podman containers of an earlier run", len(left))
+        return choice
+
+    def _decided(self, bwrap_problem: str | None, choice: RuntimeChoice) -> None:
+        self.isolated = bwrap_problem is None
+        self.runtime, self._runtime_command = choice.name, choice.command
+        self.runtime_problem, self.runtime_problems = choice.problem, choice.problems
+        self.runtime_summary = choice.summary
+        if bwrap_problem is None or choice.name is None:
+            self.isolation_problem = bwrap_problem
+        else:
+            self.isolation_problem = (
+                f"jobs without an image run without isolation: {bwrap_problem}"
+                f" (jobs in images run in {choice.name})"
+            )
+        if choice.name is None:
+            log.warning("local jobs in images cannot run: %s", choice.problem)
+        else:
+            log.info("local jobs in images run in %s", choice.summary)
 
     async def close(self) -> None:
         """Kill every job (SIGKILL), collect their logs, stop the slots. No update is emitted."""
@@ -107,7 +172,8 @@ class LocalBackend:
         self._runners = []
         for _ in range(40):  # the last sandboxes' processes may take a moment to be reaped
             self._cgroups = [cg for cg in self._cgroups if not cg.remove()]
-            if not self._cgroups:
+            self._containers = [cg for cg in self._containers if not cg.remove()]
+            if not self._cgroups and not self._containers:
                 break
             await asyncio.sleep(0.05)
 
@@ -167,13 +233,13 @@ class LocalBackend:
         """Copy the job's outputs/ (results and std.out, std.err) to dest; list the files."""
         return await asyncio.to_thread(copy_outputs, self.job_dir(ref.uuid) / "outputs", dest)
 
-    async def _runner(self, cgroup: SlotCgroup) -> None:
+    async def _runner(self, cgroup: SlotCgroup, containers: ContainerCgroup | None) -> None:
         while True:
             job = await self._queue.get()
             if job.phase != "queued":
                 continue
             try:
-                await self._run(job, cgroup)
+                await self._run(job, cgroup, containers)
             except Exception as exc:  # a bug must not take the slot down with it
                 log.exception("local job %s", job.spec.uuid)
                 if not job.killed:
@@ -188,7 +254,7 @@ class LocalBackend:
             del self._jobs[job.spec.uuid]
             self._last.pop(job.spec.uuid, None)
 
-    async def _run(self, job: _Job, cgroup: SlotCgroup) -> None:
+    async def _run(self, job: _Job, cgroup: SlotCgroup, containers: ContainerCgroup | None) -> None:
         spec, uuid = job.spec, job.spec.uuid
         job.phase = "preparing"
         self._emit(uuid, JobStatus.MATCHED, "Assigned to local slot")
@@ -198,21 +264,19 @@ class LocalBackend:
             if not job.killed:
                 self._emit(uuid, JobStatus.FAILED, f"Cannot start application: {exc}")
             return
-        before = cgroup.counters()
+        meter: SlotCgroup | ContainerCgroup | None = cgroup
+        if spec.image is not None and self.runtime == "podman":
+            meter = containers  # its containers' cgroups are below it, not in the slot's
+            if containers is not None:
+                containers.begin()
+        before = _counters(meter)
         error = ""
-        image = spec.image
         try:
-            if image is not None and not self.isolated:
-                why = self.isolation_problem
-                error = f"Cannot start application: its image needs bubblewrap ({why})"
+            if spec.image is not None and self.runtime is None:
+                why = self.runtime_problem
+                error = f"Cannot start application: its image needs a container runtime ({why})"
             elif not job.killed:
-                job.proc = sandbox.launch(
-                    spec.argv, job.dir / "work", stdout=out, stderr=err, cpu_time=spec.cpu_time,
-                    isolated=self.isolated, network=spec.network, cgroup=cgroup,
-                    env={**(image.env if image else {}), **spec.env},
-                    rootfs=image.rootfs if image else None,
-                    mount=image.workdir if image else "/work",
-                )  # fmt: skip
+                job.proc = self._launch(job, out, err, cgroup, containers)
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
             error = f"Cannot start application: {exc}"
         finally:
@@ -224,24 +288,34 @@ class LocalBackend:
                 self._emit(uuid, JobStatus.FAILED, error)
             return
         job.phase = "running"
-        memory_limit = None if self.settings.local_memory_mb == 0 else cgroup.memory_limited
-        state = {"pid": job.proc.pid, "isolated": self.isolated, "memory_limit": memory_limit}
+        memory_limit = None
+        if self.settings.local_memory_mb:  # podman without a cgroup of ours: its --memory
+            memory_limit = (meter is not None and meter.memory_limited) or job.runtime == "podman"
+        isolated = job.runtime is not None
+        state: dict[str, Any] = {"pid": job.proc.pid, "isolated": isolated}
+        state["memory_limit"] = memory_limit
+        if spec.image is not None:
+            state["runtime"] = job.runtime
         self._emit(uuid, JobStatus.RUNNING, "Application", state=state)
         started = time.monotonic()
         status, rusage_cpu = await self._wait(job)
         wall = time.monotonic() - started
         if not job.killed:
             self._emit(uuid, JobStatus.COMPLETING, "Collecting outputs")
-        after = await self._finish(job, cgroup)
+        after = await self._finish(job, cgroup, meter)
         if job.killed:
             return
-        # wait4 on bwrap misses the sandbox's processes: only the cgroup knows their CPU time.
-        cpu = rusage_cpu if not self.isolated else None
+        # wait4 on bwrap (or podman's client) misses the sandbox's processes: only the cgroup
+        # knows their CPU time.
+        cpu = rusage_cpu if not isolated else None
         if before[0] is not None and after[0] is not None:
             cpu = after[0] - before[0]
+        oom = after[1] > before[1]
+        if job.runtime == "podman":  # a peak at the limit, then the OOM killer's SIGKILL
+            oom = oom and os.waitstatus_to_exitcode(status) == 128 + signal.SIGKILL
         minor, code = sandbox.exit_reason(
-            status, cpu, spec.cpu_time, isolated=self.isolated, oom=after[1] > before[1],
-            stderr=job.dir / "std.err",
+            status, cpu, spec.cpu_time, isolated=isolated, oom=oom, stderr=job.dir / "std.err",
+            runtime=job.runtime, program=spec.argv[0] if spec.argv else "",
         )  # fmt: skip
         if job.timed_out:
             minor = "Wall time limit exceeded"
@@ -249,13 +323,16 @@ class LocalBackend:
         final = JobStatus.DONE if minor is None else JobStatus.FAILED
         self._emit(uuid, final, minor or "Execution Complete", exit_code=code, state=usage)
 
-    async def _finish(self, job: _Job, cgroup: SlotCgroup) -> tuple[float | None, int]:
-        """After the process: kill what it left, collect outputs, remove work/; slot counters."""
-        if not self.isolated:  # nothing outlives bwrap; a plain job may have left processes
+    async def _finish(
+        self, job: _Job, cgroup: SlotCgroup, meter: SlotCgroup | ContainerCgroup | None = None
+    ) -> tuple[float | None, int]:
+        """After the process: kill what it left, collect outputs, remove work/; the counters
+        of the cgroup its processes were in (``meter``)."""
+        if job.runtime is None:  # nothing outlives a sandbox; a plain job may have left some
             for pid in cgroup.pids():
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-        counters = cgroup.counters()
+        counters = _counters(meter)
         # Moving outputs may take a while: in a thread; only linking the logs is quick.
         await _maybe_thread(bool(job.spec.outputs), collect_outputs, job.dir, job.spec.outputs)
         if not self.settings.local_keep_workdir:
@@ -268,16 +345,58 @@ class LocalBackend:
         return counters
 
     async def _wait(self, job: _Job) -> tuple[int, float]:
-        """Wait for the process to end, enforcing the wall-clock limit; reap it."""
+        """Wait for the process to end, enforcing the wall-clock limit; reap it. A podman
+        client killed (or that lost its race with a kill) leaves its container: removed."""
         assert job.proc is not None
-        limit = max(1, job.spec.cpu_time) * self.settings.local_wall_time_factor
+        limit = self._wall_seconds(job.spec)
         with sandbox.exit_watch(job.proc.pid) as job.exited:
             timer = asyncio.get_running_loop().call_later(limit, self._wall_limit, job)
             try:
                 await job.exited
             finally:
                 timer.cancel()
-        return sandbox.reap(job.proc)
+        status, cpu = sandbox.reap(job.proc)
+        if job.container is not None and self._podman is not None:
+            if os.WIFSIGNALED(status) or job.killed or job.timed_out:
+                await self._podman.remove(job.container)
+        return status, cpu
+
+    def _wall_seconds(self, spec: JobSpec) -> float:
+        return max(1, spec.cpu_time) * self.settings.local_wall_time_factor
+
+    def _launch(
+        self, job: _Job, out: int, err: int, cgroup: SlotCgroup, containers: ContainerCgroup | None
+    ) -> subprocess.Popen[bytes]:
+        """Start the job: in its image with the runtime, or without one as before."""
+        spec, image, work = job.spec, job.spec.image, job.dir / "work"
+        if image is None:
+            job.runtime = "bwrap" if self.isolated else None
+            return sandbox.launch(
+                spec.argv, work, stdout=out, stderr=err, cpu_time=spec.cpu_time,
+                isolated=self.isolated, network=spec.network, cgroup=cgroup, env=spec.env,
+            )  # fmt: skip
+        job.runtime, env = self.runtime, {**image.env, **spec.env}
+        if self.runtime == "podman":
+            assert self._podman is not None
+            job.container = f"{runtimes.CONTAINER_PREFIX}{spec.uuid}"
+            cmd = self._podman.command(
+                job.container, spec.argv, image, work, env, network=spec.network,
+                cpu_time=spec.cpu_time, wall_seconds=self._wall_seconds(spec), cgroup=containers,
+                memory_mb=self.settings.local_memory_mb,
+            )  # fmt: skip
+            # No launcher: the container's limits are podman's; its client is not the job.
+            return sandbox.spawn(cmd, work, out, err, self._podman.env)
+        container = None
+        if self.runtime == "apptainer":
+            assert self._runtime_command is not None
+            container = runtimes.apptainer_command(
+                self._runtime_command, spec.argv, image, work, env, network=spec.network
+            )
+        return sandbox.launch(
+            spec.argv, work, stdout=out, stderr=err, cpu_time=spec.cpu_time, isolated=True,
+            network=spec.network, cgroup=cgroup, env=env, rootfs=image.rootfs,
+            mount=image.workdir, container=container,
+        )  # fmt: skip
 
     def _wall_limit(self, job: _Job) -> None:
         if not job.killed:
@@ -298,7 +417,10 @@ class LocalBackend:
 
     def _signal(self, job: _Job, sig: int) -> None:
         if job.proc is not None and job.proc.returncode is None:  # not reaped: pid still ours
-            sandbox.signal_job(job.proc.pid, sig, isolated=self.isolated)
+            # podman's client passes SIGTERM on to its container; SIGKILL ends only the client
+            # (_wait then removes the container).
+            sandboxed = job.runtime is not None and job.runtime != "podman"
+            sandbox.signal_job(job.proc.pid, sig, isolated=sandboxed)
 
     def _update(self, uuid: str, status: JobStatus, minor: str, **kw: Any) -> StatusUpdate:
         now = datetime.now(UTC)
@@ -311,6 +433,10 @@ class LocalBackend:
     def _emit(self, uuid: str, status: JobStatus, minor: str, **kw: Any) -> None:
         self._pending.append(self._update(uuid, status, minor, **kw))
         self.changed.set()
+
+
+def _counters(meter: SlotCgroup | ContainerCgroup | None) -> tuple[float | None, int]:
+    return (None, 0) if meter is None else meter.counters()
 
 
 # File work (in threads where it may take a while).

@@ -44,8 +44,16 @@ _LAUNCHER = (
     'exec "$@"'
 )
 _HOST_DIRS = ("/usr", "/etc", "/opt")
-_MERGED_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+MERGED_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 _START_ERROR = re.compile(rf"^(bwrap|setpriv|{LAUNCHER_NAME}): ")
+#: A container runtime's own error, with the exit codes it uses for it: podman's (125: its
+#: error, 126: cannot run the command, 127: no such command), its init's (catatonit: the
+#: job's program cannot be run) and Apptainer's.
+_RUNTIME_ERRORS = (
+    ("podman", re.compile(r"^Error: "), (125, 126, 127)),
+    ("podman", re.compile(r"^ERROR \(catatonit:\d+\): failed to exec pid1: "), (1,)),
+    ("apptainer", re.compile(r"^FATAL: +"), (255,)),
+)
 
 
 def drops_privileges() -> bool:
@@ -81,7 +89,7 @@ def _host_root() -> tuple[str, ...]:
     for path in _HOST_DIRS:
         if os.path.isdir(path):
             args += ["--ro-bind", path, path]
-    for path in _MERGED_DIRS:
+    for path in MERGED_DIRS:
         if os.path.islink(path):  # merged /usr
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
@@ -137,6 +145,12 @@ def _drop_privileges(*, isolated: bool) -> list[str]:
     return [*drop, *([] if isolated else ["--pdeathsig=KILL"]), "--"]
 
 
+def privilege_drop() -> list[str]:
+    """The setpriv prefix that runs a command as JOB_UID (dying with its parent), for a server
+    running as root; empty otherwise."""
+    return _drop_privileges(isolated=False)
+
+
 def launch_prefix(cpu_time: int, cgroup_procs: Sequence[Path], *, isolated: bool) -> list[str]:
     """What runs before the command: the limits shell, then for a plain job of root, setpriv."""
     soft = max(1, cpu_time)
@@ -158,22 +172,39 @@ def launch(
     cgroup: SlotCgroup | None = None,
     rootfs: Path | None = None,
     mount: str = "/work",
+    container: Sequence[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a job's process in its own session; Popen returns once the launcher has exec'd.
 
     The launcher never gets the server's environment (settings, tokens): under bwrap the job
     gets PATH, HOME, TMPDIR and its own variables; without it, the same with HOME=workdir.
+    ``container``: the command of another runtime that runs the job (argv, env included), in
+    place of the bwrap line.
     """
     cmd = launch_prefix(cpu_time, cgroup.procs if cgroup else [], isolated=isolated)
-    cmd += build_command(argv, workdir, isolated=isolated, network=network, env=env, rootfs=rootfs)
+    if container is not None:
+        cmd += container
+    else:
+        cmd += build_command(
+            argv, workdir, isolated=isolated, network=network, env=env, rootfs=rootfs, mount=mount
+        )
     plain_env = {"HOME": str(workdir), "TMPDIR": JOB_TMP, **(env or {})}
+    return spawn(
+        cmd, workdir, stdout, stderr, {"PATH": SANDBOX_PATH, **({} if isolated else plain_env)}
+    )
+
+
+def spawn(
+    cmd: Sequence[str], cwd: Path, stdout: int, stderr: int, env: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
+    """Start a command in its own session (its process group is the job's), no stdin."""
     return subprocess.Popen(
-        cmd,
+        list(cmd),
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
-        cwd=workdir,
-        env={"PATH": SANDBOX_PATH, **({} if isolated else plain_env)},
+        cwd=cwd,
+        env=dict(env),
         start_new_session=True,
     )
 
@@ -243,9 +274,19 @@ def _descendants(pid: int) -> list[int]:
 
 
 def exit_reason(
-    status: int, cpu: float | None, cpu_time: int, *, isolated: bool, oom: bool, stderr: Path
+    status: int,
+    cpu: float | None,
+    cpu_time: int,
+    *,
+    isolated: bool,
+    oom: bool,
+    stderr: Path,
+    runtime: str | None = None,
+    program: str = "",
 ) -> tuple[str | None, int]:
-    """(None, 0) for a success, else (why the job failed, its exit code; 128+N for signal N)."""
+    """(None, 0) for a success, else (why the job failed, its exit code; 128+N for signal N).
+    ``runtime``: the container runtime that ran the job, whose own errors are recognised;
+    ``program``: the job's argv[0], named where such an error does not say it."""
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
     code = 128 + sig if sig else os.WEXITSTATUS(status)
     if isolated and 128 < code < 128 + 65:  # bwrap reports a job killed by N as 128+N
@@ -259,17 +300,29 @@ def exit_reason(
         return f"Application killed by signal {sig}", code
     if code == 0:
         return None, 0
-    error = start_error(_tail(stderr))
+    error = start_error(_tail(stderr), code, runtime=runtime, program=program)
     if error:
         return f"Cannot start application: {error}", code
     return f"Application exited with code {code}", code
 
 
-def start_error(stderr_tail: str) -> str | None:
-    """The launcher's or bwrap's own error (the job never ran), from the end of std.err."""
+def start_error(
+    stderr_tail: str, code: int | None = None, *, runtime: str | None = None, program: str = ""
+) -> str | None:
+    """The launcher's, bwrap's or the container runtime's own error (the job never ran), from
+    the end of std.err; a runtime's only with the exit code it gives for it."""
     lines = [line for line in stderr_tail.splitlines() if line.strip()]
-    if lines and _START_ERROR.match(lines[-1]):
-        return lines[-1].strip()
+    if not lines:
+        return None
+    last = lines[-1].strip()
+    if _START_ERROR.match(last):
+        return last
+    for name, pattern, codes in _RUNTIME_ERRORS:
+        if name == runtime and code in codes and pattern.match(last):
+            why = pattern.sub("", last, count=1).strip()
+            if "catatonit" in pattern.pattern:  # its "pid1" is the job's program
+                why = f"cannot run {program or 'the program'}: {why}"
+            return f"{name}: {why}"
     return None
 
 

@@ -335,3 +335,4 @@ def me(ctx: typer.Context) -> None:
     say(f"mode: {d['mode']}, signed in by {d['auth']}")
     for b in d["backends"]:
         say(Text("backend ").append_text(isolation(b["name"], b["isolation_problem"])))
+        say(f"        containers: {b['runtime']}")

@@ -39,6 +39,7 @@ def _banner(settings: Settings, login_url: str, platform: Platform) -> None:
     say(f"  Database:  {_database_kind(settings.database_url)}")
     for name, backend in platform.backends.items():
         say(Text("  Backend:   ").append_text(isolation(name, backend.isolation_problem)))
+        say(f"             containers: {backend.runtime_summary}")
     choice = platform.images.choice
     images = f"{settings.images_dir.resolve()}, built with {choice.summary}"
     say(f"  Images:    {images}", "" if choice.builder else "bold red")

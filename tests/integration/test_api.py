@@ -274,7 +274,9 @@ async def test_logs_are_read_by_offset(app: Running) -> None:
 async def test_me_says_whether_jobs_are_isolated(app: Running) -> None:
     me = (await app.client.get("/api/v1/me")).json()
     assert me["username"] == "local" and me["mode"] == "local"
-    assert me["backends"] == [{"name": "local", "isolated": True, "isolation_problem": None}]
+    [local] = me["backends"]
+    assert (local["name"], local["isolated"], local["isolation_problem"]) == ("local", True, None)
+    assert local["runtime"].startswith("bwrap (not apptainer:")
 
 
 async def test_openapi_is_served(app: Running) -> None:

@@ -239,7 +239,7 @@ def test_jobs_without_isolation_are_flagged_everywhere(tmp_path: Path, image_see
         detail = job_detail(server, job)
         assert detail["status"] == "Failed"
         assert detail["minor_status"].startswith(
-            "Cannot start application: its image needs bubblewrap (isolation is turned off"
+            "Cannot start application: its image needs a container runtime (isolation is turned off"
         )
     finally:
         if server.process is not None and server.process.poll() is None:
@@ -270,6 +270,7 @@ def test_the_cli_finds_the_token_in_the_data_dir(live_server: LiveServer) -> Non
     assert "Open this URL to log in (one-time link):" in banner
     assert f"{live_server.data_dir.resolve()}/api-token" in banner
     assert f"Images:    {live_server.data_dir.resolve()}/images, built with mmdebstrap" in banner
+    assert "containers: bwrap" in banner
     assert "sqlite+aiosqlite" not in banner and live_server.token not in banner
 
 

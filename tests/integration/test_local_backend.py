@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,34 +17,13 @@ from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
 from concordia.backends.cgroup import SlotCgroup
 from concordia.backends.local import LocalBackend
 from concordia.core.states import FINAL_STATES, JobStatus
-from concordia.settings import Settings
+from tests.integration.conftest import Factory
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
 
 S = JobStatus
 T = TypeVar("T")
-Factory = Callable[..., Awaitable[LocalBackend]]
 AS_ROOT = os.geteuid() == 0
-
-
-@pytest.fixture
-async def make_backend(tmp_path: Path) -> AsyncIterator[Factory]:
-    """Started backends on tmp_path/var (made 0700, as older versions did); closed after."""
-    started: list[LocalBackend] = []
-
-    async def make(**overrides: Any) -> LocalBackend:
-        values: dict[str, Any] = {"local_slots": 2, "kill_grace_seconds": 0.5}
-        values.update(overrides)
-        data_dir = tmp_path / "var"
-        data_dir.mkdir(mode=0o700, exist_ok=True)
-        backend = LocalBackend(Settings(data_dir=data_dir, **values))
-        await within(backend.start())
-        started.append(backend)
-        return backend
-
-    yield make
-    for backend in started:
-        await within(backend.close())
 
 
 async def within(awaitable: Awaitable[T], seconds: float = 15) -> T:

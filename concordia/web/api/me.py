@@ -14,6 +14,8 @@ class BackendInfo(BaseModel):
     name: str
     isolated: bool
     isolation_problem: str | None
+    #: The container runtime of jobs in images, and why not the others.
+    runtime: str
 
 
 class Me(BaseModel):
@@ -38,7 +40,12 @@ async def me(platform: PlatformDep, user: CurrentUser) -> Me:
         certificate_dn=None,
         proxy=None,
         backends=[
-            BackendInfo(name=n, isolated=b.isolated, isolation_problem=b.isolation_problem)
+            BackendInfo(
+                name=n,
+                isolated=b.isolated,
+                isolation_problem=b.isolation_problem,
+                runtime=b.runtime_summary,
+            )
             for n, b in platform.backends.items()
         ],
     )

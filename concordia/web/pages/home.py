@@ -19,7 +19,12 @@ async def home(request: Request, platform: PlatformDep) -> HTMLResponse:
 @router.get("/account", response_class=HTMLResponse)
 async def account(request: Request, platform: PlatformDep, user: PageUser) -> HTMLResponse:
     backends = [
-        {"name": name, "isolated": b.isolated, "problem": b.isolation_problem}
+        {
+            "name": name,
+            "isolated": b.isolated,
+            "problem": b.isolation_problem,
+            "runtime": b.runtime_summary,
+        }
         for name, b in platform.backends.items()
     ]
     return render(request, "account.html", identity=user, backends=backends, mode="local")
