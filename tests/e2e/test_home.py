@@ -24,7 +24,8 @@ def test_the_account_page_says_what_local_mode_knows(page: Page, live_server: Li
     sign_in(page, live_server)
     page.get_by_role("link", name="Account").click()
     expect(page.locator("h1")).to_have_text("Account")
-    expect(page.locator(".facts")).to_contain_text("jobs are isolated; jobs in images run with bwrap")
+    facts = page.locator(".facts")
+    expect(facts).to_contain_text("jobs are isolated; jobs in images run with bwrap")
     shot(page, "account")
 
 
