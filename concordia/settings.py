@@ -71,7 +71,7 @@ DEFAULT_CARDS = [
 
 
 #: Image builders in their default order of preference, and the formats a build can make.
-Builders = Literal["apptainer", "mmdebstrap"]
+Builders = Literal["apptainer", "mmdebstrap", "podman"]
 ImageFormats = Literal["squashfs", "oci"]
 
 
@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         description="What a build produces besides the rootfs jobs run on here.",
     )
     image_build_timeout: float = Field(default=3600, gt=0, description="Seconds per build.")
+    image_podman_bases: dict[str, str] = Field(
+        default_factory=dict,
+        description="The podman builder's base image of each Debian suite (suite -> image "
+        "reference, already pulled or imported into podman's storage: never pulled by builds); "
+        "without one the podman builder is not used.",
+    )
     sources: dict[str, SourceFile] = Field(
         default_factory=dict, description="Operator-provided build inputs by name (corsika)."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +18,14 @@ from concordia.images.builders import (
     finish_rootfs,
 )
 from concordia.images.formats import make_formats, missing_tools
+from concordia.images.podman import PodmanBuilder
 from concordia.images.store import ROOTFS, ImageStore, StoredImage
 
 #: What to install for each builder (Debian package names), shown when none is usable.
 INSTALL_HINTS = {
     "apptainer": "Apptainer (not in Debian 12: see apptainer.org)",
     "mmdebstrap": "apt-get install mmdebstrap",
+    "podman": "apt-get install podman runc",
 }
 
 
@@ -41,13 +44,26 @@ class BuilderChoice:
         return f"no image builder can run ({hints})"
 
 
-def choose_builder(order: list[str], formats: list[str]) -> BuilderChoice:
-    """The first builder of ``order`` that is installed, with the tools the formats need."""
+@dataclass(frozen=True)
+class PodmanSetup:
+    """What the podman builder needs from the settings."""
+
+    #: Debian suite -> base image reference in podman's storage (Settings.image_podman_bases).
+    bases: Mapping[str, str] = field(default_factory=dict)
+    #: Where Concordia's containers.conf for podman lives (the runtime of jobs shares it).
+    config_dir: Path | None = None
+
+
+def choose_builder(
+    order: list[str], formats: list[str], podman: PodmanSetup | None = None
+) -> BuilderChoice:
+    """The first builder of ``order`` that is installed (podman: whose probe build works),
+    with the tools the formats need."""
     problems: dict[str, str] = {}
     chosen: Builder | None = None
     missing = missing_tools(formats)
     for name in order:  # every one is probed, so that each can say why it is not used
-        builder = _probe(name)
+        builder = _probe(name, podman or PodmanSetup())
         if isinstance(builder, str):
             problems[name] = builder
         elif missing:
@@ -59,7 +75,14 @@ def choose_builder(order: list[str], formats: list[str]) -> BuilderChoice:
     return BuilderChoice(chosen, problems)
 
 
-def _probe(name: str) -> Builder | str:
+def _probe(name: str, podman: PodmanSetup) -> Builder | str:
+    if name == "podman":
+        command = shutil.which("podman")
+        if command is None:
+            return f"not installed ({INSTALL_HINTS['podman']})"
+        if podman.config_dir is None:
+            return "no data directory for its configuration was given"
+        return PodmanBuilder.probe(command, podman.config_dir, podman.bases)
     if name == "apptainer":
         command = shutil.which("apptainer") or shutil.which("singularity")
         if command is None:

@@ -1,4 +1,4 @@
-"""Image builders: a flattened recipe becomes a root filesystem (mmdebstrap, Apptainer)."""
+"""Image builders: a flattened recipe becomes a root filesystem (mmdebstrap, Apptainer, podman)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -24,7 +24,7 @@ _BUILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: The host's resolver and trust store, lent to the build steps (pip behind a TLS proxy).
 _HOST_FILES = ("/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt")
 #: Docs, man pages and translations are never needed by a batch job and weigh a lot.
-_DPKG_EXCLUDES = (
+DPKG_EXCLUDES = (
     "/usr/share/doc/*",
     "/usr/share/man/*",
     "/usr/share/info/*",
@@ -88,17 +88,26 @@ class Builder(Protocol):
 
 
 def run_logged(
-    cmd: Sequence[str], log: IO[str], *, timeout: float, cwd: Path | None = None
+    cmd: Sequence[str],
+    log: IO[str],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> None:
-    """Run a build command with its output in the log; BuildError if it fails or overruns."""
+    """Run a build command with its output in the log; BuildError if it fails or overruns.
+    ``env`` adds to the build environment; ``name`` is what the error names (its program)."""
     log.write(f"$ {shlex.join(cmd)}\n")
     log.flush()
-    env = {"PATH": _BUILD_PATH, "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+    name = name or Path(cmd[0]).name
+    variables = {"PATH": _BUILD_PATH, "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+    variables.update(env or {})
     # Killed with the server (SIGKILL included): its restart builds again, from scratch.
     guarded = [shutil.which("setpriv") or "setpriv", "--pdeathsig=KILL", "--", *cmd]
     proc = subprocess.Popen(
         guarded, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
-        env=env, start_new_session=True,
+        env=variables, start_new_session=True,
     )  # fmt: skip
     _RUNNING.add(proc)
     try:
@@ -106,14 +115,14 @@ def run_logged(
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        raise BuildError(f"{cmd[0]} took longer than {timeout:.0f} s") from None
+        raise BuildError(f"{name} took longer than {timeout:.0f} s") from None
     finally:
         _RUNNING.discard(proc)
         if proc.returncode is None:  # interrupted: leave nothing running
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     if code != 0:
-        raise BuildError(f"{Path(cmd[0]).name} failed with exit code {code}")
+        raise BuildError(f"{name} failed with exit code {code}")
 
 
 def fetch_sources(plan: BuildPlan, context: Path, log: IO[str]) -> dict[str, Path]:
@@ -219,7 +228,7 @@ class MmdebstrapBuilder:
         cmd = ["mmdebstrap", f"--variant={recipe.variant}"]
         if recipe.packages:
             cmd.append(f"--include={','.join(recipe.packages)}")
-        cmd += [f"--dpkgopt=path-exclude={pattern}" for pattern in _DPKG_EXCLUDES]
+        cmd += [f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES]
         run_logged([*cmd, recipe.suite, str(rootfs)], log, timeout=plan.timeout)
         # Not as an mmdebstrap hook: the extract variant runs none.
         customize(plan, context, rootfs, log)

@@ -18,7 +18,7 @@ from concordia.core.application import ApplicationDef, ParameterErrors, validate
 from concordia.core.recipe import Recipe, image_id
 from concordia.core.states import FINAL_STATES
 from concordia.db.tables import Image, Job, Submission, utcnow
-from concordia.images.build import choose_builder, run_build
+from concordia.images.build import PodmanSetup, choose_builder, run_build
 from concordia.images.builders import BuildError, BuildPlan, Source
 from concordia.images.store import ImageStore, StoredImage
 from concordia.logic.applications import ApplicationCatalog
@@ -85,7 +85,8 @@ def open_image_builds(settings: Settings) -> ImageBuilds:
     """The image store (half-made builds discarded) and the builder probed on this machine."""
     store = ImageStore(settings.images_dir)
     store.prepare()
-    choice = choose_builder(list(settings.image_builders), list(settings.image_formats))
+    podman = PodmanSetup(settings.image_podman_bases, settings.data_dir / "podman")
+    choice = choose_builder(list(settings.image_builders), list(settings.image_formats), podman)
     log.info("image builder: %s", choice.summary)
     return ImageBuilds(store, choice)
 
@@ -131,7 +132,7 @@ def plan_image(platform: Platform, app: ApplicationDef, build_args: dict[str, An
     if reason:
         raise Conflict(reason)
     recipe = flat_recipe(platform.catalog, app)
-    files = {dest: platform.catalog.directory / src for dest, src in recipe.files.items()}
+    files = {dest: platform.catalog.directory / src for src, dest in recipe.files.items()}
     digests = {dest: _file_digest(path) for dest, path in files.items()}
     sources = {}
     for name, use in recipe.sources.items():

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from concordia.logic import images
 from concordia.settings import SHIPPED_APPLICATIONS, Settings
 from tests.conftest import LiveServer, free_port, make_settings, running_app
 
@@ -39,6 +40,7 @@ build_args:
 parameters:
   jobs: {{type: int, default: 1, min: 1, max: 10}}
 {BUSYBOX}    - 'echo "made in the image: {{flavour}}" > /etc/concordia-proof'
+  files: {{proof.txt: /opt/proof/proof.txt}}
 """
 BROKEN_YAML = f"""
 name: broken
@@ -70,6 +72,7 @@ def apps(tmp_path: Path) -> Path:
         ("licensed", SOURCE_YAML),
     ]:  # fmt: skip
         (apps / f"{name}.yaml").write_text(text)
+    (apps / "proof.txt").write_text("copied in\n")
     return apps
 
 
@@ -119,6 +122,8 @@ async def test_an_image_is_built_once_then_selected(image_settings: Settings) ->
         assert end == {"status": "ready", "error": ""}
         assert "### step 2/2" in text and "built in" in text
         image = await wait_built(client, image_id)
+        rootfs = app.platform.images.store.path(image_id) / "rootfs"
+        assert (rootfs / "opt" / "proof" / "proof.txt").read_text() == "copied in\n"
         assert image["build_args"] == {"flavour": "vanilla"} and image["builder"].startswith(
             "mmdebstrap"
         )
@@ -328,3 +333,21 @@ def test_a_killed_server_leaves_no_half_image_and_builds_again(tmp_path: Path) -
     finally:
         client.close()
         server.kill(signal.SIGTERM)
+
+
+async def test_corsika_is_unavailable_until_its_source_is_configured(tmp_path: Path) -> None:
+    async with running_app(make_settings(tmp_path / "a")) as app:
+        view = (await app.client.get("/api/v1/applications/corsika")).json()
+        assert "its build needs the file 'corsika'" in view["unavailable"]
+        refused = await app.client.post("/api/v1/images", json={"application": "corsika"})
+        assert refused.status_code == 409 and "corsika" in refused.json()["detail"]
+    tarball = tmp_path / "corsika.tar.gz"
+    tarball.write_bytes(b"not really CORSIKA")
+    source = {"url": str(tarball), "sha256": hashlib.sha256(tarball.read_bytes()).hexdigest()}
+    async with running_app(make_settings(tmp_path / "b", sources={"corsika": source})) as app:
+        view = (await app.client.get("/api/v1/applications/corsika")).json()
+        assert view["unavailable"] is None
+        state = await images.image_state(app.platform, "corsika", {"he_model": "epos-lhc"})
+        other = await images.image_state(app.platform, "corsika", {})
+        assert state.problem is None and state.status is None  # buildable, not built yet
+        assert state.id and other.id and state.id != other.id
