@@ -1,0 +1,1 @@
+"""Authentication and credentials: IAM login, VO membership, x509 certificates and proxies."""
