@@ -132,7 +132,6 @@ class Reconciler:
                         source="JobScheduling",
                     )  # fmt: skip
                 elif image_status == BUILDING:
-                    job.backend_ref = None  # a rescheduled job's old ref names nothing now
                     transition(
                         session, job, JobStatus.WAITING, minor="Waiting for image",
                         source="JobScheduling",
@@ -154,19 +153,30 @@ class Reconciler:
 
     async def _submit(self, session: AsyncSession, backend: Backend, jobs: Sequence[Job]) -> None:
         runs = await self._runs_of(session, {job.submission_id for job in jobs})
-        specs = [self._spec(job, *runs[job.submission_id]) for job in jobs]
+        specs = []
+        for job in jobs:
+            app, image_id, image = runs[job.submission_id]
+            if image_id is not None and image is None:  # removed from the store by hand
+                minor = "Image files missing from the store: rebuild the image"
+                transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
+                continue
+            specs.append(self._spec(job, app, image))
+        if not specs:
+            return
         refs = await backend.submit(specs)
         by_uuid = {ref.uuid: ref for ref in refs}
         for job in jobs:
-            ref = by_uuid[job.uuid]
+            ref = by_uuid.get(job.uuid)
+            if ref is None:  # failed above
+                continue
             job.backend_ref = ref.ref
             job.backend_state = {**job.backend_state, **ref.state}
 
     async def _runs_of(
         self, session: AsyncSession, submission_ids: set[int]
-    ) -> dict[int, tuple[ApplicationDef, StoredImage | None]]:
-        """Each submission's application definition (as stored when it was first used) and
-        the image its jobs run in."""
+    ) -> dict[int, tuple[ApplicationDef, str | None, JobImage | None]]:
+        """Each submission's application definition (as stored when it was first used), its
+        image id, and the image its jobs run in (None too when its files are gone)."""
         rows = (
             await session.execute(
                 select(Submission.id, Submission.application_id, Submission.image_id).where(
@@ -183,11 +193,11 @@ class Reconciler:
                 self._definitions[app_id] = ApplicationDef.model_validate(definition)
         store = self.platform.images.store
         return {
-            sid: (self._definitions[app_id], store.get(image) if image else None)
+            sid: (self._definitions[app_id], image, _job_image(store.get(image)) if image else None)
             for sid, app_id, image in rows
         }
 
-    def _spec(self, job: Job, app: ApplicationDef, image: StoredImage | None) -> JobSpec:
+    def _spec(self, job: Job, app: ApplicationDef, image: JobImage | None) -> JobSpec:
         directory = self.platform.catalog.directory
         return JobSpec(
             uuid=job.uuid,
@@ -199,7 +209,7 @@ class Reconciler:
             cpu_time=app.cpu_time,
             network=app.network,
             jdl=job.jdl,
-            image=None if image is None else _job_image(image),
+            image=image,
         )
 
     def _watch(self, name: str, jobs: Sequence[Job | _Row]) -> None:
@@ -308,7 +318,9 @@ async def _rows_by_uuid(session: AsyncSession, uuids: set[str]) -> dict[str, _Ro
     return {row.uuid: _Row(*row) for row in result.all()}
 
 
-def _job_image(image: StoredImage) -> JobImage:
+def _job_image(image: StoredImage | None) -> JobImage | None:
+    if image is None:
+        return None
     squashfs = image.format_path("squashfs")
     return JobImage(
         id=image.id,

@@ -33,12 +33,17 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 def tmp_path(tmp_path: Path) -> Path:
     """pytest's own, made traversable: jobs of a server running as root run as an
     unprivileged uid that must pass through the data dir's parents (o+x lists nothing)."""
+    return traversable(tmp_path)
+
+
+def traversable(path: Path) -> Path:
+    """Give o+x to ``path`` and its parents, where a server running as root needs it."""
     if os.geteuid() == 0:
-        for path in [tmp_path, *tmp_path.parents]:
-            mode = path.stat().st_mode
+        for part in [path, *path.parents]:
+            mode = part.stat().st_mode
             if not mode & 0o001:
-                path.chmod(mode | 0o011)
-    return tmp_path
+                part.chmod(mode | 0o011)
+    return path
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
@@ -56,10 +61,7 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
 def image_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An image store holding the hello image, built once per test session for real (the
     tests of builds themselves build in their own store)."""
-    root = tmp_path_factory.mktemp("image-seed")
-    for path in [root, *root.parents]:  # as the tmp_path fixture does
-        if os.geteuid() == 0 and not path.stat().st_mode & 0o001:
-            path.chmod(path.stat().st_mode | 0o011)
+    root = traversable(tmp_path_factory.mktemp("image-seed"))
     settings = make_settings(root / "var")
 
     async def build() -> None:

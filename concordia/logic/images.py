@@ -20,10 +20,11 @@ from concordia.core.states import FINAL_STATES
 from concordia.db.tables import Image, Job, Submission, utcnow
 from concordia.images.build import PodmanSetup, choose_builder, run_build
 from concordia.images.builders import BuildError, BuildPlan, Source
-from concordia.images.store import ImageStore, StoredImage
+from concordia.images.store import FORMAT_FILES, ImageStore, StoredImage
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.errors import Conflict, Invalid, NotFound
 from concordia.logic.events import Event
+from concordia.logic.outputs import read_chunk
 from concordia.logic.platform import ImageBuilds, Platform
 from concordia.settings import Settings
 
@@ -94,10 +95,13 @@ def open_image_builds(settings: Settings) -> ImageBuilds:
 # Planning: configuration -> recipe, files, sources -> id. No database.
 def unavailable_reason(platform: Platform, app: ApplicationDef) -> str | None:
     """Why the application's image cannot be made here (an operator-provided file is not
-    configured, or no builder runs); None if it can."""
+    configured); None if it can."""
     if app.image is None:
         return None
-    recipe = flat_recipe(platform.catalog, app)
+    return _missing_source(platform, app, flat_recipe(platform.catalog, app))
+
+
+def _missing_source(platform: Platform, app: ApplicationDef, recipe: Recipe) -> str | None:
     for name, use in recipe.sources.items():
         if name not in platform.settings.sources:
             hint = f" {use.help}" if use.help else ""
@@ -128,10 +132,10 @@ def plan_image(platform: Platform, app: ApplicationDef, build_args: dict[str, An
     builder = platform.images.choice.builder
     if builder is None:
         raise Conflict(f"images cannot be built here: {platform.images.choice.summary}")
-    reason = unavailable_reason(platform, app)
+    recipe = flat_recipe(platform.catalog, app)
+    reason = _missing_source(platform, app, recipe)
     if reason:
         raise Conflict(reason)
-    recipe = flat_recipe(platform.catalog, app)
     files = {dest: platform.catalog.directory / src for src, dest in recipe.files.items()}
     digests = {dest: _file_digest(path) for dest, path in files.items()}
     sources = {}
@@ -185,7 +189,7 @@ async def select_or_build(
     if not force:  # the usual case, an image that exists: no write, no lock
         async with platform.reading() as session:
             view = await _find(session, plan.image_id)
-        if view is not None and view.status == READY and _complete(platform, view.id):
+        if view is not None and view.status == READY and platform.images.store.complete(view.id):
             return ImageSelection(selected=True, image=view)
     async with platform.writing() as session:  # one writer: the check and the claim are one
         row = await session.get(Image, plan.image_id)
@@ -222,12 +226,6 @@ def _adopt(stored: StoredImage) -> Image:
         rootfs_size=meta["rootfs_size"],
         built_at=utcnow(),
     )
-
-
-def _complete(platform: Platform, image: str) -> bool:
-    """The image's files are in the store (a ready row whose files were removed by hand is
-    rebuilt rather than handed to jobs)."""
-    return platform.images.store.complete(image)
 
 
 class ImageState(BaseModel):
@@ -365,19 +363,8 @@ async def _find(session: AsyncSession, image: str) -> ImageView | None:
 
 
 def _view(row: Image, jobs: int) -> ImageView:
-    return ImageView(
-        id=row.id,
-        application=row.application,
-        build_args=row.build_args,
-        status=row.status,
-        builder=row.builder,
-        formats={k: FormatView.model_validate(v) for k, v in row.formats.items()},
-        rootfs_size=row.rootfs_size,
-        created_at=row.created_at,
-        built_at=row.built_at,
-        error=row.error,
-        jobs=jobs,
-    )
+    fields = {name: getattr(row, name) for name in ImageView.model_fields if name != "jobs"}
+    return ImageView.model_validate({**fields, "jobs": jobs})
 
 
 async def delete_image(platform: Platform, image: str) -> None:
@@ -401,44 +388,30 @@ async def delete_image(platform: Platform, image: str) -> None:
     _publish(platform, row)
 
 
-async def image_file(platform: Platform, image: str, fmt: str) -> Path:
-    """The file of one format of a ready image (for download)."""
+async def image_file(platform: Platform, image: str, fmt: str) -> tuple[Path, ImageView]:
+    """The file of one format of a ready image (for download), and the image."""
     view = await get_image(platform, image)
     if fmt not in view.formats:
         raise NotFound(f"image {image} has no {fmt} format")
-    stored = platform.images.store.get(image)
-    if stored is None:
-        raise NotFound(f"image {image} has no files")
-    return stored.format_path(fmt)
+    return platform.images.store.path(image) / FORMAT_FILES[fmt], view
 
 
 # Build logs.
-async def read_log(platform: Platform, image: str, offset: int = 0) -> tuple[str, int]:
-    """The build log from byte ``offset``: (text, next offset)."""
-    await get_image(platform, image)
-    path = platform.images.store.log_path(image)
-    limit = platform.settings.max_log_chunk
-    return await asyncio.to_thread(_read_from, path, offset, limit)
-
-
-def _read_from(path: Path, offset: int, limit: int) -> tuple[str, int]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, offset))
-            data = f.read(limit)
-    except FileNotFoundError:
-        return "", offset
-    # Whole lines only (so never half a UTF-8 character), unless a line outgrows the chunk.
-    end = data.rfind(b"\n") + 1 or len(data)
-    return data[:end].decode(errors="replace"), max(0, offset) + end
+async def read_log(platform: Platform, image: str, offset: int = 0) -> tuple[str, int, str]:
+    """The build log from byte ``offset``: (text, next offset, the image's status)."""
+    if offset < 0:
+        raise Invalid("offset", "must be >= 0", location="query")
+    view = await get_image(platform, image)
+    path, limit = platform.images.store.log_path(image), platform.settings.max_log_chunk
+    text, next_offset, _ = await asyncio.to_thread(read_chunk, path, offset, limit)
+    return text, next_offset, view.status
 
 
 async def follow_log(platform: Platform, image: str, offset: int = 0) -> AsyncIterator[str]:
     """The build log as it grows, until the build ends (then the rest, and stop)."""
     async with platform.bus.subscribe() as events:
         while True:
-            status = (await get_image(platform, image)).status
-            text, offset = await read_log(platform, image, offset)
+            text, offset, status = await read_log(platform, image, offset)
             if text:
                 yield text
                 continue

@@ -248,6 +248,7 @@ def requeue(session: AsyncSession, job: Job, *, minor: str, source: str) -> None
     job.reschedule_count += 1
     job.exit_code = None
     job.started_at = job.ended_at = None
+    job.backend_ref = None  # handed over again (a new run; a grid gives it a new id)
 
 
 async def delete_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:

@@ -54,6 +54,21 @@ def read_log(jobs_dir: Path, job: Job, stream: Stream, offset: int, limit: int) 
     if offset < 0:
         raise Invalid("offset", "must be >= 0", location="query")
     path = job_dir(jobs_dir, job) / _LOG_FILES[stream]
+    text, next_offset, size = read_chunk(path, offset, limit)
+    final = JobStatus(job.status).is_final and next_offset >= size
+    return LogChunk(
+        stream=stream,
+        offset=offset,
+        next_offset=next_offset,
+        size=size,
+        data=text,
+        final=final,
+    )
+
+
+def read_chunk(path: Path, offset: int, limit: int) -> tuple[str, int, int]:
+    """A growing text file from byte ``offset``: (text, next offset, file size); a missing
+    file reads as empty. Never splits a UTF-8 character: an incomplete tail waits."""
     data = b""
     size = 0
     try:
@@ -63,19 +78,8 @@ def read_log(jobs_dir: Path, job: Job, stream: Stream, offset: int, limit: int) 
             data = fh.read(limit)
     except FileNotFoundError:
         pass
-    # Never split a UTF-8 character between chunks: hold back an incomplete tail.
-    cut = _utf8_complete(data)
-    data = data[:cut]
-    next_offset = offset + len(data)
-    final = JobStatus(job.status).is_final and next_offset >= size
-    return LogChunk(
-        stream=stream,
-        offset=offset,
-        next_offset=next_offset,
-        size=size,
-        data=data.decode("utf-8", errors="replace"),
-        final=final,
-    )
+    data = data[: _utf8_complete(data)]
+    return data.decode("utf-8", errors="replace"), offset + len(data), size
 
 
 def _utf8_complete(data: bytes) -> int:

@@ -15,15 +15,8 @@ import pytest
 
 from tests.conftest import LiveServer, free_port
 from tests.integration.test_cli import cli, ok
+from tests.integration.test_images import BUSYBOX
 
-BUSYBOX = """
-image:
-  variant: extract
-  packages: [busybox-static]
-  shell: /bin/busybox sh
-  steps:
-    - /bin/busybox --install -s /bin
-"""
 TOY_YAML = f"""
 name: toy
 title: Toy

@@ -351,3 +351,37 @@ async def test_corsika_is_unavailable_until_its_source_is_configured(tmp_path: P
         other = await images.image_state(app.platform, "corsika", {})
         assert state.problem is None and state.status is None  # buildable, not built yet
         assert state.id and other.id and state.id != other.id
+
+
+SLEEPY_YAML = f"""
+name: sleepy
+title: Sleepy
+command: "sleep 60"
+cpu_time: 120
+batch: {{count: jobs}}
+parameters:
+  jobs: {{type: int, default: 2, min: 1, max: 10}}
+{BUSYBOX}"""
+
+
+async def test_jobs_never_run_without_their_image(tmp_path: Path, apps: Path) -> None:
+    (apps / "sleepy.yaml").write_text(SLEEPY_YAML)
+    settings = make_settings(tmp_path / "var", applications_dir=apps, local_slots=1)
+    async with running_app(settings) as app:
+        submitted = (
+            await app.client.post("/api/v1/submissions", json={"application": "sleepy"})
+        ).json()
+        deadline = time.monotonic() + 120
+        while True:  # one job running, the other waiting for the slot
+            page = (await app.client.get(f"/api/v1/jobs?submission={submitted['id']}")).json()
+            if sorted(j["status"] for j in page["items"]) == ["Running", "Waiting"]:
+                break
+            assert time.monotonic() < deadline, page
+            await asyncio.sleep(0.1)
+    # While the server is down, the image's files are removed by hand.
+    shutil.rmtree(settings.images_dir / submitted["image_id"])
+    async with running_app(settings) as app:
+        jobs = await wait_jobs_final(app.client, submitted["id"])
+        assert [(j["status"], j["minor_status"]) for j in jobs] == [
+            ("Failed", "Image files missing from the store: rebuild the image")
+        ] * 2

@@ -75,8 +75,7 @@ async def build_log(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> PlainTextResponse:
     """The build log from byte ``offset``; X-Log-Offset is where to continue from."""
-    text, next_offset = await images.read_log(platform, images.checked_id(image_id), offset)
-    status = (await images.get_image(platform, image_id)).status
+    text, next_offset, status = await images.read_log(platform, images.checked_id(image_id), offset)
     headers = {"X-Log-Offset": str(next_offset), "X-Image-Status": status}
     return PlainTextResponse(text, headers=headers)
 
@@ -107,7 +106,6 @@ async def follow_build_log(
 async def download(
     image_id: str, fmt: Literal["squashfs", "oci"], platform: PlatformDep, _user: CurrentUser
 ) -> FileResponse:
-    path = await images.image_file(platform, images.checked_id(image_id), fmt)
-    view = await images.get_image(platform, image_id)
+    path, view = await images.image_file(platform, images.checked_id(image_id), fmt)
     name = f"{view.application}-{image_id[:12]}.{_SUFFIX[fmt]}"
     return FileResponse(path, media_type=_MEDIA[fmt], filename=name)

@@ -63,7 +63,7 @@ async def _detail(
     problem: str | None = None,
 ) -> HTMLResponse:
     view = await images.get_image(platform, images.checked_id(image_id))
-    log, offset = await images.read_log(platform, view.id, 0)
+    log, offset, _ = await images.read_log(platform, view.id, 0)
     return render(
         request,
         "image.html",

@@ -1,4 +1,5 @@
-// Concordia's little client code: live job changes over Server-Sent Events. No build step.
+// Concordia's little client code shared by the pages: live changes over Server-Sent Events,
+// and small timing helpers. No build step.
 "use strict";
 
 // Calls onJob(data) for every change of the signed-in user's jobs, reconnecting on errors.
@@ -8,3 +9,20 @@ function concordiaJobEvents(onJob) {
   return source;
 }
 window.concordiaJobEvents = concordiaJobEvents;
+
+// Calls onImage(data) for every image change ({id, application, status}); onReady once the
+// stream listens (changes before that were not sent: catch up then).
+function concordiaImageEvents(onImage, onReady) {
+  const source = new EventSource("/api/v1/events");
+  source.addEventListener("image", (event) => onImage(JSON.parse(event.data)));
+  source.addEventListener("ready", onReady);
+  return source;
+}
+window.concordiaImageEvents = concordiaImageEvents;
+
+// fn, called at most once per ms however often the returned function is called.
+window.concordiaDebounce = (fn, ms) => {
+  let timer = null;
+  return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
+};
+window.concordiaSleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -3,20 +3,8 @@
 "use strict";
 
 (() => {
-  const debounce = (fn, ms) => {
-    let timer = null;
-    return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
-  };
-  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-  // Calls onImage(data) for every image change ({id, application, status}); onReady once
-  // the stream listens (changes before that were not sent: catch up then).
-  function imageEvents(onImage, onReady) {
-    const source = new EventSource("/api/v1/events");
-    source.addEventListener("image", (event) => onImage(JSON.parse(event.data)));
-    source.addEventListener("ready", onReady);
-    return source;
-  }
+  const debounce = window.concordiaDebounce;
+  const sleep = window.concordiaSleep;
 
   function catalogue(holder) {
     const application = holder.dataset.application;
@@ -24,7 +12,7 @@
     const refresh = debounce(() => {
       htmx.ajax("GET", url, { target: "#images-table", swap: "innerHTML" });
     }, 300);
-    imageEvents((image) => { if (!application || image.application === application) refresh(); }, refresh);
+    concordiaImageEvents((image) => { if (!application || image.application === application) refresh(); }, refresh);
   }
 
   function imagePage(root) {
@@ -103,7 +91,7 @@
       };
     }
 
-    imageEvents((image) => {
+    concordiaImageEvents((image) => {
       if (image.id !== id || following) return;
       if (image.status === "building") { // built again (here or elsewhere): a new log
         pre.textContent = "";
@@ -125,7 +113,7 @@
   // The Concordia form: when the image it shows changes (its build starts or ends), the
   // form is checked again, which renders the image line anew.
   function watchForm(checked) {
-    imageEvents((image) => {
+    concordiaImageEvents((image) => {
       const line = document.querySelector("[data-image-watch]");
       if (line && line.dataset.imageWatch === image.id) htmx.trigger(checked, "change");
     }, () => {});

@@ -2,11 +2,8 @@
 "use strict";
 
 (() => {
-  const debounce = (fn, ms) => {
-    let timer = null;
-    return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
-  };
-  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const debounce = window.concordiaDebounce;
+  const sleep = window.concordiaSleep;
   const shortTime = (iso) => iso.replace("T", " ").slice(0, 19);
 
   // Status, minor status and update time of one job, wherever they are shown under root.
