@@ -69,7 +69,7 @@
     });
     // Changes between the page's rendering and the stream's (re)connection are not sent:
     // catch up once connected.
-    source.addEventListener("open", () => { refreshTable(); refreshCounts(); });
+    source.addEventListener("ready", () => { refreshTable(); refreshCounts(); });
     updateSelection();
   }
 
@@ -113,7 +113,8 @@
       showJob(head, job);
       refreshParts();
     });
-    source.addEventListener("open", async () => {
+    // "ready": the server listens from now on; what changed before is read once.
+    source.addEventListener("ready", async () => {
       const response = await fetch(`/api/v1/jobs/${jobId}`, { headers: { Accept: "application/json" } });
       if (response.ok) showJob(head, await response.json());
       refreshParts();
