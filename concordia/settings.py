@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -82,6 +82,28 @@ class SourceFile(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Its checksum, checked at build.")
 
 
+class VoConfig(BaseModel):
+    """A collaboration Concordia recognises, and the IAM groups that make someone a member."""
+
+    title: str = Field(description="As people write it, e.g. KM3NeT.")
+    groups: list[str] = Field(
+        description="IAM group paths (e.g. /escape/cta); members of a subgroup are members too."
+    )
+    dirac_group: str = Field(
+        default="", description="The DIRAC group its jobs run under; empty: <vo>_user."
+    )
+
+
+#: ESCAPE's IAM: the experiments are subgroups of /escape (configuration, not code).
+DEFAULT_VOS = {
+    "escape": VoConfig(title="ESCAPE", groups=["/escape"]),
+    "cta": VoConfig(title="CTA", groups=["/escape/cta"]),
+    "km3net": VoConfig(title="KM3NeT", groups=["/escape/km3net"]),
+}
+
+ProxySource = Literal["iam", "upload"]
+
+
 class Settings(BaseSettings):
     """Everything configurable. Every default is the embedded one (SQLite, local backend)."""
 
@@ -99,7 +121,60 @@ class Settings(BaseSettings):
     public_url: str = Field(default="", description="URL users open; empty: http://host:port.")
     applications_dir: Path = SHIPPED_APPLICATIONS
 
-    local_user: str = Field(default="local", description="The user of local mode (no IdP).")
+    local_user: str = Field(
+        default="local",
+        description="The user of local mode (no issuer): a member of every configured VO.",
+    )
+
+    # IAM (OpenID Connect). No issuer: local mode, a one-time sign-in link at start.
+    oidc_issuer: str = Field(default="", description="e.g. https://iam-escape.cloud.cnaf.infn.it/")
+    oidc_client_id: str = ""
+    oidc_client_secret: SecretStr = SecretStr("")
+    oidc_scopes: list[str] = Field(
+        default_factory=lambda: ["openid", "profile", "email", "offline_access", "wlcg.groups"],
+        description="Asked at sign-in; scim:read and proxy:generate are added when enabled.",
+    )
+    oidc_audience: str = Field(
+        default="", description="The aud bearer tokens must carry; empty: not checked."
+    )
+    oidc_cli_client_id: str = Field(
+        default="",
+        description="A public IAM client with the device flow, for `concordia login`; "
+        "empty: the CLI cannot sign in with IAM.",
+    )
+    oidc_scim_scope: bool = Field(
+        default=False, description="Ask for scim:read (IAM before 1.10 needs it for /scim/Me)."
+    )
+    oidc_http_timeout: float = Field(default=10.0, gt=0, description="Seconds per call to IAM.")
+    vos: dict[str, VoConfig] = Field(
+        default_factory=lambda: dict(DEFAULT_VOS),
+        description="The VOs recognised, by name, from the IAM groups of the user's token.",
+    )
+
+    cli_tokens_file: Path = Field(
+        default_factory=lambda: Path.home() / ".config" / "concordia" / "tokens.json",
+        description="Where `concordia login` keeps the CLI's IAM tokens (0600), per server.",
+    )
+
+    # Proxies.
+    proxy_sources: list[ProxySource] = Field(
+        default_factory=lambda: list[ProxySource](["upload"]),
+        description="Where proxies come from, in order: iam (IAM's managed proxy: asks for "
+        "the proxy:generate scope), upload (signed from the user's uploaded certificate).",
+    )
+    proxy_lifetime_hours: float = Field(default=48, gt=0, description="Of a new proxy.")
+    proxy_min_lifetime_hours: float = Field(
+        default=24, ge=0, description="Left on a proxy before a submission that needs one."
+    )
+    proxy_dirac_group: bool = Field(
+        default=False, description="Write the VO's DIRAC group into signed proxies."
+    )
+    max_credential_bytes: int = Field(default=64 * 1024, ge=1024)
+    encryption_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Fernet keys for secrets at rest, newest first (older ones still decrypt); "
+        "empty: a key generated in the data dir.",
+    )
     cards: list[Card] = Field(
         default_factory=lambda: list(DEFAULT_CARDS), description="The home page's services."
     )
@@ -158,7 +233,20 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'concordia.db'}"
         if not self.public_url:
             self.public_url = f"http://{self.host}:{self.port}"
+        self.oidc_issuer = self.oidc_issuer.rstrip("/")
+        if self.oidc_issuer and not self.oidc_client_id:
+            raise ValueError("oidc_client_id is needed with oidc_issuer")
         return self
+
+    @property
+    def iam_mode(self) -> bool:
+        return bool(self.oidc_issuer)
+
+    def login_scopes(self) -> list[str]:
+        extra = ["scim:read"] * self.oidc_scim_scope + ["proxy:generate"] * (
+            "iam" in self.proxy_sources
+        )
+        return list(dict.fromkeys([*self.oidc_scopes, *extra]))
 
     @classmethod
     def settings_customise_sources(
@@ -199,3 +287,7 @@ class Settings(BaseSettings):
     @property
     def secret_key_file(self) -> Path:
         return self.data_dir / "secret-key"
+
+    @property
+    def encryption_key_file(self) -> Path:
+        return self.data_dir / "encryption-key"

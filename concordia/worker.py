@@ -22,6 +22,7 @@ from concordia.images.store import StoredImage
 from concordia.logic.images import BUILDING, FAILED
 from concordia.logic.jobs import backend_ref, publish_jobs, record_status, requeue, transition
 from concordia.logic.platform import Platform
+from concordia.logic.proxies import usable_proxy
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class Reconciler:
 
     async def _submit(self, session: AsyncSession, backend: Backend, jobs: Sequence[Job]) -> None:
         runs = await self._runs_of(session, {job.submission_id for job in jobs})
+        proxies: dict[int, bytes | None] = {}
         specs = []
         for job in jobs:
             app, image_id, image = runs[job.submission_id]
@@ -160,7 +162,16 @@ class Reconciler:
                 minor = "Image files missing from the store: rebuild the image"
                 transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
                 continue
-            specs.append(self._spec(job, app, image))
+            proxy = None
+            if app.proxy:
+                if job.owner_id not in proxies:
+                    proxies[job.owner_id] = await usable_proxy(self.platform, job.owner_id)
+                proxy = proxies[job.owner_id]
+                if proxy is None:  # checked at submission; forgotten or expired since
+                    minor = "No valid proxy: get one on the account page, then reschedule"
+                    transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
+                    continue
+            specs.append(self._spec(job, app, image, proxy))
         if not specs:
             return
         refs = await backend.submit(specs)
@@ -197,7 +208,9 @@ class Reconciler:
             for sid, app_id, image in rows
         }
 
-    def _spec(self, job: Job, app: ApplicationDef, image: JobImage | None) -> JobSpec:
+    def _spec(
+        self, job: Job, app: ApplicationDef, image: JobImage | None, proxy: bytes | None
+    ) -> JobSpec:
         directory = self.platform.catalog.directory
         return JobSpec(
             uuid=job.uuid,
@@ -210,6 +223,7 @@ class Reconciler:
             network=app.network,
             jdl=job.jdl,
             image=image,
+            proxy=proxy,
         )
 
     def _watch(self, name: str, jobs: Sequence[Job | _Row]) -> None:

@@ -26,6 +26,7 @@ from concordia.logic.platform import Platform
 from concordia.settings import Settings
 from concordia.web.app import create_app
 
+pytest_plugins = ["tests.iam.fixtures"]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -143,11 +144,13 @@ async def running_app(settings: Settings) -> AsyncIterator[Running]:
             ) as client:
                 yield client
 
-        token = settings.api_token_file.read_text().strip()
+        # In IAM mode there is no local user: the client then has no token.
+        local = settings.api_token_file
+        token = local.read_text().strip() if local.exists() else None
         async with httpx.AsyncClient(
             transport=transport,
             base_url="http://testserver",
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
         ) as client:
             yield Running(platform, client, settings, new_client, ready[0])
 
@@ -216,7 +219,9 @@ class LiveServer:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    if (self.data_dir / "api-token").exists():
+                    # Local mode writes the CLI's token at start; IAM mode has none.
+                    iam_mode = bool(self.env.get("CONCORDIA_OIDC_ISSUER"))
+                    if iam_mode or (self.data_dir / "api-token").exists():
                         return
             except httpx.HTTPError:
                 pass

@@ -197,6 +197,21 @@ def load_credential(data: bytes, password: str | None) -> Credential:
     return cred
 
 
+def credential_pem(cred: Credential) -> bytes:
+    """The credential as PEM (certificate, chain, unencrypted key): only ever stored encrypted."""
+    return _certs_pem([cred.certificate, *cred.chain]) + _key_pem(cred.key)
+
+
+def _key_pem(key: UserKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _certs_pem(certs: list[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
 def check_credential(cred: Credential, expected_dn: str | None, now: datetime) -> None:
     """Refuse a certificate outside its validity or of another DN than the account's."""
     cert = cred.certificate
@@ -289,14 +304,7 @@ def make_proxy(
             x509.UnrecognizedExtension(DIRAC_GROUP_OID, value), critical=False
         )
     proxy = builder.sign(cred.key, hashes.SHA256())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    certs = [user, *cred.chain]
-    pem = proxy.public_bytes(serialization.Encoding.PEM) + key_pem
-    return pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+    return _certs_pem([proxy]) + _key_pem(key) + _certs_pem([user, *cred.chain])
 
 
 def _dirac_group(cert: x509.Certificate) -> str | None:

@@ -39,6 +39,8 @@ class JobSpec(BaseModel):
     jdl: str = ""
     #: None: the job runs on the host's system directories.
     image: JobImage | None = None
+    #: The owner's X.509 proxy (PEM) for jobs that need one: a 0600 file while the job runs.
+    proxy: bytes | None = Field(default=None, repr=False, exclude=True)
 
 
 class BackendRef(BaseModel):

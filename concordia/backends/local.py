@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 _UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _T = TypeVar("_T")
+#: The proxy of a job that needs one, in its work directory; removed before outputs are taken.
+PROXY_FILE = ".x509up"
 
 
 @dataclass(eq=False)
@@ -333,6 +335,7 @@ class LocalBackend:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
         counters = _counters(meter)
+        (job.dir / "work" / PROXY_FILE).unlink(missing_ok=True)  # used: never an output, gone
         # Moving outputs may take a while: in a thread; only linking the logs is quick.
         await _maybe_thread(bool(job.spec.outputs), collect_outputs, job.dir, job.spec.outputs)
         if not self.settings.local_keep_workdir:
@@ -371,11 +374,14 @@ class LocalBackend:
         spec, image, work = job.spec, job.spec.image, job.dir / "work"
         if image is None:
             job.runtime = "bwrap" if self.isolated else None
+            inside = "/work" if self.isolated else str(work)
             return sandbox.launch(
                 spec.argv, work, stdout=out, stderr=err, cpu_time=spec.cpu_time,
-                isolated=self.isolated, network=spec.network, cgroup=cgroup, env=spec.env,
+                isolated=self.isolated, network=spec.network, cgroup=cgroup,
+                env={**spec.env, **_proxy_env(spec, inside)},
             )  # fmt: skip
-        job.runtime, env = self.runtime, {**image.env, **spec.env}
+        job.runtime = self.runtime
+        env = {**image.env, **spec.env, **_proxy_env(spec, image.workdir)}
         if self.runtime == "podman":
             assert self._podman is not None
             job.container = f"{runtimes.CONTAINER_PREFIX}{spec.uuid}"
@@ -439,6 +445,11 @@ def _counters(meter: SlotCgroup | ContainerCgroup | None) -> tuple[float | None,
     return (None, 0) if meter is None else meter.counters()
 
 
+def _proxy_env(spec: JobSpec, workdir: str) -> dict[str, str]:
+    """Where grid tools in the job find the proxy (the work directory, as the job sees it)."""
+    return {"X509_USER_PROXY": f"{workdir}/{PROXY_FILE}"} if spec.proxy is not None else {}
+
+
 # File work (in threads where it may take a while).
 def _prepare(job: _Job) -> tuple[int, int]:
     """A clean job directory with the inputs in work/; the opened logs."""
@@ -457,6 +468,10 @@ def _prepare(job: _Job) -> tuple[int, int]:
                 shutil.copyfile(src, work / src.name)
     except OSError as exc:
         raise _CannotStart(f"input file {exc.filename}: {exc.strerror or exc}") from exc
+    if job.spec.proxy is not None:
+        fd = os.open(work / PROXY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(job.spec.proxy)
     sandbox.hand_over(work)
     (jd / "outputs").mkdir(mode=0o700)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC

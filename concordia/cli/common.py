@@ -20,6 +20,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Column, Table
 from rich.text import Text
 
+from concordia.cli.tokens import access_token
 from concordia.settings import Settings
 
 app = typer.Typer(
@@ -31,7 +32,10 @@ app = typer.Typer(
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 POLL_SECONDS = 0.5
-NOT_AUTHENTICATED = "not authenticated: check --token / CONCORDIA_TOKEN or the api-token file"
+NOT_AUTHENTICATED = (
+    "not authenticated: run `concordia login` (IAM), or check --token / CONCORDIA_TOKEN or "
+    "the api-token file (local mode)"
+)
 NO_ISOLATION = "jobs run WITHOUT isolation"
 STATUS_STYLES = {"Done": "green", "Failed": "red", "Killed": "yellow", "Running": "cyan"}
 
@@ -95,7 +99,7 @@ class Api:
 
     def client(self) -> httpx.Client:
         if self._client is None:
-            token = self.token_option
+            token = self.token_option or access_token(get_settings().cli_tokens_file, self.url)
             if not token:
                 try:
                     token = get_settings().api_token_file.read_text()
@@ -109,6 +113,11 @@ class Api:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+            self._client = None
+
+    def use_token(self, token: str) -> None:
+        self.token_option = token
+        self.close()
 
     @contextmanager
     def reaching(self) -> Iterator[None]:
@@ -151,7 +160,9 @@ def _global_options(
         None, envvar="CONCORDIA_URL", help="Concordia's URL (default: its public_url setting)."
     ),
     token: str | None = typer.Option(
-        None, envvar="CONCORDIA_TOKEN", help="API token (default: the data dir's api-token)."
+        None,
+        envvar="CONCORDIA_TOKEN",
+        help="API token (default: `concordia login`'s IAM token, else the data dir's api-token).",
     ),
 ) -> None:
     ctx.obj = Api(url, token)

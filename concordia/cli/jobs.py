@@ -27,7 +27,6 @@ from concordia.cli.common import (
     err,
     error_lines,
     fail,
-    isolation,
     out,
     pairs,
     print_json,
@@ -325,14 +324,3 @@ def reschedule(ctx: typer.Context, jobs: list[int] = JOBS_ARG) -> None:
 def remove(ctx: typer.Context, jobs: list[int] = JOBS_ARG) -> None:
     """Delete jobs and their files (kill running ones first)."""
     _act(ctx, "DELETE", "", jobs)
-
-
-@app.command()
-def me(ctx: typer.Context) -> None:
-    """Who you are to the server, and where your jobs can run."""
-    d = api_of(ctx).call("GET", "/me")
-    say(f"{d['username']} ({d['display_name'] or 'no display name'})", "bold")
-    say(f"mode: {d['mode']}, signed in by {d['auth']}")
-    for b in d["backends"]:
-        say(Text("backend ").append_text(isolation(b["name"], b["isolation_problem"])))
-        say(f"        containers: {b['runtime']}")

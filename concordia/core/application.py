@@ -153,6 +153,10 @@ class ApplicationDef(BaseModel):
     priority: int = Field(default=1, ge=0, le=10)
     tags: list[str] = Field(default_factory=list)
     network: bool = False
+    proxy: bool = Field(
+        default=False,
+        description="Jobs need the user's X.509 proxy (X509_USER_PROXY), e.g. for grid storage.",
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> ApplicationDef:

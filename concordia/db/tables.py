@@ -1,4 +1,5 @@
-"""The database tables (SQLAlchemy 2): users, tokens, applications in use, submissions, jobs."""
+"""The database tables (SQLAlchemy 2): users and their secrets, tokens, applications in use,
+submissions, jobs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -63,6 +65,31 @@ class User(Base):
     display_name: Mapped[str] = mapped_column(String(256), default="")
     email: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: An IAM account: its issuer and subject (empty for the local user).
+    issuer: Mapped[str] = mapped_column(String(256), default="")
+    subject: Mapped[str] = mapped_column(String(256), default="")
+    #: IAM groups (/escape/cta) at the last sign-in or token seen.
+    groups: Mapped[list[Any]] = mapped_column(default=list)
+    #: The last reading of IAM's /scim/Me (logic.accounts.ScimReading), or {}.
+    scim: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (Index("ix_users_issuer_subject", "issuer", "subject"),)
+
+
+class UserSecret(Base):
+    """A user's secret, encrypted (auth.vault): IAM tokens, an uploaded credential, a proxy.
+    ``info`` holds what may be shown (DN, expiry, source); never the secret."""
+
+    __tablename__ = "user_secrets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # iam_tokens | credential | proxy
+    ciphertext: Mapped[str] = mapped_column(Text)
+    info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("user_id", "kind", name="uq_user_secrets_user_kind"),)
 
 
 class ApiToken(Base):

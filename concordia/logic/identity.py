@@ -8,10 +8,11 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from concordia.auth.groups import Membership
 from concordia.db.tables import ApiToken, User, utcnow
 
 LOGIN_TOKEN_LIFETIME = timedelta(hours=12)
@@ -23,7 +24,19 @@ class Identity(BaseModel):
     user_id: int
     username: str
     display_name: str
-    auth: str  # "token" | "session"
+    auth: str  # "token" | "session" | "iam-token"
+    groups: list[str] = Field(default_factory=list)
+    memberships: list[Membership] = Field(default_factory=list)
+    #: The caller's IAM access token when they authenticated with it (the CLI after
+    #: `concordia login`): IAM calls made for them use it. Never shown.
+    iam_token: str | None = Field(default=None, exclude=True, repr=False)
+
+    @property
+    def vos(self) -> list[str]:
+        return [m.vo for m in self.memberships]
+
+    def membership(self, vo: str) -> Membership | None:
+        return next((m for m in self.memberships if m.vo == vo), None)
 
 
 def digest(token: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from concordia.auth.oidc import Iam
+from concordia.auth.vault import Vault
 from concordia.backends.base import Backend
 from concordia.db.tables import JobStatusHistory
 from concordia.images.build import BuilderChoice
@@ -42,12 +45,23 @@ class Platform:
     catalog: ApplicationCatalog
     backends: dict[str, Backend]
     images: ImageBuilds
+    #: Encrypts users' secrets at rest (IAM tokens, credentials, proxies).
+    vault: Vault
+    #: The IAM issuer; None in local mode.
+    iam: Iam | None = None
     bus: EventBus = field(default_factory=EventBus)
     #: One writer of job state at a time in this process: the reconciler and user actions
     #: read-modify-write the same rows, and a lost update would lose a kill or a result.
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: Set to make the reconciler look for work now rather than at its next tick.
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Per user: one IAM token refresh at a time, one proxy creation at a time.
+    token_locks: defaultdict[int, asyncio.Lock] = field(
+        default_factory=lambda: defaultdict(asyncio.Lock)
+    )
+    proxy_locks: defaultdict[int, asyncio.Lock] = field(
+        default_factory=lambda: defaultdict(asyncio.Lock)
+    )
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncSession]:

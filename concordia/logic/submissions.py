@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -23,10 +23,13 @@ from concordia.core.application import (
 from concordia.core.jdl import job_jdl
 from concordia.core.states import JobStatus
 from concordia.db.tables import Application, Job, Submission, utcnow
-from concordia.logic.errors import Invalid, NotFound
+from concordia.logic.accounts import require_vo
+from concordia.logic.errors import Forbidden, Invalid, NotFound
+from concordia.logic.identity import Identity
 from concordia.logic.images import select_or_build
 from concordia.logic.jobs import publish_jobs, record_status
 from concordia.logic.platform import Platform
+from concordia.logic.proxies import ensure_proxy
 
 STD_OUTPUT, STD_ERROR = "std.out", "std.err"
 
@@ -36,6 +39,8 @@ class SubmissionRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     build_args: dict[str, Any] = Field(default_factory=dict)
     backend: str | None = None
+    #: The VO to submit under; default: the first of the application's VOs the user is in.
+    vo: str | None = None
 
 
 class PlannedJob(BaseModel):
@@ -172,15 +177,31 @@ async def _application_row(session: AsyncSession, app: ApplicationDef) -> Applic
     return row
 
 
+def proxy_needed(platform: Platform, app: ApplicationDef) -> timedelta:
+    """How long a proxy must last for an application's jobs: the operator's minimum (24 h by
+    default, as DIRAC's web launchpad), longer if a job may run longer."""
+    settings = platform.settings
+    wall = app.cpu_time * settings.local_wall_time_factor
+    return timedelta(seconds=max(settings.proxy_min_lifetime_hours * 3600, wall))
+
+
 async def submit_batch(
-    platform: Platform, owner_id: int, request: SubmissionRequest
+    platform: Platform, identity: Identity, request: SubmissionRequest
 ) -> SubmissionView:
     """Store a submission and its jobs as Received; the reconciler takes it from there."""
+    owner_id = identity.user_id
     app = platform.catalog.get(request.application)
     backend = request.backend or "local"
     if backend not in platform.backends:
         raise Invalid("backend", f"unknown backend; available: {', '.join(platform.backends)}")
     values, build_args = check_request(app, request)  # every check before any write
+    if request.vo is not None and identity.membership(request.vo) is None:
+        raise Forbidden(f"you are not recognised as a member of the VO {request.vo!r}")
+    allowed = [request.vo] if request.vo is not None else app.vos
+    vo = require_vo(identity, allowed, f"The application {app.title}", platform.settings)
+    member = identity.membership(vo)
+    if app.proxy:  # refused now rather than a job failing later for want of a proxy
+        await ensure_proxy(platform, identity, proxy_needed(platform, app), vo or None)
     image = None
     if app.image is not None:  # the container: selected if it exists, else its build starts
         image = (await select_or_build(platform, app.name, build_args)).image.id
@@ -195,6 +216,8 @@ async def submit_batch(
             backend=backend,
             job_count=0,
             image_id=image,
+            vo=vo,
+            group=member.dirac_group if member is not None else "",
         )
         session.add(submission)
         await session.flush()

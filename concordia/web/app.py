@@ -10,30 +10,25 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from concordia import __version__
+from concordia.auth.oidc import Iam
+from concordia.auth.vault import open_vault
 from concordia.backends.base import Backend
 from concordia.backends.local import LocalBackend
 from concordia.db.engine import make_engine, make_sessionmaker
 from concordia.db.migrate import upgrade
 from concordia.images.builders import stop_running_builds
 from concordia.logic.applications import ApplicationCatalog
-from concordia.logic.identity import (
-    consume_login_token,
-    create_token,
-    ensure_user,
-    local_api_token,
-    write_secret_file,
-)
+from concordia.logic.identity import create_token, ensure_user, local_api_token, write_secret_file
 from concordia.logic.images import open_image_builds, recover_builds
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
 from concordia.web.api import router as api_router
-from concordia.web.errors import error_page, install_error_handlers
+from concordia.web.errors import install_error_handlers
 from concordia.web.pages import router as pages_router
 from concordia.worker import Reconciler, cancel
 
@@ -69,16 +64,21 @@ def create_app(
             catalog=ApplicationCatalog(settings.applications_dir).load(),
             backends=backends,
             images=await asyncio.to_thread(open_image_builds, settings),
+            vault=open_vault(settings.encryption_keys, settings.encryption_key_file),
+            iam=Iam(settings) if settings.iam_mode else None,
         )
         await recover_builds(platform)
-        async with platform.writing() as session:
-            user = await ensure_user(session, settings.local_user)
-            await local_api_token(session, user, settings.api_token_file)
-            login_token = await create_token(session, user, kind="login", name="start-up")
+        login_url = f"{settings.public_url}/login"
+        if not settings.iam_mode:  # local mode: the machine's user, a one-time sign-in link
+            async with platform.writing() as session:
+                user = await ensure_user(session, settings.local_user)
+                await local_api_token(session, user, settings.api_token_file)
+                login_token = await create_token(session, user, kind="login", name="start-up")
+            login_url += f"?token={login_token}"
         app.state.platform = platform
         reconciler = asyncio.create_task(Reconciler(platform).run(), name="reconciler")
         if on_ready is not None:
-            on_ready(f"{settings.public_url}/login?token={login_token}", platform)
+            on_ready(login_url, platform)
         try:
             yield
         finally:
@@ -87,6 +87,8 @@ def create_app(
                 await cancel(build)
             stop_running_builds()
             await local.close()
+            if platform.iam is not None:
+                await platform.iam.close()
             await engine.dispose()
 
     app = FastAPI(
@@ -112,25 +114,5 @@ def create_app(
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
-
-    @app.get("/login", include_in_schema=False)
-    async def login(request: Request, token: str = "") -> Any:
-        platform: Platform = request.app.state.platform
-        async with platform.writing() as session:
-            user = await consume_login_token(session, token) if token else None
-        if user is None:
-            return error_page(
-                request,
-                401,
-                "This sign-in link is unknown, already used or expired.",
-                "Restart `concordia serve` (make run) for a new one-time link.",
-            )
-        request.session.update(
-            user_id=user.id,
-            username=user.username,
-            display_name=user.display_name,
-            csrf=secrets.token_urlsafe(24),
-        )
-        return RedirectResponse("/", status_code=303)
 
     return app

@@ -7,11 +7,15 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from concordia.auth.oidc import IamUnreachable, TokenInvalid, looks_like_jwt
+from concordia.logic.accounts import bearer_identity, identity_for, renew_session, session_identity
+from concordia.logic.iam_session import SessionEnded
 from concordia.logic.identity import Identity, user_for_token
 from concordia.logic.platform import Platform
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-CSRF-Token"
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def get_platform(request: Request) -> Platform:
@@ -22,31 +26,52 @@ def get_platform(request: Request) -> Platform:
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
+async def bearer(platform: Platform, token: str) -> Identity:
+    """An IAM access token (JWT, checked against the issuer's keys) or a Concordia API token."""
+    if platform.iam is not None and looks_like_jwt(token):
+        try:
+            return await bearer_identity(platform, token)
+        except TokenInvalid as exc:
+            raise HTTPException(401, f"invalid token: {exc}", headers=_CHALLENGE) from None
+        except IamUnreachable:
+            raise HTTPException(503, "IAM's keys cannot be read now: try again") from None
+    async with platform.reading() as session:
+        user = await user_for_token(session, token)
+    if user is None:
+        raise HTTPException(401, "invalid token", headers=_CHALLENGE)
+    return identity_for(
+        platform.settings, user.id, user.username, user.display_name, "token", user.groups
+    )
+
+
+async def session_user(request: Request, platform: Platform) -> Identity | None:
+    """The signed-in browser user, their IAM tokens renewed when due; None if not signed in
+    (or IAM ended the sign-in: the session is cleared)."""
+    cookie = request.session
+    if "user_id" not in cookie:
+        return None
+    try:
+        await renew_session(platform, cookie)
+    except SessionEnded:
+        cookie.clear()
+        return None
+    return session_identity(platform.settings, cookie)
+
+
 async def get_identity(request: Request, platform: PlatformDep) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token:
-        async with platform.reading() as session:
-            user = await user_for_token(session, token.strip())
-        if user is None:
-            raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-        return Identity(
-            user_id=user.id, username=user.username, display_name=user.display_name, auth="token"
-        )
-    cookie = request.session
-    if "user_id" in cookie:
+        return await bearer(platform, token.strip())
+    identity = await session_user(request, platform)
+    if identity is not None:
         # A cookie rides along with any cross-site request: state changes need the CSRF token.
         if request.method not in SAFE_METHODS and not secrets.compare_digest(
-            request.headers.get(CSRF_HEADER, ""), cookie.get("csrf", "")
+            request.headers.get(CSRF_HEADER, ""), request.session.get("csrf", "")
         ):
             raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header")
-        return Identity(
-            user_id=cookie["user_id"],
-            username=cookie["username"],
-            display_name=cookie.get("display_name", ""),
-            auth="session",
-        )
-    raise HTTPException(401, "not authenticated", headers={"WWW-Authenticate": "Bearer"})
+        return identity
+    raise HTTPException(401, "not authenticated", headers=_CHALLENGE)
 
 
 CurrentUser = Annotated[Identity, Depends(get_identity)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -11,36 +12,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from concordia.logic.errors import DomainError, Invalid
-from concordia.web.pages.common import PageForbidden, SignInRequired, render
+from concordia.web.pages.common import PageForbidden, SignInRequired, error_page
 
 log = logging.getLogger(__name__)
-
-_HEADINGS = {
-    401: "Please sign in",
-    403: "Not allowed",
-    404: "Not found",
-    405: "Not allowed",
-    409: "Not possible now",
-    413: "Too large",
-    422: "Please check what you entered",
-    500: "Something went wrong",
-}
 
 
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith(("/api/", "/healthz"))
-
-
-def error_page(request: Request, status: int, *lines: str) -> Response:
-    return render(
-        request,
-        "error.html",
-        status_code=status,
-        heading=_HEADINGS.get(status, "Error"),
-        lines=lines,
-        back_url="/",
-        back_label="Back to the home page",
-    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -74,6 +52,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SignInRequired)
     async def sign_in(request: Request, _exc: SignInRequired) -> Response:
+        if request.app.state.platform.iam is not None:
+            here = quote(request.url.path)
+            back = (f"/login?next={here}", "Sign in with your IAM account")
+            return error_page(request, 401, "This page needs you to be signed in.", back=back)
         return error_page(
             request,
             401,

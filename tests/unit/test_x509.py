@@ -7,10 +7,11 @@ import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
@@ -27,6 +28,7 @@ from concordia.auth.x509 import (
     normalise_dn,
     proxy_info,
 )
+from tests.iam.pki import PrivateKey, TestCA, UserCert, cert_pem, dn, key_pem, new_key
 
 # openssl verify checks against the wall clock, so the test PKI is built around it.
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -35,93 +37,44 @@ USER_DN = "/DC=org/DC=terena/DC=tcs/C=NL/O=Nikhef/CN=Jane Doe/emailAddress=jane@
 SCIM_DN = "EMAILADDRESS=jane@nikhef.nl,CN=Jane Doe,O=Nikhef,C=NL,DC=tcs,DC=terena,DC=org"
 
 
-def _name(*parts: tuple[x509.ObjectIdentifier, str]) -> x509.Name:
-    return x509.Name([x509.RelativeDistinguishedName([x509.NameAttribute(o, v)]) for o, v in parts])
-
-
-def _rsa() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _cert(
-    subject: x509.Name,
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Name, rsa.RSAPrivateKey] | None = None,
-    *,
-    start: timedelta = timedelta(days=-30),
-    end: timedelta = timedelta(days=300),
-    ca: bool = False,
-) -> x509.Certificate:
-    issuer_name, issuer_key = issuer if issuer else (subject, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW + start)
-        .not_valid_after(NOW + end)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(*items: x509.Certificate | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
-    out = b""
-    for item in items:
-        if isinstance(item, x509.Certificate):
-            out += item.public_bytes(serialization.Encoding.PEM)
-        else:
-            out += item.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-    return out
-
-
 @dataclass
 class Pki:
-    ca: x509.Certificate
-    ca_key: rsa.RSAPrivateKey
-    user: x509.Certificate
-    key: rsa.RSAPrivateKey
-    user_name: x509.Name
+    ca: TestCA
+    jane: UserCert
+
+    @property
+    def ca_cert(self) -> x509.Certificate:
+        return self.ca.cert
+
+    @property
+    def user(self) -> x509.Certificate:
+        return self.jane.cert
+
+    @property
+    def key(self) -> PrivateKey:
+        return self.jane.key
 
     @property
     def cred(self) -> Credential:
-        return Credential(self.user, self.key, (self.ca,))
+        return Credential(self.user, self.key, (self.ca_cert,))
 
-    def issue(self, subject: x509.Name | None = None, **kw: object) -> Credential:
-        key = _rsa()
-        cert = _cert(subject or self.user_name, key, (self.ca.subject, self.ca_key), **kw)  # type: ignore[arg-type]
-        return Credential(cert, key, (self.ca,))
+    def issue(self, subject: x509.Name | None = None, **kw: Any) -> Credential:
+        """Another certificate from the same CA, Jane's DN unless told otherwise."""
+        user = self.ca.issue(subject or self.user.subject, **kw)
+        return Credential(user.cert, user.key, user.chain)
 
 
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    ca_key = _rsa()
-    ca = _cert(
-        _name((NameOID.COUNTRY_NAME, "NL"), (NameOID.COMMON_NAME, "Test CA")), ca_key, ca=True
-    )
-    user_name = _name(
-        (NameOID.DOMAIN_COMPONENT, "org"),
-        (NameOID.DOMAIN_COMPONENT, "terena"),
-        (NameOID.DOMAIN_COMPONENT, "tcs"),
-        (NameOID.COUNTRY_NAME, "NL"),
-        (NameOID.ORGANIZATION_NAME, "Nikhef"),
-        (NameOID.COMMON_NAME, "Jane Doe"),
-        (NameOID.EMAIL_ADDRESS, "jane@nikhef.nl"),
-    )
-    key = _rsa()
-    return Pki(ca, ca_key, _cert(user_name, key, (ca.subject, ca_key)), key, user_name)
+    ca = TestCA("Test CA", country="NL", now=NOW)
+    return Pki(ca, ca.issue_user("Jane Doe", email="jane@nikhef.nl", dc=("org", "terena", "tcs")))
 
 
 def _openssl_verify(tmp_path: Path, pki: Pki, proxy_pem: bytes, *flags: str) -> bool:
     blocks = re.findall(
         rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n", proxy_pem, re.S
     )
-    (tmp_path / "ca.pem").write_bytes(_pem(pki.ca))
+    pki.ca.write(tmp_path / "ca.pem")
     (tmp_path / "user.pem").write_bytes(blocks[1])
     (tmp_path / "proxy_cert.pem").write_bytes(blocks[0])
     result = subprocess.run(
@@ -148,6 +101,7 @@ def _openssl_verify(tmp_path: Path, pki: Pki, proxy_pem: bytes, *flags: str) -> 
 
 def test_dirac_dn_is_slash_form_in_certificate_order(pki: Pki) -> None:
     assert dirac_dn(pki.user.subject) == USER_DN
+    assert pki.jane.subject_rfc2253 == SCIM_DN  # as IAM's SCIM API writes it
 
 
 def test_scim_rfc2253_dn_normalises_to_dirac_form() -> None:
@@ -160,16 +114,10 @@ def test_scim_rfc2253_dn_normalises_to_dirac_form() -> None:
 
 
 def test_pkcs12_with_password_loads(pki: Pki) -> None:
-    p12 = pkcs12.serialize_key_and_certificates(
-        b"jane",
-        pki.key,
-        pki.user,
-        [pki.ca],
-        serialization.BestAvailableEncryption(PASSWORD.encode()),
-    )
+    p12 = pki.jane.pkcs12(PASSWORD)
     cred = load_credential(p12, PASSWORD)
     assert cred.certificate == pki.user
-    assert cred.chain == (pki.ca,)
+    assert cred.chain == (pki.ca_cert,)
     with pytest.raises(CredentialError, match="wrong or missing password"):
         load_credential(p12, "not it")
     with pytest.raises(CredentialError, match="wrong or missing password"):
@@ -191,10 +139,10 @@ def test_pem_with_encrypted_key_in_one_blob(pki: Pki, form: serialization.Privat
     key = pki.key.private_bytes(
         serialization.Encoding.PEM, form, serialization.BestAvailableEncryption(PASSWORD.encode())
     )
-    blob = key + _pem(pki.ca, pki.user)  # any order: the key picks its certificate
+    blob = key + cert_pem(pki.ca_cert, pki.user)  # any order: the key picks its certificate
     cred = load_credential(blob, PASSWORD)
     assert cred.certificate == pki.user
-    assert cred.chain == (pki.ca,)
+    assert cred.chain == (pki.ca_cert,)
     with pytest.raises(CredentialError, match="wrong password"):
         load_credential(blob, "not it")
     with pytest.raises(CredentialError, match="encrypted: give its password"):
@@ -202,7 +150,7 @@ def test_pem_with_encrypted_key_in_one_blob(pki: Pki, form: serialization.Privat
 
 
 def test_unencrypted_pem_loads_even_with_a_password(pki: Pki) -> None:
-    assert load_credential(_pem(pki.user, pki.key), PASSWORD).certificate == pki.user
+    assert load_credential(pki.jane.pem(), PASSWORD).certificate == pki.user
 
 
 @pytest.mark.parametrize(
@@ -220,12 +168,12 @@ def test_garbage_is_refused(data: bytes, message: str) -> None:
 
 def test_certificate_without_key_is_refused(pki: Pki) -> None:
     with pytest.raises(CredentialError, match="no private key"):
-        load_credential(_pem(pki.user), None)
+        load_credential(pki.jane.cert_pem, None)
 
 
 def test_key_of_another_certificate_is_refused(pki: Pki) -> None:
     with pytest.raises(CredentialError, match="does not belong to the certificate"):
-        load_credential(_pem(pki.user, _rsa()), None)
+        load_credential(pki.jane.cert_pem + key_pem(new_key()), None)
 
 
 def test_a_proxy_is_not_accepted_as_the_users_credential(pki: Pki) -> None:
@@ -255,7 +203,7 @@ def test_expired_and_not_yet_valid_are_refused(pki: Pki) -> None:
 
 
 def test_certificate_of_another_dn_is_refused_naming_both(pki: Pki) -> None:
-    other = pki.issue(_name((NameOID.DOMAIN_COMPONENT, "ch"), (NameOID.COMMON_NAME, "John Roe")))
+    other = pki.issue(dn((NameOID.DOMAIN_COMPONENT, "ch"), (NameOID.COMMON_NAME, "John Roe")))
     with pytest.raises(CredentialError) as err:
         check_credential(other, SCIM_DN, NOW)
     assert "/DC=ch/CN=John Roe" in str(err.value)
@@ -285,7 +233,7 @@ def test_tampered_proxy_fails_openssl_verify(pki: Pki, tmp_path: Path) -> None:
 
 
 def test_proxy_signed_by_another_key_fails(pki: Pki, tmp_path: Path) -> None:
-    impostor = Credential(pki.user, _rsa(), (pki.ca,))  # right DN, wrong key
+    impostor = Credential(pki.user, new_key(), (pki.ca_cert,))  # right DN, wrong key
     proxy = make_proxy(impostor, timedelta(hours=12), NOW)
     assert not _openssl_verify(tmp_path, pki, proxy, "-allow_proxy_certs")
     with pytest.raises(CredentialError, match="forged"):
@@ -297,7 +245,7 @@ def test_proxy_pem_order_subject_and_key(pki: Pki) -> None:
     kinds = re.findall(rb"-----BEGIN ([A-Z ]+)-----", pem)
     assert kinds == [b"CERTIFICATE", b"PRIVATE KEY", b"CERTIFICATE", b"CERTIFICATE"]
     proxy, user, ca = x509.load_pem_x509_certificates(pem)
-    assert (user, ca) == (pki.user, pki.ca)
+    assert (user, ca) == (pki.user, pki.ca_cert)
     key = serialization.load_pem_private_key(pem, None)
     assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
     assert key.public_key() == proxy.public_key()
@@ -343,7 +291,7 @@ def test_proxy_info(pki: Pki) -> None:
     assert info.dirac_group is None
     assert proxy_info(pem, NOW + timedelta(days=1)).seconds_left == 0
     with pytest.raises(CredentialError, match="not a proxy"):
-        proxy_info(_pem(pki.user, pki.ca), NOW)
+        proxy_info(cert_pem(pki.user, pki.ca_cert), NOW)
 
 
 def test_lifetime_is_capped_by_the_user_certificate(pki: Pki, tmp_path: Path) -> None:
@@ -356,9 +304,7 @@ def test_lifetime_is_capped_by_the_user_certificate(pki: Pki, tmp_path: Path) ->
 
 
 def test_ec_user_key_gives_ec_proxy(pki: Pki, tmp_path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = _cert(pki.user_name, key, (pki.ca.subject, pki.ca_key))
-    cred = load_credential(_pem(cert, key), None)
+    cred = load_credential(pki.ca.issue(pki.user.subject, key="ec").pem(), None)
     pem = make_proxy(cred, timedelta(hours=1), NOW)
     assert isinstance(serialization.load_pem_private_key(pem, None), ec.EllipticCurvePrivateKey)
     assert _openssl_verify(tmp_path, pki, pem, "-allow_proxy_certs")

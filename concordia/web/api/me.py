@@ -1,10 +1,18 @@
-"""/me: who the caller is and what the platform knows of them."""
+"""/me: who the caller is (IAM memberships, certificate from SCIM), their credential and proxy."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from datetime import timedelta
+from typing import Annotated
 
+from fastapi import APIRouter, File, Form, Response, UploadFile
+from pydantic import BaseModel, Field
+
+from concordia.auth.iam import ScimReading
+from concordia.logic import accounts, proxies
+from concordia.logic.errors import TooLarge
+from concordia.logic.me import Account, account
+from concordia.logic.proxies import CredentialView, ProxyView
 from concordia.web.deps import CurrentUser, PlatformDep
 
 router = APIRouter(tags=["identity"])
@@ -18,34 +26,83 @@ class BackendInfo(BaseModel):
     runtime: str
 
 
-class Me(BaseModel):
-    username: str
-    display_name: str
-    auth: str
-    mode: str
-    vos: list[str]
-    certificate_dn: str | None
-    proxy: str | None
+class Me(Account):
     backends: list[BackendInfo]
+
+
+class AuthConfig(BaseModel):
+    """How to sign in (for `concordia login`): local mode, or IAM with the CLI's client."""
+
+    mode: str
+    issuer: str | None
+    cli_client_id: str | None
+    scopes: list[str]
+
+
+class ProxyRequest(BaseModel):
+    lifetime_hours: float | None = Field(default=None, gt=0, le=24 * 366)
+    #: The VO whose DIRAC group the proxy carries (when the operator enables groups).
+    vo: str | None = None
+
+
+@router.get("/auth")
+async def auth_config(platform: PlatformDep) -> AuthConfig:
+    settings = platform.settings
+    return AuthConfig(
+        mode="iam" if settings.iam_mode else "local",
+        issuer=settings.oidc_issuer or None,
+        cli_client_id=settings.oidc_cli_client_id or None,
+        scopes=settings.login_scopes() if settings.iam_mode else [],
+    )
 
 
 @router.get("/me")
 async def me(platform: PlatformDep, user: CurrentUser) -> Me:
-    return Me(
-        username=user.username,
-        display_name=user.display_name,
-        auth=user.auth,
-        mode="local",
-        vos=[],
-        certificate_dn=None,
-        proxy=None,
-        backends=[
-            BackendInfo(
-                name=n,
-                isolated=b.isolated,
-                isolation_problem=b.isolation_problem,
-                runtime=b.runtime_summary,
-            )
-            for n, b in platform.backends.items()
-        ],
-    )
+    backends = [
+        BackendInfo(
+            name=n, isolated=b.isolated, isolation_problem=b.isolation_problem,
+            runtime=b.runtime_summary,
+        )
+        for n, b in platform.backends.items()
+    ]  # fmt: skip
+    return Me(**dict(await account(platform, user)), backends=backends)
+
+
+@router.post("/me/scim")
+async def read_scim_again(platform: PlatformDep, user: CurrentUser) -> ScimReading:
+    return await accounts.refresh_scim(platform, user)
+
+
+@router.post("/me/credential", status_code=201)
+async def upload_credential(
+    platform: PlatformDep,
+    user: CurrentUser,
+    file: Annotated[UploadFile, File(description="PKCS#12 (.p12) or PEM certificate")],
+    key: Annotated[UploadFile | None, File(description="PEM key, beside a PEM certificate")] = None,
+    password: Annotated[str, Form(description="Of the PKCS#12 file or the key")] = "",
+) -> CredentialView:
+    limit = platform.settings.max_credential_bytes
+    data = await file.read(limit + 1)
+    if key is not None:
+        data += b"\n" + await key.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"a credential is at most {limit} bytes")
+    return await proxies.upload_credential(platform, user, data, password)
+
+
+@router.delete("/me/credential", status_code=204)
+async def delete_credential(platform: PlatformDep, user: CurrentUser) -> Response:
+    await proxies.delete_credential(platform, user)
+    return Response(status_code=204)
+
+
+@router.post("/me/proxy", status_code=201)
+async def new_proxy(request: ProxyRequest, platform: PlatformDep, user: CurrentUser) -> ProxyView:
+    lifetime = timedelta(hours=request.lifetime_hours) if request.lifetime_hours else None
+    return await proxies.new_proxy(platform, user, lifetime, request.vo)
+
+
+@router.delete("/me/proxy", status_code=204)
+async def forget_proxy(platform: PlatformDep, user: CurrentUser) -> Response:
+    await proxies.forget_proxy(platform, user)
+    return Response(status_code=204)

@@ -15,7 +15,7 @@ router = APIRouter(tags=["submissions"])
 async def create_submission(
     request: SubmissionRequest, platform: PlatformDep, user: CurrentUser
 ) -> SubmissionView:
-    return await submissions.submit_batch(platform, user.user_id, request)
+    return await submissions.submit_batch(platform, user, request)
 
 
 @router.get("/submissions/{submission_id}")

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from concordia.web.pages import concordia, home, images, jobs, submissions
+from concordia.web.pages import account, auth, concordia, home, images, jobs, submissions
 
 router = APIRouter(include_in_schema=False)
-for module in (home, concordia, submissions, jobs, images):
+for module in (auth, home, account, concordia, submissions, jobs, images):
     router.include_router(module.router)

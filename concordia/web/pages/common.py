@@ -14,7 +14,7 @@ from starlette.datastructures import FormData
 from concordia import __version__
 from concordia.logic.errors import TooLarge
 from concordia.logic.identity import Identity
-from concordia.web.deps import CSRF_HEADER
+from concordia.web.deps import CSRF_HEADER, PlatformDep, session_user
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 TEMPLATES.env.globals.update(version=__version__, csrf_header=CSRF_HEADER)
@@ -28,16 +28,11 @@ class PageForbidden(Exception):
     """A form came without the session's CSRF token (403)."""
 
 
-def page_identity(request: Request) -> Identity:
-    cookie = request.session
-    if "user_id" not in cookie:
+async def page_identity(request: Request, platform: PlatformDep) -> Identity:
+    identity = await session_user(request, platform)
+    if identity is None:
         raise SignInRequired
-    return Identity(
-        user_id=cookie["user_id"],
-        username=cookie["username"],
-        display_name=cookie.get("display_name", ""),
-        auth="session",
-    )
+    return identity
 
 
 PageUser = Annotated[Identity, Depends(page_identity)]
@@ -47,12 +42,14 @@ PageUser = Annotated[Identity, Depends(page_identity)]
 MAX_FORM_BYTES = 256 * 1024
 
 
-async def read_form(request: Request, *, csrf: bool = True) -> FormData:
-    """A posted form (urlencoded or multipart, no files), by default with its CSRF token
-    checked before anything in it is used."""
-    if len(await request.body()) > MAX_FORM_BYTES:
-        raise TooLarge(f"the form is larger than {MAX_FORM_BYTES} bytes")
-    form = await request.form(max_files=0)
+async def read_form(
+    request: Request, *, csrf: bool = True, max_bytes: int = MAX_FORM_BYTES, max_files: int = 0
+) -> FormData:
+    """A posted form (urlencoded, or multipart with at most ``max_files`` files), by default
+    with its CSRF token checked before anything in it is used."""
+    if len(await request.body()) > max_bytes:
+        raise TooLarge(f"the form is larger than {max_bytes} bytes")
+    form = await request.form(max_files=max_files)
     if csrf:
         check_csrf(request, str(form.get("csrf", "")))
     return form
@@ -73,4 +70,33 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         template,
         {"user": user, "csrf": cookie.get("csrf", ""), **context},
         status_code=status_code,
+    )
+
+
+_HEADINGS = {
+    401: "Please sign in",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Not allowed",
+    409: "Not possible now",
+    413: "Too large",
+    422: "Please check what you entered",
+    500: "Something went wrong",
+}
+
+
+def error_page(
+    request: Request,
+    status: int,
+    *lines: str,
+    back: tuple[str, str] = ("/", "Back to the home page"),
+) -> HTMLResponse:
+    return render(
+        request,
+        "error.html",
+        status_code=status,
+        heading=_HEADINGS.get(status, "Error"),
+        lines=lines,
+        back_url=back[0],
+        back_label=back[1],
     )

@@ -150,7 +150,7 @@ async def submit_form(
     app = platform.catalog.get(name)
     values = _values(await read_form(request))
     try:
-        view = await submissions.submit_batch(platform, user.user_id, _request_of(app, values))
+        view = await submissions.submit_batch(platform, user, _request_of(app, values))
     except Invalid:
         context = await _form(platform, app, values)
         return render(request, "concordia_app.html", status_code=422, submitted=True, **context)

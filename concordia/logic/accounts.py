@@ -1,0 +1,234 @@
+"""IAM accounts: signing in, who a bearer token or session is, VO memberships, SCIM readings."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import MutableMapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concordia.auth.groups import every_membership, groups_from_claims, memberships
+from concordia.auth.iam import ScimReading, read_scim
+from concordia.auth.oidc import IamUnreachable, TokenInvalid, looks_like_jwt
+from concordia.db.tables import User, utcnow
+from concordia.logic.errors import Forbidden, NotFound
+from concordia.logic.iam_session import (
+    REFRESH_MARGIN,
+    fresh_tokens,
+    iam_access_token,
+    iam_of,
+    store_tokens,
+)
+from concordia.logic.identity import Identity
+from concordia.logic.platform import Platform
+from concordia.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def identity_for(
+    settings: Settings,
+    user_id: int,
+    username: str,
+    display_name: str,
+    auth: str,
+    groups: list[str],
+    iam_token: str | None = None,
+) -> Identity:
+    """The caller with their memberships: from IAM groups, or every VO in local mode."""
+    found = (
+        memberships(settings.vos, groups) if settings.iam_mode else every_membership(settings.vos)
+    )
+    return Identity(
+        user_id=user_id,
+        username=username,
+        display_name=display_name,
+        auth=auth,
+        groups=groups,
+        memberships=found,
+        iam_token=iam_token,
+    )
+
+
+def session_identity(settings: Settings, cookie: MutableMapping[str, Any]) -> Identity | None:
+    if "user_id" not in cookie:
+        return None
+    return identity_for(
+        settings,
+        cookie["user_id"],
+        cookie["username"],
+        cookie.get("display_name", ""),
+        "session",
+        list(cookie.get("groups", [])),
+    )
+
+
+async def _account(session: AsyncSession, issuer: str, claims: dict[str, Any]) -> User:
+    """The user of an IAM subject, created at first sight (its username from IAM's)."""
+    subject = str(claims["sub"])
+    user = await session.scalar(select(User).where(User.issuer == issuer, User.subject == subject))
+    if user is None:
+        username = str(claims.get("preferred_username") or subject)[:100]
+        if await session.scalar(select(User.id).where(User.username == username)) is not None:
+            username = f"{username}-{subject[:8]}"  # two IAM accounts, one name: keep both
+        user = User(username=username, issuer=issuer, subject=subject, groups=[], scim={})
+        session.add(user)
+    if claims.get("name"):
+        user.display_name = str(claims["name"])[:256]
+    elif not user.display_name:
+        user.display_name = user.username
+    if claims.get("email"):
+        user.email = str(claims["email"])[:256]
+    await session.flush()
+    return user
+
+
+async def sign_in(platform: Platform, token: dict[str, Any]) -> dict[str, Any]:
+    """After IAM's redirect back: the account (created or updated), its groups, tokens kept
+    encrypted, the certificates SCIM lists. Returns what the session cookie holds."""
+    iam = iam_of(platform)
+    claims: dict[str, Any] = dict(token.get("userinfo") or {})
+    access = str(token["access_token"])
+    groups = groups_from_claims(claims)
+    if looks_like_jwt(access):
+        try:  # IAM's wlcg profile puts the groups in the access token
+            groups += groups_from_claims(await iam.validate(access))
+        except TokenInvalid as exc:
+            log.warning("IAM's own access token was refused at sign-in: %s", exc)
+    if not groups or "preferred_username" not in claims:
+        try:  # the AARC profile's ID token has neither names nor groups: userinfo has them
+            info = await iam.userinfo(access)
+        except IamUnreachable as exc:
+            log.warning("IAM's userinfo at sign-in: %s", exc)
+        else:
+            claims = {**info, **claims}
+            groups += groups_from_claims(info)
+    groups = list(dict.fromkeys(groups))
+    scim = await read_scim(iam.http, iam.issuer, access, utcnow())
+    async with platform.writing() as session:
+        user = await _account(session, iam.issuer, claims)
+        user.groups = groups
+        user.scim = scim.model_dump(mode="json")
+        user_id, username, display_name = user.id, user.username, user.display_name
+    kept = await store_tokens(platform, user_id, token)
+    log.info("user %s signed in with IAM (%d groups)", username, len(groups))
+    return {
+        "user_id": user_id,
+        "username": username,
+        "display_name": display_name,
+        "groups": groups,
+        "iam_exp": kept["expires_at"],
+    }
+
+
+async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) -> None:
+    """Refresh the IAM tokens of a browser session before they expire (SessionEnded when IAM
+    refuses: the caller clears the session). While IAM is unreachable the session goes on."""
+    expires = cookie.get("iam_exp")
+    if expires is None or expires - REFRESH_MARGIN > time.time():
+        return
+    try:
+        tokens = await fresh_tokens(platform, cookie["user_id"])
+    except IamUnreachable as exc:
+        log.warning("IAM unreachable for a token refresh: %s", exc)
+        cookie["iam_exp"] = time.time() + REFRESH_MARGIN * 2  # try again in a minute
+        return
+    cookie["iam_exp"] = tokens["expires_at"]
+    access = tokens["access_token"]
+    if looks_like_jwt(access) and platform.iam is not None:
+        try:
+            groups = groups_from_claims(await platform.iam.validate(access))
+        except TokenInvalid:
+            return
+        if groups and groups != cookie.get("groups"):
+            cookie["groups"] = groups
+            async with platform.writing() as session:
+                user = await session.get(User, cookie["user_id"])
+                if user is not None:
+                    user.groups = groups
+
+
+async def bearer_identity(platform: Platform, token: str) -> Identity:
+    """The caller of an IAM access token (the CLI after `concordia login`); TokenInvalid if
+    the token is not the issuer's, expired or for another audience."""
+    iam = iam_of(platform)
+    claims = await iam.validate(token)
+    groups = groups_from_claims(claims)
+    async with platform.reading() as session:
+        user = await session.scalar(
+            select(User).where(User.issuer == iam.issuer, User.subject == str(claims["sub"]))
+        )
+        known = user is not None and user.groups == groups
+        first_sight = user is None or not user.scim
+    if not known or first_sight:
+        scim = None
+        if first_sight:  # `concordia login` before any browser sign-in: IAM's names, SCIM
+            scim = await read_scim(iam.http, iam.issuer, token, utcnow())
+            if "preferred_username" not in claims:
+                try:
+                    claims = {**await iam.userinfo(token), **claims}
+                except IamUnreachable as exc:
+                    log.warning("IAM's userinfo for a new account: %s", exc)
+        async with platform.writing() as session:
+            user = await _account(session, iam.issuer, claims)
+            user.groups = groups
+            if scim is not None:
+                user.scim = scim.model_dump(mode="json")
+    assert user is not None
+    return identity_for(
+        platform.settings,
+        user.id,
+        user.username,
+        user.display_name,
+        "iam-token",
+        groups,
+        iam_token=token,
+    )
+
+
+async def refresh_scim(platform: Platform, identity: Identity) -> ScimReading:
+    """Read /scim/Me again (after linking a certificate in IAM, say)."""
+    iam = iam_of(platform)
+    token = await iam_access_token(platform, identity)
+    reading = await read_scim(iam.http, iam.issuer, token, utcnow())
+    async with platform.writing() as session:
+        user = await session.get(User, identity.user_id)
+        if user is None:
+            raise NotFound("no such user")
+        user.scim = reading.model_dump(mode="json")
+    return reading
+
+
+async def scim_reading(platform: Platform, user_id: int) -> ScimReading | None:
+    async with platform.reading() as session:
+        user = await session.get(User, user_id)
+    if user is None or not user.scim:
+        return None
+    return ScimReading.model_validate(user.scim)
+
+
+def recognised(identity: Identity, settings: Settings) -> str:
+    """What the account page and /me say of the user's memberships."""
+    if identity.memberships:
+        return "Recognised as a member of " + ", ".join(m.title for m in identity.memberships)
+    known = ", ".join(vo.title for vo in settings.vos.values())
+    return f"Not recognised as a member of any collaboration Concordia knows ({known})"
+
+
+def require_vo(identity: Identity, allowed: list[str], what: str, settings: Settings) -> str:
+    """The VO to act under: the first allowed one the user belongs to. Forbidden, with the
+    reason, for a non-member; an application open to all takes the user's first VO."""
+    if not allowed:
+        return identity.vos[0] if identity.vos else ""
+    for vo in allowed:
+        if vo in identity.vos:
+            return vo
+    titles = ", ".join(settings.vos[v].title if v in settings.vos else v for v in allowed)
+    mine = ", ".join(m.title for m in identity.memberships) or "no collaboration"
+    raise Forbidden(
+        f"{what} is open to members of {titles}; IAM lists you as a member of {mine}. "
+        "Ask your collaboration's IAM administrators to add you to its group."
+    )

@@ -1,0 +1,244 @@
+"""proxy-init: the user's credential (uploaded once, kept encrypted) and proxies made from IAM
+or signed here, with their lifetime checked before the submissions that need one."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel
+
+from concordia.auth.iam import ProxyRefused, managed_proxy
+from concordia.auth.oidc import IamUnreachable
+from concordia.auth.x509 import (
+    CredentialError,
+    check_credential,
+    credential_pem,
+    dirac_dn,
+    load_credential,
+    make_proxy,
+    proxy_info,
+)
+from concordia.db.tables import utcnow
+from concordia.logic.accounts import scim_reading
+from concordia.logic.errors import Conflict, DomainError, Invalid, NotFound, TooLarge
+from concordia.logic.iam_session import iam_access_token, iam_of
+from concordia.logic.identity import Identity
+from concordia.logic.platform import Platform
+from concordia.logic.secrets import drop_secret, put_secret, read_secret, secret_rows
+from concordia.settings import ProxySource
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL, PROXY = "credential", "proxy"
+SOURCE_NAMES = {"iam": "IAM's managed proxy", "upload": "your uploaded certificate"}
+LINK_HELP = (
+    "your IAM account has no certificate linked. In IAM, open your profile, choose "
+    "'Link certificate' (or upload it under 'X.509 certificates'), then press 'Read again "
+    "from IAM' on the account page"
+)
+
+
+class NoProxy(DomainError):
+    """No proxy with enough lifetime can be had; the message says what each source said."""
+
+    status_code = 409
+
+
+class CredentialView(BaseModel):
+    dn: str
+    issuer_dn: str
+    not_after: datetime
+    uploaded_at: datetime
+
+
+class ProxyView(BaseModel):
+    source: str
+    #: Whose proxy it is (the certificate's DN, DIRAC's slash form).
+    dn: str
+    not_after: datetime
+    seconds_left: int
+    dirac_group: str | None
+    created_at: datetime
+
+
+async def upload_credential(
+    platform: Platform, identity: Identity, data: bytes, password: str | None
+) -> CredentialView:
+    """Check a PKCS#12 or PEM certificate + key (key matches, valid now, the DN IAM lists for
+    the account) and keep it encrypted; nothing is stored when a check fails."""
+    settings = platform.settings
+    if len(data) > settings.max_credential_bytes:
+        raise TooLarge(f"a credential file is at most {settings.max_credential_bytes} bytes")
+    now = utcnow()
+    try:
+        cred = load_credential(data, password or None)
+        check_credential(cred, None, now)
+    except CredentialError as exc:
+        raise Invalid("file", str(exc)) from None
+    dn = dirac_dn(cred.certificate.subject)
+    if settings.iam_mode:
+        reading = await scim_reading(platform, identity.user_id)
+        if reading is None or reading.status != "ok":
+            why = reading.message if reading else "not read yet"
+            raise Conflict(
+                f"IAM's list of your certificates could not be read ({why}): the upload is "
+                "checked against it. Press 'Read again from IAM' on the account page."
+            )
+        linked = [c.dirac_dn for c in reading.certificates]
+        if not linked:
+            raise Invalid("file", LINK_HELP)
+        if dn not in linked:
+            raise Invalid(
+                "file", f"the certificate is for {dn}, but IAM lists yours as {', '.join(linked)}"
+            )
+    not_after = cred.certificate.not_valid_after_utc
+    info = {
+        "dn": dn,
+        "issuer_dn": dirac_dn(cred.certificate.issuer),
+        "not_after": not_after.isoformat(),
+        "uploaded_at": now.isoformat(),
+    }
+    async with platform.writing() as session:
+        await put_secret(
+            session, platform.vault, identity.user_id, CREDENTIAL, credential_pem(cred), info,
+            expires_at=not_after,
+        )  # fmt: skip
+    log.info("user %s uploaded a credential for %s", identity.username, dn)
+    return CredentialView.model_validate(info)
+
+
+async def delete_credential(platform: Platform, identity: Identity) -> None:
+    async with platform.writing() as session:
+        if not await drop_secret(session, identity.user_id, CREDENTIAL):
+            raise NotFound("no credential uploaded")
+
+
+async def forget_proxy(platform: Platform, identity: Identity) -> None:
+    async with platform.writing() as session:
+        if not await drop_secret(session, identity.user_id, PROXY):
+            raise NotFound("no proxy")
+
+
+async def stored(
+    platform: Platform, user_id: int
+) -> tuple[CredentialView | None, ProxyView | None]:
+    """What the account shows of the credential and the current proxy (never the secrets)."""
+    async with platform.reading() as session:
+        rows = await secret_rows(session, user_id)
+    credential = (
+        CredentialView.model_validate(rows[CREDENTIAL].info) if CREDENTIAL in rows else None
+    )
+    proxy = _proxy_view(rows[PROXY].info) if PROXY in rows else None
+    return credential, proxy
+
+
+def _proxy_view(info: dict[str, object]) -> ProxyView:
+    not_after = datetime.fromisoformat(str(info["not_after"]))
+    left = max(0, int((not_after - utcnow()).total_seconds()))
+    return ProxyView.model_validate({**info, "seconds_left": left})
+
+
+async def new_proxy(
+    platform: Platform,
+    identity: Identity,
+    lifetime: timedelta | None = None,
+    vo: str | None = None,
+) -> ProxyView:
+    """A fresh proxy from the first configured source that gives one, stored encrypted."""
+    settings = platform.settings
+    lifetime = lifetime or timedelta(hours=settings.proxy_lifetime_hours)
+    member = identity.membership(vo) if vo else None
+    group = member.dirac_group if member is not None and settings.proxy_dirac_group else None
+    reasons: list[str] = []
+    async with platform.proxy_locks[identity.user_id]:
+        for source in settings.proxy_sources:
+            try:
+                pem = await _make(platform, identity, source, lifetime, group)
+                info = proxy_info(pem, utcnow())  # read back: what is stored is checked
+            except (_Unavailable, CredentialError) as exc:
+                reasons.append(f"{SOURCE_NAMES[source]}: {exc}")
+                continue
+            view = ProxyView(
+                source=source, dn=info.issuer_dn, not_after=info.not_after,
+                seconds_left=info.seconds_left, dirac_group=info.dirac_group, created_at=utcnow(),
+            )  # fmt: skip
+            async with platform.writing() as session:
+                await put_secret(
+                    session, platform.vault, identity.user_id, PROXY, pem,
+                    view.model_dump(mode="json", exclude={"seconds_left"}),
+                    expires_at=info.not_after,
+                )  # fmt: skip
+            log.info("proxy for user %s from %s", identity.username, source)
+            return view
+    raise NoProxy("No proxy could be made. " + "; ".join(reasons))
+
+
+class _Unavailable(Exception):
+    """One source cannot give a proxy now (the next is tried)."""
+
+
+async def _make(
+    platform: Platform,
+    identity: Identity,
+    source: ProxySource,
+    lifetime: timedelta,
+    group: str | None,
+) -> bytes:
+    settings = platform.settings
+    if source == "iam":
+        if not settings.iam_mode:
+            raise _Unavailable("Concordia is not connected to IAM")
+        iam = iam_of(platform)
+        try:
+            token = await iam_access_token(platform, identity)
+            return await managed_proxy(
+                iam.http, iam.issuer, token, settings.oidc_client_id,
+                settings.oidc_client_secret.get_secret_value(), int(lifetime.total_seconds()),
+            )  # fmt: skip
+        except ProxyRefused as exc:
+            hint = " (upload a proxy to your IAM account first)" if "412" in str(exc) else ""
+            raise _Unavailable(f"{exc}{hint}") from None
+        except (IamUnreachable, DomainError) as exc:
+            raise _Unavailable(str(exc)) from None
+    async with platform.reading() as session:
+        found = await read_secret(session, platform.vault, identity.user_id, CREDENTIAL)
+    if found is None:
+        raise _Unavailable("no certificate uploaded to Concordia (see the account page)")
+    cred = load_credential(found[0], None)
+    return make_proxy(cred, lifetime, utcnow(), dirac_group=group)
+
+
+async def ensure_proxy(
+    platform: Platform, identity: Identity, needed: timedelta, vo: str | None = None
+) -> ProxyView:
+    """The user's proxy with at least ``needed`` left (a new one when the current is short);
+    NoProxy, saying why, when none lasts long enough: refused now, never a failed job later."""
+    _, current = await stored(platform, identity.user_id)
+    if current is not None and current.seconds_left >= needed.total_seconds():
+        return current
+    made = await new_proxy(
+        platform, identity, max(needed + timedelta(hours=1), _lifetime(platform)), vo
+    )
+    if made.seconds_left < needed.total_seconds():
+        raise NoProxy(
+            f"the proxy from {SOURCE_NAMES.get(made.source, made.source)} has "
+            f"{made.seconds_left / 3600:.1f} h left, but these jobs need "
+            f"{needed.total_seconds() / 3600:.1f} h: renew the certificate or ask for a "
+            "longer proxy"
+        )
+    return made
+
+
+def _lifetime(platform: Platform) -> timedelta:
+    return timedelta(hours=platform.settings.proxy_lifetime_hours)
+
+
+async def usable_proxy(platform: Platform, user_id: int) -> bytes | None:
+    """The stored proxy chain for a job that needs it (written 0600, removed after use);
+    None when there is none or it has expired."""
+    async with platform.reading() as session:
+        found = await read_secret(session, platform.vault, user_id, PROXY)
+    if found is None or found[1].expires_at is None or found[1].expires_at <= utcnow():
+        return None
+    return found[0]

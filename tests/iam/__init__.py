@@ -1,0 +1,1 @@
+"""A loopback INDIGO IAM test double and a test CA, shared by the test suites."""
