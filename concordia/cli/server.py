@@ -43,6 +43,12 @@ def _banner(settings: Settings, login_url: str, platform: Platform) -> None:
     choice = platform.images.choice
     images = f"{settings.images_dir.resolve()}, built with {choice.summary}"
     say(f"  Images:    {images}", "" if choice.builder else "bold red")
+    if settings.iam_mode:
+        say(f"  Sign-in:   IAM at {settings.oidc_issuer}")
+        say("\n  Open this URL to sign in with your IAM account:")
+        say(f"      {login_url}", "bold cyan")
+        say("\n  The CLI signs in with `concordia login`\n")
+        return
     say("\n  Open this URL to log in (one-time link):")
     say(f"      {login_url}", "bold cyan")
     say(f"\n  The CLI uses the API token in {settings.api_token_file.resolve()}\n")

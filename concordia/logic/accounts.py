@@ -218,6 +218,15 @@ def recognised(identity: Identity, settings: Settings) -> str:
     return f"Not recognised as a member of any collaboration Concordia knows ({known})"
 
 
+def vo_refusal(identity: Identity, allowed: list[str], what: str, settings: Settings) -> str | None:
+    """Why the user may not use something open to ``allowed`` VOs; None if they may."""
+    try:
+        require_vo(identity, allowed, what, settings)
+    except Forbidden as exc:
+        return exc.message
+    return None
+
+
 def require_vo(identity: Identity, allowed: list[str], what: str, settings: Settings) -> str:
     """The VO to act under: the first allowed one the user belongs to. Forbidden, with the
     reason, for a non-member; an application open to all takes the user's first VO."""

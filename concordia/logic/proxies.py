@@ -144,8 +144,10 @@ async def new_proxy(
     identity: Identity,
     lifetime: timedelta | None = None,
     vo: str | None = None,
+    needed: timedelta = timedelta(0),
 ) -> ProxyView:
-    """A fresh proxy from the first configured source that gives one, stored encrypted."""
+    """A fresh proxy from the first configured source that gives one lasting ``needed``,
+    stored encrypted; NoProxy saying what each source answered when none does."""
     settings = platform.settings
     lifetime = lifetime or timedelta(hours=settings.proxy_lifetime_hours)
     member = identity.membership(vo) if vo else None
@@ -158,6 +160,13 @@ async def new_proxy(
                 info = proxy_info(pem, utcnow())  # read back: what is stored is checked
             except (_Unavailable, CredentialError) as exc:
                 reasons.append(f"{SOURCE_NAMES[source]}: {exc}")
+                continue
+            if info.seconds_left < needed.total_seconds():  # e.g. IAM caps at 12 h
+                reasons.append(
+                    f"{SOURCE_NAMES[source]}: its proxy has {_hours(info.seconds_left)} left, "
+                    f"but these jobs need {_hours(needed.total_seconds())} (renew the "
+                    "certificate, or ask for a longer proxy)"
+                )
                 continue
             view = ProxyView(
                 source=source, dn=info.issuer_dn, not_after=info.not_after,
@@ -172,6 +181,10 @@ async def new_proxy(
             log.info("proxy for user %s from %s", identity.username, source)
             return view
     raise NoProxy("No proxy could be made. " + "; ".join(reasons))
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h"
 
 
 class _Unavailable(Exception):
@@ -215,23 +228,18 @@ async def ensure_proxy(
     """The user's proxy with at least ``needed`` left (a new one when the current is short);
     NoProxy, saying why, when none lasts long enough: refused now, never a failed job later."""
     _, current = await stored(platform, identity.user_id)
-    if current is not None and current.seconds_left >= needed.total_seconds():
+    member = identity.membership(vo) if vo else None
+    group = member.dirac_group if member and platform.settings.proxy_dirac_group else None
+    if (
+        current is not None
+        and current.seconds_left >= needed.total_seconds()
+        and current.dirac_group == group
+    ):
         return current
-    made = await new_proxy(
-        platform, identity, max(needed + timedelta(hours=1), _lifetime(platform)), vo
+    lifetime = max(
+        needed + timedelta(hours=1), timedelta(hours=platform.settings.proxy_lifetime_hours)
     )
-    if made.seconds_left < needed.total_seconds():
-        raise NoProxy(
-            f"the proxy from {SOURCE_NAMES.get(made.source, made.source)} has "
-            f"{made.seconds_left / 3600:.1f} h left, but these jobs need "
-            f"{needed.total_seconds() / 3600:.1f} h: renew the certificate or ask for a "
-            "longer proxy"
-        )
-    return made
-
-
-def _lifetime(platform: Platform) -> timedelta:
-    return timedelta(hours=platform.settings.proxy_lifetime_hours)
+    return await new_proxy(platform, identity, lifetime, vo, needed)
 
 
 async def usable_proxy(platform: Platform, user_id: int) -> bytes | None:

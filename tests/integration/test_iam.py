@@ -245,6 +245,22 @@ async def test_applications_are_open_to_their_vos_only_and_submissions_record_th
         )
         assert made.status_code == 201, made.text
         assert made.json()["vo"] == "cta" and made.json()["group"] == "cta_user"
+        listed = (await running.client.get("/api/v1/applications", headers=auth)).json()
+        reasons = {app["name"]: app["not_allowed"] for app in listed}
+        assert reasons["ctaonly"] is None and "open to members of KM3NeT" in reasons["km3only"]
+
+        # In the browser: the choice says so, and a submission is refused with the reason.
+        browser_app = IamApp(running, iam, TestCA())
+        async with browser_app.browser() as browser:
+            await browser_app.sign_in(browser, "jane")
+            choice = await browser.get("/concordia")
+            assert "Not open to you" in choice.text and "open to members of KM3NeT" in choice.text
+            form = await browser.get("/concordia/km3only")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf
+            refused = await browser.post("/concordia/km3only", data={"csrf": csrf.group(1)})
+            assert refused.status_code == 403
+            assert "Nothing was submitted" in refused.text and "KM3NeT" in refused.text
 
 
 async def test_local_mode_is_a_member_of_every_vo(app: Running) -> None:

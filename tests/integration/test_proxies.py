@@ -18,10 +18,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from concordia.db.tables import Submission, UserSecret
+from concordia.auth.x509 import proxy_info
+from concordia.db.tables import Submission, UserSecret, utcnow
 from concordia.logic.proxies import PROXY
 from concordia.logic.secrets import read_secret
-from tests.conftest import Running, running_app, seed_images
+from concordia.settings import Settings
+from tests.conftest import Running, make_settings, running_app, seed_images
 from tests.iam.pki import TestCA, UserCert, key_pem, new_key
 from tests.iam.server import IamDouble
 from tests.integration.test_iam import IamApp, iam_settings
@@ -193,13 +195,18 @@ proxy: true
 """
 
 
-async def test_submissions_needing_a_proxy_check_its_lifetime_and_jobs_get_it(
-    tmp_path: Path, iam: IamDouble, image_seed: Path
-) -> None:
+def grid_settings(tmp_path: Path, iam: IamDouble, **overrides: object) -> Settings:
+    """IAM mode with one application, whose jobs need a proxy."""
     apps = tmp_path / "apps"
     apps.mkdir()
     (apps / "gridjob.yaml").write_text(PROXY_APP)
-    settings = iam_settings(tmp_path / "var", iam, applications_dir=apps)
+    return iam_settings(tmp_path / "var", iam, applications_dir=apps, **overrides)
+
+
+async def test_submissions_needing_a_proxy_check_its_lifetime_and_jobs_get_it(
+    tmp_path: Path, iam: IamDouble, image_seed: Path
+) -> None:
+    settings = grid_settings(tmp_path, iam)
     ca = TestCA()
     short = ca.issue_user("Jane Doe", end=timedelta(hours=10))
     iam.add_user("jane", certificate=short)
@@ -231,3 +238,44 @@ async def test_submissions_needing_a_proxy_check_its_lifetime_and_jobs_get_it(
         assert out.json()["data"].splitlines() == ["600", "-----BEGIN CERTIFICATE-----"]
         left = list(running.settings.jobs_dir.rglob(".x509up"))
         assert left == []  # deleted after use
+
+
+async def test_local_mode_takes_any_certificate_and_can_write_the_dirac_group(
+    tmp_path: Path, image_seed: Path
+) -> None:
+    settings = seed_images(make_settings(tmp_path / "var", proxy_dirac_group=True), image_seed)
+    cert = TestCA().issue_user("Local Person", dc=("org", "example"))
+    async with running_app(settings) as running:
+        client = running.client
+        made = await upload(client, {}, {"file": cert.pem()}, "")
+        assert made.status_code == 201, made.text
+        assert made.json()["dn"] == "/DC=org/DC=example/C=NL/O=Nikhef/CN=Local Person"
+        got = await client.post("/api/v1/me/proxy", json={"vo": "cta", "lifetime_hours": 2})
+        assert got.status_code == 201 and got.json()["dirac_group"] == "cta_user"
+        chain = await stored_proxy(running, (await secrets_of(running))[0].user_id)
+        assert proxy_info(chain, utcnow()).dirac_group == "cta_user"
+        bad = await client.post("/api/v1/me/proxy", json={"lifetime_hours": -1})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "lifetime_hours"
+        assert (await client.delete("/api/v1/me/proxy")).status_code == 204
+        assert (await client.delete("/api/v1/me/proxy")).status_code == 404
+        assert (await client.delete("/api/v1/me/credential")).status_code == 204
+        assert await secrets_of(running) == []
+
+
+async def test_a_source_whose_proxy_is_too_short_gives_way_to_the_next(
+    tmp_path: Path, iam: IamDouble, image_seed: Path
+) -> None:
+    settings = grid_settings(tmp_path, iam, proxy_sources=["iam", "upload"])
+    cert = TestCA().issue_user("Jane Doe")
+    iam.add_user("jane", certificate=cert, uploaded_proxy=True)  # IAM caps proxies at 12 h
+    async with running_app(settings) as running:
+        client, auth = running.client, bearer(iam, "jane", "proxy:generate")
+        submit = {"application": "gridjob"}
+        refused = await client.post("/api/v1/submissions", json=submit, headers=auth)
+        assert refused.status_code == 409
+        assert "IAM's managed proxy: its proxy has 12.0 h left" in refused.json()["detail"]
+        assert (await upload(client, auth, {"file": cert.pkcs12("x")}, "x")).status_code == 201
+        made = await client.post("/api/v1/submissions", json=submit, headers=auth)
+        assert made.status_code == 201, made.text
+        proxy = (await me(client, auth))["proxy"]
+        assert proxy["source"] == "upload" and proxy["seconds_left"] > 24 * 3600  # type: ignore[index]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from concordia.core.application import ApplicationDef
+from concordia.logic.accounts import vo_refusal
+from concordia.logic.identity import Identity
 from concordia.logic.images import unavailable_reason
 from concordia.logic.platform import Platform
 from concordia.web.deps import CurrentUser, PlatformDep
@@ -15,17 +17,23 @@ router = APIRouter(tags=["applications"])
 class ApplicationView(ApplicationDef):
     #: Why its image cannot be built here (e.g. a registered-only source not configured).
     unavailable: str | None = None
+    #: Why the caller may not submit it (not a member of its VOs); None if they may.
+    not_allowed: str | None = None
 
 
-def _view(platform: Platform, app: ApplicationDef) -> ApplicationView:
-    return ApplicationView(**dict(app), unavailable=unavailable_reason(platform, app))
+def _view(platform: Platform, app: ApplicationDef, user: Identity) -> ApplicationView:
+    return ApplicationView(
+        **dict(app),
+        unavailable=unavailable_reason(platform, app),
+        not_allowed=vo_refusal(user, app.vos, app.title, platform.settings),
+    )
 
 
 @router.get("/applications")
-async def list_applications(platform: PlatformDep, _user: CurrentUser) -> list[ApplicationView]:
-    return [_view(platform, app) for app in platform.catalog.apps.values()]
+async def list_applications(platform: PlatformDep, user: CurrentUser) -> list[ApplicationView]:
+    return [_view(platform, app, user) for app in platform.catalog.apps.values()]
 
 
 @router.get("/applications/{name}")
-async def get_application(name: str, platform: PlatformDep, _user: CurrentUser) -> ApplicationView:
-    return _view(platform, platform.catalog.get(name))
+async def get_application(name: str, platform: PlatformDep, user: CurrentUser) -> ApplicationView:
+    return _view(platform, platform.catalog.get(name), user)

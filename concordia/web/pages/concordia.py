@@ -10,7 +10,8 @@ from starlette.datastructures import FormData
 
 from concordia.core.application import ApplicationDef, FloatParam, ParameterDef
 from concordia.logic import images, submissions
-from concordia.logic.errors import Conflict, Invalid, NotFound
+from concordia.logic.accounts import vo_refusal
+from concordia.logic.errors import DomainError, Invalid, NotFound
 from concordia.logic.images import READY
 from concordia.logic.submissions import SubmissionPreview, SubmissionRequest
 from concordia.web.deps import PlatformDep
@@ -116,11 +117,15 @@ async def choose_application(
 ) -> HTMLResponse:
     apps = sorted(platform.catalog.apps.values(), key=lambda a: a.title.lower())
     unavailable = {app.name: images.unavailable_reason(platform, app) for app in apps}
+    not_allowed = {
+        app.name: vo_refusal(user, app.vos, app.title, platform.settings) for app in apps
+    }
     return render(
         request,
         "concordia.html",
         apps=apps,
         unavailable=unavailable,
+        not_allowed=not_allowed,
         builders=images.builders(platform),
     )
 
@@ -154,9 +159,13 @@ async def submit_form(
     except Invalid:
         context = await _form(platform, app, values)
         return render(request, "concordia_app.html", status_code=422, submitted=True, **context)
-    except Conflict as exc:  # its image cannot be built here (the form says so beforehand)
+    except DomainError as exc:  # not a member, no proxy, or its image cannot be built here
         context = await _form(platform, app, values)
         return render(
-            request, "concordia_app.html", status_code=409, refused=exc.message, **context
+            request,
+            "concordia_app.html",
+            status_code=exc.status_code,
+            refused=exc.message,
+            **context,
         )
     return RedirectResponse(f"/submissions/{view.id}", status_code=303)
