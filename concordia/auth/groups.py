@@ -14,7 +14,7 @@ from concordia.settings import VoConfig
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _GROUP = re.compile(rf"(/{_NAME})+")
 # AARC-G002 entitlements: urn:<nid>:<namespace>:group:<g>[:<subgroup>...][:role=<r>][#<authority>]
-_ENTITLEMENT = re.compile(rf"urn:[^:]+(?::[^:]+)*?:group:((?:{_NAME})(?::{_NAME})*)")
+_ENTITLEMENT = re.compile(r"urn:[^:#]+(?::[^:#]+)*?:group:([^#]+)")
 
 
 class Membership(BaseModel):
@@ -35,9 +35,10 @@ def groups_from_claims(claims: Mapping[str, Any]) -> list[str]:
     for value in _strings(claims.get("groups")):
         found.append(value if value.startswith("/") else "/" + value)
     for value in _strings(claims.get("eduperson_entitlement")):
-        match = _ENTITLEMENT.match(value.split("#", 1)[0])
-        if match:
-            found.append("/" + match.group(1).replace(":", "/"))
+        match = _ENTITLEMENT.match(value)
+        if match:  # the group's path ends where a role (role=...) begins
+            names = [n for n in match.group(1).split(":") if "=" not in n]
+            found.append("/" + "/".join(names))
     return [g for g in dict.fromkeys(found) if _GROUP.fullmatch(g)]
 
 
