@@ -223,6 +223,9 @@ class Settings(BaseSettings):
 
     # Uploads and downloads.
     max_log_chunk: int = Field(default=1 << 20, ge=1024)
+    max_request_bytes: int = Field(
+        default=1 << 20, ge=64 * 1024, description="Any request body larger is refused (413)."
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

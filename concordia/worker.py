@@ -154,7 +154,8 @@ class Reconciler:
 
     async def _submit(self, session: AsyncSession, backend: Backend, jobs: Sequence[Job]) -> None:
         runs = await self._runs_of(session, {job.submission_id for job in jobs})
-        proxies: dict[int, bytes | None] = {}
+        proxies: dict[tuple[int, str, int], tuple[bytes | None, str]] = {}
+        groups = await self._groups_of(session, {job.submission_id for job in jobs})
         specs = []
         for job in jobs:
             app, image_id, image = runs[job.submission_id]
@@ -163,12 +164,13 @@ class Reconciler:
                 transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
                 continue
             proxy = None
-            if app.proxy:
-                if job.owner_id not in proxies:
-                    proxies[job.owner_id] = await usable_proxy(self.platform, job.owner_id)
-                proxy = proxies[job.owner_id]
-                if proxy is None:  # checked at submission; forgotten or expired since
-                    minor = "No valid proxy: get one on the account page, then reschedule"
+            if app.proxy:  # checked at submission; it may have been replaced or run out since
+                key = (job.owner_id, groups[job.submission_id], app.cpu_time)
+                if key not in proxies:
+                    proxies[key] = await usable_proxy(self.platform, *key)
+                proxy, why = proxies[key]
+                if proxy is None:
+                    minor = f"No usable proxy ({why}): get one on the account page, then reschedule"
                     transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
                     continue
             specs.append(self._spec(job, app, image, proxy))
@@ -182,6 +184,13 @@ class Reconciler:
                 continue
             job.backend_ref = ref.ref
             job.backend_state = {**job.backend_state, **ref.state}
+
+    async def _groups_of(self, session: AsyncSession, submission_ids: set[int]) -> dict[int, str]:
+        """The DIRAC group each submission runs under (its jobs' proxies must carry it)."""
+        rows = await session.execute(
+            select(Submission.id, Submission.group).where(Submission.id.in_(submission_ids))
+        )
+        return {sid: group for sid, group in rows.all()}
 
     async def _runs_of(
         self, session: AsyncSession, submission_ids: set[int]

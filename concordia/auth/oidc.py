@@ -1,15 +1,14 @@
-"""IAM as OpenID Connect provider: sign-in client (authlib, PKCE), refresh, bearer JWTs (JWKS)."""
+"""IAM as OpenID Connect provider: discovery, token refresh, userinfo, bearer JWTs (JWKS)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import time
-import warnings
 from typing import Any
 
-import authlib.deprecate  # noqa: F401  (installs authlib's warning filter first)
 import httpx
 from joserfc import errors as jose_errors
 from joserfc import jwt
@@ -17,19 +16,14 @@ from joserfc.jwk import KeySet
 
 from concordia.settings import Settings
 
-with warnings.catch_warnings():
-    # authlib announces httpx2 as its future HTTP client; httpx is what this project uses and
-    # what authlib still supports, so the notice would only clutter the server's log.
-    warnings.simplefilter("ignore")
-    from authlib.integrations.base_client.errors import OAuthError
-    from authlib.integrations.starlette_client import OAuth, StarletteOAuth2App
-
 ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
-#: A token seen with an unknown key id makes us fetch the JWKS again, at most this often.
+#: A token seen with an unknown key id makes us fetch the JWKS again, at most this often;
+#: after a failed fetch, the next waits as long (IAM down must not queue every request).
 JWKS_REFETCH_SECONDS = 30.0
 LEEWAY_SECONDS = 30
-
-__all__ = ["Iam", "IamUnreachable", "OAuthError", "TokenInvalid"]
+USERINFO_CACHE_SECONDS = 300.0
+USERINFO_CACHE_SIZE = 1024
+GROUP_CLAIMS = ("wlcg.groups", "groups", "eduperson_entitlement")
 
 
 class TokenInvalid(Exception):
@@ -37,43 +31,37 @@ class TokenInvalid(Exception):
 
 
 class IamUnreachable(Exception):
-    """IAM did not answer (network, 5xx): what depends on it waits, nothing is decided."""
+    """IAM did not answer (network, 5xx, garbage): what depends on it waits, nothing is decided."""
+
+
+class GrantRefused(Exception):
+    """IAM's token endpoint refused a grant (RFC 6749 error); ``error`` is its code."""
+
+    def __init__(self, error: str, description: str = "") -> None:
+        self.error = error
+        super().__init__(f"{error}: {description}" if description else error)
 
 
 class Iam:
-    """One configured issuer: its discovery document, keys, and the OAuth client of the web."""
+    """One configured issuer: its discovery document, its keys, its token endpoint."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.issuer = settings.oidc_issuer
         self.http = httpx.AsyncClient(timeout=settings.oidc_http_timeout)
-        self.oauth = OAuth()
-        self.oauth.register(
-            "iam",
-            client_id=settings.oidc_client_id,
-            client_secret=settings.oidc_client_secret.get_secret_value() or None,
-            server_metadata_url=f"{self.issuer}/.well-known/openid-configuration",
-            client_kwargs={
-                "scope": " ".join(settings.login_scopes()),
-                "code_challenge_method": "S256",
-                "timeout": settings.oidc_http_timeout,
-            },
-        )
+        #: The client ids whose access tokens Concordia accepts (the web's, the CLI's).
+        self.clients = {settings.oidc_client_id, settings.oidc_cli_client_id} - {""}
+        self._metadata: dict[str, Any] | None = None
+        self._userinfo: dict[str, tuple[float, dict[str, Any]]] = {}
         self._keys: KeySet | None = None
-        self._keys_fetched = 0.0
+        self._keys_fetched = -JWKS_REFETCH_SECONDS
         self._keys_lock = asyncio.Lock()
 
-    @property
-    def client(self) -> StarletteOAuth2App:
-        client: StarletteOAuth2App = self.oauth.iam
-        return client
-
     async def metadata(self) -> dict[str, Any]:
-        try:
-            metadata: dict[str, Any] = await self.client.load_server_metadata()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise IamUnreachable(f"IAM's discovery document could not be read: {exc}") from exc
-        return metadata
+        if self._metadata is None:
+            url = f"{self.issuer}/.well-known/openid-configuration"
+            self._metadata = await self._get_json(url, "discovery document")
+        return self._metadata
 
     async def endpoint(self, name: str) -> str:
         url = (await self.metadata()).get(name)
@@ -81,32 +69,62 @@ class Iam:
             raise IamUnreachable(f"IAM's discovery document has no {name}")
         return url
 
-    async def refresh(self, refresh_token: str) -> dict[str, Any]:
-        """New tokens for a refresh token; OAuthError when IAM refuses it (session over)."""
+    async def _get_json(self, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            token: dict[str, Any] = await self.client.fetch_access_token(  # type: ignore[no-untyped-call]
-                grant_type="refresh_token", refresh_token=refresh_token
-            )
-        except httpx.HTTPError as exc:
-            raise IamUnreachable(f"IAM did not answer the token refresh: {exc}") from exc
-        return token
+            response = await self.http.get(url, **kwargs)
+            response.raise_for_status()
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise IamUnreachable(f"IAM's {what} could not be read: {type(exc).__name__}") from None
+        if not isinstance(body, dict):
+            raise IamUnreachable(f"IAM's {what} is not a JSON object")
+        return body
+
+    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """New tokens for a refresh token (RFC 6749 section 6, the client authenticating
+        with its secret); GrantRefused when IAM says no, IamUnreachable when it cannot."""
+        url = await self.endpoint("token_endpoint")
+        secret = self.settings.oidc_client_secret.get_secret_value()
+        data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        extra: dict[str, Any] = {}
+        if secret:
+            extra["auth"] = httpx.BasicAuth(self.settings.oidc_client_id, secret)
+        else:
+            data["client_id"] = self.settings.oidc_client_id
+        try:
+            response = await self.http.post(url, data=data, **extra)
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise IamUnreachable(f"IAM's token endpoint: {type(exc).__name__}") from None
+        if response.status_code >= 500 or not isinstance(body, dict):
+            raise IamUnreachable(f"IAM's token endpoint answered {response.status_code}")
+        if response.status_code != 200 or "access_token" not in body:
+            raise GrantRefused(str(body.get("error", "")), str(body.get("error_description", "")))
+        return body
 
     async def userinfo(self, access_token: str) -> dict[str, Any]:
         url = await self.endpoint("userinfo_endpoint")
-        try:
-            response = await self.http.get(url, headers=_bearer(access_token))
-        except httpx.HTTPError as exc:
-            raise IamUnreachable(f"IAM's userinfo did not answer: {exc}") from exc
-        if response.status_code != 200:
-            raise IamUnreachable(f"IAM's userinfo answered {response.status_code}")
-        claims: dict[str, Any] = response.json()
-        return claims
+        return await self._get_json(url, "userinfo", headers=_bearer(access_token))
+
+    async def userinfo_cached(self, access_token: str) -> dict[str, Any]:
+        """userinfo, asked once per token for a few minutes: an API client sends the same
+        token with every call, and IAM's iam/aarc profiles put the groups only there."""
+        key = hashlib.sha256(access_token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._userinfo.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        info = await self.userinfo(access_token)
+        self._userinfo[key] = (now + USERINFO_CACHE_SECONDS, info)
+        while len(self._userinfo) > USERINFO_CACHE_SIZE:
+            self._userinfo.pop(next(iter(self._userinfo)))  # the oldest first
+        return info
 
     async def validate(self, token: str) -> dict[str, Any]:
         """The claims of an IAM access token (JWT): signature by the issuer's keys, iss, exp,
         nbf and, where configured, aud. Raises TokenInvalid saying what is wrong."""
         unverified = _unverified_claims(token)
-        if unverified.get("iss", "").rstrip("/") != self.issuer:
+        if str(unverified.get("iss", "")).rstrip("/") != self.issuer:
             raise TokenInvalid(
                 f"the token was issued by {unverified.get('iss')!r}, not by {self.issuer}"
             )
@@ -126,6 +144,10 @@ class Iam:
         except jose_errors.JoseError as exc:
             raise TokenInvalid(f"the token cannot be read: {exc.description or exc}") from None
         claims = decoded.claims
+        if not self.settings.oidc_audience and claims.get("client_id", claims.get("azp")) not in (
+            self.clients
+        ):  # another relying party's token (or an ID token) must not act here
+            raise TokenInvalid("the token was issued to another client than Concordia's")
         rules: dict[str, Any] = {
             "exp": {"essential": True},
             "sub": {"essential": True},
@@ -147,15 +169,23 @@ class Iam:
             recent = time.monotonic() - self._keys_fetched < JWKS_REFETCH_SECONDS
             if self._keys is not None and (not refetch or recent):
                 return self._keys
-            url = await self.endpoint("jwks_uri")
-            try:
-                response = await self.http.get(url)
-                response.raise_for_status()
-                self._keys = KeySet.import_key_set(response.json())
-            except (httpx.HTTPError, ValueError, jose_errors.JoseError) as exc:
-                if self._keys is None:
-                    raise IamUnreachable(f"IAM's keys could not be read: {exc}") from exc
+            if self._keys is None and recent:
+                raise IamUnreachable("IAM's keys could not be read a moment ago")
             self._keys_fetched = time.monotonic()
+            try:
+                keys = KeySet.import_key_set(
+                    await self._get_json(await self.endpoint("jwks_uri"), "keys")  # type: ignore[arg-type]
+                )
+            except jose_errors.JoseError:
+                keys = None
+            except IamUnreachable:
+                if self._keys is None:
+                    raise
+                keys = None
+            if keys is not None:
+                self._keys = keys
+            if self._keys is None:
+                raise IamUnreachable("IAM publishes no usable keys")
             return self._keys
 
     async def close(self) -> None:
@@ -174,7 +204,7 @@ def _unverified_claims(token: str) -> dict[str, Any]:
     try:
         payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
         claims = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise TokenInvalid("not a JWT") from None
     if not isinstance(claims, dict):
         raise TokenInvalid("not a JWT")

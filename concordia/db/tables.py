@@ -65,15 +65,15 @@ class User(Base):
     display_name: Mapped[str] = mapped_column(String(256), default="")
     email: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    #: An IAM account: its issuer and subject (empty for the local user).
-    issuer: Mapped[str] = mapped_column(String(256), default="")
-    subject: Mapped[str] = mapped_column(String(256), default="")
+    #: An IAM account: its issuer and subject, one user each (None for local users).
+    issuer: Mapped[str | None] = mapped_column(String(256), default=None)
+    subject: Mapped[str | None] = mapped_column(String(256), default=None)
     #: IAM groups (/escape/cta) at the last sign-in or token seen.
     groups: Mapped[list[Any]] = mapped_column(default=list)
     #: The last reading of IAM's /scim/Me (logic.accounts.ScimReading), or {}.
     scim: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
-    __table_args__ = (Index("ix_users_issuer_subject", "issuer", "subject"),)
+    __table_args__ = (Index("ix_users_issuer_subject", "issuer", "subject", unique=True),)
 
 
 class UserSecret(Base):

@@ -8,11 +8,12 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.auth.groups import every_membership, groups_from_claims, memberships
 from concordia.auth.iam import ScimReading, read_scim
-from concordia.auth.oidc import IamUnreachable, TokenInvalid, looks_like_jwt
+from concordia.auth.oidc import GROUP_CLAIMS, Iam, IamUnreachable, TokenInvalid, looks_like_jwt
 from concordia.db.tables import User, utcnow
 from concordia.logic.errors import Forbidden, NotFound
 from concordia.logic.iam_session import (
@@ -29,53 +30,70 @@ from concordia.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def identity_for(
+def identity_of(
     settings: Settings,
-    user_id: int,
-    username: str,
-    display_name: str,
+    user: User,
     auth: str,
-    groups: list[str],
     iam_token: str | None = None,
+    iam_scopes: list[str] | None = None,
 ) -> Identity:
-    """The caller with their memberships: from IAM groups, or every VO in local mode."""
+    """The caller with their memberships: from their IAM groups, or every VO in local mode."""
+    groups = list(user.groups or [])
     found = (
         memberships(settings.vos, groups) if settings.iam_mode else every_membership(settings.vos)
     )
     return Identity(
-        user_id=user_id,
-        username=username,
-        display_name=display_name,
+        user_id=user.id,
+        username=user.username,
+        display_name=user.display_name,
         auth=auth,
         groups=groups,
         memberships=found,
         iam_token=iam_token,
+        iam_scopes=iam_scopes or [],
     )
 
 
-def session_identity(settings: Settings, cookie: MutableMapping[str, Any]) -> Identity | None:
+async def session_identity(platform: Platform, cookie: MutableMapping[str, Any]) -> Identity | None:
+    """The browser's user, IAM tokens renewed when due (SessionEnded when IAM ended the
+    sign-in); memberships from the groups last seen, kept in the database, not the cookie."""
     if "user_id" not in cookie:
         return None
-    return identity_for(
-        settings,
-        cookie["user_id"],
-        cookie["username"],
-        cookie.get("display_name", ""),
-        "session",
-        list(cookie.get("groups", [])),
-    )
+    await renew_session(platform, cookie)
+    async with platform.reading() as session:
+        user = await session.get(User, cookie["user_id"])
+    return None if user is None else identity_of(platform.settings, user, "session")
+
+
+async def _token_groups(iam: Iam, token: str, claims: dict[str, Any]) -> list[str] | None:
+    """The groups a token speaks for: its own claim (the wlcg profile), else IAM's userinfo
+    for it (the iam and aarc profiles put none in access tokens); None if IAM cannot say."""
+    if any(name in claims for name in GROUP_CLAIMS):
+        return groups_from_claims(claims)
+    try:
+        return groups_from_claims(await iam.userinfo_cached(token))
+    except IamUnreachable:
+        return None
 
 
 async def _account(session: AsyncSession, issuer: str, claims: dict[str, Any]) -> User:
-    """The user of an IAM subject, created at first sight (its username from IAM's)."""
+    """The user of an IAM subject, created at first sight (its username from IAM's); two
+    processes meeting a new subject at once end with one account."""
     subject = str(claims["sub"])
-    user = await session.scalar(select(User).where(User.issuer == issuer, User.subject == subject))
+    query = select(User).where(User.issuer == issuer, User.subject == subject)
+    user = await session.scalar(query)
     if user is None:
         username = str(claims.get("preferred_username") or subject)[:100]
         if await session.scalar(select(User.id).where(User.username == username)) is not None:
             username = f"{username}-{subject[:8]}"  # two IAM accounts, one name: keep both
-        user = User(username=username, issuer=issuer, subject=subject, groups=[], scim={})
-        session.add(user)
+        try:
+            async with session.begin_nested():
+                user = User(username=username, issuer=issuer, subject=subject, groups=[], scim={})
+                session.add(user)
+        except IntegrityError:  # created meanwhile by another process
+            user = await session.scalar(query)
+            if user is None:
+                raise
     if claims.get("name"):
         user.display_name = str(claims["name"])[:256]
     elif not user.display_name:
@@ -96,8 +114,8 @@ async def sign_in(platform: Platform, token: dict[str, Any]) -> dict[str, Any]:
     if looks_like_jwt(access):
         try:  # IAM's wlcg profile puts the groups in the access token
             groups += groups_from_claims(await iam.validate(access))
-        except TokenInvalid as exc:
-            log.warning("IAM's own access token was refused at sign-in: %s", exc)
+        except (TokenInvalid, IamUnreachable) as exc:
+            log.warning("IAM's own access token was not checked at sign-in: %s", exc)
     if not groups or "preferred_username" not in claims:
         try:  # the AARC profile's ID token has neither names nor groups: userinfo has them
             info = await iam.userinfo(access)
@@ -119,17 +137,18 @@ async def sign_in(platform: Platform, token: dict[str, Any]) -> dict[str, Any]:
         "user_id": user_id,
         "username": username,
         "display_name": display_name,
-        "groups": groups,
         "iam_exp": kept["expires_at"],
     }
 
 
 async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) -> None:
-    """Refresh the IAM tokens of a browser session before they expire (SessionEnded when IAM
-    refuses: the caller clears the session). While IAM is unreachable the session goes on."""
+    """Refresh the IAM tokens of a browser session before they expire, and the groups with
+    them (SessionEnded when IAM refuses: the caller clears the session). While IAM is
+    unreachable the session goes on with what it knew."""
     expires = cookie.get("iam_exp")
     if expires is None or expires - REFRESH_MARGIN > time.time():
         return
+    iam = iam_of(platform)
     try:
         tokens = await fresh_tokens(platform, cookie["user_id"])
     except IamUnreachable as exc:
@@ -138,38 +157,38 @@ async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) ->
         return
     cookie["iam_exp"] = tokens["expires_at"]
     access = tokens["access_token"]
-    if looks_like_jwt(access) and platform.iam is not None:
-        try:
-            groups = groups_from_claims(await platform.iam.validate(access))
-        except TokenInvalid:
-            return
-        if groups and groups != cookie.get("groups"):
-            cookie["groups"] = groups
-            async with platform.writing() as session:
-                user = await session.get(User, cookie["user_id"])
-                if user is not None:
-                    user.groups = groups
+    try:
+        claims = await iam.validate(access) if looks_like_jwt(access) else {}
+    except (TokenInvalid, IamUnreachable):
+        claims = {}
+    groups = await _token_groups(iam, access, claims)
+    if groups is not None:  # removed from every group: no memberships any more
+        async with platform.writing() as session:
+            user = await session.get(User, cookie["user_id"])
+            if user is not None and user.groups != groups:
+                user.groups = groups
 
 
 async def bearer_identity(platform: Platform, token: str) -> Identity:
     """The caller of an IAM access token (the CLI after `concordia login`); TokenInvalid if
-    the token is not the issuer's, expired or for another audience."""
+    the token is not the issuer's, expired, or issued to another client."""
     iam = iam_of(platform)
     claims = await iam.validate(token)
-    groups = groups_from_claims(claims)
     async with platform.reading() as session:
         user = await session.scalar(
             select(User).where(User.issuer == iam.issuer, User.subject == str(claims["sub"]))
         )
-        known = user is not None and user.groups == groups
-        first_sight = user is None or not user.scim
-    if not known or first_sight:
+    groups = await _token_groups(iam, token, claims)
+    if groups is None:
+        groups = list(user.groups) if user is not None else []
+    first_sight = user is None or not user.scim
+    if user is None or user.groups != groups or first_sight:
         scim = None
         if first_sight:  # `concordia login` before any browser sign-in: IAM's names, SCIM
             scim = await read_scim(iam.http, iam.issuer, token, utcnow())
             if "preferred_username" not in claims:
                 try:
-                    claims = {**await iam.userinfo(token), **claims}
+                    claims = {**await iam.userinfo_cached(token), **claims}
                 except IamUnreachable as exc:
                     log.warning("IAM's userinfo for a new account: %s", exc)
         async with platform.writing() as session:
@@ -177,16 +196,8 @@ async def bearer_identity(platform: Platform, token: str) -> Identity:
             user.groups = groups
             if scim is not None:
                 user.scim = scim.model_dump(mode="json")
-    assert user is not None
-    return identity_for(
-        platform.settings,
-        user.id,
-        user.username,
-        user.display_name,
-        "iam-token",
-        groups,
-        iam_token=token,
-    )
+    scopes = str(claims.get("scope", "")).split()
+    return identity_of(platform.settings, user, "iam-token", iam_token=token, iam_scopes=scopes)
 
 
 async def refresh_scim(platform: Platform, identity: Identity) -> ScimReading:

@@ -7,8 +7,9 @@ import logging
 import time
 from typing import Any
 
-from concordia.auth.oidc import Iam, IamUnreachable, OAuthError
-from concordia.logic.errors import DomainError
+from concordia.auth.oidc import GrantRefused, Iam, IamUnreachable
+from concordia.auth.vault import VaultError
+from concordia.logic.errors import Conflict, DomainError
 from concordia.logic.identity import Identity
 from concordia.logic.platform import Platform
 from concordia.logic.secrets import drop_secret, put_secret, read_secret
@@ -28,7 +29,7 @@ class SessionEnded(DomainError):
 
 def iam_of(platform: Platform) -> Iam:
     if platform.iam is None:
-        raise DomainError("Concordia runs in local mode: there is no IAM to ask")
+        raise Conflict("Concordia runs in local mode: there is no IAM to ask")
     return platform.iam
 
 
@@ -57,8 +58,11 @@ async def fresh_tokens(platform: Platform, user_id: int) -> dict[str, Any]:
     SessionEnded when there are none or IAM refuses the refresh; IamUnreachable passes."""
     iam = iam_of(platform)
     async with platform.token_locks[user_id]:  # one refresh per user at a time
-        async with platform.reading() as session:
-            found = await read_secret(session, platform.vault, user_id, KIND)
+        try:
+            async with platform.reading() as session:
+                found = await read_secret(session, platform.vault, user_id, KIND)
+        except VaultError:  # the encryption keys changed: the tokens are lost, not a 500
+            found = None
         if found is None:
             raise SessionEnded("there is no IAM sign-in for this account: sign in again")
         tokens: dict[str, Any] = json.loads(found[0])
@@ -70,19 +74,27 @@ async def fresh_tokens(platform: Platform, user_id: int) -> dict[str, Any]:
             raise SessionEnded("your IAM sign-in has expired: sign in again")
         try:
             new = await iam.refresh(tokens["refresh_token"])
-        except OAuthError as exc:
-            log.info("IAM refused to refresh user %s's tokens: %s", user_id, exc.error)
-            async with platform.writing() as session:
-                await drop_secret(session, user_id, KIND)
+        except GrantRefused as exc:
+            if exc.error != "invalid_grant":  # our client's problem (e.g. its secret), not theirs
+                log.error("IAM refused Concordia's token refresh: %s", exc.error)
+                raise IamUnreachable(f"IAM refused the refresh ({exc.error})") from None
+            log.info("IAM ended user %s's sign-in (invalid_grant)", user_id)
+            await forget_tokens(platform, user_id)
             raise SessionEnded("IAM ended your sign-in: sign in again") from None
         new.setdefault("refresh_token", tokens["refresh_token"])  # IAM does not rotate them
         return await store_tokens(platform, user_id, new)
 
 
-async def iam_access_token(platform: Platform, identity: Identity) -> str:
-    """A valid IAM access token to call IAM for the user: the one they authenticated with,
-    or the session's (refreshed when needed)."""
-    if identity.iam_token:
+async def forget_tokens(platform: Platform, user_id: int) -> None:
+    """Signing out, or IAM revoked them: nothing can act for the user any more."""
+    async with platform.writing() as session:
+        await drop_secret(session, user_id, KIND)
+
+
+async def iam_access_token(platform: Platform, identity: Identity, scope: str = "") -> str:
+    """A valid IAM access token to call IAM for the user: the one they authenticated with
+    if it has ``scope``, else the one of their web sign-in (refreshed when needed)."""
+    if identity.iam_token and (not scope or scope in identity.iam_scopes):
         return identity.iam_token
     try:
         tokens = await fresh_tokens(platform, identity.user_id)

@@ -30,6 +30,8 @@ class Identity(BaseModel):
     #: The caller's IAM access token when they authenticated with it (the CLI after
     #: `concordia login`): IAM calls made for them use it. Never shown.
     iam_token: str | None = Field(default=None, exclude=True, repr=False)
+    #: The scopes of that token (IAM's managed proxies need proxy:generate).
+    iam_scopes: list[str] = Field(default_factory=list, exclude=True, repr=False)
 
     @property
     def vos(self) -> list[str]:

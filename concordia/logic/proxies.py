@@ -3,6 +3,7 @@ or signed here, with their lifetime checked before the submissions that need one
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 
 from concordia.auth.iam import ProxyRefused, managed_proxy
 from concordia.auth.oidc import IamUnreachable
+from concordia.auth.vault import VaultError
 from concordia.auth.x509 import (
     CredentialError,
     check_credential,
@@ -22,7 +24,7 @@ from concordia.auth.x509 import (
 from concordia.db.tables import utcnow
 from concordia.logic.accounts import scim_reading
 from concordia.logic.errors import Conflict, DomainError, Invalid, NotFound, TooLarge
-from concordia.logic.iam_session import iam_access_token, iam_of
+from concordia.logic.iam_session import SessionEnded, iam_access_token, iam_of
 from concordia.logic.identity import Identity
 from concordia.logic.platform import Platform
 from concordia.logic.secrets import drop_secret, put_secret, read_secret, secret_rows
@@ -72,7 +74,8 @@ async def upload_credential(
         raise TooLarge(f"a credential file is at most {settings.max_credential_bytes} bytes")
     now = utcnow()
     try:
-        cred = load_credential(data, password or None)
+        # Off the event loop: a PKCS#12 file names its own key-derivation cost.
+        cred = await asyncio.to_thread(load_credential, data, password or None)
         check_credential(cred, None, now)
     except CredentialError as exc:
         raise Invalid("file", str(exc)) from None
@@ -145,15 +148,24 @@ async def new_proxy(
     lifetime: timedelta | None = None,
     vo: str | None = None,
     needed: timedelta = timedelta(0),
+    reuse: bool = False,
 ) -> ProxyView:
     """A fresh proxy from the first configured source that gives one lasting ``needed``,
-    stored encrypted; NoProxy saying what each source answered when none does."""
+    stored encrypted (with ``reuse``, the current one if it lasts and is for the same DIRAC
+    group); NoProxy saying what each source answered when none does."""
     settings = platform.settings
     lifetime = lifetime or timedelta(hours=settings.proxy_lifetime_hours)
     member = identity.membership(vo) if vo else None
     group = member.dirac_group if member is not None and settings.proxy_dirac_group else None
     reasons: list[str] = []
-    async with platform.proxy_locks[identity.user_id]:
+    async with platform.proxy_locks[identity.user_id]:  # one submission, one new proxy
+        _, current = await stored(platform, identity.user_id) if reuse else (None, None)
+        if (
+            current is not None
+            and current.seconds_left >= needed.total_seconds()
+            and current.dirac_group == group
+        ):
+            return current
         for source in settings.proxy_sources:
             try:
                 pem = await _make(platform, identity, source, lifetime, group)
@@ -204,7 +216,7 @@ async def _make(
             raise _Unavailable("Concordia is not connected to IAM")
         iam = iam_of(platform)
         try:
-            token = await iam_access_token(platform, identity)
+            token = await iam_access_token(platform, identity, "proxy:generate")
             return await managed_proxy(
                 iam.http, iam.issuer, token, settings.oidc_client_id,
                 settings.oidc_client_secret.get_secret_value(), int(lifetime.total_seconds()),
@@ -212,14 +224,28 @@ async def _make(
         except ProxyRefused as exc:
             hint = " (upload a proxy to your IAM account first)" if "412" in str(exc) else ""
             raise _Unavailable(f"{exc}{hint}") from None
+        except SessionEnded:
+            raise _Unavailable(
+                "it needs a token with the proxy:generate scope: sign in on the web page"
+            ) from None
         except (IamUnreachable, DomainError) as exc:
             raise _Unavailable(str(exc)) from None
-    async with platform.reading() as session:
-        found = await read_secret(session, platform.vault, identity.user_id, CREDENTIAL)
+    try:
+        async with platform.reading() as session:
+            found = await read_secret(session, platform.vault, identity.user_id, CREDENTIAL)
+    except VaultError:
+        raise _Unavailable("the stored certificate cannot be decrypted: upload it again") from None
     if found is None:
         raise _Unavailable("no certificate uploaded to Concordia (see the account page)")
-    cred = load_credential(found[0], None)
-    return make_proxy(cred, lifetime, utcnow(), dirac_group=group)
+
+    def sign() -> bytes:  # a new RSA key and a signature: milliseconds of CPU, off the loop
+        cred = load_credential(found[0], None)
+        return make_proxy(cred, lifetime, utcnow(), dirac_group=group)
+
+    try:
+        return await asyncio.to_thread(sign)
+    except ValueError as exc:  # e.g. a DIRAC group name it cannot carry
+        raise _Unavailable(str(exc)) from None
 
 
 async def ensure_proxy(
@@ -227,26 +253,28 @@ async def ensure_proxy(
 ) -> ProxyView:
     """The user's proxy with at least ``needed`` left (a new one when the current is short);
     NoProxy, saying why, when none lasts long enough: refused now, never a failed job later."""
-    _, current = await stored(platform, identity.user_id)
-    member = identity.membership(vo) if vo else None
-    group = member.dirac_group if member and platform.settings.proxy_dirac_group else None
-    if (
-        current is not None
-        and current.seconds_left >= needed.total_seconds()
-        and current.dirac_group == group
-    ):
-        return current
     lifetime = max(
         needed + timedelta(hours=1), timedelta(hours=platform.settings.proxy_lifetime_hours)
     )
-    return await new_proxy(platform, identity, lifetime, vo, needed)
+    return await new_proxy(platform, identity, lifetime, vo, needed, reuse=True)
 
 
-async def usable_proxy(platform: Platform, user_id: int) -> bytes | None:
-    """The stored proxy chain for a job that needs it (written 0600, removed after use);
-    None when there is none or it has expired."""
-    async with platform.reading() as session:
-        found = await read_secret(session, platform.vault, user_id, PROXY)
-    if found is None or found[1].expires_at is None or found[1].expires_at <= utcnow():
-        return None
-    return found[0]
+async def usable_proxy(
+    platform: Platform, user_id: int, group: str, cpu_time: int
+) -> tuple[bytes | None, str]:
+    """The stored proxy chain for a job that needs it (written 0600, removed after use), if
+    it lasts as long as the job may and carries the submission's DIRAC group (when groups
+    are written); else None and why."""
+    try:
+        async with platform.reading() as session:
+            found = await read_secret(session, platform.vault, user_id, PROXY)
+    except VaultError:
+        return None, "the stored proxy cannot be decrypted"
+    if found is None:
+        return None, "there is none"
+    view = _proxy_view(found[1].info)
+    if view.seconds_left < cpu_time * platform.settings.local_wall_time_factor:
+        return None, f"it has {_hours(view.seconds_left)} left, less than the job may run"
+    if platform.settings.proxy_dirac_group and view.dirac_group != group:
+        return None, f"it is for the DIRAC group {view.dirac_group}, not {group}"
+    return found[0], ""

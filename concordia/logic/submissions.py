@@ -195,10 +195,14 @@ async def submit_batch(
     if backend not in platform.backends:
         raise Invalid("backend", f"unknown backend; available: {', '.join(platform.backends)}")
     values, build_args = check_request(app, request)  # every check before any write
-    if request.vo is not None and identity.membership(request.vo) is None:
-        raise Forbidden(f"you are not recognised as a member of the VO {request.vo!r}")
-    allowed = [request.vo] if request.vo is not None else app.vos
-    vo = require_vo(identity, allowed, f"The application {app.title}", platform.settings)
+    what = f"The application {app.title}"
+    vo = require_vo(identity, app.vos, what, platform.settings)
+    if request.vo is not None:  # one of the user's VOs that the application is open to
+        if app.vos and request.vo not in app.vos:
+            raise Forbidden(f"{what} is open to {', '.join(app.vos)}, not to {request.vo!r}")
+        if identity.membership(request.vo) is None:
+            raise Forbidden(f"you are not recognised as a member of the VO {request.vo!r}")
+        vo = request.vo
     member = identity.membership(vo)
     if app.proxy:  # refused now rather than a job failing later for want of a proxy
         await ensure_proxy(platform, identity, proxy_needed(platform, app), vo or None)

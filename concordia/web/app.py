@@ -29,6 +29,8 @@ from concordia.logic.platform import Platform
 from concordia.settings import Settings
 from concordia.web.api import router as api_router
 from concordia.web.errors import install_error_handlers
+from concordia.web.limits import BodyLimit
+from concordia.web.oauth import web_client
 from concordia.web.pages import router as pages_router
 from concordia.worker import Reconciler, cancel
 
@@ -76,6 +78,7 @@ def create_app(
                 login_token = await create_token(session, user, kind="login", name="start-up")
             login_url += f"?token={login_token}"
         app.state.platform = platform
+        app.state.oauth = web_client(settings) if settings.iam_mode else None
         reconciler = asyncio.create_task(Reconciler(platform).run(), name="reconciler")
         if on_ready is not None:
             on_ready(login_url, platform)
@@ -106,6 +109,7 @@ def create_app(
         same_site="lax",
         https_only=settings.public_url.startswith("https://"),
     )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(pages_router)

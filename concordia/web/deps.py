@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from concordia.auth.oidc import IamUnreachable, TokenInvalid, looks_like_jwt
-from concordia.logic.accounts import bearer_identity, identity_for, renew_session, session_identity
+from concordia.logic.accounts import bearer_identity, identity_of, session_identity
 from concordia.logic.iam_session import SessionEnded
 from concordia.logic.identity import Identity, user_for_token
 from concordia.logic.platform import Platform
@@ -16,6 +16,11 @@ from concordia.logic.platform import Platform
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-CSRF-Token"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant time, and any text (compare_digest refuses non-ASCII str)."""
+    return bool(expected) and secrets.compare_digest(given.encode(), expected.encode())
 
 
 def get_platform(request: Request) -> Platform:
@@ -39,23 +44,21 @@ async def bearer(platform: Platform, token: str) -> Identity:
         user = await user_for_token(session, token)
     if user is None:
         raise HTTPException(401, "invalid token", headers=_CHALLENGE)
-    return identity_for(
-        platform.settings, user.id, user.username, user.display_name, "token", user.groups
-    )
+    return identity_of(platform.settings, user, "token")
 
 
 async def session_user(request: Request, platform: Platform) -> Identity | None:
     """The signed-in browser user, their IAM tokens renewed when due; None if not signed in
     (or IAM ended the sign-in: the session is cleared)."""
-    cookie = request.session
-    if "user_id" not in cookie:
-        return None
+    if "user_id" not in request.session:
+        return None  # (it may hold a sign-in under way: left alone)
     try:
-        await renew_session(platform, cookie)
+        identity = await session_identity(platform, request.session)
     except SessionEnded:
-        cookie.clear()
-        return None
-    return session_identity(platform.settings, cookie)
+        identity = None
+    if identity is None:
+        request.session.clear()
+    return identity
 
 
 async def get_identity(request: Request, platform: PlatformDep) -> Identity:
@@ -66,7 +69,7 @@ async def get_identity(request: Request, platform: PlatformDep) -> Identity:
     identity = await session_user(request, platform)
     if identity is not None:
         # A cookie rides along with any cross-site request: state changes need the CSRF token.
-        if request.method not in SAFE_METHODS and not secrets.compare_digest(
+        if request.method not in SAFE_METHODS and not same_secret(
             request.headers.get(CSRF_HEADER, ""), request.session.get("csrf", "")
         ):
             raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header")

@@ -13,10 +13,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select
 
 from concordia.auth import oidc
+from concordia.db.tables import UserSecret
 from concordia.settings import Settings
-from tests.conftest import Running, make_settings, running_app, seed_images
+from tests.conftest import Running, free_port, make_settings, running_app, seed_images
 from tests.iam.pki import TestCA, UserCert
 from tests.iam.server import IamDouble
 
@@ -234,10 +236,11 @@ async def test_applications_are_open_to_their_vos_only_and_submissions_record_th
         assert refused.status_code == 403
         assert "open to members of KM3NeT" in refused.json()["detail"]
         assert "ESCAPE, CTA" in refused.json()["detail"]
-        wrong_vo = await running.client.post(
-            "/api/v1/submissions", json={"application": "ctaonly", "vo": "km3net"}, headers=auth
-        )
-        assert wrong_vo.status_code == 403
+        for application, vo in [("ctaonly", "km3net"), ("km3only", "escape")]:
+            wrong_vo = await running.client.post(
+                "/api/v1/submissions", json={"application": application, "vo": vo}, headers=auth
+            )
+            assert wrong_vo.status_code == 403, (application, vo, wrong_vo.text)
         jobs = await running.client.get("/api/v1/jobs", headers=auth)
         assert jobs.json()["total"] == 0  # nothing stored by the refusals
         made = await running.client.post(
@@ -290,3 +293,86 @@ async def test_account_forms_need_the_session_csrf_token(iam_app: IamApp) -> Non
         out = await browser.post("/logout", data={"csrf": csrf.group(1)})
         assert out.status_code == 303
         assert (await browser.get("/api/v1/me")).status_code == 401
+
+
+async def test_memberships_follow_iam_and_a_client_error_does_not_sign_out(
+    iam_app: IamApp,
+) -> None:
+    iam = iam_app.iam
+    iam.state.access_token_lifetime = 30  # every request renews
+    iam.add_user("jane")
+    async with iam_app.browser() as browser:
+        await iam_app.sign_in(browser, "jane")
+        assert (await browser.get("/api/v1/me")).json()["vos"] == ["escape", "cta"]
+        iam.user("jane").groups = ["/escape"]  # removed from CTA in IAM
+        assert (await browser.get("/api/v1/me")).json()["vos"] == ["escape"]
+        iam.user("jane").groups = []
+        me = (await browser.get("/api/v1/me")).json()
+        assert me["vos"] == [] and me["recognised"].startswith("Not recognised")
+        # Concordia's own client is refused (its secret rotated in IAM): the person stays
+        # signed in, with what Concordia knew.
+        iam.state.clients["concordia"].secret = "rotated"
+        assert (await browser.get("/api/v1/me")).status_code == 200
+
+
+async def test_groups_come_from_userinfo_when_the_token_has_none(iam_app: IamApp) -> None:
+    iam = iam_app.iam
+    iam.state.profile = "iam"
+    iam.add_user("kim", groups=["/escape", "/escape/km3net"])
+    claims = iam.access_claims("kim")
+    for name in ("wlcg.groups", "groups", "eduperson_entitlement"):
+        claims.pop(name, None)  # as IAM's iam and aarc profiles issue access tokens
+    token = iam.mint(claims)
+    me = await iam_app.running.client.get(
+        "/api/v1/me", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert me.status_code == 200 and me.json()["vos"] == ["escape", "km3net"]
+    # Another relying party's token, or an ID token, does not act here.
+    other = iam.mint({**iam.access_claims("kim"), "client_id": "someone-else"})
+    refused = await iam_app.running.client.get(
+        "/api/v1/me", headers={"Authorization": f"Bearer {other}"}
+    )
+    assert refused.status_code == 401 and "another client" in refused.json()["detail"]
+    odd = iam.mint({**iam.access_claims("kim"), "iss": {"not": "a string"}})
+    odd_answer = await iam_app.running.client.get(
+        "/api/v1/me", headers={"Authorization": f"Bearer {odd}"}
+    )
+    assert odd_answer.status_code == 401
+
+
+async def test_signing_out_forgets_the_iam_tokens(iam_app: IamApp) -> None:
+    iam_app.iam.add_user("jane")
+    async with iam_app.browser() as browser:
+        await iam_app.sign_in(browser, "jane")
+        async with iam_app.running.platform.reading() as session:
+            kinds = list(await session.scalars(select(UserSecret.kind)))
+        assert kinds == ["iam_tokens"]
+        page = await browser.get("/account")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf
+        assert (await browser.post("/logout", data={"csrf": csrf.group(1)})).status_code == 303
+        async with iam_app.running.platform.reading() as session:
+            assert list(await session.scalars(select(UserSecret.kind))) == []
+
+
+async def test_iam_down_at_sign_in_is_a_clear_503(tmp_path: Path, iam: IamDouble) -> None:
+    settings = iam_settings(tmp_path / "var", iam, oidc_issuer=f"http://127.0.0.1:{free_port()}")
+    async with running_app(settings) as running:
+        answer = await running.client.get("/login")
+        assert answer.status_code == 503 and "IAM cannot be reached" in answer.text
+
+
+async def test_oversize_bodies_are_refused_before_they_are_read(app: Running) -> None:
+    big = b"x" * (app.settings.max_request_bytes + 1)
+    declared = await app.client.post("/api/v1/submissions", content=big)
+    assert declared.status_code == 413 and "larger than" in declared.json()["detail"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"y" * (app.settings.max_request_bytes // 10)
+
+    chunked = await app.client.post("/api/v1/submissions", content=chunks())
+    assert chunked.status_code == 413
+    assert (await app.client.get("/api/v1/jobs")).json()["total"] == 0
+    scim = await app.client.post("/api/v1/me/scim")
+    assert scim.status_code == 409 and "local mode" in scim.json()["detail"]

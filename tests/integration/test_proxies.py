@@ -184,7 +184,8 @@ async def test_iam_managed_proxy_first_then_the_uploaded_certificate(
         detail = refused.json()["detail"]
         assert "No proxy found for account" in detail and "no certificate uploaded" in detail
         no_scope = await client.post("/api/v1/me/proxy", json={}, headers=bearer(iam, "jane"))
-        assert no_scope.status_code == 409 and "403" in no_scope.json()["detail"]
+        assert no_scope.status_code == 409
+        assert "proxy:generate scope: sign in on the web page" in no_scope.json()["detail"]
 
 
 PROXY_APP = """name: gridjob

@@ -6,13 +6,16 @@ import logging
 import secrets
 from typing import Any
 
+import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from concordia.auth.oidc import IamUnreachable, OAuthError
+from concordia.auth.oidc import IamUnreachable
 from concordia.logic.accounts import sign_in
+from concordia.logic.iam_session import forget_tokens
 from concordia.logic.identity import consume_login_token
 from concordia.web.deps import PlatformDep
+from concordia.web.oauth import OAuthError, StarletteOAuth2App
 from concordia.web.pages.common import error_page, read_form
 
 log = logging.getLogger(__name__)
@@ -31,15 +34,21 @@ def _start_session(request: Request, values: dict[str, Any]) -> None:
     request.session.update(values, csrf=secrets.token_urlsafe(24))
 
 
+def _client(request: Request) -> StarletteOAuth2App | None:
+    client: StarletteOAuth2App | None = request.app.state.oauth
+    return client
+
+
 @router.get("/login")
 async def login(request: Request, platform: PlatformDep, token: str = "", next: str = "/") -> Any:
-    if platform.iam is not None:
+    client = _client(request)
+    if client is not None:
         request.session["next"] = _safe_next(next)
         redirect_uri = f"{platform.settings.public_url}/auth/callback"
         try:
-            return await platform.iam.client.authorize_redirect(request, redirect_uri)
-        except (IamUnreachable, OSError, ValueError) as exc:
-            log.warning("IAM discovery failed: %s", exc)
+            return await client.authorize_redirect(request, redirect_uri)
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            log.warning("IAM discovery failed: %s", type(exc).__name__)
             return error_page(
                 request, 503, "IAM cannot be reached to sign you in.", "Try again in a minute."
             )
@@ -65,23 +74,33 @@ async def login(request: Request, platform: PlatformDep, token: str = "", next: 
 async def callback(request: Request, platform: PlatformDep) -> Response:
     """IAM sends the browser back here with a code (or an error); authlib checks the state,
     sends the PKCE verifier with the code, and validates the ID token and its nonce."""
-    if platform.iam is None:
+    client = _client(request)
+    if client is None:
         return error_page(request, 404, "IAM sign-in is not configured here.")
+    unreachable = error_page(request, 503, "IAM could not be reached to finish signing you in.")
     try:
-        token = await platform.iam.client.authorize_access_token(request)  # type: ignore[no-untyped-call]
+        token = await client.authorize_access_token(request)  # type: ignore[no-untyped-call]
     except OAuthError as exc:
         why = exc.description or exc.error
         return error_page(request, 401, f"IAM did not sign you in: {why}.", "Try again.")
-    except (IamUnreachable, OSError) as exc:
-        log.warning("IAM token endpoint failed: %s", exc)
-        return error_page(request, 503, "IAM could not be reached to finish signing you in.")
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        log.warning("IAM token endpoint failed: %s", type(exc).__name__)
+        return unreachable
     target = _safe_next(str(request.session.get("next", "/")))
-    _start_session(request, await sign_in(platform, token))
+    try:
+        values = await sign_in(platform, token)
+    except IamUnreachable:
+        return unreachable
+    _start_session(request, values)
     return RedirectResponse(target, status_code=303)
 
 
 @router.post("/logout")
-async def logout(request: Request) -> RedirectResponse:
+async def logout(request: Request, platform: PlatformDep) -> RedirectResponse:
     await read_form(request)  # CSRF: a cross-site form must not sign people out
+    user_id = request.session.get("user_id")
+    if user_id is not None and platform.iam is not None:
+        # Nothing acts for the user any more: a copy of this cookie ends at its next renewal.
+        await forget_tokens(platform, user_id)
     request.session.clear()
     return RedirectResponse("/", status_code=303)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +13,7 @@ from starlette.datastructures import FormData
 from concordia import __version__
 from concordia.logic.errors import TooLarge
 from concordia.logic.identity import Identity
-from concordia.web.deps import CSRF_HEADER, PlatformDep, session_user
+from concordia.web.deps import CSRF_HEADER, PlatformDep, same_secret, session_user
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 TEMPLATES.env.globals.update(version=__version__, csrf_header=CSRF_HEADER)
@@ -57,8 +56,7 @@ async def read_form(
 
 def check_csrf(request: Request, token: str) -> None:
     """A state-changing form must carry the session's token (a cross-site form cannot)."""
-    expected = request.session.get("csrf", "")
-    if not expected or not secrets.compare_digest(token, expected):
+    if not same_secret(token, request.session.get("csrf", "")):
         raise PageForbidden
 
 

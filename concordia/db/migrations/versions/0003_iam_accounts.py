@@ -18,11 +18,11 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("users") as batch:
-        batch.add_column(sa.Column("issuer", sa.String(256), nullable=False, server_default=""))
-        batch.add_column(sa.Column("subject", sa.String(256), nullable=False, server_default=""))
+        batch.add_column(sa.Column("issuer", sa.String(256), nullable=True))
+        batch.add_column(sa.Column("subject", sa.String(256), nullable=True))
         batch.add_column(sa.Column("groups", sa.JSON(), nullable=False, server_default="[]"))
         batch.add_column(sa.Column("scim", sa.JSON(), nullable=False, server_default="{}"))
-        batch.create_index("ix_users_issuer_subject", ["issuer", "subject"])
+        batch.create_index("ix_users_issuer_subject", ["issuer", "subject"], unique=True)
 
     op.create_table(
         "user_secrets",
