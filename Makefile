@@ -41,6 +41,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/pages.py
 	$(BIN)/python bench/image_lookup.py
 	$(BIN)/python bench/job_start.py
+	$(BIN)/python bench/bearer_auth.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

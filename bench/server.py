@@ -57,11 +57,12 @@ def serve(data_dir: Path, **settings: str) -> Iterator[Server]:
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while not (data_dir / "api-token").exists() or not _up(url):
+        iam_mode = "oidc_issuer" in settings  # no local user, no api-token file
+        while not (iam_mode or (data_dir / "api-token").exists()) or not _up(url):
             if time.monotonic() > deadline or process.poll() is not None:
                 raise SystemExit("the server did not start")
             time.sleep(0.1)
-        token = (data_dir / "api-token").read_text().strip()
+        token = "" if iam_mode else (data_dir / "api-token").read_text().strip()
         yield Server(url=url, token=token, pid=process.pid, data_dir=data_dir)
     finally:
         process.send_signal(signal.SIGTERM)

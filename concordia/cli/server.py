@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 db_app = typer.Typer(help="The database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s]+")
+#: Secrets that travel in query strings: the one-time login link's token, IAM's
+#: authorization code (single use and PKCE-bound, but a secret until used).
+TOKEN_IN_QUERY = re.compile(r"((?:^|[?&])(?:token|code)=)[^&\s]+")
 
 
 def _database_kind(database_url: str) -> str:
@@ -55,7 +57,8 @@ def _banner(settings: Settings, login_url: str, platform: Platform) -> None:
 
 
 class RedactTokens(logging.Filter):
-    """Masks `token=...` in log arguments (the one-time login link's request line)."""
+    """Masks `token=...` and `code=...` in log arguments (the request lines of the one-time
+    login link and of IAM's redirect back)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):

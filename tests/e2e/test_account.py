@@ -45,6 +45,7 @@ def test_sign_in_with_iam_upload_a_certificate_and_get_a_proxy(
     page.get_by_role("button", name="Sign in").click()
 
     page.wait_for_url(f"{live_server.url}/account")
+    assert "/auth/callback?code=***&state=" in live_server.output()  # the code is not logged
     expect(page.get_by_label("Signed in as")).to_have_text("Jane Tester")
     expect(page.locator("#memberships")).to_contain_text("Recognised as a member of ESCAPE, CTA")
     expect(page.locator("#certificates")).to_contain_text("/C=NL/O=Nikhef/CN=Jane Doe")

@@ -52,7 +52,7 @@ def script() -> ModuleType:
 
 def test_the_definition_loads_and_its_catalogue_accepts_it(app: ApplicationDef) -> None:
     assert app.name == YAML.stem == "showermodel"
-    assert app.vos == []
+    assert app.vos == ["cta"]
     assert app.image is not None
     assert app.image.base == "debian:bookworm"
     assert app.image.variant == "minbase"
