@@ -32,6 +32,15 @@ def wait_for(
     raise AssertionError(f"job {job_id} never reached {statuses}: {job['status']}")
 
 
+def processes_become(expected: int, timeout: float = 15) -> int:
+    """The count of hello.sh shells once it is ``expected`` (or when time is up): a job is
+    Running once bwrap is started, its shell appears a moment later on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while (count := hello_processes()) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return count
+
+
 def hello_processes() -> int:
     """Job shells running hello.sh, counted from /proc (bwrap's own argv is not counted)."""
     count = 0
@@ -58,7 +67,7 @@ def test_jobs_running_at_sigkill_are_stalled_then_rescheduled(live_server: LiveS
             assert wait_for(client, job_id, {"Running"})["isolated"] is True
         statuses = [client.get(f"/api/v1/jobs/{j}").json()["status"] for j in queued["job_ids"]]
         assert statuses == ["Waiting", "Waiting"]  # two slots, both busy
-    assert hello_processes() == 2
+    assert processes_become(2) == 2
 
     live_server.kill(signal.SIGKILL)
     live_server.start()
@@ -72,7 +81,7 @@ def test_jobs_running_at_sigkill_are_stalled_then_rescheduled(live_server: LiveS
             assert history[at : at + 4] == ["Stalled", "Failed", "Rescheduled", "Received"]
             assert job["reschedule_count"] == 1
         # The reruns are the only job processes: the killed server's jobs died with it.
-        assert hello_processes() == 2
+        assert processes_become(2) == 2
         for job_id in running["job_ids"]:
             assert client.post(f"/api/v1/jobs/{job_id}/kill").json()["status"] == "Killed"
         # The queued jobs were neither lost nor duplicated: each ran once, to Done.
