@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# DiracX (GPL-3.0) runs in a venv of its own as a separate process: the project never imports it.
+DIRACX_VENV := .venv-diracx
+DIRACX_STAMP := $(DIRACX_VENV)/.installed
 # bubblewrap runs jobs in their images; mmdebstrap builds images; squashfs-tools and umoci
 # write the SquashFS (Apptainer) and OCI forms of each image.
 SYSTEM_PACKAGES := bubblewrap mmdebstrap squashfs-tools umoci
 # podman (with runc: crun refuses cgroup v1 hybrid mode) is the third runtime of jobs in images.
 TEST_PACKAGES := chromium podman runc
 
-.PHONY: run test lint system-deps test-deps bench clean
+.PHONY: run test lint system-deps test-deps diracx-venv bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +24,16 @@ $(STAMP): pyproject.toml
 system-deps:
 	@scripts/ensure-packages "images are built with mmdebstrap and jobs run in them with bubblewrap" $(SYSTEM_PACKAGES)
 
-test-deps: system-deps
+$(DIRACX_STAMP): scripts/diracx-requirements.txt
+	$(PYTHON) -m venv $(DIRACX_VENV)
+	$(DIRACX_VENV)/bin/pip install --quiet --upgrade pip
+	$(DIRACX_VENV)/bin/pip install --quiet -r scripts/diracx-requirements.txt
+	touch $(DIRACX_STAMP)
+
+# The real DiracX server the tests of tests/diracx start (scripts/diracx-server).
+diracx-venv: $(DIRACX_STAMP)
+
+test-deps: system-deps diracx-venv
 	@scripts/ensure-packages "the browser tests drive Debian's chromium; podman runs jobs in tests" $(TEST_PACKAGES)
 
 run: $(STAMP) system-deps
@@ -44,4 +56,4 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/bearer_auth.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DIRACX_VENV) .pytest_cache .mypy_cache .ruff_cache

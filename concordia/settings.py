@@ -217,6 +217,33 @@ class Settings(BaseSettings):
         default_factory=dict, description="Operator-provided build inputs by name (corsika)."
     )
 
+    # DiracX (DIRAC's REST API): the grid. No URL: no diracx backend.
+    diracx_url: str = Field(default="", description="e.g. https://diracx.example.org")
+    diracx_auth: Literal["service", "user"] = Field(
+        default="service",
+        description="service: Concordia obtains each user's tokens as a trusted service (the "
+        "legacy exchange secret); user: each user connects their DiracX account once.",
+    )
+    diracx_legacy_secret: SecretStr = Field(
+        default=SecretStr(""), description="The trusted-service exchange secret (service mode)."
+    )
+    diracx_client_id: str = Field(
+        default="myDIRACClientID", description="DiracX's public client id (user mode)."
+    )
+    diracx_chunk_size: int = Field(
+        default=20, ge=1, le=100, description="JDLs per submission call (DiracX allows 20)."
+    )
+    diracx_poll_interval: float = Field(default=10.0, gt=0, description="Seconds between polls.")
+    diracx_images_url: str = Field(
+        default="",
+        description="Where grid nodes fetch images: an http(s) URL or a path (e.g. CVMFS) "
+        "holding <image id>/image.sqsh as in the image store.",
+    )
+    diracx_max_output_bytes: int = Field(
+        default=1 << 30, ge=1 << 20, description="An output sandbox larger is refused."
+    )
+    default_backend: str = Field(default="local", description="local or diracx.")
+
     # The reconciler.
     max_reschedules: int = Field(default=3, ge=0, description="As DIRAC's MaxRescheduling.")
     poll_interval: float = Field(default=5.0, gt=0, description="Seconds between backend polls.")

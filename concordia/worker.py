@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from concordia.backends.base import Backend, BackendRef, JobImage, JobSpec, StatusUpdate
 from concordia.core.application import ApplicationDef
 from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
-from concordia.db.tables import Application, Image, Job, Submission
+from concordia.db.tables import Application, Image, Job, Submission, User
 from concordia.images.store import StoredImage
 from concordia.logic.images import BUILDING, FAILED
 from concordia.logic.jobs import backend_ref, publish_jobs, record_status, requeue, transition
@@ -165,7 +165,7 @@ class Reconciler:
                 continue
             proxy = None
             if app.proxy:  # checked at submission; it may have been replaced or run out since
-                key = (job.owner_id, groups[job.submission_id], app.cpu_time)
+                key = (job.owner_id, groups[job.submission_id][2], app.cpu_time)
                 if key not in proxies:
                     proxies[key] = await usable_proxy(self.platform, *key)
                 proxy, why = proxies[key]
@@ -173,7 +173,7 @@ class Reconciler:
                     minor = f"No usable proxy ({why}): get one on the account page, then reschedule"
                     transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
                     continue
-            specs.append(self._spec(job, app, image, proxy))
+            specs.append(self._spec(job, app, image, proxy, groups[job.submission_id]))
         if not specs:
             return
         refs = await backend.submit(specs)
@@ -185,12 +185,17 @@ class Reconciler:
             job.backend_ref = ref.ref
             job.backend_state = {**job.backend_state, **ref.state}
 
-    async def _groups_of(self, session: AsyncSession, submission_ids: set[int]) -> dict[int, str]:
-        """The DIRAC group each submission runs under (its jobs' proxies must carry it)."""
+    async def _groups_of(
+        self, session: AsyncSession, submission_ids: set[int]
+    ) -> dict[int, tuple[str, str, str]]:
+        """Each submission's owner, VO and DIRAC group (a grid backend acts as them; their
+        jobs' proxies must carry the group)."""
         rows = await session.execute(
-            select(Submission.id, Submission.group).where(Submission.id.in_(submission_ids))
+            select(Submission.id, User.username, Submission.vo, Submission.group)
+            .join(User, User.id == Submission.owner_id)
+            .where(Submission.id.in_(submission_ids))
         )
-        return {sid: group for sid, group in rows.all()}
+        return {sid: (owner, vo, group) for sid, owner, vo, group in rows.all()}
 
     async def _runs_of(
         self, session: AsyncSession, submission_ids: set[int]
@@ -218,7 +223,12 @@ class Reconciler:
         }
 
     def _spec(
-        self, job: Job, app: ApplicationDef, image: JobImage | None, proxy: bytes | None
+        self,
+        job: Job,
+        app: ApplicationDef,
+        image: JobImage | None,
+        proxy: bytes | None,
+        run_as: tuple[str, str, str],
     ) -> JobSpec:
         directory = self.platform.catalog.directory
         return JobSpec(
@@ -233,6 +243,10 @@ class Reconciler:
             jdl=job.jdl,
             image=image,
             proxy=proxy,
+            owner=run_as[0],
+            vo=run_as[1],
+            group=run_as[2],
+            job_group=f"{app.name}.{job.submission_id}",
         )
 
     def _watch(self, name: str, jobs: Sequence[Job | _Row]) -> None:
@@ -265,8 +279,10 @@ class Reconciler:
 
     @staticmethod
     def _apply(session: AsyncSession, backend: str, job: _Row, update: StatusUpdate) -> None:
+        # The same status again is news of its minor status (DIRAC logs those too).
+        same = JobStatus(job.status) == update.status
         try:
-            transition(
+            (record_status if same else transition)(
                 session,
                 job,
                 update.status,
@@ -349,6 +365,7 @@ def _job_image(image: StoredImage | None) -> JobImage | None:
         id=image.id,
         rootfs=image.rootfs,
         squashfs=squashfs if squashfs.exists() else None,
+        squashfs_sha256=image.meta.get("formats", {}).get("squashfs", {}).get("sha256"),
         env=image.meta.get("env", {}),
         workdir=image.meta.get("workdir", "/work"),
     )

@@ -26,7 +26,7 @@ from concordia.logic.platform import Platform
 from concordia.settings import Settings
 from concordia.web.app import create_app
 
-pytest_plugins = ["tests.iam.fixtures"]
+pytest_plugins = ["tests.iam.fixtures", "tests.diracx.fixtures"]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

@@ -18,6 +18,7 @@ class JobImage(BaseModel):
     id: str
     rootfs: Path
     squashfs: Path | None = None
+    squashfs_sha256: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/work"
 
@@ -41,6 +42,12 @@ class JobSpec(BaseModel):
     image: JobImage | None = None
     #: The owner's X.509 proxy (PEM) for jobs that need one: a 0600 file while the job runs.
     proxy: bytes | None = Field(default=None, repr=False, exclude=True)
+    #: Who runs it, under which VO and DIRAC group (a grid backend acts as that user).
+    owner: str = ""
+    vo: str = ""
+    group: str = ""
+    #: The submission it belongs to (DIRAC's JobGroup).
+    job_group: str = ""
 
 
 class BackendRef(BaseModel):

@@ -191,7 +191,7 @@ async def submit_batch(
     """Store a submission and its jobs as Received; the reconciler takes it from there."""
     owner_id = identity.user_id
     app = platform.catalog.get(request.application)
-    backend = request.backend or "local"
+    backend = request.backend or platform.settings.default_backend
     if backend not in platform.backends:
         raise Invalid("backend", f"unknown backend; available: {', '.join(platform.backends)}")
     values, build_args = check_request(app, request)  # every check before any write

@@ -18,6 +18,7 @@ from concordia import __version__
 from concordia.auth.oidc import Iam
 from concordia.auth.vault import open_vault
 from concordia.backends.base import Backend
+from concordia.backends.diracx import DiracXBackend
 from concordia.backends.local import LocalBackend
 from concordia.db.engine import make_engine, make_sessionmaker
 from concordia.db.migrate import upgrade
@@ -60,6 +61,8 @@ def create_app(
         local = LocalBackend(settings)
         await local.start()
         backends: dict[str, Backend] = {"local": local}
+        if settings.diracx_url:
+            backends["diracx"] = DiracXBackend(settings)
         platform = Platform(
             settings=settings,
             sessions=make_sessionmaker(engine),
@@ -90,6 +93,8 @@ def create_app(
                 await cancel(build)
             stop_running_builds()
             await local.close()
+            if "diracx" in backends:
+                await backends["diracx"].close()  # type: ignore[attr-defined]
             if platform.iam is not None:
                 await platform.iam.close()
             await engine.dispose()

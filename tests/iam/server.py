@@ -437,16 +437,18 @@ class IamDouble:
         given_name: str | None = None,
         family_name: str = "Tester",
         email: str | None = None,
+        sub: str | None = None,
     ) -> IamUser:
         """An account. ``uploaded_proxy`` stores the certificate with its key as IAM's managed
         proxy; with ``proxy_lifetime`` what is stored is a real proxy of that lifetime made from
-        it (what voms-proxy-init uploads), so /iam/proxycert answers a two-level chain."""
+        it (what voms-proxy-init uploads), so /iam/proxycert answers a two-level chain. ``sub``
+        fixes the subject (a DiracX registry lists users by it); by default a random UUID."""
         if uploaded_proxy and certificate is None:
             raise ValueError("an uploaded proxy needs the user's certificate")
         user = IamUser(
             username=username,
             password=password if password is not None else f"pw-{username}",
-            sub=str(uuid.uuid4()),
+            sub=sub if sub is not None else str(uuid.uuid4()),
             given_name=given_name or username.capitalize(),
             family_name=family_name,
             email=email or f"{username}@example.org",

@@ -1,0 +1,378 @@
+"""The DiracX backend: jobs on the grid through DIRAC's REST API (over HTTP only: DiracX is
+GPL-3.0 and none of its packages is imported here)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, Field
+
+from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
+from concordia.backends.sandboxes import Sandbox, extract_outputs, input_sandbox
+from concordia.core.jdl import job_jdl
+from concordia.core.states import JobStatus
+from concordia.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WRAPPER = "concordia-job.sh"
+WRAPPER_PY = "concordia_job.py"
+JOB_CONFIG = "concordia-job.json"
+STD_OUTPUT, STD_ERROR = "std.out", "std.err"
+#: Written in a job's directory once its output sandbox is unpacked in outputs/.
+FETCHED = ".outputs-fetched"
+#: A token is renewed this long before it expires.
+TOKEN_MARGIN = 60.0
+#: DIRAC states a Concordia job passes itself before it reaches DiracX.
+_BEFORE_US = {JobStatus.RECEIVED, JobStatus.CHECKING}
+_SEARCH_FIELDS = ["JobID", "JobName", "Status", "MinorStatus", "ApplicationStatus", "LoggingInfo"]
+
+
+class DiracXError(Exception):
+    """DiracX refused or failed a call; the message is its reason."""
+
+
+class DiracXUnreachable(DiracXError):
+    """DiracX does not answer: jobs keep their last known state, nothing is decided."""
+
+
+class SandboxSlot(BaseModel):
+    pfn: str
+    url: str | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
+class Inserted(BaseModel):
+    JobID: int
+    Status: str = ""
+
+
+class Token(BaseModel):
+    access_token: str
+    expires_in: int = 3600
+
+
+class DiracXBackend:
+    """Submit, follow, kill and fetch the outputs of jobs in DiracX, acting as each job's
+    owner under the submission's VO and DIRAC group (a token per owner and group)."""
+
+    name = "diracx"
+    isolated = True
+    isolation_problem: str | None = None
+    runtime_summary = "apptainer or singularity on grid worker nodes (bubblewrap where neither)"
+    survives_restart = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = settings.diracx_url.rstrip("/")
+        self.http = httpx.AsyncClient(base_url=self.url, timeout=60)
+        self._tokens: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self._token_locks: defaultdict[tuple[str, str, str], asyncio.Lock] = defaultdict(
+            asyncio.Lock
+        )
+        #: Input sandboxes DiracX has (sha256 -> PFN): one upload per content, ever.
+        self._sandboxes: dict[str, str] = {}
+        #: Set by a poll that found DiracX unreachable (the UI says so); None when fine.
+        self.unreachable: str | None = None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    # --- calls
+
+    async def _send(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        """One request; DiracXUnreachable when it does not answer (or fails on its side),
+        DiracXError with DiracX's reason when it refuses."""
+        try:
+            response = await self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise DiracXUnreachable(f"DiracX did not answer: {type(exc).__name__}") from None
+        if response.status_code >= 500:
+            raise DiracXUnreachable(f"DiracX answered {response.status_code} to {what}")
+        if response.is_error:
+            raise DiracXError(
+                f"DiracX refused {what} ({response.status_code}): {_detail(response)}"
+            )
+        return response
+
+    async def _call(self, method: str, path: str, key: tuple[str, str, str], **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {await self._token(key)}"}
+        response = await self._send(method, path, path, headers=headers, **kwargs)
+        return response.json() if response.content else None
+
+    async def _token(self, key: tuple[str, str, str]) -> str:
+        """A DiracX access token for (user, vo, group), obtained as a trusted service."""
+        async with self._token_locks[key]:
+            cached = self._tokens.get(key)
+            if cached is not None and cached[0] - TOKEN_MARGIN > time.time():
+                return cached[1]
+            user, vo, group = key
+            secret = self.settings.diracx_legacy_secret.get_secret_value()
+            if not secret:
+                raise DiracXError("no DiracX exchange secret is configured (diracx_legacy_secret)")
+            response = await self._send(
+                "GET",
+                "/api/auth/legacy-exchange",
+                f"a token for {user} in {vo}/{group}",
+                params={"preferred_username": user, "scope": f"vo:{vo} group:{group}"},
+                headers={"Authorization": f"Bearer diracx:legacy:{secret}"},
+            )
+            token = Token.model_validate(response.json())
+            self._tokens[key] = (time.time() + token.expires_in, token.access_token)
+            return token.access_token
+
+    # --- submit
+
+    async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]:
+        """Each job once: jobs DiracX already has (a JobName is Concordia's job uuid: a crash
+        between DiracX accepting and Concordia recording finds them) are adopted."""
+        refs: list[BackendRef] = []
+        by_key: dict[tuple[str, str, str], list[JobSpec]] = defaultdict(list)
+        for spec in jobs:
+            by_key[(spec.owner, spec.vo, spec.group)].append(spec)
+        for key, specs in by_key.items():
+            known = await self._find_by_name(key, [s.uuid for s in specs])
+            todo = [s for s in specs if s.uuid not in known]
+            pfns = {s.uuid: await self._sandbox_for(key, s) for s in todo}
+            size = self.settings.diracx_chunk_size
+            for start in range(0, len(todo), size):
+                chunk = todo[start : start + size]
+                jdls = [self._jdl(s, pfns[s.uuid]) for s in chunk]
+                inserted = await self._call("POST", "/api/jobs/jdl", key, json=jdls)
+                ids = [Inserted.model_validate(i).JobID for i in inserted]
+                known.update({s.uuid: job_id for s, job_id in zip(chunk, ids, strict=True)})
+            state = {"owner": key[0], "vo": key[1], "group": key[2], "seen": 0}
+            refs += [BackendRef(uuid=s.uuid, ref=str(known[s.uuid]), state=state) for s in specs]
+        return refs
+
+    async def _find_by_name(self, key: tuple[str, str, str], names: list[str]) -> dict[str, int]:
+        body = {
+            "parameters": ["JobID", "JobName"],
+            "search": [{"parameter": "JobName", "operator": "in", "values": names}],
+        }
+        rows = await self._search(key, body)
+        return {str(r["JobName"]): int(r["JobID"]) for r in rows}
+
+    async def _search(self, key: tuple[str, str, str], body: dict[str, Any]) -> list[Any]:
+        rows: list[Any] = []
+        page = 1
+        while True:
+            found = await self._call(
+                "POST", "/api/jobs/search", key, params={"page": page, "per_page": 1000}, json=body
+            )
+            rows += found
+            if len(found) < 1000:
+                return rows
+            page += 1
+
+    def _jdl(self, spec: JobSpec, pfn: str) -> str:
+        argument = base64.urlsafe_b64encode(json.dumps({"argv": spec.argv}).encode()).decode()
+        return job_jdl(
+            executable=WRAPPER,
+            arguments=[argument],
+            job_name=spec.uuid,
+            job_group=spec.job_group or "concordia",
+            input_sandbox=[pfn],
+            output_sandbox=[STD_OUTPUT, STD_ERROR, *spec.outputs],
+            std_output=STD_OUTPUT,
+            std_error=STD_ERROR,
+            cpu_time=spec.cpu_time,
+            priority=1,
+            tags=[],
+        )
+
+    async def _sandbox_for(self, key: tuple[str, str, str], spec: JobSpec) -> str:
+        sandbox = self._input_sandbox(spec)
+        pfn = self._sandboxes.get(sandbox.sha256)
+        if pfn is None:
+            pfn = await self._upload(key, sandbox)
+            self._sandboxes[sandbox.sha256] = pfn
+        return pfn
+
+    def _input_sandbox(self, spec: JobSpec) -> Sandbox:
+        """The wrapper, the submission's settings and the application's input files: the same
+        for every job of a submission (its arguments are in the JDL), so uploaded once."""
+        files = {name: _wrapper_file(name) for name in (WRAPPER, WRAPPER_PY)}
+        image = None
+        if spec.image is not None:
+            image = {
+                "id": spec.image.id,
+                "url": f"{self.settings.diracx_images_url.rstrip('/')}/{spec.image.id}/image.sqsh",
+                "sha256": spec.image.squashfs_sha256,
+                "workdir": spec.image.workdir,
+                "env": spec.image.env,
+            }
+        config = {"image": image, "network": spec.network}
+        files[JOB_CONFIG] = json.dumps(config, sort_keys=True).encode()
+        for path in spec.input_files:
+            files[path.name] = path.read_bytes()
+        return input_sandbox(files, executables=frozenset({WRAPPER, WRAPPER_PY}))
+
+    async def _upload(self, key: tuple[str, str, str], sandbox: Sandbox) -> str:
+        """Content-addressed: DiracX answers with no URL when it has the sandbox already."""
+        request = {
+            "checksum_algorithm": "sha256",
+            "checksum": sandbox.sha256,
+            "size": sandbox.size,
+            "format": "tar.bz2",
+        }
+        slot = SandboxSlot.model_validate(
+            await self._call("POST", "/api/jobs/sandbox", key, json=request)
+        )
+        if slot.url is not None:
+            try:
+                response = await self.http.post(
+                    slot.url, data=slot.fields, files={"file": ("sandbox.tar.bz2", sandbox.data)}
+                )
+            except httpx.HTTPError as exc:
+                raise DiracXUnreachable(f"the sandbox store did not answer: {exc}") from None
+            if response.is_error:
+                raise DiracXError(f"the sandbox store refused the upload ({response.status_code})")
+        return slot.pfn
+
+    # --- follow
+
+    async def poll(self, refs: list[BackendRef]) -> list[StatusUpdate]:
+        """What changed in DiracX for these jobs: every new entry of their status history
+        (LoggingInfo), in order. DiracX unreachable: nothing, and ``unreachable`` says why."""
+        updates: list[StatusUpdate] = []
+        by_key: dict[tuple[str, str, str], dict[int, BackendRef]] = defaultdict(dict)
+        for ref in refs:
+            key = (ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))
+            by_key[key][int(ref.ref)] = ref
+        try:
+            for key, jobs in by_key.items():
+                body = {
+                    "parameters": _SEARCH_FIELDS,
+                    "search": [{"parameter": "JobID", "operator": "in", "values": list(jobs)}],
+                }
+                for row in await self._search(key, body):
+                    known = jobs.get(int(row["JobID"]))
+                    if known is not None:
+                        updates += _news(known, row)
+        except DiracXUnreachable as exc:
+            self.unreachable = str(exc)
+            log.warning("DiracX unreachable: %s", exc)
+            return updates
+        self.unreachable = None
+        return updates
+
+    # --- act
+
+    async def kill(self, refs: list[BackendRef]) -> None:
+        await self._set_status(refs, JobStatus.KILLED, "Marked for termination")
+
+    async def delete(self, refs: list[BackendRef]) -> None:
+        await self._set_status(refs, JobStatus.DELETED, "Deleted by its owner")
+
+    async def _set_status(self, refs: list[BackendRef], status: JobStatus, minor: str) -> None:
+        now = datetime.now(UTC).isoformat()
+        by_key: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(dict)
+        for ref in refs:
+            key = (ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))
+            by_key[key][ref.ref] = {
+                now: {"Status": status.value, "MinorStatus": minor, "Source": "Concordia"}
+            }
+        for key, body in by_key.items():
+            await self._call("PATCH", "/api/jobs/status", key, json=body)
+
+    async def fetch_outputs(self, ref: BackendRef, dest: Path) -> list[Path]:
+        """The job's output sandbox, downloaded (presigned URL), checked and unpacked safely
+        into ``dest`` once; its std.out and std.err go beside it, where logs are read."""
+        marker = dest.parent / FETCHED
+        if marker.exists():
+            return sorted(p for p in dest.rglob("*") if p.is_file())
+        key = (ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))
+        pfns = await self._call("GET", f"/api/jobs/{ref.ref}/sandbox/output", key)
+        if not pfns:  # not uploaded yet (the job is not over)
+            return []
+        files: list[Path] = []
+        for pfn in pfns or []:
+            link = await self._call("GET", "/api/jobs/sandbox", key, params={"pfn": pfn})
+            url = link["url"] if isinstance(link, dict) else str(link)
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = Path(tmp) / "outputs.tar"
+                await self._download(url, archive)
+                files += extract_outputs(archive, dest, self.settings.diracx_max_output_bytes)
+        for name in (STD_OUTPUT, STD_ERROR):
+            if (dest / name).is_file():
+                (dest / name).replace(dest.parent / name)
+        marker.touch()
+        return [f for f in files if f.name not in (STD_OUTPUT, STD_ERROR) or f.parent != dest]
+
+    async def _download(self, url: str, target: Path) -> None:
+        limit = self.settings.diracx_max_output_bytes
+        size = 0
+        async with self.http.stream("GET", url) as response:
+            if response.is_error:
+                raise DiracXError(f"the sandbox store answered {response.status_code}")
+            with target.open("wb") as fh:
+                async for block in response.aiter_bytes():
+                    size += len(block)
+                    if size > limit:
+                        raise DiracXError(f"the output sandbox is larger than {limit} bytes")
+                    fh.write(block)
+
+
+def _news(ref: BackendRef, row: dict[str, Any]) -> list[StatusUpdate]:
+    """The history entries Concordia has not seen yet, as updates (DIRAC's Received and
+    Checking are Concordia's own steps before DiracX: left out)."""
+    history = row.get("LoggingInfo") or []
+    seen = int(ref.state.get("seen", 0))
+    updates = []
+    for index, entry in enumerate(history[seen:], start=seen):
+        try:
+            status = JobStatus(entry["Status"])
+        except (KeyError, ValueError):
+            continue
+        if status in _BEFORE_US:
+            continue
+        updates.append(
+            StatusUpdate(
+                uuid=ref.uuid,
+                status=status,
+                minor_status=str(entry.get("MinorStatus", "")),
+                application_status=str(entry.get("ApplicationStatus", "")),
+                timestamp=_when(entry.get("StatusTime")),
+                state={"seen": index + 1},
+            )
+        )
+    ref.state["seen"] = len(history)
+    return updates
+
+
+def _when(value: object) -> datetime:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return datetime.now(UTC)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return datetime.now(UTC)
+
+
+def _wrapper_file(name: str) -> bytes:
+    return (resources.files("concordia.backends") / "wrapper" / name).read_bytes()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    detail = body.get("detail") if isinstance(body, dict) else body
+    return str(detail)[:300]

@@ -1,0 +1,1 @@
+"""A real DiracX run as a separate process for the tests, and a test site playing the grid."""

@@ -1,0 +1,170 @@
+"""Concordia's diracx backend against a real DiracX 0.7.0, with the test site playing the grid:
+submit, follow the status history, kill, get outputs and logs; idempotent resubmission."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from concordia.settings import Settings
+from tests.conftest import Running, make_settings, running_app
+from tests.diracx.fixtures import JANE, USER_GROUP, DiracX
+from tests.diracx.site import Site
+
+JOB_SH = """#!/bin/sh
+echo "out-$1 run $2"
+echo "err-$1" >&2
+echo "$1" > result.txt
+exit "$3"
+"""
+
+APP = """name: gridhello
+title: Grid hello
+vos: [cta]
+input_files: [job.sh]
+command: "sh job.sh {message} {run} {exit_code}"
+job_name: "gridhello_{run}"
+outputs: ["result.txt"]
+cpu_time: 60
+batch:
+  count: jobs
+  sequences:
+    run: first_run
+parameters:
+  jobs: {type: int, default: 1, min: 1, max: 100}
+  first_run: {type: int, default: 1, min: 0}
+  message: {type: str, default: hi}
+  exit_code: {type: int, default: 0, min: 0, max: 255}
+"""
+
+
+def grid_settings(tmp_path: Path, diracx: DiracX, **overrides: object) -> Settings:
+    apps = tmp_path / "apps"
+    apps.mkdir(exist_ok=True)
+    (apps / "gridhello.yaml").write_text(APP)
+    (apps / "job.sh").write_text(JOB_SH)
+    values: dict[str, object] = {
+        "applications_dir": apps,
+        "local_user": JANE,  # DiracX knows jane: Concordia acts as her
+        "diracx_url": diracx.url,
+        "diracx_legacy_secret": diracx.legacy_secret,
+        "default_backend": "diracx",
+    }
+    values.update(overrides)
+    return make_settings(tmp_path / "var", **values)
+
+
+@pytest.fixture
+async def grid(tmp_path: Path, diracx: DiracX) -> AsyncIterator[Running]:
+    async with running_app(grid_settings(tmp_path, diracx)) as running:
+        yield running
+
+
+async def wait_jobs(
+    client: httpx.AsyncClient, ids: list[int], *statuses: str, timeout: float = 60
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = [(await client.get(f"/api/v1/jobs/{i}")).json() for i in ids]
+        if all(j["status"] in statuses for j in jobs):
+            return jobs
+        assert time.monotonic() < deadline, [
+            (j["id"], j["status"], j["minor_status"]) for j in jobs
+        ]
+        await asyncio.sleep(0.2)
+
+
+async def handed_over(
+    client: httpx.AsyncClient, ids: list[int], timeout: float = 60
+) -> list[dict[str, Any]]:
+    """The jobs once each has its DiracX JobID."""
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = [(await client.get(f"/api/v1/jobs/{i}")).json() for i in ids]
+        if all(j["backend_ref"] for j in jobs):
+            return jobs
+        assert time.monotonic() < deadline, jobs
+        await asyncio.sleep(0.2)
+
+
+async def test_a_batch_runs_on_the_grid_with_history_outputs_and_logs(
+    grid: Running, site: Site, diracx: DiracX
+) -> None:
+    client = grid.client
+    made = await client.post(
+        "/api/v1/submissions",
+        json={"application": "gridhello", "parameters": {"jobs": 3, "first_run": 7}},
+    )
+    assert made.status_code == 201, made.text
+    view = made.json()
+    assert view["backend"] == "diracx" and (view["vo"], view["group"]) == ("cta", "cta_user")
+    ids = view["job_ids"]
+    await handed_over(client, ids)  # a DiracX JobID each, submitted as Concordia's jane
+    with site.running():
+        done = await wait_jobs(client, ids, "Done", "Failed")
+    assert [j["status"] for j in done] == ["Done"] * 3, done
+    history = [h["status"] for h in done[0]["history"]]
+    assert history[:3] == ["Received", "Checking", "Waiting"]
+    for later in ("Matched", "Running", "Completing", "Done"):
+        assert later in history, history
+    assert {h["source"] for h in done[0]["history"]} >= {"diracx backend"}
+    refs = [j["backend_ref"] for j in done]
+    assert len(set(refs)) == 3 and all(r.isdigit() for r in refs)
+
+    outputs = await client.get(f"/api/v1/jobs/{ids[1]}/outputs")
+    assert [o["path"] for o in outputs.json()] == ["result.txt"]
+    result = await client.get(f"/api/v1/jobs/{ids[1]}/outputs/result.txt")
+    assert result.text == "hi\n"
+    out = await client.get(f"/api/v1/jobs/{ids[1]}/logs?stream=stdout")
+    assert "out-hi run 8" in out.json()["data"]
+    err = await client.get(f"/api/v1/jobs/{ids[1]}/logs?stream=stderr")
+    assert "err-hi" in err.json()["data"]
+
+    # One input sandbox for the whole submission, uploaded once.
+    with diracx.client(JANE, USER_GROUP) as dx:
+        found = dx.post(
+            "/api/jobs/search",
+            json={
+                "parameters": ["JobID", "JobName"],
+                "search": [{"parameter": "JobID", "operator": "in", "values": refs}],
+            },
+        ).json()
+    assert sorted(r["JobName"] for r in found) == sorted(j["uuid"] for j in done)
+
+
+async def test_a_failing_job_fails_with_its_reason(grid: Running, site: Site) -> None:
+    made = await grid.client.post(
+        "/api/v1/submissions",
+        json={"application": "gridhello", "parameters": {"exit_code": 3}},
+    )
+    [job_id] = made.json()["job_ids"]
+    await handed_over(grid.client, [job_id])
+    with site.running():
+        [failed] = await wait_jobs(grid.client, [job_id], "Done", "Failed")
+    assert failed["status"] == "Failed"
+    assert "3" in failed["minor_status"], failed["minor_status"]
+
+
+async def test_kill_from_concordia_reaches_diracx(
+    grid: Running, site: Site, diracx: DiracX
+) -> None:
+    made = await grid.client.post("/api/v1/submissions", json={"application": "gridhello"})
+    [job_id] = made.json()["job_ids"]
+    [job] = await handed_over(grid.client, [job_id])
+    killed = await grid.client.post(f"/api/v1/jobs/{job_id}/kill")
+    assert killed.status_code == 200 and killed.json()["status"] == "Killed"
+    with diracx.client(JANE, USER_GROUP) as dx:
+        rows = dx.post(
+            "/api/jobs/search",
+            json={
+                "parameters": ["JobID", "Status"],
+                "search": [{"parameter": "JobID", "operator": "eq", "value": job["backend_ref"]}],
+            },
+        ).json()
+    assert rows[0]["Status"] == "Killed"
