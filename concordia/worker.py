@@ -247,6 +247,7 @@ class Reconciler:
             vo=run_as[1],
             group=run_as[2],
             job_group=f"{app.name}.{job.submission_id}",
+            attempt=job.reschedule_count,
         )
 
     def _watch(self, name: str, jobs: Sequence[Job | _Row]) -> None:

@@ -48,6 +48,8 @@ class JobSpec(BaseModel):
     group: str = ""
     #: The submission it belongs to (DIRAC's JobGroup).
     job_group: str = ""
+    #: How many times it was rescheduled: each run is a new job in a grid backend.
+    attempt: int = 0
 
 
 class BackendRef(BaseModel):
@@ -81,6 +83,9 @@ class Backend(Protocol):
     runtime_summary: str
     #: False where a job's process dies with the server (then a restart marks it Stalled).
     survives_restart: bool
+    #: Why the backend cannot be reached now (its jobs keep their last known state); None
+    #: when it answers.
+    unreachable: str | None
 
     async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]: ...
 

@@ -10,7 +10,7 @@ import logging
 import tempfile
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ JOB_CONFIG = "concordia-job.json"
 STD_OUTPUT, STD_ERROR = "std.out", "std.err"
 #: Written in a job's directory once its output sandbox is unpacked in outputs/.
 FETCHED = ".outputs-fetched"
+#: Polls ask for jobs updated since the last poll minus this (DiracX's clock may differ).
+POLL_MARGIN = timedelta(seconds=30)
 #: A token is renewed this long before it expires.
 TOKEN_MARGIN = 60.0
 #: DIRAC states a Concordia job passes itself before it reaches DiracX.
@@ -83,6 +85,8 @@ class DiracXBackend:
         )
         #: Input sandboxes DiracX has (sha256 -> PFN): one upload per content, ever.
         self._sandboxes: dict[str, str] = {}
+        #: When each (user, vo, group)'s jobs were last polled: the next asks what changed since.
+        self._polled: dict[tuple[str, str, str], datetime] = {}
         #: Set by a poll that found DiracX unreachable (the UI says so); None when fine.
         self.unreachable: str | None = None
 
@@ -145,7 +149,8 @@ class DiracXBackend:
         for spec in jobs:
             by_key[(spec.owner, spec.vo, spec.group)].append(spec)
         for key, specs in by_key.items():
-            known = await self._find_by_name(key, [s.uuid for s in specs])
+            found = await self._find_by_name(key, [_job_name(s) for s in specs])
+            known = {s.uuid: found[_job_name(s)] for s in specs if _job_name(s) in found}
             todo = [s for s in specs if s.uuid not in known]
             pfns = {s.uuid: await self._sandbox_for(key, s) for s in todo}
             size = self.settings.diracx_chunk_size
@@ -184,7 +189,7 @@ class DiracXBackend:
         return job_jdl(
             executable=WRAPPER,
             arguments=[argument],
-            job_name=spec.uuid,
+            job_name=_job_name(spec),
             job_group=spec.job_group or "concordia",
             input_sandbox=[pfn],
             output_sandbox=[STD_OUTPUT, STD_ERROR, *spec.outputs],
@@ -256,11 +261,24 @@ class DiracXBackend:
             by_key[key][int(ref.ref)] = ref
         try:
             for key, jobs in by_key.items():
-                body = {
-                    "parameters": _SEARCH_FIELDS,
-                    "search": [{"parameter": "JobID", "operator": "in", "values": list(jobs)}],
-                }
-                for row in await self._search(key, body):
+                started = datetime.now(UTC)
+                search: list[dict[str, Any]] = [
+                    {"parameter": "JobID", "operator": "in", "values": list(jobs)}
+                ]
+                since = self._polled.get(key)
+                if since is not None:  # only what changed since (clocks drift: a margin)
+                    search.append(
+                        {
+                            "parameter": "LastUpdateTime",
+                            "operator": "gt",
+                            # DiracX's own form: UTC, no offset.
+                            "value": (since - POLL_MARGIN).strftime("%Y-%m-%d %H:%M:%S"),
+                        }
+                    )
+                body = {"parameters": _SEARCH_FIELDS, "search": search}
+                rows = await self._search(key, body)
+                self._polled[key] = started
+                for row in rows:
                     known = jobs.get(int(row["JobID"]))
                     if known is not None:
                         updates += _news(known, row)
@@ -326,6 +344,12 @@ class DiracXBackend:
                     if size > limit:
                         raise DiracXError(f"the output sandbox is larger than {limit} bytes")
                     fh.write(block)
+
+
+def _job_name(spec: JobSpec) -> str:
+    """Concordia's job and run: what finds a job DiracX accepted before Concordia recorded it,
+    and no earlier run of a rescheduled job."""
+    return f"{spec.uuid}.{spec.attempt}"
 
 
 def _news(ref: BackendRef, row: dict[str, Any]) -> list[StatusUpdate]:

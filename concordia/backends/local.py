@@ -71,6 +71,7 @@ class LocalBackend:
 
     name = "local"
     survives_restart = False
+    unreachable: str | None = None  # it runs here
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

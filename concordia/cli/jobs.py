@@ -117,7 +117,9 @@ def submit(
     application: str = typer.Argument(..., help="The application's name."),
     param: list[str] | None = typer.Option(None, "--param", "-p", help="key=value (repeat)."),
     build_arg: list[str] | None = typer.Option(None, help="key=value (repeat)."),
-    backend: str | None = typer.Option(None, help="Where to run (default: local)."),
+    backend: str | None = typer.Option(
+        None, help="Where to run: local or diracx (default: the server's default_backend)."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Follow the jobs to their end."),
     timeout: float = TIMEOUT_OPTION,
     as_json: bool = JSON_OPTION,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from concordia.backends.base import JobSpec
 from concordia.settings import Settings
 from tests.conftest import Running, make_settings, running_app
 from tests.diracx.fixtures import JANE, USER_GROUP, DiracX
@@ -135,7 +137,7 @@ async def test_a_batch_runs_on_the_grid_with_history_outputs_and_logs(
                 "search": [{"parameter": "JobID", "operator": "in", "values": refs}],
             },
         ).json()
-    assert sorted(r["JobName"] for r in found) == sorted(j["uuid"] for j in done)
+    assert sorted(r["JobName"] for r in found) == sorted(f"{j['uuid']}.0" for j in done)
 
 
 async def test_a_failing_job_fails_with_its_reason(grid: Running, site: Site) -> None:
@@ -168,3 +170,76 @@ async def test_kill_from_concordia_reaches_diracx(
             },
         ).json()
     assert rows[0]["Status"] == "Killed"
+
+
+async def test_submitting_again_adopts_what_diracx_has_and_a_rerun_is_new(grid: Running) -> None:
+    """Concordia killed after DiracX accepted jobs but before it recorded their ids: the next
+    submission of the same jobs finds them by JobName instead of submitting them twice."""
+    backend = grid.platform.backends["diracx"]
+    spec = JobSpec(
+        uuid=str(uuid.uuid4()), job_id=1, name="again", argv=["true"], cpu_time=60,
+        owner=JANE, vo="cta", group=USER_GROUP, job_group="adopt.1",
+    )  # fmt: skip
+    first = await backend.submit([spec])
+    again = await backend.submit([spec])
+    assert [r.ref for r in again] == [r.ref for r in first]
+    rerun = await backend.submit([spec.model_copy(update={"attempt": 1})])
+    assert rerun[0].ref != first[0].ref  # a rescheduled job is a new DiracX job
+
+
+async def test_rescheduling_runs_the_job_again_as_a_new_diracx_job(
+    grid: Running, site: Site
+) -> None:
+    made = await grid.client.post(
+        "/api/v1/submissions", json={"application": "gridhello", "parameters": {"exit_code": 1}}
+    )
+    [job_id] = made.json()["job_ids"]
+    [first] = await handed_over(grid.client, [job_id])
+    with site.running():
+        await wait_jobs(grid.client, [job_id], "Failed")
+        again = await grid.client.post(f"/api/v1/jobs/{job_id}/reschedule")
+        assert again.status_code == 200, again.text
+        [second] = await wait_jobs(grid.client, [job_id], "Failed", timeout=90)
+    assert second["reschedule_count"] == 1
+    assert second["backend_ref"] != first["backend_ref"]
+
+
+async def test_while_diracx_is_down_jobs_keep_their_state_and_the_platform_says_so(
+    grid: Running, site: Site, diracx: DiracX
+) -> None:
+    made = await grid.client.post(
+        "/api/v1/submissions", json={"application": "gridhello", "parameters": {"jobs": 2}}
+    )
+    ids = made.json()["job_ids"]
+    await handed_over(grid.client, ids)
+    with diracx.stopped():
+        await asyncio.sleep(2 * grid.settings.poll_interval + 0.5)
+        jobs = [(await grid.client.get(f"/api/v1/jobs/{i}")).json() for i in ids]
+        assert [j["status"] for j in jobs] == ["Waiting", "Waiting"]
+        me = (await grid.client.get("/api/v1/me")).json()
+        [dx] = [b for b in me["backends"] if b["name"] == "diracx"]
+        assert dx["unreachable"] and "did not answer" in dx["unreachable"]
+    with site.running():
+        done = await wait_jobs(grid.client, ids, "Done", "Failed")
+    assert [j["status"] for j in done] == ["Done", "Done"]
+    me = (await grid.client.get("/api/v1/me")).json()
+    assert [b["unreachable"] for b in me["backends"] if b["name"] == "diracx"] == [None]
+    # Nothing applied twice nor lost: Concordia's history is DiracX's from its Waiting on.
+    with diracx.client(JANE, USER_GROUP) as dx:
+        rows = dx.post(
+            "/api/jobs/search",
+            json={
+                "parameters": ["JobID", "LoggingInfo"],
+                "search": [
+                    {"parameter": "JobID", "operator": "in",
+                     "values": [int(j["backend_ref"]) for j in done]},
+                ],
+            },
+        ).json()  # fmt: skip
+    theirs = {
+        str(r["JobID"]): [e["Status"] for e in r["LoggingInfo"]][2:] for r in rows
+    }  # after Received, Checking: Concordia's own steps
+    for job in done:
+        ours = [h["status"] for h in job["history"]]
+        assert ours[:3] == ["Received", "Checking", "Waiting"]
+        assert ours[3:] == theirs[job["backend_ref"]], (ours, theirs[job["backend_ref"]])

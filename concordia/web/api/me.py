@@ -24,6 +24,8 @@ class BackendInfo(BaseModel):
     isolation_problem: str | None
     #: The container runtime of jobs in images, and why not the others.
     runtime: str
+    #: Why it cannot be reached now (its jobs keep their last known state); None if it can.
+    unreachable: str | None = None
 
 
 class Me(Account):
@@ -61,7 +63,7 @@ async def me(platform: PlatformDep, user: CurrentUser) -> Me:
     backends = [
         BackendInfo(
             name=n, isolated=b.isolated, isolation_problem=b.isolation_problem,
-            runtime=b.runtime_summary,
+            runtime=b.runtime_summary, unreachable=b.unreachable,
         )
         for n, b in platform.backends.items()
     ]  # fmt: skip

@@ -25,7 +25,7 @@ async def _page(
 ) -> HTMLResponse:
     backends = [
         {"name": name, "isolated": b.isolated, "problem": b.isolation_problem,
-         "runtime": b.runtime_summary}
+         "runtime": b.runtime_summary, "unreachable": b.unreachable}
         for name, b in platform.backends.items()
     ]  # fmt: skip
     return render(

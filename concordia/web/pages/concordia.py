@@ -46,7 +46,12 @@ def _defaults(app: ApplicationDef) -> dict[str, str]:
 def _request_of(app: ApplicationDef, form: dict[str, str]) -> SubmissionRequest:
     parameters = {k[len(PARAMS) :]: v for k, v in form.items() if k.startswith(PARAMS)}
     build_args = {k[len(BUILD) :]: v for k, v in form.items() if k.startswith(BUILD)}
-    return SubmissionRequest(application=app.name, parameters=parameters, build_args=build_args)
+    return SubmissionRequest(
+        application=app.name,
+        parameters=parameters,
+        build_args=build_args,
+        backend=form.get("backend") or None,
+    )
 
 
 def _values(form: FormData) -> dict[str, str]:
@@ -105,10 +110,19 @@ async def _image_context(
     return context | {"image": state, "image_listed": listed}
 
 
+#: How the form names each backend.
+BACKEND_TITLES = {"local": "This machine", "diracx": "The grid (DIRAC)"}
+
+
 async def _form(
     platform: PlatformDep, app: ApplicationDef, values: dict[str, str]
 ) -> dict[str, Any]:
-    return _form_context(app, values) | await _image_context(platform, app, values)
+    backends = [(name, BACKEND_TITLES.get(name, name)) for name in platform.backends]
+    return (
+        _form_context(app, values)
+        | await _image_context(platform, app, values)
+        | {"backends": backends, "default_backend": platform.settings.default_backend}
+    )
 
 
 @router.get("/concordia", response_class=HTMLResponse)
