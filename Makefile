@@ -47,13 +47,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check concordia tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP) system-deps
+bench: $(STAMP) system-deps diracx-venv
 	$(BIN)/python bench/local_overhead.py
 	$(BIN)/python bench/jobs_query.py
 	$(BIN)/python bench/pages.py
 	$(BIN)/python bench/image_lookup.py
 	$(BIN)/python bench/job_start.py
 	$(BIN)/python bench/bearer_auth.py
+	$(BIN)/python bench/diracx_submit.py
 
 clean:
 	rm -rf $(VENV) $(DIRACX_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy import update as update_stmt
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,8 +27,9 @@ from concordia.logic.proxies import usable_proxy
 log = logging.getLogger(__name__)
 
 #: Jobs handed to a backend per round: small enough that the first jobs start while the
-#: rest of a big submission is still being handed over, and no round stalls the loop.
-DISPATCH_BATCH = 50
+#: rest of a big submission is still being handed over, and no round stalls the loop; a
+#: multiple of 20, DiracX's most JDLs per call.
+DISPATCH_BATCH = 60
 #: After a wake-up, wait this long for more news: one round then stores many updates in one
 #: transaction, instead of a round per update taking CPU from the jobs themselves.
 COALESCE_SECONDS = 0.02
@@ -43,6 +44,9 @@ class Reconciler:
         #: rounds go, and read again from the database at every timed poll, so that jobs
         #: killed or deleted by users drop out; a round then needs no query to know them.
         self._watched: dict[str, dict[str, BackendRef]] = {}
+        #: The newest job when this process started: an older job may have been handed to
+        #: its backend by a process that died before recording it.
+        self._last_before_start = 0
 
     async def run(self) -> None:
         await self.recover()
@@ -248,6 +252,7 @@ class Reconciler:
             group=run_as[2],
             job_group=f"{app.name}.{job.submission_id}",
             attempt=job.reschedule_count,
+            maybe_submitted=job.id <= self._last_before_start,
         )
 
     def _watch(self, name: str, jobs: Sequence[Job | _Row]) -> None:
@@ -307,6 +312,7 @@ class Reconciler:
         jobs that were waiting go back into their backend's queue."""
         max_reschedules = self.platform.settings.max_reschedules
         async with self.platform.writing() as session:
+            self._last_before_start = await session.scalar(select(func.max(Job.id))) or 0
             for name, backend in self.platform.backends.items():
                 rows = await session.scalars(
                     select(Job).where(

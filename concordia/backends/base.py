@@ -50,6 +50,9 @@ class JobSpec(BaseModel):
     job_group: str = ""
     #: How many times it was rescheduled: each run is a new job in a grid backend.
     attempt: int = 0
+    #: It may already be in the backend (handed over by a process that died before
+    #: recording it): the backend looks before it submits.
+    maybe_submitted: bool = False
 
 
 class BackendRef(BaseModel):

@@ -85,8 +85,13 @@ class DiracXBackend:
         )
         #: Input sandboxes DiracX has (sha256 -> PFN): one upload per content, ever.
         self._sandboxes: dict[str, str] = {}
+        #: Jobs sent in a round that may not have been recorded (it failed half way).
+        self._doubt: set[str] = set()
+        #: The sandbox of each submission (job group, image): its jobs need it built once.
+        self._made: dict[tuple[str, str], str] = {}
         #: When each (user, vo, group)'s jobs were last polled: the next asks what changed since.
         self._polled: dict[tuple[str, str, str], datetime] = {}
+        self._last_poll = -float("inf")
         #: Set by a poll that found DiracX unreachable (the UI says so); None when fine.
         self.unreachable: str | None = None
 
@@ -149,11 +154,15 @@ class DiracXBackend:
         for spec in jobs:
             by_key[(spec.owner, spec.vo, spec.group)].append(spec)
         for key, specs in by_key.items():
-            found = await self._find_by_name(key, [_job_name(s) for s in specs])
+            # Look only where it may be: jobs older than this process, or sent in a round
+            # that failed after DiracX accepted part of it.
+            doubt = [_job_name(s) for s in specs if s.maybe_submitted or s.uuid in self._doubt]
+            found = await self._find_by_name(key, doubt) if doubt else {}
             known = {s.uuid: found[_job_name(s)] for s in specs if _job_name(s) in found}
             todo = [s for s in specs if s.uuid not in known]
             pfns = {s.uuid: await self._sandbox_for(key, s) for s in todo}
             size = self.settings.diracx_chunk_size
+            self._doubt.update(s.uuid for s in todo)  # until DiracX's answer is recorded
             for start in range(0, len(todo), size):
                 chunk = todo[start : start + size]
                 jdls = [self._jdl(s, pfns[s.uuid]) for s in chunk]
@@ -201,12 +210,16 @@ class DiracXBackend:
         )
 
     async def _sandbox_for(self, key: tuple[str, str, str], spec: JobSpec) -> str:
-        sandbox = self._input_sandbox(spec)
-        pfn = self._sandboxes.get(sandbox.sha256)
-        if pfn is None:
-            pfn = await self._upload(key, sandbox)
-            self._sandboxes[sandbox.sha256] = pfn
-        return pfn
+        """The PFN of the job's input sandbox: made once per submission (its jobs share it),
+        uploaded once per content."""
+        made = (spec.job_group, spec.image.id if spec.image else "")
+        sha256 = self._made.get(made)
+        if sha256 is None or sha256 not in self._sandboxes:
+            sandbox = await asyncio.to_thread(self._input_sandbox, spec)
+            if sandbox.sha256 not in self._sandboxes:
+                self._sandboxes[sandbox.sha256] = await self._upload(key, sandbox)
+            self._made[made] = sha256 = sandbox.sha256
+        return self._sandboxes[sha256]
 
     def _input_sandbox(self, spec: JobSpec) -> Sandbox:
         """The wrapper, the submission's settings and the application's input files: the same
@@ -255,6 +268,12 @@ class DiracXBackend:
         """What changed in DiracX for these jobs: every new entry of their status history
         (LoggingInfo), in order. DiracX unreachable: nothing, and ``unreachable`` says why."""
         updates: list[StatusUpdate] = []
+        self._doubt.difference_update(ref.uuid for ref in refs)  # recorded: no doubt left
+        # The reconciler comes by after every round of work; DiracX is asked at its interval.
+        now = time.monotonic()
+        if now - self._last_poll < self.settings.diracx_poll_interval:
+            return updates
+        self._last_poll = now
         by_key: dict[tuple[str, str, str], dict[int, BackendRef]] = defaultdict(dict)
         for ref in refs:
             key = (ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))

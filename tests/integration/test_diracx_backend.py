@@ -57,6 +57,7 @@ def grid_settings(tmp_path: Path, diracx: DiracX, **overrides: object) -> Settin
         "diracx_url": diracx.url,
         "diracx_legacy_secret": diracx.legacy_secret,
         "default_backend": "diracx",
+        "diracx_poll_interval": 0.5,
     }
     values.update(overrides)
     return make_settings(tmp_path / "var", **values)
@@ -213,7 +214,7 @@ async def test_while_diracx_is_down_jobs_keep_their_state_and_the_platform_says_
     ids = made.json()["job_ids"]
     await handed_over(grid.client, ids)
     with diracx.stopped():
-        await asyncio.sleep(2 * grid.settings.poll_interval + 0.5)
+        await asyncio.sleep(2 * grid.settings.diracx_poll_interval + 1)
         jobs = [(await grid.client.get(f"/api/v1/jobs/{i}")).json() for i in ids]
         assert [j["status"] for j in jobs] == ["Waiting", "Waiting"]
         me = (await grid.client.get("/api/v1/me")).json()
