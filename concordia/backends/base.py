@@ -11,6 +11,10 @@ from pydantic import BaseModel, Field
 from concordia.core.states import JobStatus
 
 
+class BackendError(Exception):
+    """A backend refused or could not do what was asked; the message says why."""
+
+
 class JobImage(BaseModel):
     """The image a job runs in: its id, the rootfs for local runtimes, the SquashFS for
     Apptainer, and what the recipe sets (environment, working directory)."""

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
-from concordia.backends.sandboxes import Sandbox, extract_outputs, input_sandbox
+from concordia.backends.base import BackendError, BackendRef, JobSpec, StatusUpdate
+from concordia.backends.sandboxes import Sandbox, UnsafeArchive, extract_outputs, input_sandbox
 from concordia.core.jdl import job_jdl
 from concordia.core.states import JobStatus
 from concordia.settings import Settings
@@ -41,7 +41,7 @@ _BEFORE_US = {JobStatus.RECEIVED, JobStatus.CHECKING}
 _SEARCH_FIELDS = ["JobID", "JobName", "Status", "MinorStatus", "ApplicationStatus", "LoggingInfo"]
 
 
-class DiracXError(Exception):
+class DiracXError(BackendError):
     """DiracX refused or failed a call; the message is its reason."""
 
 
@@ -344,7 +344,12 @@ class DiracXBackend:
             with tempfile.TemporaryDirectory() as tmp:
                 archive = Path(tmp) / "outputs.tar"
                 await self._download(url, archive)
-                files += extract_outputs(archive, dest, self.settings.diracx_max_output_bytes)
+                try:
+                    files += await asyncio.to_thread(
+                        extract_outputs, archive, dest, self.settings.diracx_max_output_bytes
+                    )
+                except UnsafeArchive as exc:
+                    raise DiracXError(f"the output sandbox was refused: {exc}") from None
         for name in (STD_OUTPUT, STD_ERROR):
             if (dest / name).is_file():
                 (dest / name).replace(dest.parent / name)

@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from concordia.backends.base import BackendError
 from concordia.core.states import JobStatus
 from concordia.db.tables import Job
-from concordia.logic.errors import Invalid, NotFound
+from concordia.logic.errors import Conflict, Invalid, NotFound
 from concordia.logic.jobs import backend_ref
 from concordia.logic.platform import Platform
 
@@ -46,7 +47,10 @@ async def fetch_outputs(platform: Platform, job: Job) -> None:
     """Bring a job's outputs into its outputs/ directory, when a user asks for them: a
     backend keeping them elsewhere (a grid's sandbox store) is only asked when needed."""
     dest = job_dir(platform.settings.jobs_dir, job) / "outputs"
-    await platform.backends[job.backend].fetch_outputs(backend_ref(job), dest)
+    try:
+        await platform.backends[job.backend].fetch_outputs(backend_ref(job), dest)
+    except BackendError as exc:
+        raise Conflict(f"the outputs cannot be fetched from {job.backend} now: {exc}") from None
 
 
 def read_log(jobs_dir: Path, job: Job, stream: Stream, offset: int, limit: int) -> LogChunk:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, get_args
@@ -15,12 +16,13 @@ from concordia.core.states import KILLABLE_STATES, RESCHEDULABLE_STATES, JobStat
 from concordia.db.tables import Job
 from concordia.logic import jobs as job_logic
 from concordia.logic import monitor, outputs
-from concordia.logic.errors import Invalid
+from concordia.logic.errors import DomainError, Invalid
 from concordia.logic.jobs import BulkAction
 from concordia.logic.monitor import JobFilter, SortKey
 from concordia.web.deps import PlatformDep
 from concordia.web.pages.common import PageUser, read_form, render
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 PAGE_SIZES = (50, 100, 200)
 SORTS: tuple[SortKey, ...] = get_args(SortKey)
@@ -193,7 +195,10 @@ async def _job_parts(job_id: int, platform: PlatformDep, user_id: int) -> dict[s
         job = await job_logic.get_owned_job(session, user_id, job_id)
         detail = await job_logic.job_detail(session, job)
     if JobStatus(job.status).is_final:
-        await outputs.fetch_outputs(platform, job)
+        try:
+            await outputs.fetch_outputs(platform, job)
+        except DomainError as exc:  # e.g. the grid's store is down: what is here is shown
+            log.warning("job %s: %s", job_id, exc.message)
     files = outputs.list_outputs(platform.settings.jobs_dir, job)
     previews = await asyncio.to_thread(outputs.previews, platform.settings.jobs_dir, job, files)
     return {"job": job, "detail": detail, "files": files, "previews": previews}
