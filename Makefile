@@ -55,6 +55,7 @@ bench: $(STAMP) system-deps diracx-venv
 	$(BIN)/python bench/job_start.py
 	$(BIN)/python bench/bearer_auth.py
 	$(BIN)/python bench/diracx_submit.py
+	$(BIN)/python bench/reconcile.py
 
 clean:
 	rm -rf $(VENV) $(DIRACX_VENV) .pytest_cache .mypy_cache .ruff_cache

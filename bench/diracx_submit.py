@@ -5,43 +5,28 @@ Starts a real DiracX 0.7.0 (scripts/diracx-server, from .venv-diracx: `make dira
 `concordia serve` with the diracx backend acting as the user jane (trusted-service tokens).
 Concordia: from POST /api/v1/submissions (1,000 jobs of a no-op application) until DiracX
 lists all 1,000 (one input sandbox, JobName = the job's uuid, chunks of 20). Direct: a
-token, then 50 POST /api/jobs/jdl of 20 JDLs of the same form, measured last. Last line:
+token, then 50 POST /api/jobs/jdl of 20 JDLs of the same form (the same input sandbox),
+measured last. Last line:
 `ratio <concordia/direct>`. Goal: <= 1.3.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
+from grid import noop_app, running_diracx, token
 from server import serve
 
+from concordia.backends.base import JobSpec
+from concordia.backends.diracx import DiracXBackend
 from concordia.core.jdl import job_jdl
-
-REPO = Path(__file__).resolve().parents[1]
+from concordia.settings import Settings
 
 JOBS, CHUNK = 1000, 20
-JANE_SUB = str(uuid.uuid4())
-APP = f"""name: noop
-title: No-op
-vos: [cta]
-command: "true"
-cpu_time: 60
-batch: {{count: jobs}}
-parameters:
-  jobs: {{type: int, default: 1, min: 1, max: {JOBS}}}
-"""
-
-
-def diracx(command: str, state: Path, *args: str) -> None:
-    script = REPO / "scripts" / "diracx-server"
-    subprocess.run([sys.executable, str(script), command, str(state), *args], check=True)
 
 
 def listed(client: httpx.Client) -> int:
@@ -53,34 +38,34 @@ def listed(client: httpx.Client) -> int:
     return int(total) if total.isdigit() else len(response.json())
 
 
-def token(url: str, secret: str) -> str:
-    response = httpx.get(
-        f"{url}/api/auth/legacy-exchange",
-        params={"preferred_username": "jane", "scope": "vo:cta group:cta_user"},
-        headers={"Authorization": f"Bearer diracx:legacy:{secret}"},
-    )
-    response.raise_for_status()
-    return str(response.json()["access_token"])
+def same_sandbox(dx: httpx.Client, url: str) -> str:
+    """The PFN of the input sandbox Concordia made for the no-op jobs (the same bytes)."""
+    backend = DiracXBackend(Settings(diracx_url=url))
+    spec = JobSpec(uuid="x", job_id=0, name="x", argv=["true"], cpu_time=60)
+    sandbox = backend._input_sandbox(spec)
+    slot = dx.post(
+        "/api/jobs/sandbox",
+        json={"checksum_algorithm": "sha256", "checksum": sandbox.sha256,
+              "size": sandbox.size, "format": "tar.bz2"},
+    )  # fmt: skip
+    slot.raise_for_status()
+    assert slot.json()["url"] is None, "Concordia's sandbox should be in DiracX already"
+    return str(slot.json()["pfn"])
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         root.chmod(0o711)
-        state = root / "diracx"
-        diracx("start", state, f"--user=jane:{JANE_SUB}:cta_user")
-        try:
-            info = json.loads((state / "env.json").read_text())
-            url, secret = info["url"], info["legacy_secret"]
+        with running_diracx(root / "diracx") as (url, secret):
             apps = root / "apps"
-            apps.mkdir()
-            (apps / "noop.yaml").write_text(APP)
+            noop_app(apps, JOBS)
             settings = {
                 "applications_dir": str(apps), "local_user": "jane", "diracx_url": url,
                 "diracx_legacy_secret": secret, "default_backend": "diracx",
                 "poll_interval": "2",
             }  # fmt: skip
-            headers = {"Authorization": f"Bearer {token(url, secret)}"}
+            headers = {"Authorization": f"Bearer {token(url, secret, 'jane', 'cta_user')}"}
             with httpx.Client(base_url=url, headers=headers, timeout=120) as dx:
                 with serve(root / "var", **settings) as server, server.client() as client:
                     start = time.perf_counter()
@@ -91,13 +76,14 @@ def main() -> None:
                     made.raise_for_status()
                     accepted = time.perf_counter() - start
                     while listed(dx) < JOBS:
-                        time.sleep(0.1)  # more often would load DiracX itself
+                        time.sleep(0.5)  # more often would load DiracX itself
                     through = time.perf_counter() - start
+                pfn = same_sandbox(dx, url)  # Concordia's: DiracX has it already
                 jdls = [
                     job_jdl(
                         executable="concordia-job.sh", arguments=["eyJhcmd2IjogWyJ0cnVlIl19"],
                         job_name=f"{uuid.uuid4()}.0", job_group="noop.direct",
-                        input_sandbox=[], output_sandbox=["std.out", "std.err"],
+                        input_sandbox=[pfn], output_sandbox=["std.out", "std.err"],
                         std_output="std.out", std_error="std.err", cpu_time=60, priority=1,
                         tags=[],
                     )
@@ -108,8 +94,6 @@ def main() -> None:
                     dx.post("/api/jobs/jdl", json=jdls[i : i + CHUNK]).raise_for_status()
                 direct = time.perf_counter() - start
                 assert listed(dx) == 2 * JOBS
-        finally:
-            diracx("stop", state)
     rate = JOBS / through
     print(f"concordia_s {through:.2f} ({rate:.0f} jobs/s; the submission call {accepted:.2f} s)")
     print(f"direct_s {direct:.2f} ({JOBS / direct:.0f} jobs/s)")

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -33,7 +34,10 @@ STD_OUTPUT, STD_ERROR = "std.out", "std.err"
 #: Written in a job's directory once its output sandbox is unpacked in outputs/.
 FETCHED = ".outputs-fetched"
 #: Polls ask for jobs updated since the last poll minus this (DiracX's clock may differ).
-POLL_MARGIN = timedelta(seconds=30)
+POLL_MARGIN = timedelta(seconds=5)
+SEARCH_PAGE = 1000
+INSERTS_AT_ONCE = 4
+_CONTENT_RANGE = re.compile(r"jobs (\d+)-(\d+)/(\d+)")
 #: A token is renewed this long before it expires.
 TOKEN_MARGIN = 60.0
 #: DIRAC states a Concordia job passes itself before it reaches DiracX.
@@ -85,6 +89,8 @@ class DiracXBackend:
         )
         #: Input sandboxes DiracX has (sha256 -> PFN): one upload per content, ever.
         self._sandboxes: dict[str, str] = {}
+        #: Chunks of JDLs sent at once.
+        self._inserting = asyncio.Semaphore(INSERTS_AT_ONCE)
         #: Jobs sent in a round that may not have been recorded (it failed half way).
         self._doubt: set[str] = set()
         #: The sandbox of each submission (job group, image): its jobs need it built once.
@@ -163,15 +169,27 @@ class DiracXBackend:
             pfns = {s.uuid: await self._sandbox_for(key, s) for s in todo}
             size = self.settings.diracx_chunk_size
             self._doubt.update(s.uuid for s in todo)  # until DiracX's answer is recorded
-            for start in range(0, len(todo), size):
-                chunk = todo[start : start + size]
-                jdls = [self._jdl(s, pfns[s.uuid]) for s in chunk]
-                inserted = await self._call("POST", "/api/jobs/jdl", key, json=jdls)
-                ids = [Inserted.model_validate(i).JobID for i in inserted]
+            chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+            # A few chunks at once: DiracX serves them side by side.
+            for chunk, ids in zip(
+                chunks,
+                await asyncio.gather(*(self._insert(key, c, pfns) for c in chunks)),
+                strict=True,
+            ):
                 known.update({s.uuid: job_id for s, job_id in zip(chunk, ids, strict=True)})
             state = {"owner": key[0], "vo": key[1], "group": key[2], "seen": 0}
-            refs += [BackendRef(uuid=s.uuid, ref=str(known[s.uuid]), state=state) for s in specs]
+            refs += [
+                BackendRef(uuid=s.uuid, ref=str(known[s.uuid]), state=dict(state)) for s in specs
+            ]
         return refs
+
+    async def _insert(
+        self, key: tuple[str, str, str], chunk: list[JobSpec], pfns: dict[str, str]
+    ) -> list[int]:
+        async with self._inserting:
+            jdls = [self._jdl(s, pfns[s.uuid]) for s in chunk]
+            inserted = await self._call("POST", "/api/jobs/jdl", key, json=jdls)
+        return [Inserted.model_validate(i).JobID for i in inserted]
 
     async def _find_by_name(self, key: tuple[str, str, str], names: list[str]) -> dict[str, int]:
         body = {
@@ -182,14 +200,19 @@ class DiracXBackend:
         return {str(r["JobName"]): int(r["JobID"]) for r in rows}
 
     async def _search(self, key: tuple[str, str, str], body: dict[str, Any]) -> list[Any]:
+        """Every page of a job search."""
         rows: list[Any] = []
         page = 1
         while True:
-            found = await self._call(
-                "POST", "/api/jobs/search", key, params={"page": page, "per_page": 1000}, json=body
-            )
-            rows += found
-            if len(found) < 1000:
+            headers = {"Authorization": f"Bearer {await self._token(key)}"}
+            response = await self._send(
+                "POST", "/api/jobs/search", "/api/jobs/search", headers=headers,
+                params={"page": page, "per_page": SEARCH_PAGE}, json=body,
+            )  # fmt: skip
+            rows += response.json()
+            # 206 with "Content-Range: jobs 0-999/2500" while rows remain after this page.
+            span = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
+            if response.status_code != 206 or not span or int(span[2]) + 1 >= int(span[3]):
                 return rows
             page += 1
 

@@ -1,0 +1,103 @@
+"""`concordia serve` killed (SIGKILL) while it hands a batch to a real DiracX, then
+restarted: every job reaches DiracX exactly once, and every job is followed to its end."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+from tests.diracx.fixtures import JANE, USER_GROUP, DiracX
+from tests.diracx.site import Site
+from tests.integration.test_diracx_backend import APP, JOB_SH
+
+JOBS = 100
+
+
+@pytest.fixture
+def live_server_env(tmp_path: Path, diracx: DiracX) -> dict[str, str]:
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "gridhello.yaml").write_text(APP.replace("max: 100", f"max: {JOBS}"))
+    (apps / "job.sh").write_text(JOB_SH)
+    return {
+        "CONCORDIA_APPLICATIONS_DIR": str(apps),
+        "CONCORDIA_LOCAL_USER": JANE,
+        "CONCORDIA_DIRACX_URL": diracx.url,
+        "CONCORDIA_DIRACX_LEGACY_SECRET": diracx.legacy_secret,
+        "CONCORDIA_DEFAULT_BACKEND": "diracx",
+        "CONCORDIA_DIRACX_POLL_INTERVAL": "0.5",
+    }
+
+
+def in_diracx(diracx: DiracX, names: set[str]) -> list[dict[str, Any]]:
+    """The DiracX jobs whose JobName is one of ``names`` (whatever their number)."""
+    with diracx.client(JANE, USER_GROUP) as dx:
+        rows: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            found = dx.post(
+                "/api/jobs/search",
+                params={"page": page, "per_page": 500},
+                json={
+                    "parameters": ["JobID", "JobName", "Status"],
+                    "search": [{"parameter": "JobName", "operator": "in", "values": list(names)}],
+                },
+            )
+            assert found.status_code in (200, 206), found.text
+            rows += found.json()
+            if found.status_code == 200:
+                return rows
+            page += 1
+
+
+def all_jobs(client: httpx.Client, **params: str) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+    for page in range(1, JOBS // 100 + 2):
+        answer = client.get("/api/v1/jobs", params={"per_page": 100, "page": page, **params})
+        jobs += answer.json()["items"]
+    return jobs
+
+
+def total_in_diracx(diracx: DiracX) -> int:
+    with diracx.client(JANE, USER_GROUP) as dx:
+        answer = dx.post("/api/jobs/search", params={"per_page": 1}, json={"parameters": ["JobID"]})
+    total = answer.headers.get("content-range", "").rpartition("/")[2]
+    return int(total) if total.isdigit() else len(answer.json())
+
+
+def test_a_kill_during_the_hand_over_submits_each_job_once(
+    live_server: LiveServer, diracx: DiracX, site: Site
+) -> None:
+    before = total_in_diracx(diracx)  # the session's DiracX holds other tests' jobs too
+    headers = {"Authorization": f"Bearer {live_server.token}"}
+    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+        made = client.post(
+            "/api/v1/submissions",
+            json={"application": "gridhello", "parameters": {"jobs": JOBS}},
+        )
+        assert made.status_code == 201, made.text
+        # Killed once DiracX has part of the batch, before Concordia has recorded it all.
+        deadline = time.monotonic() + 60
+        while total_in_diracx(diracx) == before:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    live_server.kill(signal.SIGKILL)
+    live_server.start()
+
+    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+        with site.running():
+            deadline = time.monotonic() + 240
+            while (done := len(all_jobs(client, status="Done"))) < JOBS:
+                assert time.monotonic() < deadline, f"{done} of {JOBS} done"
+                time.sleep(1)
+        jobs = [client.get(f"/api/v1/jobs/{j['id']}").json() for j in all_jobs(client)]
+    assert len(jobs) == JOBS
+    assert total_in_diracx(diracx) == before + JOBS  # none submitted twice, none lost
+    rows = in_diracx(diracx, {f"{j['uuid']}.0" for j in jobs})
+    assert {str(r["JobID"]) for r in rows} == {j["backend_ref"] for j in jobs}
