@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from grid import noop_app, running_diracx
+from grid import noop_app, running_diracx, token
 from sqlalchemy import func, select
 
 from concordia.db.tables import Job
@@ -40,12 +40,12 @@ async def run(root: Path, url: str, secret: str) -> float:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         platform = app.state.platform
-        token = settings.api_token_file.read_text().strip()
+        local_token = settings.api_token_file.read_text().strip()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
             transport=transport,
             base_url="http://bench",
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {local_token}"},
         ) as client:
             made = await client.post(
                 "/api/v1/submissions", json={"application": "noop", "parameters": {"jobs": JOBS}}
