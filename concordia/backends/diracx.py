@@ -101,9 +101,6 @@ class DiracXBackend:
         #: Set by a poll that found DiracX unreachable (the UI says so); None when fine.
         self.unreachable: str | None = None
 
-    async def start(self) -> None:
-        return None
-
     async def close(self) -> None:
         await self.http.aclose()
 
@@ -299,7 +296,7 @@ class DiracXBackend:
         self._last_poll = now
         by_key: dict[tuple[str, str, str], dict[int, BackendRef]] = defaultdict(dict)
         for ref in refs:
-            key = (ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))
+            key = _key(ref)
             by_key[key][int(ref.ref)] = ref
         try:
             for key, jobs in by_key.items():
@@ -336,14 +333,11 @@ class DiracXBackend:
     async def kill(self, refs: list[BackendRef]) -> None:
         await self._set_status(refs, JobStatus.KILLED, "Marked for termination")
 
-    async def delete(self, refs: list[BackendRef]) -> None:
-        await self._set_status(refs, JobStatus.DELETED, "Deleted by its owner")
-
     async def _set_status(self, refs: list[BackendRef], status: JobStatus, minor: str) -> None:
         now = datetime.now(UTC).isoformat()
         by_key: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(dict)
         for ref in refs:
-            key = (ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))
+            key = _key(ref)
             by_key[key][ref.ref] = {
                 now: {"Status": status.value, "MinorStatus": minor, "Source": "Concordia"}
             }
@@ -356,7 +350,7 @@ class DiracXBackend:
         marker = dest.parent / FETCHED
         if marker.exists():
             return sorted(p for p in dest.rglob("*") if p.is_file())
-        key = (ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))
+        key = _key(ref)
         pfns = await self._call("GET", f"/api/jobs/{ref.ref}/sandbox/output", key)
         if not pfns:  # not uploaded yet (the job is not over)
             return []
@@ -391,6 +385,11 @@ class DiracXBackend:
                     if size > limit:
                         raise DiracXError(f"the output sandbox is larger than {limit} bytes")
                     fh.write(block)
+
+
+def _key(ref: BackendRef) -> tuple[str, str, str]:
+    """Whom a job runs as in DiracX: its owner, VO and DIRAC group (kept in its state)."""
+    return (ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))
 
 
 def _job_name(spec: JobSpec) -> str:

@@ -9,7 +9,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-#: What a sandbox member may be called: a plain relative path without tricks.
+#: Entries an output sandbox may hold (a tar of millions of empty files is a bomb too).
 MAX_MEMBERS = 10_000
 
 

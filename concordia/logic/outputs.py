@@ -53,6 +53,17 @@ async def fetch_outputs(platform: Platform, job: Job) -> None:
         raise Conflict(f"the outputs cannot be fetched from {job.backend} now: {exc}") from None
 
 
+async def job_log(
+    platform: Platform, job: Job, stream: Stream, offset: int, limit: int
+) -> LogChunk:
+    """A chunk of the job's log; a grid job's logs come with its output sandbox, fetched
+    the first time they are read once it is over."""
+    path = job_dir(platform.settings.jobs_dir, job) / _LOG_FILES[stream]
+    if JobStatus(job.status).is_final and not path.exists():
+        await fetch_outputs(platform, job)
+    return read_log(platform.settings.jobs_dir, job, stream, offset, limit)
+
+
 def read_log(jobs_dir: Path, job: Job, stream: Stream, offset: int, limit: int) -> LogChunk:
     """Bytes from ``offset`` on; ``final`` once the job is over and everything was read."""
     if offset < 0:

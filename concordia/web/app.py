@@ -61,8 +61,9 @@ def create_app(
         local = LocalBackend(settings)
         await local.start()
         backends: dict[str, Backend] = {"local": local}
-        if settings.diracx_url:
-            backends["diracx"] = DiracXBackend(settings)
+        grid = DiracXBackend(settings) if settings.diracx_url else None
+        if grid is not None:
+            backends["diracx"] = grid
         platform = Platform(
             settings=settings,
             sessions=make_sessionmaker(engine),
@@ -93,8 +94,8 @@ def create_app(
                 await cancel(build)
             stop_running_builds()
             await local.close()
-            if "diracx" in backends:
-                await backends["diracx"].close()  # type: ignore[attr-defined]
+            if grid is not None:
+                await grid.close()
             if platform.iam is not None:
                 await platform.iam.close()
             await engine.dispose()

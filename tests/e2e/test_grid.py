@@ -10,25 +10,15 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import LiveServer
-from tests.diracx.fixtures import JANE, DiracX
+from tests.diracx.fixtures import DiracX
 from tests.diracx.site import Site
 from tests.e2e.conftest import shot, sign_in
-from tests.integration.test_diracx_backend import APP, JOB_SH
+from tests.integration.test_diracx_backend import grid_server_env
 
 
 @pytest.fixture
 def live_server_env(tmp_path: Path, diracx: DiracX) -> dict[str, str]:
-    apps = tmp_path / "apps"
-    apps.mkdir()
-    (apps / "gridhello.yaml").write_text(APP)
-    (apps / "job.sh").write_text(JOB_SH)
-    return {
-        "CONCORDIA_APPLICATIONS_DIR": str(apps),
-        "CONCORDIA_LOCAL_USER": JANE,
-        "CONCORDIA_DIRACX_URL": diracx.url,
-        "CONCORDIA_DIRACX_LEGACY_SECRET": diracx.legacy_secret,
-        "CONCORDIA_DIRACX_POLL_INTERVAL": "0.5",
-    }
+    return grid_server_env(tmp_path, diracx)
 
 
 def test_submit_to_the_grid_and_get_the_results(

@@ -46,6 +46,21 @@ parameters:
 """
 
 
+def grid_server_env(tmp_path: Path, diracx: DiracX, max_jobs: int = 100) -> dict[str, str]:
+    """A live server's environment: the grid application, Concordia acting as jane."""
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "gridhello.yaml").write_text(APP.replace("max: 100", f"max: {max_jobs}"))
+    (apps / "job.sh").write_text(JOB_SH)
+    return {
+        "CONCORDIA_APPLICATIONS_DIR": str(apps),
+        "CONCORDIA_LOCAL_USER": JANE,
+        "CONCORDIA_DIRACX_URL": diracx.url,
+        "CONCORDIA_DIRACX_LEGACY_SECRET": diracx.legacy_secret,
+        "CONCORDIA_DIRACX_POLL_INTERVAL": "0.5",
+    }
+
+
 def grid_settings(tmp_path: Path, diracx: DiracX, **overrides: object) -> Settings:
     apps = tmp_path / "apps"
     apps.mkdir(exist_ok=True)

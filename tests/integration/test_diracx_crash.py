@@ -14,25 +14,14 @@ import pytest
 from tests.conftest import LiveServer
 from tests.diracx.fixtures import JANE, USER_GROUP, DiracX
 from tests.diracx.site import Site
-from tests.integration.test_diracx_backend import APP, JOB_SH
+from tests.integration.test_diracx_backend import grid_server_env
 
 JOBS = 100
 
 
 @pytest.fixture
 def live_server_env(tmp_path: Path, diracx: DiracX) -> dict[str, str]:
-    apps = tmp_path / "apps"
-    apps.mkdir()
-    (apps / "gridhello.yaml").write_text(APP.replace("max: 100", f"max: {JOBS}"))
-    (apps / "job.sh").write_text(JOB_SH)
-    return {
-        "CONCORDIA_APPLICATIONS_DIR": str(apps),
-        "CONCORDIA_LOCAL_USER": JANE,
-        "CONCORDIA_DIRACX_URL": diracx.url,
-        "CONCORDIA_DIRACX_LEGACY_SECRET": diracx.legacy_secret,
-        "CONCORDIA_DEFAULT_BACKEND": "diracx",
-        "CONCORDIA_DIRACX_POLL_INTERVAL": "0.5",
-    }
+    return {**grid_server_env(tmp_path, diracx, JOBS), "CONCORDIA_DEFAULT_BACKEND": "diracx"}
 
 
 def in_diracx(diracx: DiracX, names: set[str]) -> list[dict[str, Any]]:

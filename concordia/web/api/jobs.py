@@ -13,7 +13,6 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from concordia.core.states import JobStatus
 from concordia.logic import jobs as job_logic
 from concordia.logic import monitor, outputs
 from concordia.logic.jobs import JobDetail, JobSummary
@@ -76,10 +75,7 @@ async def get_logs(
 ) -> LogChunk:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
-    if JobStatus(job.status).is_final:  # a grid job's logs come with its output sandbox
-        await outputs.fetch_outputs(platform, job)
-    settings = platform.settings
-    return outputs.read_log(settings.jobs_dir, job, stream, offset, settings.max_log_chunk)
+    return await outputs.job_log(platform, job, stream, offset, platform.settings.max_log_chunk)
 
 
 @router.get("/jobs/{job_id}/outputs")
