@@ -103,10 +103,12 @@ class Reconciler:
         """Received -> Checking -> Waiting, and into the backend's queue once the job's image
         is ready ("Waiting for image" until then; a failed build fails the job)."""
         async with self.platform.writing() as session:
-            waiting_for_image = and_(
+            # Waiting without a ref: for its image, or for a hand-over that failed or was cut
+            # short by a crash (no image: no Image row, a NULL status).
+            not_handed_over = and_(
                 Job.status == JobStatus.WAITING.value,
                 Job.backend_ref.is_(None),
-                Image.status != BUILDING,
+                or_(Image.status.is_(None), Image.status != BUILDING),
             )
             rows = (
                 await session.execute(
@@ -115,7 +117,7 @@ class Reconciler:
                     .outerjoin(Image, Submission.image_id == Image.id)
                     .where(
                         Job.backend == name,
-                        or_(Job.status == JobStatus.RECEIVED.value, waiting_for_image),
+                        or_(Job.status == JobStatus.RECEIVED.value, not_handed_over),
                     )
                     .order_by(Job.id)
                     .limit(DISPATCH_BATCH)
@@ -143,20 +145,52 @@ class Reconciler:
                     )  # fmt: skip
                 else:
                     minor = f"Waiting for a {name} slot"
-                    if job.status == JobStatus.WAITING.value:  # its image is ready now
+                    if job.minor_status == minor:  # a hand-over that failed, tried again
+                        pass
+                    elif job.status == JobStatus.WAITING.value:  # its image is ready now
                         record_status(session, job, JobStatus.WAITING, minor=minor, source="Images")
                     else:
                         transition(
                             session, job, JobStatus.WAITING, minor=minor, source="JobScheduling"
                         )
                     ready.append(job)
-            if ready:
-                await self._submit(session, backend, ready)
+            specs = await self._specs(session, ready) if ready else []
         jobs = [job for job, _ in rows]
         self._watch(name, jobs)
         publish_jobs(self.platform.bus, jobs)
+        if specs:
+            await self._hand_over(name, backend, specs)
 
-    async def _submit(self, session: AsyncSession, backend: Backend, jobs: Sequence[Job]) -> None:
+    async def _hand_over(self, name: str, backend: Backend, specs: list[JobSpec]) -> None:
+        """The backend's calls run outside the write lock: users' actions and other rounds'
+        news are not held up by a grid's answer. The jobs stay Waiting without a ref until
+        it comes; if this process dies meanwhile, the next one finds what the backend took
+        (JobSpec.maybe_submitted) rather than handing it over again."""
+        refs = {ref.uuid: ref for ref in await backend.submit(specs)}
+        async with self.platform.writing() as session:
+            jobs = (await session.scalars(select(Job).where(Job.uuid.in_(refs)))).all()
+            for job in jobs:
+                ref = refs[job.uuid]
+                if ref.error is not None:
+                    if job.status == JobStatus.WAITING.value:
+                        minor = f"Refused by {name}: {ref.error}"
+                        transition(session, job, JobStatus.FAILED, minor=minor, source=name)
+                    continue
+                job.backend_ref = ref.ref
+                job.backend_state = {**job.backend_state, **ref.state}
+        publish_jobs(self.platform.bus, [job for job in jobs if refs[job.uuid].error])
+        # Killed or deleted while being handed over: the backend has it now, so tell it too.
+        late = [
+            backend_ref(job)
+            for job in jobs
+            if JobStatus(job.status) not in _WATCHED and job.backend_ref is not None
+        ]
+        if late:
+            await backend.kill(late)
+        self._watch(name, jobs)
+
+    async def _specs(self, session: AsyncSession, jobs: Sequence[Job]) -> list[JobSpec]:
+        """What the backend needs of each job; a job that cannot run fails here, with why."""
         runs = await self._runs_of(session, {job.submission_id for job in jobs})
         proxies: dict[tuple[int, str, int], tuple[bytes | None, str]] = {}
         groups = await self._groups_of(session, {job.submission_id for job in jobs})
@@ -178,16 +212,7 @@ class Reconciler:
                     transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
                     continue
             specs.append(self._spec(job, app, image, proxy, groups[job.submission_id]))
-        if not specs:
-            return
-        refs = await backend.submit(specs)
-        by_uuid = {ref.uuid: ref for ref in refs}
-        for job in jobs:
-            ref = by_uuid.get(job.uuid)
-            if ref is None:  # failed above
-                continue
-            job.backend_ref = ref.ref
-            job.backend_state = {**job.backend_state, **ref.state}
+        return specs
 
     async def _groups_of(
         self, session: AsyncSession, submission_ids: set[int]
@@ -311,6 +336,7 @@ class Reconciler:
         """After a restart: jobs whose process died are Stalled, then rescheduled or Failed;
         jobs that were waiting go back into their backend's queue."""
         max_reschedules = self.platform.settings.max_reschedules
+        hand_over: list[tuple[str, Backend, list[JobSpec]]] = []
         async with self.platform.writing() as session:
             self._last_before_start = await session.scalar(select(func.max(Job.id))) or 0
             for name, backend in self.platform.backends.items():
@@ -332,9 +358,12 @@ class Reconciler:
                     if j.status == JobStatus.WAITING.value and j.backend_ref is not None
                 ]
                 if waiting:
-                    await self._submit(session, backend, waiting)
+                    hand_over.append((name, backend, await self._specs(session, waiting)))
                 self._watch(name, jobs)
                 publish_jobs(self.platform.bus, jobs)
+        for name, backend, specs in hand_over:
+            if specs:
+                await self._hand_over(name, backend, specs)
 
 
 @dataclass

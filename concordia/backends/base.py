@@ -65,6 +65,8 @@ class BackendRef(BaseModel):
     uuid: str
     ref: str
     state: dict[str, Any] = Field(default_factory=dict)
+    #: Set when the backend refused the job (it is not there): the job fails with this.
+    error: str | None = None
 
 
 class StatusUpdate(BaseModel):

@@ -259,9 +259,11 @@ async def delete_job(platform: Platform, owner_id: int, job_id: int) -> JobSumma
             raise NotFound(f"no job {job_id}")
         if status in ACTIVE_STATES:
             raise Conflict(f"job {job_id} is {status}: kill it before deleting it")
-        if status is JobStatus.WAITING and job.backend_ref is not None:
-            await platform.backends[job.backend].kill([backend_ref(job)])
         transition(session, job, JobStatus.DELETED, minor="Deleted by user", source="User")
+    # Outside the lock, as a kill: a backend's call may need the database itself (a user's
+    # grid tokens refreshed), and a waiting job the backend still starts is refused (final).
+    if status is JobStatus.WAITING and job.backend_ref is not None:
+        await platform.backends[job.backend].kill([backend_ref(job)])
     await asyncio.to_thread(shutil.rmtree, platform.settings.jobs_dir / job.uuid, True)
     platform.bus.publish(job_event(job))
     return JobSummary.model_validate(job, from_attributes=True)

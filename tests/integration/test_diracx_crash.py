@@ -60,33 +60,60 @@ def total_in_diracx(diracx: DiracX) -> int:
     return int(total) if total.isdigit() else len(answer.json())
 
 
-def test_a_kill_during_the_hand_over_submits_each_job_once(
-    live_server: LiveServer, diracx: DiracX, site: Site
-) -> None:
+def submit_until_diracx_has_some(client: httpx.Client, diracx: DiracX) -> int:
+    """Submit the batch; back once DiracX holds part of it. DiracX's job count before."""
     before = total_in_diracx(diracx)  # the session's DiracX holds other tests' jobs too
-    headers = {"Authorization": f"Bearer {live_server.token}"}
-    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
-        made = client.post(
-            "/api/v1/submissions",
-            json={"application": "gridhello", "parameters": {"jobs": JOBS}},
-        )
-        assert made.status_code == 201, made.text
-        # Killed once DiracX has part of the batch, before Concordia has recorded it all.
-        deadline = time.monotonic() + 60
-        while total_in_diracx(diracx) == before:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    live_server.kill(signal.SIGKILL)
-    live_server.start()
+    made = client.post(
+        "/api/v1/submissions", json={"application": "gridhello", "parameters": {"jobs": JOBS}}
+    )
+    assert made.status_code == 201, made.text
+    deadline = time.monotonic() + 60
+    while total_in_diracx(diracx) == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return before
 
-    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
-        with site.running():
-            deadline = time.monotonic() + 240
-            while (done := len(all_jobs(client, status="Done"))) < JOBS:
-                assert time.monotonic() < deadline, f"{done} of {JOBS} done"
-                time.sleep(1)
-        jobs = [client.get(f"/api/v1/jobs/{j['id']}").json() for j in all_jobs(client)]
+
+def assert_each_job_once_and_done(
+    client: httpx.Client, diracx: DiracX, site: Site, before: int
+) -> None:
+    with site.running():
+        deadline = time.monotonic() + 240
+        while (done := len(all_jobs(client, status="Done"))) < JOBS:
+            assert time.monotonic() < deadline, f"{done} of {JOBS} done"
+            time.sleep(1)
+    jobs = [client.get(f"/api/v1/jobs/{j['id']}").json() for j in all_jobs(client)]
     assert len(jobs) == JOBS
     assert total_in_diracx(diracx) == before + JOBS  # none submitted twice, none lost
     rows = in_diracx(diracx, {f"{j['uuid']}.0" for j in jobs})
     assert {str(r["JobID"]) for r in rows} == {j["backend_ref"] for j in jobs}
+
+
+def test_a_kill_during_the_hand_over_submits_each_job_once(
+    live_server: LiveServer, diracx: DiracX, site: Site
+) -> None:
+    headers = {"Authorization": f"Bearer {live_server.token}"}
+    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+        # Killed once DiracX has part of the batch, before Concordia has recorded it all.
+        before = submit_until_diracx_has_some(client, diracx)
+    live_server.kill(signal.SIGKILL)
+    live_server.start()
+    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+        assert_each_job_once_and_done(client, diracx, site, before)
+
+
+def test_diracx_killed_mid_batch_and_restarted_holds_each_job_once(
+    live_server: LiveServer, diracx: DiracX, site: Site
+) -> None:
+    headers = {"Authorization": f"Bearer {live_server.token}"}
+    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+        before = submit_until_diracx_has_some(client, diracx)
+        # DiracX crashes with part of the batch accepted, and answers lost on the way.
+        with diracx.stopped(kill=True):
+            time.sleep(3)  # Concordia's rounds meet a dead DiracX meanwhile
+            refs = [
+                client.get(f"/api/v1/jobs/{j['id']}").json()["backend_ref"]
+                for j in all_jobs(client)
+            ]
+            assert None in refs  # the crash did come mid-batch
+        assert_each_job_once_and_done(client, diracx, site, before)
