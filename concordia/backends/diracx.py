@@ -11,12 +11,15 @@ import re
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
+from joserfc import jws
+from joserfc.errors import JoseError
 from pydantic import BaseModel, Field
 
 from concordia.backends.base import BackendError, BackendRef, JobSpec, StatusUpdate
@@ -67,6 +70,21 @@ class Inserted(BaseModel):
 class Token(BaseModel):
     access_token: str
     expires_in: int = 3600
+    refresh_token: str | None = None
+
+
+#: Per-user mode: (owner, vo, group) -> the owner's own access token and when it expires.
+UserTokens = Callable[[str, str, str], Awaitable[tuple[str, float]]]
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """A DiracX token's claims, read without checking the signature: only to show whom it
+    names and until when (it came from DiracX's own token endpoint, and DiracX checks it)."""
+    try:
+        claims = json.loads(jws.extract_compact(token.encode()).payload)
+    except (ValueError, JoseError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 class DiracXBackend:
@@ -100,6 +118,8 @@ class DiracXBackend:
         self._last_poll = -float("inf")
         #: Set by a poll that found DiracX unreachable (the UI says so); None when fine.
         self.unreachable: str | None = None
+        #: Per-user mode: where each user's own tokens come from (set by the platform).
+        self.user_tokens: UserTokens | None = None
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -127,12 +147,19 @@ class DiracXBackend:
         return response.json() if response.content else None
 
     async def _token(self, key: tuple[str, str, str]) -> str:
-        """A DiracX access token for (user, vo, group), obtained as a trusted service."""
+        """A DiracX access token for (user, vo, group): the user's own (per-user mode), or
+        obtained as a trusted service."""
         async with self._token_locks[key]:
             cached = self._tokens.get(key)
             if cached is not None and cached[0] - TOKEN_MARGIN > time.time():
                 return cached[1]
             user, vo, group = key
+            if self.settings.diracx_auth == "user":
+                if self.user_tokens is None:
+                    raise DiracXError("users' DiracX sign-ins are not available here")
+                access, expires_at = await self.user_tokens(user, vo, group)
+                self._tokens[key] = (expires_at, access)
+                return access
             secret = self.settings.diracx_legacy_secret.get_secret_value()
             if not secret:
                 raise DiracXError("no DiracX exchange secret is configured (diracx_legacy_secret)")
@@ -147,6 +174,25 @@ class DiracXBackend:
             self._tokens[key] = (time.time() + token.expires_in, token.access_token)
             return token.access_token
 
+    async def refresh(self, refresh_token: str) -> Token:
+        """New tokens for a user's refresh token (DiracX rotates them: the old one is dead
+        after this, and using it again would end all the user's sign-ins)."""
+        response = await self._send(
+            "POST",
+            "/api/auth/token",
+            "a token refresh",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": self.settings.diracx_client_id,
+            },
+        )
+        return Token.model_validate(response.json())
+
+    def forget_token(self, key: tuple[str, str, str]) -> None:
+        """A user disconnected: their cached access token goes too."""
+        self._tokens.pop(key, None)
+
     # --- submit
 
     async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]:
@@ -157,28 +203,44 @@ class DiracXBackend:
         for spec in jobs:
             by_key[(spec.owner, spec.vo, spec.group)].append(spec)
         for key, specs in by_key.items():
-            # Look only where it may be: jobs older than this process, or sent in a round
-            # that failed after DiracX accepted part of it.
-            doubt = [_job_name(s) for s in specs if s.maybe_submitted or s.uuid in self._doubt]
-            found = await self._find_by_name(key, doubt) if doubt else {}
-            known = {s.uuid: found[_job_name(s)] for s in specs if _job_name(s) in found}
-            todo = [s for s in specs if s.uuid not in known]
-            pfns = {s.uuid: await self._sandbox_for(key, s) for s in todo}
-            size = self.settings.diracx_chunk_size
-            self._doubt.update(s.uuid for s in todo)  # until DiracX's answer is recorded
-            chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
-            # A few chunks at once: DiracX serves them side by side.
-            for chunk, ids in zip(
-                chunks,
-                await asyncio.gather(*(self._insert(key, c, pfns) for c in chunks)),
-                strict=True,
-            ):
-                known.update({s.uuid: job_id for s, job_id in zip(chunk, ids, strict=True)})
-            state = {"owner": key[0], "vo": key[1], "group": key[2], "seen": 0}
-            refs += [
-                BackendRef(uuid=s.uuid, ref=str(known[s.uuid]), state=dict(state)) for s in specs
-            ]
+            try:
+                refs += await self._submit_as(key, specs)
+            except DiracXUnreachable:
+                raise  # nothing decided: the round is tried again
+            except DiracXError as exc:  # refused for this user (their sign-in, their group)
+                refs += [BackendRef(uuid=s.uuid, ref="", error=str(exc)) for s in specs]
         return refs
+
+    async def _submit_as(self, key: tuple[str, str, str], specs: list[JobSpec]) -> list[BackendRef]:
+        # Look only where it may be: jobs older than this process, or sent in a round that
+        # failed after DiracX accepted part of it.
+        doubt = [_job_name(s) for s in specs if s.maybe_submitted or s.uuid in self._doubt]
+        found = await self._find_by_name(key, doubt) if doubt else {}
+        known = {s.uuid: found[_job_name(s)] for s in specs if _job_name(s) in found}
+        todo = [s for s in specs if s.uuid not in known]
+        pfns = {s.uuid: await self._sandbox_for(key, s) for s in todo}
+        size = self.settings.diracx_chunk_size
+        self._doubt.update(s.uuid for s in todo)  # until DiracX's answer is recorded
+        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+        # A few chunks at once: DiracX serves them side by side.
+        answers = await asyncio.gather(
+            *(self._insert(key, c, pfns) for c in chunks), return_exceptions=True
+        )
+        refused: dict[str, str] = {}
+        for chunk, answer in zip(chunks, answers, strict=True):
+            if isinstance(answer, DiracXError) and not isinstance(answer, DiracXUnreachable):
+                refused.update({s.uuid: str(answer) for s in chunk})  # they fail with why
+            elif isinstance(answer, BaseException):
+                raise answer  # the accepted chunks are in doubt: adopted next round
+            else:
+                known.update({s.uuid: job_id for s, job_id in zip(chunk, answer, strict=True)})
+        state = {"owner": key[0], "vo": key[1], "group": key[2], "seen": 0}
+        return [
+            BackendRef(uuid=s.uuid, ref="", error=refused[s.uuid])
+            if s.uuid in refused
+            else BackendRef(uuid=s.uuid, ref=str(known[s.uuid]), state=dict(state))
+            for s in specs
+        ]
 
     async def _insert(
         self, key: tuple[str, str, str], chunk: list[JobSpec], pfns: dict[str, str]
@@ -315,7 +377,13 @@ class DiracXBackend:
                         }
                     )
                 body = {"parameters": _SEARCH_FIELDS, "search": search}
-                rows = await self._search(key, body)
+                try:
+                    rows = await self._search(key, body)
+                except DiracXUnreachable:
+                    raise
+                except DiracXError as exc:  # this user's (a sign-in ended): not the others'
+                    log.warning("DiracX poll for %s in %s/%s refused: %s", *key, exc)
+                    continue
                 self._polled[key] = started
                 for row in rows:
                     known = jobs.get(int(row["JobID"]))

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from concordia.auth.groups import Membership
 from concordia.auth.iam import ScimCertificate
 from concordia.logic.accounts import recognised, scim_reading
+from concordia.logic.diracx_accounts import DiracXConnection, connections, per_user
 from concordia.logic.identity import Identity
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import CredentialView, ProxyView, stored
@@ -39,6 +40,9 @@ class Account(BaseModel):
     credential: CredentialView | None
     proxy: ProxyView | None
     proxy_sources: list[str]
+    #: Per-user DiracX mode: each user connects their DiracX account (per VO and group).
+    diracx_per_user: bool = False
+    diracx: list[DiracXConnection] = Field(default_factory=list)
 
 
 async def account(platform: Platform, identity: Identity) -> Account:
@@ -64,4 +68,6 @@ async def account(platform: Platform, identity: Identity) -> Account:
         credential=credential,
         proxy=proxy,
         proxy_sources=list(settings.proxy_sources),
+        diracx_per_user=per_user(platform),
+        diracx=await connections(platform, identity.user_id) if per_user(platform) else [],
     )

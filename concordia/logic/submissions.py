@@ -24,6 +24,7 @@ from concordia.core.jdl import job_jdl
 from concordia.core.states import JobStatus
 from concordia.db.tables import Application, Job, Submission, utcnow
 from concordia.logic.accounts import require_vo
+from concordia.logic.diracx_accounts import per_user, require_connection
 from concordia.logic.errors import Forbidden, Invalid, NotFound
 from concordia.logic.identity import Identity
 from concordia.logic.images import select_or_build
@@ -204,6 +205,8 @@ async def submit_batch(
             raise Forbidden(f"you are not recognised as a member of the VO {request.vo!r}")
         vo = request.vo
     member = identity.membership(vo)
+    if backend == "diracx" and per_user(platform):  # jobs would fail without their token
+        await require_connection(platform, identity, vo, member.dirac_group if member else "")
     if app.proxy:  # refused now rather than a job failing later for want of a proxy
         await ensure_proxy(platform, identity, proxy_needed(platform, app), vo or None)
     image = None

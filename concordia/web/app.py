@@ -24,6 +24,7 @@ from concordia.db.engine import make_engine, make_sessionmaker
 from concordia.db.migrate import upgrade
 from concordia.images.builders import stop_running_builds
 from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.diracx_accounts import per_user, user_tokens
 from concordia.logic.identity import create_token, ensure_user, local_api_token, write_secret_file
 from concordia.logic.images import open_image_builds, recover_builds
 from concordia.logic.platform import Platform
@@ -31,7 +32,7 @@ from concordia.settings import Settings
 from concordia.web.api import router as api_router
 from concordia.web.errors import install_error_handlers
 from concordia.web.limits import BodyLimit
-from concordia.web.oauth import web_client
+from concordia.web.oauth import diracx_client, web_client
 from concordia.web.pages import router as pages_router
 from concordia.worker import Reconciler, cancel
 
@@ -83,6 +84,10 @@ def create_app(
             login_url += f"?token={login_token}"
         app.state.platform = platform
         app.state.oauth = web_client(settings) if settings.iam_mode else None
+        app.state.diracx_oauth = None
+        if per_user(platform):  # users connect their own DiracX accounts
+            user_tokens(platform)
+            app.state.diracx_oauth = diracx_client(settings)
         reconciler = asyncio.create_task(Reconciler(platform).run(), name="reconciler")
         if on_ready is not None:
             on_ready(login_url, platform)

@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     from authlib.integrations.base_client.errors import OAuthError
     from authlib.integrations.starlette_client import OAuth, StarletteOAuth2App
 
-__all__ = ["OAuthError", "StarletteOAuth2App", "web_client"]
+__all__ = ["OAuthError", "StarletteOAuth2App", "diracx_client", "web_client"]
 
 
 def web_client(settings: Settings) -> StarletteOAuth2App:
@@ -33,4 +33,25 @@ def web_client(settings: Settings) -> StarletteOAuth2App:
         },
     )
     client: StarletteOAuth2App = oauth.iam
+    return client
+
+
+def diracx_client(settings: Settings) -> StarletteOAuth2App:
+    """DiracX's own authorization code flow (per-user mode): Concordia is a public client of
+    DiracX (PKCE S256, no secret); DiracX signs the user in at their VO's IAM in between."""
+    url = settings.diracx_url.rstrip("/")
+    oauth = OAuth()
+    oauth.register(
+        "diracx",
+        client_id=settings.diracx_client_id,
+        client_secret=None,
+        authorize_url=f"{url}/api/auth/authorize",
+        access_token_url=f"{url}/api/auth/token",
+        client_kwargs={
+            "code_challenge_method": "S256",
+            "token_endpoint_auth_method": "none",
+            "timeout": settings.oidc_http_timeout,
+        },
+    )
+    client: StarletteOAuth2App = oauth.diracx
     return client

@@ -36,6 +36,9 @@ VO = "cta"
 USER_GROUP = f"{VO}_user"
 ADMIN_GROUP = f"{VO}_admin"
 IDP_CLIENT_ID = "diracx"
+#: Where DiracX may send a user back after signing in (per-user mode): the in-process
+#: Concordia of the tests (tests.integration.test_iam.PUBLIC_URL).
+CONCORDIA_CALLBACK = "http://testserver/auth/diracx/callback"
 SCRIPT_TIMEOUT = 180.0
 TOKEN_MARGIN = 60.0  # seconds of validity a cached token must still have
 
@@ -180,6 +183,7 @@ def diracx_server(
         f"--idp-client-id={IDP_CLIENT_ID}",
         f"--user={JANE}:{JANE_SUB}:{USER_GROUP}",
         f"--user={SITE_USER}:{SITE_SUB}:{ADMIN_GROUP}",
+        f"--allowed-redirect={CONCORDIA_CALLBACK}",
     )
     try:
         yield DiracX(state)

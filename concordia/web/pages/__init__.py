@@ -2,8 +2,17 @@
 
 from fastapi import APIRouter
 
-from concordia.web.pages import account, auth, concordia, home, images, jobs, submissions
+from concordia.web.pages import (
+    account,
+    auth,
+    concordia,
+    diracx,
+    home,
+    images,
+    jobs,
+    submissions,
+)
 
 router = APIRouter(include_in_schema=False)
-for module in (auth, home, account, concordia, submissions, jobs, images):
+for module in (auth, home, account, diracx, concordia, submissions, jobs, images):
     router.include_router(module.router)

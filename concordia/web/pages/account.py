@@ -41,6 +41,13 @@ async def account_page(request: Request, platform: PlatformDep, user: PageUser) 
     return await _page(request, platform, user)
 
 
+async def account_problem(
+    request: Request, platform: PlatformDep, user: PageUser, exc: DomainError
+) -> HTMLResponse:
+    """The account page again, saying why what was asked was refused."""
+    return await _page(request, platform, user, exc.status_code, problem=exc.message)
+
+
 async def _act(
     request: Request, platform: PlatformDep, user: PageUser, action: Awaitable[str]
 ) -> Response:
@@ -49,7 +56,7 @@ async def _act(
     try:
         message = await action
     except DomainError as exc:
-        return await _page(request, platform, user, exc.status_code, problem=exc.message)
+        return await account_problem(request, platform, user, exc)
     request.session[FLASH] = message
     return RedirectResponse("/account", status_code=303)
 

@@ -1,0 +1,193 @@
+"""Users' own DiracX sign-ins (diracx_auth = user): kept encrypted, refreshed, acted with."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from concordia.auth.vault import VaultError
+from concordia.backends.diracx import (
+    DiracXBackend,
+    DiracXError,
+    DiracXUnreachable,
+    Token,
+    unverified_claims,
+)
+from concordia.db.tables import User
+from concordia.logic.errors import Conflict, Forbidden
+from concordia.logic.identity import Identity
+from concordia.logic.platform import Platform
+from concordia.logic.secrets import put_secret, read_secret
+
+log = logging.getLogger(__name__)
+
+#: One row per user: every (VO, group) they connected, by "vo/group".
+KIND = "diracx_tokens"
+#: Refresh this long before the access token expires: a call made with it must not fail.
+REFRESH_MARGIN = 60.0
+
+
+class DiracXConnection(BaseModel):
+    """What may be shown of a connection: never a token."""
+
+    vo: str
+    group: str
+    #: The DiracX user the tokens are of (their preferred_username).
+    dirac_user: str
+    #: When DiracX's refresh token runs out: the connection lapses unless used before.
+    usable_until: datetime | None
+
+
+class NotConnected(Conflict):
+    """The user has not connected their DiracX account for this VO and group (or it lapsed)."""
+
+
+def per_user(platform: Platform) -> bool:
+    return "diracx" in platform.backends and platform.settings.diracx_auth == "user"
+
+
+def grid(platform: Platform) -> DiracXBackend:
+    backend = platform.backends.get("diracx")
+    if not isinstance(backend, DiracXBackend):
+        raise Conflict("no DiracX is configured here (diracx_url)")
+    return backend
+
+
+def scope_for(identity: Identity, vo: str) -> tuple[str, str]:
+    """The VO and DIRAC group the user's jobs run under in DiracX; a VO they are not in is
+    refused."""
+    member = identity.membership(vo)
+    if member is None:
+        raise Forbidden(f"you are not recognised as a member of the VO {vo!r}")
+    return vo, member.dirac_group
+
+
+async def _read(platform: Platform, user_id: int) -> dict[str, dict[str, Any]]:
+    try:
+        async with platform.reading() as session:
+            found = await read_secret(session, platform.vault, user_id, KIND)
+    except VaultError:  # the encryption keys changed: the tokens are lost, not a 500
+        return {}
+    if found is None:
+        return {}
+    kept: dict[str, dict[str, Any]] = json.loads(found[0])
+    return kept
+
+
+async def _write(platform: Platform, user_id: int, kept: dict[str, dict[str, Any]]) -> None:
+    shown = {
+        key: {k: v for k, v in entry.items() if k in DiracXConnection.model_fields}
+        for key, entry in kept.items()
+    }
+    async with platform.writing() as session:
+        await put_secret(session, platform.vault, user_id, KIND, json.dumps(kept).encode(), shown)
+
+
+def _entry(vo: str, group: str, token: Token, user: str) -> dict[str, Any]:
+    refresh_exp = unverified_claims(token.refresh_token or "").get("exp")
+    until = datetime.fromtimestamp(refresh_exp, UTC).isoformat() if refresh_exp else None
+    return {
+        "vo": vo,
+        "group": group,
+        "dirac_user": user,
+        "usable_until": until,
+        "access_token": token.access_token,
+        "expires_at": time.time() + token.expires_in,
+        "refresh_token": token.refresh_token,
+    }
+
+
+async def connect(
+    platform: Platform, identity: Identity, vo: str, group: str, answer: dict[str, Any]
+) -> DiracXConnection:
+    """Keep the tokens DiracX gave at the end of the user's sign-in there, once checked to
+    be of the VO and group asked for."""
+    token = Token.model_validate(answer)
+    claims = unverified_claims(token.access_token)
+    if (claims.get("vo"), claims.get("dirac_group")) != (vo, group):
+        raise Conflict(
+            f"DiracX signed you in to {claims.get('vo')}/{claims.get('dirac_group')}, "
+            f"not to {vo}/{group}: nothing was kept"
+        )
+    user = str(claims.get("preferred_username") or claims.get("sub") or "")
+    async with platform.token_locks[identity.user_id]:
+        kept = await _read(platform, identity.user_id)
+        kept[f"{vo}/{group}"] = _entry(vo, group, token, user)
+        await _write(platform, identity.user_id, kept)
+    grid(platform).forget_token((identity.username, vo, group))
+    log.info("user %s connected DiracX as %s in %s/%s", identity.username, user, vo, group)
+    return DiracXConnection.model_validate(kept[f"{vo}/{group}"])
+
+
+async def connections(platform: Platform, user_id: int) -> list[DiracXConnection]:
+    kept = await _read(platform, user_id)
+    return [DiracXConnection.model_validate(entry) for entry in kept.values()]
+
+
+async def disconnect(platform: Platform, identity: Identity, vo: str, group: str) -> None:
+    async with platform.token_locks[identity.user_id]:
+        kept = await _read(platform, identity.user_id)
+        if kept.pop(f"{vo}/{group}", None) is None:
+            raise NotConnected(f"your DiracX account is not connected for {vo}/{group}")
+        await _write(platform, identity.user_id, kept)
+    grid(platform).forget_token((identity.username, vo, group))
+
+
+async def access_token(platform: Platform, user_id: int, vo: str, group: str) -> tuple[str, float]:
+    """The user's DiracX access token for (vo, group) and its expiry, refreshed first when
+    it expires within the margin. NotConnected when there is none or DiracX ended it."""
+    key = f"{vo}/{group}"
+    how = "connect it again on your account page"
+    async with platform.token_locks[user_id]:  # DiracX rotates refresh tokens: one at a time
+        kept = await _read(platform, user_id)
+        entry = kept.get(key)
+        if entry is None:
+            raise NotConnected(f"your DiracX account is not connected for {key}: {how}")
+        if entry["expires_at"] - REFRESH_MARGIN > time.time():
+            return entry["access_token"], entry["expires_at"]
+        if not entry.get("refresh_token"):
+            raise NotConnected(f"your DiracX sign-in for {key} has expired: {how}")
+        try:
+            token = await grid(platform).refresh(entry["refresh_token"])
+        except DiracXUnreachable:
+            raise
+        except DiracXError as exc:
+            log.info("DiracX ended user %s's sign-in for %s: %s", user_id, key, exc)
+            kept.pop(key)
+            await _write(platform, user_id, kept)
+            raise NotConnected(f"DiracX ended your sign-in for {key} ({exc}): {how}") from None
+        kept[key] = _entry(vo, group, token, entry["dirac_user"])
+        await _write(platform, user_id, kept)
+        return token.access_token, kept[key]["expires_at"]
+
+
+async def require_connection(platform: Platform, identity: Identity, vo: str, group: str) -> None:
+    """Before a submission to DiracX in per-user mode: refused now (409, with what to do)
+    rather than jobs failing later."""
+    await access_token(platform, identity.user_id, vo, group)
+
+
+def user_tokens(platform: Platform) -> None:
+    """Give the DiracX backend its per-user token source: users' own sign-ins, by username."""
+
+    async def source(username: str, vo: str, group: str) -> tuple[str, float]:
+        async with platform.reading() as session:
+            user_id = await session.scalar(select(User.id).where(User.username == username))
+        if user_id is None:
+            raise NotConnectedGrid(f"no user {username!r} here")
+        try:
+            return await access_token(platform, user_id, vo, group)
+        except NotConnected as exc:
+            raise NotConnectedGrid(str(exc)) from None
+
+    grid(platform).user_tokens = source
+
+
+class NotConnectedGrid(DiracXError):
+    """As the backend sees a missing or ended sign-in: the job's call is refused, with why."""

@@ -1,0 +1,88 @@
+"""Connecting a user's DiracX account (per-user mode): DiracX's authorization code flow."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from concordia.logic import diracx_accounts
+from concordia.logic.errors import DomainError
+from concordia.web.deps import PlatformDep
+from concordia.web.oauth import OAuthError, StarletteOAuth2App
+from concordia.web.pages.account import FLASH, account_problem
+from concordia.web.pages.common import PageUser, error_page, read_form
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+#: The session key keeping which VO and group a connection was started for.
+PENDING = "diracx_pending"
+
+
+def _client(request: Request) -> StarletteOAuth2App | None:
+    client: StarletteOAuth2App | None = request.app.state.diracx_oauth
+    return client
+
+
+@router.post("/account/diracx", response_model=None)
+async def connect(request: Request, platform: PlatformDep, user: PageUser) -> Response:
+    """Off to DiracX, which signs the user in at their VO's IAM and sends them back."""
+    form = await read_form(request)
+    client = _client(request)
+    if client is None:
+        return error_page(request, 404, "Users do not connect DiracX accounts here.")
+    try:
+        vo, group = diracx_accounts.scope_for(user, str(form.get("vo", "")))
+    except DomainError as exc:
+        return await account_problem(request, platform, user, exc)
+    request.session[PENDING] = [vo, group]
+    redirect_uri = f"{platform.settings.public_url}/auth/diracx/callback"
+    try:
+        redirect: Response = await client.authorize_redirect(
+            request, redirect_uri, scope=f"vo:{vo} group:{group}"
+        )
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("DiracX authorization could not start: %s", type(exc).__name__)
+        return error_page(request, 503, "DiracX cannot be reached now.", "Try again later.")
+    return redirect
+
+
+@router.get("/auth/diracx/callback", response_model=None)
+async def callback(request: Request, platform: PlatformDep, user: PageUser) -> Response:
+    """DiracX sends the browser back with a code; authlib checks the state and redeems the
+    code with the PKCE verifier; the tokens are kept encrypted."""
+    client = _client(request)
+    pending = request.session.pop(PENDING, None)
+    if client is None or not isinstance(pending, list) or len(pending) != 2:
+        return error_page(request, 400, "No DiracX connection was started from this browser.")
+    try:
+        token = await client.authorize_access_token(request)  # type: ignore[no-untyped-call]
+    except OAuthError as exc:
+        why = exc.description or exc.error
+        return error_page(request, 401, f"DiracX did not connect your account: {why}.")
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        log.warning("DiracX token endpoint failed: %s", type(exc).__name__)
+        return error_page(request, 503, "DiracX could not be reached to finish connecting.")
+    try:
+        done = await diracx_accounts.connect(platform, user, pending[0], pending[1], token)
+    except DomainError as exc:
+        return await account_problem(request, platform, user, exc)
+    request.session[FLASH] = (
+        f"Your DiracX account is connected: jobs of {done.vo} run as {done.dirac_user} "
+        f"in {done.group}."
+    )
+    return RedirectResponse("/account", status_code=303)
+
+
+@router.post("/account/diracx/disconnect", response_model=None)
+async def disconnect(request: Request, platform: PlatformDep, user: PageUser) -> Response:
+    form = await read_form(request)
+    try:
+        vo, group = diracx_accounts.scope_for(user, str(form.get("vo", "")))
+        await diracx_accounts.disconnect(platform, user, vo, group)
+    except DomainError as exc:
+        return await account_problem(request, platform, user, exc)
+    request.session[FLASH] = f"Your DiracX account is disconnected for {vo}."
+    return RedirectResponse("/account", status_code=303)
