@@ -232,6 +232,11 @@ class LocalBackend:
                 waits.append(self._stop(job))
         await asyncio.gather(*waits)
 
+    async def delete(self, refs: list[BackendRef]) -> None:
+        """A waiting job leaves the queue; a finished one is already gone (its files go with
+        its directory)."""
+        await self.kill(refs)
+
     async def fetch_outputs(self, ref: BackendRef, dest: Path) -> list[Path]:
         """Copy the job's outputs/ (results and std.out, std.err) to dest; list the files."""
         return await asyncio.to_thread(copy_outputs, self.job_dir(ref.uuid) / "outputs", dest)

@@ -27,6 +27,12 @@ class Conflict(DomainError):
     status_code = 409
 
 
+class Unavailable(DomainError):
+    """Something Concordia needs (a backend, IAM) does not answer now: nothing was changed."""
+
+    status_code = 503
+
+
 class TooLarge(DomainError):
     status_code = 413
 

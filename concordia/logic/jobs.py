@@ -12,16 +12,17 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.backends.base import BackendRef
+from concordia.backends.base import BackendError, BackendRef
 from concordia.core.states import (
     ACTIVE_STATES,
     KILLABLE_STATES,
     RESCHEDULABLE_STATES,
+    InvalidTransition,
     JobStatus,
     check_transition,
 )
 from concordia.db.tables import Job, JobStatusHistory, Submission, utcnow
-from concordia.logic.errors import Conflict, DomainError, NotFound
+from concordia.logic.errors import Conflict, DomainError, NotFound, Unavailable
 from concordia.logic.events import Event, EventBus
 from concordia.logic.platform import HISTORY_KEY, Platform
 
@@ -215,16 +216,39 @@ async def bulk_action(
 
 
 async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
+    async with platform.reading() as session:
+        job = await get_owned_job(session, owner_id, job_id)
+    status = JobStatus(job.status)
+    if status not in KILLABLE_STATES:
+        raise Conflict(f"job {job_id} is {status}: it cannot be killed")
+    if job.backend_ref is not None and (status in ACTIVE_STATES or status is JobStatus.WAITING):
+        await _tell_backend(platform, job, "kill")
+    return await _record_end(platform, owner_id, job_id, JobStatus.KILLED, "Killed by user")
+
+
+async def _tell_backend(platform: Platform, job: Job, action: Literal["kill", "delete"]) -> None:
+    """The backend first, outside the lock (stopping a process takes its grace period; a
+    grid's call may need the database, to refresh a user's tokens): if it cannot be told,
+    nothing changes and the user may try again."""
+    backend = platform.backends[job.backend]
+    call, done = (backend.kill, "killed") if action == "kill" else (backend.delete, "deleted")
+    try:
+        await call([backend_ref(job)])
+    except BackendError as exc:
+        raise Unavailable(f"job {job.id} was not {done}: {job.backend}: {exc}") from None
+
+
+async def _record_end(
+    platform: Platform, owner_id: int, job_id: int, status: JobStatus, minor: str
+) -> JobSummary:
     async with platform.writing() as session:
         job = await get_owned_job(session, owner_id, job_id)
-        status = JobStatus(job.status)
-        if status not in KILLABLE_STATES:
-            raise Conflict(f"job {job_id} is {status}: it cannot be killed")
-        transition(session, job, JobStatus.KILLED, minor="Killed by user", source="User")
-    # Outside the lock: stopping a process may take the grace period. Whatever the backend
-    # reports meanwhile is refused by the state machine (Killed is final) and logged.
-    if job.backend_ref is not None and (status in ACTIVE_STATES or status is JobStatus.WAITING):
-        await platform.backends[job.backend].kill([backend_ref(job)])
+        now = JobStatus(job.status)
+        if now is not status:  # the backend may have reported it already
+            try:
+                transition(session, job, status, minor=minor, source="User")
+            except InvalidTransition:  # it ended on its own meanwhile
+                raise Conflict(f"job {job_id} is {now} now: it was not changed") from None
     platform.bus.publish(job_event(job))
     return JobSummary.model_validate(job, from_attributes=True)
 
@@ -252,21 +276,18 @@ def requeue(session: AsyncSession, job: Job, *, minor: str, source: str) -> None
 
 
 async def delete_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
-    async with platform.writing() as session:
+    async with platform.reading() as session:
         job = await get_owned_job(session, owner_id, job_id)
-        status = JobStatus(job.status)
-        if status is JobStatus.DELETED:
-            raise NotFound(f"no job {job_id}")
-        if status in ACTIVE_STATES:
-            raise Conflict(f"job {job_id} is {status}: kill it before deleting it")
-        transition(session, job, JobStatus.DELETED, minor="Deleted by user", source="User")
-    # Outside the lock, as a kill: a backend's call may need the database itself (a user's
-    # grid tokens refreshed), and a waiting job the backend still starts is refused (final).
-    if status is JobStatus.WAITING and job.backend_ref is not None:
-        await platform.backends[job.backend].kill([backend_ref(job)])
+    status = JobStatus(job.status)
+    if status is JobStatus.DELETED:
+        raise NotFound(f"no job {job_id}")
+    if status in ACTIVE_STATES:
+        raise Conflict(f"job {job_id} is {status}: kill it before deleting it")
+    if job.backend_ref is not None:
+        await _tell_backend(platform, job, "delete")
+    summary = await _record_end(platform, owner_id, job_id, JobStatus.DELETED, "Deleted by user")
     await asyncio.to_thread(shutil.rmtree, platform.settings.jobs_dir / job.uuid, True)
-    platform.bus.publish(job_event(job))
-    return JobSummary.model_validate(job, from_attributes=True)
+    return summary
 
 
 def backend_ref(job: Placed) -> BackendRef:

@@ -121,6 +121,23 @@ class DiracX:
             timeout=timeout,
         )
 
+    def rows(
+        self, ids: list[int], *fields: str, user: str = JANE, group: str = USER_GROUP
+    ) -> list[dict[str, Any]]:
+        """DiracX's rows of these jobs with ``fields``, as ``user`` sees them (a normal user
+        sees only their own jobs)."""
+        with self.client(user, group) as dx:
+            answer = dx.post(
+                "/api/jobs/search",
+                json={
+                    "parameters": ["JobID", *fields],
+                    "search": [{"parameter": "JobID", "operator": "in", "values": ids}],
+                },
+            )
+        assert answer.status_code == 200, answer.text  # all on one page
+        rows: list[dict[str, Any]] = answer.json()
+        return rows
+
     def job_jdl(self, job_id: int) -> str:
         """The job's current JDL, as DIRAC's matcher reads it: from JobDB itself. No HTTP
         route of DiracX 0.7.0 returns it (the search refuses "JDL"), so the test site, which

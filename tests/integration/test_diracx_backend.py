@@ -84,6 +84,11 @@ async def grid(tmp_path: Path, diracx: DiracX) -> AsyncIterator[Running]:
         yield running
 
 
+def refs_of(jobs: list[dict[str, Any]]) -> list[int]:
+    """The DiracX ids of these Concordia jobs."""
+    return [int(j["backend_ref"]) for j in jobs]
+
+
 async def wait_jobs(
     client: httpx.AsyncClient, ids: list[int], *statuses: str, timeout: float = 60
 ) -> list[dict[str, Any]]:
@@ -145,14 +150,7 @@ async def test_a_batch_runs_on_the_grid_with_history_outputs_and_logs(
     assert "err-hi" in err.json()["data"]
 
     # One input sandbox for the whole submission, uploaded once.
-    with diracx.client(JANE, USER_GROUP) as dx:
-        found = dx.post(
-            "/api/jobs/search",
-            json={
-                "parameters": ["JobID", "JobName"],
-                "search": [{"parameter": "JobID", "operator": "in", "values": refs}],
-            },
-        ).json()
+    found = diracx.rows(refs_of(done), "JobName")
     assert sorted(r["JobName"] for r in found) == sorted(f"{j['uuid']}.0" for j in done)
 
 
@@ -177,15 +175,32 @@ async def test_kill_from_concordia_reaches_diracx(
     [job] = await handed_over(grid.client, [job_id])
     killed = await grid.client.post(f"/api/v1/jobs/{job_id}/kill")
     assert killed.status_code == 200 and killed.json()["status"] == "Killed"
-    with diracx.client(JANE, USER_GROUP) as dx:
-        rows = dx.post(
-            "/api/jobs/search",
-            json={
-                "parameters": ["JobID", "Status"],
-                "search": [{"parameter": "JobID", "operator": "eq", "value": job["backend_ref"]}],
-            },
-        ).json()
-    assert rows[0]["Status"] == "Killed"
+    assert [row["Status"] for row in diracx.rows(refs_of([job]), "Status")] == ["Killed"]
+
+
+async def test_delete_reaches_diracx_and_with_diracx_down_nothing_changes(
+    grid: Running, site: Site, diracx: DiracX
+) -> None:
+    made = await grid.client.post(
+        "/api/v1/submissions", json={"application": "gridhello", "parameters": {"jobs": 2}}
+    )
+    waiting, done = made.json()["job_ids"]
+    jobs = await handed_over(grid.client, [waiting, done])
+    with diracx.stopped():
+        kill = await grid.client.post(f"/api/v1/jobs/{waiting}/kill")
+        delete = await grid.client.delete(f"/api/v1/jobs/{waiting}")
+        for refused, word in [(kill, "killed"), (delete, "deleted")]:
+            assert refused.status_code == 503, refused.text
+            assert f"was not {word}" in refused.json()["detail"]
+            job = (await grid.client.get(f"/api/v1/jobs/{waiting}")).json()
+            assert job["status"] == "Waiting"  # nothing changed: the user may try again
+    deleted = await grid.client.delete(f"/api/v1/jobs/{waiting}")
+    assert deleted.status_code == 200 and deleted.json()["status"] == "Deleted"
+    with site.running():
+        await wait_jobs(grid.client, [done], "Done", timeout=90)
+    assert (await grid.client.delete(f"/api/v1/jobs/{done}")).status_code == 200
+    # In DiracX too: the waiting job leaves the task queue, the finished one is cleaned up.
+    assert {row["Status"] for row in diracx.rows(refs_of(jobs), "Status")} == {"Deleted"}
 
 
 async def test_submitting_again_adopts_what_diracx_has_and_a_rerun_is_new(grid: Running) -> None:
@@ -241,17 +256,7 @@ async def test_while_diracx_is_down_jobs_keep_their_state_and_the_platform_says_
     me = (await grid.client.get("/api/v1/me")).json()
     assert [b["unreachable"] for b in me["backends"] if b["name"] == "diracx"] == [None]
     # Nothing applied twice nor lost: Concordia's history is DiracX's from its Waiting on.
-    with diracx.client(JANE, USER_GROUP) as dx:
-        rows = dx.post(
-            "/api/jobs/search",
-            json={
-                "parameters": ["JobID", "LoggingInfo"],
-                "search": [
-                    {"parameter": "JobID", "operator": "in",
-                     "values": [int(j["backend_ref"]) for j in done]},
-                ],
-            },
-        ).json()  # fmt: skip
+    rows = diracx.rows(refs_of(done), "LoggingInfo")
     theirs = {
         str(r["JobID"]): [e["Status"] for e in r["LoggingInfo"]][2:] for r in rows
     }  # after Received, Checking: Concordia's own steps

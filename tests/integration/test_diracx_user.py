@@ -23,7 +23,7 @@ from tests.diracx.fixtures import JANE, JANE_SUB, USER_GROUP, DiracX
 from tests.diracx.site import Site
 from tests.iam.pki import TestCA
 from tests.iam.server import IamDouble
-from tests.integration.test_diracx_backend import grid_settings, wait_jobs
+from tests.integration.test_diracx_backend import grid_settings, refs_of, wait_jobs
 from tests.integration.test_iam import PUBLIC_URL, IamApp
 
 HIDDEN = re.compile(r'type="hidden" name="([^"]+)" value="([^"]*)"')
@@ -124,20 +124,7 @@ async def test_a_user_connects_diracx_and_their_jobs_run_as_them(
         with site.running():
             jobs = await wait_jobs(browser, ids, "Done", timeout=120)
     # In DiracX the jobs are jane's own (a normal user sees only their jobs).
-    with diracx.client(JANE, USER_GROUP) as dx:
-        found = dx.post(
-            "/api/jobs/search",
-            json={
-                "parameters": ["JobID", "Owner", "OwnerGroup"],
-                "search": [
-                    {
-                        "parameter": "JobID",
-                        "operator": "in",
-                        "values": [int(j["backend_ref"]) for j in jobs],
-                    }
-                ],
-            },
-        ).json()
+    found = diracx.rows(refs_of(jobs), "Owner", "OwnerGroup")
     assert {(r["Owner"], r["OwnerGroup"]) for r in found} == {(JANE, USER_GROUP)}
     assert len(found) == 2
 
