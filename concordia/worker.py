@@ -34,6 +34,9 @@ DISPATCH_BATCH = 60
 #: transaction, instead of a round per update taking CPU from the jobs themselves.
 COALESCE_SECONDS = 0.02
 _WATCHED = (JobStatus.WAITING, *ACTIVE_STATES)
+#: Hand-overs under way at once: the next round is made ready while a backend (a grid far
+#: away) answers the last one, so that it is never idle waiting for Concordia.
+HANDOVERS_AT_ONCE = 2
 
 
 class Reconciler:
@@ -47,20 +50,33 @@ class Reconciler:
         #: The newest job when this process started: an older job may have been handed to
         #: its backend by a process that died before recording it.
         self._last_before_start = 0
+        #: Hand-overs under way, with the ids of their jobs (no round takes those again).
+        self._handing: dict[asyncio.Task[None], set[int]] = {}
+        self._backoff = False
 
     async def run(self) -> None:
-        await self.recover()
-        resync = True
-        while True:
-            try:
-                await self.step(resync=resync)
-                resync = False
-            except Exception:
-                # One bad round must not stop the platform; the next round retries.
-                log.exception("reconciler round failed")
-                resync = True
-            if not await self._wait():  # the poll interval passed without news
-                resync = True
+        try:
+            await self.recover()
+            resync = True
+            while True:
+                try:
+                    await self.step(resync=resync)
+                    resync = False
+                except Exception:
+                    # One bad round must not stop the platform; the next round retries.
+                    log.exception("reconciler round failed")
+                    resync = True
+                self._reap()
+                if self._backoff:  # a backend failing: its jobs again at the next poll only
+                    self._backoff = False
+                    self.platform.wakeup.clear()
+                    resync = True
+                if not await self._wait():  # the poll interval passed without news
+                    resync = True
+        finally:
+            # Cut short as by a crash: what the backend took is found by the next process.
+            for task in list(self._handing):
+                await cancel(task)
 
     async def step(self, *, resync: bool = True) -> None:
         self.platform.wakeup.clear()
@@ -102,6 +118,8 @@ class Reconciler:
     async def dispatch(self, name: str, backend: Backend) -> None:
         """Received -> Checking -> Waiting, and into the backend's queue once the job's image
         is ready ("Waiting for image" until then; a failed build fails the job)."""
+        self._reap()
+        being_handed = set().union(*self._handing.values())
         async with self.platform.writing() as session:
             # Waiting without a ref: for its image, or for a hand-over that failed or was cut
             # short by a crash (no image: no Image row, a NULL status).
@@ -118,6 +136,7 @@ class Reconciler:
                     .where(
                         Job.backend == name,
                         or_(Job.status == JobStatus.RECEIVED.value, not_handed_over),
+                        Job.id.not_in(being_handed),
                     )
                     .order_by(Job.id)
                     .limit(DISPATCH_BATCH)
@@ -159,7 +178,20 @@ class Reconciler:
         self._watch(name, jobs)
         publish_jobs(self.platform.bus, jobs)
         if specs:
-            await self._hand_over(name, backend, specs)
+            while len(self._handing) >= HANDOVERS_AT_ONCE:
+                await asyncio.wait(self._handing, return_when=asyncio.FIRST_COMPLETED)
+                self._reap()
+            task = asyncio.create_task(self._hand_over(name, backend, specs))
+            self._handing[task] = {spec.job_id for spec in specs}
+
+    def _reap(self) -> None:
+        """Forget finished hand-overs. A failed one's jobs are Waiting without a ref: a later
+        round takes them again (after a back-off)."""
+        for task in [t for t in self._handing if t.done()]:
+            del self._handing[task]
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("handing jobs over failed", exc_info=exc)
+                self._backoff = True
 
     async def _hand_over(self, name: str, backend: Backend, specs: list[JobSpec]) -> None:
         """The backend's calls run outside the write lock: users' actions and other rounds'
