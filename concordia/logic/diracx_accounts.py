@@ -20,7 +20,7 @@ from concordia.backends.diracx import (
     unverified_claims,
 )
 from concordia.db.tables import User
-from concordia.logic.errors import Conflict, Forbidden
+from concordia.logic.errors import Conflict, Forbidden, Unavailable
 from concordia.logic.identity import Identity
 from concordia.logic.platform import Platform
 from concordia.logic.secrets import put_secret, read_secret
@@ -40,7 +40,8 @@ class DiracXConnection(BaseModel):
     group: str
     #: The DiracX user the tokens are of (their preferred_username).
     dirac_user: str
-    #: When DiracX's refresh token runs out: the connection lapses unless used before.
+    #: When DiracX's refresh token runs out (rotation keeps the first one's expiry): the
+    #: connection lapses then, and the user connects again.
     usable_until: datetime | None
 
 
@@ -170,7 +171,10 @@ async def access_token(platform: Platform, user_id: int, vo: str, group: str) ->
 async def require_connection(platform: Platform, identity: Identity, vo: str, group: str) -> None:
     """Before a submission to DiracX in per-user mode: refused now (409, with what to do)
     rather than jobs failing later."""
-    await access_token(platform, identity.user_id, vo, group)
+    try:
+        await access_token(platform, identity.user_id, vo, group)
+    except DiracXUnreachable as exc:  # its token needed a refresh, and DiracX is down
+        raise Unavailable(f"nothing was submitted: {exc}") from None
 
 
 def user_tokens(platform: Platform) -> None:
