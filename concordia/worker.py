@@ -75,6 +75,7 @@ class Reconciler:
                     resync = True
         finally:
             # Cut short as by a crash: what the backend took is found by the next process.
+            self._reap()  # a finished one's failure is logged, not raised here
             for task in list(self._handing):
                 await cancel(task)
 
@@ -210,7 +211,7 @@ class Reconciler:
                     continue
                 job.backend_ref = ref.ref
                 job.backend_state = {**job.backend_state, **ref.state}
-        publish_jobs(self.platform.bus, [job for job in jobs if refs[job.uuid].error])
+        publish_jobs(self.platform.bus, jobs)  # the submission page counts them handed over
         # Killed or deleted while being handed over: the backend has it now, so tell it too.
         late = [
             backend_ref(job)

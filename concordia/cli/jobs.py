@@ -101,6 +101,8 @@ def _wait_for(api: Api, view: dict[str, Any], timeout: float, show: bool) -> dic
         while True:
             p = view["progress"]
             counts = "  ".join(f"{k} {p[k]}" for k in ("waiting", "running", "done", "failed"))
+            if view["handed_over"] < view["job_count"] and p["waiting"]:
+                counts = f"handed to {view['backend']} {view['handed_over']}  {counts}"
             finished = p["done"] + p["failed"] + p["killed"] + p["deleted"]
             bar.update(task, completed=finished, description=counts)
             if view["finished"]:

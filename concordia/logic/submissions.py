@@ -101,6 +101,8 @@ class SubmissionView(BaseModel):
     created_at: datetime
     counts: dict[str, int]
     progress: Progress
+    #: Jobs the backend has taken (a grid: accepted, with its id); the rest are on their way.
+    handed_over: int = 0
     finished: bool
     job_ids: list[int]
 
@@ -277,6 +279,11 @@ async def get_submission(platform: Platform, owner_id: int, submission_id: int) 
             .group_by(Job.status)
         )
         counts = {status: n for status, n in rows.all()}
+        handed_over = await session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.submission_id == submission_id, Job.backend_ref.is_not(None))
+        )
         ids = await session.scalars(
             select(Job.id).where(Job.submission_id == submission_id).order_by(Job.index)
         )
@@ -294,6 +301,7 @@ async def get_submission(platform: Platform, owner_id: int, submission_id: int) 
         created_at=submission.created_at,
         counts=counts,
         progress=progress_of(counts),
+        handed_over=handed_over or 0,
         finished=all(JobStatus(s).is_final for s in counts),
         job_ids=job_ids,
     )

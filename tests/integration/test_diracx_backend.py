@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -250,9 +251,26 @@ async def test_while_diracx_is_down_jobs_keep_their_state_and_the_platform_says_
         me = (await grid.client.get("/api/v1/me")).json()
         [dx] = [b for b in me["backends"] if b["name"] == "diracx"]
         assert dx["unreachable"] and "did not answer" in dx["unreachable"]
+        # A submission meanwhile is kept, and its page says none is handed over yet.
+        later = await grid.client.post("/api/v1/submissions", json={"application": "gridhello"})
+        assert later.status_code == 201
+        later_id = later.json()["id"]
+        await asyncio.sleep(1)
+        view = (await grid.client.get(f"/api/v1/submissions/{later_id}")).json()
+        assert (view["handed_over"], view["job_count"]) == (0, 1)
+        async with httpx.AsyncClient(
+            transport=grid.client._transport, base_url="http://testserver"
+        ) as browser:
+            login = urlsplit(grid.login_url)
+            assert (await browser.get(f"{login.path}?{login.query}")).status_code == 303
+            page = await browser.get(f"/submissions/{later_id}")
+        assert "Handed to diracx: <strong>0</strong> of 1 jobs." in page.text
+    ids += later.json()["job_ids"]
     with site.running():
-        done = await wait_jobs(grid.client, ids, "Done", "Failed")
-    assert [j["status"] for j in done] == ["Done", "Done"]
+        done = await wait_jobs(grid.client, ids, "Done", "Failed", timeout=90)
+    view = (await grid.client.get(f"/api/v1/submissions/{later_id}")).json()
+    assert view["handed_over"] == 1 and view["progress"]["done"] == 1
+    assert [j["status"] for j in done] == ["Done", "Done", "Done"]
     me = (await grid.client.get("/api/v1/me")).json()
     assert [b["unreachable"] for b in me["backends"] if b["name"] == "diracx"] == [None]
     # Nothing applied twice nor lost: Concordia's history is DiracX's from its Waiting on.
