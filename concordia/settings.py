@@ -230,6 +230,11 @@ class Settings(BaseSettings):
     diracx_client_id: str = Field(
         default="myDIRACClientID", description="DiracX's public client id (user mode)."
     )
+    diracx_same_iam: bool = Field(
+        default=True,
+        description="User mode: DiracX signs users in at the IAM Concordia uses, so a "
+        "connected DiracX account must be the user's own IAM account (its subject).",
+    )
     diracx_chunk_size: int = Field(
         default=20, ge=1, le=100, description="JDLs per submission call (DiracX allows 20)."
     )

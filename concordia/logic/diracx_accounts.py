@@ -117,6 +117,7 @@ async def connect(
             f"not to {vo}/{group}: nothing was kept"
         )
     user = str(claims.get("preferred_username") or claims.get("sub") or "")
+    await _check_same_person(platform, identity, str(claims.get("sub", "")), user)
     async with platform.token_locks[identity.user_id]:
         kept = await _read(platform, identity.user_id)
         kept[f"{vo}/{group}"] = _entry(vo, group, token, user)
@@ -124,6 +125,22 @@ async def connect(
     grid(platform).forget_token((identity.username, vo, group))
     log.info("user %s connected DiracX as %s in %s/%s", identity.username, user, vo, group)
     return DiracXConnection.model_validate(kept[f"{vo}/{group}"])
+
+
+async def _check_same_person(
+    platform: Platform, identity: Identity, dirac_sub: str, dirac_user: str
+) -> None:
+    """DiracX's subject is "<vo>:<IAM subject>": with the same IAM, it must be the user's
+    own (a browser still signed in to IAM as someone else must not connect their account)."""
+    if not platform.settings.diracx_same_iam:
+        return
+    async with platform.reading() as session:
+        subject = await session.scalar(select(User.subject).where(User.id == identity.user_id))
+    if subject is not None and dirac_sub.partition(":")[2] != subject:
+        raise Forbidden(
+            f"DiracX signed you in as {dirac_user}, another IAM account than yours: sign out "
+            "of IAM, then connect again as yourself; nothing was kept"
+        )
 
 
 async def connections(platform: Platform, user_id: int) -> list[DiracXConnection]:

@@ -57,8 +57,11 @@ async def csrf_of(browser: httpx.AsyncClient) -> str:
     return found.group(1)
 
 
-async def connect(app: IamApp, browser: httpx.AsyncClient, vo: str = "cta") -> httpx.Response:
-    """Account page -> Connect -> DiracX -> IAM's form -> DiracX -> back on Concordia."""
+async def connect(
+    app: IamApp, browser: httpx.AsyncClient, vo: str = "cta", at_iam_as: str = JANE
+) -> httpx.Response:
+    """Account page -> Connect -> DiracX -> IAM's form (signing in as ``at_iam_as``) ->
+    DiracX -> back on Concordia."""
     start = await browser.post("/account/diracx", data={"csrf": await csrf_of(browser), "vo": vo})
     assert start.status_code == 302, start.text
     async with httpx.AsyncClient() as web:  # the browser, on the other sites
@@ -66,7 +69,7 @@ async def connect(app: IamApp, browser: httpx.AsyncClient, vo: str = "cta") -> h
         assert to_iam.status_code in (302, 307), to_iam.text
         form = await web.get(to_iam.headers["location"])
         fields = dict(HIDDEN.findall(form.text))
-        fields.update(username=JANE, password=f"pw-{JANE}", decision="signin")
+        fields.update(username=at_iam_as, password=f"pw-{at_iam_as}", decision="signin")
         signed = await web.post(f"{app.iam.url}/authorize", data=fields)
         assert signed.status_code == 302, signed.text
         back = await web.get(signed.headers["location"])
@@ -218,3 +221,15 @@ async def _user_id(app: IamApp) -> int:
         user_id = await session.scalar(select(User.id).where(User.username == JANE))
     assert user_id is not None
     return user_id
+
+
+async def test_connecting_someone_elses_diracx_account_is_refused(user_grid: IamApp) -> None:
+    app = user_grid
+    app.iam.add_user("john")  # in CTA too, signed in to Concordia as himself
+    async with app.browser() as browser:
+        await app.sign_in(browser, "john")
+        # ... but the browser signs in to IAM as jane when DiracX sends it there.
+        done = await connect(app, browser, at_iam_as=JANE)
+        assert done.status_code == 403
+        assert "another IAM account than yours" in done.text
+        assert (await browser.get("/api/v1/me")).json()["diracx"] == []  # nothing kept
