@@ -14,7 +14,14 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy import update as update_stmt
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.backends.base import Backend, BackendRef, JobImage, JobSpec, StatusUpdate
+from concordia.backends.base import (
+    Backend,
+    BackendError,
+    BackendRef,
+    JobImage,
+    JobSpec,
+    StatusUpdate,
+)
 from concordia.core.application import ApplicationDef
 from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
 from concordia.db.tables import Application, Image, Job, Submission, User
@@ -50,16 +57,23 @@ class Reconciler:
         #: The newest job when this process started: an older job may have been handed to
         #: its backend by a process that died before recording it.
         self._last_before_start = 0
-        #: Hand-overs under way, with the ids of their jobs (no round takes those again).
-        self._handing: dict[asyncio.Task[None], set[int]] = {}
+        #: Hand-overs under way: their backend and the ids of their jobs (no round takes
+        #: those again).
+        self._handing: dict[asyncio.Task[None], tuple[str, set[int]]] = {}
+        #: Set when a hand-over failed: no dispatch until the next poll interval.
         self._backoff = False
+        #: Per backend being re-read: the jobs handed over meanwhile (kept in the new list).
+        self._loading: dict[str, set[str]] = {}
 
     async def run(self) -> None:
+        recovered = False
+        resync = True
         try:
-            await self.recover()
-            resync = True
             while True:
                 try:
+                    if not recovered:  # a backend down at start: tried again, as rounds are
+                        await self.recover()
+                        recovered = True
                     await self.step(resync=resync)
                     resync = False
                 except Exception:
@@ -76,8 +90,10 @@ class Reconciler:
         finally:
             # Cut short as by a crash: what the backend took is found by the next process.
             self._reap()  # a finished one's failure is logged, not raised here
-            for task in list(self._handing):
-                await cancel(task)
+            tasks = list(self._handing)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def step(self, *, resync: bool = True) -> None:
         self.platform.wakeup.clear()
@@ -88,15 +104,24 @@ class Reconciler:
             await self.apply_updates(name, backend)
 
     async def _load_watched(self, name: str) -> None:
-        async with self.platform.reading() as session:
-            rows = await session.execute(
-                select(Job.uuid, Job.backend_ref, Job.backend_state).where(
-                    Job.status.in_([s.value for s in _WATCHED]),
-                    Job.backend == name,
-                    Job.backend_ref.is_not(None),
+        added: set[str] = set()
+        self._loading[name] = added
+        try:
+            async with self.platform.reading() as session:
+                rows = await session.execute(
+                    select(Job.uuid, Job.backend_ref, Job.backend_state).where(
+                        Job.status.in_([s.value for s in _WATCHED]),
+                        Job.backend == name,
+                        Job.backend_ref.is_not(None),
+                    )
                 )
-            )
-            self._watched[name] = {u: BackendRef(uuid=u, ref=r, state=s) for u, r, s in rows.all()}
+            fresh = {u: BackendRef(uuid=u, ref=r, state=s) for u, r, s in rows.all()}
+            # A hand-over recorded while the query ran: it may not be in what it read.
+            current = self._watched.get(name, {})
+            fresh.update({u: current[u] for u in added if u in current})
+            self._watched[name] = fresh
+        finally:
+            del self._loading[name]
 
     async def _wait(self) -> bool:
         """Until news or the poll interval; True if woken by news."""
@@ -120,7 +145,10 @@ class Reconciler:
         """Received -> Checking -> Waiting, and into the backend's queue once the job's image
         is ready ("Waiting for image" until then; a failed build fails the job)."""
         self._reap()
-        being_handed = set().union(*self._handing.values())
+        mine = [ids for backend_name, ids in self._handing.values() if backend_name == name]
+        if self._backoff or len(mine) >= HANDOVERS_AT_ONCE:
+            return  # the end of a hand-over wakes the loop; a failure waits for the next poll
+        being_handed = set().union(*mine)
         async with self.platform.writing() as session:
             # Waiting without a ref: for its image, or for a hand-over that failed or was cut
             # short by a crash (no image: no Image row, a NULL status).
@@ -179,11 +207,9 @@ class Reconciler:
         self._watch(name, jobs)
         publish_jobs(self.platform.bus, jobs)
         if specs:
-            while len(self._handing) >= HANDOVERS_AT_ONCE:
-                await asyncio.wait(self._handing, return_when=asyncio.FIRST_COMPLETED)
-                self._reap()
             task = asyncio.create_task(self._hand_over(name, backend, specs))
-            self._handing[task] = {spec.job_id for spec in specs}
+            task.add_done_callback(lambda _: self.platform.wakeup.set())
+            self._handing[task] = (name, {spec.job_id for spec in specs})
 
     def _reap(self) -> None:
         """Forget finished hand-overs. A failed one's jobs are Waiting without a ref: a later
@@ -200,27 +226,29 @@ class Reconciler:
         it comes; if this process dies meanwhile, the next one finds what the backend took
         (JobSpec.maybe_submitted) rather than handing it over again."""
         refs = {ref.uuid: ref for ref in await backend.submit(specs)}
+        if len(refs) < len(specs):  # some left waiting by the backend: not again at once
+            self._backoff = True
         async with self.platform.writing() as session:
             jobs = (await session.scalars(select(Job).where(Job.uuid.in_(refs)))).all()
             for job in jobs:
                 ref = refs[job.uuid]
                 if ref.error is not None:
-                    if job.status == JobStatus.WAITING.value:
+                    if job.status == JobStatus.WAITING.value and job.backend_ref is None:
                         minor = f"Refused by {name}: {ref.error}"
                         transition(session, job, JobStatus.FAILED, minor=minor, source=name)
                     continue
                 job.backend_ref = ref.ref
                 job.backend_state = {**job.backend_state, **ref.state}
         publish_jobs(self.platform.bus, jobs)  # the submission page counts them handed over
-        # Killed or deleted while being handed over: the backend has it now, so tell it too.
-        late = [
-            backend_ref(job)
-            for job in jobs
-            if JobStatus(job.status) not in _WATCHED and job.backend_ref is not None
-        ]
-        if late:
-            await backend.kill(late)
         self._watch(name, jobs)
+        # Killed or deleted while being handed over: the backend has it now, so tell it too.
+        for status, call in ((JobStatus.KILLED, backend.kill), (JobStatus.DELETED, backend.delete)):
+            late = [backend_ref(j) for j in jobs if j.status == status.value and j.backend_ref]
+            if late:
+                try:
+                    await call(late)
+                except BackendError as exc:
+                    log.warning("%d %s jobs not told to %s: %s", len(late), status, name, exc)
 
     async def _specs(self, session: AsyncSession, jobs: Sequence[Job]) -> list[JobSpec]:
         """What the backend needs of each job; a job that cannot run fails here, with why."""
@@ -322,6 +350,8 @@ class Reconciler:
                 continue
             elif job.uuid not in watched:  # a ref names a job; it does not follow its state
                 watched[job.uuid] = backend_ref(job)
+                if (added := self._loading.get(name)) is not None:
+                    added.add(job.uuid)
 
     async def apply_updates(self, name: str, backend: Backend) -> None:
         watched = self._watched.get(name)
@@ -385,12 +415,13 @@ class Reconciler:
                     await backend.kill([backend_ref(j) for j in lost])
                     for job in lost:
                         _stall(session, job, max_reschedules)
+                # Queued in the process that died: queued again (a grid still holds its own).
                 waiting = [
                     j
                     for j in jobs
                     if j.status == JobStatus.WAITING.value and j.backend_ref is not None
                 ]
-                if waiting:
+                if waiting and not getattr(backend, "survives_restart", True):
                     hand_over.append((name, backend, await self._specs(session, waiting)))
                 self._watch(name, jobs)
                 publish_jobs(self.platform.bus, jobs)

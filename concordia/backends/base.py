@@ -15,6 +15,11 @@ class BackendError(Exception):
     """A backend refused or could not do what was asked; the message says why."""
 
 
+class BackendUnreachable(BackendError):
+    """The backend does not answer now: nothing was decided, the same call may be tried
+    again later."""
+
+
 class JobImage(BaseModel):
     """The image a job runs in: its id, the rootfs for local runtimes, the SquashFS for
     Apptainer, and what the recipe sets (environment, working directory)."""

@@ -22,7 +22,13 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from pydantic import BaseModel, Field
 
-from concordia.backends.base import BackendError, BackendRef, JobSpec, StatusUpdate
+from concordia.backends.base import (
+    BackendError,
+    BackendRef,
+    BackendUnreachable,
+    JobSpec,
+    StatusUpdate,
+)
 from concordia.backends.sandboxes import Sandbox, UnsafeArchive, extract_outputs, input_sandbox
 from concordia.core.jdl import job_jdl
 from concordia.core.states import JobStatus
@@ -43,6 +49,8 @@ SEARCH_PAGE = 1000
 #: between answers; more only queue on its database (bench/diracx_submit.py: 1, 2 and 4
 #: measured, 4 was no faster and, beside other writers, much slower at times).
 INSERTS_AT_ONCE = 2
+#: Answers that say "not now" (timeout, too many requests): tried again, never final.
+_TRY_AGAIN = (408, 429)
 _CONTENT_RANGE = re.compile(r"jobs (\d+)-(\d+)/(\d+)")
 #: A token is renewed this long before it expires.
 TOKEN_MARGIN = 60.0
@@ -52,10 +60,14 @@ _SEARCH_FIELDS = ["JobID", "JobName", "Status", "MinorStatus", "ApplicationStatu
 
 
 class DiracXError(BackendError):
-    """DiracX refused or failed a call; the message is its reason."""
+    """DiracX refused or failed a call; the message is its reason, ``status`` its HTTP code."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-class DiracXUnreachable(DiracXError):
+class DiracXUnreachable(DiracXError, BackendUnreachable):
     """DiracX does not answer: jobs keep their last known state, nothing is decided."""
 
 
@@ -137,11 +149,12 @@ class DiracXBackend:
             response = await self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise DiracXUnreachable(f"DiracX did not answer: {type(exc).__name__}") from None
-        if response.status_code >= 500:
+        if response.status_code >= 500 or response.status_code in _TRY_AGAIN:
             raise DiracXUnreachable(f"DiracX answered {response.status_code} to {what}")
         if response.is_error:
             raise DiracXError(
-                f"DiracX refused {what} ({response.status_code}): {_detail(response)}"
+                f"DiracX refused {what} ({response.status_code}): {_detail(response)}",
+                response.status_code,
             )
         return response
 
@@ -212,7 +225,13 @@ class DiracXBackend:
             except DiracXUnreachable:
                 raise  # nothing decided: the round is tried again
             except DiracXError as exc:  # refused for this user (their sign-in, their group)
-                refs += [BackendRef(uuid=s.uuid, ref="", error=str(exc)) for s in specs]
+                # Jobs DiracX may hold already are not failed: they wait, and are found once
+                # DiracX answers for the user again.
+                refs += [
+                    BackendRef(uuid=s.uuid, ref="", error=str(exc))
+                    for s in specs
+                    if not (s.maybe_submitted or s.uuid in self._doubt)
+                ]
         return refs
 
     async def _submit_as(self, key: tuple[str, str, str], specs: list[JobSpec]) -> list[BackendRef]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.backends.base import BackendError, BackendRef
+from concordia.backends.base import BackendError, BackendRef, BackendUnreachable
 from concordia.core.states import (
     ACTIVE_STATES,
     KILLABLE_STATES,
@@ -27,6 +28,8 @@ from concordia.logic.events import Event, EventBus
 from concordia.logic.platform import HISTORY_KEY, Platform
 
 BulkAction = Literal["kill", "reschedule", "delete"]
+
+log = logging.getLogger(__name__)
 
 
 class HistoryEntry(BaseModel):
@@ -223,32 +226,39 @@ async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary
         raise Conflict(f"job {job_id} is {status}: it cannot be killed")
     if job.backend_ref is not None and (status in ACTIVE_STATES or status is JobStatus.WAITING):
         await _tell_backend(platform, job, "kill")
-    return await _record_end(platform, owner_id, job_id, JobStatus.KILLED, "Killed by user")
+    return await _record_end(platform, job, JobStatus.KILLED, "Killed by user")
 
 
 async def _tell_backend(platform: Platform, job: Job, action: Literal["kill", "delete"]) -> None:
     """The backend first, outside the lock (stopping a process takes its grace period; a
     grid's call may need the database, to refresh a user's tokens): if it cannot be told,
-    nothing changes and the user may try again."""
+    nothing changes."""
     backend = platform.backends[job.backend]
     call, done = (backend.kill, "killed") if action == "kill" else (backend.delete, "deleted")
     try:
         await call([backend_ref(job)])
+    except BackendUnreachable as exc:
+        raise Unavailable(f"job {job.id} was not {done}, try again later: {exc}") from None
     except BackendError as exc:
-        raise Unavailable(f"job {job.id} was not {done}: {job.backend}: {exc}") from None
+        raise Conflict(f"job {job.id} was not {done}: {job.backend}: {exc}") from None
 
 
-async def _record_end(
-    platform: Platform, owner_id: int, job_id: int, status: JobStatus, minor: str
-) -> JobSummary:
+async def _record_end(platform: Platform, seen: Job, status: JobStatus, minor: str) -> JobSummary:
+    """Record Killed or Deleted; a job handed to its backend since it was ``seen`` (a
+    hand-over was under way) is then told to its backend too."""
     async with platform.writing() as session:
-        job = await get_owned_job(session, owner_id, job_id)
+        job = await get_owned_job(session, seen.owner_id, seen.id)
         now = JobStatus(job.status)
         if now is not status:  # the backend may have reported it already
             try:
                 transition(session, job, status, minor=minor, source="User")
             except InvalidTransition:  # it ended on its own meanwhile
-                raise Conflict(f"job {job_id} is {now} now: it was not changed") from None
+                raise Conflict(f"job {job.id} is {now} now: it was not changed") from None
+    if seen.backend_ref is None and job.backend_ref is not None:
+        try:
+            await _tell_backend(platform, job, "kill" if status is JobStatus.KILLED else "delete")
+        except DomainError as exc:  # recorded: the backend's copy ends on its own
+            log.warning("%s", exc.message)
     platform.bus.publish(job_event(job))
     return JobSummary.model_validate(job, from_attributes=True)
 
@@ -285,7 +295,7 @@ async def delete_job(platform: Platform, owner_id: int, job_id: int) -> JobSumma
         raise Conflict(f"job {job_id} is {status}: kill it before deleting it")
     if job.backend_ref is not None:
         await _tell_backend(platform, job, "delete")
-    summary = await _record_end(platform, owner_id, job_id, JobStatus.DELETED, "Deleted by user")
+    summary = await _record_end(platform, job, JobStatus.DELETED, "Deleted by user")
     await asyncio.to_thread(shutil.rmtree, platform.settings.jobs_dir / job.uuid, True)
     return summary
 
