@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 KIND = "diracx_tokens"
 #: Refresh this long before the access token expires: a call made with it must not fail.
 REFRESH_MARGIN = 60.0
+#: DiracX's answers to a refresh that end a sign-in: revoked, expired or replayed (401), or
+#: the user no longer in the group (403). Others (400: Concordia's client id) keep it.
+_ENDED = (401, 403)
 
 
 class DiracXConnection(BaseModel):
@@ -105,16 +109,17 @@ def _entry(vo: str, group: str, token: Token, user: str) -> dict[str, Any]:
 
 
 async def connect(
-    platform: Platform, identity: Identity, vo: str, group: str, answer: dict[str, Any]
+    platform: Platform, identity: Identity, answer: dict[str, Any]
 ) -> DiracXConnection:
     """Keep the tokens DiracX gave at the end of the user's sign-in there, once checked to
-    be of the VO and group asked for."""
+    be of a VO the user is a member of, in its DIRAC group, and of the user themself."""
     token = Token.model_validate(answer)
     claims = unverified_claims(token.access_token)
-    if (claims.get("vo"), claims.get("dirac_group")) != (vo, group):
+    vo, group = scope_for(identity, str(claims.get("vo", "")))
+    if claims.get("dirac_group") != group:
         raise Conflict(
-            f"DiracX signed you in to {claims.get('vo')}/{claims.get('dirac_group')}, "
-            f"not to {vo}/{group}: nothing was kept"
+            f"DiracX signed you in to {vo}/{claims.get('dirac_group')}, not to {vo}/{group}: "
+            "nothing was kept"
         )
     user = str(claims.get("preferred_username") or claims.get("sub") or "")
     await _check_same_person(platform, identity, str(claims.get("sub", "")), user)
@@ -160,6 +165,13 @@ async def disconnect(platform: Platform, identity: Identity, vo: str, group: str
 async def access_token(platform: Platform, user_id: int, vo: str, group: str) -> tuple[str, float]:
     """The user's DiracX access token for (vo, group) and its expiry, refreshed first when
     it expires within the margin. NotConnected when there is none or DiracX ended it."""
+    # Shielded, lock included: once DiracX has rotated a refresh token, the new one is kept
+    # even if the caller is cancelled, before anyone else reads the old one (a replay ends
+    # all the user's DiracX sign-ins).
+    return await asyncio.shield(_access_token(platform, user_id, vo, group))
+
+
+async def _access_token(platform: Platform, user_id: int, vo: str, group: str) -> tuple[str, float]:
     key = f"{vo}/{group}"
     how = "connect it again on your account page"
     async with platform.token_locks[user_id]:  # DiracX rotates refresh tokens: one at a time
@@ -171,18 +183,28 @@ async def access_token(platform: Platform, user_id: int, vo: str, group: str) ->
             return entry["access_token"], entry["expires_at"]
         if not entry.get("refresh_token"):
             raise NotConnected(f"your DiracX sign-in for {key} has expired: {how}")
-        try:
-            token = await grid(platform).refresh(entry["refresh_token"])
-        except DiracXUnreachable:
-            raise
-        except DiracXError as exc:
-            log.info("DiracX ended user %s's sign-in for %s: %s", user_id, key, exc)
-            kept.pop(key)
-            await _write(platform, user_id, kept)
-            raise NotConnected(f"DiracX ended your sign-in for {key} ({exc}): {how}") from None
-        kept[key] = _entry(vo, group, token, entry["dirac_user"])
+        return await _refresh(platform, user_id, kept, key, how)
+
+
+async def _refresh(
+    platform: Platform, user_id: int, kept: dict[str, dict[str, Any]], key: str, how: str
+) -> tuple[str, float]:
+    entry = kept[key]
+    try:
+        token = await grid(platform).refresh(entry["refresh_token"])
+    except DiracXUnreachable:
+        raise
+    except DiracXError as exc:
+        if exc.status not in _ENDED:  # Concordia's problem (its client id), not theirs:
+            log.error("DiracX refused Concordia's token refresh: %s", exc)  # nothing decided
+            raise DiracXUnreachable(f"DiracX refused Concordia's token refresh: {exc}") from None
+        log.info("DiracX ended user %s's sign-in for %s: %s", user_id, key, exc)
+        kept.pop(key)
         await _write(platform, user_id, kept)
-        return token.access_token, kept[key]["expires_at"]
+        raise NotConnected(f"DiracX ended your sign-in for {key} ({exc}): {how}") from None
+    kept[key] = _entry(entry["vo"], entry["group"], token, entry["dirac_user"])
+    await _write(platform, user_id, kept)
+    return token.access_token, kept[key]["expires_at"]
 
 
 async def require_connection(platform: Platform, identity: Identity, vo: str, group: str) -> None:

@@ -4,7 +4,9 @@ restarted: every job reaches DiracX exactly once, and every job is followed to i
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,11 @@ def test_a_kill_during_the_hand_over_submits_each_job_once(
         # Killed once DiracX has part of the batch, before Concordia has recorded it all.
         before = submit_until_diracx_has_some(client, diracx)
     live_server.kill(signal.SIGKILL)
+    # The kill came mid-hand-over: part of the batch had no DiracX id recorded yet.
+    uri = f"file:{live_server.data_dir / 'concordia.db'}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True)) as db:
+        [(unrecorded,)] = db.execute("SELECT count(*) FROM jobs WHERE backend_ref IS NULL")
+    assert unrecorded > 0
     live_server.start()
     with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
         assert_each_job_once_and_done(client, diracx, site, before)
@@ -117,3 +124,30 @@ def test_diracx_killed_mid_batch_and_restarted_holds_each_job_once(
             ]
             assert None in refs  # the crash did come mid-batch
         assert_each_job_once_and_done(client, diracx, site, before)
+
+
+def test_restarted_while_diracx_is_down_concordia_follows_its_jobs_once_it_is_back(
+    live_server: LiveServer, diracx: DiracX, site: Site
+) -> None:
+    before = total_in_diracx(diracx)
+    headers = {"Authorization": f"Bearer {live_server.token}"}
+    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+        made = client.post(
+            "/api/v1/submissions", json={"application": "gridhello", "parameters": {"jobs": 5}}
+        )
+        ids = made.json()["job_ids"]
+        deadline = time.monotonic() + 60
+        while not all(client.get(f"/api/v1/jobs/{i}").json()["backend_ref"] for i in ids):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    with diracx.stopped():
+        live_server.kill(signal.SIGKILL)
+        live_server.start()  # its recovery meets a dead DiracX
+        time.sleep(3)
+    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+        with site.running():
+            deadline = time.monotonic() + 120
+            while (done := len(all_jobs(client, status="Done"))) < len(ids):
+                assert time.monotonic() < deadline, f"{done} of {len(ids)} done"
+                time.sleep(1)
+    assert total_in_diracx(diracx) == before + len(ids)  # none submitted again

@@ -131,13 +131,17 @@ async def test_a_user_connects_diracx_and_their_jobs_run_as_them(
     assert {(r["Owner"], r["OwnerGroup"]) for r in found} == {(JANE, USER_GROUP)}
     assert len(found) == 2
 
-    # The tokens are kept encrypted: nothing of them in the database row or on the page.
-    async with app.running.platform.reading() as session:
+    # The tokens are kept encrypted: neither of them in the database row nor on the page.
+    platform = app.running.platform
+    kept = (await diracx_accounts._read(platform, await _user_id(app)))["cta/cta_user"]
+    async with platform.reading() as session:
         row = await session.scalar(
             select(UserSecret).where(UserSecret.kind == diracx_accounts.KIND)
         )
-    assert row is not None and "eyJ" not in row.ciphertext and "eyJ" not in json.dumps(row.info)
-    assert "eyJ" not in page.text
+    assert row is not None
+    for token in (kept["access_token"], kept["refresh_token"]):
+        assert token and token not in row.ciphertext and token not in json.dumps(row.info)
+        assert token not in page.text and token not in json.dumps(me)
 
 
 async def test_tokens_are_refreshed_and_a_sign_in_diracx_ends_is_dropped_with_why(

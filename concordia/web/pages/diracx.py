@@ -17,8 +17,6 @@ from concordia.web.pages.common import PageUser, error_page, read_form
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-#: The session key keeping which VO and group a connection was started for.
-PENDING = "diracx_pending"
 
 
 def _client(request: Request) -> StarletteOAuth2App | None:
@@ -37,7 +35,6 @@ async def connect(request: Request, platform: PlatformDep, user: PageUser) -> Re
         vo, group = diracx_accounts.scope_for(user, str(form.get("vo", "")))
     except DomainError as exc:
         return await account_problem(request, platform, user, exc)
-    request.session[PENDING] = [vo, group]
     redirect_uri = f"{platform.settings.public_url}/auth/diracx/callback"
     try:
         redirect: Response = await client.authorize_redirect(
@@ -51,22 +48,24 @@ async def connect(request: Request, platform: PlatformDep, user: PageUser) -> Re
 
 @router.get("/auth/diracx/callback", response_model=None)
 async def callback(request: Request, platform: PlatformDep, user: PageUser) -> Response:
-    """DiracX sends the browser back with a code; authlib checks the state and redeems the
-    code with the PKCE verifier; the tokens are kept encrypted."""
+    """DiracX sends the browser back with a code; authlib checks the state (a connection
+    started from this browser's session) and redeems the code with the PKCE verifier; the
+    tokens say which VO and group they are of, and are kept encrypted."""
     client = _client(request)
-    pending = request.session.pop(PENDING, None)
-    if client is None or not isinstance(pending, list) or len(pending) != 2:
-        return error_page(request, 400, "No DiracX connection was started from this browser.")
+    if client is None:
+        return error_page(request, 404, "Users do not connect DiracX accounts here.")
     try:
         token = await client.authorize_access_token(request)  # type: ignore[no-untyped-call]
     except OAuthError as exc:
+        if exc.error == "mismatching_state":  # authlib: no flow of this state in the session
+            return error_page(request, 400, "No DiracX connection was started from this browser.")
         why = exc.description or exc.error
         return error_page(request, 401, f"DiracX did not connect your account: {why}.")
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         log.warning("DiracX token endpoint failed: %s", type(exc).__name__)
         return error_page(request, 503, "DiracX could not be reached to finish connecting.")
     try:
-        done = await diracx_accounts.connect(platform, user, pending[0], pending[1], token)
+        done = await diracx_accounts.connect(platform, user, token)
     except DomainError as exc:
         return await account_problem(request, platform, user, exc)
     request.session[FLASH] = (
