@@ -411,7 +411,7 @@ class Reconciler:
                 )
                 jobs = list(rows)
                 lost = [j for j in jobs if j.status != JobStatus.WAITING.value]
-                if lost and not getattr(backend, "survives_restart", True):
+                if lost and not backend.survives_restart:
                     await backend.kill([backend_ref(j) for j in lost])
                     for job in lost:
                         _stall(session, job, max_reschedules)
@@ -421,7 +421,7 @@ class Reconciler:
                     for j in jobs
                     if j.status == JobStatus.WAITING.value and j.backend_ref is not None
                 ]
-                if waiting and not getattr(backend, "survives_restart", True):
+                if waiting and not backend.survives_restart:
                     hand_over.append((name, backend, await self._specs(session, waiting)))
                 self._watch(name, jobs)
                 publish_jobs(self.platform.bus, jobs)

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.auth.groups import every_membership, groups_from_claims, memberships
+from concordia.auth.groups import Membership, every_membership, groups_from_claims, memberships
 from concordia.auth.iam import ScimReading, read_scim
 from concordia.auth.oidc import GROUP_CLAIMS, Iam, IamUnreachable, TokenInvalid, looks_like_jwt
 from concordia.db.tables import User, utcnow
@@ -252,3 +252,11 @@ def require_vo(identity: Identity, allowed: list[str], what: str, settings: Sett
         f"{what} is open to members of {titles}; IAM lists you as a member of {mine}. "
         "Ask your collaboration's IAM administrators to add you to its group."
     )
+
+
+def member_of(identity: Identity, vo: str) -> Membership:
+    """The user's membership of ``vo``; a VO they are not in is refused."""
+    member = identity.membership(vo)
+    if member is None:
+        raise Forbidden(f"you are not recognised as a member of the VO {vo!r}")
+    return member

@@ -21,6 +21,7 @@ from concordia.backends.diracx import (
     unverified_claims,
 )
 from concordia.db.tables import User
+from concordia.logic.accounts import member_of
 from concordia.logic.errors import Conflict, Forbidden, Unavailable
 from concordia.logic.identity import Identity
 from concordia.logic.platform import Platform
@@ -67,10 +68,7 @@ def grid(platform: Platform) -> DiracXBackend:
 def scope_for(identity: Identity, vo: str) -> tuple[str, str]:
     """The VO and DIRAC group the user's jobs run under in DiracX; a VO they are not in is
     refused."""
-    member = identity.membership(vo)
-    if member is None:
-        raise Forbidden(f"you are not recognised as a member of the VO {vo!r}")
-    return vo, member.dirac_group
+    return vo, member_of(identity, vo).dirac_group
 
 
 async def _read(platform: Platform, user_id: int) -> dict[str, dict[str, Any]]:

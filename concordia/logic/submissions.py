@@ -23,7 +23,7 @@ from concordia.core.application import (
 from concordia.core.jdl import job_jdl
 from concordia.core.states import JobStatus
 from concordia.db.tables import Application, Job, Submission, utcnow
-from concordia.logic.accounts import require_vo
+from concordia.logic.accounts import member_of, require_vo
 from concordia.logic.diracx_accounts import per_user, require_connection
 from concordia.logic.errors import Forbidden, Invalid, NotFound
 from concordia.logic.identity import Identity
@@ -203,9 +203,7 @@ async def submit_batch(
     if request.vo is not None:  # one of the user's VOs that the application is open to
         if app.vos and request.vo not in app.vos:
             raise Forbidden(f"{what} is open to {', '.join(app.vos)}, not to {request.vo!r}")
-        if identity.membership(request.vo) is None:
-            raise Forbidden(f"you are not recognised as a member of the VO {request.vo!r}")
-        vo = request.vo
+        vo = member_of(identity, request.vo).vo
     member = identity.membership(vo)
     if backend == "diracx" and per_user(platform):  # jobs would fail without their token
         await require_connection(platform, identity, vo, member.dirac_group if member else "")
@@ -273,17 +271,16 @@ async def _owned_submission(session: AsyncSession, owner_id: int, submission_id:
 async def get_submission(platform: Platform, owner_id: int, submission_id: int) -> SubmissionView:
     async with platform.reading() as session:
         submission = await _owned_submission(session, owner_id, submission_id)
-        rows = await session.execute(
-            select(Job.status, func.count())
-            .where(Job.submission_id == submission_id)
-            .group_by(Job.status)
-        )
-        counts = {status: n for status, n in rows.all()}
-        handed_over = await session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.submission_id == submission_id, Job.backend_ref.is_not(None))
-        )
+        # count(backend_ref) counts the jobs that have one: those their backend has taken.
+        rows = (
+            await session.execute(
+                select(Job.status, func.count(), func.count(Job.backend_ref))
+                .where(Job.submission_id == submission_id)
+                .group_by(Job.status)
+            )
+        ).all()
+        counts = {status: n for status, n, _ in rows}
+        handed_over = sum(taken for _, _, taken in rows)
         ids = await session.scalars(
             select(Job.id).where(Job.submission_id == submission_id).order_by(Job.index)
         )
@@ -301,7 +298,7 @@ async def get_submission(platform: Platform, owner_id: int, submission_id: int) 
         created_at=submission.created_at,
         counts=counts,
         progress=progress_of(counts),
-        handed_over=handed_over or 0,
+        handed_over=handed_over,
         finished=all(JobStatus(s).is_final for s in counts),
         job_ids=job_ids,
     )

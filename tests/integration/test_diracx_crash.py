@@ -62,6 +62,13 @@ def total_in_diracx(diracx: DiracX) -> int:
     return int(total) if total.isdigit() else len(answer.json())
 
 
+def client_of(server: LiveServer) -> httpx.Client:
+    """A client of the live server, as its local user (its token is read again after a
+    restart)."""
+    headers = {"Authorization": f"Bearer {server.token}"}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=60)
+
+
 def submit_until_diracx_has_some(client: httpx.Client, diracx: DiracX) -> int:
     """Submit the batch; back once DiracX holds part of it. DiracX's job count before."""
     before = total_in_diracx(diracx)  # the session's DiracX holds other tests' jobs too
@@ -94,8 +101,7 @@ def assert_each_job_once_and_done(
 def test_a_kill_during_the_hand_over_submits_each_job_once(
     live_server: LiveServer, diracx: DiracX, site: Site
 ) -> None:
-    headers = {"Authorization": f"Bearer {live_server.token}"}
-    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+    with client_of(live_server) as client:
         # Killed once DiracX has part of the batch, before Concordia has recorded it all.
         before = submit_until_diracx_has_some(client, diracx)
     live_server.kill(signal.SIGKILL)
@@ -105,15 +111,14 @@ def test_a_kill_during_the_hand_over_submits_each_job_once(
         [(unrecorded,)] = db.execute("SELECT count(*) FROM jobs WHERE backend_ref IS NULL")
     assert unrecorded > 0
     live_server.start()
-    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+    with client_of(live_server) as client:
         assert_each_job_once_and_done(client, diracx, site, before)
 
 
 def test_diracx_killed_mid_batch_and_restarted_holds_each_job_once(
     live_server: LiveServer, diracx: DiracX, site: Site
 ) -> None:
-    headers = {"Authorization": f"Bearer {live_server.token}"}
-    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+    with client_of(live_server) as client:
         before = submit_until_diracx_has_some(client, diracx)
         # DiracX crashes with part of the batch accepted, and answers lost on the way.
         with diracx.stopped(kill=True):
@@ -130,8 +135,7 @@ def test_restarted_while_diracx_is_down_concordia_follows_its_jobs_once_it_is_ba
     live_server: LiveServer, diracx: DiracX, site: Site
 ) -> None:
     before = total_in_diracx(diracx)
-    headers = {"Authorization": f"Bearer {live_server.token}"}
-    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+    with client_of(live_server) as client:
         made = client.post(
             "/api/v1/submissions", json={"application": "gridhello", "parameters": {"jobs": 5}}
         )
@@ -144,7 +148,7 @@ def test_restarted_while_diracx_is_down_concordia_follows_its_jobs_once_it_is_ba
         live_server.kill(signal.SIGKILL)
         live_server.start()  # its recovery meets a dead DiracX
         time.sleep(3)
-    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+    with client_of(live_server) as client:
         with site.running():
             deadline = time.monotonic() + 120
             while (done := len(all_jobs(client, status="Done"))) < len(ids):

@@ -48,7 +48,7 @@ async def account_problem(
     return await _page(request, platform, user, exc.status_code, problem=exc.message)
 
 
-async def _act(
+async def act(
     request: Request, platform: PlatformDep, user: PageUser, action: Awaitable[str]
 ) -> Response:
     """Run a form's action: its message on the page it redirects to (post/redirect/get), or
@@ -69,7 +69,7 @@ async def read_scim_again(request: Request, platform: PlatformDep, user: PageUse
         reading = await accounts.refresh_scim(platform, user)
         return f"Read from IAM: {len(reading.certificates)} certificate(s)."
 
-    return await _act(request, platform, user, action())
+    return await act(request, platform, user, action())
 
 
 @router.post("/account/credential", response_model=None)
@@ -89,7 +89,7 @@ async def upload_credential(request: Request, platform: PlatformDep, user: PageU
         view = await proxies.upload_credential(platform, user, data.strip(), password)
         return f"Your certificate {view.dn} is stored, encrypted."
 
-    return await _act(request, platform, user, action())
+    return await act(request, platform, user, action())
 
 
 @router.post("/account/credential/delete", response_model=None)
@@ -100,7 +100,7 @@ async def delete_credential(request: Request, platform: PlatformDep, user: PageU
         await proxies.delete_credential(platform, user)
         return "Your certificate and its key are deleted from Concordia."
 
-    return await _act(request, platform, user, action())
+    return await act(request, platform, user, action())
 
 
 @router.post("/account/proxy", response_model=None)
@@ -113,7 +113,7 @@ async def new_proxy(request: Request, platform: PlatformDep, user: PageUser) -> 
         view = await proxies.new_proxy(platform, user, timedelta(hours=hours), vo)
         return f"New proxy for {view.dn}, valid {view.seconds_left / 3600:.1f} h."
 
-    return await _act(request, platform, user, action())
+    return await act(request, platform, user, action())
 
 
 def _hours(text: str) -> float:
@@ -134,4 +134,4 @@ async def forget_proxy(request: Request, platform: PlatformDep, user: PageUser) 
         await proxies.forget_proxy(platform, user)
         return "The proxy is deleted."
 
-    return await _act(request, platform, user, action())
+    return await act(request, platform, user, action())

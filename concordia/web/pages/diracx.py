@@ -6,13 +6,13 @@ import logging
 
 import httpx
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from concordia.logic import diracx_accounts
 from concordia.logic.errors import DomainError
 from concordia.web.deps import PlatformDep
 from concordia.web.oauth import OAuthError, StarletteOAuth2App
-from concordia.web.pages.account import FLASH, account_problem
+from concordia.web.pages.account import account_problem, act
 from concordia.web.pages.common import PageUser, error_page, read_form
 
 log = logging.getLogger(__name__)
@@ -64,24 +64,24 @@ async def callback(request: Request, platform: PlatformDep, user: PageUser) -> R
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         log.warning("DiracX token endpoint failed: %s", type(exc).__name__)
         return error_page(request, 503, "DiracX could not be reached to finish connecting.")
-    try:
+
+    async def connected() -> str:
         done = await diracx_accounts.connect(platform, user, token)
-    except DomainError as exc:
-        return await account_problem(request, platform, user, exc)
-    request.session[FLASH] = (
-        f"Your DiracX account is connected: jobs of {done.vo} run as {done.dirac_user} "
-        f"in {done.group}."
-    )
-    return RedirectResponse("/account", status_code=303)
+        return (
+            f"Your DiracX account is connected: jobs of {done.vo} run as {done.dirac_user} "
+            f"in {done.group}."
+        )
+
+    return await act(request, platform, user, connected())
 
 
 @router.post("/account/diracx/disconnect", response_model=None)
 async def disconnect(request: Request, platform: PlatformDep, user: PageUser) -> Response:
     form = await read_form(request)
-    try:
+
+    async def disconnected() -> str:
         vo, group = diracx_accounts.scope_for(user, str(form.get("vo", "")))
         await diracx_accounts.disconnect(platform, user, vo, group)
-    except DomainError as exc:
-        return await account_problem(request, platform, user, exc)
-    request.session[FLASH] = f"Your DiracX account is disconnected for {vo}."
-    return RedirectResponse("/account", status_code=303)
+        return f"Your DiracX account is disconnected for {vo}."
+
+    return await act(request, platform, user, disconnected())
