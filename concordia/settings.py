@@ -21,11 +21,14 @@ SHIPPED_APPLICATIONS = Path(__file__).resolve().parent.parent / "applications"
 class Card(BaseModel):
     """A service or archive on the home page (ESAP's cards)."""
 
-    title: str
-    description: str
-    url: str
-    #: A file under the web static folder, e.g. "logos/rucio.svg"; empty: the title's initial.
-    logo: str = ""
+    title: str = Field(description="Its name on the card.")
+    description: str = Field(description="A sentence or two under the name.")
+    url: str = Field(description="Where the card leads: a page of Concordia or an https:// URL.")
+    logo: str = Field(
+        default="",
+        description="A file under the web static folder, e.g. logos/rucio.svg; empty: the "
+        "title's initial.",
+    )
 
     @property
     def external(self) -> bool:
@@ -103,6 +106,12 @@ DEFAULT_VOS = {
 
 ProxySource = Literal["iam", "upload"]
 
+#: Keys of a field's json_schema_extra read by the configuration reference (`concordia config
+#: reference`): what to print as a default that depends on the machine (never its value here),
+#: and a setting read from the environment only.
+DEFAULT_TEXT = "default_text"
+ENV_ONLY = "env_only"
+
 
 class Settings(BaseSettings):
     """Everything configurable. Every default is the embedded one (SQLite, local backend)."""
@@ -110,16 +119,34 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONCORDIA_", extra="forbid")
 
     config_file: Path | None = Field(
-        default=None, description="Optional TOML file with any of these settings."
+        default=None,
+        description="Optional TOML file with any of these settings (read from the environment "
+        "only: a key in the file itself means nothing).",
+        json_schema_extra={ENV_ONLY: True},
     )
-    data_dir: Path = Field(default=Path("var"), description="Database, job directories, tokens.")
+    data_dir: Path = Field(
+        default=Path("var"),
+        description="Database, job directories, images, keys and tokens; a relative path is "
+        "taken from the working directory at start.",
+    )
     database_url: str = Field(
         default="", description="SQLAlchemy async URL; empty means SQLite in the data dir."
     )
-    host: str = "127.0.0.1"
-    port: int = 8000
-    public_url: str = Field(default="", description="URL users open; empty: http://host:port.")
-    applications_dir: Path = SHIPPED_APPLICATIONS
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the server listens on (0.0.0.0: every interface).",
+    )
+    port: int = Field(default=8000, description="TCP port the server listens on.")
+    public_url: str = Field(
+        default="",
+        description="URL users open; empty: http://host:port. An https:// URL makes the "
+        "session cookie Secure; IAM and DiracX send users back to it.",
+    )
+    applications_dir: Path = Field(
+        default=SHIPPED_APPLICATIONS,
+        description="Folder of the application definitions (*.yaml).",
+        json_schema_extra={DEFAULT_TEXT: "the applications/ folder of the source tree"},
+    )
 
     local_user: str = Field(
         default="local",
@@ -127,9 +154,21 @@ class Settings(BaseSettings):
     )
 
     # IAM (OpenID Connect). No issuer: local mode, a one-time sign-in link at start.
-    oidc_issuer: str = Field(default="", description="e.g. https://iam-escape.cloud.cnaf.infn.it/")
-    oidc_client_id: str = ""
-    oidc_client_secret: SecretStr = SecretStr("")
+    oidc_issuer: str = Field(
+        default="",
+        description="The IAM (OpenID Connect) issuer people sign in at, e.g. "
+        "https://iam-escape.cloud.cnaf.infn.it/; empty: local mode.",
+    )
+    oidc_client_id: str = Field(
+        default="",
+        description="The IAM client of the web sign-in (authorization code flow); needed with "
+        "oidc_issuer.",
+    )
+    oidc_client_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="That client's secret (token calls and IAM's managed proxies); empty: "
+        "a public client.",
+    )
     oidc_scopes: list[str] = Field(
         default_factory=lambda: ["openid", "profile", "email", "offline_access", "wlcg.groups"],
         description="Asked at sign-in; scim:read and proxy:generate are added when enabled.",
@@ -154,6 +193,7 @@ class Settings(BaseSettings):
     cli_tokens_file: Path = Field(
         default_factory=lambda: Path.home() / ".config" / "concordia" / "tokens.json",
         description="Where `concordia login` keeps the CLI's IAM tokens (0600), per server.",
+        json_schema_extra={DEFAULT_TEXT: "~/.config/concordia/tokens.json"},
     )
 
     # Proxies.
@@ -169,19 +209,33 @@ class Settings(BaseSettings):
     proxy_dirac_group: bool = Field(
         default=False, description="Write the VO's DIRAC group into signed proxies."
     )
-    max_credential_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_credential_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="An uploaded certificate file larger is refused."
+    )
     encryption_keys: list[SecretStr] = Field(
         default_factory=list,
         description="Fernet keys for secrets at rest, newest first (older ones still decrypt); "
         "empty: a key generated in the data dir.",
     )
     cards: list[Card] = Field(
-        default_factory=lambda: list(DEFAULT_CARDS), description="The home page's services."
+        default_factory=lambda: list(DEFAULT_CARDS),
+        description="The home page's services.",
+        json_schema_extra={DEFAULT_TEXT: ", ".join(card.title for card in DEFAULT_CARDS)},
     )
 
     # The local backend.
-    local_slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    local_isolation: Literal["auto", "bwrap", "none"] = "auto"
+    local_slots: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Jobs the local backend runs at once.",
+        json_schema_extra={DEFAULT_TEXT: "the number of CPU cores"},
+    )
+    local_isolation: Literal["auto", "bwrap", "none"] = Field(
+        default="auto",
+        description="bwrap: jobs run under bubblewrap or the server does not start; auto: "
+        "bubblewrap if its probe passes, else jobs run without isolation (and say so); none: "
+        "never isolated.",
+    )
     local_runtime: Literal["auto", "apptainer", "bwrap", "podman"] = Field(
         default="auto",
         description="What runs jobs in their images. auto: apptainer (or singularity) if "
@@ -194,8 +248,12 @@ class Settings(BaseSettings):
     local_memory_mb: int = Field(
         default=0, ge=0, description="Memory limit per job (cgroup, where writable); 0: none."
     )
-    local_keep_workdir: bool = False
-    kill_grace_seconds: float = Field(default=5.0, ge=0)
+    local_keep_workdir: bool = Field(
+        default=False, description="Keep a finished job's work directory (for debugging)."
+    )
+    kill_grace_seconds: float = Field(
+        default=5.0, ge=0, description="Seconds between a kill's SIGTERM and its SIGKILL."
+    )
 
     # Images.
     image_builders: list[Builders] = Field(
@@ -218,7 +276,10 @@ class Settings(BaseSettings):
     )
 
     # DiracX (DIRAC's REST API): the grid. No URL: no diracx backend.
-    diracx_url: str = Field(default="", description="e.g. https://diracx.example.org")
+    diracx_url: str = Field(
+        default="",
+        description="DiracX's URL, e.g. https://diracx.example.org; empty: no diracx backend.",
+    )
     diracx_auth: Literal["service", "user"] = Field(
         default="service",
         description="service: Concordia obtains each user's tokens as a trusted service (the "
@@ -254,7 +315,9 @@ class Settings(BaseSettings):
     poll_interval: float = Field(default=5.0, gt=0, description="Seconds between backend polls.")
 
     # Uploads and downloads.
-    max_log_chunk: int = Field(default=1 << 20, ge=1024)
+    max_log_chunk: int = Field(
+        default=1 << 20, ge=1024, description="Bytes of a log one read returns at the most."
+    )
     max_request_bytes: int = Field(
         default=1 << 20, ge=64 * 1024, description="Any request body larger is refused (413)."
     )

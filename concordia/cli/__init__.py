@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 # Each module adds its commands to `app` as it is imported.
-from concordia.cli import account, images, jobs, server  # noqa: F401
+from concordia.cli import account, config, images, jobs, server  # noqa: F401
 from concordia.cli.common import app
 
 __all__ = ["app", "main"]
