@@ -322,6 +322,24 @@ class Settings(BaseSettings):
         default=1 << 20, ge=64 * 1024, description="Any request body larger is refused (413)."
     )
 
+    # Operating: logs and metrics.
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="How `concordia serve` logs to stderr: text lines for a console, or one "
+        "JSON object per line (time, level, logger, message, request_id; access lines add "
+        "method, path, status, duration_ms) for a log collector.",
+    )
+    metrics_enabled: bool = Field(
+        default=True,
+        description="Serve Prometheus metrics at /metrics (job counts and latencies, no "
+        "user data); off: 404.",
+    )
+    metrics_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="If set, /metrics asks for `Authorization: Bearer <this token>`; empty: "
+        "open to whoever reaches the server.",
+    )
+
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         # Absolute from here on: jobs run in other working directories (bwrap, subprocesses).

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import re
 from typing import TYPE_CHECKING
 
 import typer
 from rich.text import Text
 
 from concordia.cli.common import app, get_settings, isolation, say
+from concordia.logs import logging_config
 from concordia.settings import Settings
 
 if TYPE_CHECKING:
@@ -17,10 +16,6 @@ if TYPE_CHECKING:
 
 db_app = typer.Typer(help="The database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-
-#: Secrets that travel in query strings: the one-time login link's token, IAM's
-#: authorization code (single use and PKCE-bound, but a secret until used).
-TOKEN_IN_QUERY = re.compile(r"((?:^|[?&])(?:token|code)=)[^&\s]+")
 
 
 def _database_kind(database_url: str) -> str:
@@ -56,18 +51,6 @@ def _banner(settings: Settings, login_url: str, platform: Platform) -> None:
     say(f"\n  The CLI uses the API token in {settings.api_token_file.resolve()}\n")
 
 
-class RedactTokens(logging.Filter):
-    """Masks `token=...` and `code=...` in log arguments (the request lines of the one-time
-    login link and of IAM's redirect back)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
-            )
-        return True
-
-
 @app.command(rich_help_panel="Server")
 def serve() -> None:
     """Run the Concordia server (web pages, REST API, job backends) until interrupted."""
@@ -85,9 +68,11 @@ def serve() -> None:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        # One handler for every logger, whose filters mask login tokens and add request ids.
+        log_config=logging_config(settings.log_format),
+        # concordia.access logs each request instead, with its id and duration.
+        access_log=False,
     )
-    # After uvicorn set its logging up: the access log must not keep login tokens.
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     server = uvicorn.Server(config)
     server.run()
     if not server.started:

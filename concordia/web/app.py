@@ -8,7 +8,6 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -33,6 +32,8 @@ from concordia.web.api import router as api_router
 from concordia.web.errors import install_error_handlers
 from concordia.web.limits import BodyLimit
 from concordia.web.oauth import diracx_client, web_client
+from concordia.web.observe import RequestContext
+from concordia.web.ops import router as ops_router
 from concordia.web.pages import router as pages_router
 from concordia.worker import Reconciler, cancel
 
@@ -91,9 +92,11 @@ def create_app(
         reconciler = asyncio.create_task(Reconciler(platform).run(), name="reconciler")
         if on_ready is not None:
             on_ready(login_url, platform)
+        app.state.ready = True  # /readyz: started
         try:
             yield
         finally:
+            app.state.ready = False  # stopping: no new traffic
             await cancel(reconciler)
             for build in list(platform.images.tasks.values()):  # left "building": resumed
                 await cancel(build)
@@ -121,13 +124,13 @@ def create_app(
         https_only=settings.public_url.startswith("https://"),
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    # Added last, so the outermost: its request id and access line cover a refused body too.
+    app.add_middleware(RequestContext)
+    app.state.settings = settings
+    app.state.ready = False
     install_error_handlers(app)
+    app.include_router(ops_router)
     app.include_router(api_router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__}
-
     return app
