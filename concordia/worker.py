@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
@@ -30,6 +31,7 @@ from concordia.logic.images import BUILDING, FAILED
 from concordia.logic.jobs import backend_ref, publish_jobs, record_status, requeue, transition
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import usable_proxy
+from concordia.metrics import RECONCILE_ROUND_FAILURES, RECONCILE_ROUND_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,14 @@ class Reconciler:
                     if not recovered:  # a backend down at start: tried again, as rounds are
                         await self.recover()
                         recovered = True
+                    started = time.perf_counter()
                     await self.step(resync=resync)
+                    RECONCILE_ROUND_SECONDS.observe(time.perf_counter() - started)
                     resync = False
                 except Exception:
                     # One bad round must not stop the platform; the next round retries.
                     log.exception("reconciler round failed")
+                    RECONCILE_ROUND_FAILURES.inc()
                     resync = True
                 self._reap()
                 if self._backoff:  # a backend failing: its jobs again at the next poll only

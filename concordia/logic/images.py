@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from concordia.logic.errors import Conflict, Invalid, NotFound
 from concordia.logic.events import Event
 from concordia.logic.outputs import read_chunk
 from concordia.logic.platform import ImageBuilds, Platform
+from concordia.metrics import IMAGE_BUILD_SECONDS
 from concordia.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -269,6 +271,7 @@ async def _build(platform: Platform, plan: BuildPlan) -> None:
     assert builder is not None
     error = ""
     async with images.slots:
+        started = time.perf_counter()
         try:
             stored = await asyncio.to_thread(
                 run_build, plan, builder, images.store, list(platform.settings.image_formats)
@@ -278,6 +281,8 @@ async def _build(platform: Platform, plan: BuildPlan) -> None:
         except Exception as exc:  # a bug: the image fails, the platform goes on
             log.exception("image build %s", plan.image_id)
             error = f"internal error: {exc}"
+        outcome = FAILED if error else READY
+        IMAGE_BUILD_SECONDS.labels(outcome).observe(time.perf_counter() - started)
     async with platform.writing() as session:
         found = await session.get(Image, plan.image_id)
         if found is None:

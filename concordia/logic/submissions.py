@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ from concordia.logic.images import select_or_build
 from concordia.logic.jobs import publish_jobs, record_status
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import ensure_proxy
+from concordia.metrics import SUBMISSION_SECONDS
 
 STD_OUTPUT, STD_ERROR = "std.out", "std.err"
 
@@ -192,6 +194,16 @@ async def submit_batch(
     platform: Platform, identity: Identity, request: SubmissionRequest
 ) -> SubmissionView:
     """Store a submission and its jobs as Received; the reconciler takes it from there."""
+    started = time.perf_counter()
+    view = await _submit_batch(platform, identity, request)
+    # Accepted submissions only: a refusal is quick and says nothing of the platform's speed.
+    SUBMISSION_SECONDS.observe(time.perf_counter() - started)
+    return view
+
+
+async def _submit_batch(
+    platform: Platform, identity: Identity, request: SubmissionRequest
+) -> SubmissionView:
     owner_id = identity.user_id
     app = platform.catalog.get(request.application)
     backend = request.backend or platform.settings.default_backend
