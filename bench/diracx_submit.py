@@ -8,8 +8,11 @@ Concordia has recorded the DiracX id of all 1,000 (one input sandbox, JobName = 
 uuid, chunks of 20), read from its database every 20 ms (asking DiracX that often would
 load DiracX itself, and every 0.5 s would round the figure up by a quarter second on
 average); DiracX then lists them all. Direct: a token, then 50 POST /api/jobs/jdl of 20
-JDLs of the same form (the same input sandbox), measured last. Last line:
-`ratio <concordia/direct>`. Goal: <= 1.3.
+JDLs of the same form (the same input sandbox), measured last. Both meet a DiracX already
+warm: before Concordia's run, one sandbox request and one chunk of 20 JDLs of another
+group are sent (a DiracX just started makes its S3 client and first queries then, about
+50 ms that a running DiracX never spends again, and that the direct run, measured last,
+would not pay). Last line: `ratio <concordia/direct>`. Goal: <= 1.3.
 """
 
 from __future__ import annotations
@@ -31,6 +34,24 @@ from concordia.core.jdl import job_jdl
 from concordia.settings import Settings
 
 JOBS, CHUNK = 1000, 20
+
+
+def jdl(group: str, sandbox: list[str]) -> str:
+    return job_jdl(
+        executable="concordia-job.sh", arguments=["eyJhcmd2IjogWyJ0cnVlIl19"],
+        job_name=f"{uuid.uuid4()}.0", job_group=group, input_sandbox=sandbox,
+        output_sandbox=["std.out", "std.err"], std_output="std.out", std_error="std.err",
+        cpu_time=60, priority=1, tags=[],
+    )  # fmt: skip
+
+
+def warm_up(dx: httpx.Client) -> None:
+    """What DiracX does once after its start: the S3 client behind sandbox requests, the
+    first inserts."""
+    request = {"checksum_algorithm": "sha256", "checksum": "0" * 64, "size": 1,
+               "format": "tar.bz2"}  # fmt: skip
+    dx.post("/api/jobs/sandbox", json=request).raise_for_status()
+    dx.post("/api/jobs/jdl", json=[jdl("warm-up", []) for _ in range(CHUNK)]).raise_for_status()
 
 
 def listed(client: httpx.Client) -> int:
@@ -80,6 +101,7 @@ def main() -> None:
             }  # fmt: skip
             headers = {"Authorization": f"Bearer {token(url, secret, 'jane', 'cta_user')}"}
             with httpx.Client(base_url=url, headers=headers, timeout=120) as dx:
+                warm_up(dx)
                 with serve(root / "var", **settings) as server, server.client() as client:
                     start = time.perf_counter()
                     made = client.post(
@@ -91,23 +113,14 @@ def main() -> None:
                     while recorded(server.data_dir) < JOBS:
                         time.sleep(0.02)
                     through = time.perf_counter() - start
-                    assert listed(dx) == JOBS
+                    assert listed(dx) == CHUNK + JOBS
                 pfn = same_sandbox(dx, url)  # Concordia's: DiracX has it already
-                jdls = [
-                    job_jdl(
-                        executable="concordia-job.sh", arguments=["eyJhcmd2IjogWyJ0cnVlIl19"],
-                        job_name=f"{uuid.uuid4()}.0", job_group="noop.direct",
-                        input_sandbox=[pfn], output_sandbox=["std.out", "std.err"],
-                        std_output="std.out", std_error="std.err", cpu_time=60, priority=1,
-                        tags=[],
-                    )
-                    for _ in range(JOBS)
-                ]  # fmt: skip
+                jdls = [jdl("noop.direct", [pfn]) for _ in range(JOBS)]
                 start = time.perf_counter()
                 for i in range(0, JOBS, CHUNK):
                     dx.post("/api/jobs/jdl", json=jdls[i : i + CHUNK]).raise_for_status()
                 direct = time.perf_counter() - start
-                assert listed(dx) == 2 * JOBS
+                assert listed(dx) == CHUNK + 2 * JOBS
     rate = JOBS / through
     print(f"concordia_s {through:.2f} ({rate:.0f} jobs/s; the submission call {accepted:.2f} s)")
     print(f"direct_s {direct:.2f} ({JOBS / direct:.0f} jobs/s)")

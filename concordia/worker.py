@@ -7,12 +7,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy import update as update_stmt
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.backends.base import (
@@ -28,7 +26,17 @@ from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
 from concordia.db.tables import Application, Image, Job, Submission, User
 from concordia.images.store import StoredImage
 from concordia.logic.images import BUILDING, FAILED
-from concordia.logic.jobs import backend_ref, publish_jobs, record_status, requeue, transition
+from concordia.logic.jobs import (
+    ROW_COLUMNS,
+    JobRow,
+    backend_ref,
+    publish_jobs,
+    record_status,
+    requeue,
+    rows_where,
+    store_rows,
+    transition,
+)
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import usable_proxy
 from concordia.metrics import RECONCILE_ROUND_FAILURES, RECONCILE_ROUND_SECONDS
@@ -39,7 +47,7 @@ log = logging.getLogger(__name__)
 #: rest of a big submission is still being handed over, and no round stalls the loop; a
 #: multiple of 20, DiracX's most JDLs per call.
 DISPATCH_BATCH = 60
-#: After a wake-up, wait this long for more news: one round then stores many updates in one
+#: After a backend's news, wait this long for more: one round then stores many updates in one
 #: transaction, instead of a round per update taking CPU from the jobs themselves.
 COALESCE_SECONDS = 0.02
 _WATCHED = (JobStatus.WAITING, *ACTIVE_STATES)
@@ -142,7 +150,7 @@ class Reconciler:
         finally:
             for w in waiters:
                 w.cancel()
-        if done:
+        if done - {waiters[0]}:  # a backend's news: more may follow; new work starts at once
             await asyncio.sleep(COALESCE_SECONDS)
         return bool(done)
 
@@ -162,9 +170,9 @@ class Reconciler:
                 Job.backend_ref.is_(None),
                 or_(Image.status.is_(None), Image.status != BUILDING),
             )
-            rows = (
+            found = (
                 await session.execute(
-                    select(Job, Image.status)
+                    select(*ROW_COLUMNS, *_READY_COLUMNS, Image.status)
                     .join(Submission, Job.submission_id == Submission.id)
                     .outerjoin(Image, Submission.image_id == Image.id)
                     .where(
@@ -176,8 +184,9 @@ class Reconciler:
                     .limit(DISPATCH_BATCH)
                 )
             ).all()
-            if not rows:
+            if not found:
                 return
+            rows = [(_Ready(*row[:-1]), row[-1]) for row in found]
             if len(rows) == DISPATCH_BATCH:  # more to hand over: come back at once
                 self.platform.wakeup.set()
             ready = []
@@ -208,7 +217,8 @@ class Reconciler:
                         )
                     ready.append(job)
             specs = await self._specs(session, ready) if ready else []
-        jobs = [job for job, _ in rows]
+            jobs = [job for job, _ in rows]
+            await store_rows(session, jobs)
         self._watch(name, jobs)
         publish_jobs(self.platform.bus, jobs)
         if specs:
@@ -234,7 +244,7 @@ class Reconciler:
         if len(refs) < len(specs):  # some left waiting by the backend: not again at once
             self._backoff = True
         async with self.platform.writing() as session:
-            jobs = (await session.scalars(select(Job).where(Job.uuid.in_(refs)))).all()
+            jobs = await rows_where(session, Job.uuid.in_(refs))
             for job in jobs:
                 ref = refs[job.uuid]
                 if ref.error is not None:
@@ -244,6 +254,7 @@ class Reconciler:
                     continue
                 job.backend_ref = ref.ref
                 job.backend_state = {**job.backend_state, **ref.state}
+            await store_rows(session, jobs)
         publish_jobs(self.platform.bus, jobs)  # the submission page counts them handed over
         self._watch(name, jobs)
         # Killed or deleted while being handed over: the backend has it now, so tell it too.
@@ -255,7 +266,7 @@ class Reconciler:
                 except BackendError as exc:
                     log.warning("%d %s jobs not told to %s: %s", len(late), status, name, exc)
 
-    async def _specs(self, session: AsyncSession, jobs: Sequence[Job]) -> list[JobSpec]:
+    async def _specs(self, session: AsyncSession, jobs: Sequence[Job | _Ready]) -> list[JobSpec]:
         """What the backend needs of each job; a job that cannot run fails here, with why."""
         runs = await self._runs_of(session, {job.submission_id for job in jobs})
         proxies: dict[tuple[int, str, int], tuple[bytes | None, str]] = {}
@@ -319,7 +330,7 @@ class Reconciler:
 
     def _spec(
         self,
-        job: Job,
+        job: Job | _Ready,
         app: ApplicationDef,
         image: JobImage | None,
         proxy: bytes | None,
@@ -346,7 +357,7 @@ class Reconciler:
             maybe_submitted=job.id <= self._last_before_start,
         )
 
-    def _watch(self, name: str, jobs: Sequence[Job | _Row]) -> None:
+    def _watch(self, name: str, jobs: Sequence[Job | JobRow]) -> None:
         watched = self._watched.setdefault(name, {})
         for job in jobs:
             if JobStatus(job.status) not in _WATCHED:
@@ -366,18 +377,18 @@ class Reconciler:
         if not updates:
             return
         async with self.platform.writing() as session:
-            rows = await _rows_by_uuid(session, {u.uuid for u in updates})
+            found = await rows_where(session, Job.uuid.in_({u.uuid for u in updates}))
+            rows = {row.uuid: row for row in found}
             for update in updates:
                 row = rows.get(update.uuid)
                 if row is not None:
                     self._apply(session, name, row, update)
-            # One UPDATE per round, by primary key: the rows carry every field a round sets.
-            await session.execute(update_stmt(Job), [asdict(row) for row in rows.values()])
+            await store_rows(session, found)
         self._watch(name, list(rows.values()))
         publish_jobs(self.platform.bus, list(rows.values()))
 
     @staticmethod
-    def _apply(session: AsyncSession, backend: str, job: _Row, update: StatusUpdate) -> None:
+    def _apply(session: AsyncSession, backend: str, job: JobRow, update: StatusUpdate) -> None:
         # The same status again is news of its minor status (DIRAC logs those too).
         same = JobStatus(job.status) == update.status
         try:
@@ -436,30 +447,16 @@ class Reconciler:
 
 
 @dataclass
-class _Row:
-    """The fields of a job that backend updates read and write: lighter than an ORM Job."""
+class _Ready(JobRow):
+    """A job being dispatched: its row and what its backend needs of it."""
 
-    id: int
-    uuid: str
-    owner_id: int
-    submission_id: int
-    status: str
-    minor_status: str
-    application_status: str
-    updated_at: datetime
-    started_at: datetime | None
-    ended_at: datetime | None
-    exit_code: int | None
-    backend_ref: str | None
-    backend_state: dict[str, Any]
+    name: str
+    argv: list[str]
+    jdl: str
+    reschedule_count: int
 
 
-_ROW_COLUMNS = [getattr(Job, f.name) for f in fields(_Row)]
-
-
-async def _rows_by_uuid(session: AsyncSession, uuids: set[str]) -> dict[str, _Row]:
-    result = await session.execute(select(*_ROW_COLUMNS).where(Job.uuid.in_(uuids)))
-    return {row.uuid: _Row(*row) for row in result.all()}
+_READY_COLUMNS = (Job.name, Job.argv, Job.jdl, Job.reschedule_count)
 
 
 def _job_image(image: StoredImage | None) -> JobImage | None:

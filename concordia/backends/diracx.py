@@ -268,8 +268,8 @@ class DiracXBackend:
     async def _insert(
         self, key: tuple[str, str, str], chunk: list[JobSpec], pfns: dict[str, str]
     ) -> list[int]:
+        jdls = [self._jdl(s, pfns[s.uuid]) for s in chunk]  # ready before DiracX is free
         async with self._inserting:
-            jdls = [self._jdl(s, pfns[s.uuid]) for s in chunk]
             inserted = await self._call("POST", "/api/jobs/jdl", key, json=jdls)
         return [Inserted.model_validate(i).JobID for i in inserted]
 

@@ -23,6 +23,10 @@ class EventBus:
         self._subscribers: set[asyncio.Queue[Event]] = set()
         self._queue_size = queue_size
 
+    @property
+    def listened(self) -> bool:
+        return bool(self._subscribers)
+
     def publish(self, event: Event) -> None:
         for queue in self._subscribers:
             if queue.full():

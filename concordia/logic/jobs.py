@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.backends.base import BackendError, BackendRef, BackendUnreachable
@@ -97,6 +98,44 @@ class Placed(Protocol):
     backend_state: dict[str, Any]
 
 
+@dataclass
+class JobRow:
+    """The fields of a job that status changes and hand-overs read and write: lighter than an
+    ORM Job (no parameters, argv or JDL), and written back in one statement (store_rows)
+    where ORM objects would cost their bookkeeping per job; the reconciler's rounds and a
+    big submission handle hundreds of jobs at once."""
+
+    id: int
+    uuid: str
+    owner_id: int
+    submission_id: int
+    status: str
+    minor_status: str
+    application_status: str
+    updated_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    exit_code: int | None
+    backend_ref: str | None
+    backend_state: dict[str, Any]
+
+
+ROW_FIELDS = tuple(f.name for f in fields(JobRow))
+ROW_COLUMNS = tuple(getattr(Job, name) for name in ROW_FIELDS)
+
+
+async def rows_where(session: AsyncSession, *where: ColumnElement[bool]) -> list[JobRow]:
+    result = await session.execute(select(*ROW_COLUMNS).where(*where))
+    return [JobRow(*row) for row in result.all()]
+
+
+async def store_rows(session: AsyncSession, rows: Iterable[JobRow]) -> None:
+    """One UPDATE by primary key for all the rows (a subclass's extra fields stay out)."""
+    values = [{name: getattr(row, name) for name in ROW_FIELDS} for row in rows]
+    if values:
+        await session.execute(update(Job), values)
+
+
 def transition(
     session: AsyncSession,
     job: Tracked,
@@ -163,6 +202,8 @@ def job_event(job: Announced) -> Event:
 
 
 def publish_jobs(bus: EventBus, jobs: Sequence[Announced]) -> None:
+    if not bus.listened:  # events nobody reads are not even made (a round has hundreds)
+        return
     for job in jobs:
         bus.publish(job_event(job))
 

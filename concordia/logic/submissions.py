@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.core.application import (
@@ -29,7 +29,7 @@ from concordia.logic.diracx_accounts import per_user, require_connection
 from concordia.logic.errors import Forbidden, Invalid, NotFound
 from concordia.logic.identity import Identity
 from concordia.logic.images import select_or_build
-from concordia.logic.jobs import publish_jobs, record_status
+from concordia.logic.jobs import JobRow, publish_jobs, record_status
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import ensure_proxy
 from concordia.metrics import SUBMISSION_SECONDS
@@ -243,29 +243,43 @@ async def _submit_batch(
         planned = plan_jobs(app, values, submission.id)
         submission.job_count = len(planned)
         now = utcnow()
-        jobs = [
-            Job(
-                uuid=str(uuid.uuid4()),
-                submission_id=submission.id,
-                owner_id=owner_id,
-                application=app.name,
-                index=p.index,
-                name=p.name,
-                parameters=p.parameters,
-                argv=p.argv,
-                jdl=p.jdl,
-                status=JobStatus.RECEIVED.value,
-                minor_status="Job accepted",
-                backend=backend,
-                created_at=now,
-                updated_at=now,
-            )
-            for p in planned
+        received, accepted = JobStatus.RECEIVED, "Job accepted"
+        uuids = [str(uuid.uuid4()) for _ in planned]
+        new_jobs = [
+            {
+                "uuid": job_uuid,
+                "submission_id": submission.id,
+                "owner_id": owner_id,
+                "application": app.name,
+                "index": p.index,
+                "name": p.name,
+                "parameters": p.parameters,
+                "argv": p.argv,
+                "jdl": p.jdl,
+                "status": received.value,
+                "minor_status": accepted,
+                "backend": backend,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for p, job_uuid in zip(planned, uuids, strict=True)
         ]
-        session.add_all(jobs)
-        await session.flush()
+        # One multi-row INSERT (a batch may have thousands of jobs: ORM objects would cost
+        # their bookkeeping each); the ids come back in the rows' order.
+        ids = await session.scalars(
+            insert(Job).returning(Job.id, sort_by_parameter_order=True), new_jobs
+        )
+        jobs = [
+            JobRow(
+                id=job_id, uuid=job_uuid, owner_id=owner_id, submission_id=submission.id,
+                status=received.value, minor_status=accepted, application_status="",
+                updated_at=now, started_at=None, ended_at=None, exit_code=None,
+                backend_ref=None, backend_state={},
+            )
+            for job_id, job_uuid in zip(ids, uuids, strict=True)
+        ]  # fmt: skip
         for job in jobs:
-            record_status(session, job, JobStatus.RECEIVED, minor="Job accepted", source="User")
+            record_status(session, job, received, minor=accepted, source="User", at=now)
         submission_id = submission.id
     publish_jobs(platform.bus, jobs)
     platform.wakeup.set()
