@@ -16,6 +16,11 @@ NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
 PARAM_RE = r"^[a-z][a-z0-9_]{0,62}$"
 #: Characters refused in any string value: they could break a JDL, a log line or a shell.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Halves of a UTF-16 pair: JSON may carry one alone, which no UTF-8 text (a database
+#: row, a response, a job's argv) can hold.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: An integer as text: ASCII digits, spaces or tabs around (as a form sends it).
+_INTEGER = re.compile(r"[ \t]*([+-]?[0-9]{1,18})[ \t]*")
 #: Names every job gets besides its parameters.
 JOB_BUILTINS = ("index", "job_name")
 
@@ -81,8 +86,8 @@ def check_value(name: str, spec: ParameterDef, raw: Any) -> ParamValue:
             value = raw
         elif isinstance(raw, float) and raw.is_integer():
             value = int(raw)
-        elif isinstance(raw, str) and re.fullmatch(r"\s*[+-]?\d{1,18}\s*", raw):
-            value = int(raw)
+        elif isinstance(raw, str) and (digits := _INTEGER.fullmatch(raw)):
+            value = int(digits.group(1))
         else:
             raise ParameterError(name, f"must be an integer, got {raw!r}")
         _check_range(name, value, spec.min, spec.max)
@@ -92,7 +97,7 @@ def check_value(name: str, spec: ParameterDef, raw: Any) -> ParamValue:
             raise ParameterError(name, "must be a number")
         try:
             fvalue = float(raw)
-        except ValueError:
+        except (ValueError, OverflowError):  # an int beyond any float overflows
             raise ParameterError(name, f"must be a number, got {raw!r}") from None
         if fvalue != fvalue or fvalue in (float("inf"), float("-inf")):
             raise ParameterError(name, "must be a finite number")
@@ -106,6 +111,8 @@ def check_value(name: str, spec: ParameterDef, raw: Any) -> ParamValue:
         return raw
     if _CONTROL.search(raw):
         raise ParameterError(name, "must not contain control characters (newlines, tabs, NUL)")
+    if _SURROGATE.search(raw):
+        raise ParameterError(name, "must be Unicode text (JSON's lone \\ud800-\\udfff are not)")
     if len(raw) > spec.max_length:
         raise ParameterError(name, f"must be at most {spec.max_length} characters")
     if spec.pattern is not None and not re.fullmatch(spec.pattern, raw):

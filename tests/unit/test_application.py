@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import math
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from concordia.core.application import (
     ApplicationDef,
+    EnumParam,
+    FloatParam,
+    IntParam,
+    ParameterDef,
     ParameterError,
+    ParameterErrors,
+    ParamValue,
+    StrParam,
+    check_value,
     expand_batch,
     validate_parameters,
 )
+from concordia.core.jdl import parse_jdl
+from concordia.logic.submissions import plan_jobs
 from concordia.settings import SHIPPED_APPLICATIONS
 
 
@@ -115,3 +130,103 @@ def test_shipped_applications_are_valid() -> None:
     for path in files:
         app = ApplicationDef.model_validate(yaml.safe_load(path.read_text()))
         assert app.name == path.stem
+
+
+# --- any JSON for the parameters: a valid plan, or errors naming each field ---------------
+
+_json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(10**400), max_value=10**400),  # beyond any float
+    st.floats(),
+    st.text(),
+    # JSON can carry lone surrogates ("\ud800"); hypothesis' text leaves them out.
+    st.builds(
+        "{}{}{}".format,
+        st.text(max_size=4),
+        st.integers(0xD800, 0xDFFF).map(chr),
+        st.text(max_size=4),
+    ),
+    st.from_regex(r"\s*[+-]?\d{1,25}(\.\d*)?([eE][+-]?\d{1,4})?\s*", fullmatch=True),
+)
+_json = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _known_or_any(app: ApplicationDef) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(sorted(app.parameters)), st.text(max_size=8))
+
+
+def _hello() -> ApplicationDef:
+    path = Path(SHIPPED_APPLICATIONS) / "hello.yaml"
+    return ApplicationDef.model_validate(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.parametrize("app", [cta_like(), _hello()], ids=["cta-like", "hello"])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_json_parameters_give_a_valid_plan_or_errors_naming_each_field(
+    app: ApplicationDef, data: st.DataObject
+) -> None:
+    raw = data.draw(st.dictionaries(_known_or_any(app), _json, max_size=6))
+    if app.batch.count:  # a few jobs: the plan of a thousand is the same rule a thousand times
+        raw[app.batch.count] = data.draw(st.one_of(st.integers(-2, 4), _json))
+    try:
+        values = validate_parameters(app, raw)
+    except ParameterErrors as exc:
+        fields = [error.field for error in exc.errors]
+        assert len(fields) == len(set(fields))  # one error per field
+        assert set(fields) <= set(raw) | set(app.parameters)
+        assert all(error.message for error in exc.errors)
+        bad = set(raw) - set(app.parameters)
+        assert bad <= set(fields)  # every unknown name is reported, not only the first
+        return
+    assert set(values) == set(app.parameters)
+    for name, value in values.items():
+        _assert_obeys(app.parameters[name], value)
+    jobs = plan_jobs(app, values, submission_id=1)
+    assert len(jobs) == (int(values[app.batch.count]) if app.batch.count else 1)
+    for job in jobs:
+        # What a job is stored and shown as is UTF-8 JSON; its JDL says exactly its argv.
+        json.dumps(job.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
+        jdl = parse_jdl(job.jdl)
+        assert jdl["Executable"] == job.argv[0]
+        arguments = jdl.get("Arguments", "")
+        assert isinstance(arguments, str)
+        assert shlex.split(arguments) == job.argv[1:]
+
+
+def _assert_obeys(spec: ParameterDef, value: ParamValue) -> None:
+    if isinstance(spec, IntParam):
+        assert type(value) is int
+    elif isinstance(spec, FloatParam):
+        assert type(value) is float and math.isfinite(value)
+    else:
+        assert type(value) is str
+    if isinstance(spec, IntParam | FloatParam):
+        assert isinstance(value, int | float)
+        assert spec.min is None or value >= spec.min
+        assert spec.max is None or value <= spec.max
+    if isinstance(spec, EnumParam):
+        assert value in spec.choices
+    if isinstance(spec, StrParam):
+        assert isinstance(value, str) and len(value) <= spec.max_length
+        assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+        value.encode("utf-8")  # text, not lone surrogates
+
+
+@settings(max_examples=500, deadline=None)
+@given(spec=st.sampled_from(list(cta_like().parameters.values())), raw=_json)
+def test_one_value_is_coerced_or_refused_with_a_parameter_error(
+    spec: ParameterDef, raw: Any
+) -> None:
+    try:
+        value = check_value("p", spec, raw)
+    except ParameterError as exc:
+        assert exc.field == "p" and exc.message
+        return
+    _assert_obeys(spec, value)
