@@ -7,7 +7,7 @@ import shlex
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from concordia.core.jdl import Expression, JDLError, JDLValue, job_jdl, parse_jdl, render_jdl
@@ -433,3 +433,66 @@ def test_errors_name_line_and_column(text: str, line: int, column: int, message:
         parse_jdl(text)
     assert (caught.value.line, caught.value.column) == (line, column)
     assert f"line {line}, column {column}" in str(caught.value)
+
+
+# --- anything at all: read back exactly, or refused with a JDLError -----------------------
+
+# Any code point, lone surrogates included (JSON and file names can carry them).
+_any_text = st.text(st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr)))
+
+
+@settings(max_examples=500)
+@given(value=_any_text, neighbour=_any_text)
+def test_any_string_reads_back_as_itself_or_is_refused(value: str, neighbour: str) -> None:
+    attrs: dict[str, JDLValue] = {"Arguments": value, "Files": [neighbour, value], "After": 1}
+    try:
+        text = render_jdl(attrs)
+    except JDLError:
+        assert re.search(r"[\x00-\x1f\x7f]", value + neighbour)  # only control characters
+        return
+    assert typed(parse_jdl(text)) == typed(attrs)  # and never an attribute more
+
+
+@settings(max_examples=500)
+@given(expression=_any_text, in_list=st.booleans())
+def test_any_expression_reads_back_as_itself_or_is_refused(expression: str, in_list: bool) -> None:
+    value: JDLValue = [E(expression)] if in_list else E(expression)
+    attrs: dict[str, JDLValue] = {"Requirements": value, "After": "x"}
+    try:
+        text = render_jdl(attrs)
+    except JDLError as exc:
+        assert "expression" in str(exc)
+        return
+    assert typed(parse_jdl(text)) == typed(attrs)
+
+
+_jdl_alphabet = st.sampled_from(list('[]{}();=,"\\/*#\n\r\t -+.eE0123456789abcTRUEfalse_'))
+
+
+@settings(max_examples=1000)
+@given(text=st.one_of(_any_text, st.text(_jdl_alphabet, max_size=60)))
+def test_any_text_parses_or_is_a_jdl_error_and_what_parses_renders_the_same(text: str) -> None:
+    try:
+        parsed = parse_jdl(text)
+    except JDLError:
+        return
+    try:
+        rendered = render_jdl(parsed)
+    except JDLError:
+        return  # e.g. a string with "\n" escaped in it: it has no safe form to write
+    assert typed(parse_jdl(rendered)) == typed(parsed)
+
+
+@settings(max_examples=300)
+@given(arguments=st.lists(_any_text, max_size=5))
+def test_job_arguments_reach_the_shell_as_the_same_words_or_are_refused(
+    arguments: list[str],
+) -> None:
+    try:
+        text = job_jdl(executable="run.sh", arguments=arguments, job_name="j", cpu_time=60)
+    except JDLError:
+        assert any(re.search(r"[\x00-\x1f\x7f]", word) for word in arguments)
+        return
+    parsed = parse_jdl(text).get("Arguments", "")
+    assert isinstance(parsed, str)
+    assert shlex.split(parsed) == arguments
