@@ -89,8 +89,9 @@ def read_chunk(path: Path, offset: int, limit: int) -> tuple[str, int, int]:
     try:
         with path.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            fh.seek(offset)
-            data = fh.read(limit)
+            if offset < size:  # past the end nothing is there yet (a huge seek is EINVAL)
+                fh.seek(offset)
+                data = fh.read(limit)
     except FileNotFoundError:
         pass
     data = data[: _utf8_complete(data)]
@@ -128,23 +129,23 @@ def _walk_regular(root: Path, directory: Path) -> Iterator[tuple[str, int]]:
 def output_path(jobs_dir: Path, job: Job, relative: str) -> Path:
     """The file for a user-given output path; traversal, absolute paths and links refused."""
     pure = PurePosixPath(relative)
-    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative:
+    bad = not relative or "\\" in relative or "\x00" in relative  # NUL: no file has one
+    if bad or not pure.parts or pure.is_absolute() or ".." in pure.parts:
         raise Invalid("path", "must be a relative path inside the job's outputs", location="path")
     root = (job_dir(jobs_dir, job) / "outputs").resolve()
-    candidate = root.joinpath(*pure.parts)
     # Walk each component with lstat: a symlink anywhere on the way is refused.
     current = root
     for part in pure.parts:
         current = current / part
         try:
             mode = current.lstat().st_mode
-        except FileNotFoundError:
-            raise NotFound(f"no output {relative!r}") from None
+        except OSError:  # missing, or a name no file system holds (too long, under a file)
+            raise NotFound(f"no output {relative[:200]!r}") from None
         if stat.S_ISLNK(mode):
             raise Invalid("path", "refers to a link; links are never served", location="path")
-    if not stat.S_ISREG(candidate.lstat().st_mode):
-        raise NotFound(f"no output {relative!r}")
-    return candidate
+    if not stat.S_ISREG(mode):
+        raise NotFound(f"no output {relative[:200]!r}")
+    return current
 
 
 def write_zip(jobs_dir: Path, job: Job, target: Path) -> None:

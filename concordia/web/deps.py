@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 
 from concordia.auth.oidc import IamUnreachable, TokenInvalid, looks_like_jwt
 from concordia.logic.accounts import bearer_identity, identity_of, session_identity
@@ -16,6 +16,11 @@ from concordia.logic.platform import Platform
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "X-CSRF-Token"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+#: The largest row id: PostgreSQL's integer columns (SQLite's are wider). A larger number
+#: names nothing, and the database would refuse it rather than find no row.
+MAX_ROW_ID = 2**31 - 1
+#: A job or submission id in a path.
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
 
 def same_secret(given: str, expected: str) -> bool:

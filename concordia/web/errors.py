@@ -3,18 +3,60 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from concordia.logic.errors import DomainError, Invalid
 from concordia.web.pages.common import PageForbidden, SignInRequired, error_page
 
 log = logging.getLogger(__name__)
+
+
+class Problem(BaseModel):
+    """One bad input: where (``["body", "parameters", "jobs"]``), the rule, its kind."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every API error: a sentence for the user, or for a 422 each problem found."""
+
+    detail: str | list[Problem]
+
+
+_MEANING = {
+    400: "The body cannot be read: not JSON (or not UTF-8), or broken multipart",
+    401: "Not authenticated, or the token is invalid or expired",
+    403: "Not allowed: not a member of the VO it needs, or a browser call without its CSRF token",
+    404: "No such thing, or not the caller's",
+    409: "Its state, or Concordia's configuration, forbids this now (the detail says why)",
+    413: "The request body is too large",
+    422: "Bad input: each problem names its field and rule",
+    503: "IAM or a backend does not answer now; nothing was changed, try again",
+}
+
+
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route, for its OpenAPI ``responses``: clients (and the
+    schema tests) learn every status it can give and the one body they all share."""
+    return {code: {"model": ErrorBody, "description": _MEANING[code]} for code in codes}
+
+
+#: What any route behind CurrentUser can answer: no or a bad token; IAM's keys unreadable.
+AUTHENTICATED = documented(401, 503)
+#: The same for a state change: a browser session also needs its CSRF token.
+CHANGES = documented(401, 403, 503)
+#: A route reading a body: one it cannot parse, or one over the size limit.
+BODY = documented(400, 413)
 
 
 def _is_api(request: Request) -> bool:

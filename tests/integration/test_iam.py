@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -52,10 +52,14 @@ class IamApp:
         return httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL)
 
     async def sign_in(
-        self, browser: httpx.AsyncClient, username: str, password: str | None = None
+        self,
+        browser: httpx.AsyncClient,
+        username: str,
+        password: str | None = None,
+        login: str = "/login",
     ) -> httpx.Response:
         """Through IAM's login form, as a person would; the answer to the callback."""
-        start = await browser.get("/login")
+        start = await browser.get(login)
         assert start.status_code == 302, start.text
         async with httpx.AsyncClient() as idp:
             form = await idp.get(start.headers["location"])
@@ -106,6 +110,29 @@ async def test_sign_in_with_pkce_recognises_memberships_and_reads_the_certificat
         assert DIRAC_DN in page.text
     # The session cookie is signed and HttpOnly; nothing of IAM's tokens is in it.
     assert iam_app.iam.count("/scim/Me") == 1
+
+
+@pytest.mark.parametrize(
+    ("asked", "landing"),
+    [
+        ("/jobs?status=Done", "/jobs?status=Done"),
+        ("//evil.example/x", "/"),
+        ("/\\evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("/\r\nSet-Cookie: stolen=1", "/%0D%0ASet-Cookie:%20stolen=1"),
+        ("/\t/evil.example", "/%09/evil.example"),
+    ],
+    ids=["own-page", "other-host", "backslash", "absolute", "crlf", "tab"],
+)
+async def test_after_sign_in_only_a_page_of_concordia_is_opened(
+    iam_app: IamApp, asked: str, landing: str
+) -> None:
+    jane(iam_app)
+    async with iam_app.browser() as browser:
+        done = await iam_app.sign_in(browser, "jane", login=f"/login?next={quote(asked)}")
+    assert done.status_code == 303
+    assert done.headers["location"] == landing
+    assert all(b"stolen" not in v for name, v in done.headers.raw if name != b"location")
 
 
 @pytest.mark.parametrize("profile", ["wlcg", "iam", "aarc"])

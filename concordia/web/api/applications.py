@@ -10,8 +10,9 @@ from concordia.logic.identity import Identity
 from concordia.logic.images import unavailable_reason
 from concordia.logic.platform import Platform
 from concordia.web.deps import CurrentUser, PlatformDep
+from concordia.web.errors import AUTHENTICATED, documented
 
-router = APIRouter(tags=["applications"])
+router = APIRouter(tags=["applications"], responses=AUTHENTICATED)
 
 
 class ApplicationView(ApplicationDef):
@@ -34,6 +35,6 @@ async def list_applications(platform: PlatformDep, user: CurrentUser) -> list[Ap
     return [_view(platform, app, user) for app in platform.catalog.apps.values()]
 
 
-@router.get("/applications/{name}")
+@router.get("/applications/{name}", responses=documented(404))
 async def get_application(name: str, platform: PlatformDep, user: CurrentUser) -> ApplicationView:
     return _view(platform, platform.catalog.get(name), user)

@@ -18,9 +18,13 @@ from concordia.logic import monitor, outputs
 from concordia.logic.jobs import JobDetail, JobSummary
 from concordia.logic.monitor import JobFilter, JobPage, SortKey
 from concordia.logic.outputs import LogChunk, OutputFile, Stream
-from concordia.web.deps import CurrentUser, PlatformDep
+from concordia.web.api.media import ANY_FILE, RAW, raw
+from concordia.web.deps import MAX_ROW_ID, CurrentUser, PlatformDep, RowId
+from concordia.web.errors import AUTHENTICATED, CHANGES, documented
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=AUTHENTICATED)
+# Reading outputs may fetch them from the backend first, which can refuse (409).
+OUTPUTS = documented(404, 409)
 SAFE_DOWNLOAD_HEADERS = {
     "Content-Security-Policy": (
         "sandbox; default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
@@ -34,12 +38,12 @@ async def list_jobs(
     platform: PlatformDep,
     user: CurrentUser,
     status: Annotated[list[str] | None, Query(description="Repeat or comma-separate")] = None,
-    submission: int | None = None,
+    submission: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
     application: str | None = None,
     q: Annotated[str | None, Query(description="Part of the job name")] = None,
     created_from: Annotated[date | None, Query(description="Created on or after (UTC)")] = None,
     created_to: Annotated[date | None, Query(description="Created on or before (UTC)")] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_ROW_ID)] = 1,
     per_page: Annotated[int, Query(ge=1, le=500)] = 50,
     sort: SortKey = "-updated",
 ) -> JobPage:
@@ -58,16 +62,16 @@ async def list_jobs(
         )
 
 
-@router.get("/jobs/{job_id}")
-async def get_job(job_id: int, platform: PlatformDep, user: CurrentUser) -> JobDetail:
+@router.get("/jobs/{job_id}", responses=documented(404))
+async def get_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> JobDetail:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
         return await job_logic.job_detail(session, job)
 
 
-@router.get("/jobs/{job_id}/logs")
+@router.get("/jobs/{job_id}/logs", responses=OUTPUTS)
 async def get_logs(
-    job_id: int,
+    job_id: RowId,
     platform: PlatformDep,
     user: CurrentUser,
     stream: Stream = "stdout",
@@ -78,16 +82,20 @@ async def get_logs(
     return await outputs.job_log(platform, job, stream, offset, platform.settings.max_log_chunk)
 
 
-@router.get("/jobs/{job_id}/outputs")
-async def list_outputs(job_id: int, platform: PlatformDep, user: CurrentUser) -> list[OutputFile]:
+@router.get("/jobs/{job_id}/outputs", responses=OUTPUTS)
+async def list_outputs(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> list[OutputFile]:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
     await outputs.fetch_outputs(platform, job)
     return outputs.list_outputs(platform.settings.jobs_dir, job)
 
 
-@router.get("/jobs/{job_id}/outputs.zip")
-async def download_zip(job_id: int, platform: PlatformDep, user: CurrentUser) -> FileResponse:
+@router.get(
+    "/jobs/{job_id}/outputs.zip",
+    response_class=RAW,
+    responses=raw("The job's outputs", "application/zip") | OUTPUTS,
+)
+async def download_zip(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> FileResponse:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
     await outputs.fetch_outputs(platform, job)
@@ -109,9 +117,13 @@ async def download_zip(job_id: int, platform: PlatformDep, user: CurrentUser) ->
     )
 
 
-@router.get("/jobs/{job_id}/outputs/{path:path}")
+@router.get(
+    "/jobs/{job_id}/outputs/{path:path}",
+    response_class=RAW,
+    responses=raw("The file, typed by its name", ANY_FILE) | OUTPUTS,
+)
 async def download_output(
-    job_id: int, path: str, platform: PlatformDep, user: CurrentUser
+    job_id: RowId, path: str, platform: PlatformDep, user: CurrentUser
 ) -> FileResponse:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
@@ -121,16 +133,16 @@ async def download_output(
     return FileResponse(file, filename=file.name, headers=SAFE_DOWNLOAD_HEADERS)
 
 
-@router.post("/jobs/{job_id}/kill")
-async def kill_job(job_id: int, platform: PlatformDep, user: CurrentUser) -> JobSummary:
+@router.post("/jobs/{job_id}/kill", responses=CHANGES | documented(404, 409))
+async def kill_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> JobSummary:
     return await job_logic.kill_job(platform, user.user_id, job_id)
 
 
-@router.post("/jobs/{job_id}/reschedule")
-async def reschedule_job(job_id: int, platform: PlatformDep, user: CurrentUser) -> JobSummary:
+@router.post("/jobs/{job_id}/reschedule", responses=CHANGES | documented(404, 409))
+async def reschedule_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> JobSummary:
     return await job_logic.reschedule_job(platform, user.user_id, job_id)
 
 
-@router.delete("/jobs/{job_id}")
-async def delete_job(job_id: int, platform: PlatformDep, user: CurrentUser) -> JobSummary:
+@router.delete("/jobs/{job_id}", responses=CHANGES | documented(404, 409))
+async def delete_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> JobSummary:
     return await job_logic.delete_job(platform, user.user_id, job_id)

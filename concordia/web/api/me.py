@@ -14,6 +14,7 @@ from concordia.logic.errors import TooLarge
 from concordia.logic.me import Account, account
 from concordia.logic.proxies import CredentialView, ProxyView
 from concordia.web.deps import CurrentUser, PlatformDep
+from concordia.web.errors import AUTHENTICATED, BODY, CHANGES, documented
 
 router = APIRouter(tags=["identity"])
 
@@ -58,7 +59,7 @@ async def auth_config(platform: PlatformDep) -> AuthConfig:
     )
 
 
-@router.get("/me")
+@router.get("/me", responses=AUTHENTICATED)
 async def me(platform: PlatformDep, user: CurrentUser) -> Me:
     backends = [
         BackendInfo(
@@ -70,12 +71,13 @@ async def me(platform: PlatformDep, user: CurrentUser) -> Me:
     return Me(**dict(await account(platform, user)), backends=backends)
 
 
-@router.post("/me/scim")
+# In local mode there is no IAM to read (409).
+@router.post("/me/scim", responses=CHANGES | documented(404, 409))
 async def read_scim_again(platform: PlatformDep, user: CurrentUser) -> ScimReading:
     return await accounts.refresh_scim(platform, user)
 
 
-@router.post("/me/credential", status_code=201)
+@router.post("/me/credential", status_code=201, responses=CHANGES | documented(409, 422) | BODY)
 async def upload_credential(
     platform: PlatformDep,
     user: CurrentUser,
@@ -92,19 +94,19 @@ async def upload_credential(
     return await proxies.upload_credential(platform, user, data, password)
 
 
-@router.delete("/me/credential", status_code=204)
+@router.delete("/me/credential", status_code=204, responses=CHANGES | documented(404))
 async def delete_credential(platform: PlatformDep, user: CurrentUser) -> Response:
     await proxies.delete_credential(platform, user)
     return Response(status_code=204)
 
 
-@router.post("/me/proxy", status_code=201)
+@router.post("/me/proxy", status_code=201, responses=CHANGES | documented(409) | BODY)
 async def new_proxy(request: ProxyRequest, platform: PlatformDep, user: CurrentUser) -> ProxyView:
     lifetime = timedelta(hours=request.lifetime_hours) if request.lifetime_hours else None
     return await proxies.new_proxy(platform, user, lifetime, request.vo)
 
 
-@router.delete("/me/proxy", status_code=204)
+@router.delete("/me/proxy", status_code=204, responses=CHANGES | documented(404))
 async def forget_proxy(platform: PlatformDep, user: CurrentUser) -> Response:
     await proxies.forget_proxy(platform, user)
     return Response(status_code=204)

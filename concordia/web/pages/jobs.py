@@ -19,7 +19,7 @@ from concordia.logic import monitor, outputs
 from concordia.logic.errors import DomainError, Invalid
 from concordia.logic.jobs import BulkAction
 from concordia.logic.monitor import JobFilter, SortKey
-from concordia.web.deps import PlatformDep
+from concordia.web.deps import PlatformDep, RowId
 from concordia.web.pages.common import PageUser, read_form, render
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ async def jobs_bulk(request: Request, platform: PlatformDep, user: PageUser) -> 
 
 @router.get("/jobs/{job_id:int}", response_class=HTMLResponse)
 async def job_page(
-    job_id: int, request: Request, platform: PlatformDep, user: PageUser
+    job_id: RowId, request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     context = await _job_parts(job_id, platform, user.user_id)
     job: Job = context.pop("job")
@@ -183,7 +183,7 @@ async def job_page(
 
 @router.get("/jobs/{job_id:int}/parts", response_class=HTMLResponse)
 async def job_parts(
-    job_id: int, request: Request, platform: PlatformDep, user: PageUser
+    job_id: RowId, request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     """History and outputs again, swapped in when the job changes (htmx out-of-band)."""
     context = await _job_parts(job_id, platform, user.user_id)
@@ -206,7 +206,7 @@ async def _job_parts(job_id: int, platform: PlatformDep, user_id: int) -> dict[s
 
 @router.post("/jobs/{job_id:int}/{action}")
 async def job_action(
-    job_id: int, action: str, request: Request, platform: PlatformDep, user: PageUser
+    job_id: RowId, action: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> RedirectResponse:
     await read_form(request)
     chosen = next((a for a in ACTIONS if a == action and a != "delete"), None)

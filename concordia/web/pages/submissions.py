@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from concordia.logic import submissions
-from concordia.web.deps import PlatformDep
+from concordia.web.deps import PlatformDep, RowId
 from concordia.web.pages.common import PageUser, render
 
 router = APIRouter()
@@ -17,7 +17,7 @@ BUCKETS = ("done", "running", "waiting", "failed", "killed")
 
 @router.get("/submissions/{submission_id}", response_class=HTMLResponse)
 async def submission_page(
-    request: Request, submission_id: int, platform: PlatformDep, user: PageUser
+    request: Request, submission_id: RowId, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     view = await submissions.get_submission(platform, user.user_id, submission_id)
     jobs = await submissions.submission_jobs(platform, user.user_id, submission_id)
@@ -27,7 +27,7 @@ async def submission_page(
 
 @router.get("/submissions/{submission_id}/progress", response_class=HTMLResponse)
 async def submission_progress(
-    request: Request, submission_id: int, platform: PlatformDep, user: PageUser
+    request: Request, submission_id: RowId, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     view = await submissions.get_submission(platform, user.user_id, submission_id)
     return render(request, "submission_progress.html", s=view, buckets=BUCKETS)
@@ -35,7 +35,7 @@ async def submission_progress(
 
 @router.get("/submissions/{submission_id}/rows", response_class=HTMLResponse)
 async def submission_rows(
-    request: Request, submission_id: int, platform: PlatformDep, user: PageUser
+    request: Request, submission_id: RowId, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     jobs = await submissions.submission_jobs(platform, user.user_id, submission_id)
     return render(request, "submission_rows.html", jobs=jobs)
