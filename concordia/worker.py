@@ -182,6 +182,8 @@ class Reconciler:
                     )
                     .order_by(Job.id)
                     .limit(DISPATCH_BATCH)
+                    # Rows another process is dispatching are left to it (PostgreSQL).
+                    .with_for_update(of=Job, skip_locked=True)
                 )
             ).all()
             if not found:
@@ -420,10 +422,9 @@ class Reconciler:
             self._last_before_start = await session.scalar(select(func.max(Job.id))) or 0
             for name, backend in self.platform.backends.items():
                 rows = await session.scalars(
-                    select(Job).where(
-                        Job.backend == name,
-                        Job.status.in_([s.value for s in _WATCHED]),
-                    )
+                    select(Job)
+                    .where(Job.backend == name, Job.status.in_([s.value for s in _WATCHED]))
+                    .with_for_update()
                 )
                 jobs = list(rows)
                 lost = [j for j in jobs if j.status != JobStatus.WAITING.value]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -22,12 +22,27 @@ def make_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
     return engine
+
+
+#: Execution option of a connection whose transaction writes (Platform.writing).
+WRITES = "concordia_writes"
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A transaction that reads, then writes, takes the write lock at its start: a deferred
+    # one would fail on its first write if another process (a web process, the worker) had
+    # committed since its read began (SQLite cannot upgrade that snapshot; busy_timeout does
+    # not help). Readers stay deferred: WAL lets them run beside the writer.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITES) else "BEGIN")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers (the API) run while the reconciler writes; NORMAL sync stays
     # crash-safe in WAL mode (a power cut may lose the last commit, never corrupt).
+    # The driver's own implicit BEGIN is off: _sqlite_begin emits each transaction's.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")

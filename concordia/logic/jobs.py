@@ -125,7 +125,10 @@ ROW_COLUMNS = tuple(getattr(Job, name) for name in ROW_FIELDS)
 
 
 async def rows_where(session: AsyncSession, *where: ColumnElement[bool]) -> list[JobRow]:
-    result = await session.execute(select(*ROW_COLUMNS).where(*where))
+    """The rows, locked until the transaction ends (PostgreSQL; SQLite's writers are one at a
+    time): read to be changed, they must not change in another process meanwhile."""
+    query = select(*ROW_COLUMNS).where(*where).order_by(Job.id).with_for_update()
+    result = await session.execute(query)
     return [JobRow(*row) for row in result.all()]
 
 
@@ -208,9 +211,13 @@ def publish_jobs(bus: EventBus, jobs: Sequence[Announced]) -> None:
         bus.publish(job_event(job))
 
 
-async def get_owned_job(session: AsyncSession, owner_id: int, job_id: int) -> Job:
-    """A job of this user; another user's job is 'not found', as if it did not exist."""
-    job = await session.get(Job, job_id)
+async def get_owned_job(
+    session: AsyncSession, owner_id: int, job_id: int, *, lock: bool = False
+) -> Job:
+    """A job of this user; another user's job is 'not found', as if it did not exist.
+    ``lock``: its row stays locked until the transaction ends (PostgreSQL), so that a change
+    made meanwhile by another process (the worker) is waited for rather than overwritten."""
+    job = await session.get(Job, job_id, with_for_update=lock)
     if job is None or job.owner_id != owner_id:
         raise NotFound(f"no job {job_id}")
     return job
@@ -288,7 +295,7 @@ async def _record_end(platform: Platform, seen: Job, status: JobStatus, minor: s
     """Record Killed or Deleted; a job handed to its backend since it was ``seen`` (a
     hand-over was under way) is then told to its backend too."""
     async with platform.writing() as session:
-        job = await get_owned_job(session, seen.owner_id, seen.id)
+        job = await get_owned_job(session, seen.owner_id, seen.id, lock=True)
         now = JobStatus(job.status)
         if now is not status:  # the backend may have reported it already
             try:
@@ -306,7 +313,7 @@ async def _record_end(platform: Platform, seen: Job, status: JobStatus, minor: s
 
 async def reschedule_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
     async with platform.writing() as session:
-        job = await get_owned_job(session, owner_id, job_id)
+        job = await get_owned_job(session, owner_id, job_id, lock=True)
         status = JobStatus(job.status)
         if status not in RESCHEDULABLE_STATES or status in ACTIVE_STATES:
             raise Conflict(f"job {job_id} is {status}: only finished jobs can be rescheduled")

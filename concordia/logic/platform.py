@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from concordia.auth.oidc import Iam
 from concordia.auth.vault import Vault
 from concordia.backends.base import Backend
+from concordia.db.engine import WRITES
 from concordia.db.tables import JobStatusHistory
 from concordia.images.build import BuilderChoice
 from concordia.images.store import ImageStore
@@ -73,6 +74,7 @@ class Platform:
         """A transaction under the write lock, committed on success, with the status-history
         rows its transitions recorded (logic.jobs.record_status) written in one statement."""
         async with self.write_lock, self.sessions() as session, session.begin():
+            await session.connection(execution_options={WRITES: True})
             yield session
             history = session.info.pop(HISTORY_KEY, None)
             if history:

@@ -1,0 +1,91 @@
+"""Two processes on one database (the web process and the worker) change the same job: the
+second waits for the first's commit and sees it, on SQLite and on PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+from concordia.core.states import JobStatus
+from concordia.db.engine import make_engine, make_sessionmaker
+from concordia.db.migrate import upgrade
+from concordia.db.tables import Application, Job, Submission
+from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.identity import ensure_user
+from concordia.logic.jobs import get_owned_job, rows_where, store_rows, transition
+from concordia.logic.platform import Platform
+from concordia.settings import Settings
+
+
+@asynccontextmanager
+async def process(settings: Settings) -> AsyncIterator[Platform]:
+    """What one process has of the platform here: its own engine and its own write lock."""
+    engine = make_engine(settings.database_url)
+    try:
+        yield Platform(
+            settings=settings,
+            sessions=make_sessionmaker(engine),
+            catalog=ApplicationCatalog(settings.applications_dir).load(),
+            backends={},
+            images=cast(Any, None),  # not used here
+            vault=cast(Any, None),
+        )
+    finally:
+        await engine.dispose()
+
+
+async def running_job(platform: Platform) -> tuple[int, int]:
+    async with platform.writing() as session:
+        user = await ensure_user(session, "jane")
+        app = Application(name="hello", fingerprint="0" * 64, definition={})
+        session.add(app)
+        await session.flush()
+        submission = Submission(
+            owner_id=user.id, application_id=app.id, application="hello", parameters={},
+            backend="local", job_count=1,
+        )  # fmt: skip
+        session.add(submission)
+        await session.flush()
+        job = Job(
+            uuid="0" * 32, submission_id=submission.id, owner_id=user.id, application="hello",
+            index=0, name="hello 0", parameters={}, argv=["true"], jdl="[]",
+            status=JobStatus.RUNNING.value, backend="local", backend_ref="0" * 32,
+        )  # fmt: skip
+        session.add(job)
+        await session.flush()
+        return user.id, job.id
+
+
+async def test_a_kill_waits_for_the_workers_round_and_sees_its_result(
+    any_db_settings: Settings,
+) -> None:
+    await asyncio.to_thread(upgrade, any_db_settings.database_url)
+    async with process(any_db_settings) as worker, process(any_db_settings) as web:
+        owner, job_id = await running_job(worker)
+        round_has_read = asyncio.Event()
+
+        async def worker_round() -> None:  # the job ended: the round records Done
+            async with worker.writing() as session:
+                [row] = await rows_where(session, Job.id == job_id)
+                round_has_read.set()
+                await asyncio.sleep(0.5)  # the round's other work
+                transition(session, row, JobStatus.DONE, source="local backend")
+                await store_rows(session, [row])
+
+        async def user_kill() -> str:  # meanwhile, in the web process, the user kills it
+            await round_has_read.wait()
+            async with web.writing() as session:
+                job = await get_owned_job(session, owner, job_id, lock=True)
+                if job.status == JobStatus.RUNNING.value:
+                    transition(session, job, JobStatus.KILLED, source="User")
+                return job.status
+
+        _, seen = await asyncio.gather(worker_round(), user_kill())
+        # The kill waited for the round: it saw Done (a Running job would have been killed
+        # and Done lost); SQLite let it in without "database is locked".
+        assert seen == JobStatus.DONE.value
+        async with web.reading() as session:
+            job = await get_owned_job(session, owner, job_id)
+            assert job.status == JobStatus.DONE.value
