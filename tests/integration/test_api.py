@@ -248,6 +248,11 @@ async def test_job_listing_filters_sorts_and_pages(any_db_app: Running) -> None:
     ).json()
     assert page["total"] == 6
     assert [j["id"] for j in page["items"]] == sorted(first["job_ids"] + second["job_ids"])[3:]
+    # a short last page gives the total without counting; a page past the end counts
+    for number, shown in ((2, 2), (3, 0)):
+        params = {"per_page": 4, "page": number}
+        beyond = (await client.get("/api/v1/jobs", params=params)).json()
+        assert (beyond["total"], len(beyond["items"])) == (6, shown)
     failed = (await client.get("/api/v1/jobs", params={"status": "Failed"})).json()
     assert sorted(j["id"] for j in failed["items"]) == second["job_ids"]
     both = (await client.get("/api/v1/jobs", params={"status": "Failed,Done"})).json()
