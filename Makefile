@@ -56,6 +56,7 @@ bench: $(STAMP) system-deps diracx-venv
 	$(BIN)/python bench/bearer_auth.py
 	$(BIN)/python bench/diracx_submit.py
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) $(DIRACX_VENV) .pytest_cache .mypy_cache .ruff_cache
