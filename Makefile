@@ -35,12 +35,16 @@ diracx-venv: $(DIRACX_STAMP)
 
 test-deps: system-deps diracx-venv
 	@scripts/ensure-packages "the browser tests drive Debian's chromium; podman runs jobs in tests" $(TEST_PACKAGES)
+	@scripts/ensure-postgresql
 
 run: $(STAMP) system-deps
 	$(BIN)/concordia serve
 
+# The whole suite on the embedded SQLite, then every test that uses a database again on
+# PostgreSQL (tests/unit is pure code: nothing there differs between the two).
 test: $(STAMP) test-deps
 	$(BIN)/pytest -q
+	CONCORDIA_TEST_DATABASE=postgresql $(BIN)/pytest -q tests/integration tests/e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check concordia tests bench

@@ -25,9 +25,10 @@ from concordia.logic.identity import create_token, ensure_user
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
 from concordia.web.app import create_app
+from tests.database import PG_ADMIN, pg_template, pg_url, test_database
 
 pytest_plugins = ["tests.iam.fixtures", "tests.diracx.fixtures"]
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+__all__ = ["pg_template", "test_database"]  # every test's database (tests/database.py)
 
 
 @pytest.fixture
@@ -99,15 +100,15 @@ async def any_db_settings(
     request: pytest.FixtureRequest, tmp_path: Path, image_seed: Path
 ) -> AsyncIterator[Settings]:
     """The embedded SQLite and the real PostgreSQL server, each in a fresh database."""
-    if request.param == "sqlite":
-        yield seed_images(make_settings(tmp_path / "var"), image_seed)
+    if request.param == "sqlite":  # also when the suite runs on PostgreSQL
+        url = f"sqlite+aiosqlite:///{tmp_path / 'var' / 'concordia.db'}"
+        yield seed_images(make_settings(tmp_path / "var", database_url=url), image_seed)
         return
     name = f"concordia_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(PG_ADMIN)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-        yield seed_images(make_settings(tmp_path / "var", database_url=url), image_seed)
+        yield seed_images(make_settings(tmp_path / "var", database_url=pg_url(name)), image_seed)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -194,6 +195,8 @@ class LiveServer:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    #: The command's arguments: `concordia serve`, or e.g. serve --workers 2.
+    args: tuple[str, ...] = ("serve",)
 
     @property
     def url(self) -> str:
@@ -203,11 +206,16 @@ class LiveServer:
     def token(self) -> str:
         return (self.data_dir / "api-token").read_text().strip()
 
+    @property
+    def database_url(self) -> str:
+        default = f"sqlite+aiosqlite:///{self.data_dir.absolute() / 'concordia.db'}"
+        return self.env.get("CONCORDIA_DATABASE_URL") or default
+
     def start(self, timeout: float = 30) -> None:
         self.log_path = self.data_dir.parent / f"server-{time.monotonic_ns()}.log"
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "concordia", "serve"],
+            [sys.executable, "-m", "concordia", *self.args],
             env=self.env,
             cwd=self.data_dir.parent,
             stdout=log,

@@ -266,12 +266,14 @@ def test_the_cli_finds_the_token_in_the_data_dir(live_server: LiveServer) -> Non
     assert live_server.token not in me.stdout + me.stderr
 
     banner = live_server.output()
-    assert "Concordia is running" in banner and "SQLite" in banner
+    kind = "PostgreSQL" if live_server.database_url.startswith("postgresql") else "SQLite"
+    assert "Concordia is running" in banner and f"Database:  {kind} (" in banner
     assert "Open this URL to log in (one-time link):" in banner
     assert f"{live_server.data_dir.resolve()}/api-token" in banner
     assert f"Images:    {live_server.data_dir.resolve()}/images, built with mmdebstrap" in banner
     assert "containers: bwrap" in banner
-    assert "sqlite+aiosqlite" not in banner and live_server.token not in banner
+    assert "+aiosqlite" not in banner and "+asyncpg" not in banner  # no URL, no password
+    assert live_server.token not in banner
 
 
 def test_db_upgrade_creates_the_database(tmp_path: Path) -> None:

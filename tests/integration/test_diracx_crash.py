@@ -4,9 +4,7 @@ restarted: every job reaches DiracX exactly once, and every job is followed to i
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
+from tests.database import fetch_value
 from tests.diracx.fixtures import JANE, USER_GROUP, DiracX
 from tests.diracx.site import Site
 from tests.integration.test_diracx_backend import grid_server_env
@@ -106,10 +105,8 @@ def test_a_kill_during_the_hand_over_submits_each_job_once(
         before = submit_until_diracx_has_some(client, diracx)
     live_server.kill(signal.SIGKILL)
     # The kill came mid-hand-over: part of the batch had no DiracX id recorded yet.
-    uri = f"file:{live_server.data_dir / 'concordia.db'}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True)) as db:
-        [(unrecorded,)] = db.execute("SELECT count(*) FROM jobs WHERE backend_ref IS NULL")
-    assert unrecorded > 0
+    sql = "SELECT count(*) FROM jobs WHERE backend_ref IS NULL"
+    assert fetch_value(live_server.database_url, sql) > 0
     live_server.start()
     with client_of(live_server) as client:
         assert_each_job_once_and_done(client, diracx, site, before)
