@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -74,6 +75,9 @@ class Reconciler:
         self._backoff = False
         #: Per backend being re-read: the jobs handed over meanwhile (kept in the new list).
         self._loading: dict[str, set[str]] = {}
+        #: Per backend, news a failed round could not store (its database down): offered
+        #: again first, as the local backend tells each only once.
+        self._unstored: dict[str, list[StatusUpdate]] = {}
 
     async def run(self) -> None:
         recovered = False
@@ -93,6 +97,9 @@ class Reconciler:
                     log.exception("reconciler round failed")
                     RECONCILE_ROUND_FAILURES.inc()
                     resync = True
+                    # Not at once: a backend's news would wake it, and while the database
+                    # is down every round fails (a busy loop writing tracebacks).
+                    await asyncio.sleep(self.platform.settings.poll_interval)
                 self._reap()
                 if self._backoff:  # a backend failing: its jobs again at the next poll only
                     self._backoff = False
@@ -375,17 +382,29 @@ class Reconciler:
         watched = self._watched.get(name)
         if not watched:
             return
-        updates = await backend.poll(list(watched.values()))
+        kept = self._unstored.pop(name, [])
+        # A backend that keeps its history (a grid) may tell kept news again: once each.
+        fresh = {_news_key(u): u for u in [*kept, *await backend.poll(list(watched.values()))]}
+        updates = list(fresh.values())
         if not updates:
             return
-        async with self.platform.writing() as session:
-            found = await rows_where(session, Job.uuid.in_({u.uuid for u in updates}))
-            rows = {row.uuid: row for row in found}
-            for update in updates:
-                row = rows.get(update.uuid)
-                if row is not None:
-                    self._apply(session, name, row, update)
-            await store_rows(session, found)
+        try:
+            async with self.platform.writing() as session:
+                found = await rows_where(session, Job.uuid.in_({u.uuid for u in updates}))
+                rows = {row.uuid: row for row in found}
+                for update in updates:
+                    row = rows.get(update.uuid)
+                    if row is not None:
+                        self._apply(session, name, row, update)
+                await store_rows(session, found)
+        except BaseException:
+            self._unstored[name] = updates
+            raise
+        # The watched refs follow what was stored (a resync read them before these news:
+        # the backend would otherwise tell them again).
+        for update in updates:
+            if (ref := self._watched.get(name, {}).get(update.uuid)) is not None:
+                ref.state.update(update.state)
         self._watch(name, list(rows.values()))
         publish_jobs(self.platform.bus, list(rows.values()))
 
@@ -458,6 +477,11 @@ class _Ready(JobRow):
 
 
 _READY_COLUMNS = (Job.name, Job.argv, Job.jdl, Job.reschedule_count)
+
+
+def _news_key(update: StatusUpdate) -> tuple[str, str, str, datetime]:
+    """What makes one piece of news: a job's status and minor status at a time."""
+    return (update.uuid, update.status.value, update.minor_status, update.timestamp)
 
 
 def _job_image(image: StoredImage | None) -> JobImage | None:

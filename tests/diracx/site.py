@@ -68,6 +68,8 @@ class Site:
     timeout: float = 60.0  # a job running longer is killed and Failed
     outage_tolerance: float = 60.0  # how long a call retries while DiracX is down or starting
     kill_poll: float = 0.3  # how often a running job's status is checked (killed or deleted?)
+    #: (i, n): this node runs the jobs whose JobID is i modulo n (n nodes share a grid).
+    shard: tuple[int, int] = (0, 1)
     runs: list[Run] = field(default_factory=list)
     _client: httpx.Client | None = field(default=None, repr=False)
 
@@ -175,7 +177,10 @@ class Site:
     def run_once(self) -> list[Run]:
         """Run every job now in Received, one after the other; what was done with each."""
         done: list[Run] = []
+        index, nodes = self.shard
         for job in self.received_jobs():
+            if int(job["JobID"]) % nodes != index:
+                continue
             run = self.run_job(int(job["JobID"]), str(job["Owner"]), str(job["OwnerGroup"]))
             self.runs.append(run)
             done.append(run)
