@@ -265,6 +265,11 @@ class Settings(BaseSettings):
         description="What a build produces besides the rootfs jobs run on here.",
     )
     image_build_timeout: float = Field(default=3600, gt=0, description="Seconds per build.")
+    images_shared_in_vo: bool = Field(
+        default=False,
+        description="Members of a VO see (read-only) the images its other members asked for; "
+        "off: each user sees only the images they asked for themselves.",
+    )
     image_podman_bases: dict[str, str] = Field(
         default_factory=dict,
         description="The podman builder's base image of each Debian suite (suite -> image "

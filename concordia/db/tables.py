@@ -132,6 +132,23 @@ class Image(Base):
     rootfs_size: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class ImageUser(Base):
+    """Who asked for an image (or submitted jobs that run in it), under which VO: an image
+    is content-addressed and shared by all who ask, but seen only by them (and, with
+    images_shared_in_vo, read-only by members of their VOs)."""
+
+    __tablename__ = "image_users"
+    image_id: Mapped[str] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    #: One of the user's VOs when they asked ("" if they had none).
+    vo: Mapped[str] = mapped_column(String(64), primary_key=True, default="")
+    asked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Submission(Base):
     __tablename__ = "submissions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

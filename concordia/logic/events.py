@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Event(BaseModel):
     kind: str  # "job" | "image"
+    #: The job's owner (a job event reaches its owner only).
     owner_id: int | None
     data: dict[str, Any]
+    #: Also reached: these users (an image's), and the members of these VOs (an image
+    #: shared in its users' VOs).
+    viewers: list[int] = Field(default_factory=list)
+    vos: list[str] = Field(default_factory=list)
+
+    def reaches(self, user_id: int, vos: Iterable[str]) -> bool:
+        if user_id == self.owner_id or user_id in self.viewers:
+            return True
+        return not set(self.vos).isdisjoint(vos)
 
 
 class EventBus:

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.auth.groups import Membership
@@ -68,10 +68,15 @@ async def create_token(
 
 
 async def user_for_token(session: AsyncSession, token: str) -> User | None:
+    """The user of an API token; an unknown or expired token gives None."""
     row = await session.execute(
         select(User)
         .join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.digest == digest(token), ApiToken.kind == "api")
+        .where(
+            ApiToken.digest == digest(token),
+            ApiToken.kind == "api",
+            or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()),
+        )
     )
     return row.scalar_one_or_none()
 

@@ -12,19 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.core.application import ApplicationDef, ParameterErrors, validate_build_args
 from concordia.core.recipe import Recipe, image_id
 from concordia.core.states import FINAL_STATES
-from concordia.db.tables import Image, Job, Submission, utcnow
+from concordia.db.tables import Image, ImageUser, Job, Submission, utcnow
 from concordia.images.build import PodmanSetup, choose_builder, run_build
 from concordia.images.builders import BuildError, BuildPlan, Source
 from concordia.images.store import FORMAT_FILES, ImageStore, StoredImage
 from concordia.logic.applications import ApplicationCatalog
-from concordia.logic.errors import Conflict, Invalid, NotFound
+from concordia.logic.errors import Conflict, Forbidden, Invalid, NotFound
 from concordia.logic.events import Event
+from concordia.logic.identity import Identity
 from concordia.logic.outputs import read_chunk
 from concordia.logic.platform import ImageBuilds, Platform
 from concordia.metrics import IMAGE_BUILD_SECONDS
@@ -54,7 +55,7 @@ class ImageView(BaseModel):
     created_at: datetime
     built_at: datetime | None
     error: str
-    #: Jobs of the submissions that ran (or will run) in this image.
+    #: The viewer's jobs that ran (or will run) in this image (others' are theirs to know).
     jobs: int
 
 
@@ -180,18 +181,33 @@ def check_build_args(app: ApplicationDef, raw: dict[str, Any]) -> dict[str, Any]
 
 # Select or build.
 async def select_or_build(
-    platform: Platform, application: str, raw_build_args: dict[str, Any], *, force: bool = False
+    platform: Platform,
+    user: Identity,
+    application: str,
+    raw_build_args: dict[str, Any],
+    *,
+    force: bool = False,
+    vo: str | None = None,
 ) -> ImageSelection:
     """The image of this configuration: selected at once if it exists, else exactly one build
-    starts (however many ask at the same time); ``force`` rebuilds a ready image."""
+    starts (however many ask at the same time); ``force`` rebuilds a ready image.
+
+    Whoever asks becomes one of the image's users, under ``vo`` (a submission's) or else each
+    of their VOs. An image's bytes follow from the public recipe and the build arguments
+    alone, so one that someone else asked for is selected for this user too rather than built
+    twice (that a configuration exists is no one's data); asking is what puts it in the
+    user's catalogue. Who else uses it, and their jobs, stay theirs."""
     app = platform.catalog.get(application)
     if app.image is None:
         raise Invalid("application", "this application runs without an image")
     plan = plan_image(platform, app, check_build_args(app, raw_build_args))
-    if not force:  # the usual case, an image that exists: no write, no lock
+    vos = [vo] if vo is not None else (user.vos or [""])
+    if not force:  # the usual case, an image that exists and is theirs: no write, no lock
         async with platform.reading() as session:
-            view = await _find(session, plan.image_id)
-        if view is not None and view.status == READY and platform.images.store.complete(view.id):
+            view = await _find(session, plan.image_id, user.user_id)
+            unclaimed = await _unclaimed(session, plan.image_id, user.user_id, vos)
+        complete = platform.images.store.complete(plan.image_id)
+        if view is not None and view.status == READY and complete and not unclaimed:
             return ImageSelection(selected=True, image=view)
     async with platform.writing() as session:  # one writer: the check and the claim are one
         row = await session.get(Image, plan.image_id)
@@ -211,8 +227,19 @@ async def select_or_build(
             selected = False
             await session.flush()
             _start(platform, plan)
-        _publish(platform, row)
-    return ImageSelection(selected=selected, image=await get_image(platform, plan.image_id))
+        await session.flush()  # the image row before its users'
+        for name in await _unclaimed(session, plan.image_id, user.user_id, vos):
+            session.add(ImageUser(image_id=plan.image_id, user_id=user.user_id, vo=name))
+        await session.flush()
+        _publish(platform, row, await _audience(session, platform, row.id))
+    return ImageSelection(selected=selected, image=await get_image(platform, user, plan.image_id))
+
+
+async def _unclaimed(session: AsyncSession, image: str, user_id: int, vos: list[str]) -> list[str]:
+    """Which of these VOs the user is not yet recorded as a user of the image under."""
+    query = select(ImageUser.vo).where(ImageUser.image_id == image, ImageUser.user_id == user_id)
+    have = set(await session.scalars(query))
+    return [vo for vo in vos if vo not in have]
 
 
 def _adopt(stored: StoredImage) -> Image:
@@ -293,7 +320,8 @@ async def _build(platform: Platform, plan: BuildPlan) -> None:
         else:
             row.status, row.builder, row.built_at = READY, builder.version, utcnow()
             row.formats, row.rootfs_size = stored.meta["formats"], stored.meta["rootfs_size"]
-    _publish(platform, row)
+        audience = await _audience(session, platform, row.id)
+    _publish(platform, row, audience)
     platform.wakeup.set()  # jobs waiting for this image may go
 
 
@@ -323,9 +351,25 @@ async def _fail(platform: Platform, image: str, error: str) -> None:
     platform.wakeup.set()
 
 
-def _publish(platform: Platform, row: Image) -> None:
+Audience = tuple[list[int], list[str]]
+
+
+async def _audience(session: AsyncSession, platform: Platform, image: str) -> Audience:
+    """Whom an image's changes reach: its users, and with images_shared_in_vo their VOs."""
+    rows = (
+        await session.execute(
+            select(ImageUser.user_id, ImageUser.vo).where(ImageUser.image_id == image)
+        )
+    ).all()
+    shared = platform.settings.images_shared_in_vo
+    return sorted({user for user, _ in rows}), sorted({vo for _, vo in rows if vo and shared})
+
+
+def _publish(platform: Platform, row: Image, audience: Audience) -> None:
     data = {"id": row.id, "application": row.application, "status": row.status}
-    platform.bus.publish(Event(kind="image", owner_id=None, data=data))
+    viewers, vos = audience
+    event = Event(kind="image", owner_id=None, data=data, viewers=viewers, vos=vos)
+    platform.bus.publish(event)
 
 
 # The catalogue.
@@ -336,17 +380,33 @@ def checked_id(image_id: str) -> str:
     return image_id
 
 
-#: Jobs of the submissions that used an image, beside each image row (one query).
-_JOBS = (
-    select(func.coalesce(func.sum(Submission.job_count), 0))
-    .where(Submission.image_id == Image.id)
-    .correlate(Image)
-    .scalar_subquery()
-)
+def _jobs_of(user_id: int) -> Any:
+    """The user's jobs that used an image, beside each image row (one query)."""
+    return (
+        select(func.coalesce(func.sum(Submission.job_count), 0))
+        .where(Submission.image_id == Image.id, Submission.owner_id == user_id)
+        .correlate(Image)
+        .scalar_subquery()
+    )
 
 
-async def list_images(platform: Platform, application: str | None = None) -> list[ImageView]:
-    query = select(Image, _JOBS).where(Image.status != DELETED).order_by(Image.created_at.desc())
+def _seen_by(platform: Platform, user: Identity) -> ColumnElement[bool]:
+    """An image the user may see: one they asked for, or with images_shared_in_vo one that a
+    member of one of their VOs asked for under it (read-only: see _require_user_of)."""
+    theirs: ColumnElement[bool] = ImageUser.user_id == user.user_id
+    if platform.settings.images_shared_in_vo and user.vos:
+        theirs = or_(theirs, ImageUser.vo.in_(user.vos))
+    return exists().where(ImageUser.image_id == Image.id, theirs)
+
+
+async def list_images(
+    platform: Platform, user: Identity, application: str | None = None
+) -> list[ImageView]:
+    query = (
+        select(Image, _jobs_of(user.user_id))
+        .where(Image.status != DELETED, _seen_by(platform, user))
+        .order_by(Image.created_at.desc())
+    )
     if application:
         query = query.where(Image.application == application)
     async with platform.reading() as session:
@@ -354,17 +414,45 @@ async def list_images(platform: Platform, application: str | None = None) -> lis
     return [_view(row, jobs) for row, jobs in rows]
 
 
-async def get_image(platform: Platform, image: str) -> ImageView:
+async def get_image(platform: Platform, user: Identity, image: str) -> ImageView:
+    """An image the user may see; any other is 'not found', as if it did not exist."""
     async with platform.reading() as session:
-        found = await _find(session, image)
+        found = await _find(session, image, user.user_id, _seen_by(platform, user))
     if found is None or found.status == DELETED:
         raise NotFound(f"no image {image}")
     return found
 
 
-async def _find(session: AsyncSession, image: str) -> ImageView | None:
-    found = (await session.execute(select(Image, _JOBS).where(Image.id == image))).first()
+async def _find(
+    session: AsyncSession, image: str, user_id: int, *where: ColumnElement[bool]
+) -> ImageView | None:
+    query = select(Image, _jobs_of(user_id)).where(Image.id == image, *where)
+    found = (await session.execute(query)).first()
     return None if found is None else _view(*found)
+
+
+async def may_change(platform: Platform, user: Identity, image: str) -> None:
+    """Raises unless the user may rebuild or delete the image (see _require_user_of)."""
+    async with platform.reading() as session:
+        await _require_user_of(session, platform, user, image)
+
+
+async def _require_user_of(
+    session: AsyncSession, platform: Platform, user: Identity, image: str
+) -> None:
+    """Only an image's own users change it; members of their VOs see it read-only (403), and
+    anyone else does not see it at all (404)."""
+    mine = exists().where(ImageUser.image_id == image, ImageUser.user_id == user.user_id)
+    if await session.scalar(select(mine)):
+        return
+    if platform.settings.images_shared_in_vo and user.vos:
+        shared = exists().where(ImageUser.image_id == image, ImageUser.vo.in_(user.vos))
+        if await session.scalar(select(shared)):
+            raise Forbidden(
+                "this image is shared with your VO read-only: only those who asked for it "
+                "may rebuild or delete it (asking for its configuration makes it yours too)"
+            )
+    raise NotFound(f"no image {image}")
 
 
 def _view(row: Image, jobs: int) -> ImageView:
@@ -372,51 +460,70 @@ def _view(row: Image, jobs: int) -> ImageView:
     return ImageView.model_validate({**fields, "jobs": jobs})
 
 
-async def delete_image(platform: Platform, image: str) -> None:
-    """Remove an image's files; refused while it builds or jobs that use it are not over."""
+async def delete_image(platform: Platform, user: Identity, image: str) -> None:
+    """The user stops using the image; its files go with its last user. Refused while it
+    builds or jobs that use it are not over (the user's own, while others still use it)."""
     async with platform.writing() as session:
         row = await session.get(Image, image)
         if row is None or row.status == DELETED:
             raise NotFound(f"no image {image}")
+        await _require_user_of(session, platform, user, image)
         if row.status == BUILDING:
             raise Conflict("the image is being built; delete it when the build has ended")
-        active = await session.scalar(
+        others = await session.scalar(
+            select(exists().where(ImageUser.image_id == image, ImageUser.user_id != user.user_id))
+        )
+        active_query = (
             select(func.count())
             .select_from(Job)
             .join(Submission, Job.submission_id == Submission.id)
             .where(Submission.image_id == image, Job.status.not_in([s.value for s in FINAL_STATES]))
         )
+        if others:  # their jobs are theirs to know, and the image stays for them
+            active_query = active_query.where(Submission.owner_id == user.user_id)
+        active = await session.scalar(active_query)
         if active:
             raise Conflict(f"{active} job(s) not yet finished use this image")
-        await asyncio.to_thread(platform.images.store.delete, image)
-        row.status, row.formats, row.rootfs_size = DELETED, {}, 0
-    _publish(platform, row)
+        audience = await _audience(session, platform, image)
+        await session.execute(
+            delete(ImageUser).where(ImageUser.image_id == image, ImageUser.user_id == user.user_id)
+        )
+        if not others:
+            await asyncio.to_thread(platform.images.store.delete, image)
+            row.status, row.formats, row.rootfs_size = DELETED, {}, 0
+    _publish(platform, row, audience)
 
 
-async def image_file(platform: Platform, image: str, fmt: str) -> tuple[Path, ImageView]:
+async def image_file(
+    platform: Platform, user: Identity, image: str, fmt: str
+) -> tuple[Path, ImageView]:
     """The file of one format of a ready image (for download), and the image."""
-    view = await get_image(platform, image)
+    view = await get_image(platform, user, image)
     if fmt not in view.formats:
         raise NotFound(f"image {image} has no {fmt} format")
     return platform.images.store.path(image) / FORMAT_FILES[fmt], view
 
 
 # Build logs.
-async def read_log(platform: Platform, image: str, offset: int = 0) -> tuple[str, int, str]:
+async def read_log(
+    platform: Platform, user: Identity, image: str, offset: int = 0
+) -> tuple[str, int, str]:
     """The build log from byte ``offset``: (text, next offset, the image's status)."""
     if offset < 0:
         raise Invalid("offset", "must be >= 0", location="query")
-    view = await get_image(platform, image)
+    view = await get_image(platform, user, image)
     path, limit = platform.images.store.log_path(image), platform.settings.max_log_chunk
     text, next_offset, _ = await asyncio.to_thread(read_chunk, path, offset, limit)
     return text, next_offset, view.status
 
 
-async def follow_log(platform: Platform, image: str, offset: int = 0) -> AsyncIterator[str]:
+async def follow_log(
+    platform: Platform, user: Identity, image: str, offset: int = 0
+) -> AsyncIterator[str]:
     """The build log as it grows, until the build ends (then the rest, and stop)."""
     async with platform.bus.subscribe() as events:
         while True:
-            text, offset, status = await read_log(platform, image, offset)
+            text, offset, status = await read_log(platform, user, image, offset)
             if text:
                 yield text
                 continue

@@ -223,7 +223,8 @@ async def _submit_batch(
         await ensure_proxy(platform, identity, proxy_needed(platform, app), vo or None)
     image = None
     if app.image is not None:  # the container: selected if it exists, else its build starts
-        image = (await select_or_build(platform, app.name, build_args)).image.id
+        selection = await select_or_build(platform, identity, app.name, build_args, vo=vo)
+        image = selection.image.id
     async with platform.writing() as session:
         app_row = await _application_row(session, app)
         submission = Submission(

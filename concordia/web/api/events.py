@@ -24,7 +24,7 @@ async def events(request: Request, platform: PlatformDep, user: CurrentUser) -> 
                     event = await asyncio.wait_for(queue.get(), timeout=15)
                 except TimeoutError:
                     continue
-                if event.owner_id in (None, user.user_id):  # None: for everyone (images)
+                if event.reaches(user.user_id, user.vos):
                     yield {"event": event.kind, "data": json.dumps(event.data)}
 
     return EventSourceResponse(stream(), ping=15)

@@ -35,9 +35,10 @@ async def list_builders(platform: PlatformDep, _user: CurrentUser) -> BuildersVi
 
 @router.get("/images")
 async def list_images(
-    platform: PlatformDep, _user: CurrentUser, application: str | None = None
+    platform: PlatformDep, user: CurrentUser, application: str | None = None
 ) -> list[ImageView]:
-    return await images.list_images(platform, application)
+    """The images the caller asked for (and, where shared, those of their VOs)."""
+    return await images.list_images(platform, user, application)
 
 
 @router.post(
@@ -48,34 +49,36 @@ async def list_images(
     },
 )
 async def select_or_build(
-    body: ImageRequest, response: Response, platform: PlatformDep, _user: CurrentUser
+    body: ImageRequest, response: Response, platform: PlatformDep, user: CurrentUser
 ) -> ImageSelection:
     selection = await images.select_or_build(
-        platform, body.application, body.build_args, force=body.force
+        platform, user, body.application, body.build_args, force=body.force
     )
     response.status_code = 200 if selection.selected else 202
     return selection
 
 
 @router.get("/images/{image_id}")
-async def get_image(image_id: str, platform: PlatformDep, _user: CurrentUser) -> ImageView:
-    return await images.get_image(platform, images.checked_id(image_id))
+async def get_image(image_id: str, platform: PlatformDep, user: CurrentUser) -> ImageView:
+    return await images.get_image(platform, user, images.checked_id(image_id))
 
 
 @router.delete("/images/{image_id}", status_code=204)
-async def delete_image(image_id: str, platform: PlatformDep, _user: CurrentUser) -> None:
-    await images.delete_image(platform, images.checked_id(image_id))
+async def delete_image(image_id: str, platform: PlatformDep, user: CurrentUser) -> None:
+    """The caller stops using the image; its files go with its last user."""
+    await images.delete_image(platform, user, images.checked_id(image_id))
 
 
 @router.get("/images/{image_id}/log", response_class=PlainTextResponse)
 async def build_log(
     image_id: str,
     platform: PlatformDep,
-    _user: CurrentUser,
+    user: CurrentUser,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> PlainTextResponse:
     """The build log from byte ``offset``; X-Log-Offset is where to continue from."""
-    text, next_offset, status = await images.read_log(platform, images.checked_id(image_id), offset)
+    checked = images.checked_id(image_id)
+    text, next_offset, status = await images.read_log(platform, user, checked, offset)
     headers = {"X-Log-Offset": str(next_offset), "X-Image-Status": status}
     return PlainTextResponse(text, headers=headers)
 
@@ -85,18 +88,18 @@ async def follow_build_log(
     image_id: str,
     request: Request,
     platform: PlatformDep,
-    _user: CurrentUser,
+    user: CurrentUser,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> EventSourceResponse:
     """Server-Sent Events: "log" (new text) until the build ends, then "end" (its status)."""
-    await images.get_image(platform, images.checked_id(image_id))
+    await images.get_image(platform, user, images.checked_id(image_id))
 
     async def stream() -> AsyncIterator[dict[str, str]]:
-        async for text in images.follow_log(platform, image_id, offset):
+        async for text in images.follow_log(platform, user, image_id, offset):
             if await request.is_disconnected():
                 return
             yield {"event": "log", "data": json.dumps({"text": text})}
-        view = await images.get_image(platform, image_id)
+        view = await images.get_image(platform, user, image_id)
         yield {"event": "end", "data": json.dumps({"status": view.status, "error": view.error})}
 
     return EventSourceResponse(stream(), ping=15)
@@ -104,8 +107,8 @@ async def follow_build_log(
 
 @router.get("/images/{image_id}/download/{fmt}")
 async def download(
-    image_id: str, fmt: Literal["squashfs", "oci"], platform: PlatformDep, _user: CurrentUser
+    image_id: str, fmt: Literal["squashfs", "oci"], platform: PlatformDep, user: CurrentUser
 ) -> FileResponse:
-    path, view = await images.image_file(platform, images.checked_id(image_id), fmt)
+    path, view = await images.image_file(platform, user, images.checked_id(image_id), fmt)
     name = f"{view.application}-{image_id[:12]}.{_SUFFIX[fmt]}"
     return FileResponse(path, media_type=_MEDIA[fmt], filename=name)

@@ -12,7 +12,7 @@ from concordia.core.application import ApplicationDef, FloatParam, ParameterDef
 from concordia.logic import images, submissions
 from concordia.logic.accounts import vo_refusal
 from concordia.logic.errors import DomainError, Invalid, NotFound
-from concordia.logic.images import READY
+from concordia.logic.identity import Identity
 from concordia.logic.submissions import SubmissionPreview, SubmissionRequest
 from concordia.web.deps import PlatformDep
 from concordia.web.pages.common import PageUser, read_form, render
@@ -90,7 +90,7 @@ def _form_context(app: ApplicationDef, values: dict[str, str]) -> dict[str, Any]
 
 
 async def _image_context(
-    platform: PlatformDep, app: ApplicationDef, values: dict[str, str]
+    platform: PlatformDep, user: Identity, app: ApplicationDef, values: dict[str, str]
 ) -> dict[str, Any]:
     """The container image of the configuration in the form, as it is now (nothing is built)."""
     context: dict[str, Any] = {"has_image": app.image is not None, "image": None}
@@ -100,11 +100,12 @@ async def _image_context(
         state = await images.image_state(platform, app.name, _request_of(app, values).build_args)
     except Invalid:  # the inputs' own messages say what is wrong
         return context
-    # A ready image found in a shared store has no page until it is first selected.
+    # An image has a page for those who asked for it (or see it shared with their VO): one
+    # found in a shared store, or asked for by others only, is selected when submitted.
     listed = state.status is not None
-    if state.status == READY and state.id:
+    if listed and state.id:
         try:
-            await images.get_image(platform, state.id)
+            await images.get_image(platform, user, state.id)
         except NotFound:
             listed = False
     return context | {"image": state, "image_listed": listed}
@@ -115,12 +116,12 @@ BACKEND_TITLES = {"local": "This machine", "diracx": "The grid (DIRAC)"}
 
 
 async def _form(
-    platform: PlatformDep, app: ApplicationDef, values: dict[str, str]
+    platform: PlatformDep, user: Identity, app: ApplicationDef, values: dict[str, str]
 ) -> dict[str, Any]:
     backends = [(name, BACKEND_TITLES.get(name, name)) for name in platform.backends]
     return (
         _form_context(app, values)
-        | await _image_context(platform, app, values)
+        | await _image_context(platform, user, app, values)
         | {"backends": backends, "default_backend": platform.settings.default_backend}
     )
 
@@ -149,7 +150,9 @@ async def application_form(
     request: Request, name: str, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     app = platform.catalog.get(name)
-    return render(request, "concordia_app.html", **await _form(platform, app, _defaults(app)))
+    return render(
+        request, "concordia_app.html", **await _form(platform, user, app, _defaults(app))
+    )
 
 
 @router.post("/concordia/{name}/check", response_class=HTMLResponse)
@@ -159,7 +162,7 @@ async def check_form(
     """The form's messages and preview for the values so far; stores nothing."""
     app = platform.catalog.get(name)
     values = _values(await read_form(request, csrf=False))
-    return render(request, "concordia_form.html", **await _form(platform, app, values))
+    return render(request, "concordia_form.html", **await _form(platform, user, app, values))
 
 
 @router.post("/concordia/{name}", response_class=HTMLResponse)
@@ -171,10 +174,10 @@ async def submit_form(
     try:
         view = await submissions.submit_batch(platform, user, _request_of(app, values))
     except Invalid:
-        context = await _form(platform, app, values)
+        context = await _form(platform, user, app, values)
         return render(request, "concordia_app.html", status_code=422, submitted=True, **context)
     except DomainError as exc:  # not a member, no proxy, or its image cannot be built here
-        context = await _form(platform, app, values)
+        context = await _form(platform, user, app, values)
         return render(
             request,
             "concordia_app.html",

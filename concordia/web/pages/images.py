@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from concordia.logic import images
 from concordia.logic.errors import Conflict, Invalid, NotFound
+from concordia.logic.identity import Identity
 from concordia.logic.images import ImageView
 from concordia.web.deps import PlatformDep
 from concordia.web.pages.common import PageUser, read_form, render
@@ -25,14 +26,16 @@ def _application(request: Request) -> str | None:
     return request.query_params.get("application", "").strip() or None
 
 
-async def _catalogue(platform: PlatformDep, application: str | None) -> dict[str, Any]:
-    found = await images.list_images(platform, application)
+async def _catalogue(
+    platform: PlatformDep, user: Identity, application: str | None
+) -> dict[str, Any]:
+    found = await images.list_images(platform, user, application)
     return {"images": found, "application": application, "short": SHORT, "names": FORMAT_NAMES}
 
 
 @router.get("/images", response_class=HTMLResponse)
 async def images_page(request: Request, platform: PlatformDep, user: PageUser) -> HTMLResponse:
-    context = await _catalogue(platform, _application(request))
+    context = await _catalogue(platform, user, _application(request))
     # Applications of images no longer in the catalogue stay filterable.
     known = {*platform.catalog.apps, *(i.application for i in context["images"])}
     if context["application"]:
@@ -50,20 +53,21 @@ async def images_page(request: Request, platform: PlatformDep, user: PageUser) -
 @router.get("/images/table", response_class=HTMLResponse)
 async def images_table(request: Request, platform: PlatformDep, user: PageUser) -> HTMLResponse:
     """The table alone, fetched again when an image changes."""
-    context = await _catalogue(platform, _application(request))
+    context = await _catalogue(platform, user, _application(request))
     return render(request, "images_table.html", **context)
 
 
 async def _detail(
     request: Request,
     platform: PlatformDep,
+    user: Identity,
     image_id: str,
     *,
     status_code: int = 200,
     problem: str | None = None,
 ) -> HTMLResponse:
-    view = await images.get_image(platform, images.checked_id(image_id))
-    log, offset, _ = await images.read_log(platform, view.id, 0)
+    view = await images.get_image(platform, user, images.checked_id(image_id))
+    log, offset, _ = await images.read_log(platform, user, view.id, 0)
     return render(
         request,
         "image.html",
@@ -85,7 +89,7 @@ def _parts_context(platform: PlatformDep, view: ImageView) -> dict[str, Any]:
 async def image_page(
     image_id: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
-    return await _detail(request, platform, image_id)
+    return await _detail(request, platform, user, image_id)
 
 
 @router.get("/images/{image_id}/parts", response_class=HTMLResponse)
@@ -93,7 +97,7 @@ async def image_parts(
     image_id: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     """Facts, formats and actions again, swapped in when the build ends (htmx out-of-band)."""
-    view = await images.get_image(platform, images.checked_id(image_id))
+    view = await images.get_image(platform, user, images.checked_id(image_id))
     return render(request, "image_parts.html", oob=True, **_parts_context(platform, view))
 
 
@@ -102,14 +106,15 @@ async def rebuild_image(
     image_id: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> Response:
     await read_form(request)
-    view = await images.get_image(platform, images.checked_id(image_id))
+    view = await images.get_image(platform, user, images.checked_id(image_id))
+    await images.may_change(platform, user, view.id)  # seen shared with a VO: read-only
     try:
         selection = await images.select_or_build(
-            platform, view.application, view.build_args, force=True
+            platform, user, view.application, view.build_args, force=True
         )
     except (Conflict, Invalid, NotFound) as exc:  # the application changed or cannot build
         return await _detail(
-            request, platform, image_id, status_code=exc.status_code, problem=exc.message
+            request, platform, user, image_id, status_code=exc.status_code, problem=exc.message
         )
     new = selection.image.id
     if new == image_id:
@@ -128,11 +133,11 @@ async def delete_image(
     image_id: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> Response:
     await read_form(request)
-    view = await images.get_image(platform, images.checked_id(image_id))
+    view = await images.get_image(platform, user, images.checked_id(image_id))
     try:
-        await images.delete_image(platform, view.id)
+        await images.delete_image(platform, user, view.id)
     except Conflict as exc:
         problem = f"The image was not deleted: {exc.message}."
-        return await _detail(request, platform, image_id, status_code=409, problem=problem)
+        return await _detail(request, platform, user, image_id, status_code=409, problem=problem)
     request.session[FLASH] = f"Deleted image {view.id[:SHORT]} of {view.application}."
     return RedirectResponse("/images", status_code=303)
