@@ -150,9 +150,7 @@ async def application_form(
     request: Request, name: str, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     app = platform.catalog.get(name)
-    return render(
-        request, "concordia_app.html", **await _form(platform, user, app, _defaults(app))
-    )
+    return render(request, "concordia_app.html", **await _form(platform, user, app, _defaults(app)))
 
 
 @router.post("/concordia/{name}/check", response_class=HTMLResponse)
