@@ -123,7 +123,7 @@ class Image(Base):
     application: Mapped[str] = mapped_column(String(64), index=True)
     build_args: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="building")
-    builder: Mapped[str] = mapped_column(String(64), default="")
+    builder: Mapped[str] = mapped_column(Text, default="")
     formats: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: Why the last build failed (its log has the details); empty otherwise.
