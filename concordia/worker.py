@@ -26,7 +26,7 @@ from concordia.core.application import ApplicationDef
 from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
 from concordia.db.tables import Application, Image, Job, Submission, User
 from concordia.images.store import StoredImage
-from concordia.logic.images import BUILDING, FAILED
+from concordia.logic.images import BUILDING, FAILED, start_builds
 from concordia.logic.jobs import (
     ROW_COLUMNS,
     JobRow,
@@ -117,11 +117,32 @@ class Reconciler:
 
     async def step(self, *, resync: bool = True) -> None:
         self.platform.wakeup.clear()
+        if self.platform.shared:  # web processes leave image builds to this one
+            await start_builds(self.platform)
         for name, backend in self.platform.backends.items():
             if resync:
                 await self._load_watched(name)
+            if self.platform.shared and not backend.survives_restart:
+                await self._stop_ended_elsewhere(name, backend)
             await self.dispatch(name, backend)
             await self.apply_updates(name, backend)
+
+    async def _stop_ended_elsewhere(self, name: str, backend: Backend) -> None:
+        """Jobs of a backend that runs them in this process, killed or deleted by a user in a
+        web process (which recorded it and could not stop them): stopped here."""
+        watched = self._watched.get(name)
+        if not watched:
+            return
+        ended = (JobStatus.KILLED.value, JobStatus.DELETED.value)
+        async with self.platform.reading() as session:
+            rows = await session.execute(
+                select(Job.uuid, Job.status).where(Job.uuid.in_(watched), Job.status.in_(ended))
+            )
+            found = rows.all()
+        for status, call in ((JobStatus.KILLED, backend.kill), (JobStatus.DELETED, backend.delete)):
+            refs = [watched.pop(uuid) for uuid, now in found if now == status.value]
+            if refs:
+                await call(refs)
 
     async def _load_watched(self, name: str) -> None:
         added: set[str] = set()

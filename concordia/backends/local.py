@@ -92,10 +92,9 @@ class LocalBackend:
         self._runners: list[asyncio.Task[None]] = []
         self._cgroups: list[SlotCgroup] = []
 
-    async def start(self) -> None:
-        """Decide on isolation and the runtime of jobs in images (probe runs), start the slots."""
-        if self._runners:
-            return
+    async def probe(self) -> None:
+        """Decide on isolation and the runtime of jobs in images (probe runs): what a web
+        process shows of the backend whose jobs the worker runs."""
         self.settings.make_data_dir()  # also opens one made 0700 by an older version
         jobs_dir = self.settings.jobs_dir
         jobs_dir.mkdir(exist_ok=True)
@@ -103,6 +102,12 @@ class LocalBackend:
         problem = await asyncio.to_thread(sandbox.isolation_problem, mode, jobs_dir)
         choice = await asyncio.to_thread(self._choose_runtime, problem)
         self._decided(problem, choice)
+
+    async def start(self) -> None:
+        """Probe, then start the slots."""
+        if self._runners:
+            return
+        await self.probe()
         slots, memory_mb = self.settings.local_slots, self.settings.local_memory_mb
         self._cgroups = await asyncio.to_thread(
             lambda: [SlotCgroup(memory_mb) for _ in range(slots)]

@@ -8,6 +8,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -28,3 +31,13 @@ def upgrade(database_url: str) -> None:
 def schema_heads() -> frozenset[str]:
     """The revisions a database at the latest schema is at (read from the migration files)."""
     return frozenset(ScriptDirectory.from_config(alembic_config("")).get_heads())
+
+
+async def schema_behind(engine: AsyncEngine) -> bool:
+    """Whether the database is not (yet) at the newest schema."""
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.scalars(text("SELECT version_num FROM alembic_version"))
+            return frozenset(rows) != schema_heads()
+    except DBAPIError:  # no version table yet (or no database answering)
+        return True

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.auth.groups import Membership
 from concordia.db.tables import ApiToken, User, utcnow
+from concordia.settings import Settings
 
 LOGIN_TOKEN_LIFETIME = timedelta(hours=12)
 
@@ -121,3 +122,12 @@ async def local_api_token(session: AsyncSession, user: User, token_file: Path) -
     token = await create_token(session, user, name="local CLI")
     write_secret_file(token_file, token + "\n")
     return token
+
+
+async def local_sign_in(session: AsyncSession, settings: Settings) -> str:
+    """Local mode at start: the machine's user, their API token in the data dir, and a
+    one-time sign-in link for the browser."""
+    user = await ensure_user(session, settings.local_user)
+    await local_api_token(session, user, settings.api_token_file)
+    token = await create_token(session, user, kind="login", name="start-up")
+    return f"{settings.public_url}/login?token={token}"

@@ -226,7 +226,8 @@ async def select_or_build(
             row.builder = platform.images.choice.summary
             selected = False
             await session.flush()
-            _start(platform, plan)
+            if platform.runs_work:  # else the worker starts it (start_builds), told by NOTIFY
+                _start(platform, plan)
         await session.flush()  # the image row before its users'
         for name in await _unclaimed(session, plan.image_id, user.user_id, vos):
             session.add(ImageUser(image_id=plan.image_id, user_id=user.user_id, vo=name))
@@ -325,12 +326,15 @@ async def _build(platform: Platform, plan: BuildPlan) -> None:
     platform.wakeup.set()  # jobs waiting for this image may go
 
 
-async def recover_builds(platform: Platform) -> None:
-    """After a restart: builds that were running start again (their half-made workspace was
-    discarded); those whose application changed since fail, as do their jobs."""
+async def start_builds(platform: Platform) -> None:
+    """The builds asked for and not running here: after a restart, those that were running
+    (their half-made workspace was discarded; those whose application changed since fail, as
+    do their jobs); in the worker, those a web process asked for."""
     async with platform.reading() as session:
         rows = list(await session.scalars(select(Image).where(Image.status == BUILDING)))
     for row in rows:
+        if row.id in platform.images.tasks:
+            continue
         try:
             app = platform.catalog.get(row.application)
             plan = plan_image(platform, app, dict(row.build_args))
@@ -363,6 +367,11 @@ async def _audience(session: AsyncSession, platform: Platform, image: str) -> Au
     ).all()
     shared = platform.settings.images_shared_in_vo
     return sorted({user for user, _ in rows}), sorted({vo for _, vo in rows if vo and shared})
+
+
+async def announce_image(platform: Platform, session: AsyncSession, row: Image) -> None:
+    """Tell the image's audience of its state (a web process, of a build in the worker)."""
+    _publish(platform, row, await _audience(session, platform, row.id))
 
 
 def _publish(platform: Platform, row: Image, audience: Audience) -> None:

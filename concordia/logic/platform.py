@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from concordia.auth.oidc import Iam
 from concordia.auth.vault import Vault
 from concordia.backends.base import Backend
+from concordia.db.changes import notifies, notify
 from concordia.db.engine import WRITES
 from concordia.db.tables import JobStatusHistory
 from concordia.images.build import BuilderChoice
@@ -56,6 +57,14 @@ class Platform:
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: Set to make the reconciler look for work now rather than at its next tick.
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Whether this process runs the background work (reconciler, local jobs, image builds);
+    #: a web process of `concordia serve --workers N` leaves it to `concordia worker`.
+    runs_work: bool = True
+    #: Other processes share the database: each writing transaction tells them (NOTIFY).
+    shared: bool = False
+    #: Set when this process must stop: a worker whose lease was lost (another may run the
+    #: work now).
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     #: Per user: one IAM token refresh at a time, one proxy creation at a time.
     token_locks: defaultdict[int, asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock)
@@ -80,3 +89,5 @@ class Platform:
             if history:
                 await session.flush()
                 await session.execute(insert(JobStatusHistory), history)
+            if self.shared and notifies(self.settings.database_url):
+                await notify(session)

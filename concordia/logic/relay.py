@@ -1,0 +1,86 @@
+"""A web process of `concordia serve --workers N`: the changes other processes made (job
+states, image builds) read from the database and told to this process's subscribers (SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from sqlalchemy import func, or_, select
+
+from concordia.db.tables import Image, Job, JobStatusHistory
+from concordia.logic.images import BUILDING, announce_image
+from concordia.logic.jobs import ROW_COLUMNS, JobRow, publish_jobs
+from concordia.logic.platform import Platform
+
+log = logging.getLogger(__name__)
+
+#: How long a missing history id is looked for again: PostgreSQL hands out ids when rows
+#: are written, so a transaction that commits late shows a lower id after higher ones.
+GAP_SECONDS = 30.0
+
+
+class Relay:
+    """Woken (``wake``) when the database may have changed: tails the status history (every
+    change of a job adds a row) and watches the images being built."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.wake = asyncio.Event()
+        self._last: int | None = None
+        self._gaps: dict[int, float] = {}  # ids not seen yet: since when
+        self._images: dict[str, str] = {}  # building when last seen: id -> status
+
+    async def start(self) -> None:
+        """From the changes after now (before this process serves anyone: none is missed)."""
+        async with self.platform.reading() as session:
+            self._last = await session.scalar(select(func.max(JobStatusHistory.id))) or 0
+            building = await session.scalars(select(Image.id).where(Image.status == BUILDING))
+            self._images = dict.fromkeys(building, BUILDING)
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            try:
+                await self.step()
+            except Exception:  # the next change tries again
+                log.exception("relaying changes failed")
+
+    async def step(self) -> None:
+        assert self._last is not None, "Relay.start() first"
+        async with self.platform.reading() as session:
+            seen = or_(JobStatusHistory.id > self._last, JobStatusHistory.id.in_(self._gaps))
+            rows = (
+                await session.execute(
+                    select(JobStatusHistory.id, *ROW_COLUMNS)
+                    .join(Job, Job.id == JobStatusHistory.job_id)
+                    .where(seen)
+                    .order_by(JobStatusHistory.id)
+                )
+            ).all()
+            images = (
+                await session.scalars(
+                    select(Image).where(or_(Image.status == BUILDING, Image.id.in_(self._images)))
+                )
+            ).all()
+            changed_images = [i for i in images if self._images.get(i.id, BUILDING) != i.status]
+            for image in changed_images:
+                await announce_image(self.platform, session, image)
+        self._images = {i.id: i.status for i in images if i.status == BUILDING}
+        self._note(sorted(row[0] for row in rows))
+        jobs = {row[1]: JobRow(*row[1:]) for row in rows}  # each job once, as it is now
+        publish_jobs(self.platform.bus, list(jobs.values()))
+
+    def _note(self, ids: list[int]) -> None:
+        """Advance past what was read; remember the ids skipped (they may commit later)."""
+        now = time.monotonic()
+        for history_id in ids:
+            self._gaps.pop(history_id, None)
+        assert self._last is not None
+        for history_id in ids:
+            if history_id > self._last:
+                self._gaps.update(dict.fromkeys(range(self._last + 1, history_id), now))
+                self._last = history_id
+        self._gaps = {i: t for i, t in self._gaps.items() if now - t < GAP_SECONDS}

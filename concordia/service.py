@@ -1,0 +1,137 @@
+"""The platform running in one kind of process: all of it (`concordia serve`), a web process
+of several (`concordia serve --workers N`), or the background work (`concordia worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Literal
+
+from concordia.auth.oidc import Iam
+from concordia.auth.vault import open_vault
+from concordia.backends.base import Backend
+from concordia.backends.diracx import DiracXBackend
+from concordia.backends.local import LocalBackend
+from concordia.db.changes import ChangeFeed
+from concordia.db.engine import make_engine, make_sessionmaker
+from concordia.db.lease import worker_lease
+from concordia.db.migrate import schema_behind, upgrade
+from concordia.images.builders import stop_running_builds
+from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.diracx_accounts import per_user, user_tokens
+from concordia.logic.identity import local_sign_in
+from concordia.logic.images import open_image_builds, start_builds
+from concordia.logic.platform import Platform
+from concordia.logic.relay import Relay
+from concordia.settings import Settings
+from concordia.worker import Reconciler, cancel
+
+log = logging.getLogger(__name__)
+
+#: all: one process does everything (the embedded default); web: pages and API only, beside
+#: a worker; worker: the reconciler, local jobs and image builds, no HTTP.
+Role = Literal["all", "web", "worker"]
+
+
+@asynccontextmanager
+async def running_platform(
+    settings: Settings, role: Role, *, on_standby: Callable[[], None] | None = None
+) -> AsyncIterator[Platform]:
+    """The platform, up for the body. A worker waits as a standby while another process
+    runs the background work (``on_standby`` is told); `serve` refuses to start beside one
+    (LeaseHeld). A worker whose lease is lost stops (LeaseLost: its jobs are the next
+    holder's now)."""
+    engine = make_engine(settings.database_url)
+    tasks: list[asyncio.Task[None]] = []
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(engine.dispose)
+        works = role != "web"
+        lost = asyncio.Event()
+        if works:  # one process at a time runs jobs and builds (and migrates)
+            waiting = on_standby if role == "worker" else None
+            lost = await stack.enter_async_context(worker_lease(engine, settings.data_dir, waiting))
+            await asyncio.to_thread(upgrade, settings.database_url)
+        local = LocalBackend(settings)
+        await (local.start() if works else local.probe())
+        stack.push_async_callback(local.close)
+        backends: dict[str, Backend] = {"local": local}
+        if settings.diracx_url:
+            grid = DiracXBackend(settings)
+            stack.push_async_callback(grid.close)
+            backends["diracx"] = grid
+        platform = Platform(
+            settings=settings,
+            sessions=make_sessionmaker(engine),
+            catalog=ApplicationCatalog(settings.applications_dir).load(),
+            backends=backends,
+            images=await asyncio.to_thread(open_image_builds, settings),
+            vault=open_vault(settings.encryption_keys, settings.encryption_key_file),
+            iam=Iam(settings) if settings.iam_mode else None,
+            runs_work=works,
+            shared=role != "all",
+        )
+        if role == "worker":
+            platform.stopping = lost
+        if platform.iam is not None:
+            stack.push_async_callback(platform.iam.close)
+        if per_user(platform):  # jobs go to DiracX with their owners' own tokens
+            user_tokens(platform)
+        if works:
+            await start_builds(platform)  # those a restart interrupted
+            stack.push_async_callback(_stop_builds, platform)
+            tasks.append(asyncio.create_task(Reconciler(platform).run(), name="reconciler"))
+        if role == "web":  # the worker's changes reach this process's live pages
+            relay = Relay(platform)
+            await relay.start()
+            tasks.append(asyncio.create_task(relay.run(), name="relay"))
+            feed = ChangeFeed(engine, relay.wake.set)
+        else:
+            feed = ChangeFeed(engine, platform.wakeup.set)
+        if role != "all":
+            feed.start()
+            stack.push_async_callback(feed.close)
+        try:
+            yield platform
+        finally:
+            for task in tasks:
+                await cancel(task)
+
+
+async def _stop_builds(platform: Platform) -> None:
+    for build in list(platform.images.tasks.values()):  # left "building": resumed later
+        await cancel(build)
+    stop_running_builds()
+
+
+class LeaseLost(RuntimeError):
+    """A worker whose lease was lost stops: the next holder runs the work."""
+
+
+async def run_worker(settings: Settings, on_standby: Callable[[], None]) -> None:
+    """`concordia worker`: until cancelled, or until its lease is lost (LeaseLost)."""
+    async with running_platform(settings, "worker", on_standby=on_standby) as platform:
+        log.info("worker running: %s", ", ".join(platform.backends))
+        await platform.stopping.wait()
+    raise LeaseLost("the worker lease was lost (another worker may hold it): stopping")
+
+
+async def prepare_web_processes(settings: Settings, on_wait: Callable[[], None]) -> str:
+    """Before `serve --workers N` starts its processes: the database at the newest schema
+    (made by `concordia db upgrade` or a worker starting; waited for, ``on_wait`` told), and
+    in local mode the machine's user's sign-in link, made once. The login URL."""
+    engine = make_engine(settings.database_url)
+    try:
+        told = False
+        while await schema_behind(engine):
+            if not told:
+                on_wait()
+                told = True
+            await asyncio.sleep(1)
+        if settings.iam_mode:
+            return f"{settings.public_url}/login"
+        async with make_sessionmaker(engine)() as session, session.begin():
+            return await local_sign_in(session, settings)
+    finally:
+        await engine.dispose()

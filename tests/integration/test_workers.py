@@ -1,0 +1,206 @@
+"""Web processes and the worker apart: `concordia serve --workers 2` beside `concordia worker`,
+on one database (SQLite here; PostgreSQL in the suite's second pass), as an operator runs
+them: jobs run, pages hear of them live, kills reach the worker; a standby worker takes over
+one that dies; the work never runs in two processes at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+
+
+@dataclass
+class Worker:
+    """`concordia worker` as a real process."""
+
+    env: dict[str, str]
+    cwd: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "concordia", "worker"],
+                env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            assert self.process is not None and self.process.poll() is None, self.output()
+            assert time.monotonic() < deadline, f"no {text!r} in: {self.output()}"
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+
+@dataclass
+class Split:
+    web: LiveServer
+    workers: list[Worker] = field(default_factory=list)
+
+    def worker(self) -> Worker:
+        n = len(self.workers)
+        worker = Worker(
+            self.web.env, self.web.data_dir.parent, self.web.data_dir.parent / f"w{n}.log"
+        )
+        self.workers.append(worker)
+        worker.start()
+        return worker
+
+    def client(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.web.token}"}
+        return httpx.Client(base_url=self.web.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def split(live_server: LiveServer) -> Iterator[Split]:
+    """The fixture's server stopped: its data dir and database serve the split processes."""
+    live_server.kill(signal.SIGTERM)
+    web = LiveServer(live_server.data_dir, live_server.port, live_server.env)
+    web.args = ("serve", "--workers", "2")
+    setup = Split(web)
+    try:
+        yield setup
+    finally:
+        if web.process is not None and web.process.poll() is None:
+            web.kill(signal.SIGTERM)
+        for worker in setup.workers:
+            worker.stop()
+
+
+def submit(client: httpx.Client, jobs: int, sleep: float = 0.0) -> list[int]:
+    parameters = {"jobs": jobs, "message": "split", "sleep": sleep}
+    answer = client.post(
+        "/api/v1/submissions", json={"application": "hello", "parameters": parameters}
+    )
+    assert answer.status_code == 201, answer.text
+    return list(answer.json()["job_ids"])
+
+
+def statuses(client: httpx.Client, ids: list[int]) -> dict[int, str]:
+    return {i: client.get(f"/api/v1/jobs/{i}").json()["status"] for i in ids}
+
+
+def wait_final(client: httpx.Client, ids: list[int], timeout: float = 120) -> dict[int, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        now = statuses(client, ids)
+        if all(s in {"Done", "Failed", "Killed"} for s in now.values()):
+            return now
+        assert time.monotonic() < deadline, f"not final: {now}"
+        time.sleep(0.3)
+
+
+def sandboxes_of(uuid: str) -> int:
+    """Processes whose command line names the job's directory (its bwrap sandbox)."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        try:
+            count += uuid.encode() in Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
+            continue
+    return count
+
+
+def until(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+class Events(threading.Thread):
+    """The live event stream of a web process, read on a thread while the test goes on."""
+
+    def __init__(self, split: Split) -> None:
+        super().__init__(daemon=True)
+        self.split, self.seen, self.ready = split, list[dict[str, Any]](), threading.Event()
+
+    def run(self) -> None:
+        with self.split.client() as client, client.stream("GET", "/api/v1/events") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: ready"):
+                    self.ready.set()
+                elif line.startswith("data: ") and line != "data: {}":
+                    self.seen.append(json.loads(line[6:]))
+
+
+def test_web_processes_and_a_worker_run_jobs_live_and_kill_them(split: Split) -> None:
+    split.worker().wait_for("worker running")
+    split.web.start()
+    events = Events(split)
+    events.start()
+    assert events.ready.wait(30)
+    with split.client() as client:
+        quick = submit(client, 4)
+        [slow] = submit(client, 1, sleep=60)
+        assert set(wait_final(client, quick).values()) == {"Done"}
+        # Done was recorded by the worker; the web process serving the stream heard of it.
+        deadline = time.monotonic() + 15
+        while {e["id"] for e in events.seen if e["status"] == "Done"} < set(quick):
+            assert time.monotonic() < deadline, events.seen
+            time.sleep(0.2)
+        while statuses(client, [slow])[slow] != "Running":
+            time.sleep(0.2)
+        uuid = client.get(f"/api/v1/jobs/{slow}").json()["uuid"]
+        until(lambda: sandboxes_of(uuid) > 0, "the long job runs in its sandbox")
+        # Killed in a web process; the worker, which runs the job, stops it.
+        assert client.post(f"/api/v1/jobs/{slow}/kill").json()["status"] == "Killed"
+        until(lambda: sandboxes_of(uuid) == 0, "the killed job still runs")
+        assert statuses(client, [slow])[slow] == "Killed"
+
+
+def test_a_standby_worker_takes_over_from_one_that_dies(split: Split) -> None:
+    first = split.worker()
+    first.wait_for("worker running")
+    second = split.worker()
+    second.wait_for("waiting as a standby")
+    split.web.start()
+    with split.client() as client:
+        ids = submit(client, 6, sleep=1)
+        deadline = time.monotonic() + 60
+        while "Running" not in statuses(client, ids).values():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        first.stop(signal.SIGKILL)  # mid-batch
+        second.wait_for("worker running")
+        final = wait_final(client, ids)
+        # The jobs the first worker was running were found stalled and run again.
+        assert set(final.values()) == {"Done"}, final
+        assert client.get("/api/v1/jobs").json()["total"] == 6  # each job once
+        for job_id in ids:
+            history = [h["status"] for h in client.get(f"/api/v1/jobs/{job_id}").json()["history"]]
+            assert history.count("Done") == 1, history
+
+
+def test_serve_does_not_start_beside_a_worker(split: Split) -> None:
+    split.worker().wait_for("worker running")
+    alone = subprocess.run(
+        [sys.executable, "-m", "concordia", "serve"],
+        env=split.web.env, cwd=split.web.data_dir.parent, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert alone.returncode != 0
+    assert "start `concordia serve --workers N` beside it" in alone.stdout + alone.stderr
