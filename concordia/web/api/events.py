@@ -9,12 +9,18 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 
+from concordia.web.api.media import RAW, event_stream
 from concordia.web.deps import CurrentUser, PlatformDep
+from concordia.web.errors import AUTHENTICATED
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], responses=AUTHENTICATED)
 
 
-@router.get("/events")
+@router.get(
+    "/events",
+    response_class=RAW,
+    responses=event_stream('Job and image changes, after one "ready"', "ready", "job", "image"),
+)
 async def events(request: Request, platform: PlatformDep, user: CurrentUser) -> EventSourceResponse:
     async def stream() -> AsyncIterator[dict[str, str]]:
         async with platform.bus.subscribe() as queue:

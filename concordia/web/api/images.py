@@ -13,9 +13,11 @@ from sse_starlette.sse import EventSourceResponse
 
 from concordia.logic import images
 from concordia.logic.images import BuildersView, ImageSelection, ImageView
+from concordia.web.api.media import RAW, event_stream, raw
 from concordia.web.deps import CurrentUser, PlatformDep
+from concordia.web.errors import AUTHENTICATED, BODY, CHANGES, documented
 
-router = APIRouter(tags=["images"])
+router = APIRouter(tags=["images"], responses=AUTHENTICATED)
 _MEDIA = {"squashfs": "application/vnd.squashfs", "oci": "application/x-tar"}
 _SUFFIX = {"squashfs": "sqsh", "oci": "oci.tar"}
 
@@ -46,6 +48,9 @@ async def list_images(
     responses={
         200: {"description": "The image exists: selected"},
         202: {"description": "Building"},
+        **CHANGES,
+        **documented(404, 409),
+        **BODY,
     },
 )
 async def select_or_build(
@@ -58,18 +63,27 @@ async def select_or_build(
     return selection
 
 
-@router.get("/images/{image_id}")
+@router.get("/images/{image_id}", responses=documented(404))
 async def get_image(image_id: str, platform: PlatformDep, user: CurrentUser) -> ImageView:
     return await images.get_image(platform, user, images.checked_id(image_id))
 
 
-@router.delete("/images/{image_id}", status_code=204)
+@router.delete("/images/{image_id}", status_code=204, responses=CHANGES | documented(404, 409))
 async def delete_image(image_id: str, platform: PlatformDep, user: CurrentUser) -> None:
     """The caller stops using the image; its files go with its last user."""
     await images.delete_image(platform, user, images.checked_id(image_id))
 
 
-@router.get("/images/{image_id}/log", response_class=PlainTextResponse)
+@router.get(
+    "/images/{image_id}/log",
+    response_class=RAW,
+    responses=raw(
+        "The log's text from offset",
+        "text/plain",
+        headers={"X-Log-Offset": "Where to continue from", "X-Image-Status": "The build's"},
+    )
+    | documented(404),
+)
 async def build_log(
     image_id: str,
     platform: PlatformDep,
@@ -83,7 +97,12 @@ async def build_log(
     return PlainTextResponse(text, headers=headers)
 
 
-@router.get("/images/{image_id}/log/events")
+@router.get(
+    "/images/{image_id}/log/events",
+    response_class=RAW,
+    responses=event_stream('"log" (new text) until the build ends, then "end"', "log", "end")
+    | documented(404),
+)
 async def follow_build_log(
     image_id: str,
     request: Request,
@@ -105,7 +124,11 @@ async def follow_build_log(
     return EventSourceResponse(stream(), ping=15)
 
 
-@router.get("/images/{image_id}/download/{fmt}")
+@router.get(
+    "/images/{image_id}/download/{fmt}",
+    response_class=RAW,
+    responses=raw("The image file", *_MEDIA.values()) | documented(404),
+)
 async def download(
     image_id: str, fmt: Literal["squashfs", "oci"], platform: PlatformDep, user: CurrentUser
 ) -> FileResponse:
