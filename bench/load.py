@@ -222,6 +222,10 @@ def main() -> None:
     parser.add_argument("--think", type=float, default=1.0, help="mean seconds between polls")
     parser.add_argument("--slots", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max-requests", type=int, default=100_000, help="timed, per phase")
+    parser.add_argument(
+        "--web-processes", type=int, default=0,
+        help="serve --workers N beside a concordia worker (0: one process does all)",
+    )  # fmt: skip
     parser.add_argument("--deadline", type=float, default=600, help="seconds, per phase")
     args = parser.parse_args()
 
@@ -235,14 +239,15 @@ def main() -> None:
         with _database(args.database) as url:
             if url:
                 settings["database_url"] = url
-            with serve(tmp / "var", **settings) as server:
+            with serve(tmp / "var", args.web_processes, **settings) as server:
                 cpu_before = server.cpu_seconds()
                 run, jobs_s = asyncio.run(bench(server, args))
                 server_cpu = server.cpu_seconds() - cpu_before
     load, baseline = run.times["load"], run.times["baseline"]
     print(
         f"database {args.database}, jobs {args.jobs}, slots {args.slots}, clients {args.clients}"
-        f" ({args.sse} with SSE), think {args.think} s, load average {os.getloadavg()[0]:.2f}"
+        f" ({args.sse} with SSE), think {args.think} s, web processes {args.web_processes},"
+        f" load average {os.getloadavg()[0]:.2f}"
     )
     print(f"jobs_s {jobs_s:.1f} (submission to all {args.jobs} Done)")
     print(f"server_cpu_s {server_cpu:.1f} in all, {run.cpu['server']:.1f} under load")

@@ -40,16 +40,26 @@ class Server:
 
 
 @contextmanager
-def serve(data_dir: Path, **settings: str) -> Iterator[Server]:
-    """Start the server with CONCORDIA_<NAME> settings; wait until it answers."""
+def serve(data_dir: Path, web_processes: int = 0, **settings: str) -> Iterator[Server]:
+    """Start the server with CONCORDIA_<NAME> settings; wait until it answers. With
+    ``web_processes``, `concordia worker` and `concordia serve --workers N` beside it (the
+    Server's pid is then the worker's: its CPU is the jobs' handling)."""
     data_dir.parent.chmod(0o711)  # jobs of a server running as root pass through as another uid
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "CONCORDIA_DATA_DIR": str(data_dir), "CONCORDIA_PORT": str(port)}
     env.update({f"CONCORDIA_{k.upper()}": v for k, v in settings.items()})
+    command = [sys.executable, "-m", "concordia", "serve"]
+    worker = None
+    if web_processes:
+        command += ["--workers", str(web_processes)]
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "concordia", "worker"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, "-m", "concordia", "serve"],
+        command,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -63,10 +73,13 @@ def serve(data_dir: Path, **settings: str) -> Iterator[Server]:
                 raise SystemExit("the server did not start")
             time.sleep(0.1)
         token = "" if iam_mode else (data_dir / "api-token").read_text().strip()
-        yield Server(url=url, token=token, pid=process.pid, data_dir=data_dir)
+        pid = worker.pid if worker is not None else process.pid
+        yield Server(url=url, token=token, pid=pid, data_dir=data_dir)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        for started in (process, worker):
+            if started is not None:
+                started.send_signal(signal.SIGTERM)
+                started.wait(timeout=30)
 
 
 def _up(url: str) -> bool:
