@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Literal
@@ -81,15 +82,18 @@ async def running_platform(
         if works:
             await start_builds(platform)  # those a restart interrupted
             stack.push_async_callback(_stop_builds, platform)
-            tasks.append(asyncio.create_task(Reconciler(platform).run(), name="reconciler"))
+            reconciler = Reconciler(platform)
+            tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         if role == "web":  # the worker's changes reach this process's live pages
             relay = Relay(platform)
             await relay.start()
             tasks.append(asyncio.create_task(relay.run(), name="relay"))
-            feed = ChangeFeed(engine, relay.wake.set)
-        else:
-            feed = ChangeFeed(engine, platform.wakeup.set)
-        if role != "all":
+            feed: ChangeFeed | None = ChangeFeed(engine, relay.wake.set)
+        elif role == "worker":  # what web processes asked for
+            feed = ChangeFeed(engine, reconciler.changed_elsewhere)
+        else:  # everything happens here
+            feed = None
+        if feed is not None:
             feed.start()
             stack.push_async_callback(feed.close)
         try:
@@ -110,10 +114,19 @@ class LeaseLost(RuntimeError):
 
 
 async def run_worker(settings: Settings, on_standby: Callable[[], None]) -> None:
-    """`concordia worker`: until cancelled, or until its lease is lost (LeaseLost)."""
-    async with running_platform(settings, "worker", on_standby=on_standby) as platform:
-        log.info("worker running: %s", ", ".join(platform.backends))
-        await platform.stopping.wait()
+    """`concordia worker`: until SIGTERM or SIGINT (its jobs stopped, its lease given up,
+    as `serve` does), or until its lease is lost (LeaseLost)."""
+    loop, this = asyncio.get_running_loop(), asyncio.current_task()
+    assert this is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, this.cancel)
+    try:
+        async with running_platform(settings, "worker", on_standby=on_standby) as platform:
+            log.info("worker running: %s", ", ".join(platform.backends))
+            await platform.stopping.wait()
+    except asyncio.CancelledError:
+        log.info("worker stopped")
+        return
     raise LeaseLost("the worker lease was lost (another worker may hold it): stopping")
 
 

@@ -75,6 +75,8 @@ class Reconciler:
         self._backoff = False
         #: Per backend being re-read: the jobs handed over meanwhile (kept in the new list).
         self._loading: dict[str, set[str]] = {}
+        #: Set by changed_elsewhere: the next round looks for other processes' requests.
+        self._elsewhere = False
         #: Per backend, news a failed round could not store (its database down): offered
         #: again first, as the local backend tells each only once.
         self._unstored: dict[str, list[StatusUpdate]] = {}
@@ -115,14 +117,23 @@ class Reconciler:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def changed_elsewhere(self) -> None:
+        """Another process (a web process) may have changed the database: its users' image
+        builds and kills are looked for at the next round, which starts now."""
+        self._elsewhere = True
+        self.platform.wakeup.set()
+
     async def step(self, *, resync: bool = True) -> None:
         self.platform.wakeup.clear()
-        if self.platform.shared:  # web processes leave image builds to this one
+        # Only after word from another process: the rounds a backend's news starts (many a
+        # second while local jobs run) need not look.
+        elsewhere, self._elsewhere = self._elsewhere, False
+        if elsewhere:  # web processes leave image builds to this one
             await start_builds(self.platform)
         for name, backend in self.platform.backends.items():
             if resync:
                 await self._load_watched(name)
-            if self.platform.shared and not backend.survives_restart:
+            if elsewhere and not backend.survives_restart:
                 await self._stop_ended_elsewhere(name, backend)
             await self.dispatch(name, backend)
             await self.apply_updates(name, backend)

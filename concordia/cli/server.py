@@ -133,8 +133,6 @@ def worker() -> None:
 
     try:
         asyncio.run(run_worker(settings, standby))
-    except KeyboardInterrupt:
-        pass
     except LeaseLost as exc:
         say(str(exc), "bold red")
         raise typer.Exit(75) from None  # EX_TEMPFAIL: started again, it waits or takes over

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 LEASE_KEY = 0x636F6E636F726469  # "concordi"
 #: How often the holder checks it still holds it (its connection may have been cut).
 CHECK_SECONDS = 2.0
+#: How often a standby on SQLite tries the lock file.
+POLL_SECONDS = 0.5
 
 
 class LeaseHeld(RuntimeError):
@@ -49,17 +51,25 @@ async def worker_lease(
             yield asyncio.Event()  # a file lock goes only with its process
 
 
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @asynccontextmanager
 async def _flock(path: Path, on_wait: Callable[[], None] | None) -> AsyncIterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_flock(fd):
             if on_wait is None:
-                raise LeaseHeld(HELD) from None
+                raise LeaseHeld(HELD)
             on_wait()
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            # Polled (a lock file has no event to wait on): a standby stopped meanwhile stops.
+            while not _try_flock(fd):  # noqa: ASYNC110
+                await asyncio.sleep(POLL_SECONDS)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -33,11 +33,16 @@ def schema_heads() -> frozenset[str]:
     return frozenset(ScriptDirectory.from_config(alembic_config("")).get_heads())
 
 
+async def schema_revisions(connection: AsyncConnection | AsyncSession) -> frozenset[str]:
+    """The revisions the database is at (one cheap query: also whether it answers)."""
+    rows = await connection.scalars(text("SELECT version_num FROM alembic_version"))
+    return frozenset(rows.all())
+
+
 async def schema_behind(engine: AsyncEngine) -> bool:
     """Whether the database is not (yet) at the newest schema."""
     try:
         async with engine.connect() as connection:
-            rows = await connection.scalars(text("SELECT version_num FROM alembic_version"))
-            return frozenset(rows) != schema_heads()
+            return await schema_revisions(connection) != schema_heads()
     except DBAPIError:  # no version table yet (or no database answering)
         return True

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
-from concordia.db.migrate import schema_heads
+from concordia.db.migrate import schema_heads, schema_revisions
 from concordia.db.tables import Job
 from concordia.logic.platform import Platform
 
@@ -22,9 +22,7 @@ async def unready_reason(platform: Platform) -> str | None:
     that name no host, database or password (readiness is asked without signing in)."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS), platform.reading() as session:
-            # One cheap query that is both the database answering and the migrations' state.
-            rows = await session.scalars(text("SELECT version_num FROM alembic_version"))
-            revisions = frozenset(rows.all())
+            revisions = await schema_revisions(session)
     except TimeoutError:
         return f"the database did not answer within {READY_TIMEOUT_SECONDS:g} s"
     except Exception as exc:

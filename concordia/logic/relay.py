@@ -69,7 +69,7 @@ class Relay:
             for image in changed_images:
                 await announce_image(self.platform, session, image)
         self._images = {i.id: i.status for i in images if i.status == BUILDING}
-        self._note(sorted(row[0] for row in rows))
+        self._note([row[0] for row in rows])  # in id order
         jobs = {row[1]: JobRow(*row[1:]) for row in rows}  # each job once, as it is now
         publish_jobs(self.platform.bus, list(jobs.values()))
 

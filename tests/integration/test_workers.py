@@ -193,10 +193,17 @@ def test_a_standby_worker_takes_over_from_one_that_dies(split: Split) -> None:
         for job_id in ids:
             history = [h["status"] for h in client.get(f"/api/v1/jobs/{job_id}").json()["history"]]
             assert history.count("Done") == 1, history
+    second.stop()  # SIGTERM: a clean stop, as systemd's
+    assert second.process is not None and second.process.returncode == 0, second.output()
+    assert "worker stopped" in second.output()
 
 
 def test_serve_does_not_start_beside_a_worker(split: Split) -> None:
     split.worker().wait_for("worker running")
+    standby = split.worker()
+    standby.wait_for("waiting as a standby")
+    standby.stop()  # stopped while it waits
+    assert standby.process is not None and standby.process.returncode == 0, standby.output()
     alone = subprocess.run(
         [sys.executable, "-m", "concordia", "serve"],
         env=split.web.env, cwd=split.web.data_dir.parent, capture_output=True, text=True,
