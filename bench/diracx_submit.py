@@ -12,7 +12,7 @@ JDLs of the same form (the same input sandbox), measured last. Both meet a Dirac
 warm: before Concordia's run, one sandbox request and one chunk of 20 JDLs of another
 group are sent (a DiracX just started makes its S3 client and first queries then, about
 50 ms that a running DiracX never spends again, and that the direct run, measured last,
-would not pay). Three rounds, each Concordia's run then the direct one, against the same
+would not pay). Five rounds, each Concordia's run then the direct one, against the same
 server and DiracX (the first Concordia run also makes and uploads the input sandbox and
 gets the user's token; later ones find them, as a running Concordia does); each round is
 printed, and the medians. Last line: `ratio <median concordia/median direct>`. Goal: <= 1.3.
@@ -39,7 +39,7 @@ from concordia.settings import Settings
 
 JOBS, CHUNK = 1000, 20
 #: Rounds of both measurements (the machine is shared: one round alone is noisy).
-ROUNDS = 3
+ROUNDS = 5
 
 
 def jdl(group: str, sandbox: list[str]) -> str:

@@ -304,6 +304,14 @@ class Settings(BaseSettings):
     diracx_chunk_size: int = Field(
         default=20, ge=1, le=100, description="JDLs per submission call (DiracX allows 20)."
     )
+    diracx_calls_at_once: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Submission calls in DiracX's hands at once. One keeps a single-process "
+        "DiracX busy (the next chunk is ready when it answers); more help only a DiracX "
+        "with several server processes.",
+    )
     diracx_poll_interval: float = Field(default=10.0, gt=0, description="Seconds between polls.")
     diracx_images_url: str = Field(
         default="",

@@ -45,10 +45,6 @@ FETCHED = ".outputs-fetched"
 #: Polls ask for jobs updated since the last poll minus this (DiracX's clock may differ).
 POLL_MARGIN = timedelta(seconds=5)
 SEARCH_PAGE = 1000
-#: Chunks of JDLs in DiracX's hands at once (all hand-overs together): two keep it busy
-#: between answers; more only queue on its database (bench/diracx_submit.py: 1, 2 and 4
-#: measured, 4 was no faster and, beside other writers, much slower at times).
-INSERTS_AT_ONCE = 2
 #: Answers that say "not now" (timeout, too many requests): tried again, never final.
 _TRY_AGAIN = (408, 429)
 _CONTENT_RANGE = re.compile(r"jobs (\d+)-(\d+)/(\d+)")
@@ -122,8 +118,11 @@ class DiracXBackend:
         )
         #: Input sandboxes DiracX has (sha256 -> PFN): one upload per content, ever.
         self._sandboxes: dict[str, str] = {}
-        #: Chunks of JDLs sent at once.
-        self._inserting = asyncio.Semaphore(INSERTS_AT_ONCE)
+        #: Chunks of JDLs sent at once (all hand-overs together). A single-process DiracX on
+        #: SQLite serves two side by side slower than one after the other: its writers wait
+        #: on each other (bench/diracx_submit.py, 5 rounds each: ratio 1.21 and 1.10 with
+        #: one, 1.38 and 1.37 with two); the reconciler's next hand-over is ready meanwhile.
+        self._inserting = asyncio.Semaphore(settings.diracx_calls_at_once)
         #: Jobs sent in a round that may not have been recorded (it failed half way).
         self._doubt: set[str] = set()
         #: The sandbox of each submission (job group, image): its jobs need it built once.
