@@ -12,11 +12,10 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from concordia.backends import runtimes, sandbox
 from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
@@ -29,7 +28,6 @@ from concordia.settings import Settings
 log = logging.getLogger(__name__)
 
 _UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_T = TypeVar("_T")
 #: The proxy of a job that needs one, in its work directory; removed before outputs are taken.
 PROXY_FILE = ".x509up"
 
@@ -271,8 +269,8 @@ class LocalBackend:
         spec, uuid = job.spec, job.spec.uuid
         job.phase = "preparing"
         self._emit(uuid, JobStatus.MATCHED, "Assigned to local slot")
-        try:  # copying inputs may take a while: in a thread; a bare directory is quick
-            out, err = await _maybe_thread(bool(spec.input_files), _prepare, job)
+        try:
+            out, err = await asyncio.to_thread(_prepare, job)
         except _CannotStart as exc:
             if not job.killed:
                 self._emit(uuid, JobStatus.FAILED, f"Cannot start application: {exc}")
@@ -346,16 +344,7 @@ class LocalBackend:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
         counters = _counters(meter)
-        (job.dir / "work" / PROXY_FILE).unlink(missing_ok=True)  # used: never an output, gone
-        # Moving outputs may take a while: in a thread; only linking the logs is quick.
-        await _maybe_thread(bool(job.spec.outputs), collect_outputs, job.dir, job.spec.outputs)
-        if not self.settings.local_keep_workdir:
-            try:
-                (job.dir / "work").rmdir()  # the usual case, at once: the job left nothing
-            except FileNotFoundError:
-                pass
-            except OSError:
-                await asyncio.to_thread(shutil.rmtree, job.dir / "work", ignore_errors=True)
+        await asyncio.to_thread(_tidy, job, self.settings.local_keep_workdir)
         return counters
 
     async def _wait(self, job: _Job) -> tuple[int, float]:
@@ -461,7 +450,8 @@ def _proxy_env(spec: JobSpec, workdir: str) -> dict[str, str]:
     return {"X509_USER_PROXY": f"{workdir}/{PROXY_FILE}"} if spec.proxy is not None else {}
 
 
-# File work (in threads where it may take a while).
+# File work, in threads: even a bare directory's few calls take a millisecond or two on a
+# slow filesystem, time the event loop (the web requests' too) would wait (bench/load.py).
 def _prepare(job: _Job) -> tuple[int, int]:
     """A clean job directory with the inputs in work/; the opened logs."""
     jd, work = job.dir, job.dir / "work"
@@ -491,5 +481,16 @@ def _prepare(job: _Job) -> tuple[int, int]:
     return out, err
 
 
-async def _maybe_thread(slow: bool, func: Callable[..., _T], *args: Any) -> _T:
-    return await asyncio.to_thread(func, *args) if slow else func(*args)
+def _tidy(job: _Job, keep_workdir: bool) -> None:
+    """After the process: the proxy gone (never an output), the outputs collected, work/
+    removed unless kept."""
+    (job.dir / "work" / PROXY_FILE).unlink(missing_ok=True)
+    collect_outputs(job.dir, job.spec.outputs)
+    if keep_workdir:
+        return
+    try:
+        (job.dir / "work").rmdir()  # the usual case: the job left nothing
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(job.dir / "work", ignore_errors=True)

@@ -108,15 +108,19 @@ def test_without_reschedules_left_a_stalled_job_fails(live_server: LiveServer) -
 
 
 def test_events_stream_job_changes_live(live_server: LiveServer) -> None:
+    """A batch's news, many jobs a round (sent together when they come together): every
+    job's statuses reach the stream, each job's in the order it went through them."""
     seen: list[dict[str, Any]] = []
     ready = threading.Event()
+    jobs = 40
 
     def listen() -> None:
         headers = {"Authorization": f"Bearer {live_server.token}"}
         with httpx.stream(
-            "GET", f"{live_server.url}/api/v1/events", headers=headers, timeout=30
+            "GET", f"{live_server.url}/api/v1/events", headers=headers, timeout=60
         ) as r:
             event = ""
+            done: set[int] = set()
             for line in r.iter_lines():
                 if line.startswith("event:"):
                     event = line.split(":", 1)[1].strip()
@@ -125,16 +129,22 @@ def test_events_stream_job_changes_live(live_server: LiveServer) -> None:
                 elif line.startswith("data:") and event == "job":
                     seen.append(json.loads(line.split(":", 1)[1]))
                     if seen[-1]["status"] == "Done":
-                        return
+                        done.add(seen[-1]["id"])
+                        if len(done) == jobs:
+                            return
 
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
     assert ready.wait(10)
     with api(live_server) as client:
-        sub = client.post("/api/v1/submissions", json={"application": "hello"}).json()
-    thread.join(30)
-    statuses = [e["status"] for e in seen if e["id"] == sub["job_ids"][0]]
-    # One event per job per reconciler round: its status then, in the order it went through.
-    assert statuses[0] == "Received" and statuses[-1] == "Done"
+        sub = client.post(
+            "/api/v1/submissions", json={"application": "hello", "parameters": {"jobs": jobs}}
+        ).json()
+    thread.join(60)
+    assert not thread.is_alive(), "not every job's Done reached the stream"
     order = ["Received", "Checking", "Waiting", "Matched", "Running", "Completing", "Done"]
-    assert [order.index(s) for s in statuses] == sorted(order.index(s) for s in statuses)
+    for job_id in sub["job_ids"]:
+        statuses = [e["status"] for e in seen if e["id"] == job_id]
+        # One event per job per reconciler round: its status then, in order.
+        assert statuses[0] == "Received" and statuses[-1] == "Done"
+        assert [order.index(s) for s in statuses] == sorted(order.index(s) for s in statuses)
