@@ -1,12 +1,18 @@
 """Crash safety: a 200-job batch while Concordia's processes are SIGKILLed at random points
 (its submission, its hand-over, its jobs running) and restarted, and PostgreSQL crashed and
-restarted under it: every job exists once, reaches its backend once and ends."""
+restarted under it: every job exists once, reaches its backend once and ends. Two
+installations: `concordia serve` alone, and `serve --workers 1` beside `concordia worker`
+(its web process killed during the submission, the worker during the hand-over and while
+the jobs run). Each suite pass crashes its own database (SQLite, or PostgreSQL in the
+second pass)."""
 
 from __future__ import annotations
 
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,6 +29,7 @@ import pytest
 
 from concordia.core.states import JobStatus
 from tests.conftest import LiveServer, free_port, make_settings, seed_images
+from tests.database import ON_POSTGRESQL
 from tests.diracx.fixtures import ADMIN_GROUP, SITE_USER, DiracX
 from tests.diracx.site import Site
 from tests.integration.test_diracx_backend import grid_server_env
@@ -31,14 +38,18 @@ from tests.pg import PrivatePostgres, private_postgres
 
 __all__ = ["private_postgres"]  # the fixture, found by pytest in this module
 JOBS = 200
-#: What is SIGKILLed and restarted; `concordia worker` joins this list once it exists.
-KILLED = ["serve"]
+#: The installations, by what their three kills hit: `concordia serve`, or, apart, the web
+#: process of `serve --workers 1` (during the submission) and `concordia worker` (during the
+#: hand-over and while the jobs run).
+KILLED = {"serve": ("serve", "serve", "serve"), "web+worker": ("web", "worker", "worker")}
 MAX_RESCHEDULES = 1  # low: a job stalled by two kills fails, and the test sees that path too
 #: A replay: CONCORDIA_CRASH_SEED=<the seed a failure printed>.
 SEED_VARIABLE = "CONCORDIA_CRASH_SEED"
 STALLED = ("Failed", "Stalled", "StalledJobAgent")  # a job lost with its process
 #: Test-site workers: the grid runs jobs side by side, as a grid of several nodes does.
 SITE_WORKERS = 3
+#: A worker that exits is started again this long after (its unit's RestartSec, shortened).
+RESTART_SECONDS = 1.0
 
 
 @dataclass
@@ -57,45 +68,122 @@ class Story:
         return f"{SEED_VARIABLE}={self.seed}\n  " + "\n  ".join(self.events)
 
 
+class Serve:
+    """`concordia serve` (or `serve --workers 1`: one web process, no supervisor between):
+    SIGKILLed, then started again as a user or its unit would."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+
+    def crash(self) -> None:
+        self.server.kill(signal.SIGKILL)
+
+    def start(self) -> None:
+        self.server.start(timeout=60)
+
+    def stop(self) -> None:
+        if self.server.process is not None and self.server.process.poll() is None:
+            self.server.kill(signal.SIGTERM)
+
+    def exit_code(self) -> int | None:
+        return self.server.process.poll() if self.server.process is not None else None
+
+
+class WorkerProcess:
+    """`concordia worker` as its systemd unit runs it (Restart=always): started again when it
+    exits (a worker whose database went away exits 75), and SIGKILLed by the test."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, story: Story) -> None:
+        self.env, self.cwd, self.story = env, cwd, story
+        self.log = cwd / "worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._supervise, daemon=True).start()
+
+    def _spawn(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "concordia", "worker"],
+                env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def _supervise(self) -> None:
+        while not self._stopped.wait(RESTART_SECONDS):
+            with self._lock:
+                if self.process is not None and (code := self.process.poll()) is not None:
+                    self.story(f"worker exited {code}: started again, as by its unit")
+                    self._spawn()
+
+    def _output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def start(self) -> None:
+        """Started, and running the work (not waiting as a standby)."""
+        runs = self._output().count("worker running")
+        with self._lock:
+            self._spawn()
+        deadline = time.monotonic() + 60
+        while self._output().count("worker running") == runs:
+            assert time.monotonic() < deadline, self._output()
+            time.sleep(0.1)
+
+    def crash(self) -> None:
+        with self._lock:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self.process = None  # not the supervisor's to start: the test starts it
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            if self.process is not None and self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                self.process.wait(timeout=30)
+
+    def exit_code(self) -> int | None:
+        return self.process.poll() if self.process is not None else None
+
+
+Process = Serve | WorkerProcess
+
+
 @dataclass
 class Installation:
-    """One Concordia's processes, by kind (today `concordia serve` alone), on one database."""
+    """One Concordia's processes, by kind, on one database."""
 
-    processes: dict[str, LiveServer]
+    processes: dict[str, Process]
+    web: LiveServer
     story: Story
-    #: Called right before a kill (e.g. to see its jobs run) and right after (e.g. to see
-    #: that its jobs died with it).
-    before_kill: Callable[[], None] = lambda: None
-    after_kill: Callable[[], None] = lambda: None
-
-    @property
-    def web(self) -> LiveServer:
-        return self.processes["serve"]
+    #: Called with the kind of process right before its kill (e.g. to see jobs run) and
+    #: right after (e.g. to see that its jobs died with it).
+    before_kill: Callable[[str], None] = lambda kind: None
+    after_kill: Callable[[str], None] = lambda kind: None
 
     def crash(self, kind: str, why: str) -> None:
-        self.before_kill()
-        self.processes[kind].kill(signal.SIGKILL)
+        self.before_kill(kind)
+        self.processes[kind].crash()
         self.story(f"SIGKILL {kind} ({why})")
-        self.after_kill()
+        self.after_kill(kind)
         try:
-            self.processes[kind].start(timeout=60)
-        except RuntimeError as exc:
-            process = self.processes[kind].process
-            code = process.poll() if process is not None else None
+            self.processes[kind].start()
+        except (RuntimeError, AssertionError) as exc:
+            code = self.processes[kind].exit_code()
             message = f"{kind} did not start again (exit {code}): {exc}\n{self.story}"
             raise AssertionError(message) from exc
         self.story(f"{kind} restarted")
 
     def stop(self) -> None:
         for process in self.processes.values():
-            if process.process is not None and process.process.poll() is None:
-                process.kill(signal.SIGTERM)
+            process.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["postgresql" if ON_POSTGRESQL else "sqlite"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The database URL: SQLite in the data dir, or a database of a private PostgreSQL
-    cluster (this test crashes it: never the machine's shared server)."""
+    """The database URL: SQLite in the data dir, or, in the suite's PostgreSQL pass, a
+    database of a private PostgreSQL cluster (this test crashes it: never the machine's
+    shared server)."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'var' / 'concordia.db'}"
         return
@@ -140,7 +228,9 @@ def seed() -> int:
     return int(os.environ.get(SEED_VARIABLE) or random.SystemRandom().randrange(2**32))
 
 
-def installation(tmp_path: Path, database: str, env: dict[str, str], story: Story) -> Installation:
+def installation(
+    tmp_path: Path, database: str, env: dict[str, str], story: Story, kind: str
+) -> Installation:
     data_dir = tmp_path / "var"
     data_dir.mkdir(exist_ok=True)
     environment = {
@@ -154,9 +244,17 @@ def installation(tmp_path: Path, database: str, env: dict[str, str], story: Stor
         **env,
     }
     server = LiveServer(data_dir=data_dir, port=int(environment["CONCORDIA_PORT"]), env=environment)
+    processes: dict[str, Process]
+    if kind == "serve":
+        processes = {"serve": Serve(server)}
+    else:  # the worker first: it migrates the database the web processes wait for
+        server.args = ("serve", "--workers", "1")
+        worker = WorkerProcess(environment, tmp_path, story)
+        processes = {"worker": worker, "web": Serve(server)}
+        processes["worker"].start()
     server.start(timeout=60)
-    story(f"serve started on {database.partition(':')[0]}")
-    return Installation({"serve": server}, story)
+    story(f"{' and '.join(processes)} started on {database.partition(':')[0]}")
+    return Installation(processes, server, story)
 
 
 def answer(client: httpx.Client, path: str, **params: Any) -> Any | None:
@@ -233,30 +331,31 @@ def kill_during_submission(
 
 def run_batch(
     concordia: Installation,
-    killed: str,
+    killed: tuple[str, str, str],
     body: dict[str, Any],
     rng: random.Random,
     restart_database: Callable[[float], None] | None,
 ) -> int:
-    """The batch through three SIGKILLs of ``killed`` (and one database crash where it is a
-    server of its own), then to its end. The submission's id."""
+    """The batch through three SIGKILLs, of the processes ``killed`` names (during the
+    submission, the hand-over and the jobs' run), and one database crash where it is a
+    server of its own, then to its end. The submission's id."""
     story = concordia.story
-    submission = kill_during_submission(concordia, killed, body, rng)
+    submission = kill_during_submission(concordia, killed[0], body, rng)
     url = f"/api/v1/submissions/{submission}"
     # Where the later disruptions come, as progress (handed over + done, 0 to 2 * JOBS): a
     # kill while the batch is being handed over, one while its jobs run, and the database
     # crash anywhere after the first (also last: no kill after it then heals what it broke).
     handing = rng.randint(1, JOBS * 3 // 4)
     running = rng.randint(JOBS * 5 // 4, JOBS * 19 // 10)
-    steps: list[tuple[int, str]] = [(handing, "kill"), (running, "kill")]
+    steps: list[tuple[int, str]] = [(handing, killed[1]), (running, killed[2])]
     if restart_database is not None:
         steps.append((rng.randint(handing + 1, JOBS * 19 // 10), "database"))
     for at, action in sorted(steps):
         with client_of(concordia.web) as client:
             view = wait_until(f"progress {at}", partial(reached, client, url, at), story)
         state = f"{view['handed_over']} handed over, {view['counts'].get('Done', 0)} done"
-        if action == "kill":
-            concordia.crash(killed, state)
+        if action != "database":
+            concordia.crash(action, state)
         else:
             assert restart_database is not None
             restart_database(rng.uniform(0.2, 2.0))
@@ -357,22 +456,26 @@ def test_local_batch_survives_kills(
     rng = random.Random(story.seed)
     marker = f"crash-{story.seed}"  # in every job's argv: its processes are found by it
     seed_images(make_settings(tmp_path / "var"), image_seed)
-    concordia = installation(tmp_path, database, {"CONCORDIA_LOCAL_SLOTS": "4"}, story)
+    concordia = installation(tmp_path, database, {"CONCORDIA_LOCAL_SLOTS": "4"}, story, killed)
     data_dir = concordia.web.data_dir
     running: list[int] = []
 
-    def count_running() -> None:
+    def count_running(kind: str) -> None:
         running.append(len(job_processes(marker, data_dir)))
 
+    def jobs_died(kind: str) -> None:
+        if kind != "web":  # a web process runs no jobs: the worker's go on
+            no_job_process_left(marker, data_dir, story)
+
     concordia.before_kill = count_running
-    concordia.after_kill = lambda: no_job_process_left(marker, data_dir, story)
+    concordia.after_kill = jobs_died
     request.addfinalizer(concordia.stop)
     body = {
         "application": "hello",
         "parameters": {"jobs": JOBS, "sleep": 0.1, "message": marker},
     }
     restart = database_restarter(request, database)
-    submission = run_batch(concordia, killed, body, rng, restart)
+    submission = run_batch(concordia, KILLED[killed], body, rng, restart)
     assert_each_job_once_and_final(concordia, submission, stalls_expected=True)
     no_job_process_left(marker, data_dir, story)
     # The search for leftover processes finds jobs' processes: some ran at a kill.
@@ -394,12 +497,12 @@ def test_diracx_batch_survives_kills(
     rng = random.Random(story.seed)
     before = total_in_diracx(diracx)  # the session's DiracX holds other tests' jobs too
     env = {**grid_server_env(tmp_path, diracx, JOBS), "CONCORDIA_DEFAULT_BACKEND": "diracx"}
-    concordia = installation(tmp_path, database, env, story)
+    concordia = installation(tmp_path, database, env, story, killed)
     request.addfinalizer(concordia.stop)
     body = {"application": "gridhello", "parameters": {"jobs": JOBS}}
     restart = database_restarter(request, database)
     with sites(diracx, tmp_path, SITE_WORKERS):
-        submission = run_batch(concordia, killed, body, rng, restart)
+        submission = run_batch(concordia, KILLED[killed], body, rng, restart)
     jobs = assert_each_job_once_and_final(concordia, submission, stalls_expected=False)
     # Each job once in DiracX (its JobName is its uuid and run), no DiracX job without its
     # Concordia job.
