@@ -57,6 +57,9 @@ class ImageView(BaseModel):
     error: str
     #: The viewer's jobs that ran (or will run) in this image (others' are theirs to know).
     jobs: int
+    #: Whether the viewer asked for it (may rebuild or delete it); false for an image shared
+    #: with their VO read-only.
+    yours: bool = True
 
 
 class BuildersView(BaseModel):
@@ -399,6 +402,11 @@ def _jobs_of(user_id: int) -> Any:
     )
 
 
+def _asked_by(user_id: int) -> ColumnElement[bool]:
+    """Whether the user is one of an image's users, beside each image row."""
+    return exists().where(ImageUser.image_id == Image.id, ImageUser.user_id == user_id)
+
+
 def _seen_by(platform: Platform, user: Identity) -> ColumnElement[bool]:
     """An image the user may see: one they asked for, or with images_shared_in_vo one that a
     member of one of their VOs asked for under it (read-only: see _require_user_of)."""
@@ -412,7 +420,7 @@ async def list_images(
     platform: Platform, user: Identity, application: str | None = None
 ) -> list[ImageView]:
     query = (
-        select(Image, _jobs_of(user.user_id))
+        select(Image, _jobs_of(user.user_id), _asked_by(user.user_id))
         .where(Image.status != DELETED, _seen_by(platform, user))
         .order_by(Image.created_at.desc())
     )
@@ -420,7 +428,7 @@ async def list_images(
         query = query.where(Image.application == application)
     async with platform.reading() as session:
         rows = (await session.execute(query)).all()
-    return [_view(row, jobs) for row, jobs in rows]
+    return [_view(row, jobs, yours) for row, jobs, yours in rows]
 
 
 async def get_image(platform: Platform, user: Identity, image: str) -> ImageView:
@@ -435,7 +443,7 @@ async def get_image(platform: Platform, user: Identity, image: str) -> ImageView
 async def _find(
     session: AsyncSession, image: str, user_id: int, *where: ColumnElement[bool]
 ) -> ImageView | None:
-    query = select(Image, _jobs_of(user_id)).where(Image.id == image, *where)
+    query = select(Image, _jobs_of(user_id), _asked_by(user_id)).where(Image.id == image, *where)
     found = (await session.execute(query)).first()
     return None if found is None else _view(*found)
 
@@ -464,9 +472,9 @@ async def _require_user_of(
     raise NotFound(f"no image {image}")
 
 
-def _view(row: Image, jobs: int) -> ImageView:
-    fields = {name: getattr(row, name) for name in ImageView.model_fields if name != "jobs"}
-    return ImageView.model_validate({**fields, "jobs": jobs})
+def _view(row: Image, jobs: int, yours: bool) -> ImageView:
+    fields = {n: getattr(row, n) for n in ImageView.model_fields if n not in ("jobs", "yours")}
+    return ImageView.model_validate({**fields, "jobs": jobs, "yours": bool(yours)})
 
 
 async def delete_image(platform: Platform, user: Identity, image: str) -> None:

@@ -540,3 +540,19 @@ async def test_asking_for_a_configuration_selects_it_and_makes_it_yours_alone(
     assert mine.json()["jobs"] == 1
     assert (app.running.settings.images_dir / w.image / "image.json").is_file()
     assert (await api.get(f"/api/v1/images/{w.image}", headers=c)).status_code == 404
+
+
+async def test_a_shared_image_is_read_only_to_the_vo(world: tuple[World, IamApp, bool]) -> None:
+    """Shared with the VO, A's image shows B no Rebuild or Delete (B's would be refused, 403)
+    and says why; A keeps both. Not shared, B does not see it at all."""
+    w, _, shared = world
+    for name, yours in ((ALICE, True), (BOB, False)):
+        view = await w.api.get(f"/api/v1/images/{w.image}", headers=w.bearer[name])
+        if not (yours or shared):
+            assert view.status_code == 404
+            continue
+        assert view.status_code == 200 and view.json()["yours"] is yours
+        page = await w.browsers[name].get(f"/images/{w.image}")
+        assert page.status_code == 200
+        assert (f"/images/{w.image}/delete" in page.text) is yours
+        assert ("Shared with your VO read-only" in page.text) is not yours
