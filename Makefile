@@ -41,10 +41,11 @@ run: $(STAMP) system-deps
 	$(BIN)/concordia serve
 
 # The whole suite on the embedded SQLite, then every test that uses a database again on
-# PostgreSQL (tests/unit is pure code: nothing there differs between the two).
+# PostgreSQL (tests/unit is pure code, and the tests marked one_database run backends, image
+# builds or the job wrapper on their own: nothing there differs between the two).
 test: $(STAMP) test-deps
 	$(BIN)/pytest -q
-	CONCORDIA_TEST_DATABASE=postgresql $(BIN)/pytest -q tests/integration tests/e2e
+	CONCORDIA_TEST_DATABASE=postgresql $(BIN)/pytest -q -m "not one_database" tests/integration tests/e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check concordia tests bench

@@ -25,7 +25,7 @@ from concordia.logic.identity import create_token, ensure_user
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
 from concordia.web.app import create_app
-from tests.database import PG_ADMIN, pg_template, pg_url, test_database
+from tests.database import ON_POSTGRESQL, PG_ADMIN, pg_template, pg_url, test_database
 
 pytest_plugins = ["tests.iam.fixtures", "tests.diracx.fixtures"]
 __all__ = ["pg_template", "test_database"]  # every test's database (tests/database.py)
@@ -95,12 +95,13 @@ def settings(tmp_path: Path, image_seed: Path) -> Settings:
     return seed_images(make_settings(tmp_path / "var"), image_seed)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["postgresql" if ON_POSTGRESQL else "sqlite"])
 async def any_db_settings(
     request: pytest.FixtureRequest, tmp_path: Path, image_seed: Path
 ) -> AsyncIterator[Settings]:
-    """The embedded SQLite and the real PostgreSQL server, each in a fresh database."""
-    if request.param == "sqlite":  # also when the suite runs on PostgreSQL
+    """A fresh database of the suite's pass: the embedded SQLite, or in the PostgreSQL pass
+    the real server (each test of it runs on both, once in each pass)."""
+    if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'var' / 'concordia.db'}"
         yield seed_images(make_settings(tmp_path / "var", database_url=url), image_seed)
         return

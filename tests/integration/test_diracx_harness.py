@@ -16,6 +16,9 @@ import pytest
 from tests.diracx.fixtures import ADMIN_GROUP, JANE, USER_GROUP, DiracX
 from tests.diracx.site import Site, extract, upload_sandbox
 
+# The DiracX test harness: no Concordia database.
+pytestmark = pytest.mark.one_database
+
 RUN_SH = b"""#!/bin/sh
 echo "hello $1"
 echo "home=$HOME job=$DIRACJOBID"

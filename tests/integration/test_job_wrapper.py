@@ -11,7 +11,12 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import pytest
+
 from concordia.images.store import ImageStore
+
+# A grid node runs it: no database anywhere.
+pytestmark = pytest.mark.one_database
 
 WRAPPER = resources.files("concordia.backends") / "wrapper"
 

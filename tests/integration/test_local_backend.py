@@ -19,7 +19,12 @@ from concordia.backends.local import LocalBackend
 from concordia.core.states import FINAL_STATES, JobStatus
 from tests.integration.conftest import Factory
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+# The local backend on its own: no database (the one_database mark leaves it out of the
+# PostgreSQL pass).
+pytestmark = [
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap"),
+    pytest.mark.one_database,
+]
 
 S = JobStatus
 T = TypeVar("T")

@@ -8,7 +8,12 @@ import io
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import make_settings, running_app
+
+# An application and its (big) image build: nothing of it depends on the database.
+pytestmark = pytest.mark.one_database
 
 
 async def test_showermodel_builds_and_two_jobs_make_results_and_plots(tmp_path: Path) -> None:
