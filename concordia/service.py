@@ -97,7 +97,6 @@ async def running_platform(
         if feed is not None:
             feed.start()
             stack.push_async_callback(feed.close)
-        freeze_start_up()
         try:
             yield platform
         finally:
@@ -106,9 +105,10 @@ async def running_platform(
 
 
 def freeze_start_up() -> None:
-    """Leave what start-up made (modules, classes, the app: most of the heap, kept until the
-    end) out of the collector's full passes: each would walk it all, a pause of about 100 ms
-    in the middle of a submission (bench/diracx_submit.py's timeline)."""
+    """For a server process, once its modules and app are made: leave them (most of the heap,
+    kept until the end) out of the collector's full passes, each of which would walk it all,
+    a pause of about 100 ms in the middle of a submission (bench/diracx_submit.py's timeline).
+    Not for a process that makes apps again and again (the tests): what it froze stays."""
     gc.collect()
     gc.freeze()
 

@@ -10,14 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
 
@@ -25,7 +23,7 @@ from concordia.logic.identity import create_token, ensure_user
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
 from concordia.web.app import create_app
-from tests.database import ON_POSTGRESQL, PG_ADMIN, pg_template, pg_url, test_database
+from tests.database import pg_template, test_database
 
 pytest_plugins = ["tests.iam.fixtures", "tests.diracx.fixtures"]
 __all__ = ["pg_template", "test_database"]  # every test's database (tests/database.py)
@@ -93,26 +91,6 @@ def seed_images(settings: Settings, seed: Path) -> Settings:
 @pytest.fixture
 def settings(tmp_path: Path, image_seed: Path) -> Settings:
     return seed_images(make_settings(tmp_path / "var"), image_seed)
-
-
-@pytest.fixture(params=["postgresql" if ON_POSTGRESQL else "sqlite"])
-async def any_db_settings(
-    request: pytest.FixtureRequest, tmp_path: Path, image_seed: Path
-) -> AsyncIterator[Settings]:
-    """A fresh database of the suite's pass: the embedded SQLite, or in the PostgreSQL pass
-    the real server (each test of it runs on both, once in each pass)."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'var' / 'concordia.db'}"
-        yield seed_images(make_settings(tmp_path / "var", database_url=url), image_seed)
-        return
-    name = f"concordia_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield seed_images(make_settings(tmp_path / "var", database_url=pg_url(name)), image_seed)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @dataclass

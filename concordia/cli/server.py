@@ -84,8 +84,11 @@ def serve(
     def banner(login_url: str, platform: Platform) -> None:
         _banner(settings, login_url, platform)
 
+    from concordia.service import freeze_start_up
+
     config = uvicorn.Config(create_app(settings, on_ready=banner), **uvicorn_options)
     server = uvicorn.Server(config)
+    freeze_start_up()
     server.run()
     if not server.started:
         raise typer.Exit(1)
@@ -122,7 +125,7 @@ def worker() -> None:
     --workers N`; a second worker waits as a standby and takes over if the first dies."""
     import logging.config
 
-    from concordia.service import LeaseLost, run_worker
+    from concordia.service import LeaseLost, freeze_start_up, run_worker
 
     settings = get_settings()
     settings.make_data_dir()
@@ -131,6 +134,7 @@ def worker() -> None:
     def standby() -> None:
         say("another worker runs the background work: waiting as a standby")
 
+    freeze_start_up()
     try:
         asyncio.run(run_worker(settings, standby))
     except LeaseLost as exc:

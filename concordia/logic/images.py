@@ -59,7 +59,7 @@ class ImageView(BaseModel):
     jobs: int
     #: Whether the viewer asked for it (may rebuild or delete it); false for an image shared
     #: with their VO read-only.
-    yours: bool = True
+    yours: bool
 
 
 class BuildersView(BaseModel):

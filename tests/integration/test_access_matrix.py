@@ -269,13 +269,13 @@ def test_the_matrix_knows_every_route_and_the_openapi_document_lists_the_api(
 # The world: A's job ran to Done, with a log line, an output file, a credential and a proxy.
 @pytest.fixture(params=[False, True], ids=["images-private", "images-shared-in-vo"])
 async def world(
-    request: pytest.FixtureRequest, any_db_settings: Settings, iam: IamDouble
+    request: pytest.FixtureRequest, settings: Settings, iam: IamDouble
 ) -> AsyncIterator[tuple[World, IamApp, bool]]:
     shared: bool = request.param
     settings = iam_settings(
-        any_db_settings.data_dir,
+        settings.data_dir,
         iam,
-        database_url=any_db_settings.database_url,
+        database_url=settings.database_url,
         vos=VOS,
         images_shared_in_vo=shared,
     )

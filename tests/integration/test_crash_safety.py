@@ -182,12 +182,12 @@ class Installation:
             process.stop()
 
 
-@pytest.fixture(params=["postgresql" if ON_POSTGRESQL else "sqlite"])
+@pytest.fixture
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The database URL: SQLite in the data dir, or, in the suite's PostgreSQL pass, a
     database of a private PostgreSQL cluster (this test crashes it: never the machine's
     shared server)."""
-    if request.param == "sqlite":
+    if not ON_POSTGRESQL:
         yield f"sqlite+aiosqlite:///{tmp_path / 'var' / 'concordia.db'}"
         return
     cluster: PrivatePostgres = request.getfixturevalue("private_postgres")

@@ -20,9 +20,9 @@ def _differences(connection: Connection) -> list[Any]:
     return list(compare_metadata(context, Base.metadata))
 
 
-async def test_migrations_match_the_tables(any_db_settings: Settings) -> None:
-    await asyncio.to_thread(upgrade, any_db_settings.database_url)
-    engine = create_async_engine(any_db_settings.database_url)
+async def test_migrations_match_the_tables(settings: Settings) -> None:
+    await asyncio.to_thread(upgrade, settings.database_url)
+    engine = create_async_engine(settings.database_url)
     try:
         async with engine.connect() as connection:
             assert await connection.run_sync(_differences) == []

@@ -59,10 +59,10 @@ async def running_job(platform: Platform) -> tuple[int, int]:
 
 
 async def test_a_kill_waits_for_the_workers_round_and_sees_its_result(
-    any_db_settings: Settings,
+    settings: Settings,
 ) -> None:
-    await asyncio.to_thread(upgrade, any_db_settings.database_url)
-    async with process(any_db_settings) as worker, process(any_db_settings) as web:
+    await asyncio.to_thread(upgrade, settings.database_url)
+    async with process(settings) as worker, process(settings) as web:
         owner, job_id = await running_job(worker)
         round_has_read = asyncio.Event()
 
