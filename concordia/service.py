@@ -17,7 +17,7 @@ from concordia.backends.base import Backend
 from concordia.backends.diracx import DiracXBackend
 from concordia.backends.local import LocalBackend
 from concordia.db.changes import ChangeFeed
-from concordia.db.engine import make_engine, make_sessionmaker
+from concordia.db.engine import WRITES, make_engine, make_sessionmaker
 from concordia.db.lease import worker_lease
 from concordia.db.migrate import schema_behind, upgrade
 from concordia.images.builders import stop_running_builds
@@ -155,6 +155,9 @@ async def prepare_web_processes(settings: Settings, on_wait: Callable[[], None])
         if settings.iam_mode:
             return f"{settings.public_url}/login"
         async with make_sessionmaker(engine)() as session, session.begin():
+            # A writing transaction from its start (SQLite: BEGIN IMMEDIATE): reads then
+            # writes beside a running worker would fail as "database is locked".
+            await session.connection(execution_options={WRITES: True})
             return await local_sign_in(session, settings)
     finally:
         await engine.dispose()

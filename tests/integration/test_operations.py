@@ -19,7 +19,8 @@ from sqlalchemy import text
 from concordia.db.migrate import schema_heads
 from concordia.settings import Settings
 from concordia.web.app import create_app
-from tests.conftest import PG_ADMIN, Running, make_settings, running_app, seed_images
+from tests.conftest import Running, make_settings, running_app, seed_images
+from tests.database import PG_ADMIN
 from tests.integration.test_api import submit, wait_submission
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
