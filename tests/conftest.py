@@ -142,12 +142,6 @@ async def app(settings: Settings) -> AsyncIterator[Running]:
 
 
 @pytest.fixture
-async def any_db_app(any_db_settings: Settings) -> AsyncIterator[Running]:
-    async with running_app(any_db_settings) as running:
-        yield running
-
-
-@pytest.fixture
 async def signed_in(app: Running) -> AsyncIterator[httpx.AsyncClient]:
     """A client signed in through the one-time link, keeping the session cookie (a browser)."""
     async with httpx.AsyncClient(

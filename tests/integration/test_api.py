@@ -1,4 +1,4 @@
-"""The REST API against the app in-process, on SQLite and on the real PostgreSQL server."""
+"""The REST API against the app in-process (SQLite; PostgreSQL in the second pass)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ async def test_health_needs_no_token_but_the_api_does(app: Running) -> None:
         assert bad.headers["www-authenticate"] == "Bearer"
 
 
-async def test_a_batch_runs_to_done_with_history_jdl_logs_and_outputs(any_db_app: Running) -> None:
-    client = any_db_app.client
+async def test_a_batch_runs_to_done_with_history_jdl_logs_and_outputs(app: Running) -> None:
+    client = app.client
     sub = await submit(client, jobs=3, message="hi", first_run=7)
     assert sub["job_count"] == 3 and len(sub["job_ids"]) == 3
     done = await wait_submission(client, sub["id"])
@@ -138,13 +138,13 @@ async def test_a_failing_job_says_why(app: Running) -> None:
     ],
 )
 async def test_bad_submissions_get_422_naming_the_field_and_change_nothing(
-    any_db_app: Running, body: dict[str, Any], loc: list[str], rule: str
+    app: Running, body: dict[str, Any], loc: list[str], rule: str
 ) -> None:
-    response = await any_db_app.client.post("/api/v1/submissions", json=body)
+    response = await app.client.post("/api/v1/submissions", json=body)
     assert response.status_code == 422
     detail = response.json()["detail"][0]
     assert detail["loc"] == loc and rule in detail["msg"]
-    assert (await any_db_app.client.get("/api/v1/jobs")).json()["total"] == 0
+    assert (await app.client.get("/api/v1/jobs")).json()["total"] == 0
 
 
 async def test_unknown_things_are_404(app: Running) -> None:
@@ -157,11 +157,11 @@ async def test_unknown_things_are_404(app: Running) -> None:
     assert (await client.get("/api/v1/submissions/999")).status_code == 404
 
 
-async def test_another_users_things_do_not_exist_for_them(any_db_app: Running) -> None:
-    sub = await submit(any_db_app.client, message="mine")
+async def test_another_users_things_do_not_exist_for_them(app: Running) -> None:
+    sub = await submit(app.client, message="mine")
     job_id = sub["job_ids"][0]
-    await wait_status(any_db_app.client, job_id, FINAL)
-    async with any_db_app.new_client("eve") as eve:
+    await wait_status(app.client, job_id, FINAL)
+    async with app.new_client("eve") as eve:
         for method, url in [
             ("GET", f"/api/v1/jobs/{job_id}"),
             ("GET", f"/api/v1/jobs/{job_id}/logs"),
@@ -175,7 +175,7 @@ async def test_another_users_things_do_not_exist_for_them(any_db_app: Running) -
         ]:
             assert (await eve.request(method, url)).status_code == 404, url
         assert (await eve.get("/api/v1/jobs")).json()["total"] == 0
-    mine = (await any_db_app.client.get(f"/api/v1/jobs/{job_id}")).json()
+    mine = (await app.client.get(f"/api/v1/jobs/{job_id}")).json()
     assert mine["status"] == "Done"
 
 
@@ -237,8 +237,8 @@ async def test_kill_reschedule_and_delete(app: Running) -> None:
     assert [j["id"] for j in deleted["items"]] == [fid]
 
 
-async def test_job_listing_filters_sorts_and_pages(any_db_app: Running) -> None:
-    client = any_db_app.client
+async def test_job_listing_filters_sorts_and_pages(app: Running) -> None:
+    client = app.client
     first = await submit(client, jobs=4)
     second = await submit(client, jobs=2, exit_code=1)
     await wait_submission(client, first["id"])
