@@ -21,7 +21,7 @@ from concordia.service import freeze_start_up, running_platform
 from concordia.settings import Settings
 from concordia.web.api import router as api_router
 from concordia.web.errors import install_error_handlers
-from concordia.web.limits import BodyLimit
+from concordia.web.limits import BodyLimit, NoNul
 from concordia.web.oauth import diracx_client, web_client
 from concordia.web.observe import RequestContext
 from concordia.web.ops import router as ops_router
@@ -84,6 +84,7 @@ def create_app(
         https_only=settings.public_url.startswith("https://"),
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(NoNul)
     # Added last, so the outermost: its request id and access line cover a refused body too.
     app.add_middleware(RequestContext)
     app.state.settings = settings

@@ -1,6 +1,9 @@
-"""A cap on request bodies for the whole app: refused (413) before they fill memory or disk."""
+"""What the whole app refuses at the door: bodies over the cap (413) before they fill memory
+or disk, and NUL characters in a path or query (422): no database stores them in text."""
 
 from __future__ import annotations
+
+from urllib.parse import parse_qsl, unquote
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -49,3 +52,37 @@ class BodyLimit:
             response = PlainTextResponse(self._text, status_code=413)
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+class NoNul:
+    """Pure ASGI middleware: a request whose path or query holds a NUL character is refused
+    (422, naming the query parameter, in FastAPI's validation error form), where it would
+    otherwise reach the database (PostgreSQL refuses it in any text: a 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            bad = _nul_locations(scope)
+            if bad:
+                detail = [
+                    {"type": "value_error", "loc": loc, "msg": "NUL characters are not allowed"}
+                    for loc in bad
+                ]
+                await JSONResponse({"detail": detail}, status_code=422)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _nul_locations(scope: Scope) -> list[list[str]]:
+    bad: list[list[str]] = []
+    if "\x00" in scope["path"]:
+        bad.append(["path"])
+    query = scope.get("query_string", b"").decode("latin-1")
+    if "%00" in query or "\x00" in unquote(query):
+        pairs = parse_qsl(query, keep_blank_values=True)
+        bad += [["query", name] for name, value in pairs if "\x00" in name + value]
+        if not bad:  # in a part that is no name=value pair
+            bad.append(["query"])
+    return bad
