@@ -24,7 +24,7 @@ from concordia.images.builders import stop_running_builds
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.diracx_accounts import per_user, user_tokens
 from concordia.logic.identity import local_sign_in
-from concordia.logic.images import open_image_builds, start_builds
+from concordia.logic.images import clear_build_leftovers, open_image_builds, start_builds
 from concordia.logic.platform import Platform
 from concordia.logic.relay import Relay
 from concordia.settings import Settings
@@ -81,6 +81,7 @@ async def running_platform(
         if per_user(platform):  # jobs go to DiracX with their owners' own tokens
             user_tokens(platform)
         if works:
+            await asyncio.to_thread(clear_build_leftovers, platform.images)
             await start_builds(platform)  # those a restart interrupted
             stack.push_async_callback(_stop_builds, platform)
             reconciler = Reconciler(platform)

@@ -58,7 +58,7 @@ class PodmanBuilder:
         cls, executable: str, config_dir: Path, bases: Mapping[str, str]
     ) -> PodmanBuilder | str:
         """The builder if a real build works here (and every base image is present), else why
-        not. Removes what builds of a killed server left in podman's storage."""
+        not."""
         if not bases:
             return (
                 "no base image is configured: name one per Debian suite in image_podman_bases "
@@ -71,7 +71,6 @@ class PodmanBuilder:
         except OSError as exc:
             return f"cannot write its configuration: {exc}"
         builder = cls(podman, "", bases)
-        builder.remove_leftovers()
         found = []
         for suite, reference in sorted(bases.items()):
             done = builder._quiet(["image", "inspect", "--format", "{{.Id}}", reference])

@@ -40,13 +40,19 @@ class ImageStore:
         self.root = root
 
     def prepare(self) -> None:
-        """Create the store; forget half-made builds of a process that died (never published)."""
+        """Create the store (every process that opens it; several may at once)."""
         for path in (self.root, self.root / "logs"):
             path.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)  # the jobs' sandboxes (another uid) pass through to a rootfs
         for name in (".tmp", ".trash"):
+            (self.root / name).mkdir(mode=0o700, exist_ok=True)
+
+    def clear_leftovers(self) -> None:
+        """Forget half-made builds of a process that died (never published): only where no
+        build runs (the process that builds, as it starts to)."""
+        for name in (".tmp", ".trash"):
             shutil.rmtree(self.root / name, ignore_errors=True)
-            (self.root / name).mkdir(mode=0o700)
+            (self.root / name).mkdir(mode=0o700, exist_ok=True)
 
     def path(self, image_id: str) -> Path:
         if not _ID.match(image_id):

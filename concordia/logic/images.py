@@ -89,7 +89,7 @@ class ImageSelection(BaseModel):
 
 
 def open_image_builds(settings: Settings) -> ImageBuilds:
-    """The image store (half-made builds discarded) and the builder probed on this machine."""
+    """The image store and the builder probed on this machine."""
     store = ImageStore(settings.images_dir)
     store.prepare()
     podman = PodmanSetup(settings.image_podman_bases, settings.data_dir / "podman")
@@ -327,6 +327,15 @@ async def _build(platform: Platform, plan: BuildPlan) -> None:
         audience = await _audience(session, platform, row.id)
     _publish(platform, row, audience)
     platform.wakeup.set()  # jobs waiting for this image may go
+
+
+def clear_build_leftovers(builds: ImageBuilds) -> None:
+    """What builds of a process that died left (half-made images, podman's containers): for
+    the process that builds, before it starts to; never while another builds."""
+    builds.store.clear_leftovers()
+    remove = getattr(builds.choice.builder, "remove_leftovers", None)
+    if remove is not None:
+        remove()
 
 
 async def start_builds(platform: Platform) -> None:

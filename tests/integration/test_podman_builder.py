@@ -18,7 +18,7 @@ import pytest
 
 from concordia.backends.runtimes import Podman
 from concordia.core.recipe import Recipe
-from concordia.images.build import PodmanSetup, choose_builder, run_build
+from concordia.images.build import BuilderChoice, PodmanSetup, choose_builder, run_build
 from concordia.images.builders import (
     BuildError,
     BuildPlan,
@@ -27,6 +27,8 @@ from concordia.images.builders import (
 )
 from concordia.images.podman import PodmanBuilder
 from concordia.images.store import ImageStore
+from concordia.logic.images import clear_build_leftovers
+from concordia.logic.platform import ImageBuilds
 from concordia.settings import Settings
 from tests.conftest import make_settings, running_app
 from tests.integration.test_images import BUSYBOX, wait_built, wait_jobs_final
@@ -238,7 +240,7 @@ def test_a_stopped_build_leaves_no_process_and_nothing_in_storage(
     assert concordia_leftovers(podman_env) == []
 
 
-def test_the_probe_removes_what_a_killed_server_left(
+def test_what_a_killed_server_left_is_removed(
     tmp_path: Path, base_image: str, podman_env: dict[str, str]
 ) -> None:
     config_dir = tmp_path / "podman"
@@ -254,6 +256,12 @@ def test_the_probe_removes_what_a_killed_server_left(
     try:
         again = PodmanBuilder.probe("podman", config_dir, {"bookworm": base_image})
         assert isinstance(again, PodmanBuilder) and again.version == first.version
+        # The probe leaves them (another process of this data dir may be building)...
+        assert name in concordia_leftovers(podman_env)
+        # ...the process that builds removes them as it starts to.
+        store = ImageStore(tmp_path / "images")
+        store.prepare()
+        clear_build_leftovers(ImageBuilds(store, BuilderChoice(again)))
         assert concordia_leftovers(podman_env) == [other]
         assert BASE in podman(podman_env, "images", "--format", "{{.Repository}}:{{.Tag}}")
     finally:
