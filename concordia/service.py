@@ -18,7 +18,7 @@ from concordia.backends.diracx import DiracXBackend
 from concordia.backends.local import LocalBackend
 from concordia.db.changes import ChangeFeed
 from concordia.db.engine import WRITES, make_engine, make_sessionmaker
-from concordia.db.lease import worker_lease
+from concordia.db.lease import Lease, migrating, worker_lease
 from concordia.db.migrate import schema_behind, upgrade
 from concordia.images.builders import stop_running_builds
 from concordia.logic.applications import ApplicationCatalog
@@ -41,20 +41,22 @@ Role = Literal["all", "web", "worker"]
 async def running_platform(
     settings: Settings, role: Role, *, on_standby: Callable[[], None] | None = None
 ) -> AsyncIterator[Platform]:
-    """The platform, up for the body. A worker waits as a standby while another process
-    runs the background work (``on_standby`` is told); `serve` refuses to start beside one
-    (LeaseHeld). A worker whose lease is lost stops (LeaseLost: its jobs are the next
-    holder's now)."""
+    """The platform, up for the body. Workers run side by side on PostgreSQL, each with its
+    own jobs; on SQLite a worker waits as a standby while another runs the work
+    (``on_standby`` is told). `serve` refuses to start beside a worker (LeaseHeld). A worker
+    whose lease is lost stops (LeaseLost: its jobs are adopted by the others)."""
     engine = make_engine(settings.database_url)
     tasks: list[asyncio.Task[None]] = []
     async with AsyncExitStack() as stack:
         stack.push_async_callback(engine.dispose)
         works = role != "web"
-        lost = asyncio.Event()
-        if works:  # one process at a time runs jobs and builds (and migrates)
-            waiting = on_standby if role == "worker" else None
-            lost = await stack.enter_async_context(worker_lease(engine, settings.data_dir, waiting))
-            await asyncio.to_thread(upgrade, settings.database_url)
+        lease = Lease(slot=0, leads=False)
+        if works:  # each worker holds a slot; one leads (builds images)
+            lease = await stack.enter_async_context(
+                worker_lease(engine, settings.data_dir, on_standby, alone=role == "all")
+            )
+            async with migrating(engine):  # by one worker at a time; the next finds it done
+                await asyncio.to_thread(upgrade, settings.database_url)
         local = LocalBackend(settings)
         await (local.start() if works else local.probe())
         stack.push_async_callback(local.close)
@@ -72,18 +74,20 @@ async def running_platform(
             vault=open_vault(settings.encryption_keys, settings.encryption_key_file),
             iam=Iam(settings) if settings.iam_mode else None,
             runs_work=works,
+            lease=lease,
             shared=role != "all",
         )
         if role == "worker":
-            platform.stopping = lost
+            platform.stopping = lease.lost
         if platform.iam is not None:
             stack.push_async_callback(platform.iam.close)
         if per_user(platform):  # jobs go to DiracX with their owners' own tokens
             user_tokens(platform)
         if works:
-            await asyncio.to_thread(clear_build_leftovers, platform.images)
-            await start_builds(platform)  # those a restart interrupted
-            stack.push_async_callback(_stop_builds, platform)
+            if lease.leads:  # those a restart interrupted
+                await asyncio.to_thread(clear_build_leftovers, platform.images)
+                await start_builds(platform)
+            stack.push_async_callback(_stop_builds, platform)  # those it started on leading
             reconciler = Reconciler(platform)
             tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         if role == "web":  # the worker's changes reach this process's live pages

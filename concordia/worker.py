@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.backends.base import (
@@ -24,9 +24,10 @@ from concordia.backends.base import (
 )
 from concordia.core.application import ApplicationDef
 from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
+from concordia.db.lease import live_slots
 from concordia.db.tables import Application, Image, Job, Submission, User
 from concordia.images.store import StoredImage
-from concordia.logic.images import BUILDING, FAILED, start_builds
+from concordia.logic.images import BUILDING, FAILED, clear_build_leftovers, start_builds
 from concordia.logic.jobs import (
     ROW_COLUMNS,
     JobRow,
@@ -128,8 +129,15 @@ class Reconciler:
         # Only after word from another process: the rounds a backend's news starts (many a
         # second while local jobs run) need not look.
         elsewhere, self._elsewhere = self._elsewhere, False
-        if elsewhere:  # web processes leave image builds to this one
+        lease = self.platform.lease
+        if lease.now_leads.is_set():  # the last leader died: its builds are resumed here
+            lease.now_leads.clear()
+            await asyncio.to_thread(clear_build_leftovers, self.platform.images)
+            elsewhere = True
+        if elsewhere and lease.leads:  # web processes leave image builds to the leader
             await start_builds(self.platform)
+        if resync:  # a worker that died: its jobs are this one's now
+            await self.adopt()
         for name, backend in self.platform.backends.items():
             if resync:
                 await self._load_watched(name)
@@ -165,6 +173,7 @@ class Reconciler:
                         Job.status.in_([s.value for s in _WATCHED]),
                         Job.backend == name,
                         Job.backend_ref.is_not(None),
+                        Job.worker == self.platform.lease.slot,
                     )
                 )
             fresh = {u: BackendRef(uuid=u, ref=r, state=s) for u, r, s in rows.all()}
@@ -194,21 +203,29 @@ class Reconciler:
         return bool(done)
 
     async def dispatch(self, name: str, backend: Backend) -> None:
-        """Received -> Checking -> Waiting, and into the backend's queue once the job's image
-        is ready ("Waiting for image" until then; a failed build fails the job)."""
+        """Received -> Checking -> Waiting (the queue all workers share), and from there into
+        this worker's backend, as many as it has room for, once the job's image is ready
+        ("Waiting for image" until then; a failed build fails the job)."""
         self._reap()
         mine = [ids for backend_name, ids in self._handing.values() if backend_name == name]
         if self._backoff or len(mine) >= HANDOVERS_AT_ONCE:
             return  # the end of a hand-over wakes the loop; a failure waits for the next poll
         being_handed = set().union(*mine)
+        room = backend.capacity()
+        if room is not None:
+            room = max(0, room - len(being_handed))
+        slot = self.platform.lease.slot
         async with self.platform.writing() as session:
-            # Waiting without a ref: for its image, or for a hand-over that failed or was cut
-            # short by a crash (no image: no Image row, a NULL status).
-            not_handed_over = and_(
+            # Waiting without a ref: in the shared queue (no worker), or this worker's, whose
+            # hand-over failed or was cut short by a crash; not another's, which may be being
+            # handed over now (no image: no Image row, a NULL status).
+            to_hand_over = and_(
                 Job.status == JobStatus.WAITING.value,
                 Job.backend_ref.is_(None),
+                or_(Job.worker.is_(None), Job.worker == slot),
                 or_(Image.status.is_(None), Image.status != BUILDING),
             )
+            wanted = Job.status == JobStatus.RECEIVED.value
             found = (
                 await session.execute(
                     select(*ROW_COLUMNS, *_READY_COLUMNS, Image.status)
@@ -216,7 +233,7 @@ class Reconciler:
                     .outerjoin(Image, Submission.image_id == Image.id)
                     .where(
                         Job.backend == name,
-                        or_(Job.status == JobStatus.RECEIVED.value, not_handed_over),
+                        wanted if room == 0 else or_(wanted, to_hand_over),
                         Job.id.not_in(being_handed),
                     )
                     .order_by(Job.id)
@@ -230,7 +247,8 @@ class Reconciler:
             rows = [(_Ready(*row[:-1]), row[-1]) for row in found]
             if len(rows) == DISPATCH_BATCH:  # more to hand over: come back at once
                 self.platform.wakeup.set()
-            ready = []
+            before = {job.id: (job.status, job.minor_status) for job, _ in rows}
+            ready: list[_Ready] = []
             for job, image_status in rows:
                 if job.status == JobStatus.RECEIVED.value:
                     transition(
@@ -248,7 +266,7 @@ class Reconciler:
                     )  # fmt: skip
                 else:
                     minor = f"Waiting for a {name} slot"
-                    if job.minor_status == minor:  # a hand-over that failed, tried again
+                    if job.minor_status == minor:  # queued already, or a failed hand-over
                         pass
                     elif job.status == JobStatus.WAITING.value:  # its image is ready now
                         record_status(session, job, JobStatus.WAITING, minor=minor, source="Images")
@@ -256,10 +274,20 @@ class Reconciler:
                         transition(
                             session, job, JobStatus.WAITING, minor=minor, source="JobScheduling"
                         )
-                    ready.append(job)
+                    if room is None or len(ready) < room:
+                        ready.append(job)
             specs = await self._specs(session, ready) if ready else []
-            jobs = [job for job, _ in rows]
+            jobs = [job for job, _ in rows if (job.status, job.minor_status) != before[job.id]]
             await store_rows(session, jobs)
+            if specs:  # this worker's now: no other takes them, or adopts them while it lives
+                await session.execute(
+                    update(Job)
+                    .where(
+                        Job.id.in_([spec.job_id for spec in specs]),
+                        Job.worker.is_distinct_from(slot),
+                    )
+                    .values(worker=slot)
+                )
         self._watch(name, jobs)
         publish_jobs(self.platform.bus, jobs)
         if specs:
@@ -465,37 +493,55 @@ class Reconciler:
             job.exit_code = update.exit_code
 
     async def recover(self) -> None:
-        """After a restart: jobs whose process died are Stalled, then rescheduled or Failed;
-        jobs that were waiting go back into their backend's queue."""
+        """At start: the jobs this worker's slot had (its last holder died or stopped), and
+        those of workers that died meanwhile, are adopted."""
+        await self.adopt(at_start=True)
+
+    async def adopt(self, *, at_start: bool = False) -> None:
+        """Jobs under way whose worker is gone (no live worker holds their slot) become this
+        worker's: those whose process died with it are Stalled, then rescheduled or Failed;
+        those queued in it go back into the shared queue; a grid's are watched here.
+        At start, this worker's own slot counts as gone (it held it just now)."""
         max_reschedules = self.platform.settings.max_reschedules
-        hand_over: list[tuple[str, Backend, list[JobSpec]]] = []
+        slot = self.platform.lease.slot
+        if not (at_start or self.platform.lease.side_by_side):
+            return  # one worker at a time (SQLite): none is gone while it runs
         async with self.platform.writing() as session:
-            self._last_before_start = await session.scalar(select(func.max(Job.id))) or 0
+            live = await live_slots(session) or set()
+            others = live - {slot} if at_start else live
+            # A job with no worker is in the shared queue, but for those of before workers
+            # had slots, handed over already.
+            gone = or_(
+                and_(Job.worker.is_not(None), Job.worker.not_in(others)),
+                and_(Job.worker.is_(None), Job.backend_ref.is_not(None)),
+            )
+            newest = await session.scalar(select(func.max(Job.id))) or 0
             for name, backend in self.platform.backends.items():
                 rows = await session.scalars(
                     select(Job)
-                    .where(Job.backend == name, Job.status.in_([s.value for s in _WATCHED]))
-                    .with_for_update()
+                    .where(Job.backend == name, Job.status.in_([s.value for s in _WATCHED]), gone)
+                    .with_for_update(skip_locked=True)
                 )
                 jobs = list(rows)
-                lost = [j for j in jobs if j.status != JobStatus.WAITING.value]
-                if lost and not backend.survives_restart:
+                if not jobs:
+                    continue
+                # Any job may have been handed over by the worker that died, unrecorded.
+                self._last_before_start = max(self._last_before_start, newest)
+                for job in jobs:
+                    job.worker = slot
+                if not backend.survives_restart:  # its jobs died with their worker
+                    lost = [j for j in jobs if j.status != JobStatus.WAITING.value]
                     await backend.kill([backend_ref(j) for j in lost])
                     for job in lost:
                         _stall(session, job, max_reschedules)
-                # Queued in the process that died: queued again (a grid still holds its own).
-                waiting = [
-                    j
-                    for j in jobs
-                    if j.status == JobStatus.WAITING.value and j.backend_ref is not None
-                ]
-                if waiting and not backend.survives_restart:
-                    hand_over.append((name, backend, await self._specs(session, waiting)))
+                    # Queued in the process that died: back in the shared queue.
+                    for job in jobs:
+                        if job.status == JobStatus.WAITING.value and job.backend_ref is not None:
+                            job.backend_ref, job.worker = None, None
                 self._watch(name, jobs)
                 publish_jobs(self.platform.bus, jobs)
-        for name, backend, specs in hand_over:
-            if specs:
-                await self._hand_over(name, backend, specs)
+            if at_start:
+                self._last_before_start = newest
 
 
 @dataclass

@@ -101,6 +101,11 @@ class Backend(Protocol):
     #: when it answers.
     unreachable: str | None
 
+    def capacity(self) -> int | None:
+        """How many more jobs it takes now (None: no limit). Jobs beyond stay in the queue
+        all workers share, for whichever has room: a worker runs no more than it can."""
+        ...
+
     async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]: ...
 
     async def poll(self, refs: list[BackendRef]) -> list[StatusUpdate]: ...

@@ -211,6 +211,10 @@ class DiracXBackend:
 
     # --- submit
 
+    def capacity(self) -> None:
+        """DiracX queues what it is given (its matcher decides where jobs run)."""
+        return None
+
     async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]:
         """Each job once: jobs DiracX already has (a JobName is Concordia's job uuid: a crash
         between DiracX accepting and Concordia recording finds them) are adopted."""

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: The proxy of a job that needs one, in its work directory; removed before outputs are taken.
 PROXY_FILE = ".x509up"
+#: Jobs a worker takes per local slot: the one running and one queued behind it.
+QUEUED_PER_SLOT = 2
 
 
 @dataclass(eq=False)
@@ -191,6 +193,11 @@ class LocalBackend:
     def running(self, uuid: str) -> bool:
         job = self._jobs.get(uuid)
         return job is not None and job.phase == "running"
+
+    def capacity(self) -> int:
+        """Its slots, and as many queued behind them: a slot that frees starts the next job at
+        once, and the rest wait in the shared queue (another worker may have room)."""
+        return max(0, QUEUED_PER_SLOT * self.settings.local_slots - len(self._jobs))
 
     async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]:
         """Queue the jobs; a job already queued or running is left alone, an ended one reruns.

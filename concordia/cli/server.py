@@ -122,7 +122,8 @@ def _serve_web_processes(settings: Settings, workers: int, options: dict[str, An
 @app.command(rich_help_panel="Server")
 def worker() -> None:
     """Run the background work (reconciler, local jobs, image builds) beside `concordia serve
-    --workers N`; a second worker waits as a standby and takes over if the first dies."""
+    --workers N`; on PostgreSQL several share the work; on SQLite a second waits as a
+    standby and takes over if the first dies."""
     import logging.config
 
     from concordia.service import LeaseLost, freeze_start_up, run_worker

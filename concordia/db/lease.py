@@ -1,5 +1,7 @@
-"""One worker at a time: the background loops (reconciler, local jobs, image builds) run in
-the process holding this lease; any other waits as a standby and takes over when it dies."""
+"""Workers' leases: each worker holds a numbered slot (its jobs carry the number, so that
+another worker knows them as taken, and adopts them once the slot is free: its holder died);
+one of them, the leader, also runs what only one process may (image builds). On SQLite one
+worker runs at a time: any other waits as a standby and takes over when it dies."""
 
 from __future__ import annotations
 
@@ -10,16 +12,22 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 log = logging.getLogger(__name__)
 
-#: PostgreSQL advisory lock key of the worker lease (any fixed 64-bit number).
+#: PostgreSQL advisory lock key of the leader (any fixed 64-bit number).
 LEASE_KEY = 0x636F6E636F726469  # "concordi"
-#: How often the holder checks it still holds it (its connection may have been cut).
+#: Advisory lock key held while a worker migrates the schema.
+MIGRATION_KEY = 0x636F6E636F72646D  # "concordm"
+#: The first half of the two-part advisory keys of the workers' slots (a 32-bit number).
+SLOT_CLASS = 0x636F6E63  # "conc"
+#: How often the holder checks it still holds its locks (its connection may have been cut),
+#: and a worker that does not lead tries to.
 CHECK_SECONDS = 2.0
 #: How often a standby on SQLite tries the lock file.
 POLL_SECONDS = 0.5
@@ -35,20 +43,69 @@ HELD = (
 )
 
 
+@dataclass
+class Lease:
+    """What a worker holds: its slot number, whether it leads, and an event set while the
+    lease is lost (PostgreSQL: the connection holding it was cut, as by a database restart)."""
+
+    slot: int
+    leads: bool
+    #: Whether other workers may run beside this one (PostgreSQL), their jobs not its own.
+    side_by_side: bool = False
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when this worker becomes the leader after its start (the last leader died).
+    now_leads: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 @asynccontextmanager
 async def worker_lease(
-    engine: AsyncEngine, data_dir: Path, on_wait: Callable[[], None] | None = None
-) -> AsyncIterator[asyncio.Event]:
-    """Held for the body. With ``on_wait``, a standby: it is called once if another process
-    holds the lease now, and the lease is waited for; without, LeaseHeld is raised then.
-    Yields an event set while the lease is lost (PostgreSQL: the connection holding it was
-    cut, as by a database restart; it is taken again when it can be)."""
+    engine: AsyncEngine,
+    data_dir: Path,
+    on_wait: Callable[[], None] | None = None,
+    *,
+    alone: bool = False,
+) -> AsyncIterator[Lease]:
+    """Held for the body. ``alone`` (`serve` without --workers: its web pages and work in one
+    process): LeaseHeld if another process leads. On SQLite a worker is alone too, but waits
+    as a standby with ``on_wait`` (called once if another process holds the lease now)."""
     if engine.url.get_backend_name() == "postgresql":
-        async with _advisory(engine, on_wait) as lost:
-            yield lost
+        async with _advisory(engine, alone) as lease:
+            yield lease
     else:
-        async with _flock(data_dir / "worker.lock", on_wait):
-            yield asyncio.Event()  # a file lock goes only with its process
+        async with _flock(data_dir / "worker.lock", None if alone else on_wait):
+            yield Lease(slot=1, leads=True)  # a file lock goes only with its process
+
+
+@asynccontextmanager
+async def migrating(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Held while the schema is migrated: workers starting together migrate in turn (on
+    SQLite the worker's file lock already makes it one)."""
+    if engine.url.get_backend_name() != "postgresql":
+        yield
+        return
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_KEY})
+        await connection.commit()
+        try:
+            yield
+        finally:
+            await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_KEY})
+            await connection.commit()
+
+
+async def live_slots(session: AsyncSession) -> set[int] | None:
+    """The slots whose workers are alive now (PostgreSQL); None where one worker runs."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    rows = await session.execute(
+        text(
+            "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid = :c AND objsubid = 2"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+        {"c": SLOT_CLASS},
+    )
+    return {int(slot) for (slot,) in rows.all()}
 
 
 def _try_flock(fd: int) -> bool:
@@ -75,51 +132,66 @@ async def _flock(path: Path, on_wait: Callable[[], None] | None) -> AsyncIterato
         os.close(fd)  # releases the lock
 
 
-async def _try_lock(connection: AsyncConnection) -> bool:
-    got = await connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": LEASE_KEY})
+async def _try(connection: AsyncConnection, sql: str, **keys: int) -> bool:
+    got = await connection.scalar(text(sql), keys)
     await connection.commit()  # the lock outlives transactions; none is left open
     return bool(got)
 
 
+async def _try_lead(connection: AsyncConnection) -> bool:
+    return await _try(connection, "SELECT pg_try_advisory_lock(:k)", k=LEASE_KEY)
+
+
+async def _take_slot(connection: AsyncConnection, slot: int | None = None) -> int | None:
+    """The lowest free slot (or the one named), held on this connection; None if taken."""
+    for n in [slot] if slot is not None else range(1, 1 << 20):
+        if await _try(connection, "SELECT pg_try_advisory_lock(:c, :n)", c=SLOT_CLASS, n=n):
+            return n
+    return None
+
+
 @asynccontextmanager
-async def _advisory(
-    engine: AsyncEngine, on_wait: Callable[[], None] | None
-) -> AsyncIterator[asyncio.Event]:
-    # A session-level advisory lock lives as long as its connection: a worker that dies lets
-    # a standby take over.
+async def _advisory(engine: AsyncEngine, alone: bool) -> AsyncIterator[Lease]:
+    # Session-level advisory locks live as long as their connection: a worker that dies
+    # frees its slot (its jobs are adopted) and its lead (another worker leads).
     connection = await engine.connect()
-    if not await _try_lock(connection):
-        if on_wait is None:
-            await connection.close()
-            raise LeaseHeld(HELD)
-        on_wait()
-        await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LEASE_KEY})
-        await connection.commit()
-    lost = asyncio.Event()
+    leads = await _try_lead(connection)
+    if alone and not leads:
+        await connection.close()
+        raise LeaseHeld(HELD)
+    slot = await _take_slot(connection)
+    assert slot is not None  # a million workers: not a deployment
+    lease = Lease(slot=slot, leads=leads, side_by_side=True)
 
     async def watch() -> None:
         nonlocal connection
         while True:
             await asyncio.sleep(CHECK_SECONDS)
             try:
-                if lost.is_set():  # taken again on a new connection, if no one has it now
+                if lease.lost.is_set():  # taken again on a new connection, if free now
                     with contextlib.suppress(Exception):
                         await connection.close()
                     connection = await engine.connect()
-                    if await _try_lock(connection):
+                    if await _take_slot(connection, lease.slot) and (
+                        not lease.leads or await _try_lead(connection)
+                    ):
                         log.warning("the worker lease is held again")
-                        lost.clear()
+                        lease.lost.clear()
+                elif not lease.leads:  # the leader may have died
+                    if await _try_lead(connection):
+                        lease.leads = True
+                        lease.now_leads.set()
                 else:
                     await connection.execute(text("SELECT 1"))
                     await connection.commit()
             except Exception as exc:
-                if not lost.is_set():
+                if not lease.lost.is_set():
                     log.error("the worker lease was lost: %s", exc)
-                lost.set()
+                lease.lost.set()
 
     watcher = asyncio.create_task(watch(), name="worker-lease")
     try:
-        yield lost
+        yield lease
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

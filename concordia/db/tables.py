@@ -185,6 +185,8 @@ class Job(Base):
     backend_ref: Mapped[str | None] = mapped_column(String(256), default=None)
     backend_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reschedule_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: The slot of the worker that took it (db.lease): its own until that worker dies.
+    worker: Mapped[int | None] = mapped_column(Integer, default=None)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     outputs: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

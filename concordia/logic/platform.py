@@ -16,6 +16,7 @@ from concordia.auth.vault import Vault
 from concordia.backends.base import Backend
 from concordia.db.changes import notifies, notify
 from concordia.db.engine import WRITES
+from concordia.db.lease import Lease
 from concordia.db.tables import JobStatusHistory
 from concordia.images.build import BuilderChoice
 from concordia.images.store import ImageStore
@@ -60,6 +61,9 @@ class Platform:
     #: Whether this process runs the background work (reconciler, local jobs, image builds);
     #: a web process of `concordia serve --workers N` leaves it to `concordia worker`.
     runs_work: bool = True
+    #: A worker's slot (its jobs carry the number) and whether it leads (builds images);
+    #: slot 0 in a web process.
+    lease: Lease = field(default_factory=lambda: Lease(slot=1, leads=True))
     #: Other processes share the database: each writing transaction tells them (NOTIFY).
     shared: bool = False
     #: Set when this process must stop: a worker whose lease was lost (another may run the

@@ -2,9 +2,10 @@
 (its submission, its hand-over, its jobs running) and restarted, and PostgreSQL crashed and
 restarted under it: every job exists once, reaches its backend once and ends. Two
 installations: `concordia serve` alone, and `serve --workers 1` beside `concordia worker`
-(its web process killed during the submission, the worker during the hand-over and while
-the jobs run). Each suite pass crashes its own database: SQLite under both installations,
-PostgreSQL in the second pass under the split one, as deployed."""
+(two side by side on PostgreSQL): its web process killed during the submission, a worker
+during the hand-over and while the jobs run. Each suite pass crashes its own database:
+SQLite under both installations, PostgreSQL in the second pass under the split one, as
+deployed."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ KILLED = {"serve": ("serve", "serve", "serve"), "web+worker": ("web", "worker", 
 #: On PostgreSQL, the split installation alone: the one its deployment runs (docs/deployment.md);
 #: `serve` alone is the embedded default, crashed on SQLite.
 INSTALLATIONS = ["web+worker"] if ON_POSTGRESQL else list(KILLED)
+#: The split installation's workers: on PostgreSQL two run side by side (the kills hit the
+#: first; the other adopts its jobs, or it does on its restart); on SQLite one at a time.
+WORKERS = ("worker", "worker2") if ON_POSTGRESQL else ("worker",)
 MAX_RESCHEDULES = 1  # low: a job stalled by two kills fails, and the test sees that path too
 #: A replay: CONCORDIA_CRASH_SEED=<the seed a failure printed>.
 SEED_VARIABLE = "CONCORDIA_CRASH_SEED"
@@ -91,14 +95,17 @@ class Serve:
     def exit_code(self) -> int | None:
         return self.server.process.poll() if self.server.process is not None else None
 
+    def pid(self) -> int | None:
+        return self.server.process.pid if self.server.process is not None else None
+
 
 class WorkerProcess:
     """`concordia worker` as its systemd unit runs it (Restart=always): started again when it
     exits (a worker whose database went away exits 75), and SIGKILLed by the test."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, story: Story) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, story: Story, name: str) -> None:
         self.env, self.cwd, self.story = env, cwd, story
-        self.log = cwd / "worker.log"
+        self.log = cwd / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -115,7 +122,7 @@ class WorkerProcess:
         while not self._stopped.wait(RESTART_SECONDS):
             with self._lock:
                 if self.process is not None and (code := self.process.poll()) is not None:
-                    self.story(f"worker exited {code}: started again, as by its unit")
+                    self.story(f"{self.log.stem} exited {code}: started again, as by its unit")
                     self._spawn()
 
     def _output(self) -> str:
@@ -147,6 +154,9 @@ class WorkerProcess:
 
     def exit_code(self) -> int | None:
         return self.process.poll() if self.process is not None else None
+
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
 
 Process = Serve | WorkerProcess
@@ -250,11 +260,12 @@ def installation(
     processes: dict[str, Process]
     if kind == "serve":
         processes = {"serve": Serve(server)}
-    else:  # the worker first: it migrates the database the web processes wait for
+    else:  # the workers first: they migrate the database the web processes wait for
         server.args = ("serve", "--workers", "1")
-        worker = WorkerProcess(environment, tmp_path, story)
-        processes = {"worker": worker, "web": Serve(server)}
-        processes["worker"].start()
+        processes = {name: WorkerProcess(environment, tmp_path, story, name) for name in WORKERS}
+        for worker in processes.values():
+            worker.start()
+        processes["web"] = Serve(server)
     server.start(timeout=60)
     story(f"{' and '.join(processes)} started on {database.partition(':')[0]}")
     return Installation(processes, server, story)
@@ -442,6 +453,34 @@ def job_processes(marker: str, data_dir: Path) -> list[str]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (its children, theirs...)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rpartition(")")[2].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie is over: it only waits to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def no_job_process_left(marker: str, data_dir: Path, story: Story) -> None:
     """Jobs die with the process that ran them (bubblewrap's --die-with-parent): none is
     left a moment after."""
@@ -462,12 +501,21 @@ def test_local_batch_survives_kills(
     concordia = installation(tmp_path, database, {"CONCORDIA_LOCAL_SLOTS": "4"}, story, killed)
     data_dir = concordia.web.data_dir
     running: list[int] = []
+    killed_jobs: set[int] = set()
 
     def count_running(kind: str) -> None:
         running.append(len(job_processes(marker, data_dir)))
+        killed_jobs.clear()
+        if (pid := concordia.processes[kind].pid()) is not None:
+            killed_jobs.update(descendants(pid))
 
     def jobs_died(kind: str) -> None:
-        if kind != "web":  # a web process runs no jobs: the worker's go on
+        if kind == "web":  # a web process runs no jobs: the worker's go on
+            return
+        if len(concordia.processes) > 2:  # another worker's jobs go on: the killed one's die
+            ended = lambda: not any(alive(pid) for pid in killed_jobs)  # noqa: E731
+            wait_until("the killed worker's jobs ending", ended, story, timeout=15, interval=0.1)
+        else:
             no_job_process_left(marker, data_dir, story)
 
     concordia.before_kill = count_running
