@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.backends.base import (
@@ -225,27 +225,16 @@ class Reconciler:
                 or_(Job.worker.is_(None), Job.worker == slot),
                 or_(Image.status.is_(None), Image.status != BUILDING),
             )
-            wanted = Job.status == JobStatus.RECEIVED.value
-            found = (
-                await session.execute(
-                    select(*ROW_COLUMNS, *_READY_COLUMNS, Image.status)
-                    .join(Submission, Job.submission_id == Submission.id)
-                    .outerjoin(Image, Submission.image_id == Image.id)
-                    .where(
-                        Job.backend == name,
-                        wanted if room == 0 else or_(wanted, to_hand_over),
-                        Job.id.not_in(being_handed),
-                    )
-                    .order_by(Job.id)
-                    .limit(DISPATCH_BATCH)
-                    # Rows another process is dispatching are left to it (PostgreSQL).
-                    .with_for_update(of=Job, skip_locked=True)
-                )
-            ).all()
+            received = Job.status == JobStatus.RECEIVED.value
+            # The queue's oldest first, as many as there is room for; then new jobs, each
+            # into the queue (and, room left, on to the backend).
+            queued = DISPATCH_BATCH if room is None else min(room, DISPATCH_BATCH)
+            found = await self._take(session, name, to_hand_over, queued, being_handed)
+            found += await self._take(session, name, received, DISPATCH_BATCH, being_handed)
             if not found:
                 return
             rows = [(_Ready(*row[:-1]), row[-1]) for row in found]
-            if len(rows) == DISPATCH_BATCH:  # more to hand over: come back at once
+            if len(rows) >= DISPATCH_BATCH:  # more to hand over: come back at once
                 self.platform.wakeup.set()
             before = {job.id: (job.status, job.minor_status) for job, _ in rows}
             ready: list[_Ready] = []
@@ -294,6 +283,29 @@ class Reconciler:
             task = asyncio.create_task(self._hand_over(name, backend, specs))
             task.add_done_callback(lambda _: self.platform.wakeup.set())
             self._handing[task] = (name, {spec.job_id for spec in specs})
+
+    @staticmethod
+    async def _take(
+        session: AsyncSession,
+        name: str,
+        where: ColumnElement[bool],
+        limit: int,
+        being_handed: set[int],
+    ) -> list[Any]:
+        """Rows to dispatch, locked; those another process is dispatching are left to it
+        (PostgreSQL), as are those a hand-over of this one holds."""
+        if limit == 0:
+            return []
+        query = (
+            select(*ROW_COLUMNS, *_READY_COLUMNS, Image.status)
+            .join(Submission, Job.submission_id == Submission.id)
+            .outerjoin(Image, Submission.image_id == Image.id)
+            .where(Job.backend == name, where, Job.id.not_in(being_handed))
+            .order_by(Job.id)
+            .limit(limit)
+            .with_for_update(of=Job, skip_locked=True)
+        )
+        return list((await session.execute(query)).all())
 
     def _reap(self) -> None:
         """Forget finished hand-overs. A failed one's jobs are Waiting without a ref: a later

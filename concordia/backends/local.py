@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 _UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: The proxy of a job that needs one, in its work directory; removed before outputs are taken.
 PROXY_FILE = ".x509up"
-#: Jobs a worker takes per local slot: the one running and one queued behind it.
-QUEUED_PER_SLOT = 2
 
 
 @dataclass(eq=False)
@@ -195,9 +193,13 @@ class LocalBackend:
         return job is not None and job.phase == "running"
 
     def capacity(self) -> int:
-        """Its slots, and as many queued behind them: a slot that frees starts the next job at
-        once, and the rest wait in the shared queue (another worker may have room)."""
-        return max(0, QUEUED_PER_SLOT * self.settings.local_slots - len(self._jobs))
+        """Room for half a queue or more, else none. A worker holds its slots' jobs and a queue
+        behind them (a slot that frees starts the next at once); the rest wait in the shared
+        queue, where another worker may have room. Taken half a queue at a time: a hand-over
+        is a round of its own, too many for one per job that ends."""
+        queue = queue_depth(self.settings.local_slots)
+        room = self.settings.local_slots + queue - len(self._jobs)
+        return room if room >= queue // 2 else 0
 
     async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]:
         """Queue the jobs; a job already queued or running is left alone, an ended one reruns.
@@ -501,3 +503,8 @@ def _tidy(job: _Job, keep_workdir: bool) -> None:
         pass
     except OSError:
         shutil.rmtree(job.dir / "work", ignore_errors=True)
+
+
+def queue_depth(slots: int) -> int:
+    """Jobs a worker keeps queued behind its running ones: two per slot, and at least 16."""
+    return max(2 * slots, 16)

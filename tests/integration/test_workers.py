@@ -183,7 +183,8 @@ def test_a_second_worker_takes_over_from_one_that_dies(split: Split) -> None:
     split.web.start()
     database = split.web.database_url
     with split.client() as client:
-        ids = submit(client, 12, sleep=1)  # more than one worker takes (2 slots, 2 each)
+        # More than one worker takes: each holds its 2 slots' jobs and a queue of 16.
+        ids = submit(client, 40, sleep=0.5)
         if ON_POSTGRESQL:  # both run jobs at once
             running = "SELECT count(DISTINCT worker) FROM jobs WHERE status = 'Running'"
             until(lambda: fetch_value(database, running) == 2, "both workers run jobs")
@@ -196,7 +197,7 @@ def test_a_second_worker_takes_over_from_one_that_dies(split: Split) -> None:
         final = wait_final(client, ids)
         # The jobs the first worker was running were found stalled and run again.
         assert set(final.values()) == {"Done"}, final
-        assert client.get("/api/v1/jobs").json()["total"] == 12  # each job once
+        assert client.get("/api/v1/jobs").json()["total"] == 40  # each job once
         stalled = 0
         for job_id in ids:
             history = [h["status"] for h in client.get(f"/api/v1/jobs/{job_id}").json()["history"]]
