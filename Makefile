@@ -40,12 +40,11 @@ test-deps: system-deps diracx-venv
 run: $(STAMP) system-deps
 	$(BIN)/concordia serve
 
-# The whole suite on the embedded SQLite, then every test that uses a database again on
-# PostgreSQL (tests/unit is pure code, and the tests marked one_database run backends, image
-# builds or the job wrapper on their own: nothing there differs between the two).
+# The whole suite on the embedded SQLite and, side by side with it, every test that uses a
+# database again on PostgreSQL (tests/unit is pure code, and the tests marked one_database run
+# backends, image builds or the job wrapper on their own: nothing there differs between the two).
 test: $(STAMP) test-deps
-	$(BIN)/pytest -q
-	CONCORDIA_TEST_DATABASE=postgresql $(BIN)/pytest -q -m "not one_database" tests/integration tests/e2e
+	scripts/run-tests $(BIN)
 
 lint: $(STAMP)
 	$(BIN)/ruff check concordia tests bench
