@@ -229,13 +229,14 @@ class Reconciler:
             # The queue's oldest first, as many as there is room for; then new jobs, each
             # into the queue (and, room left, on to the backend).
             queued = DISPATCH_BATCH if room is None else min(room, DISPATCH_BATCH)
-            found = await self._take(session, name, to_hand_over, queued, being_handed)
-            found += await self._take(session, name, received, DISPATCH_BATCH, being_handed)
-            if not found:
+            old = await self._take(session, name, to_hand_over, queued, being_handed)
+            new = await self._take(session, name, received, DISPATCH_BATCH, being_handed)
+            if not old and not new:
                 return
-            rows = [(_Ready(*row[:-1]), row[-1]) for row in found]
-            if len(rows) >= DISPATCH_BATCH:  # more to hand over: come back at once
+            # More than a round takes (not only more than there is room for): back at once.
+            if len(new) == DISPATCH_BATCH or (room is None and len(old) == DISPATCH_BATCH):
                 self.platform.wakeup.set()
+            rows = [(_Ready(*row[:-1]), row[-1]) for row in old + new]
             before = {job.id: (job.status, job.minor_status) for job, _ in rows}
             ready: list[_Ready] = []
             for job, image_status in rows:
@@ -519,7 +520,7 @@ class Reconciler:
         if not (at_start or self.platform.lease.side_by_side):
             return  # one worker at a time (SQLite): none is gone while it runs
         async with self.platform.writing() as session:
-            live = await live_slots(session) or set()
+            live = await live_slots(session) if self.platform.lease.side_by_side else set()
             others = live - {slot} if at_start else live
             # A job with no worker is in the shared queue, but for those of before workers
             # had slots, handed over already.
@@ -528,6 +529,7 @@ class Reconciler:
                 and_(Job.worker.is_(None), Job.backend_ref.is_not(None)),
             )
             newest = await session.scalar(select(func.max(Job.id))) or 0
+            adopted = False
             for name, backend in self.platform.backends.items():
                 rows = await session.scalars(
                     select(Job)
@@ -537,8 +539,7 @@ class Reconciler:
                 jobs = list(rows)
                 if not jobs:
                     continue
-                # Any job may have been handed over by the worker that died, unrecorded.
-                self._last_before_start = max(self._last_before_start, newest)
+                adopted = True
                 for job in jobs:
                     job.worker = slot
                 if not backend.survives_restart:  # its jobs died with their worker
@@ -552,7 +553,7 @@ class Reconciler:
                             job.backend_ref, job.worker = None, None
                 self._watch(name, jobs)
                 publish_jobs(self.platform.bus, jobs)
-            if at_start:
+            if at_start or adopted:  # any job may have been handed over, unrecorded
                 self._last_before_start = newest
 
 

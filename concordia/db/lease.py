@@ -93,10 +93,8 @@ async def migrating(engine: AsyncEngine) -> AsyncIterator[None]:
             await connection.commit()
 
 
-async def live_slots(session: AsyncSession) -> set[int] | None:
-    """The slots whose workers are alive now (PostgreSQL); None where one worker runs."""
-    if session.get_bind().dialect.name != "postgresql":
-        return None
+async def live_slots(session: AsyncSession) -> set[int]:
+    """The slots whose workers are alive now (PostgreSQL: where workers run side by side)."""
     rows = await session.execute(
         text(
             "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted"

@@ -86,6 +86,10 @@ class Builder(Protocol):
 
     def build(self, plan: BuildPlan, context: Path, rootfs: Path, log: IO[str]) -> None: ...
 
+    def remove_leftovers(self) -> list[str]:
+        """Remove what builds of a killed process left outside the store; what was removed."""
+        ...
+
 
 def run_logged(
     cmd: Sequence[str],
@@ -222,6 +226,9 @@ class MmdebstrapBuilder:
     def __init__(self, version: str) -> None:
         self.version = version
 
+    def remove_leftovers(self) -> list[str]:
+        return []  # a build leaves nothing outside the store's workspace
+
     def build(self, plan: BuildPlan, context: Path, rootfs: Path, log: IO[str]) -> None:
         fetch_sources(plan, context, log)
         recipe = plan.recipe
@@ -243,6 +250,9 @@ class ApptainerBuilder:
     def __init__(self, command: str, version: str) -> None:
         self.command = command
         self.version = version
+
+    def remove_leftovers(self) -> list[str]:
+        return []  # a build leaves nothing outside the store's workspace
 
     def build(self, plan: BuildPlan, context: Path, rootfs: Path, log: IO[str]) -> None:
         fetch_sources(plan, context, log)

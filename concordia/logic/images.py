@@ -333,9 +333,8 @@ def clear_build_leftovers(builds: ImageBuilds) -> None:
     """What builds of a process that died left (half-made images, podman's containers): for
     the process that builds, before it starts to; never while another builds."""
     builds.store.clear_leftovers()
-    remove = getattr(builds.choice.builder, "remove_leftovers", None)
-    if remove is not None:
-        remove()
+    if builds.choice.builder is not None:
+        builds.choice.builder.remove_leftovers()
 
 
 async def start_builds(platform: Platform) -> None:
