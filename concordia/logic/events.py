@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterable
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -19,6 +21,11 @@ class Event(BaseModel):
     #: shared in its users' VOs).
     viewers: list[int] = Field(default_factory=list)
     vos: list[str] = Field(default_factory=list)
+
+    @cached_property
+    def data_json(self) -> str:
+        """The data as JSON, made once: every subscriber's stream sends the same text."""
+        return json.dumps(self.data)
 
     def reaches(self, user_id: int, vos: Iterable[str]) -> bool:
         if user_id == self.owner_id or user_id in self.viewers:

@@ -28,7 +28,8 @@ def same_secret(given: str, expected: str) -> bool:
     return bool(expected) and secrets.compare_digest(given.encode(), expected.encode())
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
+    # async: a plain function would be run in a worker thread, a hand-over per request
     platform: Platform = request.app.state.platform
     return platform
 

@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+from sqlalchemy import func, insert, select
+from sqlalchemy.util import greenlet_spawn
+
 from concordia.core.states import JobStatus
 from concordia.db.engine import make_engine, make_sessionmaker
 from concordia.db.migrate import upgrade
-from concordia.db.tables import Application, Job, Submission
+from concordia.db.tables import Application, Job, Submission, User
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.identity import ensure_user
 from concordia.logic.jobs import get_owned_job, rows_where, store_rows, transition
@@ -89,3 +92,39 @@ async def test_a_kill_waits_for_the_workers_round_and_sees_its_result(
         async with web.reading() as session:
             job = await get_owned_job(session, owner, job_id)
             assert job.status == JobStatus.DONE.value
+
+
+async def test_a_connection_handed_back_mid_transaction_is_rolled_back(
+    settings: Settings,
+) -> None:
+    """The pool rolls back only what is still open (SQLite skips a second rollback of what
+    the session ended): a connection given back with its transaction open (a task
+    cancelled mid-query, say) neither keeps its write nor lends the open transaction on."""
+    await asyncio.to_thread(upgrade, settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        connection = await engine.connect()
+        fairy = await connection.get_raw_connection()
+        await connection.execute(insert(User).values(username="ghost", display_name=""))
+        record = fairy._connection_record
+        assert record is not None
+        assert connection.sync_connection is not None
+        connection.sync_connection._dbapi_connection = None  # not through Connection.close
+        await greenlet_spawn(fairy._checkin)
+        assert not _in_transaction(record.dbapi_connection)
+        async with engine.connect() as other:  # the pool's next loan: no open transaction
+            count = await other.scalar(select(func.count()).select_from(User))
+            assert count == 0
+            await other.execute(insert(User).values(username="real", display_name=""))
+            await other.commit()
+        async with engine.connect() as other:
+            assert await other.scalar(select(User.username)) == "real"
+    finally:
+        await engine.dispose()
+
+
+def _in_transaction(dbapi_connection: Any) -> bool:
+    driver = dbapi_connection.driver_connection
+    if hasattr(driver, "is_in_transaction"):  # asyncpg
+        return bool(driver.is_in_transaction())
+    return bool(driver.in_transaction)

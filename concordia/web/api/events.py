@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter
@@ -25,6 +24,7 @@ router = APIRouter(tags=["events"], responses=AUTHENTICATED)
 )
 async def events(platform: PlatformDep, user: CurrentUser) -> EventSourceResponse:
     async def stream() -> AsyncIterator[dict[str, str] | bytes]:
+        vos = set(user.vos)
         async with platform.bus.subscribe() as queue:
             yield {"event": "ready", "data": "{}"}
             # No disconnect check per event (each costs a cancel scope and a receive): the
@@ -40,7 +40,7 @@ async def events(platform: PlatformDep, user: CurrentUser) -> EventSourceRespons
                 events = [first]
                 while not queue.empty():
                     events.append(queue.get_nowait())
-                chunk = b"".join(_encoded(e) for e in events if e.reaches(user.user_id, user.vos))
+                chunk = b"".join(_encoded(e) for e in events if e.reaches(user.user_id, vos))
                 if chunk:
                     yield chunk
 
@@ -48,4 +48,4 @@ async def events(platform: PlatformDep, user: CurrentUser) -> EventSourceRespons
 
 
 def _encoded(event: Event) -> bytes:
-    return ServerSentEvent(event=event.kind, data=json.dumps(event.data)).encode()
+    return ServerSentEvent(event=event.kind, data=event.data_json).encode()
