@@ -84,11 +84,11 @@ def serve(
     def banner(login_url: str, platform: Platform) -> None:
         _banner(settings, login_url, platform)
 
-    from concordia.service import freeze_start_up
+    from concordia.service import tune_server_process
 
     config = uvicorn.Config(create_app(settings, on_ready=banner), **uvicorn_options)
     server = uvicorn.Server(config)
-    freeze_start_up()
+    tune_server_process()
     server.run()
     if not server.started:
         raise typer.Exit(1)
@@ -126,7 +126,7 @@ def worker() -> None:
     standby and takes over if the first dies."""
     import logging.config
 
-    from concordia.service import LeaseLost, freeze_start_up, run_worker
+    from concordia.service import LeaseLost, run_worker, tune_server_process
 
     settings = get_settings()
     settings.make_data_dir()
@@ -135,7 +135,7 @@ def worker() -> None:
     def standby() -> None:
         say("another worker runs the background work: waiting as a standby")
 
-    freeze_start_up()
+    tune_server_process()
     try:
         asyncio.run(run_worker(settings, standby))
     except LeaseLost as exc:

@@ -17,7 +17,7 @@ from concordia import __version__
 from concordia.logic.diracx_accounts import per_user
 from concordia.logic.identity import local_sign_in, write_secret_file
 from concordia.logic.platform import Platform
-from concordia.service import freeze_start_up, running_platform
+from concordia.service import running_platform, tune_server_process
 from concordia.settings import Settings
 from concordia.web.api import router as api_router
 from concordia.web.errors import install_error_handlers
@@ -100,5 +100,5 @@ def create_app(
 def web_app() -> FastAPI:
     """One web process of `concordia serve --workers N` (made in each by uvicorn)."""
     app = create_app(Settings(), role="web")
-    freeze_start_up()
+    tune_server_process()
     return app
