@@ -120,7 +120,7 @@ def tune_server_process() -> None:
 
     Threads hand the GIL over after 0.5 ms rather than Python's 5: the event loop shares it
     with the SQLite driver's threads (each statement is several hand-overs to one), and
-    under load a request waited up to 5 ms at each while the loop ran other work
+    under load a request can wait up to 5 ms at each while the loop ran other work
     (bench/load.py, three runs each way on this 2-core machine: p95 of GET /api/v1/jobs
     151, 197, 171 ms against 238, 231, 193 ms).
     """

@@ -46,9 +46,10 @@ def _sqlite_begin(conn: Connection) -> None:
 
 
 def _sqlite_reset(dbapi_conn: Any, _record: Any, state: PoolResetState) -> None:
-    if state.asyncio_safe and not state.terminate_only:
-        if dbapi_conn.driver_connection.in_transaction:
-            dbapi_conn.rollback()
+    # The pool's own reset, minus its second rollback of what the session already ended.
+    usable = state.asyncio_safe and not state.terminate_only
+    if usable and dbapi_conn.driver_connection.in_transaction:
+        dbapi_conn.rollback()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
