@@ -463,7 +463,10 @@ class Reconciler:
             return
         try:
             async with self.platform.writing() as session:
-                found = await rows_where(session, Job.uuid.in_({u.uuid for u in updates}))
+                # A job adopted by another worker (its row no longer names this one's slot) is
+                # not this worker's to record, as a deleted job is not.
+                uuids = Job.uuid.in_({u.uuid for u in updates})
+                found = await rows_where(session, uuids, Job.worker == self.platform.lease.slot)
                 rows = {row.uuid: row for row in found}
                 for update in updates:
                     row = rows.get(update.uuid)
@@ -474,9 +477,12 @@ class Reconciler:
             self._unstored[name] = updates
             raise
         # The watched refs follow what was stored (a resync read them before these news:
-        # the backend would otherwise tell them again).
+        # the backend would otherwise tell them again); a job not found is not watched.
+        watched = self._watched.get(name, {})
         for update in updates:
-            if (ref := self._watched.get(name, {}).get(update.uuid)) is not None:
+            if update.uuid not in rows:
+                watched.pop(update.uuid, None)
+            elif (ref := watched.get(update.uuid)) is not None:
                 ref.state.update(update.state)
         self._watch(name, list(rows.values()))
         publish_jobs(self.platform.bus, list(rows.values()))
@@ -521,12 +527,20 @@ class Reconciler:
             return  # one worker at a time (SQLite): none is gone while it runs
         async with self.platform.writing() as session:
             live = await live_slots(session) if self.platform.lease.side_by_side else set()
+            if self.platform.lease.side_by_side and slot not in live:
+                # The database restarted (or cut the lease's connection) and the lease
+                # watcher has not seen it yet: this worker's own jobs would look gone, and be
+                # taken from the backend that still runs them. It stops (or takes its slot
+                # again, `serve`): its jobs are adopted then, by whoever holds the slot.
+                raise LeaseNotHeld(f"worker slot {slot} not held: no jobs adopted")
             others = live - {slot} if at_start else live
             # A job with no worker is in the shared queue, but for those of before workers
-            # had slots, handed over already.
+            # had slots, handed over already, and those under way without one (before
+            # LeaseNotHeld a worker could put its own queued jobs back, then run them).
+            unqueued = or_(Job.backend_ref.is_not(None), Job.status != JobStatus.WAITING.value)
             gone = or_(
                 and_(Job.worker.is_not(None), Job.worker.not_in(others)),
-                and_(Job.worker.is_(None), Job.backend_ref.is_not(None)),
+                and_(Job.worker.is_(None), unqueued),
             )
             newest = await session.scalar(select(func.max(Job.id))) or 0
             adopted = False
@@ -555,6 +569,10 @@ class Reconciler:
                 publish_jobs(self.platform.bus, jobs)
             if at_start or adopted:  # any job may have been handed over, unrecorded
                 self._last_before_start = newest
+
+
+class LeaseNotHeld(RuntimeError):
+    """The worker's slot is not held in the database: its round is not done."""
 
 
 @dataclass

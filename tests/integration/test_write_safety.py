@@ -11,8 +11,10 @@ from typing import Any, cast
 from sqlalchemy import func, insert, select
 from sqlalchemy.util import greenlet_spawn
 
+from concordia.backends.base import Backend
 from concordia.core.states import JobStatus
 from concordia.db.engine import make_engine, make_sessionmaker
+from concordia.db.lease import Lease
 from concordia.db.migrate import upgrade
 from concordia.db.tables import Application, Job, Submission, User
 from concordia.logic.applications import ApplicationCatalog
@@ -23,17 +25,21 @@ from concordia.settings import Settings
 
 
 @asynccontextmanager
-async def process(settings: Settings) -> AsyncIterator[Platform]:
-    """What one process has of the platform here: its own engine and its own write lock."""
+async def process(
+    settings: Settings, backends: dict[str, Backend] | None = None, lease: Lease | None = None
+) -> AsyncIterator[Platform]:
+    """What one process has of the platform here: its own engine and its own write lock
+    (and, a worker's, its backends and lease)."""
     engine = make_engine(settings.database_url)
     try:
         yield Platform(
             settings=settings,
             sessions=make_sessionmaker(engine),
             catalog=ApplicationCatalog(settings.applications_dir).load(),
-            backends={},
+            backends=backends or {},
             images=cast(Any, None),  # not used here
             vault=cast(Any, None),
+            **({"lease": lease} if lease is not None else {}),
         )
     finally:
         await engine.dispose()
