@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.conftest import LiveServer
 from tests.e2e.conftest import shot, sign_in
@@ -23,6 +24,16 @@ def submit(server: LiveServer, **parameters: Any) -> dict[str, Any]:
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def running(server: LiveServer, job_id: int) -> None:
+    headers = {"Authorization": f"Bearer {server.token}"}
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{server.url}/api/v1/jobs/{job_id}", headers=headers).json()["status"] != (
+        "Running"
+    ):
+        assert time.monotonic() < deadline, f"job {job_id} never ran"
+        time.sleep(0.2)
 
 
 def row(page: Page, job_id: int) -> Any:
@@ -103,3 +114,32 @@ def test_the_job_page_tails_the_log_while_the_job_runs(page: Page, live_server: 
     page.get_by_role("button", name="Kill").click()
     expect(page.locator('.job-head [data-field="status"]')).to_have_text("Killed")
     expect(page.locator("#job-history")).to_contain_text("Killed by user")
+
+
+def test_an_answer_older_than_what_the_page_shows_is_not_shown(
+    page: Page, live_server: LiveServer
+) -> None:
+    """Once its event stream is ready the job page reads the job, to catch up; news may reach
+    it while that answer is on its way. Here the answer is made older than the page (the job
+    as it was when created), as one read just before the job started would be."""
+    sign_in(page, live_server)
+    [job_id] = submit(live_server, sleep=60)["job_ids"]
+    running(live_server, job_id)
+    answered: list[str] = []
+
+    def as_it_was(route: Route) -> None:
+        job = route.fetch().json()
+        earlier = {"status": "Waiting", "minor_status": "Pilot Agent Submission"}
+        route.fulfill(json={**job, **earlier, "updated_at": job["created_at"]})
+        answered.append(job["status"])
+
+    page.route(f"**/api/v1/jobs/{job_id}", as_it_was)
+    page.goto(f"{live_server.url}/jobs/{job_id}")
+    status = page.locator('.job-head [data-field="status"]')
+    expect(status).to_have_text("Running")  # as rendered
+    deadline = time.monotonic() + 30
+    while not answered:  # the catch-up read happened (and its answer was handed over)
+        assert time.monotonic() < deadline, "the page never caught up"
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(500)  # the answer handled
+    expect(status).to_have_text("Running", timeout=100)

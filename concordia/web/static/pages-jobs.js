@@ -7,7 +7,12 @@
   const shortTime = (iso) => iso.replace("T", " ").slice(0, 19);
 
   // Status, minor status and update time of one job, wherever they are shown under root.
+  // A state older than the one shown is not shown: an answer read before the news that
+  // came while it was on its way (the job page's catch-up fetch, racing the stream).
   function showJob(root, job) {
+    const shown = root.dataset.updatedAt || root.querySelector('[data-field="updated_at"] time')?.dateTime;
+    if (shown && Date.parse(job.updated_at) < Date.parse(shown)) return;
+    root.dataset.updatedAt = job.updated_at;
     for (const cell of root.querySelectorAll('[data-field="status"]')) {
       cell.textContent = job.status;
       cell.className = cell.className.replace(/\bstatus-\S+/g, "").trim() + " status-" + job.status;
