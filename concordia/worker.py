@@ -526,13 +526,15 @@ class Reconciler:
         if not (at_start or self.platform.lease.side_by_side):
             return  # one worker at a time (SQLite): none is gone while it runs
         async with self.platform.writing() as session:
-            live = await live_slots(session) if self.platform.lease.side_by_side else set()
-            if self.platform.lease.side_by_side and slot not in live:
-                # The database restarted (or cut the lease's connection) and the lease
-                # watcher has not seen it yet: this worker's own jobs would look gone, and be
-                # taken from the backend that still runs them. It stops (or takes its slot
-                # again, `serve`): its jobs are adopted then, by whoever holds the slot.
-                raise LeaseNotHeld(f"worker slot {slot} not held: no jobs adopted")
+            live: set[int] = set()
+            if self.platform.lease.side_by_side:
+                live = await live_slots(session)
+                if slot not in live:
+                    # The database restarted (or cut the lease's connection) and the lease
+                    # watcher has not seen it yet: this worker's own jobs would look gone, and
+                    # be taken from the backend that still runs them. It stops (or takes its
+                    # slot again, `serve`): its jobs are adopted then, by the slot's holder.
+                    raise LeaseNotHeld(f"worker slot {slot} not held: no jobs adopted")
             others = live - {slot} if at_start else live
             # A job with no worker is in the shared queue, but for those of before workers
             # had slots, handed over already, and those under way without one (before

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 from sqlalchemy import select, text, update
 
+from concordia.backends.base import BackendRef
 from concordia.backends.local import LocalBackend
 from concordia.core.states import JobStatus
 from concordia.db.engine import make_engine
@@ -90,3 +91,26 @@ async def test_a_job_under_way_with_no_worker_is_adopted(settings: Settings) -> 
         async with holding(settings, SLOT):
             await Reconciler(platform).adopt()
         assert await status_of(platform, job_id) == (JobStatus.RECEIVED.value, SLOT)
+
+
+async def test_news_of_a_job_another_worker_adopted_is_not_recorded(settings: Settings) -> None:
+    """A worker's backend may still tell of a job another worker took over (its row names
+    the other's slot): the news is not this worker's to record, and the job is no longer
+    watched; once the row names this worker again, its news is."""
+    async with worker(settings) as (platform, job_id):
+        backend = platform.backends["local"]
+        assert isinstance(backend, LocalBackend)
+        reconciler = Reconciler(platform)
+        async with platform.reading() as session:
+            uuid, ref = (await session.execute(select(Job.uuid, Job.backend_ref))).one()
+        await assign(platform, job_id, SLOT + 1)  # adopted by another worker
+        reconciler._watched["local"] = {uuid: BackendRef(uuid=uuid, ref=ref)}
+        backend._emit(uuid, JobStatus.DONE, "Execution Complete")
+        await reconciler.apply_updates("local", backend)
+        assert await status_of(platform, job_id) == ("Running", SLOT + 1)
+        assert uuid not in reconciler._watched["local"]
+        await assign(platform, job_id, SLOT)  # this worker's again
+        reconciler._watched["local"] = {uuid: BackendRef(uuid=uuid, ref=ref)}
+        backend._emit(uuid, JobStatus.DONE, "Execution Complete")
+        await reconciler.apply_updates("local", backend)
+        assert await status_of(platform, job_id) == ("Done", SLOT)

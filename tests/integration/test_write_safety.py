@@ -32,15 +32,17 @@ async def process(
     (and, a worker's, its backends and lease)."""
     engine = make_engine(settings.database_url)
     try:
-        yield Platform(
+        platform = Platform(
             settings=settings,
             sessions=make_sessionmaker(engine),
             catalog=ApplicationCatalog(settings.applications_dir).load(),
             backends=backends or {},
             images=cast(Any, None),  # not used here
             vault=cast(Any, None),
-            **({"lease": lease} if lease is not None else {}),
         )
+        if lease is not None:
+            platform.lease = lease
+        yield platform
     finally:
         await engine.dispose()
 

@@ -10,7 +10,7 @@
   // A state older than the one shown is not shown: an answer read before the news that
   // came while it was on its way (the job page's catch-up fetch, racing the stream).
   function showJob(root, job) {
-    const shown = root.dataset.updatedAt || root.querySelector('[data-field="updated_at"] time')?.dateTime;
+    const shown = root.dataset.updatedAt;
     if (shown && Date.parse(job.updated_at) < Date.parse(shown)) return;
     root.dataset.updatedAt = job.updated_at;
     for (const cell of root.querySelectorAll('[data-field="status"]')) {
