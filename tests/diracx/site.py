@@ -71,6 +71,8 @@ class Site:
     #: (i, n): this node runs the jobs whose JobID is i modulo n (n nodes share a grid).
     shard: tuple[int, int] = (0, 1)
     runs: list[Run] = field(default_factory=list)
+    #: What stopped the background loop of running(), if anything did.
+    failure: BaseException | None = None
     _client: httpx.Client | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -309,14 +311,14 @@ class Site:
         """The site polling for Received jobs in a thread until the block ends; an error of the
         site is raised at the end of the block."""
         stop = threading.Event()
-        errors: list[BaseException] = []
+        self.failure = None
 
         def loop() -> None:
             while not stop.is_set():
                 try:
                     self.run_once()
                 except Exception as error:
-                    errors.append(error)
+                    self.failure = error
                     return
                 stop.wait(interval)
 
@@ -327,8 +329,13 @@ class Site:
         finally:
             stop.set()
             thread.join(timeout=self.timeout + self.outage_tolerance + 10)
-        if errors:
-            raise errors[0]
+        self.check()
+
+    def check(self) -> None:
+        """Raise what stopped the background loop (a test waiting on the site's jobs sees it
+        at once, not at its deadline)."""
+        if self.failure is not None:
+            raise self.failure
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:

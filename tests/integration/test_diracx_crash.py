@@ -88,6 +88,9 @@ def assert_each_job_once_and_done(
     with site.running():
         deadline = time.monotonic() + 240
         while (done := len(all_jobs(client, status="Done"))) < JOBS:
+            site.check()
+            failed = all_jobs(client, status="Failed")
+            assert not failed, [client.get(f"/api/v1/jobs/{j['id']}").json() for j in failed]
             assert time.monotonic() < deadline, f"{done} of {JOBS} done"
             time.sleep(1)
     jobs = [client.get(f"/api/v1/jobs/{j['id']}").json() for j in all_jobs(client)]
