@@ -185,6 +185,13 @@ class Settings(BaseSettings):
         default=False, description="Ask for scim:read (IAM before 1.10 needs it for /scim/Me)."
     )
     oidc_http_timeout: float = Field(default=10.0, gt=0, description="Seconds per call to IAM.")
+    api_token_trust_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a web process goes on trusting an API token it has checked, "
+        "without reading the database again (never past the token's expiry): a change of "
+        "the user's groups shows after it. 0: every request reads the token.",
+    )
     vos: dict[str, VoConfig] = Field(
         default_factory=lambda: dict(DEFAULT_VOS),
         description="The VOs recognised, by name, from the IAM groups of the user's token.",

@@ -23,7 +23,7 @@ from concordia.logic.iam_session import (
     iam_of,
     store_tokens,
 )
-from concordia.logic.identity import Identity
+from concordia.logic.identity import Identity, digest, token_holder
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
 
@@ -167,6 +167,29 @@ async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) ->
             user = await session.get(User, cookie["user_id"])
             if user is not None and user.groups != groups:
                 user.groups = groups
+
+
+async def api_token_identity(platform: Platform, token: str) -> Identity | None:
+    """The caller of a Concordia API token; None for an unknown or expired one. A token
+    checked in the last api_token_trust_seconds is trusted without a database read (a
+    client polling the job list sends one request a second or more)."""
+    key = digest(token)
+    now = time.monotonic()
+    cached = platform.trusted_tokens.get(key)
+    if cached is not None:
+        return cached[0]
+    async with platform.reading() as session:
+        found = await token_holder(session, token)
+    if found is None:
+        return None
+    user, expires_at = found
+    identity = identity_of(platform.settings, user, "token")
+    trust = platform.settings.api_token_trust_seconds
+    if expires_at is not None:
+        trust = min(trust, (expires_at - utcnow()).total_seconds())
+    if trust > 0:
+        platform.trusted_tokens[key] = (identity, now + trust)
+    return identity
 
 
 async def bearer_identity(platform: Platform, token: str) -> Identity:

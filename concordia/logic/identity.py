@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -68,18 +68,27 @@ async def create_token(
     return token
 
 
+async def token_holder(session: AsyncSession, token: str) -> tuple[User, datetime | None] | None:
+    """The user of an API token and when the token expires; an unknown or expired token
+    gives None."""
+    row = (
+        await session.execute(
+            select(User, ApiToken.expires_at)
+            .join(ApiToken, ApiToken.user_id == User.id)
+            .where(
+                ApiToken.digest == digest(token),
+                ApiToken.kind == "api",
+                or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()),
+            )
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
 async def user_for_token(session: AsyncSession, token: str) -> User | None:
     """The user of an API token; an unknown or expired token gives None."""
-    row = await session.execute(
-        select(User)
-        .join(ApiToken, ApiToken.user_id == User.id)
-        .where(
-            ApiToken.digest == digest(token),
-            ApiToken.kind == "api",
-            or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()),
-        )
-    )
-    return row.scalar_one_or_none()
+    found = await token_holder(session, token)
+    return None if found is None else found[0]
 
 
 async def consume_login_token(session: AsyncSession, token: str) -> User | None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from cachetools import TLRUCache
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,8 +23,12 @@ from concordia.images.build import BuilderChoice
 from concordia.images.store import ImageStore
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.events import EventBus
+from concordia.logic.identity import Identity
 from concordia.settings import Settings
 
+#: API tokens a process trusts at once, at most (each a few hundred bytes): the clients of
+#: a collaboration, with room to spare; the least recently used go first.
+TRUSTED_TOKENS = 4096
 #: The session.info key under which logic.jobs.record_status keeps pending history rows.
 HISTORY_KEY = "concordia.history"
 
@@ -75,6 +80,11 @@ class Platform:
     )
     proxy_locks: defaultdict[int, asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock)
+    )
+    #: API tokens checked lately (logic.accounts.api_token_identity): token digest ->
+    #: (the caller, until when, on the monotonic clock).
+    trusted_tokens: TLRUCache[str, tuple[Identity, float]] = field(
+        default_factory=lambda: TLRUCache(maxsize=TRUSTED_TOKENS, ttu=lambda _k, v, _now: v[1])
     )
 
     @asynccontextmanager

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request
 
 from concordia.auth.oidc import IamUnreachable, TokenInvalid, looks_like_jwt
-from concordia.logic.accounts import bearer_identity, identity_of, session_identity
+from concordia.logic.accounts import api_token_identity, bearer_identity, session_identity
 from concordia.logic.iam_session import SessionEnded
-from concordia.logic.identity import Identity, user_for_token
+from concordia.logic.identity import Identity
 from concordia.logic.platform import Platform
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -46,11 +46,10 @@ async def bearer(platform: Platform, token: str) -> Identity:
             raise HTTPException(401, f"invalid token: {exc}", headers=_CHALLENGE) from None
         except IamUnreachable:
             raise HTTPException(503, "IAM's keys cannot be read now: try again") from None
-    async with platform.reading() as session:
-        user = await user_for_token(session, token)
-    if user is None:
+    identity = await api_token_identity(platform, token)
+    if identity is None:
         raise HTTPException(401, "invalid token", headers=_CHALLENGE)
-    return identity_of(platform.settings, user, "token")
+    return identity
 
 
 async def session_user(request: Request, platform: Platform) -> Identity | None:
