@@ -296,7 +296,11 @@ class LocalBackend:
                 why = self.runtime_problem
                 error = f"Cannot start application: its image needs a container runtime ({why})"
             elif not job.killed:
-                job.proc = self._launch(job, out, err, cgroup, containers)
+                # In a thread: Popen returns once the launcher has exec'd, a millisecond or
+                # far more on a busy machine, and the event loop answers requests meanwhile.
+                job.proc = await asyncio.to_thread(self._launch, job, out, err, cgroup, containers)
+                if job.killed:  # while it started: the kill found no process to signal
+                    self._signal(job, signal.SIGKILL)
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
             error = f"Cannot start application: {exc}"
         finally:
@@ -316,7 +320,8 @@ class LocalBackend:
         state["memory_limit"] = memory_limit
         if spec.image is not None:
             state["runtime"] = job.runtime
-        self._emit(uuid, JobStatus.RUNNING, "Application", state=state)
+        if not job.killed:
+            self._emit(uuid, JobStatus.RUNNING, "Application", state=state)
         started = time.monotonic()
         status, rusage_cpu = await self._wait(job)
         wall = time.monotonic() - started

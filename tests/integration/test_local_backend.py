@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 from collections.abc import Awaitable, Callable
 from itertools import pairwise
 from pathlib import Path
@@ -178,6 +179,33 @@ async def test_kill_running_job(make_backend: Factory) -> None:
     assert await backend.poll([]) == []  # the caller records Killed itself
     outputs = backend.job_dir("k") / "outputs"
     assert (outputs / "std.out").read_text() == "started\ngot TERM\n"  # SIGTERM came first
+
+
+async def test_a_job_killed_while_it_starts_does_not_run(
+    make_backend: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launch runs in a thread (the server answers meanwhile): a kill that comes then,
+    with no process yet to signal, still ends the job once it has one."""
+    entered, release = threading.Event(), threading.Event()
+    real_spawn = sandbox.spawn
+
+    def slow_spawn(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(30)
+        return real_spawn(*args, **kwargs)
+
+    backend = await make_backend()  # (its start-up spawns probes)
+    monkeypatch.setattr(sandbox, "spawn", slow_spawn)
+    await backend.submit([job("s", "sleep", "301")])
+    assert await asyncio.to_thread(entered.wait, 15)
+    killing = asyncio.ensure_future(backend.kill([ref("s")]))
+    await asyncio.sleep(0.3)
+    assert not killing.done()  # it waits for the job, which has no process yet
+    release.set()
+    await within(killing)
+    assert not backend.running("s")
+    await until(lambda: not any(b"sleep\x00301" in c for c in cmdlines()), 15)
+    assert await backend.poll([]) == []  # not even Running: the caller records Killed
 
 
 def cmdlines() -> list[bytes]:
