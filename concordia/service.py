@@ -18,7 +18,7 @@ from concordia.backends.base import Backend
 from concordia.backends.diracx import DiracXBackend
 from concordia.backends.local import LocalBackend
 from concordia.db.changes import ChangeFeed
-from concordia.db.engine import WRITES, make_engine, make_sessionmaker
+from concordia.db.engine import WRITES, make_engine, make_read_engine, make_sessionmaker
 from concordia.db.lease import Lease, migrating, worker_lease
 from concordia.db.migrate import schema_behind, upgrade
 from concordia.images.builders import stop_running_builds
@@ -50,6 +50,9 @@ async def running_platform(
     tasks: list[asyncio.Task[None]] = []
     async with AsyncExitStack() as stack:
         stack.push_async_callback(engine.dispose)
+        read_engine = make_read_engine(settings.database_url)
+        if read_engine is not None:
+            stack.push_async_callback(read_engine.dispose)
         works = role != "web"
         lease = Lease(slot=0, leads=False)
         if works:  # each worker holds a slot; one leads (builds images)
@@ -69,6 +72,7 @@ async def running_platform(
         platform = Platform(
             settings=settings,
             sessions=make_sessionmaker(engine),
+            read_sessions=make_sessionmaker(read_engine) if read_engine is not None else None,
             catalog=ApplicationCatalog(settings.applications_dir).load(),
             backends=backends,
             images=await asyncio.to_thread(open_image_builds, settings),

@@ -57,6 +57,8 @@ class Platform:
     vault: Vault
     #: The IAM issuer; None in local mode.
     iam: Iam | None = None
+    #: Sessions for reads (db.engine.make_read_engine); None: the sessions above.
+    read_sessions: async_sessionmaker[AsyncSession] | None = None
     bus: EventBus = field(default_factory=EventBus)
     #: One writer of job state at a time in this process: the reconciler and user actions
     #: read-modify-write the same rows, and a lost update would lose a kill or a result.
@@ -89,7 +91,8 @@ class Platform:
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as session:
+        """A session for reads only (on SQLite its statements fail if they write)."""
+        async with (self.read_sessions or self.sessions)() as session:
             yield session
 
     @asynccontextmanager

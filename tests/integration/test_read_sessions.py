@@ -1,0 +1,66 @@
+"""On SQLite, reads (Platform.reading) run on the event loop's thread, see what writes
+committed, and cannot write."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
+
+from concordia.db.engine import make_engine, make_read_engine, make_sessionmaker
+from concordia.db.migrate import upgrade
+from concordia.db.tables import User
+from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.identity import ensure_user
+from concordia.logic.platform import Platform
+from concordia.settings import Settings
+
+
+async def test_reads_run_on_the_loop_thread_see_commits_and_cannot_write(tmp_path: Path) -> None:
+    # SQLite whatever the suite's database: the read engine is SQLite's alone.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'concordia.db'}"
+    await asyncio.to_thread(upgrade, url)
+    engine, read_engine = make_engine(url), make_read_engine(url)
+    assert read_engine is not None
+    settings = Settings(data_dir=tmp_path / "var", database_url=url)
+    platform = Platform(
+        settings=settings,
+        sessions=make_sessionmaker(engine),
+        read_sessions=make_sessionmaker(read_engine),
+        catalog=ApplicationCatalog(settings.applications_dir).load(),
+        backends={},
+        images=cast(Any, None),  # not used here
+        vault=cast(Any, None),
+    )
+    try:
+        async with platform.writing() as session:
+            await ensure_user(session, "jane")
+        threads: set[int] = set()
+        async with platform.reading() as session:
+            raw = await (await session.connection()).get_raw_connection()
+            sqlite = raw.driver_connection._conn  # type: ignore[union-attr]
+            # Called by SQLite on the thread that runs each statement.
+            sqlite.set_trace_callback(lambda _sql: threads.add(threading.get_ident()))
+            names = (await session.scalars(select(User.username))).all()
+            sqlite.set_trace_callback(None)
+        assert names == ["jane"]
+        assert threads == {threading.get_ident()}
+
+        async with platform.reading() as session:
+            with pytest.raises(OperationalError, match="readonly"):
+                await session.execute(text("DELETE FROM users"))
+        async with platform.reading() as session:
+            assert await session.scalar(select(func.count()).select_from(User)) == 1
+    finally:
+        await read_engine.dispose()
+        await engine.dispose()
+
+
+def test_other_databases_have_no_read_engine() -> None:
+    assert make_read_engine("postgresql+asyncpg://postgres@127.0.0.1:5432/x") is None
+    assert make_read_engine("sqlite+aiosqlite:///:memory:") is None
