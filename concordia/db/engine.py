@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -18,21 +19,22 @@ from sqlalchemy.pool import PoolResetState
 
 
 def make_engine(url: str) -> AsyncEngine:
-    kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 30}
-        # As many connections kept as a busy server uses at once (50 clients polling): a
-        # connection made and dropped per burst costs a thread, an open and the pragmas.
-        # Handed back, a connection is rolled back only if its transaction is still open
-        # (_sqlite_reset): the session already ended it, and each call is a thread hand-over.
-        kwargs.update(pool_size=20, max_overflow=20, pool_reset_on_return=None)
-    else:
-        kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
-    engine = create_async_engine(url, **kwargs)
-    if url.startswith("sqlite"):
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
-        event.listen(engine.sync_engine.pool, "reset", _sqlite_reset)
+        return _sqlite_engine(url, _sqlite_pragmas, connect_args={"timeout": 30})
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: str, pragmas: Callable[[Any, Any], None], **kwargs: Any) -> AsyncEngine:
+    # As many connections kept as a busy server uses at once (50 clients polling): a
+    # connection made and dropped per burst costs a thread, an open and the pragmas.
+    # Handed back, a connection is rolled back only if its transaction is still open
+    # (_sqlite_reset): the session already ended it, and each call is a thread hand-over.
+    engine = create_async_engine(
+        url, pool_size=20, max_overflow=20, pool_reset_on_return=None, **kwargs
+    )
+    event.listen(engine.sync_engine, "connect", pragmas)
+    event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    event.listen(engine.sync_engine.pool, "reset", _sqlite_reset)
     return engine
 
 
@@ -47,9 +49,10 @@ def make_read_engine(url: str) -> AsyncEngine | None:
 
     aiosqlite hands each call to a thread of its own: a statement is four calls (cursor,
     execute, fetch, close), each a turn of the event loop to come back. Under load a
-    request of a few statements waited more for those turns than for SQLite (bench/load.py:
-    p50 of GET /api/v1/jobs 75-90 ms with hand-overs, 39-46 ms without). In WAL mode a
-    read does not wait for writers, and the monitor's reads are indexed pages of rows.
+    request of a few statements waited more for those turns than for SQLite (bench/load.py
+    on SQLite, p95 of GET /api/v1/jobs: 117-187 ms in five runs with hand-overs, 53.9 in
+    one without). In WAL mode a read does not wait for writers, and the monitor's reads
+    are indexed pages of rows.
     Writes keep the threads: they may wait seconds for another process's write lock."""
     database = make_url(url).database
     if not url.startswith("sqlite") or database in (None, "", ":memory:"):
@@ -61,13 +64,7 @@ def make_read_engine(url: str) -> AsyncEngine | None:
         connection._thread.daemon = True  # as SQLAlchemy makes aiosqlite's (closed at exit)
         return await connection
 
-    engine = create_async_engine(
-        url, async_creator=connect, pool_size=20, max_overflow=20, pool_reset_on_return=None
-    )
-    event.listen(engine.sync_engine, "connect", _sqlite_read_pragmas)
-    event.listen(engine.sync_engine, "begin", _sqlite_begin)
-    event.listen(engine.sync_engine.pool, "reset", _sqlite_reset)
-    return engine
+    return _sqlite_engine(url, _sqlite_read_pragmas, async_creator=connect)
 
 
 class _InlineConnection(aiosqlite.Connection):
