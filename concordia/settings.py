@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -76,6 +77,9 @@ DEFAULT_CARDS = [
 #: Image builders in their default order of preference, and the formats a build can make.
 Builders = Literal["apptainer", "mmdebstrap", "podman"]
 ImageFormats = Literal["squashfs", "oci"]
+#: Where grid worker nodes get images, in the order they try them.
+GridImageTarget = Literal["unpacked", "registry", "https"]
+GRID_IMAGE_TARGETS: list[GridImageTarget] = ["unpacked", "registry", "https"]
 
 
 class SourceFile(BaseModel):
@@ -142,6 +146,13 @@ class Settings(BaseSettings):
         description="URL users open; empty: http://host:port. An https:// URL makes the "
         "session cookie Secure; IAM and DiracX send users back to it.",
     )
+    request_read_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a client may take to send a request's headers (from connecting, "
+        "or from the end of its previous response: then the connection is closed) and each "
+        "part of a request body (then the answer is 408).",
+    )
     applications_dir: Path = Field(
         default=SHIPPED_APPLICATIONS,
         description="Folder of the application definitions (*.yaml).",
@@ -174,7 +185,10 @@ class Settings(BaseSettings):
         description="Asked at sign-in; scim:read and proxy:generate are added when enabled.",
     )
     oidc_audience: str = Field(
-        default="", description="The aud bearer tokens must carry; empty: not checked."
+        default="",
+        description="The aud IAM access tokens must carry: the web sign-in and `concordia "
+        "login` ask IAM for tokens for it. Empty: not checked (tokens must then be issued to "
+        "Concordia's own clients).",
     )
     oidc_cli_client_id: str = Field(
         default="",
@@ -207,11 +221,23 @@ class Settings(BaseSettings):
     proxy_sources: list[ProxySource] = Field(
         default_factory=lambda: list[ProxySource](["upload"]),
         description="Where proxies come from, in order: iam (IAM's managed proxy: asks for "
-        "the proxy:generate scope), upload (signed from the user's uploaded certificate).",
+        "the proxy:generate scope), upload (signed from the user's uploaded certificate). A "
+        "source whose proxy is shorter than asked gives way to the next; if none gives the "
+        "lifetime asked, the longest proxy is kept and the user is told why it is shorter.",
     )
     proxy_lifetime_hours: float = Field(default=48, gt=0, description="Of a new proxy.")
     proxy_min_lifetime_hours: float = Field(
-        default=24, ge=0, description="Left on a proxy before a submission that needs one."
+        default=8,
+        ge=0,
+        description="Left on a proxy before a submission that needs one (more if a job may "
+        "run longer). With iam as the only proxy source it must be under "
+        "proxy_iam_max_lifetime_hours.",
+    )
+    proxy_iam_max_lifetime_hours: float = Field(
+        default=12,
+        gt=0,
+        description="The longest managed proxy your IAM gives (its proxy certificate maximum "
+        "lifetime, 12 h unless its operators changed it).",
     )
     proxy_dirac_group: bool = Field(
         default=False, description="Write the VO's DIRAC group into signed proxies."
@@ -253,7 +279,29 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="Wall-clock limit = factor x the job's CPU time."
     )
     local_memory_mb: int = Field(
-        default=0, ge=0, description="Memory limit per job (cgroup, where writable); 0: none."
+        default=4096,
+        ge=0,
+        description="Memory of a job, its processes and its files in /tmp and /dev/shm together "
+        "(a cgroup, where writable); 0: none. An application's limits.memory_mb replaces it.",
+    )
+    local_max_processes: int = Field(
+        default=1024,
+        ge=0,
+        description="Processes (threads included) a job may have at once (a pids cgroup, else "
+        "RLIMIT_NPROC of the job's user); 0: none. An application's limits.processes replaces it.",
+    )
+    local_tmp_mb: int = Field(
+        default=512,
+        ge=0,
+        description="Size of each of a sandboxed job's /tmp and /dev/shm (tmpfs; also counted in "
+        "its memory); 0: no size of its own. An application's limits.tmp_mb replaces it.",
+    )
+    local_work_mb: int = Field(
+        default=10240,
+        ge=0,
+        description="Bytes a job may keep in its work directory (no file above it; the whole "
+        "directory is measured while the job runs); 0: none. An application's limits.work_mb "
+        "replaces it.",
     )
     local_keep_workdir: bool = Field(
         default=False, description="Keep a finished job's work directory (for debugging)."
@@ -272,6 +320,13 @@ class Settings(BaseSettings):
         description="What a build produces besides the rootfs jobs run on here.",
     )
     image_build_timeout: float = Field(default=3600, gt=0, description="Seconds per build.")
+    image_stage_cache_gb: float = Field(
+        default=20,
+        ge=0,
+        description="Disk the cache of build stages may take (GB): a recipe's base system and "
+        "its pip layer, reused by the next image that shares them (another build argument, "
+        "other steps); the least recently used go first. 0: no cache.",
+    )
     images_shared_in_vo: bool = Field(
         default=False,
         description="Members of a VO see (read-only) the images its other members asked for; "
@@ -309,7 +364,12 @@ class Settings(BaseSettings):
         "connected DiracX account must be the user's own IAM account (its subject).",
     )
     diracx_chunk_size: int = Field(
-        default=20, ge=1, le=100, description="JDLs per submission call (DiracX allows 20)."
+        default=20,
+        ge=1,
+        # DiracX refuses a call of more than 20 JDLs from a normal user (HTTP 400): a bigger
+        # chunk would fail every job in it.
+        le=20,
+        description="JDLs per submission call: at most 20, the most DiracX takes from a user.",
     )
     diracx_calls_at_once: int = Field(
         default=1,
@@ -320,19 +380,131 @@ class Settings(BaseSettings):
         "with several server processes.",
     )
     diracx_poll_interval: float = Field(default=10.0, gt=0, description="Seconds between polls.")
-    diracx_images_url: str = Field(
+    grid_image_targets: list[GridImageTarget] = Field(
+        default_factory=lambda: list(GRID_IMAGE_TARGETS),
+        description="Where a grid job's image is published before the job goes to DiracX "
+        "(nodes try them in this order). unpacked: the root filesystem in the "
+        "grid_unpacked_dir tree (CVMFS), run in place where a node has that path; registry: "
+        "the OCI image and the SquashFS pushed to grid_registry_url; https: the "
+        "SquashFS from Concordia itself (public_url) at a link signed for the job, fetched "
+        "once per node.",
+    )
+    grid_unpacked_dir: Path | None = Field(
+        default=None,
+        description="The publication directory of a CVMFS repository (its stratum-0, or a "
+        "tree DUCC-style tools publish): images are written there as unpacked root "
+        "filesystems. None: no unpacked target. Only images built without operator-provided "
+        "sources (e.g. CORSIKA's registered-only tarball) go there: CVMFS is world-readable.",
+    )
+    grid_unpacked_node_path: str = Field(
         default="",
-        description="Where grid nodes fetch images: an http(s) URL or a path (e.g. CVMFS) "
-        "holding <image id>/image.sqsh as in the image store.",
+        description="Where worker nodes see grid_unpacked_dir, e.g. /cvmfs/<repository>; "
+        "empty: the same path.",
+    )
+    grid_registry_url: str = Field(
+        default="",
+        description="An OCI registry (distribution, Harbor) images are pushed to before their "
+        "jobs go to DiracX, e.g. https://registry.example.org: the OCI image as "
+        "<prefix>/<vo>/<application>:<image id>, the SquashFS as an artifact at "
+        "<prefix>/<vo>/<application>/squashfs:<image id>. Empty: no registry target. Without "
+        "credentials only images built without operator-provided sources are pushed.",
+    )
+    grid_registry_prefix: str = Field(
+        default="concordia",
+        description="The repository path images go under in the registry (a Harbor project).",
+    )
+    grid_registry_username: str = Field(
+        default="", description="The registry's user (basic auth, e.g. a Harbor robot account)."
+    )
+    grid_registry_password: SecretStr = Field(
+        default=SecretStr(""), description="The password of grid_registry_username."
+    )
+    grid_registry_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="A bearer token the registry takes instead of a user and password.",
+    )
+    grid_image_link_hours: float = Field(
+        default=72,
+        gt=0,
+        description="How long a job's signed image link works (it must outlast the job's "
+        "wait in DiracX's queue); the job must also still be waiting or running.",
+    )
+    grid_apptainer_dirs: list[str] = Field(
+        default_factory=list,
+        description="Directories on worker nodes to look for apptainer in after PATH and "
+        "OSG's CVMFS location (/cvmfs/oasis.opensciencegrid.org/mis/apptainer/current/bin).",
+    )
+    grid_image_cache: str = Field(
+        default="",
+        description="The image cache directory on worker nodes (shared by a node's jobs); "
+        "empty: /var/tmp, else /tmp (the node's CONCORDIA_NODE_IMAGE_CACHE wins).",
     )
     diracx_max_output_bytes: int = Field(
         default=1 << 30, ge=1 << 20, description="An output sandbox larger is refused."
     )
+
+    # The data lake (ESCAPE's Rucio): large results stored there. No URL: no data lake.
+    datalake_url: str = Field(
+        default="",
+        description="The Rucio server's URL, e.g. https://rucio.example.org; empty: no data "
+        "lake (every output comes back through the sandbox).",
+    )
+    datalake_auth_url: str = Field(
+        default="", description="Rucio's authentication server; empty: datalake_url."
+    )
+    datalake_account: str = Field(
+        default="",
+        description="The Rucio service account Concordia uploads with (only into the scope of "
+        "the user a job belongs to).",
+    )
+    datalake_password: SecretStr = Field(
+        default=SecretStr(""), description="The password of datalake_account (userpass)."
+    )
+    datalake_verify: bool | str = Field(
+        default=True,
+        description="Check Rucio's TLS certificate: true, false, or the path of a CA bundle.",
+    )
+    datalake_rse: str = Field(
+        default="", description="The RSE data go to unless a submission names another."
+    )
+    datalake_rses: list[str] = Field(
+        default_factory=list,
+        description="The RSEs users may choose; empty: datalake_rse alone.",
+    )
+    datalake_scope: str = Field(
+        default="user.{account}",
+        description="The scope a user's data go to: {account} is their Rucio account (their "
+        "IAM username); an operator may name a VO scope instead.",
+    )
+    datalake_sandbox_max_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=0,
+        description="A grid job's output larger than this goes to the data lake, never "
+        "through the sandbox (DIRAC's own limit is 10 MB).",
+    )
+
     default_backend: str = Field(default="local", description="local or diracx.")
 
     # The reconciler.
     max_reschedules: int = Field(default=3, ge=0, description="As DIRAC's MaxRescheduling.")
     poll_interval: float = Field(default=5.0, gt=0, description="Seconds between backend polls.")
+
+    # Users' shares.
+    max_queued_jobs_per_user: int = Field(
+        default=5000,
+        ge=0,
+        description="Jobs one user may have not yet over (Received to Completing, on any "
+        "backend), counted at each submission: one that would go over is refused (429) and "
+        "creates nothing. 0: no limit.",
+    )
+    max_running_jobs_per_user: int = Field(
+        default=0,
+        ge=0,
+        description="Jobs of one user a backend with slots (local) holds at once, over all "
+        'workers; the user\'s others wait ("Waiting: user limit of N running jobs"). 0: no '
+        "limit: the slots are shared round-robin between the users who wait, and one user "
+        "alone may use them all.",
+    )
 
     # Uploads and downloads.
     max_log_chunk: int = Field(
@@ -340,6 +512,46 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(
         default=1 << 20, ge=64 * 1024, description="Any request body larger is refused (413)."
+    )
+    max_output_files: int = Field(
+        default=10_000,
+        ge=1,
+        description="Files a local job may leave as outputs (besides std.out and std.err); "
+        "more: collection stops and the job fails saying so.",
+    )
+    max_output_bytes: int = Field(
+        default=20 << 30,
+        ge=1 << 20,
+        description="Bytes a local job may leave as outputs; more: collection stops and the "
+        "job fails saying so.",
+    )
+    max_zip_bytes: int = Field(
+        default=4 << 30,
+        ge=1 << 20,
+        description="Outputs larger in all are not zipped (413): their files are downloaded "
+        "one by one.",
+    )
+    # Heavy work runs on a few threads of its own per kind, never on the pool every request
+    # shares; one user holds at most so many of them at once (more: 429).
+    zip_threads: int = Field(default=4, ge=1, description="Zip downloads streamed at once.")
+    zip_per_user: int = Field(
+        default=2, ge=1, description="Zip downloads one user may stream at once."
+    )
+    listing_threads: int = Field(default=4, ge=1, description="Output listings made at once.")
+    listing_per_user: int = Field(
+        default=4, ge=1, description="Output listings one user may ask for at once."
+    )
+    credential_threads: int = Field(
+        default=2, ge=1, description="Uploaded credentials opened at once."
+    )
+    credential_per_user: int = Field(
+        default=1, ge=1, description="Uploaded credentials one user may have opened at once."
+    )
+    max_event_streams_per_user: int = Field(
+        default=10,
+        ge=1,
+        description="Open GET /api/v1/events streams one user may hold in one server process; "
+        "one more is refused (429).",
     )
 
     # Operating: logs and metrics.
@@ -359,6 +571,21 @@ class Settings(BaseSettings):
         description="If set, /metrics asks for `Authorization: Bearer <this token>`; empty: "
         "open to whoever reaches the server.",
     )
+    worker_metrics_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="TCP port on which `concordia worker` serves its own /metrics (its "
+        "reconciler rounds and image builds; the web processes serve theirs), on the address "
+        "of `host`, with the metrics token if set; 0: none. Several workers on one host need "
+        "one port each: one whose port is taken runs without.",
+    )
+    worker_absence_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="/readyz?workers=true answers 503 once no worker has held its lease for "
+        "this long (a worker restarting takes a few seconds), as seen by the process asked.",
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -370,9 +597,31 @@ class Settings(BaseSettings):
         if not self.public_url:
             self.public_url = f"http://{self.host}:{self.port}"
         self.oidc_issuer = self.oidc_issuer.rstrip("/")
+        if self.datalake_url:
+            self.datalake_url = self.datalake_url.rstrip("/")
+            self.datalake_auth_url = (self.datalake_auth_url or self.datalake_url).rstrip("/")
+            if not self.datalake_rse:
+                raise ValueError("datalake_rse is needed with datalake_url")
+            if not self.datalake_rses:
+                self.datalake_rses = [self.datalake_rse]
+            elif self.datalake_rse not in self.datalake_rses:
+                self.datalake_rses = [self.datalake_rse, *self.datalake_rses]
         if self.oidc_issuer and not self.oidc_client_id:
             raise ValueError("oidc_client_id is needed with oidc_issuer")
+        iam_only = set(self.proxy_sources) == {"iam"}
+        if iam_only and self.proxy_min_lifetime_hours >= self.proxy_iam_max_lifetime_hours:
+            # Said at start: else every submission needing a proxy is refused.
+            raise ValueError(
+                f"proxy_min_lifetime_hours ({self.proxy_min_lifetime_hours:g}) must be under "
+                f"proxy_iam_max_lifetime_hours ({self.proxy_iam_max_lifetime_hours:g}) when "
+                "IAM's managed proxies are the only proxy source: no proxy of IAM's could "
+                "serve a submission. Lower it, or add upload to proxy_sources."
+            )
         return self
+
+    @property
+    def datalake_enabled(self) -> bool:
+        return bool(self.datalake_url)
 
     @property
     def iam_mode(self) -> bool:
@@ -396,15 +645,22 @@ class Settings(BaseSettings):
         # The TOML file named by CONCORDIA_CONFIG_FILE ranks below explicit values and env.
         toml_path = os.environ.get("CONCORDIA_CONFIG_FILE")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        # Secrets systemd hands over (LoadCredential=CONCORDIA_<NAME>:<file>): files readable
+        # by the service alone, never by its group (its jobs' and builds' processes).
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials:
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=credentials))
         if toml_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
         return tuple(sources)
 
     def make_data_dir(self) -> Path:
-        """Create the data dir. Its files are private (0600), but the sandboxes of jobs, which
-        run as another uid, must pass through it to their work directory and image: 0711."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.chmod(0o711)
+        """Create the data dir and its jobs directory. Their files are private (a server's
+        umask is 077), but the sandboxes of jobs, which run as another uid, must pass through
+        both to their work directory and image: 0711, set whatever the umask."""
+        for path in (self.data_dir, self.jobs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o711)
         return self.data_dir
 
     # Paths derived from the data dir.
@@ -419,10 +675,6 @@ class Settings(BaseSettings):
     @property
     def api_token_file(self) -> Path:
         return self.data_dir / "api-token"
-
-    @property
-    def secret_key_file(self) -> Path:
-        return self.data_dir / "secret-key"
 
     @property
     def encryption_key_file(self) -> Path:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import re
 import shlex
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from concordia.core.recipe import Recipe, template_fields
+from concordia.core.expressions import Name
+from concordia.core.jdl import dirac_list_item_problem
+from concordia.core.limits import JobLimits
+from concordia.core.recipe import Recipe, shell_placeholder_problem, template_fields
+from concordia.core.rules import (
+    Rule,
+    broken_rules,
+    check_definitions,
+    estimate_seconds,
+    over_limit,
+    parameters_read,
+    read_table,
+)
 
 NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
 PARAM_RE = r"^[a-z][a-z0-9_]{0,62}$"
@@ -138,6 +151,48 @@ class BatchDef(BaseModel):
     )
 
 
+class DatalakeDef(BaseModel):
+    """Which outputs of a job are data for the data lake, and whether it is used by default."""
+
+    model_config = ConfigDict(extra="forbid")
+    default: bool = Field(
+        default=False,
+        description="A new submission stores its data outputs in the data lake unless the "
+        "user turns it off; false: only when the user asks.",
+    )
+    data: list[str] = Field(
+        default_factory=list,
+        description="Globs of the outputs that are data: they go to the data lake, not the "
+        "sandbox, when a submission uses it (and come back in the sandbox when it does not). "
+        "Each must be one of the outputs or match one of them as text ('*.corsika.zst' "
+        "matches 'run*.corsika.zst'), so data files are always among the job's outputs.",
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _check_globs(cls, globs: list[str]) -> list[str]:
+        for glob in globs:
+            if not glob.strip() or _CONTROL.search(glob):
+                raise ValueError(f"data glob {glob!r} must be a non-empty glob on one line")
+        if len(set(globs)) != len(globs):
+            raise ValueError("data globs must not repeat")
+        return globs
+
+
+def datalake_problem(datalake: DatalakeDef, outputs: list[str]) -> str | None:
+    """Why the data globs do not fit the outputs, or None: every data glob must be an output
+    or match one (as text), else it would name files the job never returns."""
+    if datalake.default and not datalake.data:
+        return "datalake.default is true but datalake.data names no output to store"
+    for glob in datalake.data:
+        if not any(glob == out or fnmatch.fnmatchcase(out, glob) for out in outputs):
+            return (
+                f"datalake.data glob {glob!r} matches none of the outputs "
+                f"({', '.join(outputs) or 'none'}): list it in outputs too"
+            )
+    return None
+
+
 class ApplicationDef(BaseModel):
     """An application as defined in applications/NAME.yaml."""
 
@@ -151,28 +206,84 @@ class ApplicationDef(BaseModel):
         default_factory=dict, description="Choices made when the image is built (recipe steps)."
     )
     parameters: dict[str, ParameterDef] = Field(default_factory=dict)
+    rules: list[Rule] = Field(
+        default_factory=list,
+        description="Conditions across parameters (energy_min <= energy_max), checked before "
+        "anything is stored, each reported at every parameter it reads.",
+    )
+    tables: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named tables of numbers by key (by enum choice) that rules and the CPU "
+        "estimate look up: seconds[layout][primary].",
+    )
+    cpu_estimate: str | None = Field(
+        default=None,
+        description="CPU seconds one job needs, an expression over parameters and tables; a "
+        "job estimated over cpu_time is refused, and the preview shows it with the batch total.",
+    )
     batch: BatchDef = Field(default_factory=BatchDef)
     command: str = Field(min_length=1, description="Command template, {name} placeholders.")
     input_files: list[str] = Field(default_factory=list, description="Files beside the YAML.")
     outputs: list[str] = Field(default_factory=list, description="OutputSandbox globs.")
+    datalake: DatalakeDef | None = Field(
+        default=None,
+        description="Outputs that are data for the data lake and whether submissions store "
+        "them there by default; none: every output comes back in the sandbox.",
+    )
     cpu_time: int = Field(default=3600, ge=1, description="CPU seconds per job (JDL CPUTime).")
     job_name: str = Field(default="{application}_{index}", description="Job name template.")
     priority: int = Field(default=1, ge=0, le=10)
     tags: list[str] = Field(default_factory=list)
     network: bool = False
+    limits: JobLimits = Field(
+        default_factory=JobLimits,
+        description="Bounds of each job on the local backend; those left out are the platform's.",
+    )
     proxy: bool = Field(
         default=False,
         description="Jobs need the user's X.509 proxy (X509_USER_PROXY), e.g. for grid storage.",
     )
 
+    @field_validator("tables", mode="before")
+    @classmethod
+    def _read_tables(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        return {str(name): read_table(table, str(name)) for name, table in raw.items()}
+
+    def expression_names(self) -> dict[str, Name]:
+        """What rules and estimates may read of each parameter."""
+        return {
+            name: Name(
+                "str" if isinstance(spec, StrParam | EnumParam) else "number",
+                tuple(spec.choices) if isinstance(spec, EnumParam) else None,
+            )
+            for name, spec in self.parameters.items()
+        }
+
+    def cpu_seconds(self, values: dict[str, ParamValue]) -> float | None:
+        """One job's CPU time by the application's estimate; None without one."""
+        if self.cpu_estimate is None:
+            return None
+        return estimate_seconds(self.cpu_estimate, self.tables, values)
+
     @model_validator(mode="after")
     def _check_references(self) -> ApplicationDef:
+        if self.datalake is not None and (problem := datalake_problem(self.datalake, self.outputs)):
+            raise ValueError(problem)
         for pname in self.parameters:
             if not re.fullmatch(PARAM_RE, pname) or pname in JOB_BUILTINS:
                 raise ValueError(f"parameter name {pname!r} is not allowed")
         for pname, spec in self.parameters.items():
             if spec.default is not None:
                 check_value(pname, spec, spec.default)
+        check_definitions(self.rules, self.cpu_estimate, self.tables, self.expression_names())
+        if all(p.default is not None for p in self.parameters.values()):
+            # The form opens on the defaults: they must pass the rules and the estimate.
+            try:
+                validate_parameters(self, {})
+            except ParameterErrors as exc:
+                raise ValueError(f"the default parameters are refused: {exc}") from None
         if self.batch.count is not None:
             count = self.parameters.get(self.batch.count)
             if not isinstance(count, IntParam) or count.min is None or count.min < 1:
@@ -189,6 +300,21 @@ class ApplicationDef(BaseModel):
             for field in template_fields(template):
                 if field not in known:
                     raise ValueError(f"template uses unknown name {{{field}}}")
+        try:
+            for word in shlex.split(self.command):
+                template_fields(word)
+        except ValueError as exc:
+            raise ValueError(f"command {self.command!r} is not a command line: {exc}") from None
+        shell_lines = [("command", self.command)]
+        shell_lines += [("build step", step) for step in (self.image.steps if self.image else [])]
+        for kind, line in shell_lines:
+            if (bad := shell_placeholder_problem(line)) is not None:
+                raise ValueError(
+                    f"application {self.name!r}: placeholder {{{bad}}} in its {kind} {line!r}"
+                    " is inside quotes, after a backslash or in a here-document, where a shell"
+                    " would read its value again ($(...) in it would run); put it outside quotes:"
+                    " a value always becomes one word"
+                )
         for name, spec in self.build_args.items():
             if not re.fullmatch(PARAM_RE, name) or spec.default is None:
                 raise ValueError(f"build argument {name!r} needs a plain name and a default")
@@ -205,6 +331,12 @@ class ApplicationDef(BaseModel):
         for pattern in self.outputs:
             if pattern.startswith("/") or ".." in pattern.split("/"):
                 raise ValueError(f"output glob {pattern!r} must stay inside the work directory")
+        # Refused here rather than on the grid, where they would be split or rewritten and
+        # the job's outputs or matching silently differ from what the definition says.
+        for kind, items in (("output glob", self.outputs), ("tag", self.tags)):
+            for item in items:
+                if (problem := dirac_list_item_problem(item)) is not None:
+                    raise ValueError(f"{kind} {item!r}: {problem}")
         return self
 
     def fingerprint(self) -> str:
@@ -230,6 +362,13 @@ def validate_parameters(app: ApplicationDef, raw: dict[str, Any]) -> dict[str, P
                 raise ParameterError(name, "is required")
         except ParameterError as exc:
             errors.append(exc)
+    for fields, message in broken_rules(app.rules, app.tables, values):
+        errors += [ParameterError(field, message) for field in fields]
+    seconds = None if errors else app.cpu_seconds(values)
+    if seconds is not None and seconds > app.cpu_time and app.cpu_estimate:
+        message = over_limit(seconds, app.cpu_time)
+        names = parameters_read(app.cpu_estimate, app.expression_names())
+        errors += [ParameterError(field, message) for field in names]
     if errors:
         raise ParameterErrors(errors)
     return values
@@ -266,14 +405,16 @@ class JobPlan(BaseModel):
 def expand_batch(app: ApplicationDef, values: dict[str, ParamValue]) -> list[JobPlan]:
     """Turn validated submission values into one plan per job."""
     count = int(values[app.batch.count]) if app.batch.count else 1
+    words = shlex.split(app.command)
     plans = []
     for index in range(count):
         job_values: dict[str, ParamValue] = dict(values)
         for seq, source in app.batch.sequences.items():
             job_values[seq] = int(values[source]) + index
         context: dict[str, ParamValue] = {**job_values, "index": index, "application": app.name}
-        quoted = {k: shlex.quote(str(v)) for k, v in context.items()}
-        argv = shlex.split(app.command.format_map(quoted))
+        text = {k: str(v) for k, v in context.items()}
+        # Split first, then filled in word by word: a value is one word, never read again.
+        argv = [word.format_map(text) for word in words]
         name = app.job_name.format_map(context)
         plans.append(JobPlan(index=index, name=name, values=job_values, argv=argv))
     return plans

@@ -8,7 +8,16 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
-__all__ = ["Expression", "JDLError", "JDLScalar", "JDLValue", "job_jdl", "parse_jdl", "render_jdl"]
+__all__ = [
+    "Expression",
+    "JDLError",
+    "JDLScalar",
+    "JDLValue",
+    "dirac_list_item_problem",
+    "job_jdl",
+    "parse_jdl",
+    "render_jdl",
+]
 
 
 class Expression(str):
@@ -33,7 +42,9 @@ class JDLError(ValueError):
         self.column = column
 
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Dotted names are DIRAC's: a parametric job's sequences (ParameterStart.A, Parameters.B)
+# and what it writes of them into each job (Parameter.A).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
 _INT = re.compile(r"[+-]?[0-9]+")
 _EXPONENT = r"[eE][+-]?[0-9]+"
 _FLOAT = re.compile(rf"[+-]?(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:{_EXPONENT})?|[0-9]+{_EXPONENT})")
@@ -43,6 +54,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Expressions from DIRAC may span lines, so they keep the whitespace controls.
 _EXPR_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
+# What a string in a DIRAC list (OutputSandbox, Tags) cannot hold and reach a worker node
+# unchanged: DIRAC's strings have no escapes (a quote or backslash is mangled), its reader
+# ends a value at ';' and starts a nested description at '[', its job manifest splits a
+# list at every ',', the pilot's JobAgent splits list items at whitespace and drops braces,
+# and DiracX replaces '%j' with the job's id.
+_DIRAC_LIST_UNSAFE = re.compile(r'[\s"\\;,\[{}\x00-\x1f\x7f]|%j')
 _CLOSE = {"(": ")", "[": "]", "{": "}"}
 
 
@@ -102,6 +119,19 @@ def _check_expression(name: str, expr: Expression, *, in_list: bool) -> None:
             ok = False
     if not ok:
         raise JDLError(f"attribute {name!r}: {expr!r} would not read back as one expression")
+
+
+def dirac_list_item_problem(item: str) -> str | None:
+    """Why DIRAC cannot carry ``item`` in a list of its JDL (OutputSandbox, Tags), or None."""
+    if not item:
+        return "an empty item is dropped by DIRAC"
+    if bad := _DIRAC_LIST_UNSAFE.search(item):
+        return (
+            f"{bad.group()!r} cannot travel in DIRAC's JDL lists (no spaces, commas, quotes, "
+            "backslashes, ';', '[', '{', '}' or '%j': DIRAC has no escapes and splits or "
+            "rewrites them)"
+        )
+    return None
 
 
 def parse_jdl(text: str) -> dict[str, JDLValue]:
@@ -232,11 +262,15 @@ class _Parser:
         t, start = self.text, self.pos
         out: list[str] = []
         i = start + 1
-        while i < len(t) and t[i] not in "\r\n":
-            if t[i] == '"':
+        while i < len(t):
+            if t[i] in "\r\n":
+                # DIRAC writes a long list item over lines and drops the line breaks when it
+                # reads it back; so does this reader.
+                i += 1
+            elif t[i] == '"':
                 self.pos = i + 1
                 return "".join(out)
-            if t[i] == "\\" and i + 1 < len(t) and t[i + 1] not in "\r\n":
+            elif t[i] == "\\" and i + 1 < len(t) and t[i + 1] not in "\r\n":
                 out.append(_ESCAPES.get(t[i + 1], t[i : i + 2]))
                 i += 2
             else:

@@ -171,7 +171,8 @@ class Recipe(BaseModel):
         )
 
     def rendered_steps(self, build_args: Mapping[str, Any]) -> list[str]:
-        """The steps with build arguments filled in, shell-quoted."""
+        """The steps with build arguments filled in, each value one shell-quoted word (its
+        placeholder stands bare: `shell_placeholder_problem`, checked when it loads)."""
         quoted = {k: shlex.quote(str(v)) for k, v in build_args.items()}
         return [step.format_map(quoted) for step in self.steps]
 
@@ -190,6 +191,42 @@ def template_fields(template: str) -> set[str]:
             raise ValueError(f"placeholder {{{field}}} must be a plain name")
         names.add(field)
     return names
+
+
+#: What a placeholder's value is when a template is checked: a space and every character
+#: a shell reads specially in or out of quotes.
+_PROBE = "a b'\"\\$`"
+#: Stands for the placeholder checked: a character no template holds (private use).
+_MARK = "\ue000"
+
+
+def shell_placeholder_problem(template: str) -> str | None:
+    """The first placeholder of a shell line (a command template, a build step) that does not
+    stand bare, else None. Inside quotes or after a backslash, a shell would read its value
+    again (``sh -c 'echo {message}'``: a message ``$(...)`` runs); bare, the value is one
+    word. shlex is the judge: the line with a value quoted in must split into the words it
+    splits into with the value in place. A here-document's body is out of its sight: a
+    placeholder in a line with one is refused."""
+    parts = list(string.Formatter().parse(template))
+    fields = [field for _, field, _, _ in parts if field is not None]
+    if fields and "<<" in template:
+        return fields[0]
+
+    def render(value: str, at: int) -> str:
+        pieces = [literal + ("" if f is None else value if i == at else "x")
+                  for i, (literal, f, _, _) in enumerate(parts)]  # fmt: skip
+        return "".join(pieces)
+
+    for at, (_, field, _, _) in enumerate(parts):
+        if field is None:
+            continue
+        try:
+            expected = [word.replace(_MARK, _PROBE) for word in shlex.split(render(_MARK, at))]
+            if shlex.split(render(shlex.quote(_PROBE), at)) != expected:
+                return field
+        except ValueError:  # no closing quotation: the value's quote closed one
+            return field
+    return None
 
 
 def image_id(

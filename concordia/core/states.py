@@ -50,11 +50,27 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 #: States in which nothing more happens unless a user acts.
 FINAL_STATES = frozenset({S.DONE, S.FAILED, S.KILLED, S.DELETED})
 #: States in which the job occupies, or is about to occupy, a backend slot.
+#: The longest minor or application status stored (the columns' size): a backend's or an
+#: error's longer text is cut, as PostgreSQL refuses it whole (and the job's update with it).
+STATUS_TEXT_MAX = 256
 ACTIVE_STATES = frozenset({S.MATCHED, S.RUNNING, S.COMPLETING})
 #: States a job may be killed from.
 KILLABLE_STATES = frozenset(s for s, nxt in TRANSITIONS.items() if S.KILLED in nxt)
 #: States a job may be rescheduled from.
 RESCHEDULABLE_STATES = frozenset(s for s, nxt in TRANSITIONS.items() if S.RESCHEDULED in nxt)
+#: States a user may reschedule a job from: not while it holds a slot (kill it first).
+USER_RESCHEDULABLE_STATES = RESCHEDULABLE_STATES - ACTIVE_STATES
+
+
+def status_text(text: str) -> str:
+    """``text`` within STATUS_TEXT_MAX characters, an ellipsis where it was cut."""
+    return text if len(text) <= STATUS_TEXT_MAX else text[: STATUS_TEXT_MAX - 1] + "…"
+
+
+def one_of(states: frozenset[JobStatus]) -> str:
+    """States in DIRAC's order as a user reads them: "Checking, Waiting, Failed or Killed"."""
+    names = [status.value for status in JobStatus if status in states]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 class InvalidTransition(ValueError):
