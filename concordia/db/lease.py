@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 #: PostgreSQL advisory lock key of the leader (any fixed 64-bit number).
 LEASE_KEY = 0x636F6E636F726469  # "concordi"
-#: Advisory lock key held while a worker migrates the schema.
-MIGRATION_KEY = 0x636F6E636F72646D  # "concordm"
 #: The first half of the two-part advisory keys of the workers' slots (a 32-bit number).
 SLOT_CLASS = 0x636F6E63  # "conc"
 #: How often the holder checks it still holds its locks (its connection may have been cut),
@@ -31,6 +29,8 @@ SLOT_CLASS = 0x636F6E63  # "conc"
 CHECK_SECONDS = 2.0
 #: How often a standby on SQLite tries the lock file.
 POLL_SECONDS = 0.5
+#: The lock file of the worker on SQLite, in the data dir.
+LOCK_FILE = "worker.lock"
 
 
 class LeaseHeld(RuntimeError):
@@ -72,25 +72,8 @@ async def worker_lease(
         async with _advisory(engine, alone) as lease:
             yield lease
     else:
-        async with _flock(data_dir / "worker.lock", None if alone else on_wait):
+        async with _flock(data_dir / LOCK_FILE, None if alone else on_wait):
             yield Lease(slot=1, leads=True)  # a file lock goes only with its process
-
-
-@asynccontextmanager
-async def migrating(engine: AsyncEngine) -> AsyncIterator[None]:
-    """Held while the schema is migrated: workers starting together migrate in turn (on
-    SQLite the worker's file lock already makes it one)."""
-    if engine.url.get_backend_name() != "postgresql":
-        yield
-        return
-    async with engine.connect() as connection:
-        await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_KEY})
-        await connection.commit()
-        try:
-            yield
-        finally:
-            await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_KEY})
-            await connection.commit()
 
 
 async def live_slots(session: AsyncSession) -> set[int]:
@@ -104,6 +87,30 @@ async def live_slots(session: AsyncSession) -> set[int]:
         {"c": SLOT_CLASS},
     )
     return {int(slot) for (slot,) in rows.all()}
+
+
+async def live_workers(session: AsyncSession, data_dir: Path) -> int:
+    """How many workers hold their lease now: on PostgreSQL their slots, on SQLite the lock
+    file (0 or 1)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return len(await live_slots(session))
+    return int(await asyncio.to_thread(_lock_file_held, data_dir / LOCK_FILE))
+
+
+def _lock_file_held(path: Path) -> bool:
+    # A shared lock taken and dropped at once: refused while a worker holds its exclusive
+    # one. A worker trying in that instant waits as a standby, and takes it POLL_SECONDS on.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # no worker ever ran on this data dir
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the shared lock, if taken
+    return False
 
 
 def _try_flock(fd: int) -> bool:

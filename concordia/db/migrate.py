@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import cache
 from pathlib import Path
 
@@ -12,7 +15,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from concordia.db.engine import make_engine
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: PostgreSQL advisory lock key held while a process migrates the schema.
+MIGRATION_KEY = 0x636F6E636F72646D  # "concordm"
 
 
 def alembic_config(database_url: str) -> Config:
@@ -23,8 +30,43 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str) -> None:
-    """Blocking: run in a thread from async code (Alembic's env runs its own event loop)."""
+    """Blocking: run in a thread from async code (Alembic's env runs its own event loop).
+    Alone: processes that may start together migrate with `upgrade_in_turn`."""
     command.upgrade(alembic_config(database_url), "head")
+
+
+@asynccontextmanager
+async def migrating(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Held while the schema is migrated: on PostgreSQL, processes starting together (units
+    running `concordia db upgrade` before they start, workers on several hosts) migrate in
+    turn, each after the last, which finds it done; two at once both create the version
+    table, and one fails. On SQLite the worker's file lock already makes it one."""
+    if engine.url.get_backend_name() != "postgresql":
+        yield
+        return
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_KEY})
+        await connection.commit()
+        try:
+            yield
+        finally:
+            await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_KEY})
+            await connection.commit()
+
+
+async def upgrade_in_turn(engine: AsyncEngine, database_url: str) -> None:
+    """The schema brought to the latest, one process at a time (``migrating``)."""
+    async with migrating(engine):
+        await asyncio.to_thread(upgrade, database_url)
+
+
+async def upgrade_database(database_url: str) -> None:
+    """`concordia db upgrade`: ``upgrade_in_turn`` on an engine of its own."""
+    engine = make_engine(database_url)
+    try:
+        await upgrade_in_turn(engine, database_url)
+    finally:
+        await engine.dispose()
 
 
 @cache

@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from concordia.core.states import STATUS_TEXT_MAX
+
 # Stable constraint names, so Alembic migrations work the same on SQLite and PostgreSQL.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -62,8 +64,8 @@ class User(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(128), unique=True)
-    display_name: Mapped[str] = mapped_column(String(256), default="")
-    email: Mapped[str] = mapped_column(String(256), default="")
+    display_name: Mapped[str] = mapped_column(String(STATUS_TEXT_MAX), default="")
+    email: Mapped[str] = mapped_column(String(STATUS_TEXT_MAX), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: An IAM account: its issuer and subject, one user each (None for local users).
     issuer: Mapped[str | None] = mapped_column(String(256), default=None)
@@ -104,6 +106,26 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class BrowserSession(Base):
+    """A browser's session: its cookie holds only a random id, stored here as a sha256
+    digest. Signing out deletes the row, so a copy of the cookie ends with it; the IAM
+    tokens of the sign-in belong to the row (vault ciphertext) and go with it."""
+
+    __tablename__ = "browser_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    #: None while a sign-in is under way (the OIDC state waits for IAM's redirect back).
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), default=None, index=True
+    )
+    #: What the pages keep between requests: CSRF token, names shown, flash, sign-in state.
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    iam_tokens: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Application(Base):
@@ -162,6 +184,10 @@ class Submission(Base):
     vo: Mapped[str] = mapped_column(String(64), default="")
     group: Mapped[str] = mapped_column(String(128), default="")
     image_id: Mapped[str | None] = mapped_column(ForeignKey("images.id"), default=None, index=True)
+    #: Where its data outputs go in the data lake (Rucio); all None: not to the data lake.
+    datalake_scope: Mapped[str | None] = mapped_column(String(64), default=None)
+    datalake_dataset: Mapped[str | None] = mapped_column(String(250), default=None)
+    datalake_rse: Mapped[str | None] = mapped_column(String(128), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -179,8 +205,8 @@ class Job(Base):
     argv: Mapped[list[Any]] = mapped_column()
     jdl: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
-    minor_status: Mapped[str] = mapped_column(String(256), default="")
-    application_status: Mapped[str] = mapped_column(String(256), default="")
+    minor_status: Mapped[str] = mapped_column(String(STATUS_TEXT_MAX), default="")
+    application_status: Mapped[str] = mapped_column(String(STATUS_TEXT_MAX), default="")
     backend: Mapped[str] = mapped_column(String(32))
     backend_ref: Mapped[str | None] = mapped_column(String(256), default=None)
     backend_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -211,7 +237,25 @@ class JobStatusHistory(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16))
-    minor_status: Mapped[str] = mapped_column(String(256), default="")
-    application_status: Mapped[str] = mapped_column(String(256), default="")
+    minor_status: Mapped[str] = mapped_column(String(STATUS_TEXT_MAX), default="")
+    application_status: Mapped[str] = mapped_column(String(STATUS_TEXT_MAX), default="")
     source: Mapped[str] = mapped_column(String(64))
     timestamp: Mapped[datetime] = mapped_column()
+
+
+class DatalakeFile(Base):
+    """A job's data output stored in the data lake: recorded once Rucio has it (checksum
+    checked); a DID is unique there, so here too."""
+
+    __tablename__ = "datalake_files"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(250))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    adler32: Mapped[str] = mapped_column(String(8))
+    rse: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(1))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("scope", "name", name="uq_datalake_files_did"),)
