@@ -6,9 +6,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from concordia.core.states import JobStatus
+from concordia.core.limits import JobLimits
+from concordia.core.states import JobStatus, status_text
 
 
 class BackendError(Exception):
@@ -20,6 +21,14 @@ class BackendUnreachable(BackendError):
     again later."""
 
 
+class JobRefused(BackendError):
+    """The backend would refuse the job: each problem names the rule it breaks."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 class JobImage(BaseModel):
     """The image a job runs in: its id, the rootfs for local runtimes, the SquashFS for
     Apptainer, and what the recipe sets (environment, working directory)."""
@@ -28,8 +37,14 @@ class JobImage(BaseModel):
     rootfs: Path
     squashfs: Path | None = None
     squashfs_sha256: str | None = None
+    #: The OCI layout tar registries are sent (None: the image was built without it).
+    oci_archive: Path | None = None
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/work"
+    application: str = ""
+    #: Built from public inputs only: it may be published where anyone reads (CVMFS). An
+    #: image with an operator-provided source (CORSIKA's licence) reaches only its jobs.
+    redistributable: bool = False
 
 
 class JobSpec(BaseModel):
@@ -44,7 +59,12 @@ class JobSpec(BaseModel):
     #: OutputSandbox globs, relative to the work directory.
     outputs: list[str] = Field(default_factory=list)
     cpu_time: int
+    #: DIRAC's job priority among the owner's jobs (0-10) and the tags a grid site must offer.
+    priority: int = 1
+    tags: list[str] = Field(default_factory=list)
     network: bool = False
+    #: What the application asks for; a local backend fills in its defaults.
+    limits: JobLimits = Field(default_factory=JobLimits)
     env: dict[str, str] = Field(default_factory=dict)
     jdl: str = ""
     #: None: the job runs on the host's system directories.
@@ -57,6 +77,10 @@ class JobSpec(BaseModel):
     group: str = ""
     #: The submission it belongs to (DIRAC's JobGroup).
     job_group: str = ""
+    #: Where a grid job's wrapper stores its data outputs (concordia_job.py's "datalake"
+    #: settings, the same for a submission's jobs but for "names", the job's own prefix);
+    #: None: everything comes back in the output sandbox. May hold a token: not in reprs.
+    datalake: dict[str, Any] | None = Field(default=None, repr=False)
     #: How many times it was rescheduled: each run is a new job in a grid backend.
     attempt: int = 0
     #: It may already be in the backend (handed over by a process that died before
@@ -72,6 +96,9 @@ class BackendRef(BaseModel):
     state: dict[str, Any] = Field(default_factory=dict)
     #: Set when the backend refused the job (it is not there): the job fails with this.
     error: str | None = None
+    #: The description the backend was given (describe() with what only the hand-over
+    #: knows filled in): recorded as the job's JDL. None: the recorded one is it.
+    jdl: str | None = None
 
 
 class StatusUpdate(BaseModel):
@@ -82,9 +109,16 @@ class StatusUpdate(BaseModel):
     minor_status: str = ""
     application_status: str = ""
     timestamp: datetime
+    #: Who set it in the backend (a grid's JobWrapper, Matcher...); empty: the backend itself.
+    source: str = ""
     exit_code: int | None = None
     #: Backend state to merge into the job's stored state (e.g. the pid of a local job).
     state: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("minor_status", "application_status")
+    @classmethod
+    def _stored_whole(cls, text: str) -> str:
+        return status_text(text)
 
 
 class Backend(Protocol):
@@ -95,8 +129,14 @@ class Backend(Protocol):
     isolation_problem: str | None
     #: What runs jobs in their images, and why not the other runtimes (for people).
     runtime_summary: str
+    #: How each job's resources are bounded and by what (cgroup, rlimits), for people.
+    limits_summary: str
     #: False where a job's process dies with the server (then a restart marks it Stalled).
     survives_restart: bool
+    #: True where a job stores its own data outputs in the data lake (a grid's wrapper, on
+    #: the worker node); False: Concordia uploads them from the job's outputs/ once its
+    #: process has ended, before the job is Done.
+    uploads_data: bool
     #: Why the backend cannot be reached now (its jobs keep their last known state); None
     #: when it answers.
     unreachable: str | None
@@ -106,14 +146,27 @@ class Backend(Protocol):
         all workers share, for whichever has room: a worker runs no more than it can."""
         ...
 
+    def describe(self, spec: JobSpec) -> str:
+        """The job's description (a JDL) as this backend is given it: recorded as the job's
+        JDL when it is submitted and shown in the form's preview. What only the hand-over
+        knows (a grid's input sandbox address) is a placeholder in <angle brackets> until
+        submit() says what was sent. Raises JobRefused naming every rule of the backend the
+        job breaks; submit() refuses such a job too."""
+        ...
+
     async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]: ...
 
     async def poll(self, refs: list[BackendRef]) -> list[StatusUpdate]: ...
 
-    async def kill(self, refs: list[BackendRef]) -> None: ...
+    async def kill(self, refs: list[BackendRef]) -> list[StatusUpdate]:
+        """Stop the jobs, and every earlier run of a rescheduled one still going. Returns the
+        jobs the kill came too late for, as the backend has them: they ended on their own,
+        were not killed, and keep that state (the next poll brings their news)."""
+        ...
 
     async def delete(self, refs: list[BackendRef]) -> None:
-        """Their user deleted these jobs (waiting or over): the backend forgets them."""
+        """Their user deleted these jobs (waiting or over): the backend forgets them, and
+        every earlier run of a rescheduled one."""
         ...
 
     async def fetch_outputs(self, ref: BackendRef, dest: Path) -> list[Path]: ...

@@ -26,10 +26,18 @@ from concordia.backends.base import (
     BackendError,
     BackendRef,
     BackendUnreachable,
+    JobRefused,
     JobSpec,
     StatusUpdate,
 )
+from concordia.backends.grid_images import GridImages, ImageNotPublished, exit_code_of
 from concordia.backends.sandboxes import Sandbox, UnsafeArchive, extract_outputs, input_sandbox
+from concordia.backends.wrapper.concordia_job import (
+    DATALAKE_MANIFEST,
+    SH_SETTINGS,
+    sh_argument,
+    shell_settings,
+)
 from concordia.core.jdl import job_jdl
 from concordia.core.states import JobStatus
 from concordia.settings import Settings
@@ -50,9 +58,18 @@ _TRY_AGAIN = (408, 429)
 _CONTENT_RANGE = re.compile(r"jobs (\d+)-(\d+)/(\d+)")
 #: A token is renewed this long before it expires.
 TOKEN_MARGIN = 60.0
-#: DIRAC states a Concordia job passes itself before it reaches DiracX.
+#: DIRAC states a Concordia job passes itself before it reaches DiracX: there, they are
+#: steps of its Waiting (DiracX's minor statuses and sources say which).
 _BEFORE_US = {JobStatus.RECEIVED, JobStatus.CHECKING}
+#: DiracX states after which a job does nothing more.
+_ENDED = {s.value for s in (JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED, JobStatus.DELETED)}
 _SEARCH_FIELDS = ["JobID", "JobName", "Status", "MinorStatus", "ApplicationStatus", "LoggingInfo"]
+#: What a description shows for the input sandbox until it is uploaded, at hand-over.
+PENDING_SANDBOX = "<input sandbox: uploaded at hand-over>"
+#: DIRAC's JobManager refuses a CPUTime outside this range (seconds).
+CPU_TIME_RANGE = (100, 500_000)
+#: DiracX's JobDB holds a JobGroup of at most this many characters.
+JOB_GROUP_LENGTH = 32
 
 
 class DiracXError(BackendError):
@@ -106,10 +123,14 @@ class DiracXBackend:
     isolated = True
     isolation_problem: str | None = None
     runtime_summary = "apptainer or singularity on grid worker nodes (bubblewrap where neither)"
+    limits_summary = "the grid site's, from each job's CPUTime"
     survives_restart = True
+    uploads_data = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, image_keys: list[bytes] | None = None) -> None:
         self.settings = settings
+        #: Where jobs' images are published and what their wrappers are told of them.
+        self.images = GridImages(settings, image_keys or [])
         self.url = settings.diracx_url.rstrip("/")
         self.http = httpx.AsyncClient(base_url=self.url, timeout=60)
         self._tokens: dict[tuple[str, str, str], tuple[float, str]] = {}
@@ -138,6 +159,7 @@ class DiracXBackend:
 
     async def close(self) -> None:
         await self.http.aclose()
+        self.images.close()
 
     # --- calls
 
@@ -147,15 +169,21 @@ class DiracXBackend:
         try:
             response = await self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise DiracXUnreachable(f"DiracX did not answer: {type(exc).__name__}") from None
+            raise self._unreachable(f"DiracX did not answer: {type(exc).__name__}") from None
         if response.status_code >= 500 or response.status_code in _TRY_AGAIN:
-            raise DiracXUnreachable(f"DiracX answered {response.status_code} to {what}")
+            raise self._unreachable(f"DiracX answered {response.status_code} to {what}")
+        self.unreachable = None  # it answers, if only to refuse
         if response.is_error:
             raise DiracXError(
                 f"DiracX refused {what} ({response.status_code}): {_detail(response)}",
                 response.status_code,
             )
         return response
+
+    def _unreachable(self, why: str) -> DiracXUnreachable:
+        """Said at once, whatever the call: a hand-over as much as a poll (the UI says so)."""
+        self.unreachable = why
+        return DiracXUnreachable(why)
 
     async def _call(self, method: str, path: str, key: tuple[str, str, str], **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {await self._token(key)}"}
@@ -243,16 +271,30 @@ class DiracXBackend:
         doubt = [_job_name(s) for s in specs if s.maybe_submitted or s.uuid in self._doubt]
         found = await self._find_by_name(key, doubt) if doubt else {}
         known = {s.uuid: found[_job_name(s)] for s in specs if _job_name(s) in found}
-        todo = [s for s in specs if s.uuid not in known]
-        pfns = {s.uuid: await self._sandbox_for(key, s) for s in todo}
+        # Nothing is sent of a job DIRAC would refuse, or would not run as described.
+        refused = {
+            s.uuid: "; ".join(p) for s in specs if s.uuid not in known and (p := _refusals(s))
+        }
+        todo = [s for s in specs if s.uuid not in known and s.uuid not in refused]
+        pfns: dict[str, str] = {}
+        for s in specs:
+            if s.uuid not in refused:
+                try:
+                    pfns[s.uuid] = await self._sandbox_for(key, s)
+                except ImageNotPublished as exc:  # named in each job's minor status
+                    if s.uuid not in known:  # DiracX has the others: they run as sent
+                        refused[s.uuid] = str(exc)
+        todo = [s for s in todo if s.uuid in pfns]
+        # What is sent is what the job's page shows; an adopted job was sent the same (its
+        # sandbox is content addressed: the same files, the same address).
+        jdls = {uuid: self._jdl(s, pfns[s.uuid]) for s in specs if (uuid := s.uuid) in pfns}
         size = self.settings.diracx_chunk_size
         self._doubt.update(s.uuid for s in todo)  # until DiracX's answer is recorded
         chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
         # A few chunks at once: DiracX serves them side by side.
         answers = await asyncio.gather(
-            *(self._insert(key, c, pfns) for c in chunks), return_exceptions=True
+            *(self._insert(key, [jdls[s.uuid] for s in c]) for c in chunks), return_exceptions=True
         )
-        refused: dict[str, str] = {}
         for chunk, answer in zip(chunks, answers, strict=True):
             if isinstance(answer, DiracXError) and not isinstance(answer, DiracXUnreachable):
                 refused.update({s.uuid: str(answer) for s in chunk})  # they fail with why
@@ -264,14 +306,16 @@ class DiracXBackend:
         return [
             BackendRef(uuid=s.uuid, ref="", error=refused[s.uuid])
             if s.uuid in refused
-            else BackendRef(uuid=s.uuid, ref=str(known[s.uuid]), state=dict(state))
+            else BackendRef(
+                uuid=s.uuid,
+                ref=str(known[s.uuid]),
+                state={**state, "attempt": s.attempt},
+                jdl=jdls.get(s.uuid),
+            )
             for s in specs
         ]
 
-    async def _insert(
-        self, key: tuple[str, str, str], chunk: list[JobSpec], pfns: dict[str, str]
-    ) -> list[int]:
-        jdls = [self._jdl(s, pfns[s.uuid]) for s in chunk]  # ready before DiracX is free
+    async def _insert(self, key: tuple[str, str, str], jdls: list[str]) -> list[int]:
         async with self._inserting:
             inserted = await self._call("POST", "/api/jobs/jdl", key, json=jdls)
         return [Inserted.model_validate(i).JobID for i in inserted]
@@ -301,20 +345,29 @@ class DiracXBackend:
                 return rows
             page += 1
 
+    def describe(self, spec: JobSpec) -> str:
+        """The JDL DiracX is sent for the job, its input sandbox still to be uploaded."""
+        return self._jdl(spec, PENDING_SANDBOX)
+
     def _jdl(self, spec: JobSpec, pfn: str) -> str:
-        argument = base64.urlsafe_b64encode(json.dumps({"argv": spec.argv}).encode()).decode()
+        if problems := _refusals(spec):
+            raise JobRefused(problems)
+        # The job's own signed link to its image, if it has one.
+        url = self.images.link(spec.image, spec.uuid) if spec.image is not None else None
         return job_jdl(
             executable=WRAPPER,
-            arguments=[argument],
+            arguments=wrapper_arguments(
+                spec.argv, url, image=spec.image is not None, datalake_names=_names(spec)
+            ),
             job_name=_job_name(spec),
             job_group=spec.job_group or "concordia",
             input_sandbox=[pfn],
-            output_sandbox=[STD_OUTPUT, STD_ERROR, *spec.outputs],
+            output_sandbox=[STD_OUTPUT, STD_ERROR, *spec.outputs, *_manifest(spec)],
             std_output=STD_OUTPUT,
             std_error=STD_ERROR,
             cpu_time=spec.cpu_time,
-            priority=1,
-            tags=[],
+            priority=spec.priority,
+            tags=spec.tags,
         )
 
     async def _sandbox_for(self, key: tuple[str, str, str], spec: JobSpec) -> str:
@@ -333,18 +386,14 @@ class DiracXBackend:
     def _input_sandbox(self, spec: JobSpec) -> Sandbox:
         """The wrapper, the submission's settings and the application's input files: the same
         for every job of a submission (its arguments are in the JDL), so uploaded once."""
-        files = {name: _wrapper_file(name) for name in (WRAPPER, WRAPPER_PY)}
-        image = None
-        if spec.image is not None:
-            image = {
-                "id": spec.image.id,
-                "url": f"{self.settings.diracx_images_url.rstrip('/')}/{spec.image.id}/image.sqsh",
-                "sha256": spec.image.squashfs_sha256,
-                "workdir": spec.image.workdir,
-                "env": spec.image.env,
-            }
-        config = {"image": image, "network": spec.network}
-        files[JOB_CONFIG] = json.dumps(config, sort_keys=True).encode()
+        image = self.images.publish(spec.image, spec.vo) if spec.image is not None else None
+        config = wrapper_config(
+            image,
+            spec.network,
+            self.images.wrapper_settings(),
+            datalake=_lake_config(spec),
+        )
+        files = wrapper_files(config)
         for path in spec.input_files:
             files[path.name] = path.read_bytes()
         return input_sandbox(files, executables=frozenset({WRAPPER, WRAPPER_PY}))
@@ -366,7 +415,7 @@ class DiracXBackend:
                     slot.url, data=slot.fields, files={"file": ("sandbox.tar.bz2", sandbox.data)}
                 )
             except httpx.HTTPError as exc:
-                raise DiracXUnreachable(f"the sandbox store did not answer: {exc}") from None
+                raise self._unreachable(f"the sandbox store did not answer: {exc}") from None
             if response.is_error:
                 raise DiracXError(f"the sandbox store refused the upload ({response.status_code})")
         return slot.pfn
@@ -386,12 +435,8 @@ class DiracXBackend:
         # (a twentieth of Concordia's CPU while it hands 1,000 jobs over, with 5,000 known);
         # a doubt kept a little longer costs no more than a search should the job come again.
         self._doubt.difference_update(ref.uuid for ref in refs)
-        by_key: dict[tuple[str, str, str], dict[int, BackendRef]] = defaultdict(dict)
-        for ref in refs:
-            key = _key(ref)
-            by_key[key][int(ref.ref)] = ref
         try:
-            for key, jobs in by_key.items():
+            for key, jobs in _by_key(refs).items():
                 started = datetime.now(UTC)
                 search: list[dict[str, Any]] = [
                     {"parameter": "JobID", "operator": "in", "values": list(jobs)}
@@ -420,32 +465,102 @@ class DiracXBackend:
                     if known is not None:
                         updates += _news(known, row)
         except DiracXUnreachable as exc:
-            self.unreachable = str(exc)
             log.warning("DiracX unreachable: %s", exc)
             return updates
-        self.unreachable = None
         return updates
 
     # --- act
 
-    async def kill(self, refs: list[BackendRef]) -> None:
-        await self._set_status(refs, JobStatus.KILLED, "Marked for termination")
+    async def kill(self, refs: list[BackendRef]) -> list[StatusUpdate]:
+        """Killed in DiracX, with the earlier runs of a rescheduled job still going. DiracX
+        keeps a job that ended meanwhile as it ended (it answers 200 all the same): that job
+        comes back, with its state, and the next poll is not put off."""
+        too_late: list[StatusUpdate] = []
+        for key, jobs in _by_key(refs).items():
+            runs = await self._runs(key, jobs)
+            # Only what is still going: a kill of an ended job changes nothing but its minor
+            # status ("Marked for termination"), which would then hide how it ended.
+            going = [
+                job_id
+                for job_id in {*jobs, *runs}
+                if runs.get(job_id, {}).get("Status") not in _ENDED
+            ]
+            steps = [(JobStatus.KILLED, "Marked for termination")]
+            reached = (
+                await self._set_status(key, {job_id: steps for job_id in going}) if going else {}
+            )
+            for job_id, ref in jobs.items():
+                row = reached.get(job_id) or runs.get(job_id, {})
+                status = row.get("Status")
+                if status != JobStatus.KILLED.value and status in _ENDED:
+                    too_late.append(
+                        StatusUpdate(
+                            uuid=ref.uuid, status=JobStatus(status),
+                            minor_status=str(row.get("MinorStatus") or ""),
+                            timestamp=datetime.now(UTC),
+                        )
+                    )  # fmt: skip
+        if too_late:
+            self._last_poll = -float("inf")
+        return too_late
 
     async def delete(self, refs: list[BackendRef]) -> None:
         """Deleted in DiracX too (DIRAC's final state: out of the task queue, its sandboxes
-        left to DiracX's clean-up)."""
-        await self._set_status(refs, JobStatus.DELETED, "Deleted by user")
+        left to DiracX's clean-up), with every earlier run of a rescheduled job (one still
+        going is killed first: DIRAC deletes only what has ended)."""
+        for key, jobs in _by_key(refs).items():
+            runs = await self._runs(key, jobs)
+            deleted = (JobStatus.DELETED, "Deleted by user")
+            changes = {job_id: [deleted] for job_id in jobs}
+            for job_id, row in runs.items():
+                if job_id not in jobs:
+                    ended = row.get("Status") in _ENDED
+                    changes[job_id] = (
+                        [deleted]
+                        if ended
+                        else [(JobStatus.KILLED, "Marked for termination"), deleted]
+                    )
+            await self._set_status(key, changes)
 
-    async def _set_status(self, refs: list[BackendRef], status: JobStatus, minor: str) -> None:
-        now = datetime.now(UTC).isoformat()
-        by_key: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(dict)
-        for ref in refs:
-            key = _key(ref)
-            by_key[key][ref.ref] = {
-                now: {"Status": status.value, "MinorStatus": minor, "Source": "Concordia"}
+    async def _runs(self, key: tuple[str, str, str], jobs: dict[int, BackendRef]) -> dict[int, Any]:
+        """DiracX's rows (status, minor status) of these jobs and of the earlier runs of
+        those rescheduled, found by their names (the job's uuid and run)."""
+        fields = ["JobID", "Status", "MinorStatus"]
+        rows = await self._search(
+            key,
+            {
+                "parameters": fields,
+                "search": [{"parameter": "JobID", "operator": "in", "values": list(jobs)}],
+            },
+        )
+        earlier = [
+            f"{ref.uuid}.{run}"
+            for ref in jobs.values()
+            for run in range(int(ref.state.get("attempt", 0)))
+        ]
+        if earlier:
+            search = [{"parameter": "JobName", "operator": "in", "values": earlier}]
+            rows += await self._search(key, {"parameters": fields, "search": search})
+        return {int(row["JobID"]): row for row in rows}
+
+    async def _set_status(
+        self, key: tuple[str, str, str], changes: dict[int, list[tuple[JobStatus, str]]]
+    ) -> dict[int, Any]:
+        """Each job through its steps (one after the other, a millisecond apart); what DiracX
+        says each job's state is now."""
+        now = datetime.now(UTC)
+        body = {
+            str(job_id): {
+                (now + timedelta(milliseconds=i)).isoformat(): {
+                    "Status": status.value, "MinorStatus": minor, "Source": "Concordia",
+                }
+                for i, (status, minor) in enumerate(steps)
             }
-        for key, body in by_key.items():
-            await self._call("PATCH", "/api/jobs/status", key, json=body)
+            for job_id, steps in changes.items()
+        }  # fmt: skip
+        answer = await self._call("PATCH", "/api/jobs/status", key, json=body)
+        success = answer.get("success", {}) if isinstance(answer, dict) else {}
+        return {int(job_id): row for job_id, row in success.items() if isinstance(row, dict)}
 
     async def fetch_outputs(self, ref: BackendRef, dest: Path) -> list[Path]:
         """The job's output sandbox, downloaded (presigned URL), checked and unpacked safely
@@ -490,6 +605,32 @@ class DiracXBackend:
                     fh.write(block)
 
 
+def _refusals(spec: JobSpec) -> list[str]:
+    """What DIRAC or DiracX would refuse in the job, each with its rule."""
+    problems = []
+    low, high = CPU_TIME_RANGE
+    if not low <= spec.cpu_time <= high:
+        problems.append(
+            f"CPUTime {spec.cpu_time} s is outside DIRAC's {low}-{high} s, which its job "
+            "manager refuses: the application's cpu_time must change to run on the grid"
+        )
+    group = spec.job_group or "concordia"
+    if len(group) > JOB_GROUP_LENGTH:
+        problems.append(
+            f"JobGroup {group!r} is {len(group)} characters, more than the {JOB_GROUP_LENGTH} "
+            "DiracX holds: the application needs a shorter name to run on the grid"
+        )
+    return problems
+
+
+def _by_key(refs: list[BackendRef]) -> dict[tuple[str, str, str], dict[int, BackendRef]]:
+    """The jobs by whom they run as in DiracX, each by its DiracX id."""
+    by_key: dict[tuple[str, str, str], dict[int, BackendRef]] = defaultdict(dict)
+    for ref in refs:
+        by_key[_key(ref)][int(ref.ref)] = ref
+    return by_key
+
+
 def _key(ref: BackendRef) -> tuple[str, str, str]:
     """Whom a job runs as in DiracX: its owner, VO and DIRAC group (kept in its state)."""
     return (ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))
@@ -502,8 +643,8 @@ def _job_name(spec: JobSpec) -> str:
 
 
 def _news(ref: BackendRef, row: dict[str, Any]) -> list[StatusUpdate]:
-    """The history entries Concordia has not seen yet, as updates (DIRAC's Received and
-    Checking are Concordia's own steps before DiracX: left out)."""
+    """The history entries Concordia has not seen yet, as updates with DiracX's minor status
+    and source (its Received and Checking as steps of Concordia's Waiting)."""
     history = row.get("LoggingInfo") or []
     seen = int(ref.state.get("seen", 0))
     updates = []
@@ -512,20 +653,35 @@ def _news(ref: BackendRef, row: dict[str, Any]) -> list[StatusUpdate]:
             status = JobStatus(entry["Status"])
         except (KeyError, ValueError):
             continue
-        if status in _BEFORE_US:
-            continue
+        if index and _step(history[index - 1]) == _step(entry):
+            continue  # the application status alone changed (the wrapper's word): no step
+        minor, application = (
+            str(entry.get("MinorStatus", "")),
+            str(entry.get("ApplicationStatus", "")),
+        )
+        # The job wrapper's word on its command, as a local job's: its exit code and why.
+        code = exit_code_of(application) if status.is_final else None
+        if code is not None and status == JobStatus.FAILED:
+            minor = application
         updates.append(
             StatusUpdate(
                 uuid=ref.uuid,
-                status=status,
-                minor_status=str(entry.get("MinorStatus", "")),
-                application_status=str(entry.get("ApplicationStatus", "")),
+                status=JobStatus.WAITING if status in _BEFORE_US else status,
+                minor_status=minor,
+                application_status=application,
+                exit_code=code,
                 timestamp=_when(entry.get("StatusTime")),
+                source=str(entry.get("Source") or ""),
                 state={"seen": index + 1},
             )
         )
     ref.state["seen"] = len(history)
     return updates
+
+
+def _step(entry: dict[str, Any]) -> tuple[object, object]:
+    """What a history entry says of the job's state: its status and minor status."""
+    return entry.get("Status"), entry.get("MinorStatus")
 
 
 def _when(value: object) -> datetime:
@@ -536,6 +692,66 @@ def _when(value: object) -> datetime:
             return datetime.now(UTC)
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return datetime.now(UTC)
+
+
+def wrapper_arguments(
+    argv: list[str], image_url: str | None, *, image: bool, datalake_names: str | None = None
+) -> list[str]:
+    """The wrapper's arguments in a job's JDL: the job as base64 JSON (for concordia_job.py)
+    and, for a job in an image, the command as concordia-job.sh reads it, when it can."""
+    job: dict[str, Any] = {"argv": argv}
+    if image:
+        job["image_url"] = image_url
+    if datalake_names is not None:
+        job["datalake_names"] = datalake_names  # the job's own: its sandbox is shared
+    arguments = [base64.urlsafe_b64encode(json.dumps(job).encode()).decode()]
+    sh_form: str | None = sh_argument(argv, image_url) if image else None
+    return arguments if sh_form is None else [*arguments, sh_form]
+
+
+def wrapper_config(
+    image: dict[str, Any] | None,
+    network: bool,
+    settings: dict[str, Any],
+    *,
+    datalake: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A submission's concordia-job.json: its image, network, the site-wide settings and,
+    given, where its jobs store their data (concordia_job.py's "datalake" keys: url, scope,
+    data, outputs, sandbox_max_bytes, ca, token)."""
+    config = {"image": image, "network": network, **settings}
+    if datalake is not None:
+        config["datalake"] = datalake
+    return config
+
+
+def _lake_config(spec: JobSpec) -> dict[str, Any] | None:
+    """The submission's data-lake settings for its wrapper: the job's own name prefix goes
+    in its arguments instead; the output-sandbox globs, for files too big for it."""
+    if spec.datalake is None:
+        return None
+    lake = {key: value for key, value in spec.datalake.items() if key != "names"}
+    lake.setdefault("outputs", list(spec.outputs))
+    return lake
+
+
+def _names(spec: JobSpec) -> str | None:
+    return None if spec.datalake is None else str(spec.datalake.get("names", ""))
+
+
+def _manifest(spec: JobSpec) -> list[str]:
+    """What the wrapper stored in the data lake comes back in the sandbox, to be registered."""
+    return [DATALAKE_MANIFEST] if spec.datalake is not None else []
+
+
+def wrapper_files(config: dict[str, Any]) -> dict[str, bytes]:
+    """The wrapper and a submission's settings, as a job's directory on a node has them."""
+    files = {name: _wrapper_file(name) for name in (WRAPPER, WRAPPER_PY)}
+    files[JOB_CONFIG] = json.dumps(config, sort_keys=True).encode()
+    settings: str | None = shell_settings(config)
+    if settings is not None:
+        files[SH_SETTINGS] = settings.encode()
+    return files
 
 
 def _wrapper_file(name: str) -> bytes:

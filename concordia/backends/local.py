@@ -10,8 +10,8 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,9 +19,13 @@ from typing import Any, Literal
 
 from concordia.backends import runtimes, sandbox
 from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
-from concordia.backends.cgroup import SlotCgroup
+from concordia.backends.cgroup import Counters, SlotCgroup, slot_cgroup
+from concordia.backends.forkserver import ForkServer
+from concordia.backends.network import NetworkError, OutboundNetwork
 from concordia.backends.outputs import collect_outputs, copy_outputs
 from concordia.backends.runtimes import ContainerCgroup, RuntimeChoice
+from concordia.core.jdl import job_jdl
+from concordia.core.limits import JobLimits, exceeded
 from concordia.core.states import JobStatus
 from concordia.settings import Settings
 
@@ -30,6 +34,10 @@ log = logging.getLogger(__name__)
 _UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: The proxy of a job that needs one, in its work directory; removed before outputs are taken.
 PROXY_FILE = ".x509up"
+#: Seconds between two looks at a running job's CPU time and processes; its work directory
+#: is measured every WORK_EVERY looks (a walk of its files).
+WATCH_SECONDS = 1.0
+WORK_EVERY = 2
 
 
 @dataclass(eq=False)
@@ -39,18 +47,40 @@ class _Job:
     phase: Literal["queued", "preparing", "running", "ended"] = "queued"
     killed: bool = False  # by kill() or close(): no more updates
     timed_out: bool = False
-    proc: subprocess.Popen[bytes] | None = None
+    #: The bound it went over (its minor status), when the backend ended it for that.
+    over: str | None = None
+    limits: JobLimits = field(default_factory=JobLimits)
+    proc: sandbox.JobProcess | None = None
     #: What runs it: "apptainer", "bwrap" or "podman"; None: a plain process.
     runtime: str | None = None
     #: Its podman container's name.
     container: str | None = None
+    #: Its own network (slirp4netns), for a sandboxed job that asks for one.
+    net: OutboundNetwork | None = None
     exited: asyncio.Future[Any] | None = None
     terminating: asyncio.Task[None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The output bound collection stopped at (a minor status), if any.
+    outputs_exceeded: str | None = None
 
 
 class _CannotStart(Exception):
     pass
+
+
+@dataclass(eq=False)
+class _Slot:
+    """What one slot runs its jobs with: its cgroup, the thread that starts them, its fork
+    server, and the parent cgroup of its podman containers (rootful podman only)."""
+
+    cgroup: SlotCgroup
+    launcher: ThreadPoolExecutor
+    forkserver: ForkServer
+    containers: ContainerCgroup | None = None
+
+    def close(self) -> None:
+        self.launcher.shutdown()
+        self.forkserver.close()
 
 
 class LocalBackend:
@@ -69,6 +99,7 @@ class LocalBackend:
 
     name = "local"
     survives_restart = False
+    uploads_data = False
     unreachable: str | None = None  # it runs here
 
     def __init__(self, settings: Settings) -> None:
@@ -88,7 +119,17 @@ class LocalBackend:
         self._pending: list[StatusUpdate] = []
         self._last: dict[str, datetime] = {}
         self._runners: list[asyncio.Task[None]] = []
-        self._cgroups: list[SlotCgroup] = []
+        self._slots: list[_Slot] = []
+        self._cgroups: list[SlotCgroup] = []  # until they are removed
+        self._etc: Path | None = None  # the /etc of jobs without an image
+        s = settings
+        self.defaults = JobLimits(
+            processes=s.local_max_processes, memory_mb=s.local_memory_mb,
+            tmp_mb=s.local_tmp_mb, work_mb=s.local_work_mb,
+        )  # fmt: skip
+        self.limits_summary = "not started"
+        # Measuring work directories: a thread or two of their own, never the shared pool.
+        self._measure = ThreadPoolExecutor(max_workers=2, thread_name_prefix="work-size")
 
     async def probe(self) -> None:
         """Decide on isolation and the runtime of jobs in images (probe runs): what a web
@@ -98,8 +139,10 @@ class LocalBackend:
         jobs_dir.mkdir(exist_ok=True)
         mode = self.settings.local_isolation
         problem = await asyncio.to_thread(sandbox.isolation_problem, mode, jobs_dir)
+        self._etc = await asyncio.to_thread(sandbox.minimal_etc, jobs_dir)
         choice = await asyncio.to_thread(self._choose_runtime, problem)
         self._decided(problem, choice)
+        self.limits_summary = await asyncio.to_thread(self._bounds_summary)
 
     async def start(self) -> None:
         """Probe, then start the slots."""
@@ -107,19 +150,25 @@ class LocalBackend:
             return
         await self.probe()
         slots, memory_mb = self.settings.local_slots, self.settings.local_memory_mb
-        self._cgroups = await asyncio.to_thread(
-            lambda: [SlotCgroup(memory_mb) for _ in range(slots)]
-        )
+        self._cgroups = await asyncio.to_thread(lambda: [slot_cgroup() for _ in range(slots)])
         if self._podman is not None and not self._podman.rootless:
             self._containers = await asyncio.to_thread(
                 lambda: [ContainerCgroup(memory_mb) for _ in range(slots)]
             )
-        self._runners = [
-            asyncio.create_task(
-                self._runner(cgroup, self._containers[i] if self._containers else None),
-                name=f"local-slot-{i}",
+        # Each slot's jobs are started by a thread of its own (the event loop answers requests
+        # meanwhile), through the slot's fork server (started at the first job).
+        self._slots = [
+            _Slot(
+                cgroup,
+                ThreadPoolExecutor(1, f"local-slot-{i}"),
+                sandbox.fork_server(cgroup),
+                self._containers[i] if self._containers else None,
             )
             for i, cgroup in enumerate(self._cgroups)
+        ]
+        self._runners = [
+            asyncio.create_task(self._runner(slot), name=f"local-slot-{i}")
+            for i, slot in enumerate(self._slots)
         ]
 
     def _choose_runtime(self, bwrap_problem: str | None) -> RuntimeChoice:
@@ -142,6 +191,23 @@ class LocalBackend:
             if left:
                 log.warning("removed %d podman containers of an earlier run", len(left))
         return choice
+
+    def _bounds_summary(self) -> str:
+        """What bounds a job, and by which mechanism: for /me and the start banner."""
+        probe = slot_cgroup()
+        have = probe.bounds
+        probe.remove()
+        how = [f"cgroup v{probe.version} ({', '.join(have)})" if have else "no writable cgroup"]
+        if "pids" not in have:
+            how.append("processes by RLIMIT_NPROC of the job's user")
+        if "memory" not in have:
+            how.append("no memory bound")
+        if not {"cpuacct", "cpu"} & set(have):  # v1's and v2's names
+            how.append("CPU time per process only (RLIMIT_CPU)")
+        if self.isolated and sandbox.bwrap_supports("--size"):
+            how.append("tmpfs sizes")
+        how.append("/work measured while the job runs, RLIMIT_FSIZE")
+        return f"{self.defaults.describe()}; by {', '.join(how)}"
 
     def _decided(self, bwrap_problem: str | None, choice: RuntimeChoice) -> None:
         self.isolated = bwrap_problem is None
@@ -176,6 +242,10 @@ class LocalBackend:
             task.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
         self._runners = []
+        self._measure.shutdown(wait=False, cancel_futures=True)
+        for slot in self._slots:  # their fork servers leave the slots' cgroups
+            await asyncio.to_thread(slot.close)
+        self._slots = []
         for _ in range(40):  # the last sandboxes' processes may take a moment to be reaped
             self._cgroups = [cg for cg in self._cgroups if not cg.remove()]
             self._containers = [cg for cg in self._containers if not cg.remove()]
@@ -191,6 +261,23 @@ class LocalBackend:
     def running(self, uuid: str) -> bool:
         job = self._jobs.get(uuid)
         return job is not None and job.phase == "running"
+
+    def describe(self, spec: JobSpec) -> str:
+        """The job as DIRAC would read it were it run by hand: its own command, its input
+        files by name, its outputs and logs (nothing reads it here: it is for people)."""
+        return job_jdl(
+            executable=spec.argv[0],
+            arguments=spec.argv[1:],
+            job_name=spec.name,
+            job_group=spec.job_group,
+            input_sandbox=[path.name for path in spec.input_files],
+            output_sandbox=[*spec.outputs, "std.out", "std.err"],
+            std_output="std.out",
+            std_error="std.err",
+            cpu_time=spec.cpu_time,
+            priority=spec.priority,
+            tags=spec.tags,
+        )
 
     def capacity(self) -> int:
         """Room for half a queue or more, else none. A worker holds its slots' jobs and a queue
@@ -225,11 +312,11 @@ class LocalBackend:
         self.changed.clear()
         return updates
 
-    async def kill(self, refs: list[BackendRef]) -> None:
+    async def kill(self, refs: list[BackendRef]) -> list[StatusUpdate]:
         """Dequeue or terminate the jobs; return once they are gone and their logs collected.
 
         No update is emitted for them afterwards (pending ones are dropped): the caller
-        records Killed itself.
+        records Killed itself. A job here never ends unseen: none is too late (an empty list).
         """
         waits = []
         for ref in refs:
@@ -243,6 +330,7 @@ class LocalBackend:
             else:
                 waits.append(self._stop(job))
         await asyncio.gather(*waits)
+        return []
 
     async def delete(self, refs: list[BackendRef]) -> None:
         """A waiting job leaves the queue; a finished one is already gone (its files go with
@@ -250,16 +338,17 @@ class LocalBackend:
         await self.kill(refs)
 
     async def fetch_outputs(self, ref: BackendRef, dest: Path) -> list[Path]:
-        """Copy the job's outputs/ (results and std.out, std.err) to dest; list the files."""
+        """Copy the job's outputs/ (results and std.out, std.err) to dest; list the files
+        copied (none when dest is outputs/ itself)."""
         return await asyncio.to_thread(copy_outputs, self.job_dir(ref.uuid) / "outputs", dest)
 
-    async def _runner(self, cgroup: SlotCgroup, containers: ContainerCgroup | None) -> None:
+    async def _runner(self, slot: _Slot) -> None:
         while True:
             job = await self._queue.get()
             if job.phase != "queued":
                 continue
             try:
-                await self._run(job, cgroup, containers)
+                await self._run(job, slot)
             except Exception as exc:  # a bug must not take the slot down with it
                 log.exception("local job %s", job.spec.uuid)
                 if not job.killed:
@@ -274,8 +363,10 @@ class LocalBackend:
             del self._jobs[job.spec.uuid]
             self._last.pop(job.spec.uuid, None)
 
-    async def _run(self, job: _Job, cgroup: SlotCgroup, containers: ContainerCgroup | None) -> None:
+    async def _run(self, job: _Job, slot: _Slot) -> None:
         spec, uuid = job.spec, job.spec.uuid
+        cgroup, containers = slot.cgroup, slot.containers
+        job.limits = spec.limits.over(self.defaults)
         job.phase = "preparing"
         self._emit(uuid, JobStatus.MATCHED, "Assigned to local slot")
         try:
@@ -296,9 +387,11 @@ class LocalBackend:
                 why = self.runtime_problem
                 error = f"Cannot start application: its image needs a container runtime ({why})"
             elif not job.killed:
-                # In a thread: Popen returns once the launcher has exec'd, a millisecond or
+                # In a thread: a launch returns once the job has exec'd, a millisecond or
                 # far more on a busy machine, and the event loop answers requests meanwhile.
-                job.proc = await asyncio.to_thread(self._launch, job, out, err, cgroup, containers)
+                job.proc = await asyncio.get_running_loop().run_in_executor(
+                    slot.launcher, self._launch, job, out, err, slot
+                )
                 if job.killed:  # while it started: the kill found no process to signal
                     self._signal(job, signal.SIGKILL)
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
@@ -313,7 +406,7 @@ class LocalBackend:
             return
         job.phase = "running"
         memory_limit = None
-        if self.settings.local_memory_mb:  # podman without a cgroup of ours: its --memory
+        if job.limits.memory_mb:  # podman without a cgroup of ours: its --memory
             memory_limit = (meter is not None and meter.memory_limited) or job.runtime == "podman"
         isolated = job.runtime is not None
         state: dict[str, Any] = {"pid": job.proc.pid, "isolated": isolated}
@@ -323,7 +416,7 @@ class LocalBackend:
         if not job.killed:
             self._emit(uuid, JobStatus.RUNNING, "Application", state=state)
         started = time.monotonic()
-        status, rusage_cpu = await self._wait(job)
+        status, rusage_cpu = await self._wait(job, meter, before)
         wall = time.monotonic() - started
         if not job.killed:
             self._emit(uuid, JobStatus.COMPLETING, "Collecting outputs")
@@ -333,24 +426,30 @@ class LocalBackend:
         # wait4 on bwrap (or podman's client) misses the sandbox's processes: only the cgroup
         # knows their CPU time.
         cpu = rusage_cpu if not isolated else None
-        if before[0] is not None and after[0] is not None:
-            cpu = after[0] - before[0]
-        oom = after[1] > before[1]
+        if before.cpu is not None and after.cpu is not None:
+            cpu = after.cpu - before.cpu
+        oom = after.ooms > before.ooms
         if job.runtime == "podman":  # a peak at the limit, then the OOM killer's SIGKILL
             oom = oom and os.waitstatus_to_exitcode(status) == 128 + signal.SIGKILL
         minor, code = sandbox.exit_reason(
             status, cpu, spec.cpu_time, isolated=isolated, oom=oom, stderr=job.dir / "std.err",
             runtime=job.runtime, program=spec.argv[0] if spec.argv else "",
+            file_mb=job.limits.work_mb or 0,
         )  # fmt: skip
         if job.timed_out:
             minor = "Wall time limit exceeded"
+        if minor is not None and after.refused > before.refused:  # a fork refused, then failed
+            minor = exceeded(job.limits, spec.cpu_time, forks_refused=1)
+        if job.over is not None:
+            minor = job.over
+        minor = minor or job.outputs_exceeded
         usage = {"cpu_seconds": cpu and round(cpu, 3), "wall_seconds": round(wall, 3)}
         final = JobStatus.DONE if minor is None else JobStatus.FAILED
         self._emit(uuid, final, minor or "Execution Complete", exit_code=code, state=usage)
 
     async def _finish(
         self, job: _Job, cgroup: SlotCgroup, meter: SlotCgroup | ContainerCgroup | None = None
-    ) -> tuple[float | None, int]:
+    ) -> Counters:
         """After the process: kill what it left, collect outputs, remove work/; the counters
         of the cgroup its processes were in (``meter``)."""
         if job.runtime is None:  # nothing outlives a sandbox; a plain job may have left some
@@ -358,41 +457,91 @@ class LocalBackend:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
         counters = _counters(meter)
-        await asyncio.to_thread(_tidy, job, self.settings.local_keep_workdir)
+        job.outputs_exceeded = await asyncio.to_thread(_tidy, job, self.settings)
         return counters
 
-    async def _wait(self, job: _Job) -> tuple[int, float]:
-        """Wait for the process to end, enforcing the wall-clock limit; reap it. A podman
-        client killed (or that lost its race with a kill) leaves its container: removed."""
+    async def _wait(
+        self, job: _Job, meter: SlotCgroup | ContainerCgroup | None, before: Counters
+    ) -> tuple[int, float]:
+        """Wait for the process to end, enforcing the wall-clock limit and the job's bounds;
+        reap it. A podman client killed (or that lost its race with a kill) leaves its
+        container: removed."""
         assert job.proc is not None
         limit = self._wall_seconds(job.spec)
         with sandbox.exit_watch(job.proc.pid) as job.exited:
             timer = asyncio.get_running_loop().call_later(limit, self._wall_limit, job)
+            watch = asyncio.create_task(self._watch_bounds(job, meter, before))
             try:
                 await job.exited
             finally:
                 timer.cancel()
-        status, cpu = sandbox.reap(job.proc)
+                watch.cancel()
+        status, cpu = job.proc.reap()
+        if job.net is not None:
+            await asyncio.to_thread(job.net.close)
         if job.container is not None and self._podman is not None:
             if os.WIFSIGNALED(status) or job.killed or job.timed_out:
                 await self._podman.remove(job.container)
         return status, cpu
 
+    async def _watch_bounds(
+        self, job: _Job, meter: SlotCgroup | ContainerCgroup | None, before: Counters
+    ) -> None:
+        """End the job (SIGKILL) once it is over a bound of the whole job: its CPU time, its
+        process bound (a fork refused), the bytes in its work directory."""
+        loop = asyncio.get_running_loop()
+        work, work_mb = job.dir / "work", job.limits.work_mb or 0
+        looks = 0
+        while job.over is None and not job.killed:
+            await asyncio.sleep(WATCH_SECONDS)
+            now = _counters(meter)
+            used = None if now.cpu is None or before.cpu is None else now.cpu - before.cpu
+            looks += 1
+            size = None
+            if work_mb and looks % WORK_EVERY == 0:
+                size = await loop.run_in_executor(self._measure, _allocated, work, work_mb)
+            job.over = exceeded(
+                job.limits, job.spec.cpu_time, cpu_used=used,
+                forks_refused=now.refused - before.refused, work_bytes=size,
+            )  # fmt: skip
+        if job.over is not None and not job.killed:
+            log.info("local job %s: %s", job.spec.uuid, job.over)
+            self._signal(job, signal.SIGKILL)
+
     def _wall_seconds(self, spec: JobSpec) -> float:
         return max(1, spec.cpu_time) * self.settings.local_wall_time_factor
 
-    def _launch(
-        self, job: _Job, out: int, err: int, cgroup: SlotCgroup, containers: ContainerCgroup | None
-    ) -> subprocess.Popen[bytes]:
+    def _launch(self, job: _Job, out: int, err: int, slot: _Slot) -> sandbox.JobProcess:
+        """Start the job; a job with a network of its own is held until it is connected."""
+        proc = self._start(job, out, err, slot)
+        if job.net is not None:
+            try:
+                job.net.started()
+                job.net.connect()
+            except NetworkError as exc:
+                sandbox.signal_job(proc.pid, signal.SIGKILL, isolated=True)  # still held
+                proc.reap()
+                job.net.close()
+                job.net = None
+                raise OSError(f"its network: {exc}") from exc
+        return proc
+
+    def _start(self, job: _Job, out: int, err: int, slot: _Slot) -> sandbox.JobProcess:
         """Start the job: in its image with the runtime, or without one as before."""
         spec, image, work = job.spec, job.spec.image, job.dir / "work"
+        cgroup, containers = slot.cgroup, slot.containers
+        under_bwrap = self.isolated if image is None else self.runtime == "bwrap"
+        if spec.network and under_bwrap:
+            job.net = sandbox.own_network()
+        if image is None or self.runtime != "podman":  # podman's containers have their own
+            cgroup.configure(job.limits)
         if image is None:
             job.runtime = "bwrap" if self.isolated else None
             inside = "/work" if self.isolated else str(work)
             return sandbox.launch(
-                spec.argv, work, stdout=out, stderr=err, cpu_time=spec.cpu_time,
-                isolated=self.isolated, network=spec.network, cgroup=cgroup,
-                env={**spec.env, **_proxy_env(spec, inside)},
+                spec.argv, work, forkserver=slot.forkserver, stdout=out, stderr=err,
+                cpu_time=spec.cpu_time, isolated=self.isolated, network=job.net, cgroup=cgroup,
+                env={**spec.env, **_proxy_env(spec, inside)}, etc=self._etc, limits=job.limits,
             )  # fmt: skip
         job.runtime = self.runtime
         env = {**image.env, **spec.env, **_proxy_env(spec, image.workdir)}
@@ -402,7 +551,7 @@ class LocalBackend:
             cmd = self._podman.command(
                 job.container, spec.argv, image, work, env, network=spec.network,
                 cpu_time=spec.cpu_time, wall_seconds=self._wall_seconds(spec), cgroup=containers,
-                memory_mb=self.settings.local_memory_mb,
+                memory_mb=job.limits.memory_mb or 0, processes=job.limits.processes or 0,
             )  # fmt: skip
             # No launcher: the container's limits are podman's; its client is not the job.
             return sandbox.spawn(cmd, work, out, err, self._podman.env)
@@ -413,9 +562,10 @@ class LocalBackend:
                 self._runtime_command, spec.argv, image, work, env, network=spec.network
             )
         return sandbox.launch(
-            spec.argv, work, stdout=out, stderr=err, cpu_time=spec.cpu_time, isolated=True,
-            network=spec.network, cgroup=cgroup, env=env, rootfs=image.rootfs,
-            mount=image.workdir, container=container,
+            spec.argv, work, forkserver=slot.forkserver, stdout=out, stderr=err,
+            cpu_time=spec.cpu_time, isolated=True,
+            network=job.net, cgroup=cgroup, env=env, rootfs=image.rootfs, etc=self._etc,
+            mount=image.workdir, container=container, limits=job.limits,
         )  # fmt: skip
 
     def _wall_limit(self, job: _Job) -> None:
@@ -455,8 +605,22 @@ class LocalBackend:
         self.changed.set()
 
 
-def _counters(meter: SlotCgroup | ContainerCgroup | None) -> tuple[float | None, int]:
-    return (None, 0) if meter is None else meter.counters()
+def _counters(meter: SlotCgroup | ContainerCgroup | None) -> Counters:
+    return Counters() if meter is None else meter.counters()
+
+
+def _allocated(root: Path, stop_mb: int) -> int:
+    """Bytes of disk the files under ``root`` take (a sparse file only what it holds), the
+    walk ending once past ``stop_mb``."""
+    total, stop, todo = 0, stop_mb * 1024 * 1024, [root]
+    while todo and total <= stop:
+        with contextlib.suppress(OSError), os.scandir(todo.pop()) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(Path(entry.path))
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+    return total
 
 
 def _proxy_env(spec: JobSpec, workdir: str) -> dict[str, str]:
@@ -470,7 +634,8 @@ def _prepare(job: _Job) -> tuple[int, int]:
     """A clean job directory with the inputs in work/; the opened logs."""
     jd, work = job.dir, job.dir / "work"
     try:
-        jd.mkdir(mode=0o711)  # the sandbox's uid passes through to work/
+        jd.mkdir()
+        jd.chmod(0o711)  # whatever the server's umask (077): the sandbox's uid passes to work/
     except FileExistsError:  # a rescheduled job starts from a clean directory
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(jd / "outputs", ignore_errors=True)
@@ -488,26 +653,27 @@ def _prepare(job: _Job) -> tuple[int, int]:
         with os.fdopen(fd, "wb") as fh:
             fh.write(job.spec.proxy)
     sandbox.hand_over(work)
-    (jd / "outputs").mkdir(mode=0o700)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     out = os.open(jd / "std.out", flags, 0o600)  # the child's stdout: it streams to disk
     err = os.open(jd / "std.err", flags, 0o600)
     return out, err
 
 
-def _tidy(job: _Job, keep_workdir: bool) -> None:
+def _tidy(job: _Job, settings: Settings) -> str | None:
     """After the process: the proxy gone (never an output), the outputs collected, work/
-    removed unless kept."""
+    removed unless kept; the output bound collection stopped at, if any."""
     (job.dir / "work" / PROXY_FILE).unlink(missing_ok=True)
-    collect_outputs(job.dir, job.spec.outputs)
-    if keep_workdir:
-        return
+    limits = settings.max_output_files, settings.max_output_bytes
+    exceeded = collect_outputs(job.dir, job.spec.outputs, *limits).exceeded
+    if settings.local_keep_workdir:
+        return exceeded
     try:
         (job.dir / "work").rmdir()  # the usual case: the job left nothing
     except FileNotFoundError:
         pass
     except OSError:
         shutil.rmtree(job.dir / "work", ignore_errors=True)
+    return exceeded
 
 
 def queue_depth(slots: int) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from concordia.backends import sandbox
 from concordia.backends.base import JobImage
-from concordia.backends.cgroup import rmdir_if_empty
+from concordia.backends.cgroup import Counters, rmdir_if_empty
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,9 @@ def apptainer_command(
     """The command that runs ``argv`` in the image with Apptainer, as on grid worker nodes:
     the SquashFS if the image has one, else its rootfs directory (a sandbox), the work
     directory bound at the image's working directory, nothing of the host's environment or
-    home. A server running as root drops to JOB_UID first (as before bwrap)."""
+    home. It runs as the job's user (the slot's fork server starts it, as it starts bwrap)."""
     workdir = bind_path(image.workdir)
-    cmd = [*sandbox.privilege_drop(), executable, "exec", "--containall", "--cleanenv"]
+    cmd = [executable, "exec", "--containall", "--cleanenv"]
     cmd += ["--pwd", workdir, "-B", f"{bind_path(work)}:{workdir}"]
     for key, value in env.items():
         cmd += ["--env", f"{key}={value}"]
@@ -189,8 +189,8 @@ class ContainerCgroup:
             with contextlib.suppress(OSError):
                 (self._memory / "memory.max_usage_in_bytes").write_text("0")
 
-    def counters(self) -> tuple[float | None, int]:
-        """(CPU seconds used below it, if known; 1 if the peak usage reached the limit)."""
+    def counters(self) -> Counters:
+        """CPU seconds used below it (if known); 1 OOM kill if the peak usage reached the limit."""
         cpu, full = None, 0
         with contextlib.suppress(OSError, ValueError):
             cpu = int((self._cpu / "cpuacct.usage").read_text()) / 1e9
@@ -198,7 +198,7 @@ class ContainerCgroup:
             with contextlib.suppress(OSError, ValueError):
                 peak = int((self._memory / "memory.max_usage_in_bytes").read_text())
                 full = int(peak >= self.limit - 65536)
-        return cpu, full
+        return Counters(cpu, full)
 
     def remove(self) -> bool:
         """Remove it in every hierarchy podman made it in; False if some part is still busy."""
@@ -265,6 +265,7 @@ class Podman:
         wall_seconds: float,
         cgroup: ContainerCgroup | None = None,
         memory_mb: int = 0,
+        processes: int = 0,
         read_only: Sequence[Path] = (),
     ) -> list[str]:
         """``podman run`` of ``argv`` in the image, the work directory at its working directory.
@@ -279,7 +280,9 @@ class Podman:
         workdir = bind_path(image.workdir)
         cmd = [self.executable, "run", "--rm", "--replace", "--name", name]
         cmd += ["--label", f"{PODMAN_LABEL}={self.jobs_dir}", "--rootfs", "--read-only", "--init"]
-        cmd += ["--log-driver", "passthrough", "--network", "host" if network else "none"]
+        # A network of the job's own (slirp4netns), never the host's: its loopback is the job's.
+        net = "slirp4netns:allow_host_loopback=false" if network else "none"
+        cmd += ["--log-driver", "passthrough", "--network", net]
         cmd += ["--hostname", "job", "--cap-drop", "all", "--security-opt", "no-new-privileges"]
         # Rootless, the job keeps the server's uid (mapped); as root it is never root.
         user = f"{sandbox.JOB_UID}:{sandbox.JOB_GID}"
@@ -293,6 +296,8 @@ class Podman:
         cmd += ["--timeout", str(math.ceil(wall_seconds) + PODMAN_TIMEOUT_MARGIN)]
         if cgroup is not None:
             cmd += ["--cgroup-parent", cgroup.parent]
+        if processes:
+            cmd += ["--pids-limit", str(processes)]
         if memory_mb and not (cgroup is not None and cgroup.memory_limited):
             cmd += ["--memory", f"{memory_mb}m", "--memory-swap", f"{memory_mb}m"]
         variables = {"PATH": sandbox.SANDBOX_PATH, "HOME": workdir, "TMPDIR": sandbox.JOB_TMP}
