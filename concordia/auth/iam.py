@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import httpx
 from cryptography import x509
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, computed_field
 
 from concordia.auth.oidc import IamUnreachable
 from concordia.auth.x509 import normalise_dn
@@ -35,6 +35,13 @@ class ScimCertificate(BaseModel):
     #: Whether IAM holds a proxy for it (its managed proxies come from that one).
     has_proxy: bool = False
     proxy_expires: datetime | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def issuer_dirac_dn(self) -> str:
+        """The issuer as DIRAC writes it, beside the subject's ``dirac_dn`` (also for
+        readings stored before it was kept)."""
+        return normalise_dn(self.issuer_dn) if self.issuer_dn else ""
 
 
 class ScimReading(BaseModel):

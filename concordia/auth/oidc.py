@@ -17,8 +17,10 @@ from joserfc.jwk import KeySet
 from concordia.settings import Settings
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
-#: A token seen with an unknown key id makes us fetch the JWKS again, at most this often;
-#: after a failed fetch, the next waits as long (IAM down must not queue every request).
+#: A token whose key id is unknown, or whose signature the key under its id does not verify,
+#: makes us fetch the JWKS again, at most this often: forged tokens must not make Concordia
+#: hammer IAM. After a failed fetch the next waits as long (IAM down must not queue every
+#: request).
 JWKS_REFETCH_SECONDS = 30.0
 LEEWAY_SECONDS = 30
 USERINFO_CACHE_SECONDS = 300.0
@@ -54,7 +56,9 @@ class Iam:
         self._metadata: dict[str, Any] | None = None
         self._userinfo: dict[str, tuple[float, dict[str, Any]]] = {}
         self._keys: KeySet | None = None
+        self._jwks: dict[str, Any] = {}
         self._keys_fetched = -JWKS_REFETCH_SECONDS
+        self._keys_failed = False
         self._keys_lock = asyncio.Lock()
 
     async def metadata(self) -> dict[str, Any]:
@@ -86,6 +90,8 @@ class Iam:
         url = await self.endpoint("token_endpoint")
         secret = self.settings.oidc_client_secret.get_secret_value()
         data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        if self.settings.oidc_audience:  # renewed tokens are for the audience checked here too
+            data["aud"] = self.settings.oidc_audience
         extra: dict[str, Any] = {}
         if secret:
             extra["auth"] = httpx.BasicAuth(self.settings.oidc_client_id, secret)
@@ -132,8 +138,9 @@ class Iam:
         try:
             try:
                 decoded = jwt.decode(token, keys, algorithms=ALGORITHMS)
-            except jose_errors.InvalidKeyIdError:
-                # IAM rotated its keys since we fetched them.
+            except (jose_errors.InvalidKeyIdError, jose_errors.BadSignatureError):
+                # IAM changed its keys since we fetched them: a new key id, or a new key
+                # under the same id. IamUnreachable if they cannot be read now.
                 decoded = jwt.decode(token, await self._keyset(refetch=True), algorithms=ALGORITHMS)
         except jose_errors.InvalidKeyIdError:
             raise TokenInvalid(
@@ -156,37 +163,57 @@ class Iam:
             rules["aud"] = {"essential": True, "value": self.settings.oidc_audience}
         try:
             jwt.JWTClaimsRegistry(leeway=LEEWAY_SECONDS, **rules).validate(claims)
-        except jose_errors.ExpiredTokenError:
-            raise TokenInvalid("the token has expired: sign in again") from None
-        except jose_errors.InvalidTokenError:
-            raise TokenInvalid("the token is not valid yet") from None
         except jose_errors.ClaimError as exc:
-            raise TokenInvalid(f"the token's {exc.claim!r} claim is missing or wrong") from None
+            raise TokenInvalid(self._claim_refusal(exc, claims)) from None
         return claims
 
+    def _claim_refusal(self, exc: jose_errors.ClaimError, claims: dict[str, Any]) -> str:
+        """What is wrong with a claim, by name: joserfc raises one class (InvalidClaimError,
+        also exported as InvalidTokenError) for a wrong audience and a future nbf alike."""
+        if isinstance(exc, jose_errors.ExpiredTokenError):
+            return "the token has expired: sign in again"
+        if isinstance(exc, jose_errors.MissingClaimError):
+            return f"the token lacks the {exc.claim!r} claim"
+        if exc.claim == "aud":
+            return (
+                f"the token's 'aud' claim is {claims.get('aud')!r}, not "
+                f"{self.settings.oidc_audience!r} (the oidc_audience setting): ask IAM for a "
+                "token for that audience (`concordia login` does)"
+            )
+        if exc.claim in ("nbf", "iat"):
+            return (
+                f"the token is not valid yet (its {exc.claim!r} claim is in the future): "
+                "check the clocks of this machine and of IAM"
+            )
+        return f"the token's {exc.claim!r} claim is wrong: {exc.description}"
+
+    async def jwks(self, *, refetch: bool = False) -> dict[str, Any]:
+        """The issuer's JWKS as published (for authlib's ID token check): the one cache of
+        IAM's keys, fetched again on ``refetch`` at most every JWKS_REFETCH_SECONDS."""
+        await self._keyset(refetch=refetch)
+        return self._jwks
+
     async def _keyset(self, *, refetch: bool) -> KeySet:
+        """The cached keys; with ``refetch`` (a token they do not verify) fetched again unless
+        they were a moment ago. IamUnreachable when they cannot be read: a token IAM may have
+        signed with a new key is then neither accepted nor called forged."""
         async with self._keys_lock:
             recent = time.monotonic() - self._keys_fetched < JWKS_REFETCH_SECONDS
-            if self._keys is not None and (not refetch or recent):
+            if self._keys is not None and not refetch:
                 return self._keys
-            if self._keys is None and recent:
-                raise IamUnreachable("IAM's keys could not be read a moment ago")
+            if recent:
+                if self._keys is None or self._keys_failed:
+                    raise IamUnreachable("IAM's keys could not be read a moment ago")
+                return self._keys
             self._keys_fetched = time.monotonic()
+            self._keys_failed = True
+            jwks = await self._get_json(await self.endpoint("jwks_uri"), "keys")
             try:
-                keys = KeySet.import_key_set(
-                    await self._get_json(await self.endpoint("jwks_uri"), "keys")  # type: ignore[arg-type]
-                )
-            except jose_errors.JoseError:
-                keys = None
-            except IamUnreachable:
-                if self._keys is None:
-                    raise
-                keys = None
-            if keys is not None:
-                self._keys = keys
-            if self._keys is None:
-                raise IamUnreachable("IAM publishes no usable keys")
-            return self._keys
+                keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+            except (jose_errors.JoseError, ValueError, TypeError, KeyError):
+                raise IamUnreachable("IAM publishes no usable keys") from None
+            self._keys, self._jwks, self._keys_failed = keys, jwks, False
+            return keys
 
     async def close(self) -> None:
         await self.http.aclose()

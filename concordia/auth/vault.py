@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -20,6 +23,13 @@ class Vault:
         if not keys:
             raise ValueError("the vault needs at least one key")
         self._fernet = MultiFernet([Fernet(key) for key in keys])
+        self._keys = [base64.urlsafe_b64decode(key) for key in keys]
+
+    def derived_keys(self, purpose: bytes) -> list[bytes]:
+        """Keys for ``purpose`` (e.g. signing links), one per vault key in the same order:
+        nothing new to keep secret, rotated with the vault's keys, and none of them reveals
+        the vault's own."""
+        return [hmac.new(key, purpose, hashlib.sha256).digest() for key in self._keys]
 
     def encrypt(self, data: bytes) -> str:
         return self._fernet.encrypt(data).decode("ascii")

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
 
+from asn1crypto import algos as asn1_algos
+from asn1crypto import keys as asn1_keys
+from asn1crypto import pem as asn1_pem
+from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -72,6 +76,11 @@ class ProxyInfo:
     not_after: datetime
     seconds_left: int
     dirac_group: str | None
+    #: The certificate of the chain behind the proxy that expires first, and when: a proxy
+    #: cannot outlive it, so a proxy ending then was cut short by it.
+    chain_ends: datetime | None = None
+    chain_end_dn: str = ""
+    chain_end_is_proxy: bool = False
 
 
 def dirac_dn(name: x509.Name) -> str:
@@ -136,7 +145,65 @@ def _usable_key(key: object) -> UserKey:
     return key
 
 
+#: Key-derivation iterations a credential may ask for: exporters use 2,048 to 600,000; a file
+#: asking 2^31 would cost minutes of CPU per upload before its password is even checked.
+MAX_KDF_ITERATIONS = 1_000_000
+#: What asn1crypto raises on malformed DER (it parses lazily, as fields are read).
+_ASN1_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError)
+
+
+def check_pkcs12_costs(data: bytes) -> None:
+    """Refuse a PKCS#12 file whose MAC or encryption iteration counts pass the bound, before
+    OpenSSL runs them. Read: the MAC, each encrypted safe, each shrouded key bag not itself
+    inside an encrypted safe (those need the password; the safe's own count bounds that)."""
+    try:
+        pfx = asn1_pkcs12.Pfx.load(data)
+        mac = pfx["mac_data"]
+        counts = [("the MAC", mac["iterations"].native)] if mac.native is not None else []
+        for info in pfx.authenticated_safe:
+            if info["content_type"].native == "encrypted_data":
+                algorithm = info["content"]["encrypted_content_info"]
+                algorithm = algorithm["content_encryption_algorithm"]
+                counts.append(("an encrypted part", _kdf_iterations(algorithm)))
+            elif info["content_type"].native == "data":
+                counts += _bag_costs(asn1_pkcs12.SafeContents.load(info["content"].native))
+    except CredentialError:
+        raise
+    except _ASN1_ERRORS:
+        raise CredentialError("not a certificate file: expected PKCS#12 (.p12) or PEM") from None
+    for what, count in counts:
+        if count > MAX_KDF_ITERATIONS:
+            raise CredentialError(
+                f"the PKCS#12 file asks for {count} key-derivation iterations for {what}; at "
+                f"most {MAX_KDF_ITERATIONS} are accepted: export it again with fewer"
+            )
+
+
+def _bag_costs(bags: asn1_pkcs12.SafeContents) -> list[tuple[str, int]]:
+    counts = []
+    for bag in bags:
+        kind = bag["bag_id"].native
+        if kind == "pkcs8_shrouded_key_bag":
+            algorithm = bag["bag_value"]["encryption_algorithm"]
+            counts.append(("the private key", _kdf_iterations(algorithm)))
+        elif kind == "safe_contents":
+            counts += _bag_costs(bag["bag_value"])
+    return counts
+
+
+def _kdf_iterations(algorithm: asn1_algos.EncryptionAlgorithm) -> int:
+    try:
+        count: int = algorithm.kdf_iterations
+    except (ValueError, KeyError):  # e.g. scrypt: a cost of another shape, not checked
+        raise CredentialError(
+            f"the key is encrypted with {algorithm['algorithm'].native!r}, which is not "
+            "accepted: export it again with PBKDF2 (the default of OpenSSL 3)"
+        ) from None
+    return count
+
+
 def _load_pkcs12(data: bytes, password: bytes | None) -> Credential:
+    check_pkcs12_costs(data)
     try:
         key, cert, extra = pkcs12.load_key_and_certificates(data, password)
     except ValueError:
@@ -154,6 +221,18 @@ def _load_pkcs12(data: bytes, password: bytes | None) -> Credential:
 
 
 def _load_pem_key(block: bytes, password: bytes | None) -> UserKey:
+    if block.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY"):  # PKCS#8: PBKDF2, as PKCS#12
+        try:
+            _kind, _headers, der = asn1_pem.unarmor(block)
+            info = asn1_keys.EncryptedPrivateKeyInfo.load(der)
+            count = _kdf_iterations(info["encryption_algorithm"])
+        except _ASN1_ERRORS:
+            raise CredentialError("the private key in the PEM data is damaged") from None
+        if count > MAX_KDF_ITERATIONS:
+            raise CredentialError(
+                f"the private key asks for {count} key-derivation iterations; at most "
+                f"{MAX_KDF_ITERATIONS} are accepted: export it again with fewer"
+            )
     try:
         return _usable_key(serialization.load_pem_private_key(block, password))
     except TypeError as e:
@@ -338,10 +417,14 @@ def proxy_info(pem: bytes, now: datetime) -> ProxyInfo:
     if is_proxy(identity):
         raise CredentialError("the proxy chain lacks the user's own certificate")
     proxy = certs[0]
+    first_end = min(certs[1:], key=lambda c: c.not_valid_after_utc, default=None)
     return ProxyInfo(
         subject_dn=dirac_dn(proxy.subject),
         issuer_dn=dirac_dn(identity.subject),
         not_after=proxy.not_valid_after_utc,
         seconds_left=max(0, int((proxy.not_valid_after_utc - now).total_seconds())),
         dirac_group=_dirac_group(proxy),
+        chain_ends=first_end.not_valid_after_utc if first_end is not None else None,
+        chain_end_dn=dirac_dn(first_end.subject) if first_end is not None else "",
+        chain_end_is_proxy=first_end is not None and is_proxy(first_end),
     )

@@ -11,15 +11,19 @@ from pathlib import Path
 
 from concordia.images.builders import (
     ApptainerBuilder,
+    BuildCancelled,
     Builder,
     BuildError,
     BuildPlan,
     MmdebstrapBuilder,
+    TimedLog,
+    check_cancelled,
     finish_rootfs,
 )
 from concordia.images.formats import make_formats, missing_tools
 from concordia.images.podman import PodmanBuilder
-from concordia.images.store import ROOTFS, ImageStore, StoredImage
+from concordia.images.stages import BuildStages, StageCache
+from concordia.images.store import ROOTFS, ImageStore, StoredImage, unmount_below
 
 #: What to install for each builder (Debian package names), shown when none is usable.
 INSTALL_HINTS = {
@@ -102,23 +106,34 @@ def _version(cmd: list[str]) -> str:
 
 
 def run_build(
-    plan: BuildPlan, builder: Builder, store: ImageStore, formats: list[str]
+    plan: BuildPlan,
+    builder: Builder,
+    store: ImageStore,
+    formats: list[str],
+    cache: StageCache | None = None,
 ) -> StoredImage:
     """Build into a private workspace, then publish by rename: a crash at any point leaves
-    no image that looks complete. Raises BuildError (the log says why)."""
+    no image that looks complete. ``cache``: stages to reuse and to keep. Raises BuildError
+    (the log says why)."""
     work = store.workspace(plan.image_id)
     context, rootfs = work / ".context", work / ROOTFS
     context.mkdir(mode=0o700)
     started = datetime.now(UTC)
-    with open(store.log_path(plan.image_id), "w", buffering=1) as log:
+    with TimedLog(store.log_path(plan.image_id)) as log:
         args = ", ".join(f"{k}={v}" for k, v in plan.build_args.items()) or "none"
         log.write(f"building image {plan.image_id} of {plan.application} with {builder.version}\n")
         log.write(f"build arguments: {args}\n")
+        stages = BuildStages(cache, log, reuse=not plan.fresh, oci="oci" in formats)
         try:
-            builder.build(plan, context, rootfs, log)
+            check_cancelled()  # cancelled while it waited for a slot
+            builder.build(plan, context, rootfs, log, stages)
             finish_rootfs(rootfs, plan.recipe.workdir)
             env = plan.recipe.rendered_env(plan.build_args)
-            made = make_formats(rootfs, work, formats, env, plan.recipe.workdir, log, plan.timeout)
+            top = stages.top
+            below = (top.rootfs, top.oci) if top is not None and top.oci is not None else None
+            made = make_formats(
+                rootfs, work, formats, env, plan.recipe.workdir, log, plan.timeout, below
+            )
             shutil.rmtree(context)
             meta = {
                 "id": plan.image_id,
@@ -127,6 +142,8 @@ def run_build(
                 "builder": builder.version,
                 "env": env,
                 "workdir": plan.recipe.workdir,
+                # Operator-provided sources may be licensed to registered users only.
+                "redistributable": not plan.sources,
                 "formats": made,
                 "rootfs_size": _tree_size(rootfs),
                 "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
@@ -134,13 +151,19 @@ def run_build(
             image = store.publish(plan.image_id, work, meta)
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
-            log.write(f"\nBUILD FAILED: {reason}\n")
+            if isinstance(exc, BuildCancelled):
+                log.write("\nBUILD CANCELLED: its commands were stopped, its workspace removed\n")
+            else:
+                log.write(f"\nBUILD FAILED: {reason}\n")
+            unmount_below(work)
             shutil.rmtree(work, ignore_errors=True)
             if isinstance(exc, BuildError):
                 raise
             if isinstance(exc, OSError):
                 raise BuildError(reason) from exc
             raise
+        finally:
+            stages.release()
         log.write(f"\nbuilt in {meta['seconds']} s: {', '.join(made) or 'rootfs only'}\n")
     return image
 

@@ -27,6 +27,7 @@ from concordia.images.builders import (
     run_logged,
     steps_script,
 )
+from concordia.images.stages import BuildStages
 
 #: Where the extract variant's packages are unpacked in the podman build's first stage.
 _EXTRACT_DIR = "/.concordia-extract"
@@ -90,7 +91,10 @@ class PodmanBuilder:
         builder.version = f"{name or 'podman'} ({', '.join(found)})"
         return builder
 
-    def build(self, plan: BuildPlan, context: Path, rootfs: Path, log: IO[str]) -> None:
+    def build(
+        self, plan: BuildPlan, context: Path, rootfs: Path, log: IO[str],
+        stages: BuildStages | None = None,
+    ) -> None:  # fmt: skip
         deadline = time.monotonic() + plan.timeout
         recipe = plan.recipe
         base = self.bases.get(recipe.suite)
@@ -147,7 +151,8 @@ class PodmanBuilder:
         self._run(["create", "--pull=never", "--name", name, image, "true"], log, deadline)
         archive = context / "rootfs.tar"
         self._run(["export", "--output", str(archive), name], log, deadline)
-        rootfs.mkdir(mode=0o755)
+        rootfs.mkdir()
+        rootfs.chmod(0o755)  # whatever the server's umask (077): jobs read it as another uid
         unpack = ["tar", "-x", "--numeric-owner", "-p", "-f", str(archive), "-C", str(rootfs)]
         if os.geteuid() == 0:
             unpack[2:2] = ["--xattrs", "--xattrs-include=*"]

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ class ImageStore:
         """Forget half-made builds of a process that died (never published): only where no
         build runs (the process that builds, as it starts to)."""
         for name in (".tmp", ".trash"):
+            unmount_below(self.root / name)
             shutil.rmtree(self.root / name, ignore_errors=True)
             (self.root / name).mkdir(mode=0o700, exist_ok=True)
 
@@ -100,3 +102,22 @@ class ImageStore:
         trash = self.root / ".trash" / f"{path.name}-{uuid.uuid4().hex[:8]}"
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def unmount_below(path: Path) -> None:
+    """Unmount whatever is mounted below ``path``, deepest first: a build command killed
+    before its clean-up (mmdebstrap as root mounts /proc, /sys and /dev in its target) must
+    not lead a removal of its workspace into the host's file systems."""
+    try:
+        table = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return
+    top = str(path.resolve()).rstrip("/") + "/"
+    # Field 5 is the mount point, with space, tab, newline and backslash octal-escaped.
+    points = [
+        re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+        for line in table.splitlines()
+        if len(line.split()) > 4
+    ]
+    for point in sorted((p for p in points if p.startswith(top)), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)

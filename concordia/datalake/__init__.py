@@ -1,0 +1,1 @@
+"""The data lake: Rucio, reached over its REST API and its storage's own protocols."""

@@ -1,0 +1,67 @@
+"""What Concordia needs of a data lake: the Rucio client's interface, as a protocol (fakes too)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from concordia.datalake.rucio import DataFile, Rucio
+from concordia.settings import Settings
+
+
+class DataLake(Protocol):
+    """A Rucio server as one account sees it (concordia.datalake.rucio.Rucio)."""
+
+    async def aclose(self) -> None: ...
+
+    async def ensure_scope(self, scope: str, account: str) -> None: ...
+
+    async def add_dataset(
+        self, scope: str, name: str, meta: Mapping[str, str | int | float]
+    ) -> bool: ...
+
+    async def upload(
+        self,
+        path: Path,
+        scope: str,
+        name: str,
+        rse: str,
+        *,
+        dataset: tuple[str, str] | None = None,
+        meta: Mapping[str, str | int | float] = {},
+    ) -> DataFile: ...
+
+    async def register(
+        self,
+        scope: str,
+        name: str,
+        rse: str,
+        *,
+        bytes: int,
+        adler32: str,
+        dataset: tuple[str, str] | None = None,
+        meta: Mapping[str, str | int | float] = {},
+    ) -> DataFile: ...
+
+    async def rse_url(self, rse: str) -> str: ...
+
+    async def file(self, scope: str, name: str) -> DataFile: ...
+
+    async def files(self, scope: str, dataset: str) -> list[DataFile]: ...
+
+    async def metadata(self, scope: str, name: str) -> dict[str, Any]: ...
+
+    def open(self, scope: str, name: str) -> AsyncIterator[bytes]: ...
+
+
+def connect(settings: Settings) -> DataLake:
+    """The data lake of the settings, as the operator's service account."""
+    return Rucio(
+        settings.datalake_url,
+        settings.datalake_account,
+        password=settings.datalake_password.get_secret_value(),
+        username=settings.datalake_account,
+        auth_url=settings.datalake_auth_url,
+        verify=settings.datalake_verify,
+    )
