@@ -4,27 +4,37 @@ of several (`concordia serve --workers N`), or the background work (`concordia w
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
+import multiprocessing
+import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Literal
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from concordia.auth.oidc import Iam
 from concordia.auth.vault import open_vault
 from concordia.backends.base import Backend
 from concordia.backends.diracx import DiracXBackend
 from concordia.backends.local import LocalBackend
+from concordia.datalake.store import connect as connect_datalake
 from concordia.db.changes import ChangeFeed
 from concordia.db.engine import WRITES, make_engine, make_read_engine, make_sessionmaker
-from concordia.db.lease import Lease, migrating, worker_lease
-from concordia.db.migrate import schema_behind, upgrade
+from concordia.db.lease import Lease, worker_lease
+from concordia.db.migrate import schema_behind, upgrade_in_turn
 from concordia.images.builders import stop_running_builds
+from concordia.images.publication import IMAGE_LINKS
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.diracx_accounts import per_user, user_tokens
-from concordia.logic.identity import local_sign_in
+from concordia.logic.identity import local_sign_in, login_link
 from concordia.logic.images import clear_build_leftovers, open_image_builds, start_builds
 from concordia.logic.platform import Platform
 from concordia.logic.relay import Relay
@@ -59,14 +69,14 @@ async def running_platform(
             lease = await stack.enter_async_context(
                 worker_lease(engine, settings.data_dir, on_standby, alone=role == "all")
             )
-            async with migrating(engine):  # by one worker at a time; the next finds it done
-                await asyncio.to_thread(upgrade, settings.database_url)
+            await upgrade_in_turn(engine, settings.database_url)
         local = LocalBackend(settings)
         await (local.start() if works else local.probe())
         stack.push_async_callback(local.close)
         backends: dict[str, Backend] = {"local": local}
+        vault = open_vault(settings.encryption_keys, settings.encryption_key_file)
         if settings.diracx_url:
-            grid = DiracXBackend(settings)
+            grid = DiracXBackend(settings, image_keys=vault.derived_keys(IMAGE_LINKS))
             stack.push_async_callback(grid.close)
             backends["diracx"] = grid
         platform = Platform(
@@ -76,12 +86,16 @@ async def running_platform(
             catalog=ApplicationCatalog(settings.applications_dir).load(),
             backends=backends,
             images=await asyncio.to_thread(open_image_builds, settings),
-            vault=open_vault(settings.encryption_keys, settings.encryption_key_file),
+            vault=vault,
             iam=Iam(settings) if settings.iam_mode else None,
             runs_work=works,
             lease=lease,
             shared=role != "all",
         )
+        stack.callback(platform.work.shutdown)
+        if settings.datalake_enabled:
+            platform.datalake = connect_datalake(settings)
+            stack.push_async_callback(platform.datalake.aclose)
         if role == "worker":
             platform.stopping = lease.lost
         if platform.iam is not None:
@@ -114,8 +128,22 @@ async def running_platform(
                 await cancel(task)
 
 
+#: What a server process makes is its own: the database and its -wal/-shm, logs, keys, job
+#: files. What another uid must read (a job's sandbox: the data dir's path to its work
+#: directory and image) is given its mode explicitly where it is made.
+SERVER_UMASK = 0o077
+
+
+def keep_files_private() -> None:
+    """Files and directories a server process makes are for its user only (umask 077); the
+    processes it starts inherit it (uvicorn's web processes, builds, jobs). First thing, before
+    anything is written."""
+    os.umask(SERVER_UMASK)
+
+
 def tune_server_process() -> None:
-    """For a server process, once its modules and app are made.
+    """For a server process, once its modules and app are made (its files private, as
+    `keep_files_private`, for a web process started by uvicorn's factory).
 
     Its modules and app (most of the heap, kept until the end) are left out of the
     collector's full passes, each of which would walk it all: a pause of about 100 ms in the
@@ -128,9 +156,32 @@ def tune_server_process() -> None:
     (bench/load.py, three runs each way on this 2-core machine: p95 of GET /api/v1/jobs
     151, 197, 171 ms against 238, 231, 193 ms).
     """
+    keep_files_private()
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(0.0005)
+
+
+#: prctl's option: the signal the kernel sends a process when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent() -> None:
+    """For a web process of `serve --workers N`: it stops (SIGTERM, a clean stop) when the
+    parent that started it dies, as by SIGKILL or the OOM killer; else it served on as an
+    orphan, holding the port that the next `serve` needs, out of systemd's stop. Its parent
+    replaces a web process that dies; nothing replaced a parent."""
+    parent = multiprocessing.parent_process()
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning(
+            "this web process will outlive its parent: prctl: %s", os.strerror(ctypes.get_errno())
+        )
+        return
+    if os.getppid() != parent.pid:  # it died before the kernel was told
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _stop_builds(platform: Platform) -> None:
@@ -152,7 +203,12 @@ async def run_worker(settings: Settings, on_standby: Callable[[], None]) -> None
         loop.add_signal_handler(sig, this.cancel)
     try:
         async with running_platform(settings, "worker", on_standby=on_standby) as platform:
-            log.info("worker running: %s", ", ".join(platform.backends))
+            lease = platform.lease
+            log.info(
+                "worker running: worker %d%s, pid %d on %s; backends %s",
+                lease.slot, " (leader: image builds)" if lease.leads else "", os.getpid(),
+                socket.gethostname(), ", ".join(platform.backends),
+            )  # fmt: skip
             await platform.stopping.wait()
     except asyncio.CancelledError:
         log.info("worker stopped")
@@ -174,10 +230,36 @@ async def prepare_web_processes(settings: Settings, on_wait: Callable[[], None])
             await asyncio.sleep(1)
         if settings.iam_mode:
             return f"{settings.public_url}/login"
-        async with make_sessionmaker(engine)() as session, session.begin():
-            # A writing transaction from its start (SQLite: BEGIN IMMEDIATE): reads then
-            # writes beside a running worker would fail as "database is locked".
-            await session.connection(execution_options={WRITES: True})
+        async with _writing(engine) as session:
             return await local_sign_in(session, settings)
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def _writing(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A writing transaction from its start (SQLite: BEGIN IMMEDIATE): reads then writes
+    beside a running server or worker would fail as "database is locked"."""
+    async with make_sessionmaker(engine)() as session, session.begin():
+        await session.connection(execution_options={WRITES: True})
+        yield session
+
+
+class NotSetUp(RuntimeError):
+    """The database is missing or behind the code: the server has not been started on it."""
+
+
+async def new_login_link(settings: Settings) -> str:
+    """`concordia login-link`: a one-time sign-in link for the local user, written into the
+    database a running server reads (no restart), from a process of its own."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        raise NotSetUp("it has no database yet")  # connecting would make an empty one
+    engine = make_engine(settings.database_url)
+    try:
+        if await schema_behind(engine):
+            raise NotSetUp("its database is not set up (or older than this Concordia)")
+        async with _writing(engine) as session:
+            return await login_link(session, settings, "concordia login-link")
     finally:
         await engine.dispose()

@@ -15,15 +15,17 @@ from concordia.auth.groups import Membership, every_membership, groups_from_clai
 from concordia.auth.iam import ScimReading, read_scim
 from concordia.auth.oidc import GROUP_CLAIMS, Iam, IamUnreachable, TokenInvalid, looks_like_jwt
 from concordia.db.tables import User, utcnow
+from concordia.logic.browser_sessions import start_session, state_of
 from concordia.logic.errors import Forbidden, NotFound
 from concordia.logic.iam_session import (
     REFRESH_MARGIN,
     fresh_tokens,
     iam_access_token,
     iam_of,
-    store_tokens,
+    kept_tokens,
+    sealed,
 )
-from concordia.logic.identity import Identity, digest, token_holder
+from concordia.logic.identity import Identity, consume_login_token, digest, token_holder
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
 
@@ -36,6 +38,7 @@ def identity_of(
     auth: str,
     iam_token: str | None = None,
     iam_scopes: list[str] | None = None,
+    session_id: int | None = None,
 ) -> Identity:
     """The caller with their memberships: from their IAM groups, or every VO in local mode."""
     groups = list(user.groups or [])
@@ -51,18 +54,54 @@ def identity_of(
         memberships=found,
         iam_token=iam_token,
         iam_scopes=iam_scopes or [],
+        session_id=session_id,
     )
 
 
 async def session_identity(platform: Platform, cookie: MutableMapping[str, Any]) -> Identity | None:
     """The browser's user, IAM tokens renewed when due (SessionEnded when IAM ended the
-    sign-in); memberships from the groups last seen, kept in the database, not the cookie."""
-    if "user_id" not in cookie:
+    sign-in); memberships from the groups last seen, kept in the database."""
+    state = state_of(cookie)
+    if state.user_id is None:
         return None
-    await renew_session(platform, cookie)
+    await renew_session(platform, state)
     async with platform.reading() as session:
-        user = await session.get(User, cookie["user_id"])
-    return None if user is None else identity_of(platform.settings, user, "session")
+        user = await session.get(User, state.user_id)
+    if user is None:
+        return None
+    return identity_of(platform.settings, user, "session", session_id=state.row_id)
+
+
+async def sign_in_with_link(
+    platform: Platform, token: str, cookie: MutableMapping[str, Any]
+) -> bool:
+    """Local mode: the one-time link signs the browser in, in a new session; False for an
+    unknown, used or expired link."""
+    async with platform.writing() as session:
+        user = await consume_login_token(session, token)
+    if user is None:
+        return False
+    values = {"username": user.username, "display_name": user.display_name}
+    await start_session(platform, state_of(cookie), user.id, values)
+    return True
+
+
+async def sign_in_with_api_token(
+    platform: Platform, token: str, cookie: MutableMapping[str, Any]
+) -> bool:
+    """Local mode's sign-in page: the user's API token (the data dir's api-token file)
+    signs the browser in, in a new session, as the one-time link does; False for an
+    unknown or expired token. Only API tokens: a one-time link's token is not one."""
+    async with platform.reading() as session:
+        found = await token_holder(session, token)
+    if found is None:
+        log.info("a sign-in with an unknown or expired API token was refused")
+        return False
+    user = found[0]
+    values = {"username": user.username, "display_name": user.display_name}
+    await start_session(platform, state_of(cookie), user.id, values)
+    log.info("user %s signed in with an API token", user.username)
+    return True
 
 
 async def _token_groups(iam: Iam, token: str, claims: dict[str, Any]) -> list[str] | None:
@@ -104,9 +143,11 @@ async def _account(session: AsyncSession, issuer: str, claims: dict[str, Any]) -
     return user
 
 
-async def sign_in(platform: Platform, token: dict[str, Any]) -> dict[str, Any]:
-    """After IAM's redirect back: the account (created or updated), its groups, tokens kept
-    encrypted, the certificates SCIM lists. Returns what the session cookie holds."""
+async def sign_in(
+    platform: Platform, token: dict[str, Any], cookie: MutableMapping[str, Any]
+) -> None:
+    """After IAM's redirect back: the account (created or updated), its groups, the
+    certificates SCIM lists, and a new browser session keeping the tokens encrypted."""
     iam = iam_of(platform)
     claims: dict[str, Any] = dict(token.get("userinfo") or {})
     access = str(token["access_token"])
@@ -131,14 +172,10 @@ async def sign_in(platform: Platform, token: dict[str, Any]) -> dict[str, Any]:
         user.groups = groups
         user.scim = scim.model_dump(mode="json")
         user_id, username, display_name = user.id, user.username, user.display_name
-    kept = await store_tokens(platform, user_id, token)
+    kept = kept_tokens(token)
+    values = {"username": username, "display_name": display_name, "iam_exp": kept["expires_at"]}
+    await start_session(platform, state_of(cookie), user_id, values, sealed(platform, kept))
     log.info("user %s signed in with IAM (%d groups)", username, len(groups))
-    return {
-        "user_id": user_id,
-        "username": username,
-        "display_name": display_name,
-        "iam_exp": kept["expires_at"],
-    }
 
 
 async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) -> None:
@@ -146,11 +183,12 @@ async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) ->
     them (SessionEnded when IAM refuses: the caller clears the session). While IAM is
     unreachable the session goes on with what it knew."""
     expires = cookie.get("iam_exp")
-    if expires is None or expires - REFRESH_MARGIN > time.time():
+    user_id = state_of(cookie).user_id
+    if user_id is None or expires is None or expires - REFRESH_MARGIN > time.time():
         return
     iam = iam_of(platform)
     try:
-        tokens = await fresh_tokens(platform, cookie["user_id"])
+        tokens = await fresh_tokens(platform, user_id, state_of(cookie).row_id)
     except IamUnreachable as exc:
         log.warning("IAM unreachable for a token refresh: %s", exc)
         cookie["iam_exp"] = time.time() + REFRESH_MARGIN * 2  # try again in a minute
@@ -164,7 +202,7 @@ async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) ->
     groups = await _token_groups(iam, access, claims)
     if groups is not None:  # removed from every group: no memberships any more
         async with platform.writing() as session:
-            user = await session.get(User, cookie["user_id"])
+            user = await session.get(User, user_id)
             if user is not None and user.groups != groups:
                 user.groups = groups
 

@@ -37,6 +37,12 @@ class TooLarge(DomainError):
     status_code = 413
 
 
+class TooMany(DomainError):
+    """A per-user limit would be exceeded: nothing was changed; wait, or end some first."""
+
+    status_code = 429
+
+
 class Invalid(DomainError):
     """Bad input; each problem names its field and rule, as FastAPI's own 422s do."""
 

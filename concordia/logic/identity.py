@@ -9,14 +9,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, Field
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.auth.groups import Membership
 from concordia.db.tables import ApiToken, User, utcnow
 from concordia.settings import Settings
 
-LOGIN_TOKEN_LIFETIME = timedelta(hours=12)
+#: A one-time sign-in link is opened at once by whoever asked for it: one lying in a
+#: terminal's scrollback or a service's journal must not open a session hours later.
+LOGIN_TOKEN_LIFETIME = timedelta(minutes=15)
 
 
 class Identity(BaseModel):
@@ -33,6 +35,8 @@ class Identity(BaseModel):
     iam_token: str | None = Field(default=None, exclude=True, repr=False)
     #: The scopes of that token (IAM's managed proxies need proxy:generate).
     iam_scopes: list[str] = Field(default_factory=list, exclude=True, repr=False)
+    #: The browser session they came with (its row): IAM calls use that sign-in's tokens.
+    session_id: int | None = Field(default=None, exclude=True, repr=False)
 
     @property
     def vos(self) -> list[str]:
@@ -133,10 +137,23 @@ async def local_api_token(session: AsyncSession, user: User, token_file: Path) -
     return token
 
 
+async def login_link(session: AsyncSession, settings: Settings, name: str) -> str:
+    """A new one-time sign-in link for the local user (single use, LOGIN_TOKEN_LIFETIME,
+    only its digest stored); links used or expired are cleared away."""
+    user = await ensure_user(session, settings.local_user)
+    await session.execute(
+        delete(ApiToken).where(
+            ApiToken.kind == "login",
+            or_(ApiToken.used_at.is_not(None), ApiToken.expires_at <= utcnow()),
+        )
+    )
+    token = await create_token(session, user, kind="login", name=name)
+    return f"{settings.public_url}/login?token={token}"
+
+
 async def local_sign_in(session: AsyncSession, settings: Settings) -> str:
     """Local mode at start: the machine's user, their API token in the data dir, and a
     one-time sign-in link for the browser."""
     user = await ensure_user(session, settings.local_user)
     await local_api_token(session, user, settings.api_token_file)
-    token = await create_token(session, user, kind="login", name="start-up")
-    return f"{settings.public_url}/login?token={token}"
+    return await login_link(session, settings, "start-up")

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,21 @@ from sqlalchemy import ColumnElement, delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.core.application import ApplicationDef, ParameterErrors, validate_build_args
+from concordia.core.build_progress import BuildProgress
 from concordia.core.recipe import Recipe, image_id
 from concordia.core.states import FINAL_STATES
 from concordia.db.tables import Image, ImageUser, Job, Submission, utcnow
 from concordia.images.build import PodmanSetup, choose_builder, run_build
-from concordia.images.builders import BuildError, BuildPlan, Source
+from concordia.images.builders import (
+    CURRENT_BUILD,
+    BuildCancelled,
+    BuildError,
+    BuildPlan,
+    Source,
+    cancel_build,
+    forget_cancel,
+)
+from concordia.images.stages import StageCache
 from concordia.images.store import FORMAT_FILES, ImageStore, StoredImage
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.errors import Conflict, Forbidden, Invalid, NotFound
@@ -34,6 +45,10 @@ from concordia.settings import Settings
 log = logging.getLogger(__name__)
 
 BUILDING, READY, FAILED, DELETED = "building", "ready", "failed", "deleted"
+#: A build its user stopped: its jobs fail ("Image build cancelled"), retry builds again.
+CANCELLED = "cancelled"
+#: The stage cache's directory in the image store (private: never an image id).
+STAGES_DIR = ".stages"
 #: Longest chain of recipe:APP bases (a loop is refused long before).
 _MAX_BASES = 8
 
@@ -95,7 +110,9 @@ def open_image_builds(settings: Settings) -> ImageBuilds:
     podman = PodmanSetup(settings.image_podman_bases, settings.data_dir / "podman")
     choice = choose_builder(list(settings.image_builders), list(settings.image_formats), podman)
     log.info("image builder: %s", choice.summary)
-    return ImageBuilds(store, choice)
+    stages = StageCache(settings.images_dir / STAGES_DIR, int(settings.image_stage_cache_gb * 1e9))
+    stages.prepare()
+    return ImageBuilds(store, choice, stages)
 
 
 # Planning: configuration -> recipe, files, sources -> id. No database.
@@ -230,7 +247,7 @@ async def select_or_build(
             selected = False
             await session.flush()
             if platform.runs_work:  # else the worker starts it (start_builds), told by NOTIFY
-                _start(platform, plan)
+                _start(platform, replace(plan, fresh=force))
         await session.flush()  # the image row before its users'
         for name in await _unclaimed(session, plan.image_id, user.user_id, vos):
             session.add(ImageUser(image_id=plan.image_id, user_id=user.user_id, vo=name))
@@ -300,28 +317,36 @@ async def _build(platform: Platform, plan: BuildPlan) -> None:
     images = platform.images
     builder = images.choice.builder
     assert builder is not None
-    error = ""
+    error, cancelled = "", False
+    CURRENT_BUILD.set(plan.image_id)  # this task's context, passed on to the build's thread
     async with images.slots:
         started = time.perf_counter()
         try:
+            formats: list[str] = list(platform.settings.image_formats)
             stored = await asyncio.to_thread(
-                run_build, plan, builder, images.store, list(platform.settings.image_formats)
+                run_build, plan, builder, images.store, formats, images.stages
             )
+        except BuildCancelled:
+            error, cancelled = "cancelled", True
         except BuildError as exc:
             error = str(exc)
         except Exception as exc:  # a bug: the image fails, the platform goes on
             log.exception("image build %s", plan.image_id)
             error = f"internal error: {exc}"
-        outcome = FAILED if error else READY
+        finally:
+            forget_cancel(plan.image_id)
+        outcome = CANCELLED if cancelled else FAILED if error else READY
         IMAGE_BUILD_SECONDS.labels(outcome).observe(time.perf_counter() - started)
     async with platform.writing() as session:
         found = await session.get(Image, plan.image_id)
         if found is None:
             return
         row = found
-        if error:
+        if cancelled or (error and row.status == CANCELLED):
+            row.status = CANCELLED  # its error says who, since cancel_image
+        elif error:
             row.status, row.error = FAILED, error
-        else:
+        else:  # made (if cancelled as it finished, the image is whole all the same)
             row.status, row.builder, row.built_at = READY, builder.version, utcnow()
             row.formats, row.rootfs_size = stored.meta["formats"], stored.meta["rootfs_size"]
         audience = await _audience(session, platform, row.id)
@@ -333,6 +358,8 @@ def clear_build_leftovers(builds: ImageBuilds) -> None:
     """What builds of a process that died left (half-made images, podman's containers): for
     the process that builds, before it starts to; never while another builds."""
     builds.store.clear_leftovers()
+    if builds.stages is not None:
+        builds.stages.clear_leftovers()
     if builds.choice.builder is not None:
         builds.choice.builder.remove_leftovers()
 
@@ -343,6 +370,10 @@ async def start_builds(platform: Platform) -> None:
     do their jobs); in the worker, those a web process asked for."""
     async with platform.reading() as session:
         rows = list(await session.scalars(select(Image).where(Image.status == BUILDING)))
+    building = {row.id for row in rows}
+    for running in list(platform.images.tasks):
+        if running not in building:  # cancelled in a web process
+            cancel_build(running)
     for row in rows:
         if row.id in platform.images.tasks:
             continue
@@ -356,6 +387,46 @@ async def start_builds(platform: Platform) -> None:
             await _fail(platform, row.id, "interrupted by a restart; the application changed")
             continue
         _start(platform, plan)
+
+
+async def cancel_image(platform: Platform, user: Identity, image: str) -> ImageView:
+    """Stop the image's build: its commands are stopped and its workspace removed (by the
+    process that builds it, within a second or so), and its waiting jobs fail. Only one of
+    its users may; Conflict unless it is building."""
+    async with platform.writing() as session:
+        row = await session.get(Image, image)
+        if row is None or row.status == DELETED:
+            raise NotFound(f"no image {image}")
+        await _require_user_of(session, platform, user, image)
+        if row.status != BUILDING:
+            raise Conflict(f"the image is {row.status}, not being built")
+        row.status, row.error = CANCELLED, f"cancelled by {user.username}"
+        audience = await _audience(session, platform, image)
+    if image in platform.images.tasks:  # else the worker stops it, told by NOTIFY
+        cancel_build(image)
+    _publish(platform, row, audience)
+    platform.wakeup.set()  # its waiting jobs fail now
+    return await get_image(platform, user, image)
+
+
+#: How long a retry waits for the build it follows to have stopped.
+RETRY_WAIT_SECONDS = 30
+
+
+async def retry_image(platform: Platform, user: Identity, image: str) -> ImageSelection:
+    """Build a failed or cancelled image again: the same application and build arguments
+    (a new id if the recipe changed since). Conflict unless failed or cancelled."""
+    view = await get_image(platform, user, image)
+    await may_change(platform, user, image)
+    if view.status not in (FAILED, CANCELLED):
+        raise Conflict(f"the image is {view.status}: only a failed or cancelled build is retried")
+    # A build just cancelled may still be stopping here: it would end the new one with it.
+    stopping = platform.images.tasks.get(image)
+    if stopping is not None:
+        done, _ = await asyncio.wait({stopping}, timeout=RETRY_WAIT_SECONDS)
+        if not done:
+            raise Conflict("the cancelled build is still stopping: retry in a moment")
+    return await select_or_build(platform, user, view.application, view.build_args)
 
 
 async def _fail(platform: Platform, image: str, error: str) -> None:
@@ -540,6 +611,20 @@ async def read_log(
     path, limit = platform.images.store.log_path(image), platform.settings.max_log_chunk
     text, next_offset, _ = await asyncio.to_thread(read_chunk, path, offset, limit)
     return text, next_offset, view.status
+
+
+async def progress_until(
+    platform: Platform, user: Identity, image: str, offset: int
+) -> BuildProgress:
+    """Where the build was when its log reached byte ``offset`` (a follower reconnecting)."""
+    progress, at = BuildProgress(), 0
+    while at < offset:
+        text, next_offset, _ = await read_log(platform, user, image, at)
+        if next_offset <= at:
+            break
+        progress.advance(text.encode()[: offset - at].decode(errors="ignore"))
+        at = next_offset
+    return progress
 
 
 async def follow_log(

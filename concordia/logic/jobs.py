@@ -14,15 +14,18 @@ from pydantic import BaseModel
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.backends.base import BackendError, BackendRef, BackendUnreachable
+from concordia.backends.base import BackendError, BackendRef, BackendUnreachable, StatusUpdate
 from concordia.core.states import (
     ACTIVE_STATES,
     KILLABLE_STATES,
-    RESCHEDULABLE_STATES,
+    USER_RESCHEDULABLE_STATES,
     InvalidTransition,
     JobStatus,
     check_transition,
+    one_of,
+    status_text,
 )
+from concordia.db import datalake_files
 from concordia.db.tables import Job, JobStatusHistory, Submission, utcnow
 from concordia.logic.errors import Conflict, DomainError, NotFound, Unavailable
 from concordia.logic.events import Event, EventBus
@@ -51,6 +54,11 @@ class JobSummary(BaseModel):
     backend: str
     created_at: datetime
     updated_at: datetime
+
+
+class DeletedJob(JobSummary):
+    #: What the user must know: files of the job that stay in the data lake.
+    notice: str = ""
 
 
 class JobDetail(JobSummary):
@@ -164,8 +172,10 @@ def record_status(
     source: str,
     at: datetime | None = None,
 ) -> None:
-    """Set a job's status and add its history row (a new job's first status, or a transition)."""
+    """Set a job's status and add its history row (a new job's first status, or a transition).
+    Status texts longer than their columns are cut here, where every one is written."""
     at = at or utcnow()
+    minor, app_status = status_text(minor), status_text(app_status)
     job.status = status.value
     job.minor_status = minor
     if app_status:
@@ -244,6 +254,8 @@ class BulkOutcome(BaseModel):
     action: BulkAction
     succeeded: list[int]
     refused: list[str]
+    #: What the user must know: the deleted jobs' files that stay in the data lake.
+    notice: str = ""
 
 
 async def bulk_action(
@@ -263,7 +275,22 @@ async def bulk_action(
             outcome.refused.append(exc.message)
         else:
             outcome.succeeded.append(job_id)
+    if action == "delete" and outcome.succeeded:
+        outcome.notice = await lake_notice(platform, outcome.succeeded)
     return outcome
+
+
+async def lake_notice(platform: Platform, job_ids: Sequence[int]) -> str:
+    """What deleting these jobs leaves in the data lake: never deleted with them, the user
+    is told, and deletes them with Rucio if they want to."""
+    async with platform.reading() as session:
+        in_lake = await datalake_files.count_of_jobs(session, job_ids)
+    if not in_lake:
+        return ""
+    return (
+        f"{in_lake} file(s) of the deleted job(s) stay in the data lake: deleting a job never "
+        "deletes them there; delete them with Rucio if you no longer need them."
+    )
 
 
 async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
@@ -273,18 +300,31 @@ async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary
     if status not in KILLABLE_STATES:
         raise Conflict(f"job {job_id} is {status}: it cannot be killed")
     if job.backend_ref is not None and (status in ACTIVE_STATES or status is JobStatus.WAITING):
-        await _tell_backend(platform, job, "kill")
+        for ended in await _tell_backend(platform, job, "kill"):
+            # It ended there before the kill arrived: it keeps that state, which the next
+            # poll brings with its history.
+            platform.wakeup.set()
+            raise Conflict(
+                f"job {job_id} was not killed: the kill came too late, it had ended on "
+                f"{job.backend} ({ended.status}"
+                + (f", {ended.minor_status})" if ended.minor_status else ")")
+            )
     return await _record_end(platform, job, JobStatus.KILLED, "Killed by user")
 
 
-async def _tell_backend(platform: Platform, job: Job, action: Literal["kill", "delete"]) -> None:
+async def _tell_backend(
+    platform: Platform, job: Job, action: Literal["kill", "delete"]
+) -> list[StatusUpdate]:
     """The backend first, outside the lock (stopping a process takes its grace period; a
     grid's call may need the database, to refresh a user's tokens): if it cannot be told,
-    nothing changes."""
+    nothing changes. A kill returns the job if it had ended on its own already."""
     backend = platform.backends[job.backend]
-    call, done = (backend.kill, "killed") if action == "kill" else (backend.delete, "deleted")
+    done = "killed" if action == "kill" else "deleted"
     try:
-        await call([backend_ref(job)])
+        if action == "kill":
+            return await backend.kill([backend_ref(job)])
+        await backend.delete([backend_ref(job)])
+        return []
     except BackendUnreachable as exc:
         raise Unavailable(f"job {job.id} was not {done}, try again later: {exc}") from None
     except BackendError as exc:
@@ -315,8 +355,11 @@ async def reschedule_job(platform: Platform, owner_id: int, job_id: int) -> JobS
     async with platform.writing() as session:
         job = await get_owned_job(session, owner_id, job_id, lock=True)
         status = JobStatus(job.status)
-        if status not in RESCHEDULABLE_STATES or status in ACTIVE_STATES:
-            raise Conflict(f"job {job_id} is {status}: only finished jobs can be rescheduled")
+        if status not in USER_RESCHEDULABLE_STATES:
+            raise Conflict(
+                f"job {job_id} is {status}: only {one_of(USER_RESCHEDULABLE_STATES)} jobs "
+                "can be rescheduled"
+            )
         requeue(session, job, minor="Rescheduled by user", source="User")
     platform.bus.publish(job_event(job))
     platform.wakeup.set()
@@ -333,7 +376,7 @@ def requeue(session: AsyncSession, job: Job, *, minor: str, source: str) -> None
     job.backend_ref = None  # handed over again (a new run; a grid gives it a new id)
 
 
-async def delete_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
+async def delete_job(platform: Platform, owner_id: int, job_id: int) -> DeletedJob:
     async with platform.reading() as session:
         job = await get_owned_job(session, owner_id, job_id)
     status = JobStatus(job.status)
@@ -343,8 +386,11 @@ async def delete_job(platform: Platform, owner_id: int, job_id: int) -> JobSumma
         raise Conflict(f"job {job_id} is {status}: kill it before deleting it")
     if job.backend_ref is not None:
         await _tell_backend(platform, job, "delete")
-    summary = await _record_end(platform, job, JobStatus.DELETED, "Deleted by user")
+    summary = DeletedJob.model_validate(
+        (await _record_end(platform, job, JobStatus.DELETED, "Deleted by user")).model_dump()
+    )
     await asyncio.to_thread(shutil.rmtree, platform.settings.jobs_dir / job.uuid, True)
+    summary.notice = await lake_notice(platform, [job.id])
     return summary
 
 

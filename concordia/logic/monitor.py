@@ -112,6 +112,17 @@ async def monitor_jobs(
     return JobPage(items=items, total=total, page=page, per_page=per_page), counts
 
 
+#: Jobs one action on "every job matching the filters" takes at most.
+MOST_MATCHING = 100_000
+
+
+async def matching_ids(session: AsyncSession, owner_id: int, where: JobFilter) -> list[int]:
+    """The ids of every job matching the filters (the monitor's "select all matching"), in
+    the order they were made."""
+    query = _filtered(owner_id, where).order_by(_jobs.c.id).limit(MOST_MATCHING)
+    return list(await session.scalars(query))
+
+
 async def count_by_status(session: AsyncSession, owner_id: int, where: JobFilter) -> dict[str, int]:
     """Jobs per status under every filter but the status one (one GROUP BY)."""
     query = (

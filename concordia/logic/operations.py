@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
+from concordia.db.lease import live_workers
 from concordia.db.migrate import schema_heads, schema_revisions
 from concordia.db.tables import Job
 from concordia.logic.platform import Platform
@@ -48,3 +51,43 @@ async def job_counts(platform: Platform) -> list[tuple[str, str, int]] | None:
     except Exception as exc:
         log.warning("metrics: the database does not answer: %s", exc)
         return None
+
+
+async def workers_alive(platform: Platform) -> int | None:
+    """How many workers hold their lease now (this process counts, if it runs the work);
+    None when the database does not answer."""
+    if platform.runs_work:
+        return 0 if platform.lease.lost.is_set() else 1
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS), platform.reading() as session:
+            return await live_workers(session, platform.settings.data_dir)
+    except Exception as exc:
+        log.warning("workers: the database does not answer: %s", exc)
+        return None
+
+
+@dataclass
+class WorkerWatch:
+    """When a process last saw a worker holding its lease (monotonic clock; its start if
+    never): a worker restarting is not yet an absence."""
+
+    seen: float = field(default_factory=time.monotonic)
+
+
+async def workers_absent_reason(platform: Platform, watch: WorkerWatch) -> str | None:
+    """None while a worker holds its lease, or did within the last worker_absence_seconds;
+    else why the background work is not done."""
+    alive = await workers_alive(platform)
+    now = time.monotonic()
+    if alive is None:
+        return "the database does not answer"
+    if alive:
+        watch.seen = now
+        return None
+    absent = platform.settings.worker_absence_seconds
+    if now - watch.seen < absent:
+        return None
+    return (
+        f"no worker has held its lease for over {absent:g} s: no job is run, no image built "
+        "(start `concordia worker`)"
+    )

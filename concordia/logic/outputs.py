@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
 import os
 import stat
-import zipfile
-from collections.abc import Iterator
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from zipstream import ZIP_DEFLATED, ZipStream
 
 from concordia.backends.base import BackendError
 from concordia.core.states import JobStatus
 from concordia.db.tables import Job
-from concordia.logic.errors import Conflict, Invalid, NotFound
+from concordia.logic.errors import Conflict, Invalid, NotFound, TooLarge
 from concordia.logic.jobs import backend_ref
+from concordia.logic.limits import WorkPool
 from concordia.logic.platform import Platform
 
 Stream = Literal["stdout", "stderr"]
@@ -108,22 +113,67 @@ def _utf8_complete(data: bytes) -> int:
     return len(data)
 
 
-def list_outputs(jobs_dir: Path, job: Job) -> list[OutputFile]:
+#: Outputs one page of a listing shows at the most.
+MAX_PER_PAGE = 500
+
+
+class OutputPage(BaseModel):
+    """A page of a job's outputs, sorted by path, and how many there are."""
+
+    items: list[OutputFile]
+    total: int
+    #: True: counting stopped at ``total`` files (outputs left before the output bounds
+    #: existed, or a grid sandbox): there are more.
+    more: bool = False
+
+
+async def output_page(
+    platform: Platform, user_id: int, job: Job, page: int, per_page: int
+) -> OutputPage:
+    """A page of the outputs, listed on the listing pool's threads, never the event loop's."""
+    await fetch_outputs(platform, job)
+    limit = platform.settings.max_output_files + len(LOGS)
+    return await platform.work.listings.call(
+        user_id, list_outputs, platform.settings.jobs_dir, job, page, per_page, limit
+    )
+
+
+def list_outputs(jobs_dir: Path, job: Job, page: int, per_page: int, limit: int) -> OutputPage:
+    """Page ``page`` (from 1) of the outputs (blocking). Names are walked, ``limit`` at the
+    most, without a stat each; only the page's files are measured."""
     root = job_dir(jobs_dir, job) / "outputs"
-    return [OutputFile(path=rel, size=size) for rel, size in sorted(_walk_regular(root, root))]
+    names, more = _regular_names(root, limit)
+    names.sort()
+    items = []
+    for rel in names[(page - 1) * per_page : page * per_page]:
+        try:
+            size = os.lstat(root / rel).st_size
+        except OSError:  # gone meanwhile (a rescheduled job starts again)
+            continue
+        items.append(OutputFile(path=rel, size=size))
+    return OutputPage(items=items, total=len(names), more=more)
 
 
-def _walk_regular(root: Path, directory: Path) -> Iterator[tuple[str, int]]:
-    """Regular files under ``directory``; symlinks are never followed nor listed."""
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk_regular(root, Path(entry.path))
-        elif entry.is_file(follow_symlinks=False):
-            yield Path(entry.path).relative_to(root).as_posix(), entry.stat().st_size
+def _regular_names(root: Path, limit: int) -> tuple[list[str], bool]:
+    """The relative paths of the regular files under ``root``, ``limit`` at the most (and
+    whether there were more); symlinks are never followed nor listed."""
+    found: list[str] = []
+    start = len(str(root)) + 1
+    pending = [str(root)]
+    while pending:
+        try:
+            scan = os.scandir(pending.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with scan:
+            for entry in scan:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    if len(found) >= limit:
+                        return found, True
+                    found.append(entry.path[start:])
+    return found, False
 
 
 def output_path(jobs_dir: Path, job: Job, relative: str) -> Path:
@@ -148,12 +198,85 @@ def output_path(jobs_dir: Path, job: Job, relative: str) -> Path:
     return current
 
 
-def write_zip(jobs_dir: Path, job: Job, target: Path) -> None:
-    """All outputs in one zip file (blocking; run it in a thread)."""
-    root = job_dir(jobs_dir, job) / "outputs"
-    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for rel, _size in sorted(_walk_regular(root, root)):
-            archive.write(root / rel, arcname=f"job-{job.id}/{rel}")
+#: A step of a zip stream ends after this many bytes or seconds, whichever comes first: a
+#: compressed run of zeros is tiny, and a step must give its thread back soon.
+ZIP_STEP_BYTES = 1 << 20
+ZIP_STEP_SECONDS = 0.2
+
+
+async def zip_outputs(
+    platform: Platform, user_id: int, jobs: Sequence[Job]
+) -> AsyncIterator[bytes]:
+    """All outputs of ``jobs`` as one zip, each job's under job-<id>/, made as the client
+    reads it: no file is written, a client gone ends it. Refused before the first byte: 413
+    above max_zip_bytes, 429 beyond the user's downloads at once. Each step runs on the zip
+    pool's threads."""
+    pool, settings = platform.work.zips, platform.settings
+    with contextlib.ExitStack() as held:
+        held.enter_context(pool.turn(user_id))
+        for job in jobs:
+            await fetch_outputs(platform, job)
+        limit = settings.max_output_files + len(LOGS)
+        args = settings.jobs_dir, jobs, settings.max_zip_bytes, limit
+        chunks = await pool.run(_ZipChunks, *args)
+        stream = _stream(pool, chunks, held.pop_all())
+    return stream
+
+
+class _ZipChunks:
+    """The zip's bytes, a step at a time; steps and closing take turns (any thread)."""
+
+    def __init__(self, jobs_dir: Path, jobs: Sequence[Job], max_bytes: int, limit: int) -> None:
+        """``limit``: files of each job at most."""
+        archive, total = ZipStream(compress_type=ZIP_DEFLATED), 0
+        for job in jobs:
+            root = job_dir(jobs_dir, job) / "outputs"
+            names, _more = _regular_names(root, limit)
+            for rel in sorted(names):
+                total += os.lstat(root / rel).st_size
+                if total > max_bytes:
+                    raise TooLarge(
+                        f"the outputs hold more than {max_bytes} bytes, more than a zip may: "
+                        "download the files one by one (or a submission's job by job)"
+                    )
+                archive.add_path(str(root / rel), arcname=f"job-{job.id}/{rel}", recurse=False)
+        self._chunks: Iterator[bytes] = iter(archive)
+        self._lock = threading.Lock()
+
+    def step(self) -> bytes:
+        """The next bytes; empty at the end."""
+        with self._lock:
+            out, deadline = bytearray(), time.monotonic() + ZIP_STEP_SECONDS
+            for chunk in self._chunks:
+                out += chunk
+                if len(out) >= ZIP_STEP_BYTES or time.monotonic() > deadline:
+                    break
+            return bytes(out)
+
+    def close(self) -> None:
+        with self._lock:  # after a step still running: a generator cannot close mid-step
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+
+
+def _stream(pool: WorkPool, chunks: _ZipChunks, held: contextlib.ExitStack) -> AsyncIterator[bytes]:
+    def release() -> None:  # twice is harmless: the second close of each does nothing
+        held.close()
+        with contextlib.suppress(RuntimeError):  # the pool shut down: the process ends
+            pool.executor.submit(chunks.close)
+
+    async def produce() -> AsyncIterator[bytes]:
+        try:
+            while chunk := await pool.run(chunks.step):
+                yield chunk
+        finally:  # the client gone: cancelled here, or never iterated (below)
+            release()
+
+    stream = produce()
+    # A stream dropped before its first step never runs its finally: when it is collected.
+    weakref.finalize(stream, release)
+    return stream
 
 
 PREVIEW_BYTES = 64 * 1024

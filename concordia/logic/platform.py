@@ -15,15 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from concordia.auth.oidc import Iam
 from concordia.auth.vault import Vault
 from concordia.backends.base import Backend
+from concordia.datalake.store import DataLake
 from concordia.db.changes import notifies, notify
 from concordia.db.engine import WRITES
 from concordia.db.lease import Lease
 from concordia.db.tables import JobStatusHistory
 from concordia.images.build import BuilderChoice
+from concordia.images.stages import StageCache
 from concordia.images.store import ImageStore
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.events import EventBus
 from concordia.logic.identity import Identity
+from concordia.logic.limits import WorkPools
 from concordia.settings import Settings
 
 #: API tokens a process trusts at once, at most (each a few hundred bytes): the clients of
@@ -39,6 +42,8 @@ class ImageBuilds:
 
     store: ImageStore
     choice: BuilderChoice
+    #: Stages of earlier builds, reused by the next that shares them.
+    stages: StageCache | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     #: Builds started by this process (each select-or-build that found nothing).
     started: int = 0
@@ -57,6 +62,8 @@ class Platform:
     vault: Vault
     #: The IAM issuer; None in local mode.
     iam: Iam | None = None
+    #: The data lake (Rucio, as the operator's service account); None: not configured.
+    datalake: DataLake | None = None
     #: Sessions for reads (db.engine.make_read_engine); None: the sessions above.
     read_sessions: async_sessionmaker[AsyncSession] | None = None
     bus: EventBus = field(default_factory=EventBus)
@@ -88,6 +95,11 @@ class Platform:
     trusted_tokens: TLRUCache[str, tuple[Identity, float]] = field(
         default_factory=lambda: TLRUCache(maxsize=TRUSTED_TOKENS, ttu=lambda _k, v, _now: v[1])
     )
+    #: Threads of their own for heavy work (zips, output listings, credentials).
+    work: WorkPools = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.work = WorkPools(self.settings)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncSession]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
@@ -14,6 +15,7 @@ from concordia.auth.oidc import IamUnreachable
 from concordia.auth.vault import VaultError
 from concordia.auth.x509 import (
     CredentialError,
+    ProxyInfo,
     check_credential,
     credential_pem,
     dirac_dn,
@@ -33,6 +35,8 @@ from concordia.settings import ProxySource
 log = logging.getLogger(__name__)
 
 CREDENTIAL, PROXY = "credential", "proxy"
+#: A proxy within this of the lifetime asked lasts as asked (the call took time; clocks).
+LIFETIME_SLACK = timedelta(minutes=2)
 SOURCE_NAMES = {"iam": "IAM's managed proxy", "upload": "your uploaded certificate"}
 LINK_HELP = (
     "your IAM account has no certificate linked. In IAM, open your profile, choose "
@@ -62,6 +66,8 @@ class ProxyView(BaseModel):
     seconds_left: int
     dirac_group: str | None
     created_at: datetime
+    #: Why it lasts less than was asked, and what the other sources said; None: as asked.
+    shortened: str | None = None
 
 
 async def upload_credential(
@@ -75,7 +81,9 @@ async def upload_credential(
     now = utcnow()
     try:
         # Off the event loop: a PKCS#12 file names its own key-derivation cost.
-        cred = await asyncio.to_thread(load_credential, data, password or None)
+        # On the credential pool: one at a time per user, never on the pool all requests share.
+        credentials = platform.work.credentials
+        cred = await credentials.call(identity.user_id, load_credential, data, password or None)
         check_credential(cred, None, now)
     except CredentialError as exc:
         raise Invalid("file", str(exc)) from None
@@ -150,14 +158,14 @@ async def new_proxy(
     needed: timedelta = timedelta(0),
     reuse: bool = False,
 ) -> ProxyView:
-    """A fresh proxy from the first configured source that gives one lasting ``needed``,
-    stored encrypted (with ``reuse``, the current one if it lasts and is for the same DIRAC
-    group); NoProxy saying what each source answered when none does."""
+    """A fresh proxy, stored encrypted: from the first configured source that gives the
+    lifetime asked; if none does, the longest that lasts ``needed``, saying why it is
+    shorter (with ``reuse``, the current one if it lasts and is for the same DIRAC group).
+    NoProxy, saying what each source answered and what to do, when none lasts ``needed``."""
     settings = platform.settings
     lifetime = lifetime or timedelta(hours=settings.proxy_lifetime_hours)
     member = identity.membership(vo) if vo else None
     group = member.dirac_group if member is not None and settings.proxy_dirac_group else None
-    reasons: list[str] = []
     async with platform.proxy_locks[identity.user_id]:  # one submission, one new proxy
         _, current = await stored(platform, identity.user_id) if reuse else (None, None)
         if (
@@ -166,33 +174,125 @@ async def new_proxy(
             and current.dirac_group == group
         ):
             return current
-        for source in settings.proxy_sources:
-            try:
-                pem = await _make(platform, identity, source, lifetime, group)
-                info = proxy_info(pem, utcnow())  # read back: what is stored is checked
-            except (_Unavailable, CredentialError) as exc:
-                reasons.append(f"{SOURCE_NAMES[source]}: {exc}")
-                continue
-            if info.seconds_left < needed.total_seconds():  # e.g. IAM caps at 12 h
-                reasons.append(
-                    f"{SOURCE_NAMES[source]}: its proxy has {_hours(info.seconds_left)} left, "
-                    f"but these jobs need {_hours(needed.total_seconds())} (renew the "
-                    "certificate, or ask for a longer proxy)"
-                )
-                continue
-            view = ProxyView(
-                source=source, dn=info.issuer_dn, not_after=info.not_after,
-                seconds_left=info.seconds_left, dirac_group=info.dirac_group, created_at=utcnow(),
+        made, reasons = await _from_sources(platform, identity, lifetime, group, needed)
+        info = made.info
+        shortened = None
+        if made.short is not None:
+            shortened = (
+                f"{_hours(info.seconds_left)} instead of the {_hours(lifetime.total_seconds())} "
+                "asked. " + "; ".join(reasons)
+            )
+        view = ProxyView(
+            source=made.source, dn=info.issuer_dn, not_after=info.not_after,
+            seconds_left=info.seconds_left, dirac_group=info.dirac_group, created_at=utcnow(),
+            shortened=shortened,
+        )  # fmt: skip
+        async with platform.writing() as session:
+            await put_secret(
+                session, platform.vault, identity.user_id, PROXY, made.pem,
+                view.model_dump(mode="json", exclude={"seconds_left"}),
+                expires_at=info.not_after,
             )  # fmt: skip
-            async with platform.writing() as session:
-                await put_secret(
-                    session, platform.vault, identity.user_id, PROXY, pem,
-                    view.model_dump(mode="json", exclude={"seconds_left"}),
-                    expires_at=info.not_after,
-                )  # fmt: skip
-            log.info("proxy for user %s from %s", identity.username, source)
-            return view
-    raise NoProxy("No proxy could be made. " + "; ".join(reasons))
+        log.info("proxy for user %s from %s", identity.username, made.source)
+        return view
+
+
+async def _from_sources(
+    platform: Platform,
+    identity: Identity,
+    lifetime: timedelta,
+    group: str | None,
+    needed: timedelta,
+) -> tuple[_Made, list[str]]:
+    """The first source's proxy that lasts as asked, else the longest that lasts ``needed``;
+    with what the sources passed over said. NoProxy when none lasts ``needed``."""
+    reasons: list[str] = []
+    best: _Made | None = None
+    for source in platform.settings.proxy_sources:
+        asked_at = utcnow()
+        try:
+            pem = await _make(platform, identity, source, lifetime, group)
+            info = proxy_info(pem, utcnow())  # read back: what is stored is checked
+        except (_Unavailable, CredentialError) as exc:
+            reasons.append(f"{SOURCE_NAMES[source]}: {exc}")
+            continue
+        short = _why_short(source, info, asked_at, asked_at + lifetime)
+        if info.seconds_left < needed.total_seconds():
+            reasons.append(_too_short(platform, source, info, needed, short))
+            continue
+        if best is None or info.not_after > best.info.not_after:
+            best = _Made(source, pem, info, short)
+        if short is None:
+            return best, reasons
+        reasons.append(f"{SOURCE_NAMES[source]}: {short}")  # the next may give more
+    if best is None:
+        raise NoProxy("No proxy could be made. " + "; ".join(reasons))
+    return best, reasons
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A proxy one source made, and why it is shorter than asked (None: it is not)."""
+
+    source: ProxySource
+    pem: bytes = field(repr=False)
+    info: ProxyInfo
+    short: str | None
+
+
+def _why_short(
+    source: ProxySource, info: ProxyInfo, asked_at: datetime, wanted_end: datetime
+) -> str | None:
+    """Why a proxy ends before ``wanted_end``, with what to do about it; None if it does not.
+    A proxy cannot outlive its chain: ending with it, the chain's first expiry cut it short;
+    otherwise IAM gave less than asked (its maximum)."""
+    if info.not_after >= wanted_end - LIFETIME_SLACK:
+        return None
+    if _cut_by_chain(info):
+        assert info.chain_ends is not None
+        when = info.chain_ends.strftime("%Y-%m-%d %H:%M UTC")
+        if source == "iam" and info.chain_end_is_proxy:
+            return (
+                f"the proxy stored in your IAM account expires at {when}: upload a longer one "
+                "to IAM"
+            )
+        if info.chain_end_dn == info.issuer_dn:
+            where = "in IAM" if source == "iam" else "uploaded to Concordia"
+            return f"your certificate {where} expires at {when}: renew it and upload the new one"
+        return f"the certificate {info.chain_end_dn} in its chain expires at {when}"
+    given = _hours((info.not_after - asked_at).total_seconds())
+    if source == "iam":
+        return f"IAM gives managed proxies of at most {given}"
+    return f"it was made for {given} only"
+
+
+def _cut_by_chain(info: ProxyInfo) -> bool:
+    ends = info.chain_ends
+    return ends is not None and info.not_after >= ends - LIFETIME_SLACK
+
+
+def _too_short(
+    platform: Platform, source: ProxySource, info: ProxyInfo, needed: timedelta, short: str | None
+) -> str:
+    """A source's proxy ends before the jobs may: why, and what would give a longer one."""
+    text = (
+        f"{SOURCE_NAMES[source]}: its proxy lasts {_hours(info.seconds_left)}, but these jobs "
+        f"need {_hours(needed.total_seconds())}"
+    )
+    if short is not None:
+        text += f" ({short})"
+    if source == "iam" and not _cut_by_chain(info):  # IAM's maximum: another source
+        if "upload" in platform.settings.proxy_sources:
+            text += (
+                ". Upload your certificate on the account page (`concordia credential "
+                "upload`): Concordia signs longer proxies from it"
+            )
+        else:
+            text += (
+                ". Ask Concordia's operator to add upload to proxy_sources (then upload your "
+                "certificate), or to lower proxy_min_lifetime_hours below IAM's maximum"
+            )
+    return text
 
 
 def _hours(seconds: float) -> str:

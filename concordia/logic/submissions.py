@@ -5,49 +5,69 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from concordia.auth.groups import Membership
+from concordia.backends.base import Backend, JobRefused, JobSpec
 from concordia.core.application import (
     ApplicationDef,
-    JobPlan,
     ParameterErrors,
     ParamValue,
     expand_batch,
     validate_build_args,
     validate_parameters,
 )
-from concordia.core.jdl import job_jdl
+from concordia.core.rules import WARN_SHARE
 from concordia.core.states import JobStatus
+from concordia.core.units import duration
+from concordia.db import submission_jobs as job_queries
+from concordia.db.queue import unfinished_jobs
 from concordia.db.tables import Application, Job, Submission, utcnow
 from concordia.logic.accounts import member_of, require_vo
+from concordia.logic.datalake import (
+    DatalakeChoice,
+    DatalakeRequest,
+    choose,
+    default_dataset,
+    stored_choice,
+)
 from concordia.logic.diracx_accounts import per_user, require_connection
-from concordia.logic.errors import Forbidden, Invalid, NotFound
+from concordia.logic.errors import Conflict, Forbidden, Invalid, NotFound, TooMany
 from concordia.logic.identity import Identity
-from concordia.logic.images import select_or_build
+from concordia.logic.images import image_state, select_or_build
 from concordia.logic.jobs import JobRow, publish_jobs, record_status
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import ensure_proxy
 from concordia.metrics import SUBMISSION_SECONDS
 
-STD_OUTPUT, STD_ERROR = "std.out", "std.err"
+#: What a job's uuid is in the preview of a submission not yet made.
+PREVIEW_UUID = "<job uuid>"
 
 
 class SubmissionRequest(BaseModel):
+    # A misspelt key ("paramters") would otherwise be dropped and the defaults submitted.
+    model_config = ConfigDict(extra="forbid")
     application: str
     parameters: dict[str, Any] = Field(default_factory=dict)
     build_args: dict[str, Any] = Field(default_factory=dict)
     backend: str | None = None
     #: The VO to submit under; default: the first of the application's VOs the user is in.
     vo: str | None = None
+    #: Where its data outputs go in the data lake; absent: the application's default;
+    #: null: not to the data lake.
+    datalake: DatalakeRequest | None = None
 
 
 class PlannedJob(BaseModel):
     index: int
+    uuid: str
     name: str
     parameters: dict[str, Any]
     argv: list[str]
@@ -71,13 +91,50 @@ class SequenceRange(BaseModel):
     last: int
 
 
+class CpuEstimate(BaseModel):
+    """CPU time by the application's estimate: one job's, the batch's, and the job limit."""
+
+    per_job_seconds: float
+    total_seconds: float
+    limit_seconds: int
+    #: Said when a job may not finish within its limit (a job over it is refused).
+    warning: str | None = None
+
+
 class SubmissionPreview(BaseModel):
     """What a submission would create, before anything is stored."""
 
     count: int
     names: list[str]
     ranges: list[SequenceRange]
+    #: The backend the jobs would go to, and the JDL it would be given for the first (a
+    #: value in <angle brackets> is known only at submission or hand-over).
+    backend: str
     first_jdl: str
+    cpu: CpuEstimate | None = None
+
+
+class SubmissionPlan(BaseModel):
+    """A dry run: what a submission would create and where, every check passed; nothing stored."""
+
+    dry_run: bool = True
+    application: str
+    backend: str
+    vo: str
+    group: str
+    parameters: dict[str, Any]
+    build_args: dict[str, Any]
+    #: The image jobs would run in; None for an application without one.
+    image_id: str | None
+    #: ready, building, failed; None: a submission would build it first.
+    image_status: str | None
+    job_count: int
+    cpu: CpuEstimate | None
+    #: Where its data outputs would go (a dataset named after the submission when
+    #: none is given); None: not to the data lake.
+    datalake: DatalakeChoice | None = None
+    #: Every job with its JDL (its JobGroup gets the submission's number when submitted).
+    jobs: list[PlannedJob]
 
 
 class SubmissionJob(BaseModel):
@@ -107,10 +164,44 @@ class SubmissionView(BaseModel):
     handed_over: int = 0
     finished: bool
     job_ids: list[int]
+    #: Where its data outputs go in the data lake (its dataset's DID); None: not there.
+    datalake: DatalakeChoice | None = None
 
 
-def _job_group(app: ApplicationDef, submission_id: int | None) -> str:
-    return f"{app.name}.{submission_id}" if submission_id is not None else app.name
+def job_group(app: ApplicationDef, submission_id: int) -> str:
+    """The submission's name among a grid's jobs (DIRAC's JobGroup)."""
+    return f"{app.name}.{submission_id}"
+
+
+def job_spec(
+    app: ApplicationDef,
+    directory: Path,
+    *,
+    uuid: str,
+    job_id: int,
+    name: str,
+    argv: list[str],
+    submission_id: int,
+    **run: Any,
+) -> JobSpec:
+    """What a backend is given of a job of ``app``; ``run`` says how it runs now (image,
+    proxy, owner, attempt...). The one place both the recorded JDL and the job sent are
+    made from: they cannot differ."""
+    return JobSpec(
+        uuid=uuid,
+        job_id=job_id,
+        name=name,
+        argv=argv,
+        input_files=[directory / rel for rel in app.input_files],
+        outputs=app.outputs,
+        cpu_time=app.cpu_time,
+        priority=app.priority,
+        tags=app.tags,
+        network=app.network,
+        limits=app.limits,
+        job_group=job_group(app, submission_id),
+        **run,
+    )
 
 
 def check_request(
@@ -129,44 +220,99 @@ def check_request(
 
 
 def plan_jobs(
-    app: ApplicationDef, values: dict[str, ParamValue], submission_id: int | None = None
+    backend: Backend,
+    app: ApplicationDef,
+    values: dict[str, ParamValue],
+    submission_id: int,
+    directory: Path,
+    *,
+    preview: bool = False,
 ) -> list[PlannedJob]:
-    """Every job of a submission with its JDL (also the preview of one not yet made)."""
-    return [_planned(app, plan, submission_id) for plan in expand_batch(app, values)]
+    """Every job of a submission with the JDL its backend is given, each with a new uuid
+    (``preview``: only the first, its uuid a placeholder); raises Invalid naming each rule
+    of the backend the jobs break."""
+    plans = expand_batch(app, values)
+    if preview:
+        plans, uuids = plans[:1], [PREVIEW_UUID]
+    else:
+        uuids = [str(uuid.uuid4()) for _ in plans]
+    planned = []
+    for plan, job_uuid in zip(plans, uuids, strict=True):
+        spec = job_spec(
+            app, directory, uuid=job_uuid, job_id=0, name=plan.name, argv=plan.argv,
+            submission_id=submission_id,
+        )  # fmt: skip
+        try:
+            jdl = backend.describe(spec)
+        except JobRefused as exc:
+            raise Invalid.many([("application", p) for p in exc.problems]) from None
+        planned.append(
+            PlannedJob(
+                index=plan.index, uuid=job_uuid, name=plan.name, parameters=plan.values,
+                argv=plan.argv, jdl=jdl,
+            )
+        )  # fmt: skip
+    return planned
 
 
-def preview(app: ApplicationDef, request: SubmissionRequest) -> SubmissionPreview:
-    """The jobs a request would create and the JDL of the first; raises Invalid. No I/O."""
+def chosen_backend(platform: Platform, request: SubmissionRequest) -> tuple[str, Backend]:
+    """The backend a request names, or the default; raises Invalid for an unknown one."""
+    name = request.backend or platform.settings.default_backend
+    if name not in platform.backends:
+        raise Invalid("backend", f"unknown backend; available: {', '.join(platform.backends)}")
+    return name, platform.backends[name]
+
+
+async def next_submission_id(platform: Platform) -> int:
+    """The id the next submission will most likely have (another may take it first)."""
+    async with platform.reading() as session:
+        return (await session.scalar(select(func.max(Submission.id))) or 0) + 1
+
+
+async def preview(
+    platform: Platform, app: ApplicationDef, request: SubmissionRequest
+) -> SubmissionPreview:
+    """The jobs a request would create and the JDL its backend would be given for the first;
+    raises Invalid naming each bad value, or each rule of the backend the jobs break."""
+    name, backend = chosen_backend(platform, request)
     values, _ = check_request(app, request)
     plans = expand_batch(app, values)
     ranges = [
         SequenceRange(name=seq, first=int(plans[0].values[seq]), last=int(plans[-1].values[seq]))
         for seq in app.batch.sequences
     ]
+    [first] = plan_jobs(
+        backend, app, values, await next_submission_id(platform), platform.catalog.directory,
+        preview=True,
+    )  # fmt: skip
     return SubmissionPreview(
         count=len(plans),
         names=[plan.name for plan in plans],
         ranges=ranges,
-        first_jdl=_planned(app, plans[0], None).jdl,
+        backend=name,
+        first_jdl=first.jdl,
+        cpu=cpu_estimate(app, values, len(plans)),
     )
 
 
-def _planned(app: ApplicationDef, plan: JobPlan, submission_id: int | None) -> PlannedJob:
-    jdl = job_jdl(
-        executable=plan.argv[0],
-        arguments=plan.argv[1:],
-        job_name=plan.name,
-        job_group=_job_group(app, submission_id),
-        input_sandbox=[rel.rsplit("/", 1)[-1] for rel in app.input_files],
-        output_sandbox=[*app.outputs, STD_OUTPUT, STD_ERROR],
-        std_output=STD_OUTPUT,
-        std_error=STD_ERROR,
-        cpu_time=app.cpu_time,
-        priority=app.priority,
-        tags=app.tags,
-    )
-    return PlannedJob(
-        index=plan.index, name=plan.name, parameters=plan.values, argv=plan.argv, jdl=jdl
+def cpu_estimate(
+    app: ApplicationDef, values: dict[str, ParamValue], count: int
+) -> CpuEstimate | None:
+    """The application's estimate of CPU time for these values, if it has one."""
+    seconds = app.cpu_seconds(values)
+    if seconds is None:
+        return None
+    warning = None
+    if seconds >= WARN_SHARE * app.cpu_time:
+        warning = (
+            f"each job needs about {duration(seconds)} of its {duration(app.cpu_time)}: "
+            "a slow worker node may stop it before the end; give each job less work"
+        )
+    return CpuEstimate(
+        per_job_seconds=seconds,
+        total_seconds=seconds * count,
+        limit_seconds=app.cpu_time,
+        warning=warning,
     )
 
 
@@ -183,8 +329,8 @@ async def _application_row(session: AsyncSession, app: ApplicationDef) -> Applic
 
 
 def proxy_needed(platform: Platform, app: ApplicationDef) -> timedelta:
-    """How long a proxy must last for an application's jobs: the operator's minimum (24 h by
-    default, as DIRAC's web launchpad), longer if a job may run longer."""
+    """How long a proxy must last for an application's jobs: the operator's minimum (8 h by
+    default, under the 12 h of IAM's managed proxies), longer if a job may run longer."""
     settings = platform.settings
     wall = app.cpu_time * settings.local_wall_time_factor
     return timedelta(seconds=max(settings.proxy_min_lifetime_hours * 3600, wall))
@@ -201,15 +347,33 @@ async def submit_batch(
     return view
 
 
-async def _submit_batch(
-    platform: Platform, identity: Identity, request: SubmissionRequest
-) -> SubmissionView:
-    owner_id = identity.user_id
+@dataclass(frozen=True)
+class _Admitted:
+    """A request that passed every check a submission makes before it stores anything."""
+
+    app: ApplicationDef
+    backend: str
+    chosen: Backend
+    values: dict[str, ParamValue]
+    build_args: dict[str, ParamValue]
+    vo: str
+    member: Membership | None
+    datalake: DatalakeChoice | None
+
+
+async def _admit(
+    platform: Platform, identity: Identity, request: SubmissionRequest, *, dry_run: bool
+) -> _Admitted:
     app = platform.catalog.get(request.application)
-    backend = request.backend or platform.settings.default_backend
-    if backend not in platform.backends:
-        raise Invalid("backend", f"unknown backend; available: {', '.join(platform.backends)}")
+    backend, chosen = chosen_backend(platform, request)
     values, build_args = check_request(app, request)  # every check before any write
+    lake = choose(
+        platform.settings, app, identity.username, request.datalake,
+        given="datalake" in request.model_fields_set,
+    )  # fmt: skip
+    # What the backend would refuse, before an image build starts for nothing (checked
+    # again with the submission's own id once it has one).
+    await preview(platform, app, request)
     what = f"The application {app.title}"
     vo = require_vo(identity, app.vos, what, platform.settings)
     if request.vo is not None:  # one of the user's VOs that the application is open to
@@ -219,8 +383,58 @@ async def _submit_batch(
     member = identity.membership(vo)
     if backend == "diracx" and per_user(platform):  # jobs would fail without their token
         await require_connection(platform, identity, vo, member.dirac_group if member else "")
-    if app.proxy:  # refused now rather than a job failing later for want of a proxy
+    # Refused now rather than a job failing later for want of a proxy; a dry run leaves the
+    # proxy alone, as making one is a change.
+    if app.proxy and not dry_run:
         await ensure_proxy(platform, identity, proxy_needed(platform, app), vo or None)
+    adding = int(values[app.batch.count]) if app.batch.count else 1
+    async with platform.reading() as session:  # before an image build starts for nothing
+        await check_queue_room(platform, session, identity.user_id, adding)
+    return _Admitted(app, backend, chosen, values, build_args, vo, member, lake)
+
+
+async def dry_run(
+    platform: Platform, identity: Identity, request: SubmissionRequest
+) -> SubmissionPlan:
+    """Every check of a submission, and the jobs with the JDLs it would create; nothing is
+    stored and no image is built."""
+    admitted = await _admit(platform, identity, request, dry_run=True)
+    app, values = admitted.app, admitted.values
+    image_id = image_status = None
+    if app.image is not None:
+        state = await image_state(platform, app.name, admitted.build_args)
+        if state.problem:
+            raise Conflict(state.problem)  # as the submission's build would be refused
+        image_id, image_status = state.id, state.status
+    jobs = plan_jobs(
+        admitted.chosen, app, values, await next_submission_id(platform),
+        platform.catalog.directory,
+    )  # fmt: skip
+    member = admitted.member
+    return SubmissionPlan(
+        application=app.name,
+        backend=admitted.backend,
+        vo=admitted.vo,
+        group=member.dirac_group if member is not None else "",
+        parameters=values,
+        build_args=admitted.build_args,
+        image_id=image_id,
+        image_status=image_status,
+        job_count=len(jobs),
+        cpu=cpu_estimate(app, values, len(jobs)),
+        datalake=admitted.datalake,
+        jobs=jobs,
+    )
+
+
+async def _submit_batch(
+    platform: Platform, identity: Identity, request: SubmissionRequest
+) -> SubmissionView:
+    owner_id = identity.user_id
+    admitted = await _admit(platform, identity, request, dry_run=False)
+    app, backend, chosen = admitted.app, admitted.backend, admitted.chosen
+    values, build_args = admitted.values, admitted.build_args
+    vo, member = admitted.vo, admitted.member
     image = None
     if app.image is not None:  # the container: selected if it exists, else its build starts
         selection = await select_or_build(platform, identity, app.name, build_args, vo=vo)
@@ -239,16 +453,22 @@ async def _submit_batch(
             vo=vo,
             group=member.dirac_group if member is not None else "",
         )
+        if (lake := admitted.datalake) is not None:
+            submission.datalake_scope, submission.datalake_rse = lake.scope, lake.rse
+            submission.datalake_dataset = lake.dataset
         session.add(submission)
         await session.flush()
-        planned = plan_jobs(app, values, submission.id)
+        if lake is not None and lake.dataset is None:  # named after the submission
+            submission.datalake_dataset = default_dataset(app.name, submission.id)
+        planned = plan_jobs(chosen, app, values, submission.id, platform.catalog.directory)
+        # Again in the transaction that adds them: the user's submissions one at a time.
+        await check_queue_room(platform, session, owner_id, len(planned), lock=True)
         submission.job_count = len(planned)
         now = utcnow()
         received, accepted = JobStatus.RECEIVED, "Job accepted"
-        uuids = [str(uuid.uuid4()) for _ in planned]
         new_jobs = [
             {
-                "uuid": job_uuid,
+                "uuid": p.uuid,
                 "submission_id": submission.id,
                 "owner_id": owner_id,
                 "application": app.name,
@@ -263,7 +483,7 @@ async def _submit_batch(
                 "created_at": now,
                 "updated_at": now,
             }
-            for p, job_uuid in zip(planned, uuids, strict=True)
+            for p in planned
         ]
         # One multi-row INSERT (a batch may have thousands of jobs: ORM objects would cost
         # their bookkeeping each); the ids come back in the rows' order.
@@ -277,7 +497,7 @@ async def _submit_batch(
                 updated_at=now, started_at=None, ended_at=None, exit_code=None,
                 backend_ref=None, backend_state={},
             )
-            for job_id, job_uuid in zip(ids, uuids, strict=True)
+            for job_id, job_uuid in zip(ids, [p.uuid for p in planned], strict=True)
         ]  # fmt: skip
         for job in jobs:
             record_status(session, job, received, minor=accepted, source="User", at=now)
@@ -287,17 +507,38 @@ async def _submit_batch(
     return await get_submission(platform, owner_id, submission_id)
 
 
-async def _owned_submission(session: AsyncSession, owner_id: int, submission_id: int) -> Submission:
-    """The caller's submission; another user's is 'not found', as if it did not exist."""
+async def check_queue_room(
+    platform: Platform, session: AsyncSession, owner_id: int, adding: int, *, lock: bool = False
+) -> None:
+    """Raises TooMany if ``adding`` jobs would take the user over their limit of jobs not yet
+    over (max_queued_jobs_per_user): one user's hundred thousand jobs would slow every
+    query of the queue, and outlive the operator's patience."""
+    limit = platform.settings.max_queued_jobs_per_user
+    if not limit:
+        return
+    unfinished = await unfinished_jobs(session, owner_id, lock=lock)
+    if unfinished + adding > limit:
+        raise TooMany(
+            f"This submission of {adding} jobs would take you over the limit of {limit} jobs "
+            f"not yet finished per user: you have {unfinished}. Wait for some to finish, or "
+            "kill or delete some, then submit again (or submit fewer jobs)."
+        )
+
+
+async def owned_submission(session: AsyncSession, owner_id: int, submission_id: int) -> Submission:
+    """The caller's submission; another user's is 'not found', as if it did not exist, and
+    so is one whose jobs are all deleted (deleting a submission deletes its jobs)."""
     submission = await session.get(Submission, submission_id)
     if submission is None or submission.owner_id != owner_id:
         raise NotFound(f"no submission {submission_id}")
+    if not await job_queries.any_left(session, submission_id):
+        raise NotFound(f"no submission {submission_id}: it was deleted")
     return submission
 
 
 async def get_submission(platform: Platform, owner_id: int, submission_id: int) -> SubmissionView:
     async with platform.reading() as session:
-        submission = await _owned_submission(session, owner_id, submission_id)
+        submission = await owned_submission(session, owner_id, submission_id)
         # count(backend_ref) counts the jobs that have one: those their backend has taken.
         rows = (
             await session.execute(
@@ -328,21 +569,8 @@ async def get_submission(platform: Platform, owner_id: int, submission_id: int) 
         handed_over=handed_over,
         finished=all(JobStatus(s).is_final for s in counts),
         job_ids=job_ids,
+        datalake=stored_choice(submission),
     )
-
-
-async def submission_jobs(
-    platform: Platform, owner_id: int, submission_id: int
-) -> list[SubmissionJob]:
-    """The jobs of the caller's submission in index order; another user's is not found."""
-    async with platform.reading() as session:
-        await _owned_submission(session, owner_id, submission_id)
-        rows = await session.execute(
-            select(Job.id, Job.index, Job.name, Job.status, Job.minor_status)
-            .where(Job.submission_id == submission_id)
-            .order_by(Job.index)
-        )
-        return [SubmissionJob.model_validate(dict(row)) for row in rows.mappings()]
 
 
 def progress_of(counts: dict[str, int]) -> Progress:
