@@ -59,7 +59,9 @@ def login(
     except (httpx.HTTPError, ValueError, KeyError):
         fail(f"IAM at {issuer} does not describe a device flow", 2)
     scopes = [s for s in config["scopes"] if s != "proxy:generate"]  # a web-client scope
-    grant = _post(device_url, {"client_id": client_id, "scope": " ".join(scopes)})
+    audience = config.get("audience")  # a server that checks it refuses tokens without it
+    asked = {"client_id": client_id, "scope": " ".join(scopes)}
+    grant = _post(device_url, asked | ({"aud": audience} if audience else {}))
     if grant["_status"] != 200:
         fail(f"IAM refused to start the sign-in: {grant.get('error_description') or grant}")
     say("To sign in, open this link in a browser and approve:", "bold")
@@ -90,7 +92,8 @@ def login(
                 fail(f"IAM did not sign you in: {token.get('error_description') or error}")
             break
     path = get_settings().cli_tokens_file
-    tokens.remember(path, api.url, tokens.entry_of(token, issuer, client_id, token_url))
+    entry = tokens.entry_of(token, issuer, client_id, token_url, audience)
+    tokens.remember(path, api.url, entry)
     api.use_token(str(token["access_token"]))
     me = api.call("GET", "/me")
     say(f"Signed in to {api.url} as {me['username']}. {me['recognised']}.", "green")
@@ -124,9 +127,12 @@ def me(ctx: typer.Context) -> None:
         if p
         else "proxy: none"
     )
+    if p and p.get("shortened"):
+        say(f"       shorter than asked: {p['shortened']}")
     for b in d["backends"]:
         say(Text("backend ").append_text(isolation(b["name"], b["isolation_problem"])))
         say(f"        containers: {b['runtime']}")
+        say(f"        bounds: {b['limits']}")
 
 
 def _scim_note(d: dict[str, Any]) -> str:
@@ -172,3 +178,5 @@ def proxy_init(
         f"Proxy for {view['dn']}: {view['seconds_left'] / 3600:.1f} h left ({view['source']})",
         "green",
     )
+    if view.get("shortened"):
+        say(f"Shorter than asked: {view['shortened']}", "yellow")

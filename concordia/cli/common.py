@@ -190,12 +190,14 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def when(iso: str | None) -> str:
+def when(iso: str | None, zone: bool = True) -> str:
+    """A time in UTC, as the web pages show it; ``zone=False`` in a column whose heading
+    says (UTC)."""
     if not iso:
         return ""
     moment = datetime.fromisoformat(iso)
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if zone else "")
 
 
 def status_text(status: str, minor: str = "", styles: dict[str, str] = STATUS_STYLES) -> Text:
@@ -212,7 +214,7 @@ def table(
     columns: str,
     rows: list[list[Any]],
     title: str | None = None,
-    no_wrap: tuple[str, ...] = ("time", "updated"),
+    no_wrap: tuple[str, ...] = ("time (UTC)", "updated (UTC)"),
     overflow: OverflowMethod = "ellipsis",
 ) -> Table:
     names = [name.strip() for name in columns.split(",")]
@@ -225,7 +227,9 @@ def table(
 
 def download_bar() -> Progress:
     """The progress bar of downloads: one line per file, bytes done of the total."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=out)
+    # Binary units, as every size Concordia shows (concordia.core.units).
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True))
+    return Progress(*columns, console=out)
 
 
 def isolation(backend: str, problem: str | None) -> Text:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import typer
 from rich.console import Console
-from rich.filesize import decimal
+from rich.padding import Padding
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
@@ -44,6 +44,8 @@ from concordia.cli.common import (
     table,
     when,
 )
+from concordia.core.build_progress import BuildProgress
+from concordia.core.units import size_text
 
 images_app = typer.Typer(
     help="Container images: select or build, follow a build, list, export, delete.",
@@ -51,7 +53,7 @@ images_app = typer.Typer(
 )
 app.add_typer(images_app, name="images")
 
-IMAGE_STYLES = {"ready": "green", "building": "cyan", "failed": "red"}
+IMAGE_STYLES = {"ready": "green", "building": "cyan", "failed": "red", "cancelled": "red"}
 HEX_DIGITS = frozenset("0123456789abcdef")
 ID_LENGTH, MIN_PREFIX = 64, 6
 #: How often a live log may close early (the server restarting) before following gives up.
@@ -64,6 +66,9 @@ class ImageFormat(StrEnum):
 
 
 SUFFIXES = {ImageFormat.squashfs: "sqsh", ImageFormat.oci: "oci.tar"}
+FOLLOW_OPTION = typer.Option(
+    False, "--follow", "-f", help="Show the build log live; exit 0 if the image is made."
+)
 
 
 def _image_ref(value: str) -> str:
@@ -107,7 +112,7 @@ def _args(build_args: dict[str, Any], sep: str = ", ") -> str:
 
 
 def _formats(formats: dict[str, Any], sep: str = ", ") -> str:
-    return sep.join(f"{name} {decimal(f['size'])}" for name, f in formats.items())
+    return sep.join(f"{name} {size_text(f['size'])}" for name, f in formats.items())
 
 
 def _timestamp(iso: str | None) -> float | None:
@@ -138,21 +143,18 @@ def list_images(
     images = api_of(ctx).call("GET", "/images", params=params)
     if as_json:
         return print_json(images)
-    rows = [
-        [
-            i["id"][:12],
-            i["application"],
-            _args(i["build_args"], "\n"),
-            status_text(i["status"], styles=IMAGE_STYLES),
-            _formats(i["formats"], "\n"),
-            when(i["built_at"]),
-            i["jobs"],
-        ]
-        for i in images
-    ]
-    columns = "id, application, build args, status, formats, built, jobs"
-    # Folded, never cut short: every value stays whole however narrow the terminal.
-    out.print(table(columns, rows, no_wrap=("id",), overflow="fold"))
+    # One block per image, not a table: seven columns never fit 80 characters, and a
+    # squeezed table breaks ids, dates and values across lines.
+    for i in images:
+        head = Text(f"{i['id'][:12]}  {i['application']}  ")
+        head.append_text(status_text(i["status"], styles=IMAGE_STYLES))
+        if i["built_at"]:
+            head.append(f"  built {when(i['built_at'])}")
+        head.append(f"  {i['jobs']} job(s)")
+        out.print(head)
+        for line in (_args(i["build_args"]), _formats(i["formats"])):
+            if line:
+                out.print(Padding(Text(line, overflow="fold"), (0, 0, 0, 2), expand=False))
     say(f"{len(images)} image(s)")
 
 
@@ -169,7 +171,7 @@ def show(ctx: typer.Context, image: str = IMAGE_ARG, as_json: bool = JSON_OPTION
         ("build args", _args(i["build_args"]) or "none"),
         ("status", status_text(i["status"], styles=IMAGE_STYLES)),
         ("builder", i["builder"]),
-        ("rootfs", decimal(i["rootfs_size"]) if i["rootfs_size"] else ""),
+        ("rootfs", size_text(i["rootfs_size"]) if i["rootfs_size"] else ""),
         ("created", when(i["created_at"])),
         ("built", when(i["built_at"])),
         ("jobs", i["jobs"]),
@@ -179,7 +181,7 @@ def show(ctx: typer.Context, image: str = IMAGE_ARG, as_json: bool = JSON_OPTION
         info.add_row(Text("error", style="bold"), Text(i["error"], style="red"))
     # A row per format and one for its sha256, whole (a table column would cut it short).
     for name, f in i["formats"].items():
-        size = f"{decimal(f['size'])} ({f['size']} bytes), file {f['file']}"
+        size = f"{size_text(f['size'])} ({f['size']} bytes), file {f['file']}"
         info.add_row(Text(name, style="bold"), Text(size))
         info.add_row(Text("  sha256"), Text(f["sha256"]))
     out.print(info)
@@ -195,9 +197,7 @@ def build(
     force: bool = typer.Option(
         False, "--force", help="Build again even if the image exists (newer packages)."
     ),
-    follow: bool = typer.Option(
-        False, "--follow", "-f", help="Show the build log live; exit 0 if the image is made."
-    ),
+    follow: bool = FOLLOW_OPTION,
     timeout: float = TIMEOUT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -209,6 +209,38 @@ def build(
         "force": force,
     }
     selection = api.call("POST", "/images", json=body)
+    _selected_or_built(api, selection, follow, timeout, as_json)
+
+
+@images_app.command("cancel")
+def cancel(ctx: typer.Context, image: str = IMAGE_ARG, as_json: bool = JSON_OPTION) -> None:
+    """Stop an image's build; its waiting jobs fail (`concordia images retry` builds again)."""
+    api = api_of(ctx)
+    found = api.call("POST", f"/images/{resolve(api, image)['id']}/cancel")
+    if as_json:
+        return print_json(found)
+    say(f"cancelled the build of image {found['id'][:12]}", "yellow")
+
+
+@images_app.command("retry")
+def retry(
+    ctx: typer.Context,
+    image: str = IMAGE_ARG,
+    follow: bool = FOLLOW_OPTION,
+    timeout: float = TIMEOUT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Build a failed or cancelled image again (the same application and build arguments)."""
+    api = api_of(ctx)
+    selection = api.call("POST", f"/images/{resolve(api, image)['id']}/retry")
+    _selected_or_built(api, selection, follow, timeout, as_json)
+
+
+def _selected_or_built(
+    api: Api, selection: dict[str, Any], follow: bool, timeout: float, as_json: bool
+) -> None:
+    """Say what was selected or started; with ``follow``, the build's log until it ends (exit
+    1 unless the image is made)."""
     image = selection["image"]
     if not as_json:
         verb = "selected existing image" if selection["selected"] else "building image"
@@ -220,6 +252,8 @@ def build(
     image = api.call("GET", f"/images/{image['id']}")
     if as_json:
         print_json({**selection, "image": image})
+    if end.get("status") == "cancelled":
+        fail(f"the build of image {image['id'][:12]} was cancelled: {end.get('error')}")
     if end.get("status") != "ready":
         fail(f"image {image['id'][:12]} failed to build: {end.get('error') or 'no reason given'}")
     if not as_json:
@@ -229,13 +263,16 @@ def build(
 
 
 class _Elapsed:
-    """The status line under a followed log: rendered afresh on every refresh, so the time runs."""
+    """The status line under a followed log: rendered afresh on every refresh, so the time runs;
+    with the build's phase and n of N (its "progress" events)."""
 
     def __init__(self, label: str, since: float) -> None:
         self.label, self.since = label, since
+        self.progress = ""
 
     def __rich__(self) -> Text:
-        return Text(f"{self.label} — {_duration(time.time() - self.since)}")
+        phase = f" — {self.progress}" if self.progress else ""
+        return Text(f"{self.label} — {_duration(time.time() - self.since)}{phase}")
 
 
 def _sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
@@ -275,15 +312,16 @@ def follow_build(
     path = f"/images/{image['id']}/log/events"
     since = min(time.time(), _timestamp(image["created_at"]) or time.time())
     label = f"building image {image['id'][:12]} of {image['application']}"
+    status = _Elapsed(label, since)
     try:
-        with console.status(_Elapsed(label, since)):
-            return _follow(api, path, console, deadline, timeout)
+        with console.status(status):
+            return _follow(api, path, console, deadline, timeout, status)
     except KeyboardInterrupt:
         fail(f"stopped following image {image['id'][:12]}; the build goes on", 130)
 
 
 def _follow(
-    api: Api, path: str, console: Console, deadline: float, timeout: float
+    api: Api, path: str, console: Console, deadline: float, timeout: float, status: _Elapsed
 ) -> dict[str, Any]:
     offset, pending, reconnects = 0, "", 0
     while True:
@@ -300,6 +338,8 @@ def _follow(
                         *lines, pending = (pending + text).split("\n")
                         for line in lines:
                             say(line, console=console)
+                    elif event == "progress":
+                        status.progress = BuildProgress.model_validate(_decoded(data)).text
                     elif event == "end":
                         end = _decoded(data)
                         break
@@ -441,7 +481,7 @@ def export(
         made = ", ".join(found["formats"]) or "none"
         fail(f"image {found['id'][:12]} has no {fmt.value} format (it has: {made})")
     target, size, sha256 = _download(api, found, fmt, output, force)
-    say(f"wrote {target} ({size} bytes, sha256 {sha256})")
+    say(f"wrote {target} ({size} bytes, {size_text(size)}; sha256 {sha256})")
 
 
 @images_app.command("builders")

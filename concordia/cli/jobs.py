@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 import time
 from enum import StrEnum
@@ -36,9 +37,13 @@ from concordia.cli.common import (
     when,
 )
 from concordia.cli.images import image_line
+from concordia.core.units import duration, size_text
 
 JOB_ARG = typer.Argument(..., help="The job id.", show_default=False)
-JOBS_ARG = typer.Argument(..., help="Job ids.", show_default=False)
+JOBS_ARG = typer.Argument(None, help="Job ids.", show_default=False)
+SUBMISSION_OPTION = typer.Option(
+    None, "--submission", "-s", help="Every job of this submission.", show_default=False
+)
 
 
 class LogStream(StrEnum):
@@ -54,15 +59,25 @@ def _id_list(ids: list[int]) -> str:
 
 @app.command("apps")
 def list_apps(ctx: typer.Context) -> None:
-    """The applications you can run."""
-    rows = []
+    """The applications, their parameters, and why one cannot be run (by you, or here)."""
+    rows, reasons = [], []
     for a in api_of(ctx).call("GET", "/applications"):
         params = [
             n if p.get("default") is None else f"{n}={p['default']}"
             for n, p in a["parameters"].items()
         ]
-        rows.append([a["name"], a["title"], ", ".join(params)])
-    out.print(table("name, title, parameters (defaults)", rows))
+        why = _why_not(a)
+        rows.append([a["name"], a["title"], "no" if why else "yes", ", ".join(params)])
+        reasons += [f"{a['name']}: {reason}" for reason in why]
+    out.print(table("name, title, usable, parameters (defaults)", rows))
+    for reason in reasons:
+        say(reason, "yellow")
+
+
+def _why_not(application: dict[str, Any]) -> list[str]:
+    """Why an application cannot be submitted: its image cannot be built here, or the caller
+    is not in its VOs."""
+    return [application[key] for key in ("unavailable", "not_allowed") if application.get(key)]
 
 
 def _rule(spec: dict[str, Any]) -> str:
@@ -84,6 +99,8 @@ def show_app(ctx: typer.Context, name: str = typer.Argument(..., help="Its name.
     say(f"{a['name']}: {a['title']}", "bold")
     if a.get("description"):
         say(a["description"].strip())
+    for reason in _why_not(a):
+        say(f"cannot be submitted: {reason}", "bold yellow")
     for title in ("parameters", "build_args"):
         rows = [
             [n, p["type"], p.get("default"), _rule(p), p.get("help")] for n, p in a[title].items()
@@ -122,7 +139,21 @@ def submit(
     backend: str | None = typer.Option(
         None, help="Where to run: local or diracx (default: the server's default_backend)."
     ),
+    datalake: bool | None = typer.Option(
+        None,
+        "--datalake/--no-datalake",
+        help="Store the data outputs in the data lake, or not (default: the application's).",
+    ),
+    rse: str | None = typer.Option(
+        None, help="The data lake's RSE they go to (implies --datalake); default the server's."
+    ),
+    dataset: str | None = typer.Option(
+        None, help="Their dataset's name (implies --datalake); default <application>.<id>."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Follow the jobs to their end."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check everything, show the jobs and JDLs; submit nothing."
+    ),
     timeout: float = TIMEOUT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -134,10 +165,21 @@ def submit(
         "build_args": pairs(build_arg, "--build-arg"),
         "backend": backend,
     }
+    if datalake is False and (rse or dataset):
+        fail("--rse and --dataset go with the data lake: not with --no-datalake")
+    if datalake is False:
+        body["datalake"] = None
+    elif datalake or rse or dataset:  # absent otherwise: the application's default
+        body["datalake"] = {k: v for k, v in {"rse": rse, "dataset": dataset}.items() if v}
+    if dry_run:
+        plan = api.call("POST", "/submissions", json=body, params={"dry_run": "true"})
+        return print_json(plan) if as_json else _show_plan(plan)
     view = api.call("POST", "/submissions", json=body)
     if not as_json:
         say(f"submission {view['id']}: {view['job_count']} job(s) on {view['backend']}")
         say(f"jobs: {_id_list(view['job_ids'])}")
+        if lake := view.get("datalake"):
+            say(f"data outputs go to the data lake: dataset {lake['did']} on {lake['rse']}")
         if view.get("image_id"):
             say(image_line(api, view["image_id"], view["application"], view["build_args"]))
     if wait:
@@ -149,6 +191,37 @@ def submit(
         out.print(table("status, jobs", rows))
     if wait and view["counts"].get("Done", 0) != view["job_count"]:
         raise typer.Exit(1)
+
+
+#: Jobs a dry run lists before it says how many more there are (--json has them all).
+PLAN_ROWS = 10
+
+
+def _show_plan(plan: dict[str, Any]) -> None:
+    """What a submission would create: its jobs, the first JDL, the CPU time it needs."""
+    count = plan["job_count"]
+    say(f"dry run: {count} job(s) on {plan['backend']} as {plan['vo'] or 'no VO'}; nothing stored")
+    if lake := plan.get("datalake"):
+        did = lake["did"] or f"{lake['scope']}:<application>.<submission id>"
+        say(f"data outputs to the data lake: dataset {did} on {lake['rse']}")
+    else:
+        say("data outputs: not to the data lake (they come back with the outputs)")
+    if plan["image_id"]:
+        state = plan["image_status"] or "not built yet: a submission builds it first"
+        say(f"image {plan['image_id'][:12]}: {state}")
+    if cpu := plan["cpu"]:
+        per_job, total = duration(cpu["per_job_seconds"]), duration(cpu["total_seconds"])
+        limit = duration(cpu["limit_seconds"])
+        say(f"CPU time (estimate): {per_job} per job, {total} in all; limit {limit} per job")
+        if cpu["warning"]:
+            say(f"⚠ {cpu['warning']}", "bold yellow")
+    shown = plan["jobs"][:PLAN_ROWS]
+    rows = [[j["index"] + 1, j["name"], shlex.join(j["argv"])] for j in shown]
+    out.print(table("job, name, command", rows))
+    if count > len(shown):
+        say(f"… and {count - len(shown)} more (--json lists every job and JDL)")
+    say("JDL of the first job:", "bold")
+    out.print(Text(plan["jobs"][0]["jdl"]))
 
 
 @app.command("jobs")
@@ -174,11 +247,11 @@ def list_jobs(
             j["application"],
             status_text(j["status"]),
             j["minor_status"],
-            when(j["updated_at"]),
+            when(j["updated_at"], zone=False),
         ]
         for j in data["items"]
     ]
-    out.print(table("id, name, application, status, minor status, updated", rows))
+    out.print(table("id, name, application, status, minor status, updated (UTC)", rows))
     say(f"page {page} of {max(1, math.ceil(data['total'] / per_page))} ({data['total']} jobs)")
 
 
@@ -206,10 +279,10 @@ def status(ctx: typer.Context, job: int = JOB_ARG, as_json: bool = JSON_OPTION) 
     if d["isolated"] is False:
         say("⚠ this job ran without isolation (see `concordia me`)", "bold yellow")
     rows = [
-        [when(h["timestamp"]), status_text(h["status"]), h["minor_status"], h["source"]]
+        [when(h["timestamp"], zone=False), status_text(h["status"]), h["minor_status"], h["source"]]
         for h in d["history"]
     ]
-    out.print(table("time, status, minor status, source", rows, "history"))
+    out.print(table("time (UTC), status, minor status, source", rows, "history"))
 
 
 @app.command()
@@ -267,16 +340,29 @@ def _save(api: Api, path: str, target: Path, bar: Progress) -> None:
 @app.command()
 def get(
     ctx: typer.Context,
-    job: int = JOB_ARG,
-    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where to write."),
+    job: int | None = typer.Argument(None, help="The job id.", show_default=False),
+    output_dir: Path = typer.Option(
+        ...,
+        "--output-dir",
+        "-o",
+        help="Where to write: a directory; with --zip or --submission, a file NAME.zip or a "
+        "directory.",
+    ),
     as_zip: bool = typer.Option(False, "--zip", help="One zip file of all outputs."),
+    submission: int | None = SUBMISSION_OPTION,
 ) -> None:
-    """Download a job's outputs (result files, std.out, std.err)."""
+    """Download a job's outputs (result files, std.out, std.err), or with --submission one
+    zip of every job's of a submission."""
     api, root = api_of(ctx), output_dir.resolve()
     refused: list[str] = []
-    plan = [(f"/jobs/{job}/outputs.zip", root / f"job-{job}-outputs.zip")]  # (API path, file)
-    if not as_zip:
-        files = api.call("GET", f"/jobs/{job}/outputs")
+    source = _one_target(job, submission)  # /jobs/N or /submissions/N: job-N-outputs.zip...
+    name = source.strip("/").replace("s/", "-")
+    # -o out.zip names the file itself; a directory gets job-N-outputs.zip in it.
+    named = root.suffix.lower() == ".zip" and not root.is_dir()
+    archive = root if named else root / f"{name}-outputs.zip"
+    plan = [(f"{source}/outputs.zip", archive)]  # (API path, file)
+    if not as_zip and job is not None:
+        files = _all_outputs(api, job)
         refused = [f["path"] for f in files if _safe_relative(f["path"]) is None]
         plan = [
             (f"/jobs/{job}/outputs/{quote(f['path'])}", root / relative)
@@ -287,15 +373,53 @@ def get(
         for source, target in plan:
             _save(api, source, target, bar)
     for _, target in plan:
-        say(f"wrote {target} ({target.stat().st_size} bytes)")
+        say(f"wrote {target} ({size_text(target.stat().st_size)})")
     if not plan and not refused:
-        say(f"job {job} has no outputs (yet)")
+        say(f"{name.replace('-', ' ')} has no outputs (yet)")
     if refused:
         fail([f"refused output name {name!r}: not a relative path inside -o" for name in refused])
 
 
-def _act(ctx: typer.Context, method: str, suffix: str, jobs: list[int]) -> None:
+def _all_outputs(api: Api, job: int) -> list[dict[str, Any]]:
+    """Every output of the job, a page at a time."""
+    files: list[dict[str, Any]] = []
+    page, total = 1, 1
+    while len(files) < total:
+        found = api.call("GET", f"/jobs/{job}/outputs", params={"page": page, "per_page": 500})
+        if not found["items"]:
+            break
+        files += found["items"]
+        page, total = page + 1, found["total"]
+    return files
+
+
+def _one_target(job: int | None, submission: int | None) -> str:
+    """The API path of the job or the submission asked for (exactly one of them)."""
+    if (job is None) == (submission is None):
+        fail(["give a job id or --submission N (not both)"])
+    return f"/jobs/{job}" if submission is None else f"/submissions/{submission}"
+
+
+def _act_on_submission(ctx: typer.Context, method: str, suffix: str, submission: int) -> None:
+    """One call for the whole submission; the exit code is 1 if a job was refused."""
+    outcome = api_of(ctx).call(method, f"/submissions/{submission}{suffix}")
+    done = {"kill": "killed", "reschedule": "rescheduled", "delete": "deleted"}[outcome["action"]]
+    say(f"submission {submission}: {len(outcome['succeeded'])} job(s) {done}")
+    for reason in outcome["refused"]:
+        say(reason, "red", err)
+    if outcome["refused"]:
+        raise typer.Exit(1)
+
+
+def _act(
+    ctx: typer.Context, method: str, suffix: str, jobs: list[int] | None, submission: int | None
+) -> None:
     """One call per job; every job is tried, and the exit code is 1 if any was refused."""
+    if submission is not None and not jobs:
+        _act_on_submission(ctx, method, suffix, submission)
+        return
+    if submission is not None or not jobs:
+        fail(["give job ids or --submission N (not both)"])
     api, failed = api_of(ctx), False
     for job in jobs:
         response = api.send(method, f"/jobs/{job}{suffix}")
@@ -313,18 +437,40 @@ def _act(ctx: typer.Context, method: str, suffix: str, jobs: list[int]) -> None:
 
 
 @app.command()
-def kill(ctx: typer.Context, jobs: list[int] = JOBS_ARG) -> None:
-    """Kill jobs (waiting or running)."""
-    _act(ctx, "POST", "/kill", jobs)
+def kill(
+    ctx: typer.Context,
+    jobs: list[int] | None = JOBS_ARG,
+    submission: int | None = SUBMISSION_OPTION,
+) -> None:
+    """Kill jobs (waiting or running), or every unfinished job of a submission."""
+    _act(ctx, "POST", "/kill", jobs, submission)
 
 
 @app.command()
-def reschedule(ctx: typer.Context, jobs: list[int] = JOBS_ARG) -> None:
-    """Run finished jobs (Failed, Killed) again."""
-    _act(ctx, "POST", "/reschedule", jobs)
+def reschedule(
+    ctx: typer.Context,
+    jobs: list[int] | None = JOBS_ARG,
+    submission: int | None = SUBMISSION_OPTION,
+) -> None:
+    """Run finished jobs (Failed, Killed) again, or every failed job of a submission."""
+    _act(ctx, "POST", "/reschedule", jobs, submission)
 
 
 @app.command("rm")
-def remove(ctx: typer.Context, jobs: list[int] = JOBS_ARG) -> None:
-    """Delete jobs and their files (kill running ones first)."""
-    _act(ctx, "DELETE", "", jobs)
+def remove(
+    ctx: typer.Context,
+    jobs: list[int] | None = JOBS_ARG,
+    submission: int | None = SUBMISSION_OPTION,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Delete a submission without asking."),
+) -> None:
+    """Delete jobs and their files (kill running ones first), or a whole submission (its
+    unfinished jobs are killed first)."""
+    if submission is not None and not jobs and not yes:
+        view = api_of(ctx).call("GET", f"/submissions/{submission}")
+        question = (
+            f"Delete submission {submission}: {view['job_count']} job(s) of "
+            f"{view['application']} with their logs and outputs?"
+        )
+        if not typer.confirm(question):
+            raise typer.Exit(1)
+    _act(ctx, "DELETE", "", jobs, submission)

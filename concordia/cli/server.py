@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.text import Text
 
-from concordia.cli.common import app, get_settings, isolation, say
+from concordia.cli.common import app, err, fail, get_settings, isolation, say
 from concordia.logs import logging_config
 from concordia.settings import Settings
 
@@ -38,9 +38,15 @@ def _banner(settings: Settings, login_url: str, platform: Platform) -> None:
     for name, backend in platform.backends.items():
         say(Text("  Backend:   ").append_text(isolation(name, backend.isolation_problem)))
         say(f"             containers: {backend.runtime_summary}")
+        say(f"             bounds: {backend.limits_summary}")
     choice = platform.images.choice
     images = f"{settings.images_dir.resolve()}, built with {choice.summary}"
     say(f"  Images:    {images}", "" if choice.builder else "bold red")
+    _sign_in(settings, login_url)
+
+
+def _sign_in(settings: Settings, login_url: str) -> None:
+    """How people and the CLI sign in: the end of both banners."""
     if settings.iam_mode:
         say(f"  Sign-in:   IAM at {settings.oidc_issuer}")
         say("\n  Open this URL to sign in with your IAM account:")
@@ -49,6 +55,8 @@ def _banner(settings: Settings, login_url: str, platform: Platform) -> None:
         return
     say("\n  Open this URL to log in (one-time link):")
     say(f"      {login_url}", "bold cyan")
+    say(f"  It works once, within {_link_minutes()} minutes; `concordia login-link`")
+    say("  makes a new one, and the sign-in page also takes the API token.")
     say(f"\n  The CLI uses the API token in {settings.api_token_file.resolve()}\n")
 
 
@@ -63,14 +71,19 @@ def serve(
     ),
 ) -> None:
     """Run the Concordia server (web pages, REST API, job backends) until interrupted."""
+    from concordia.service import keep_files_private
+
+    keep_files_private()
     import uvicorn
 
     from concordia.web.app import create_app
+    from concordia.web.timeouts import http_protocol
 
     settings = get_settings()
     uvicorn_options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
+        "http": http_protocol(settings.request_read_timeout),
         "log_level": "info",
         # One handler for every logger, whose filters mask login tokens and add request ids.
         "log_config": logging_config(settings.log_format),
@@ -99,11 +112,9 @@ def _serve_web_processes(settings: Settings, workers: int, options: dict[str, An
 
     from concordia.auth.vault import open_vault
     from concordia.service import prepare_web_processes
-    from concordia.web.app import secret_key
 
     settings.make_data_dir()
-    # Made once here: the processes would race to make them.
-    secret_key(settings)
+    # Made once here: the processes would race to make it.
     open_vault(settings.encryption_keys, settings.encryption_key_file)
 
     def waiting() -> None:
@@ -114,8 +125,7 @@ def _serve_web_processes(settings: Settings, workers: int, options: dict[str, An
     say(f"  Data dir:  {settings.data_dir.resolve()}")
     say(f"  Database:  {_database_kind(settings.database_url)}")
     say("  Jobs and image builds run in `concordia worker` (same settings)")
-    say("\n  Open this URL to sign in:" if settings.iam_mode else "\n  Open this URL to log in:")
-    say(f"      {login_url}\n", "bold cyan")
+    _sign_in(settings, login_url)
     uvicorn.run("concordia.web.app:web_app", factory=True, workers=workers, **options)
 
 
@@ -126,8 +136,10 @@ def worker() -> None:
     standby and takes over if the first dies."""
     import logging.config
 
-    from concordia.service import LeaseLost, run_worker, tune_server_process
+    from concordia.service import LeaseLost, keep_files_private, run_worker, tune_server_process
+    from concordia.web.worker_metrics import serve_worker_metrics
 
+    keep_files_private()
     settings = get_settings()
     settings.make_data_dir()
     logging.config.dictConfig(logging_config(settings.log_format))
@@ -135,20 +147,78 @@ def worker() -> None:
     def standby() -> None:
         say("another worker runs the background work: waiting as a standby")
 
+    metrics = serve_worker_metrics(settings)
     tune_server_process()
     try:
         asyncio.run(run_worker(settings, standby))
     except LeaseLost as exc:
         say(str(exc), "bold red")
         raise typer.Exit(75) from None  # EX_TEMPFAIL: started again, it waits or takes over
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+@app.command("login-link", rich_help_panel="Server")
+def login_link() -> None:
+    """Print a new one-time sign-in link (local mode), for a new browser or after signing
+    out: run it on the server's machine as the owner of its data dir; no restart needed."""
+    import os
+    import pwd
+
+    from concordia.service import NotSetUp, keep_files_private, new_login_link
+
+    keep_files_private()  # what SQLite may write beside the database
+    settings = get_settings()
+    if settings.iam_mode:
+        fail(
+            f"Concordia signs people in with IAM ({settings.oidc_issuer}): open "
+            f"{settings.public_url}/login; one-time links are for local mode."
+        )
+    data_dir = settings.data_dir
+    try:
+        owner = data_dir.stat().st_uid
+    except OSError:
+        fail(f"there is no data dir at {data_dir}: start the server with `concordia serve`")
+    # The link opens the local user's account: only who owns its files may ask for one.
+    if owner != os.geteuid():
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = f"uid {owner}"
+        fail(f"only the owner of the data dir {data_dir} ({name}) may make a sign-in link")
+    try:
+        url = asyncio.run(new_login_link(settings))
+    except NotSetUp as exc:
+        fail(f"no sign-in link: {exc}; start the server with `concordia serve`")
+    say(url)
+    say(
+        f"(one-time link: it works once, within {_link_minutes()} minutes)",
+        console=err,
+    )
+
+
+def _link_minutes() -> int:
+    """How long a one-time link works (imported here: not every command needs the tables)."""
+    from concordia.logic.identity import LOGIN_TOKEN_LIFETIME
+
+    return int(LOGIN_TOKEN_LIFETIME.total_seconds() // 60)
 
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Create the database, or bring it to the latest schema."""
-    from concordia.db.migrate import upgrade
+    """Create the database, or bring it to the latest schema (processes that run this at
+    once on PostgreSQL do it in turn)."""
+    from sqlalchemy.engine import make_url
 
+    from concordia.db.migrate import upgrade_database
+    from concordia.service import keep_files_private
+
+    keep_files_private()  # the database it may create
     settings = get_settings()
-    settings.make_data_dir()
-    upgrade(settings.database_url)
+    # SQLite's file is in the data dir; PostgreSQL needs none, and the service's user (no
+    # home, no right to make it) runs this before its first start.
+    if make_url(settings.database_url).get_backend_name() == "sqlite":
+        settings.make_data_dir()
+    asyncio.run(upgrade_database(settings.database_url))
     say(f"database is up to date: {_database_kind(settings.database_url)}")

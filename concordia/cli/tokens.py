@@ -46,7 +46,11 @@ def forget(path: Path, url: str) -> bool:
 
 
 def entry_of(
-    token: dict[str, Any], issuer: str, client_id: str, token_endpoint: str
+    token: dict[str, Any],
+    issuer: str,
+    client_id: str,
+    token_endpoint: str,
+    audience: str | None = None,
 ) -> dict[str, Any]:
     return {
         "access_token": token["access_token"],
@@ -55,6 +59,7 @@ def entry_of(
         "issuer": issuer,
         "client_id": client_id,
         "token_endpoint": token_endpoint,
+        "audience": audience,
     }
 
 
@@ -69,23 +74,23 @@ def access_token(path: Path, url: str) -> str | None:
         return str(entry["access_token"])
     if not entry.get("refresh_token"):
         return None
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": entry["refresh_token"],
+        "client_id": entry["client_id"],
+    }
+    if entry.get("audience"):  # the renewed token must still be for the server's audience
+        form["aud"] = entry["audience"]
     try:
-        response = httpx.post(
-            entry["token_endpoint"],
-            data={
-                "grant_type": "refresh_token",
-                "refresh_token": entry["refresh_token"],
-                "client_id": entry["client_id"],
-            },
-            timeout=30,
-        )
+        response = httpx.post(entry["token_endpoint"], data=form, timeout=30)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
         return None
     token = response.json()
     token.setdefault("refresh_token", entry["refresh_token"])
-    remember(
-        path, url, entry_of(token, entry["issuer"], entry["client_id"], entry["token_endpoint"])
+    renewed = entry_of(
+        token, entry["issuer"], entry["client_id"], entry["token_endpoint"], entry.get("audience")
     )
+    remember(path, url, renewed)
     return str(token["access_token"])

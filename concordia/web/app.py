@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,33 +10,27 @@ from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.sessions import SessionMiddleware
 
 from concordia import __version__
+from concordia.logic import operations
 from concordia.logic.diracx_accounts import per_user
-from concordia.logic.identity import local_sign_in, write_secret_file
+from concordia.logic.identity import local_sign_in
 from concordia.logic.platform import Platform
-from concordia.service import running_platform, tune_server_process
+from concordia.service import end_with_parent, running_platform, tune_server_process
 from concordia.settings import Settings
 from concordia.web.api import router as api_router
 from concordia.web.errors import install_error_handlers
+from concordia.web.headers import SecurityHeaders
 from concordia.web.limits import BodyLimit, NoNul
 from concordia.web.oauth import diracx_client, web_client
 from concordia.web.observe import RequestContext
 from concordia.web.ops import router as ops_router
 from concordia.web.pages import router as pages_router
+from concordia.web.sessions import ServerSessions
+from concordia.web.timeouts import BodyReadTimeout
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
-
-
-def secret_key(settings: Settings) -> str:
-    path = settings.secret_key_file
-    if path.exists():
-        return path.read_text().strip()
-    key = secrets.token_urlsafe(48)
-    write_secret_file(path, key + "\n")
-    return key
 
 
 def create_app(
@@ -58,7 +51,7 @@ def create_app(
                 async with platform.writing() as session:
                     login_url = await local_sign_in(session, settings)
             app.state.platform = platform
-            app.state.oauth = web_client(settings) if settings.iam_mode else None
+            app.state.oauth = web_client(settings, platform.iam) if platform.iam else None
             app.state.diracx_oauth = diracx_client(settings) if per_user(platform) else None
             if on_ready is not None:
                 on_ready(login_url, platform)
@@ -76,19 +69,16 @@ def create_app(
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
-    app.add_middleware(
-        SessionMiddleware,
-        secret_key=secret_key(settings),
-        session_cookie="concordia_session",
-        same_site="lax",
-        https_only=settings.public_url.startswith("https://"),
-    )
+    app.add_middleware(ServerSessions, https_only=settings.public_url.startswith("https://"))
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyReadTimeout, seconds=settings.request_read_timeout)
     app.add_middleware(NoNul)
+    app.add_middleware(SecurityHeaders, docs_path=app.docs_url)
     # Added last, so the outermost: its request id and access line cover a refused body too.
     app.add_middleware(RequestContext)
     app.state.settings = settings
     app.state.ready = False
+    app.state.worker_watch = operations.WorkerWatch()  # /readyz?workers=true
     install_error_handlers(app)
     app.include_router(ops_router)
     app.include_router(api_router)
@@ -99,6 +89,7 @@ def create_app(
 
 def web_app() -> FastAPI:
     """One web process of `concordia serve --workers N` (made in each by uvicorn)."""
+    end_with_parent()
     app = create_app(Settings(), role="web")
     tune_server_process()
     return app

@@ -55,14 +55,12 @@ async def bearer(platform: Platform, token: str) -> Identity:
 async def session_user(request: Request, platform: Platform) -> Identity | None:
     """The signed-in browser user, their IAM tokens renewed when due; None if not signed in
     (or IAM ended the sign-in: the session is cleared)."""
-    if "user_id" not in request.session:
-        return None  # (it may hold a sign-in under way: left alone)
     try:
         identity = await session_identity(platform, request.session)
     except SessionEnded:
         identity = None
-    if identity is None:
-        request.session.clear()
+    if identity is None and "csrf" in request.session:  # a sign-in, not one under way
+        request.session.clear()  # the session ends (web.sessions deletes it)
     return identity
 
 

@@ -38,9 +38,12 @@ _MEANING = {
     401: "Not authenticated, or the token is invalid or expired",
     403: "Not allowed: not a member of the VO it needs, or a browser call without its CSRF token",
     404: "No such thing, or not the caller's",
+    408: "The request's body came too slowly (request_read_timeout); nothing was changed",
     409: "Its state, or Concordia's configuration, forbids this now (the detail says why)",
-    413: "The request body is too large",
+    413: "Too large: the request body, or what it asks for (the detail says which)",
     422: "Bad input: each problem names its field and rule",
+    429: "Over a per-user limit (jobs queued, work at once); nothing was changed (the detail "
+    "says which and what to do)",
     503: "IAM or a backend does not answer now; nothing was changed, try again",
 }
 
@@ -60,7 +63,7 @@ BODY = documented(400, 413)
 
 
 def _is_api(request: Request) -> bool:
-    return request.url.path.startswith(("/api/", "/healthz"))
+    return request.url.path.startswith(("/api/", "/healthz", "/readyz"))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -94,16 +97,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SignInRequired)
     async def sign_in(request: Request, _exc: SignInRequired) -> Response:
+        here = quote(request.url.path)
         if request.app.state.platform.iam is not None:
-            here = quote(request.url.path)
             back = (f"/login?next={here}", "Sign in with your IAM account")
             return error_page(request, 401, "This page needs you to be signed in.", back=back)
         return error_page(
             request,
             401,
             "This page needs you to be signed in.",
-            "In local mode, open the one-time link that `concordia serve` (make run) printed "
-            "when it started; restart it for a new link.",
+            "In local mode, sign in with the API token, or open a new one-time link from "
+            "`concordia login-link`.",
+            back=(f"/login?next={here}", "Sign in"),
         )
 
     @app.exception_handler(PageForbidden)

@@ -3,11 +3,15 @@ or disk, and NUL characters in a path or query (422): no database stores them in
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from concordia.core.units import size_text
+from concordia.web.pages.common import error_page
 
 
 class BodyLimit:
@@ -42,16 +46,28 @@ class BodyLimit:
 
     @property
     def _text(self) -> str:
-        return f"the request body is larger than {self.max_bytes} bytes"
+        cap = self.max_bytes
+        return f"the request body is larger than {cap} bytes ({size_text(cap)})"
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response: Response
         if scope["path"].startswith("/api/"):
             response = JSONResponse({"detail": self._text}, status_code=413)
-        else:
-            response = PlainTextResponse(self._text, status_code=413)
+        else:  # a person sent a form or a file: a page, and the way back to where they were
+            request = Request(scope)
+            lines = (f"{self._text[0].upper()}{self._text[1:]}.", "Nothing was received or stored.")
+            response = error_page(request, 413, *lines, back=_back(request))
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+def _back(request: Request) -> tuple[str, str]:
+    """The page the refused request came from, when it is one of ours; else the home page."""
+    came_from = urlsplit(request.headers.get("referer", ""))
+    if came_from.netloc == request.url.netloc and came_from.path.startswith("/"):
+        here = came_from.path + (f"?{came_from.query}" if came_from.query else "")
+        return here, "Back to the page you came from"
+    return "/", "Back to the home page"
 
 
 class NoNul:

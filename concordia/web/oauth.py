@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import authlib.deprecate  # noqa: F401  (installs authlib's warning filter first)
+from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError
 
+from concordia.auth.oidc import Iam
 from concordia.settings import Settings
 
 with warnings.catch_warnings():
@@ -18,21 +21,56 @@ with warnings.catch_warnings():
 __all__ = ["OAuthError", "StarletteOAuth2App", "diracx_client", "web_client"]
 
 
-def web_client(settings: Settings) -> StarletteOAuth2App:
-    """IAM's authorization code flow with PKCE (S256), discovery from the issuer."""
-    oauth = OAuth()
+class IamSignIn(StarletteOAuth2App):
+    """authlib's client, checking ID tokens with the keys ``iam`` caches for bearer tokens
+    (one cache, one limit on fetching them again), and fetching them again when the key
+    under a token's kid does not verify it (IAM changed the key, kept the id). A token still
+    not verified, or otherwise invalid, is an OAuthError; IamUnreachable when the keys
+    cannot be read."""
+
+    iam: Iam
+
+    async def fetch_jwk_set(self, force: bool = False) -> dict[str, Any]:
+        return await self.iam.jwks(refetch=force)
+
+    async def parse_id_token(self, token: Any, nonce: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            try:
+                return await super().parse_id_token(token, nonce, *args, **kwargs)
+            except BadSignatureError:
+                await self.fetch_jwk_set(force=True)  # (at most every JWKS_REFETCH_SECONDS)
+                return await super().parse_id_token(token, nonce, *args, **kwargs)
+        except (BadSignatureError, InvalidKeyIdError):
+            raise OAuthError("invalid_token", "the ID token's signature is not IAM's") from None
+        except JoseError as exc:
+            why = exc.description or exc.error
+            raise OAuthError("invalid_token", f"the ID token is not valid ({why})") from None
+
+
+class _IamOAuth(OAuth):
+    oauth2_client_cls = IamSignIn
+
+
+def web_client(settings: Settings, iam: Iam) -> StarletteOAuth2App:
+    """IAM's authorization code flow with PKCE (S256), discovery from the issuer; with
+    oidc_audience, IAM is asked for access tokens for that audience (its `aud` parameter):
+    else they carry only the client id, and Concordia's own check refuses them."""
+    oauth = _IamOAuth()
+    audience = {"aud": settings.oidc_audience} if settings.oidc_audience else None
     oauth.register(
         "iam",
         client_id=settings.oidc_client_id,
         client_secret=settings.oidc_client_secret.get_secret_value() or None,
         server_metadata_url=f"{settings.oidc_issuer}/.well-known/openid-configuration",
+        authorize_params=audience,
         client_kwargs={
             "scope": " ".join(settings.login_scopes()),
             "code_challenge_method": "S256",
             "timeout": settings.oidc_http_timeout,
         },
     )
-    client: StarletteOAuth2App = oauth.iam
+    client: IamSignIn = oauth.iam
+    client.iam = iam
     return client
 
 

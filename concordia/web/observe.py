@@ -26,6 +26,8 @@ OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: Control characters of a query string, escaped in the access log.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Query parameters that are secrets (a grid image link's signature): never logged.
+_SECRET = re.compile(r"(^|&)(sig)=[^&]*")
 
 
 def request_id_of(scope: Scope) -> str:
@@ -61,6 +63,7 @@ def _target(scope: Scope) -> str:
     target = quote(scope.get("root_path", "") + scope["path"])
     query = scope.get("query_string", b"").decode("latin-1")
     if query:
+        query = _SECRET.sub(r"\1\2=REDACTED", query)
         target += "?" + _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", query)
     return target
 

@@ -25,12 +25,16 @@ async def healthz() -> dict[str, Any]:
 
 
 @router.get("/readyz", responses={503: {"description": "Not ready, and why"}})
-async def readyz(request: Request) -> JSONResponse:
-    """Ready: started, the database answers and its schema is the latest (send traffic)."""
+async def readyz(request: Request, workers: bool = False) -> JSONResponse:
+    """Ready: started, the database answers and its schema is the latest (send traffic).
+    With ``workers=true`` (for monitoring, not for a load balancer: the pages serve without
+    workers), also that a worker has held its lease within worker_absence_seconds."""
     platform: Platform | None = getattr(request.app.state, "platform", None)
     if platform is None or not getattr(request.app.state, "ready", False):
         return _unready("the platform is starting or stopping")
     reason = await operations.unready_reason(platform)
+    if reason is None and workers:
+        reason = await operations.workers_absent_reason(platform, request.app.state.worker_watch)
     if reason is not None:
         return _unready(reason)
     return JSONResponse({"status": "ready", "version": __version__})
@@ -49,21 +53,27 @@ async def metrics(request: Request) -> Response:
     """Prometheus's text format: this process's latencies and requests, and the jobs by
     state and backend counted from the database (the same from every process)."""
     settings: Settings = request.app.state.settings
-    if not settings.metrics_enabled:
-        return JSONResponse({"detail": "metrics are disabled"}, status_code=404)
-    wanted = settings.metrics_token.get_secret_value()
-    if wanted:
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {wanted}".encode()):
-            return JSONResponse(
-                {"detail": "metrics need the metrics token"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    refused = metrics_refusal(settings, request.headers.get("authorization", ""))
+    if refused is not None:
+        status, detail = refused
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
     platform: Platform | None = getattr(request.app.state, "platform", None)
     if platform is None:
         return JSONResponse({"detail": "the platform is starting"}, status_code=503)
     counts = await operations.job_counts(platform)
+    workers = await operations.workers_alive(platform)
     # The 0.0.4 text format: what every Prometheus server reads.
-    body = exposition(counts, platform.backends)
+    body = exposition(counts, platform.backends, works=platform.runs_work, workers=workers)
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+def metrics_refusal(settings: Settings, authorization: str) -> tuple[int, str] | None:
+    """Why a scrape is refused (its status code and reason), the same on the web processes'
+    port and on a worker's; None: it is served."""
+    if not settings.metrics_enabled:
+        return 404, "metrics are disabled"
+    wanted = settings.metrics_token.get_secret_value()
+    if wanted and not secrets.compare_digest(authorization.encode(), f"Bearer {wanted}".encode()):
+        return 401, "metrics need the metrics token"
+    return None

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from concordia.web.api import applications, events, images, jobs, me, submissions
+from concordia.web.api import applications, events, grid, images, jobs, me, submissions
 
 router = APIRouter(prefix="/api/v1")
-for module in (applications, submissions, jobs, images, me, events):
+for module in (applications, submissions, jobs, images, me, events, grid):
     router.include_router(module.router)

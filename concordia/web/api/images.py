@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
 from concordia.logic import images
@@ -23,6 +23,7 @@ _SUFFIX = {"squashfs": "sqsh", "oci": "oci.tar"}
 
 
 class ImageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is refused, not ignored
     application: str
     build_args: dict[str, Any] = Field(default_factory=dict)
     #: Build again even if the image exists (a rebuild picks up newer packages).
@@ -74,6 +75,25 @@ async def delete_image(image_id: str, platform: PlatformDep, user: CurrentUser) 
     await images.delete_image(platform, user, images.checked_id(image_id))
 
 
+@router.post("/images/{image_id}/cancel", responses=CHANGES | documented(404, 409))
+async def cancel_build(image_id: str, platform: PlatformDep, user: CurrentUser) -> ImageView:
+    """Stop the image's build (409 unless building); its waiting jobs fail."""
+    return await images.cancel_image(platform, user, images.checked_id(image_id))
+
+
+@router.post(
+    "/images/{image_id}/retry",
+    responses={202: {"description": "Building again"}, **CHANGES, **documented(404, 409)},
+)
+async def retry_build(
+    image_id: str, response: Response, platform: PlatformDep, user: CurrentUser
+) -> ImageSelection:
+    """Build a failed or cancelled image again, same configuration (409 otherwise)."""
+    selection = await images.retry_image(platform, user, images.checked_id(image_id))
+    response.status_code = 200 if selection.selected else 202
+    return selection
+
+
 @router.get(
     "/images/{image_id}/log",
     response_class=RAW,
@@ -100,7 +120,12 @@ async def build_log(
 @router.get(
     "/images/{image_id}/log/events",
     response_class=RAW,
-    responses=event_stream('"log" (new text) until the build ends, then "end"', "log", "end")
+    responses=event_stream(
+        '"log" (new text) and "progress" ({phase, done, total}) until the build ends, then "end"',
+        "log",
+        "progress",
+        "end",
+    )
     | documented(404),
 )
 async def follow_build_log(
@@ -110,14 +135,18 @@ async def follow_build_log(
     user: CurrentUser,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> EventSourceResponse:
-    """Server-Sent Events: "log" (new text) until the build ends, then "end" (its status)."""
+    """Server-Sent Events: "log" (new text) and "progress" (its phase and n of N, when they
+    change) until the build ends, then "end" (its status)."""
     await images.get_image(platform, user, images.checked_id(image_id))
 
     async def stream() -> AsyncIterator[dict[str, str]]:
+        progress = await images.progress_until(platform, user, image_id, offset)
         async for text in images.follow_log(platform, user, image_id, offset):
             if await request.is_disconnected():
                 return
             yield {"event": "log", "data": json.dumps({"text": text})}
+            if progress.advance(text):
+                yield {"event": "progress", "data": progress.model_dump_json()}
         view = await images.get_image(platform, user, image_id)
         yield {"event": "end", "data": json.dumps({"status": view.status, "error": view.error})}
 

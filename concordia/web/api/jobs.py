@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import tempfile
 from datetime import date
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import FileResponse, StreamingResponse
 
+from concordia.logic import datalake, monitor, outputs
 from concordia.logic import jobs as job_logic
-from concordia.logic import monitor, outputs
-from concordia.logic.jobs import JobDetail, JobSummary
+from concordia.logic.datalake import DatalakeFileView
+from concordia.logic.jobs import DeletedJob, JobDetail, JobSummary
 from concordia.logic.monitor import JobFilter, JobPage, SortKey
-from concordia.logic.outputs import LogChunk, OutputFile, Stream
+from concordia.logic.outputs import LogChunk, OutputPage, Stream
 from concordia.web.api.media import ANY_FILE, RAW, raw
 from concordia.web.deps import MAX_ROW_ID, CurrentUser, PlatformDep, RowId
 from concordia.web.errors import AUTHENTICATED, CHANGES, documented
@@ -82,38 +78,33 @@ async def get_logs(
     return await outputs.job_log(platform, job, stream, offset, platform.settings.max_log_chunk)
 
 
-@router.get("/jobs/{job_id}/outputs", responses=OUTPUTS)
-async def list_outputs(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> list[OutputFile]:
+@router.get("/jobs/{job_id}/outputs", responses=OUTPUTS | documented(429))
+async def list_outputs(
+    job_id: RowId,
+    platform: PlatformDep,
+    user: CurrentUser,
+    page: Annotated[int, Query(ge=1, le=MAX_ROW_ID)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=outputs.MAX_PER_PAGE)] = 100,
+) -> OutputPage:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
-    await outputs.fetch_outputs(platform, job)
-    return outputs.list_outputs(platform.settings.jobs_dir, job)
+    return await outputs.output_page(platform, user.user_id, job, page, per_page)
 
 
 @router.get(
     "/jobs/{job_id}/outputs.zip",
     response_class=RAW,
-    responses=raw("The job's outputs", "application/zip") | OUTPUTS,
+    responses=raw("The job's outputs", "application/zip") | OUTPUTS | documented(413, 429),
 )
-async def download_zip(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> FileResponse:
+async def download_zip(
+    job_id: RowId, platform: PlatformDep, user: CurrentUser
+) -> StreamingResponse:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
-    await outputs.fetch_outputs(platform, job)
-    tmp_dir = platform.settings.data_dir / "tmp"
-    tmp_dir.mkdir(exist_ok=True)
-    fd, name = tempfile.mkstemp(suffix=".zip", dir=tmp_dir)
-    os.close(fd)
-    target = Path(name)
-    try:
-        await asyncio.to_thread(outputs.write_zip, platform.settings.jobs_dir, job, target)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    return FileResponse(
-        target,
-        media_type="application/zip",
-        filename=f"job-{job.id}-outputs.zip",
-        background=BackgroundTask(target.unlink, missing_ok=True),
+    stream = await outputs.zip_outputs(platform, user.user_id, [job])
+    disposition = f'attachment; filename="job-{job.id}-outputs.zip"'
+    return StreamingResponse(
+        stream, media_type="application/zip", headers={"Content-Disposition": disposition}
     )
 
 
@@ -133,6 +124,33 @@ async def download_output(
     return FileResponse(file, filename=file.name, headers=SAFE_DOWNLOAD_HEADERS)
 
 
+@router.get("/jobs/{job_id}/datalake", responses=documented(404))
+async def list_datalake_files(
+    job_id: RowId, platform: PlatformDep, user: CurrentUser
+) -> list[DatalakeFileView]:
+    """The job's data outputs stored in the data lake (Rucio)."""
+    return await datalake.job_files(platform, user.user_id, job_id)
+
+
+@router.get(
+    "/jobs/{job_id}/datalake/{name}",
+    response_class=RAW,
+    responses=raw("The file, from the data lake", "application/octet-stream")
+    | documented(404, 503),
+)
+async def download_datalake_file(
+    job_id: RowId, name: str, platform: PlatformDep, user: CurrentUser
+) -> StreamingResponse:
+    """One of the job's files in the data lake, streamed from its RSE through Concordia."""
+    view, stream = await datalake.open_file(platform, user.user_id, job_id, name)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{view.name}"',
+        "Content-Length": str(view.bytes),
+        **SAFE_DOWNLOAD_HEADERS,
+    }
+    return StreamingResponse(stream, media_type="application/octet-stream", headers=headers)
+
+
 @router.post("/jobs/{job_id}/kill", responses=CHANGES | documented(404, 409))
 async def kill_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> JobSummary:
     return await job_logic.kill_job(platform, user.user_id, job_id)
@@ -144,5 +162,5 @@ async def reschedule_job(job_id: RowId, platform: PlatformDep, user: CurrentUser
 
 
 @router.delete("/jobs/{job_id}", responses=CHANGES | documented(404, 409))
-async def delete_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> JobSummary:
+async def delete_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> DeletedJob:
     return await job_logic.delete_job(platform, user.user_id, job_id)

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from concordia.auth.iam import ScimReading
 from concordia.logic import accounts, proxies
@@ -25,6 +25,8 @@ class BackendInfo(BaseModel):
     isolation_problem: str | None
     #: The container runtime of jobs in images, and why not the others.
     runtime: str
+    #: Each job's bounds and what enforces them (cgroup, rlimits).
+    limits: str
     #: Why it cannot be reached now (its jobs keep their last known state); None if it can.
     unreachable: str | None = None
 
@@ -40,9 +42,12 @@ class AuthConfig(BaseModel):
     issuer: str | None
     cli_client_id: str | None
     scopes: list[str]
+    #: The audience IAM must put in access tokens (the CLI asks for it); None: not checked.
+    audience: str | None = None
 
 
 class ProxyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is refused, not ignored
     lifetime_hours: float | None = Field(default=None, gt=0, le=24 * 366)
     #: The VO whose DIRAC group the proxy carries (when the operator enables groups).
     vo: str | None = None
@@ -56,6 +61,7 @@ async def auth_config(platform: PlatformDep) -> AuthConfig:
         issuer=settings.oidc_issuer or None,
         cli_client_id=settings.oidc_cli_client_id or None,
         scopes=settings.login_scopes() if settings.iam_mode else [],
+        audience=(settings.oidc_audience or None) if settings.iam_mode else None,
     )
 
 
@@ -64,7 +70,7 @@ async def me(platform: PlatformDep, user: CurrentUser) -> Me:
     backends = [
         BackendInfo(
             name=n, isolated=b.isolated, isolation_problem=b.isolation_problem,
-            runtime=b.runtime_summary, unreachable=b.unreachable,
+            runtime=b.runtime_summary, limits=b.limits_summary, unreachable=b.unreachable,
         )
         for n, b in platform.backends.items()
     ]  # fmt: skip

@@ -25,7 +25,8 @@ async def _page(
 ) -> HTMLResponse:
     backends = [
         {"name": name, "isolated": b.isolated, "problem": b.isolation_problem,
-         "runtime": b.runtime_summary, "unreachable": b.unreachable}
+         "runtime": b.runtime_summary, "limits": b.limits_summary,
+         "unreachable": b.unreachable}
         for name, b in platform.backends.items()
     ]  # fmt: skip
     return render(
@@ -111,7 +112,8 @@ async def new_proxy(request: Request, platform: PlatformDep, user: PageUser) -> 
         hours = _hours(str(form.get("lifetime_hours", "")))
         vo = str(form.get("vo", "")) or None
         view = await proxies.new_proxy(platform, user, timedelta(hours=hours), vo)
-        return f"New proxy for {view.dn}, valid {view.seconds_left / 3600:.1f} h."
+        made = f"New proxy for {view.dn}, valid {view.seconds_left / 3600:.1f} h."
+        return f"{made} Shorter than asked: {view.shortened}" if view.shortened else made
 
     return await act(request, platform, user, action())
 

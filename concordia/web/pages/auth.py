@@ -1,4 +1,4 @@
-"""Signing in and out: IAM's authorization code flow with PKCE, or local mode's one-time link."""
+"""Signing in and out: IAM's code flow with PKCE, or in local mode a one-time link or API token."""
 
 from __future__ import annotations
 
@@ -8,18 +8,21 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from concordia.auth.oidc import IamUnreachable
-from concordia.logic.accounts import sign_in
-from concordia.logic.iam_session import forget_tokens
-from concordia.logic.identity import consume_login_token
-from concordia.web.deps import PlatformDep
+from concordia.logic.accounts import sign_in, sign_in_with_api_token, sign_in_with_link
+from concordia.logic.browser_sessions import end_session, state_of
+from concordia.web.deps import PlatformDep, same_secret
 from concordia.web.oauth import OAuthError, StarletteOAuth2App
-from concordia.web.pages.common import error_page, read_form
+from concordia.web.pages.common import PageForbidden, error_page, read_form, render
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+#: The session key of the sign-in form's CSRF token (not "csrf": that one marks a session
+#: signed in).
+SIGN_IN_CSRF = "sign_in_csrf"
+SIGN_IN = ("/login", "Sign in")
 
 
 def _safe_next(target: str) -> str:
@@ -27,11 +30,6 @@ def _safe_next(target: str) -> str:
     if target.startswith("/") and not target.startswith(("//", "/\\")):
         return target
     return "/"
-
-
-def _start_session(request: Request, values: dict[str, Any]) -> None:
-    request.session.clear()  # a new identity never inherits the previous one's cookie
-    request.session.update(values, csrf=secrets.token_urlsafe(24))
 
 
 def _client(request: Request) -> StarletteOAuth2App | None:
@@ -52,22 +50,44 @@ async def login(request: Request, platform: PlatformDep, token: str = "", next: 
             return error_page(
                 request, 503, "IAM cannot be reached to sign you in.", "Try again in a minute."
             )
-    async with platform.writing() as session:
-        user = await consume_login_token(session, token) if token else None
-    if user is None:
-        return error_page(
-            request,
-            401,
-            "This sign-in link is unknown, already used or expired."
-            if token
-            else "Concordia runs in local mode: sign in with the one-time link that "
-            "`concordia serve` (make run) printed when it started.",
-            "Restart `concordia serve` (make run) for a new one-time link.",
-        )
-    _start_session(
-        request, {"user_id": user.id, "username": user.username, "display_name": user.display_name}
-    )
-    return RedirectResponse("/", status_code=303)
+    if token:
+        if await sign_in_with_link(platform, token, request.session):
+            return RedirectResponse("/", status_code=303)
+        problem = "This sign-in link is unknown, already used or expired."
+        return _local_sign_in_page(request, next, 401, problem)
+    if state_of(request.session).user_id is not None:  # signed in already
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _local_sign_in_page(request, next)
+
+
+@router.post("/login")
+async def login_with_api_token(request: Request, platform: PlatformDep) -> Response:
+    """Local mode: sign in with the API token, in a new session."""
+    if _client(request) is not None:  # IAM signs people in; its tokens are not typed here
+        return error_page(request, 404, "Sign in with your IAM account.", back=SIGN_IN)
+    form = await read_form(request, csrf=False)
+    # The form's token from this browser's own sign-in page: another site cannot sign a
+    # visitor in to an account of its choosing.
+    if not same_secret(str(form.get("csrf", "")), str(request.session.get(SIGN_IN_CSRF, ""))):
+        raise PageForbidden
+    target = str(form.get("next", "/"))
+    token = str(form.get("token", "")).strip()
+    if not token or not await sign_in_with_api_token(platform, token, request.session):
+        problem = "This API token is unknown or expired."
+        return _local_sign_in_page(request, target, 401, problem)
+    return RedirectResponse(_safe_next(target), status_code=303)
+
+
+def _local_sign_in_page(
+    request: Request, next: str, status_code: int = 200, problem: str = ""
+) -> HTMLResponse:
+    """Local mode's sign-in page: the API token, or how to get a new one-time link. The
+    form's CSRF token lives in a session of its own, until the sign-in replaces it."""
+    form_token = request.session.setdefault(SIGN_IN_CSRF, secrets.token_urlsafe(24))
+    return render(
+        request, "login.html", status_code=status_code, problem=problem,
+        next=_safe_next(next), sign_in_csrf=form_token,
+    )  # fmt: skip
 
 
 @router.get("/auth/callback")
@@ -83,24 +103,20 @@ async def callback(request: Request, platform: PlatformDep) -> Response:
     except OAuthError as exc:
         why = exc.description or exc.error
         return error_page(request, 401, f"IAM did not sign you in: {why}.", "Try again.")
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
-        log.warning("IAM token endpoint failed: %s", type(exc).__name__)
+    except (httpx.HTTPError, ValueError, KeyError, IamUnreachable) as exc:
+        log.warning("IAM token endpoint or keys failed: %s", type(exc).__name__)
         return unreachable
     target = _safe_next(str(request.session.get("next", "/")))
     try:
-        values = await sign_in(platform, token)
+        await sign_in(platform, token, request.session)
     except IamUnreachable:
         return unreachable
-    _start_session(request, values)
     return RedirectResponse(target, status_code=303)
 
 
 @router.post("/logout")
 async def logout(request: Request, platform: PlatformDep) -> RedirectResponse:
     await read_form(request)  # CSRF: a cross-site form must not sign people out
-    user_id = request.session.get("user_id")
-    if user_id is not None and platform.iam is not None:
-        # Nothing acts for the user any more: a copy of this cookie ends at its next renewal.
-        await forget_tokens(platform, user_id)
-    request.session.clear()
+    # The session and its IAM tokens go: a copy of the cookie opens nothing any more.
+    await end_session(platform, request.session)
     return RedirectResponse("/", status_code=303)

@@ -11,12 +11,14 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
 from concordia import __version__
-from concordia.logic.errors import TooLarge
+from concordia.core.units import duration, size_text
+from concordia.logic.errors import Invalid, TooLarge
 from concordia.logic.identity import Identity
-from concordia.web.deps import CSRF_HEADER, PlatformDep, same_secret, session_user
+from concordia.web.deps import CSRF_HEADER, MAX_ROW_ID, PlatformDep, same_secret, session_user
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 TEMPLATES.env.globals.update(version=__version__, csrf_header=CSRF_HEADER)
+TEMPLATES.env.filters.update(duration=duration, size=size_text)
 
 
 class SignInRequired(Exception):
@@ -61,7 +63,8 @@ def check_csrf(request: Request, token: str) -> None:
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    cookie = request.session
+    # A refusal at the door (web.limits) comes before the session is read: no user then.
+    cookie = request.session if "session" in request.scope else {}
     user = cookie.get("display_name") or cookie.get("username")
     return TEMPLATES.TemplateResponse(
         request,
@@ -98,3 +101,11 @@ def error_page(
         back_url=back[0],
         back_label=back[1],
     )
+
+
+def page_number(request: Request, name: str = "page") -> int:
+    """A page number from the query (1 when absent); Invalid naming it otherwise."""
+    raw = request.query_params.get(name, "1").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ROW_ID:
+        raise Invalid(name, "must be a whole number from 1", location="query")
+    return int(raw)

@@ -11,6 +11,7 @@ from starlette.datastructures import FormData
 from concordia.core.application import ApplicationDef, FloatParam, ParameterDef
 from concordia.logic import images, submissions
 from concordia.logic.accounts import vo_refusal
+from concordia.logic.datalake import DatalakeRequest, choose
 from concordia.logic.errors import DomainError, Invalid, NotFound
 from concordia.logic.identity import Identity
 from concordia.logic.submissions import SubmissionPreview, SubmissionRequest
@@ -22,6 +23,9 @@ router = APIRouter()
 #: Form inputs are named as the logic layer names a problem's field, so a message finds
 #: its input without translation: "parameters.jobs", "build_args.he_model".
 PARAMS, BUILD = "parameters.", "build_args."
+#: The data lake's inputs (shown only when a data lake is configured).
+LAKE, LAKE_RSE, LAKE_DATASET = "datalake", "datalake.rse", "datalake.dataset"
+LAKE_SHOWN = "datalake_shown"
 
 
 def _shown(value: Any) -> str:
@@ -46,24 +50,45 @@ def _defaults(app: ApplicationDef) -> dict[str, str]:
 def _request_of(app: ApplicationDef, form: dict[str, str]) -> SubmissionRequest:
     parameters = {k[len(PARAMS) :]: v for k, v in form.items() if k.startswith(PARAMS)}
     build_args = {k[len(BUILD) :]: v for k, v in form.items() if k.startswith(BUILD)}
-    return SubmissionRequest(
+    request = SubmissionRequest(
         application=app.name,
         parameters=parameters,
         build_args=build_args,
         backend=form.get("backend") or None,
     )
+    if form.get(LAKE_SHOWN):  # the form offered the data lake: an unticked box is a no
+        request.datalake = None
+        if form.get(LAKE):
+            request.datalake = DatalakeRequest(
+                rse=form.get(LAKE_RSE) or None, dataset=form.get(LAKE_DATASET) or None
+            )
+    return request
 
 
 def _values(form: FormData) -> dict[str, str]:
     return {k: str(v) for k, v in form.items() if k != "csrf"}
 
 
-def _checked(
-    app: ApplicationDef, values: dict[str, str]
+def _lake_problems(
+    platform: PlatformDep, user: Identity, app: ApplicationDef, request: SubmissionRequest
+) -> list[tuple[str, str]]:
+    """What is wrong with the data-lake choice (RSE, dataset name), said above the form."""
+    given = "datalake" in request.model_fields_set
+    try:
+        choose(platform.settings, app, user.username, request.datalake, given=given)
+    except Invalid as exc:
+        return [(field.replace("datalake.", "data lake "), m) for _, field, m in exc.problems]
+    return []
+
+
+async def _checked(
+    platform: PlatformDep, user: Identity, app: ApplicationDef, values: dict[str, str]
 ) -> tuple[SubmissionPreview | None, dict[str, str], list[tuple[str, str]]]:
     """The preview when the values are valid; else the messages by input and the rest."""
+    request = _request_of(app, values)
+    lake = _lake_problems(platform, user, app, request)
     try:
-        return submissions.preview(app, _request_of(app, values)), {}, []
+        return await submissions.preview(platform, app, request), {}, lake
     except Invalid as exc:
         errors: dict[str, str] = {}
         others: list[tuple[str, str]] = []
@@ -72,11 +97,13 @@ def _checked(
                 errors.setdefault(field, message)
             else:
                 others.append((field, message))
-        return None, errors, others
+        return None, errors, others + lake
 
 
-def _form_context(app: ApplicationDef, values: dict[str, str]) -> dict[str, Any]:
-    preview, errors, others = _checked(app, values)
+async def _form_context(
+    platform: PlatformDep, user: Identity, app: ApplicationDef, values: dict[str, str]
+) -> dict[str, Any]:
+    preview, errors, others = await _checked(platform, user, app, values)
     return {
         "app": app,
         "values": values,
@@ -119,11 +146,22 @@ async def _form(
     platform: PlatformDep, user: Identity, app: ApplicationDef, values: dict[str, str]
 ) -> dict[str, Any]:
     backends = [(name, BACKEND_TITLES.get(name, name)) for name in platform.backends]
+    settings = platform.settings
     return (
-        _form_context(app, values)
+        await _form_context(platform, user, app, values)
         | await _image_context(platform, user, app, values)
-        | {"backends": backends, "default_backend": platform.settings.default_backend}
+        | {"backends": backends, "default_backend": settings.default_backend}
+        | {"datalake_rses": settings.datalake_rses if settings.datalake_enabled else []}
     )
+
+
+def _lake_defaults(platform: PlatformDep, app: ApplicationDef) -> dict[str, str]:
+    """The data lake's inputs as the form opens: ticked when the application says so."""
+    settings = platform.settings
+    if not settings.datalake_enabled:
+        return {}
+    on = app.datalake is not None and app.datalake.default
+    return {LAKE_SHOWN: "1", LAKE_RSE: settings.datalake_rse} | ({LAKE: "on"} if on else {})
 
 
 @router.get("/concordia", response_class=HTMLResponse)
@@ -150,7 +188,8 @@ async def application_form(
     request: Request, name: str, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     app = platform.catalog.get(name)
-    return render(request, "concordia_app.html", **await _form(platform, user, app, _defaults(app)))
+    values = _defaults(app) | _lake_defaults(platform, app)
+    return render(request, "concordia_app.html", **await _form(platform, user, app, values))
 
 
 @router.post("/concordia/{name}/check", response_class=HTMLResponse)

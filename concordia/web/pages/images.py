@@ -116,7 +116,11 @@ async def rebuild_image(
         return await _detail(
             request, platform, user, image_id, status_code=exc.status_code, problem=exc.message
         )
-    new = selection.image.id
+    return _built_again(request, image_id, selection.image.id)
+
+
+def _built_again(request: Request, image_id: str, new: str) -> RedirectResponse:
+    """To the page of the image being built for ``image_id``'s configuration, saying so."""
     if new == image_id:
         message = "The image is being built again; its log follows below."
     else:  # its recipe or the builder changed since: the same configuration is a new image
@@ -126,6 +130,34 @@ async def rebuild_image(
         )
     request.session[FLASH] = message
     return RedirectResponse(f"/images/{new}", status_code=303)
+
+
+@router.post("/images/{image_id}/cancel", response_model=None)
+async def cancel_build(
+    image_id: str, request: Request, platform: PlatformDep, user: PageUser
+) -> Response:
+    await read_form(request)
+    try:
+        await images.cancel_image(platform, user, images.checked_id(image_id))
+    except Conflict as exc:  # it ended meanwhile
+        problem = exc.message
+        return await _detail(request, platform, user, image_id, status_code=409, problem=problem)
+    request.session[FLASH] = "The build was cancelled; Retry builds it again."
+    return RedirectResponse(f"/images/{image_id}", status_code=303)
+
+
+@router.post("/images/{image_id}/retry", response_model=None)
+async def retry_build(
+    image_id: str, request: Request, platform: PlatformDep, user: PageUser
+) -> Response:
+    await read_form(request)
+    try:
+        selection = await images.retry_image(platform, user, images.checked_id(image_id))
+    except (Conflict, Invalid, NotFound) as exc:
+        return await _detail(
+            request, platform, user, image_id, status_code=exc.status_code, problem=exc.message
+        )
+    return _built_again(request, image_id, selection.image.id)
 
 
 @router.post("/images/{image_id}/delete", response_model=None)

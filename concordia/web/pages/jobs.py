@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import date
@@ -11,20 +10,22 @@ from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.datastructures import QueryParams
 
 from concordia.core.states import KILLABLE_STATES, RESCHEDULABLE_STATES, JobStatus
 from concordia.db.tables import Job
+from concordia.logic import datalake, monitor, outputs
 from concordia.logic import jobs as job_logic
-from concordia.logic import monitor, outputs
 from concordia.logic.errors import DomainError, Invalid
-from concordia.logic.jobs import BulkAction
+from concordia.logic.jobs import BulkAction, BulkOutcome
 from concordia.logic.monitor import JobFilter, SortKey
 from concordia.web.deps import PlatformDep, RowId
-from concordia.web.pages.common import PageUser, read_form, render
+from concordia.web.pages.common import PageUser, page_number, read_form, render
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 PAGE_SIZES = (50, 100, 200)
+OUTPUTS_PER_PAGE = 100  # outputs on a job's page: a job may leave thousands
 SORTS: tuple[SortKey, ...] = get_args(SortKey)
 ACTIONS: tuple[BulkAction, ...] = get_args(BulkAction)
 STATUSES = [s.value for s in JobStatus]
@@ -66,7 +67,11 @@ class MonitorQuery:
 
 
 def monitor_query(request: Request) -> MonitorQuery:
-    raw = request.query_params
+    return query_of(request.query_params)
+
+
+def query_of(raw: QueryParams) -> MonitorQuery:
+    """The monitor's parameters from a query string, checked (Invalid names each bad one)."""
     params = {k: [v for v in raw.getlist(k) if v.strip()] for k in raw}
     params = {k: v for k, v in params.items() if v}
     one = {k: v[-1].strip() for k, v in params.items()}
@@ -119,6 +124,20 @@ async def _monitor(request: Request, platform: PlatformDep, user_id: int) -> dic
     return {"q": query, "found": found, "counts": counts, "pages": pages}
 
 
+def flash_of(outcome: BulkOutcome, asked: int, **more: str) -> dict[str, Any]:
+    """The report of an action on jobs shown once on the next page (jobs_flash.html): how
+    many of those asked for it took, and why the first ten refused were refused."""
+    return {
+        "action": outcome.action,
+        "asked": asked,
+        "succeeded": len(outcome.succeeded),
+        "refused": outcome.refused[:10],
+        "more": max(0, len(outcome.refused) - 10),
+        "notice": outcome.notice,
+        **more,
+    }
+
+
 @router.get("/jobs", response_class=HTMLResponse)
 async def jobs_page(request: Request, platform: PlatformDep, user: PageUser) -> HTMLResponse:
     context = await _monitor(request, platform, user.user_id)
@@ -148,16 +167,16 @@ async def jobs_bulk(request: Request, platform: PlatformDep, user: PageUser) -> 
     action = next((a for a in ACTIONS if a == form.get("action")), None)
     if action is None:
         raise Invalid("action", f"must be one of {', '.join(ACTIONS)}", location="form")
-    ids = [int(v) for v in form.getlist("job") if isinstance(v, str) and v.isdigit()]
+    back = str(form.get("back", ""))
+    if form.get("matching") == "1":  # every job matching the filters, not only those shown
+        async with platform.reading() as session:
+            where = query_of(QueryParams(back)).where
+            ids = await monitor.matching_ids(session, user.user_id, where)
+    else:
+        ids = [int(v) for v in form.getlist("job") if isinstance(v, str) and v.isdigit()]
     outcome = await job_logic.bulk_action(platform, user.user_id, action, ids)
-    request.session[FLASH] = {
-        "action": action,
-        "asked": len(ids),
-        "succeeded": len(outcome.succeeded),
-        "refused": outcome.refused[:10],
-        "more": max(0, len(outcome.refused) - 10),
-    }
-    back = urlencode(parse_qsl(str(form.get("back", ""))))  # a query string, nothing else
+    request.session[FLASH] = flash_of(outcome, len(ids))
+    back = urlencode(parse_qsl(back))  # a query string, nothing else
     return RedirectResponse(f"/jobs?{back}" if back else "/jobs", status_code=303)
 
 
@@ -165,20 +184,11 @@ async def jobs_bulk(request: Request, platform: PlatformDep, user: PageUser) -> 
 async def job_page(
     job_id: RowId, request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
-    context = await _job_parts(job_id, platform, user.user_id)
+    context = await _job_parts(job_id, request, platform, user.user_id)
     job: Job = context.pop("job")
     jobs_dir, limit = platform.settings.jobs_dir, outputs.PREVIEW_BYTES
     logs = {s: outputs.read_log(jobs_dir, job, s, 0, limit) for s in ("stdout", "stderr")}
-    status = JobStatus(context["detail"].status)
-    return render(
-        request,
-        "job.html",
-        logs=logs,
-        can_kill=status in KILLABLE_STATES,
-        can_reschedule=status.is_final and status in RESCHEDULABLE_STATES,
-        flash=request.session.pop(FLASH, None),
-        **context,
-    )
+    return render(request, "job.html", logs=logs, flash=request.session.pop(FLASH, None), **context)
 
 
 @router.get("/jobs/{job_id:int}/parts", response_class=HTMLResponse)
@@ -186,11 +196,14 @@ async def job_parts(
     job_id: RowId, request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     """History and outputs again, swapped in when the job changes (htmx out-of-band)."""
-    context = await _job_parts(job_id, platform, user.user_id)
+    context = await _job_parts(job_id, request, platform, user.user_id)
     return render(request, "job_parts.html", oob=True, **context)
 
 
-async def _job_parts(job_id: int, platform: PlatformDep, user_id: int) -> dict[str, Any]:
+async def _job_parts(
+    job_id: int, request: Request, platform: PlatformDep, user_id: int
+) -> dict[str, Any]:
+    page = page_number(request, "outputs_page")
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user_id, job_id)
         detail = await job_logic.job_detail(session, job)
@@ -199,9 +212,26 @@ async def _job_parts(job_id: int, platform: PlatformDep, user_id: int) -> dict[s
             await outputs.fetch_outputs(platform, job)
         except DomainError as exc:  # e.g. the grid's store is down: what is here is shown
             log.warning("job %s: %s", job_id, exc.message)
-    files = outputs.list_outputs(platform.settings.jobs_dir, job)
-    previews = await asyncio.to_thread(outputs.previews, platform.settings.jobs_dir, job, files)
-    return {"job": job, "detail": detail, "files": files, "previews": previews}
+    found = await platform.work.listings.call(
+        user_id, outputs.list_outputs, platform.settings.jobs_dir, job, page, OUTPUTS_PER_PAGE,
+        platform.settings.max_output_files + len(outputs.LOGS),
+    )  # fmt: skip
+    previews = await platform.work.listings.call(
+        user_id, outputs.previews, platform.settings.jobs_dir, job, found.items
+    )
+    pages = max(1, -(-found.total // OUTPUTS_PER_PAGE))
+    status = JobStatus(detail.status)
+    return {
+        "job": job,
+        "detail": detail,
+        "can_kill": status in KILLABLE_STATES,
+        "can_reschedule": status.is_final and status in RESCHEDULABLE_STATES,
+        "can_delete": status.is_final,
+        "files": found.items,
+        "outputs": {"page": page, "pages": pages, "total": found.total, "more": found.more},
+        "previews": previews,
+        "lake_files": await datalake.job_files(platform, user_id, job_id),
+    }
 
 
 @router.post("/jobs/{job_id:int}/{action}")
@@ -209,15 +239,10 @@ async def job_action(
     job_id: RowId, action: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> RedirectResponse:
     await read_form(request)
-    chosen = next((a for a in ACTIONS if a == action and a != "delete"), None)
+    chosen = next((a for a in ACTIONS if a == action), None)
     if chosen is None:
-        raise Invalid("action", "must be kill or reschedule", location="path")
+        raise Invalid("action", f"must be one of {', '.join(ACTIONS)}", location="path")
     outcome = await job_logic.bulk_action(platform, user.user_id, chosen, [job_id])
-    request.session[FLASH] = {
-        "action": action,
-        "asked": 1,
-        "succeeded": len(outcome.succeeded),
-        "refused": outcome.refused,
-        "more": 0,
-    }
-    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+    request.session[FLASH] = flash_of(outcome, 1)
+    gone = chosen == "delete" and outcome.succeeded  # its page is gone with it
+    return RedirectResponse("/jobs" if gone else f"/jobs/{job_id}", status_code=303)

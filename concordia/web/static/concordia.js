@@ -26,3 +26,13 @@ window.concordiaDebounce = (fn, ms) => {
   return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
 };
 window.concordiaSleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// A button that destroys something asks first, saying what will be lost: its data-confirm,
+// where "{n}" is its form's data-count (the jobs selected).
+document.addEventListener("submit", (event) => {
+  const text = event.submitter && event.submitter.dataset.confirm;
+  if (!text) return;
+  if (!window.confirm(text.replaceAll("{n}", event.target.dataset.count || ""))) {
+    event.preventDefault();
+  }
+});

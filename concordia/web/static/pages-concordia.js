@@ -22,7 +22,8 @@ function concordiaFollowSubmission(root) {
     htmx.ajax("GET", `/submissions/${id}/progress`, { target: "#submission-progress", swap: "outerHTML" });
     if (rowsToo) {
       rowsToo = false;
-      htmx.ajax("GET", `/submissions/${id}/rows`, { target: "#submission-rows", swap: "innerHTML" });
+      const page = Number(document.getElementById("submission-rows").dataset.page) || 1;
+      htmx.ajax("GET", `/submissions/${id}/rows?page=${page}`, { target: "#submission-rows", swap: "innerHTML" });
     }
   };
   const later = () => { if (timer === null) timer = setTimeout(refresh, wait); };

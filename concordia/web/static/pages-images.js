@@ -58,6 +58,19 @@
       return offset;
     }
 
+    // The build's phase, and a bar where the log gives n of N (packages, steps).
+    function showProgress(progress) {
+      const box = document.getElementById("image-build-progress");
+      if (!box) return;
+      const known = progress.done !== null && progress.total;
+      box.querySelector(".phase").textContent = known
+        ? `${progress.phase} ${progress.done}/${progress.total}` : progress.phase;
+      const bar = box.querySelector("progress");
+      bar.hidden = !known;
+      if (known) { bar.max = progress.total; bar.value = progress.done; }
+      box.hidden = false;
+    }
+
     // The log as the build writes it; "end" comes with the final status (also at once for
     // an image not building: the rest of a long log, if any, then the end).
     function follow(offset) {
@@ -65,6 +78,7 @@
       const wasBuilding = shown === "building";
       const source = new EventSource(`/api/v1/images/${id}/log/events?offset=${offset}`);
       source.addEventListener("log", (event) => append(JSON.parse(event.data).text));
+      source.addEventListener("progress", (event) => showProgress(JSON.parse(event.data)));
       source.addEventListener("end", (event) => {
         source.close(); // else EventSource reconnects and the log would start over
         following = false;

@@ -33,14 +33,31 @@
     const label = document.getElementById("jobs-selected");
 
     const checked = () => [...table.querySelectorAll('input[name="job"]:checked')];
+    const matching = document.getElementById("jobs-matching-input");
     const updateSelection = () => {
       const n = checked().length;
+      const offer = document.getElementById("jobs-matching");
+      const boxes = table.querySelectorAll('input[name="job"]');
+      const wholePage = boxes.length > 0 && n === boxes.length;
+      if (!wholePage) matching.value = "";
+      if (offer) offer.hidden = !wholePage || matching.value === "1";
+      if (matching.value === "1") {
+        const total = document.getElementById("jobs-select-matching").dataset.total;
+        label.textContent = `All ${total} jobs matching these filters selected:`;
+        form.dataset.count = total;
+        return;
+      }
       label.textContent = n ? `${n} selected:` : "Select jobs for:";
+      form.dataset.count = String(n);
       buttons.forEach((b) => { b.disabled = n === 0; });
       const all = document.getElementById("jobs-select-all");
-      const boxes = table.querySelectorAll('input[name="job"]');
-      if (all) all.checked = boxes.length > 0 && n === boxes.length;
+      if (all) all.checked = wholePage;
     };
+    table.addEventListener("click", (event) => {
+      if (event.target.id !== "jobs-select-matching") return;
+      matching.value = "1";
+      updateSelection();
+    });
     table.addEventListener("change", (event) => {
       if (event.target.id === "jobs-select-all") {
         table.querySelectorAll('input[name="job"]').forEach((box) => { box.checked = event.target.checked; });
@@ -109,24 +126,32 @@
   function jobPage(root) {
     const jobId = Number(root.dataset.jobId);
     root.querySelectorAll("pre[data-stream]").forEach((pre) => tail(jobId, pre));
-    const head = root.querySelector(".job-head");
+    // The head is swapped in anew when the job changes (its actions, Ended, Exit code).
+    const head = () => root.querySelector(".job-head");
     const refreshParts = debounce(() => {
-      htmx.ajax("GET", `/jobs/${jobId}/parts`, { target: "#job-outputs", swap: "none" });
+      // The page of outputs shown stays the one shown.
+      const parts = `/jobs/${jobId}/parts${window.location.search}`;
+      htmx.ajax("GET", parts, { target: "#job-outputs", swap: "none" });
     }, 500);
     const source = concordiaJobEvents((job) => {
       if (Number(job.id) !== jobId) return;
-      showJob(head, job);
+      showJob(head(), job);
       refreshParts();
     });
     // "ready": the server listens from now on; what changed before is read once.
     source.addEventListener("ready", async () => {
       const response = await fetch(`/api/v1/jobs/${jobId}`, { headers: { Accept: "application/json" } });
-      if (response.ok) showJob(head, await response.json());
+      if (response.ok) showJob(head(), await response.json());
       refreshParts();
     });
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    // On a phone the jobs come first: the filters fold away unless some are set.
+    const panel = document.getElementById("jobs-filter-panel");
+    if (panel && panel.dataset.active === "0" && window.matchMedia("(max-width: 40rem)").matches) {
+      panel.open = false;
+    }
     const form = document.getElementById("jobs-bulk");
     if (form) monitor(form);
     const job = document.getElementById("job");
