@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from concordia.backends.base import (
     Backend,
     BackendError,
     BackendRef,
+    BackendUnreachable,
     JobImage,
     JobSpec,
     StatusUpdate,
@@ -25,9 +27,17 @@ from concordia.backends.base import (
 from concordia.core.application import ApplicationDef
 from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
 from concordia.db.lease import live_slots
+from concordia.db.queue import heads, held_by_owner, take
 from concordia.db.tables import Application, Image, Job, Submission, User
 from concordia.images.store import StoredImage
-from concordia.logic.images import BUILDING, FAILED, clear_build_leftovers, start_builds
+from concordia.logic import datalake
+from concordia.logic.images import (
+    BUILDING,
+    CANCELLED,
+    FAILED,
+    clear_build_leftovers,
+    start_builds,
+)
 from concordia.logic.jobs import (
     ROW_COLUMNS,
     JobRow,
@@ -41,6 +51,8 @@ from concordia.logic.jobs import (
 )
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import usable_proxy
+from concordia.logic.scheduling import Choice, FairShare, user_limit_minor
+from concordia.logic.submissions import job_spec
 from concordia.metrics import RECONCILE_ROUND_FAILURES, RECONCILE_ROUND_SECONDS
 
 log = logging.getLogger(__name__)
@@ -58,6 +70,11 @@ _WATCHED = (JobStatus.WAITING, *ACTIVE_STATES)
 #: Hand-overs under way at once: the next round is made ready while a backend (a grid far
 #: away) answers the last one, so that it is never idle waiting for Concordia.
 HANDOVERS_AT_ONCE = 2
+WAITING_FOR_IMAGE = "Waiting for image"
+#: A job's minor status when its image's build ended without an image: cancelled builds
+#: fail their jobs as failed ones do, rather than leave them waiting for a retry that may
+#: never come (holding their queue places and the image against deletion).
+IMAGE_ENDED = {FAILED: "Image build failed", CANCELLED: "Image build cancelled"}
 
 
 class Reconciler:
@@ -83,6 +100,12 @@ class Reconciler:
         #: Per backend, news a failed round could not store (its database down): offered
         #: again first, as the local backend tells each only once.
         self._unstored: dict[str, list[StatusUpdate]] = {}
+        #: Per backend with a room limit, the turns of its users.
+        self._shares: dict[str, FairShare] = {}
+        #: Jobs whose data outputs are being uploaded to the data lake, by id.
+        self._uploads: dict[int, asyncio.Task[None]] = {}
+        #: Each RSE's WebDAV base URL, as Rucio said it (grid jobs write their data there).
+        self._rse_urls: dict[str, str] = {}
 
     async def run(self) -> None:
         recovered = False
@@ -115,7 +138,7 @@ class Reconciler:
         finally:
             # Cut short as by a crash: what the backend took is found by the next process.
             self._reap()  # a finished one's failure is logged, not raised here
-            tasks = list(self._handing)
+            tasks = [*self._handing, *self._uploads.values()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -228,11 +251,21 @@ class Reconciler:
                 or_(Image.status.is_(None), Image.status != BUILDING),
             )
             received = Job.status == JobStatus.RECEIVED.value
-            # The queue's oldest first, as many as there is room for; then new jobs, each
-            # into the queue (and, room left, on to the backend).
-            queued = DISPATCH_BATCH if room is None else min(room, DISPATCH_BATCH)
-            old = await self._take(session, name, to_hand_over, queued, being_handed)
-            new = await self._take(session, name, received, DISPATCH_BATCH, being_handed)
+            ours = Job.backend == name
+            # New jobs, each into the queue; from the queue, as many as there is room for:
+            # with no room limit (the grid) the oldest; else shared fairly between users.
+            new = await take(
+                session, _COLUMNS, ours, received, limit=DISPATCH_BATCH, leave=being_handed
+            )
+            choice = None
+            if room is None:
+                old = await take(
+                    session, _COLUMNS, ours, to_hand_over, limit=DISPATCH_BATCH, leave=being_handed
+                )
+            else:
+                choice = await self._choose(session, name, room, to_hand_over, new, being_handed)
+                picked = {*choice.chosen, *choice.held_back} - {row.id for row in new}
+                old = await take(session, _COLUMNS, Job.id.in_(picked), limit=len(picked), leave=())
             if not old and not new:
                 return
             # More than a round takes (not only more than there is room for): back at once.
@@ -246,29 +279,37 @@ class Reconciler:
                     transition(
                         session, job, JobStatus.CHECKING, minor="JobSanity", source="JobSanity"
                     )
-                if image_status == FAILED:
+                if image_status in (FAILED, CANCELLED):
                     transition(
-                        session, job, JobStatus.FAILED, minor="Image build failed",
+                        session, job, JobStatus.FAILED, minor=IMAGE_ENDED[image_status],
                         source="JobScheduling",
                     )  # fmt: skip
                 elif image_status == BUILDING:
                     transition(
-                        session, job, JobStatus.WAITING, minor="Waiting for image",
+                        session, job, JobStatus.WAITING, minor=WAITING_FOR_IMAGE,
                         source="JobScheduling",
                     )  # fmt: skip
                 else:
                     minor = f"Waiting for a {name} slot"
+                    if choice is not None and job.id in choice.held_back:
+                        minor = user_limit_minor(self.platform.settings.max_running_jobs_per_user)
                     if job.minor_status == minor:  # queued already, or a failed hand-over
                         pass
-                    elif job.status == JobStatus.WAITING.value:  # its image is ready now
-                        record_status(session, job, JobStatus.WAITING, minor=minor, source="Images")
+                    elif job.status == JobStatus.WAITING.value:  # image ready, or a user limit
+                        source = (
+                            "Images" if job.minor_status == WAITING_FOR_IMAGE else "JobScheduling"
+                        )
+                        record_status(session, job, JobStatus.WAITING, minor=minor, source=source)
                     else:
                         transition(
                             session, job, JobStatus.WAITING, minor=minor, source="JobScheduling"
                         )
-                    if room is None or len(ready) < room:
+                    if choice is None or job.id in choice.chosen:
                         ready.append(job)
-            specs = await self._specs(session, ready) if ready else []
+            if choice is not None:  # in the order chosen: the backend starts them in it
+                order = {job_id: n for n, job_id in enumerate(choice.chosen)}
+                ready.sort(key=lambda job: order[job.id])
+            specs = await self._specs(session, ready, backend.uploads_data) if ready else []
             jobs = [job for job, _ in rows if (job.status, job.minor_status) != before[job.id]]
             await store_rows(session, jobs)
             if specs:  # this worker's now: no other takes them, or adopts them while it lives
@@ -287,37 +328,38 @@ class Reconciler:
             task.add_done_callback(lambda _: self.platform.wakeup.set())
             self._handing[task] = (name, {spec.job_id for spec in specs})
 
-    @staticmethod
-    async def _take(
+    async def _choose(
+        self,
         session: AsyncSession,
         name: str,
-        where: ColumnElement[bool],
-        limit: int,
+        room: int,
+        queued: ColumnElement[bool],
+        new: Sequence[Any],
         being_handed: set[int],
-    ) -> list[Any]:
-        """Rows to dispatch, locked; those another process is dispatching are left to it
-        (PostgreSQL), as are those a hand-over of this one holds."""
-        if limit == 0:
-            return []
-        query = (
-            select(*ROW_COLUMNS, *_READY_COLUMNS, Image.status)
-            .join(Submission, Job.submission_id == Submission.id)
-            .outerjoin(Image, Submission.image_id == Image.id)
-            .where(Job.backend == name, where, Job.id.not_in(being_handed))
-            .order_by(Job.id)
-            .limit(limit)
-            .with_for_update(of=Job, skip_locked=True)
+    ) -> Choice:
+        """The jobs of the queue (and the new ones) to hand over, shared between users."""
+        room = min(room, DISPATCH_BATCH)
+        waiting = await heads(
+            session, Job.backend == name, queued, per_owner=room, leave=being_handed
         )
-        return list((await session.execute(query)).all())
+        # A new job whose image is ready joins the queue now; its owner may be next.
+        waiting += [(row.id, row.owner_id) for row in new if row[-1] not in (FAILED, BUILDING)]
+        owners = {owner for _, owner in waiting}
+        held = await held_by_owner(session, name, owners, being_handed)
+        limit = self.platform.settings.max_running_jobs_per_user
+        return self._shares.setdefault(name, FairShare()).choose(waiting, room, held, limit)
 
     def _reap(self) -> None:
         """Forget finished hand-overs. A failed one's jobs are Waiting without a ref: a later
         round takes them again (after a back-off)."""
         for task in [t for t in self._handing if t.done()]:
-            del self._handing[task]
+            name, _ = self._handing.pop(task)
             if not task.cancelled() and (exc := task.exception()) is not None:
-                log.error("handing jobs over failed", exc_info=exc)
                 self._backoff = True
+                if isinstance(exc, BackendUnreachable):  # its jobs wait: one line a retry
+                    log.warning("%s unreachable, jobs handed over at the next poll: %s", name, exc)
+                else:
+                    log.error("handing jobs over failed", exc_info=exc)
 
     async def _hand_over(self, name: str, backend: Backend, specs: list[JobSpec]) -> None:
         """The backend's calls run outside the write lock: users' actions and other rounds'
@@ -339,6 +381,10 @@ class Reconciler:
                 job.backend_ref = ref.ref
                 job.backend_state = {**job.backend_state, **ref.state}
             await store_rows(session, jobs)
+            # The JDL the backend was sent is the job's, as its page shows it.
+            sent = [{"id": j.id, "jdl": jdl} for j in jobs if (jdl := refs[j.uuid].jdl) is not None]
+            if sent:
+                await session.execute(update(Job), sent)
         publish_jobs(self.platform.bus, jobs)  # the submission page counts them handed over
         self._watch(name, jobs)
         # Killed or deleted while being handed over: the backend has it now, so tell it too.
@@ -350,9 +396,18 @@ class Reconciler:
                 except BackendError as exc:
                     log.warning("%d %s jobs not told to %s: %s", len(late), status, name, exc)
 
-    async def _specs(self, session: AsyncSession, jobs: Sequence[Job | _Ready]) -> list[JobSpec]:
-        """What the backend needs of each job; a job that cannot run fails here, with why."""
-        runs = await self._runs_of(session, {job.submission_id for job in jobs})
+    async def _specs(
+        self, session: AsyncSession, jobs: Sequence[Job | _Ready], uploads_data: bool
+    ) -> list[JobSpec]:
+        """What the backend needs of each job; a job that cannot run fails here, with why.
+        A backend that ``uploads_data`` is told where a data-lake submission's jobs store
+        their data; such a job waits while Rucio does not say where its RSE is."""
+        submission_ids = {job.submission_id for job in jobs}
+        runs = await self._runs_of(session, submission_ids)
+        lakes = {}
+        if uploads_data:
+            urls = self._rse_urls
+            lakes = await datalake.grid_lakes(self.platform, session, submission_ids, urls)
         proxies: dict[tuple[int, str, int], tuple[bytes | None, str]] = {}
         groups = await self._groups_of(session, {job.submission_id for job in jobs})
         specs = []
@@ -372,7 +427,21 @@ class Reconciler:
                     minor = f"No usable proxy ({why}): get one on the account page, then reschedule"
                     transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
                     continue
-            specs.append(self._spec(job, app, image, proxy, groups[job.submission_id]))
+            spec = self._spec(job, app, image, proxy, groups[job.submission_id])
+            if (lake := lakes.get(job.submission_id)) is not None:
+                if lake.error:
+                    minor = f"Data lake: {lake.error}"
+                    transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
+                    continue
+                if lake.url is None:  # Rucio did not answer: the next round tries again
+                    self._backoff = True
+                    continue
+                spec.datalake = datalake.grid_settings(
+                    self.platform.settings, lake.url, lake.choice, app,
+                    submission_id=job.submission_id, index=job.index, job_uuid=job.uuid,
+                    attempt=job.reschedule_count, ca=lake.ca,
+                )  # fmt: skip
+            specs.append(spec)
         return specs
 
     async def _groups_of(
@@ -420,23 +489,20 @@ class Reconciler:
         proxy: bytes | None,
         run_as: tuple[str, str, str],
     ) -> JobSpec:
-        directory = self.platform.catalog.directory
-        return JobSpec(
+        return job_spec(
+            app,
+            self.platform.catalog.directory,
             uuid=job.uuid,
             job_id=job.id,
             name=job.name,
             argv=job.argv,
-            input_files=[directory / rel for rel in app.input_files],
-            outputs=app.outputs,
-            cpu_time=app.cpu_time,
-            network=app.network,
+            submission_id=job.submission_id,
             jdl=job.jdl,
             image=image,
             proxy=proxy,
             owner=run_as[0],
             vo=run_as[1],
             group=run_as[2],
-            job_group=f"{app.name}.{job.submission_id}",
             attempt=job.reschedule_count,
             maybe_submitted=job.id <= self._last_before_start,
         )
@@ -470,10 +536,25 @@ class Reconciler:
                 uuids = Job.uuid.in_({u.uuid for u in updates})
                 found = await rows_where(session, uuids, Job.worker == self.platform.lease.slot)
                 rows = {row.uuid: row for row in found}
+                with_data: set[int] = set()
+                # Concordia stores the data of these jobs: Done after that (one query, only in
+                # a round where some job ended well).
+                done = {u.uuid for u in updates if u.status is JobStatus.DONE}
+                if done:
+                    ended = {r.submission_id for r in found if r.uuid in done}
+                    with_data = await datalake.with_data(session, ended)
+                held: list[int] = []
                 for update in updates:
                     row = rows.get(update.uuid)
-                    if row is not None:
-                        self._apply(session, name, row, update)
+                    if row is None:
+                        continue
+                    if update.status is JobStatus.DONE and row.submission_id in with_data:
+                        update = update.model_copy(
+                            update={"status": JobStatus.COMPLETING, "source": datalake.SOURCE,
+                                    "minor_status": datalake.UPLOADING}
+                        )  # fmt: skip
+                        held.append(row.id)
+                    self._apply(session, name, row, update)
                 await store_rows(session, found)
         except BaseException:
             self._unstored[name] = updates
@@ -488,6 +569,24 @@ class Reconciler:
                 ref.state.update(update.state)
         self._watch(name, list(rows.values()))
         publish_jobs(self.platform.bus, list(rows.values()))
+        self._upload(held)
+
+    def _upload(self, job_ids: Sequence[int]) -> None:
+        """Store the held jobs' data in the data lake, each in a task of its own (a file of
+        gigabytes must not hold up the rounds); a job already under way is left to it."""
+        for job_id in job_ids:
+            task = self._uploads.get(job_id)
+            if task is None or task.done():
+                task = asyncio.create_task(datalake.store_job_data(self.platform, job_id))
+                task.add_done_callback(functools.partial(self._uploaded, job_id))
+                self._uploads[job_id] = task
+
+    def _uploaded(self, job_id: int, task: asyncio.Task[None]) -> None:
+        if self._uploads.get(job_id) is task:
+            del self._uploads[job_id]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Left Completing: resumed at the next start, as after a crash.
+            log.error("job %s: data lake upload stopped: %r", job_id, exc)
 
     @staticmethod
     def _apply(session: AsyncSession, backend: str, job: JobRow, update: StatusUpdate) -> None:
@@ -500,7 +599,7 @@ class Reconciler:
                 update.status,
                 minor=update.minor_status,
                 app_status=update.application_status,
-                source=f"{backend} backend",
+                source=update.source or f"{backend} backend",
                 at=update.timestamp,
             )
         except InvalidTransition as exc:
@@ -517,6 +616,8 @@ class Reconciler:
         """At start: the jobs this worker's slot had (its last holder died or stopped), and
         those of workers that died meanwhile, are adopted."""
         await self.adopt(at_start=True)
+        # Uploads a crash or stop cut short: again (uploads are idempotent).
+        self._upload(await datalake.held_jobs(self.platform, self.platform.lease.slot))
 
     async def adopt(self, *, at_start: bool = False) -> None:
         """Jobs under way whose worker is gone (no live worker holds their slot) become this
@@ -558,19 +659,36 @@ class Reconciler:
                 if not jobs:
                     continue
                 adopted = True
+                shared = self.platform.shared
+                gone_from = {job.id: _process_name(job.worker, shared) for job in jobs}
                 for job in jobs:
                     job.worker = slot
+                lost: list[Job] = []
+                held: list[Job] = []
+                queued = 0
                 if not backend.survives_restart:  # its jobs died with their worker
-                    lost = [j for j in jobs if j.status != JobStatus.WAITING.value]
+                    # Those whose data were being uploaded are not lost: their process had
+                    # ended; their uploads are resumed here.
+                    held = [j for j in jobs if _held(j)]
+                    lost = [j for j in jobs if j.status != JobStatus.WAITING.value and not _held(j)]
                     await backend.kill([backend_ref(j) for j in lost])
                     for job in lost:
-                        _stall(session, job, max_reschedules)
+                        _stall(session, job, max_reschedules, gone_from[job.id])
                     # Queued in the process that died: back in the shared queue.
                     for job in jobs:
                         if job.status == JobStatus.WAITING.value and job.backend_ref is not None:
                             job.backend_ref, job.worker = None, None
+                            queued += 1
+                log.warning(
+                    "%s adopted %d %s job(s) of %s, gone: %d stalled, %d back in the queue, "
+                    "%d followed here",
+                    _process_name(slot, shared), len(jobs), name,
+                    ", ".join(sorted(set(gone_from.values()))), len(lost), queued,
+                    len(jobs) - len(lost) - queued,
+                )  # fmt: skip
                 self._watch(name, jobs)
                 publish_jobs(self.platform.bus, jobs)
+                self._upload([j.id for j in held])
             if at_start or adopted:  # any job may have been handed over, unrecorded
                 self._last_before_start = newest
 
@@ -587,9 +705,11 @@ class _Ready(JobRow):
     argv: list[str]
     jdl: str
     reschedule_count: int
+    index: int
 
 
-_READY_COLUMNS = (Job.name, Job.argv, Job.jdl, Job.reschedule_count)
+_READY_COLUMNS = (Job.name, Job.argv, Job.jdl, Job.reschedule_count, Job.index)
+_COLUMNS = (*ROW_COLUMNS, *_READY_COLUMNS)
 
 
 def _news_key(update: StatusUpdate) -> tuple[str, str, str, datetime]:
@@ -601,28 +721,43 @@ def _job_image(image: StoredImage | None) -> JobImage | None:
     if image is None:
         return None
     squashfs = image.format_path("squashfs")
+    oci_archive = image.format_path("oci")
     return JobImage(
         id=image.id,
         rootfs=image.rootfs,
         squashfs=squashfs if squashfs.exists() else None,
         squashfs_sha256=image.meta.get("formats", {}).get("squashfs", {}).get("sha256"),
+        oci_archive=oci_archive if oci_archive.exists() else None,
         env=image.meta.get("env", {}),
         workdir=image.meta.get("workdir", "/work"),
+        application=image.meta.get("application", ""),
+        redistributable=image.meta.get("redistributable", False),
     )
 
 
-def _stall(session: AsyncSession, job: Job, max_reschedules: int) -> None:
+def _process_name(worker: int | None, shared: bool) -> str:
+    """A process that runs jobs, as jobs' histories and the log name it: a worker by its slot
+    (its start-up line in the log gives its pid and host), or `serve` running alone."""
+    return f"worker {worker}" if shared and worker is not None else "the server"
+
+
+def _stall(session: AsyncSession, job: Job, max_reschedules: int, gone: str) -> None:
     if job.status != JobStatus.MATCHED.value:  # a Matched job never started: nothing stalled
         transition(
             session,
             job,
             JobStatus.STALLED,
-            minor="Job process lost: the server stopped while it ran",
+            minor=f"Job process lost: {gone} stopped while it ran",
             source="StalledJobAgent",
         )
     transition(session, job, JobStatus.FAILED, minor="Stalled", source="StalledJobAgent")
     if job.reschedule_count < max_reschedules:
         requeue(session, job, minor="Rescheduled after a stall", source="StalledJobAgent")
+
+
+def _held(job: Job) -> bool:
+    """Whether a job's process has ended and its data are going to the data lake."""
+    return job.status == JobStatus.COMPLETING.value and job.minor_status == datalake.UPLOADING
 
 
 def _changed(backend: Any) -> asyncio.Event | None:
