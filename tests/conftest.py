@@ -25,7 +25,7 @@ from concordia.settings import Settings
 from concordia.web.app import create_app
 from tests.database import pg_template, test_database
 
-pytest_plugins = ["tests.iam.fixtures", "tests.diracx.fixtures"]
+pytest_plugins = ["tests.iam.fixtures", "tests.diracx.fixtures", "tests.registry", "tests.rucio"]
 __all__ = ["pg_template", "test_database"]  # every test's database (tests/database.py)
 
 

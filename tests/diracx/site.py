@@ -3,9 +3,11 @@ them as a pilot's job wrapper would, and reports their states, outputs and exit 
 
 from __future__ import annotations
 
+import base64
 import bz2
 import hashlib
 import io
+import json
 import os
 import shlex
 import signal
@@ -33,6 +35,8 @@ PER_PAGE = 100
 ABANDONED = frozenset({"Killed", "Deleted"})
 # What a sandbox PFN looks like in a JDL: "SB:SandboxSE|/S3/<bucket>/..." (or the bare path).
 PFN_PREFIXES = ("SB:", "/S3/")
+#: What DIRAC's JobWrapper reports when the payload exits non-zero (JobMinorStatus.APP_ERRORS).
+APP_ERRORS = "Application Finished With Errors"
 try:  # tar.zst needs the zstandard package (not in the standard library before Python 3.14)
     import zstandard  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the environment
@@ -71,6 +75,10 @@ class Site:
     #: (i, n): this node runs the jobs whose JobID is i modulo n (n nodes share a grid).
     shard: tuple[int, int] = (0, 1)
     runs: list[Run] = field(default_factory=list)
+    #: The node: directories put first on the jobs' PATH (e.g. a stand-in apptainer), and
+    #: more of their environment (e.g. CONCORDIA_NODE_IMAGE_CACHE, one per node).
+    node_path: list[Path] = field(default_factory=list)
+    node_env: dict[str, str] = field(default_factory=dict)
     #: What stopped the background loop of running(), if anything did.
     failure: BaseException | None = None
     _client: httpx.Client | None = field(default=None, repr=False)
@@ -209,7 +217,8 @@ class Site:
                     if isinstance(entry, str) and entry.startswith(PFN_PREFIXES):
                         self._download_sandbox(as_owner, entry, workdir)
                 self.set_statuses(job_id, ("Running", "Application"))
-                run.exit_code = self._execute(job_id, jdl, workdir)
+                proxy = self._proxy(workdir, owner, owner_group)
+                run.exit_code = self._execute(job_id, jdl, workdir, proxy)
                 self.set_statuses(job_id, ("Completing", "Uploading Output Sandbox"))
                 run.status = "Completing"
                 run.output_pfn = self._upload_outputs(as_owner, job_id, jdl, workdir)
@@ -217,8 +226,7 @@ class Site:
                 self.set_statuses(job_id, ("Done", "Execution Complete"))
                 run.status = "Done"
             else:
-                minor = f"Application exited with status {run.exit_code}"
-                self.set_statuses(job_id, ("Failed", minor))
+                self.set_statuses(job_id, ("Failed", APP_ERRORS))
                 run.status = "Failed"
         except JobAbandoned as abandoned:
             run.error = str(abandoned)
@@ -252,14 +260,26 @@ class Site:
             files.extend(p for p in sorted(workdir.glob(pattern)) if p.is_file())
         if not files:
             return None
-        blob, fmt = pack(files, workdir)
+        # By file name, as DIRAC's JobWrapper uploads them (a "data/*" glob loses "data/").
+        blob, fmt = pack(files, workdir, flat=True)
         pfn = upload_sandbox(client, blob, fmt, retrying=self._retrying)
         self._request("PATCH", f"/api/jobs/{job_id}/sandbox/output", client, json=pfn)
         return pfn
 
     # --- the application
 
-    def _execute(self, job_id: int, jdl: dict[str, Any], workdir: Path) -> int:
+    def _proxy(self, workdir: Path, owner: str, group: str) -> Path:
+        """The job's proxy file as DIRAC 9 gives it: here only the owner's DiracX token in
+        its DIRACX block (nothing in these tests reads an X.509 part)."""
+        token = {"access_token": self.diracx.token(owner, group), "expires_on": 0}
+        data = base64.b64encode(json.dumps(token).encode()).decode()
+        body = "\n".join(data[i : i + 64] for i in range(0, len(data), 64))
+        proxy = workdir / ".proxy"
+        proxy.write_text(f"-----BEGIN DIRACX-----\n{body}\n-----END DIRACX-----\n")
+        proxy.chmod(0o600)
+        return proxy
+
+    def _execute(self, job_id: int, jdl: dict[str, Any], workdir: Path, proxy: Path) -> int:
         executable = str(jdl.get("Executable", ""))
         if not executable:
             raise ValueError("the JDL has no Executable")
@@ -271,11 +291,15 @@ class Site:
         home = workdir / ".home"
         home.mkdir(exist_ok=True)
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PATH": os.pathsep.join(
+                [*map(str, self.node_path), os.environ.get("PATH", "/usr/bin:/bin")]
+            ),
             "HOME": str(home),
             "LANG": "C.UTF-8",
             "DIRACJOBID": str(job_id),
             "JOBID": str(job_id),
+            "X509_USER_PROXY": str(proxy),
+            **self.node_env,
         }
         stdout = workdir / str(jdl.get("StdOutput", "std.out"))
         stderr = workdir / str(jdl.get("StdError", "std.err"))
@@ -364,13 +388,14 @@ def extract(blob: bytes, name: str, target: Path) -> None:
         archive.extractall(target, filter="data")
 
 
-def pack(files: list[Path], root: Path) -> tuple[bytes, str]:
+def pack(files: list[Path], root: Path, *, flat: bool = False) -> tuple[bytes, str]:
     """The files as a sandbox archive (tar.zst when zstandard is there, else tar.bz2), names
-    relative to ``root``; its bytes and format."""
+    relative to ``root`` (``flat``: their base names); its bytes and format."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for path in files:
-            archive.add(path, arcname=str(path.relative_to(root)), recursive=False)
+            name = path.name if flat else str(path.relative_to(root))
+            archive.add(path, arcname=name, recursive=False)
     if zstandard is not None:
         return zstandard.ZstdCompressor().compress(buffer.getvalue()), "tar.zst"
     return bz2.compress(buffer.getvalue()), "tar.bz2"

@@ -43,8 +43,16 @@ def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(15_000)
+    # Whatever the Content-Security-Policy blocks (an inline script or style) fails the test:
+    # the page would be broken for users, and Chromium only says so in the console.
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     yield page
     context.close()
+    assert not refused, f"the browser refused under the CSP: {refused}"
 
 
 def login_url(server: LiveServer) -> str:

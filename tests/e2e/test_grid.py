@@ -31,6 +31,8 @@ def test_submit_to_the_grid_and_get_the_results(
     run_on = page.get_by_label("Run on")
     expect(run_on).to_have_value("local")  # the server's default
     run_on.select_option("diracx")
+    # The preview shows the JDL DiracX will be sent: the job wrapper, not the local command.
+    expect(page.locator("pre.jdl")).to_contain_text('Executable = "concordia-job.sh"')
     page.get_by_role("button", name="Submit").click()
     page.wait_for_url(re.compile(rf"{re.escape(live_server.url)}/submissions/\d+$"))
     statuses = page.locator("table.submission-jobs td.status")
@@ -43,7 +45,7 @@ def test_submit_to_the_grid_and_get_the_results(
     history = page.locator("#job-history")
     for status in ("Waiting", "Matched", "Running", "Completing", "Done"):
         expect(history).to_contain_text(status)
-    expect(history).to_contain_text("diracx backend")
+    expect(history).to_contain_text("TestSite")  # the grid's own sources, as DiracX has them
     expect(page.locator("#job-outputs")).to_contain_text("result.txt")
     with page.expect_download() as download:
         page.get_by_label("Download result.txt").click()

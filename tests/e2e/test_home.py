@@ -42,3 +42,24 @@ def test_errors_are_pages_with_a_way_back(page: Page, live_server: LiveServer) -
     shot(page, "error-404")
     page.get_by_role("link", name="Back to the home page").click()
     page.wait_for_url(f"{live_server.url}/")
+
+
+def test_after_signing_out_the_api_token_signs_in_again(
+    page: Page, live_server: LiveServer
+) -> None:
+    sign_in(page, live_server)
+    page.get_by_role("button", name="Sign out").click()
+    page.goto(f"{live_server.url}/account")
+    expect(page.locator("h1")).to_have_text("Please sign in")
+    page.get_by_role("link", name="Sign in", exact=True).last.click()
+    page.wait_for_url(f"{live_server.url}/login?next=/account")
+    expect(page.get_by_role("heading", name="A one-time link")).to_be_visible()
+    expect(page.locator("main")).to_contain_text("concordia login-link")
+    page.get_by_label("API token", exact=True).fill("not-the-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("This API token is unknown or expired.")
+    shot(page, "sign-in")
+    page.get_by_label("API token", exact=True).fill(live_server.token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{live_server.url}/account")
+    expect(page.get_by_label("Signed in as")).to_have_text("local")

@@ -137,7 +137,10 @@ def test_the_catalogue_follows_builds_live(page: Page, live_server: LiveServer) 
     # No job uses it: it can be deleted, and the catalogue says so.
     image_id = started.json()["image"]["id"]
     page.get_by_role("link", name=f"Image {image_id[:12]}").click()
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.get_by_role("button", name="Delete").click()
     page.wait_for_url(f"{live_server.url}/images")
+    assert asked and asked[0].startswith(f"Delete image {image_id[:12]}? Its build took")
     expect(page.get_by_role("status")).to_have_text(f"Deleted image {image_id[:12]} of slow.")
     expect(page.locator(".images-empty")).to_be_visible()

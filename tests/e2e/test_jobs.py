@@ -86,6 +86,13 @@ def test_a_long_job_is_killed_from_the_table(page: Page, live_server: LiveServer
     expect(page.get_by_role("button", name="Kill")).to_be_disabled()
     row(page, long).get_by_role("checkbox").check()
     expect(page.locator("#jobs-selected")).to_have_text("1 selected:")
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.get_by_role("button", name="Kill").click()  # asked first: no, nothing happens
+    assert asked == ["Kill 1 job(s)? What they have not written yet is lost."]
+    page.wait_for_timeout(500)
+    expect(status).to_have_text("Running")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Kill").click()
     expect(page.locator(".jobs-flash")).to_contain_text("Killed 1 of 1 job.")
     expect(status).to_have_text("Killed")
@@ -93,7 +100,19 @@ def test_a_long_job_is_killed_from_the_table(page: Page, live_server: LiveServer
     page.set_viewport_size({"width": 375, "height": 700})
     page.reload()
     expect(status).to_have_text("Killed")
+    # On a phone the jobs come first: the filters are folded into one line above them.
+    expect(page.locator("#jobs-filter-panel")).not_to_have_attribute("open", "")
+    expect(page.get_by_role("search", name="Filter jobs")).to_be_hidden()
+    first_row = row(page, long).bounding_box()
+    assert first_row is not None and first_row["y"] < 700, "the jobs are below the fold"
+    page.get_by_text("Filters", exact=True).click()
+    expect(page.get_by_role("search", name="Filter jobs")).to_be_visible()
     shot(page, "jobs-phone")
+    page.goto(f"{live_server.url}/jobs?status=Killed")  # a filter set: shown, even here
+    expect(page.get_by_role("search", name="Filter jobs")).to_be_visible()
+    page.set_viewport_size({"width": 1200, "height": 800})
+    page.goto(f"{live_server.url}/jobs")  # wide: the filters are open
+    expect(page.get_by_role("search", name="Filter jobs")).to_be_visible()
 
 
 def test_the_job_page_tails_the_log_while_the_job_runs(page: Page, live_server: LiveServer) -> None:
@@ -109,9 +128,73 @@ def test_the_job_page_tails_the_log_while_the_job_runs(page: Page, live_server: 
     expect(page.locator("#job-history")).to_contain_text("Running")  # refreshed in place
     shot(page, "job-live-tail")
 
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Kill").click()
     expect(page.locator('.job-head [data-field="status"]')).to_have_text("Killed")
     expect(page.locator("#job-history")).to_contain_text("Killed by user")
+
+
+def test_the_job_page_follows_its_job_to_the_end(page: Page, live_server: LiveServer) -> None:
+    """Without a reload: the Kill button goes, Ended and the exit code come, and the job can
+    be deleted from its page once it is over."""
+    sign_in(page, live_server)
+    [job_id] = submit(live_server, sleep=3, exit_code=4)["job_ids"]
+    running(live_server, job_id)
+    page.goto(f"{live_server.url}/jobs/{job_id}")
+    page.evaluate("window.__stillTheSamePage = true")
+    head = page.locator(".job-head")
+    expect(head.get_by_role("button", name="Kill")).to_be_visible()
+    expect(head.get_by_role("button", name="Delete")).to_have_count(0)
+    expect(head.locator('[data-field="status"]')).to_have_text("Failed", timeout=30_000)
+    expect(head.get_by_role("button", name="Kill")).to_have_count(0)
+    expect(head).to_contain_text("Exit code4")
+    expect(head).to_contain_text("Ended")
+    assert page.evaluate("window.__stillTheSamePage") is True, "the page was reloaded"
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    head.get_by_role("button", name="Delete").click()
+    page.wait_for_url(f"{live_server.url}/jobs")
+    assert asked == [f"Delete job {job_id} with its logs and outputs? This cannot be undone."]
+    expect(page.locator(".jobs-flash")).to_contain_text("Deleted 1 of 1 job.")
+
+
+def test_every_job_matching_the_filters_is_killed_at_once(
+    page: Page, live_server: LiveServer
+) -> None:
+    sign_in(page, live_server)
+    sub = submit(live_server, jobs=60, sleep=300)
+    page.goto(f"{live_server.url}/jobs?submission={sub['id']}")
+    expect(page.locator(".jobs-summary")).to_contain_text("60 jobs")
+    page.locator("#jobs-select-all").check()
+    expect(page.locator("#jobs-selected")).to_have_text("50 selected:")
+    page.get_by_role("button", name="Select all 60 jobs matching these filters").click()
+    expect(page.locator("#jobs-selected")).to_have_text(
+        "All 60 jobs matching these filters selected:"
+    )
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    page.get_by_role("button", name="Kill").click()
+    expect(page.locator(".jobs-flash")).to_contain_text("Killed 60 of 60 jobs.", timeout=60_000)
+    assert asked == ["Kill 60 job(s)? What they have not written yet is lost."]
+
+
+def test_a_submission_is_deleted_from_its_page_after_saying_what_is_lost(
+    page: Page, live_server: LiveServer
+) -> None:
+    sign_in(page, live_server)
+    sub = submit(live_server, jobs=2, sleep=300)
+    running(live_server, sub["job_ids"][0])
+    page.goto(f"{live_server.url}/submissions/{sub['id']}")
+    expect(page.get_by_role("button", name="Kill unfinished (2)")).to_be_visible()
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    page.get_by_role("button", name="Delete submission").click()
+    page.wait_for_url(f"{live_server.url}/jobs")
+    assert asked == [
+        f"Delete submission {sub['id']}: kill its 2 unfinished jobs, then delete all 2 jobs"
+        " with their logs and outputs? This cannot be undone."
+    ]
+    expect(page.locator(".jobs-flash")).to_contain_text("Deleted 2 of 2 jobs.")
 
 
 def test_an_answer_older_than_what_the_page_shows_is_not_shown(

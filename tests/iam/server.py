@@ -235,6 +235,9 @@ class IamState:
     organisation_name: str = "escape"
     aarc_nid: str = "geant"
     aarc_namespace: str = "escape.eu"
+    #: Tokens are signed with this key instead of the last published one (a key IAM never
+    #: published, under a published kid): see IamDouble.change_key.
+    unpublished_key: SigningKey | None = None
     calls: list[Call] = field(default_factory=list)
     codes: dict[str, AuthCode] = field(default_factory=dict)
     refresh_tokens: dict[str, RefreshGrant] = field(default_factory=dict)
@@ -471,6 +474,27 @@ class IamDouble:
         self.state.keys.append(key)
         return str(key.kid)
 
+    def change_key(self, *, publish: bool = True) -> str:
+        """Sign from now on with a new key under the current kid, as IAM does when its
+        keystore is replaced but keeps the key's id; with ``publish`` the JWKS has the new key
+        instead of the old, without it the JWKS stays (tokens signed by a key IAM never
+        published). Returns the kid."""
+        kid = self.kid
+        key = _new_signing_key(kid)
+        if publish:
+            self.state.keys[-1] = key
+            self.state.unpublished_key = None
+        else:
+            self.state.unpublished_key = key
+        return kid
+
+    def _own_keys(self) -> list[SigningKey]:
+        """The keys it signed with: those it publishes, an unpublished one in its kid's place."""
+        extra = self.state.unpublished_key
+        if extra is None:
+            return list(self.state.keys)
+        return [extra, *(k for k in self.state.keys if k.kid != extra.kid)]
+
     def jwks(self) -> dict[str, Any]:
         return dict(KeySet(list(self.state.keys)).as_dict(private=False))
 
@@ -558,7 +582,9 @@ class IamDouble:
     ) -> str:
         """Sign any claims: with the double's current key, or a foreign one to forge tokens.
         A foreign key's kid is its thumbprint unless ``headers`` says otherwise."""
-        signer = self.state.keys[-1] if key is None else _as_jwk(key)
+        signer = self.state.unpublished_key or self.state.keys[-1]
+        if key is not None:
+            signer = _as_jwk(key)
         kid = signer.kid or signer.thumbprint()
         header: dict[str, Any] = {"alg": _alg(signer), "kid": kid}
         header.update(headers or {})
@@ -706,7 +732,7 @@ class IamDouble:
     def verify_access_token(self, token: str) -> tuple[dict[str, Any], IamUser]:
         """Claims and user of a token the double would accept; raises ValueError saying why."""
         try:
-            decoded = jwt.decode(token, KeySet(list(self.state.keys)), algorithms=["RS256"])
+            decoded = jwt.decode(token, KeySet(self._own_keys()), algorithms=["RS256"])
         except jose_errors.JoseError as exc:
             raise ValueError(f"Invalid access token: {exc.description or exc}") from None
         except ValueError:

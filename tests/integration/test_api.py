@@ -89,7 +89,8 @@ async def test_a_batch_runs_to_done_with_history_jdl_logs_and_outputs(app: Runni
     assert "hello from stderr (run 8)" in err["data"]
 
     outputs = {
-        o["path"]: o["size"] for o in (await client.get(f"/api/v1/jobs/{job['id']}/outputs")).json()
+        o["path"]: o["size"]
+        for o in (await client.get(f"/api/v1/jobs/{job['id']}/outputs")).json()["items"]
     }
     assert {"result-8.txt", "std.out", "std.err"} <= set(outputs)
     result = await client.get(f"/api/v1/jobs/{job['id']}/outputs/result-8.txt")
@@ -147,6 +148,19 @@ async def test_bad_submissions_get_422_naming_the_field_and_change_nothing(
     assert (await app.client.get("/api/v1/jobs")).json()["total"] == 0
 
 
+async def test_an_application_says_which_outputs_are_data_for_the_data_lake(
+    app: Running,
+) -> None:
+    views = {
+        name: (await app.client.get(f"/api/v1/applications/{name}")).json()
+        for name in ("corsika", "showermodel", "hello")
+    }
+    assert views["corsika"]["datalake"] == {"default": True, "data": ["*.corsika.zst"]}
+    assert views["showermodel"]["datalake"] == {"default": False, "data": ["photons_run*.npy"]}
+    assert "photons_run*.npy" in views["showermodel"]["outputs"]
+    assert views["hello"]["datalake"] is None
+
+
 async def test_unknown_things_are_404(app: Running) -> None:
     client = app.client
     unknown_app = await client.post("/api/v1/submissions", json={"application": "corsika9"})
@@ -187,7 +201,7 @@ async def test_output_paths_cannot_escape_the_job(app: Running) -> None:
     os.symlink("/etc/passwd", outputs_dir / "passwd")
     os.symlink(app.settings.data_dir, outputs_dir / "data")
     for path in [
-        "%2e%2e/%2e%2e/secret-key",
+        "%2e%2e/%2e%2e/encryption-key",
         "..%2F..%2Fapi-token",
         "%2Fetc%2Fpasswd",
         "passwd",
@@ -196,7 +210,7 @@ async def test_output_paths_cannot_escape_the_job(app: Running) -> None:
         response = await app.client.get(base + path)
         assert response.status_code in (404, 422), path
         assert "root:" not in response.text
-    listing = [o["path"] for o in (await app.client.get(base.rstrip("/"))).json()]
+    listing = [o["path"] for o in (await app.client.get(base.rstrip("/"))).json()["items"]]
     assert "passwd" not in listing and not any(p.startswith("data/") for p in listing)
     archive = await app.client.get(f"/api/v1/jobs/{job['id']}/outputs.zip")
     assert not any("passwd" in n for n in zipfile.ZipFile(io.BytesIO(archive.content)).namelist())

@@ -24,9 +24,9 @@ from tests.conftest import LiveServer, free_port, make_settings, seed_images
 runner = CliRunner()
 
 
-def cli(server: LiveServer, *args: str) -> Result:
+def cli(server: LiveServer, *args: str, input: str | None = None) -> Result:
     """The CLI in-process, pointed at the server by its options (as a user passes them)."""
-    return runner.invoke(app, ["--url", server.url, "--token", server.token, *args])
+    return runner.invoke(app, ["--url", server.url, "--token", server.token, *args], input=input)
 
 
 def ok(server: LiveServer, *args: str) -> Result:
@@ -127,6 +127,19 @@ def test_bad_input_is_reported_and_changes_nothing(live_server: LiveServer) -> N
     assert "tok-7f3a9" not in wrong.output
 
 
+def test_the_data_lake_options_are_checked(live_server: LiveServer) -> None:
+    # This server has no data lake: asking for it is refused, naming the option's field.
+    wanted = cli(live_server, "submit", "hello", "--datalake")
+    assert wanted.exit_code == 1
+    assert "datalake: this server has no data lake" in wanted.stderr
+    mixed = cli(live_server, "submit", "hello", "--no-datalake", "--rse", "SOME_DISK")
+    assert mixed.exit_code == 1
+    assert "not with --no-datalake" in mixed.stderr
+    assert json.loads(ok(live_server, "jobs", "--json").stdout)["total"] == 0
+    plan = ok(live_server, "submit", "hello", "--no-datalake", "--dry-run").stdout
+    assert "data outputs: not to the data lake" in plan
+
+
 def test_status_and_logs_of_finished_jobs(live_server: LiveServer) -> None:
     jobs = done_jobs(live_server, "jobs=2", "first_run=7", "message=hi")
     shown = ok(live_server, "status", str(jobs[0])).stdout
@@ -197,6 +210,30 @@ def test_kill_reschedule_and_rm(live_server: LiveServer) -> None:
 
     assert f"job {first}: Deleted" in ok(live_server, "rm", str(first)).stdout
     assert "(1 jobs)" in ok(live_server, "jobs", "--status", "Killed").stdout
+
+
+def test_a_whole_submission_killed_downloaded_and_removed(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    view = submit(live_server, "jobs=2", "sleep=60")
+    sid, jobs = view["id"], view["job_ids"]
+    wait_status(live_server, jobs[0], "Running")
+    assert cli(live_server, "kill").exit_code != 0  # neither ids nor a submission
+    assert cli(live_server, "kill", str(jobs[0]), "--submission", str(sid)).exit_code != 0
+    killed = ok(live_server, "kill", "--submission", str(sid))
+    assert f"submission {sid}: 2 job(s) killed" in killed.stdout
+    assert {job_detail(live_server, j)["status"] for j in jobs} == {"Killed"}
+
+    ok(live_server, "get", "--submission", str(sid), "-o", str(tmp_path))
+    with zipfile.ZipFile(tmp_path / f"submission-{sid}-outputs.zip") as archive:
+        assert {f"job-{j}/std.out" for j in jobs} <= set(archive.namelist())
+
+    refused = cli(live_server, "rm", "--submission", str(sid), input="n\n")
+    assert refused.exit_code == 1 and "Delete submission" in refused.stdout
+    assert job_detail(live_server, jobs[0])["status"] == "Killed"  # nothing changed
+    removed = ok(live_server, "rm", "--submission", str(sid), "--yes")
+    assert f"submission {sid}: 2 job(s) deleted" in removed.stdout
+    assert cli(live_server, "get", "--submission", str(sid), "-o", str(tmp_path)).exit_code != 0
 
 
 def test_an_unreachable_server_exits_2() -> None:

@@ -20,7 +20,8 @@ from tests.iam.server import IamDouble
 
 
 @pytest.fixture
-def live_server_env(iam: IamDouble) -> dict[str, str]:
+def live_server_env(iam: IamDouble, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The server in IAM mode; a test adds settings by parametrizing this fixture."""
     iam.state.any_loopback_redirect = True
     iam.state.device_interval = 1
     return {
@@ -28,6 +29,7 @@ def live_server_env(iam: IamDouble) -> dict[str, str]:
         "CONCORDIA_OIDC_CLIENT_ID": "concordia",
         "CONCORDIA_OIDC_CLIENT_SECRET": "concordia-secret",
         "CONCORDIA_OIDC_CLI_CLIENT_ID": "concordia-cli",
+        **getattr(request, "param", {}),
     }
 
 
@@ -46,12 +48,9 @@ def run(server: LiveServer, tokens: Path, *args: str) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def test_login_with_the_device_flow_then_use_refresh_and_logout(
-    live_server: LiveServer, iam: IamDouble, tmp_path: Path
-) -> None:
-    iam.add_user("jane", certificate=TestCA().issue_user("Jane Doe"))
-    tokens = tmp_path / "config" / "tokens.json"
-    login = concordia(live_server, tokens, "login", "--timeout", "60")
+def approved_login(server: LiveServer, iam: IamDouble, tokens: Path, username: str) -> str:
+    """`concordia login`, approved in IAM by ``username``; all it printed."""
+    login = concordia(server, tokens, "login", "--timeout", "60")
     assert login.stdout is not None
     shown = ""
     deadline = time.monotonic() + 30
@@ -60,10 +59,19 @@ def test_login_with_the_device_flow_then_use_refresh_and_logout(
     match = re.search(r"enter the code (\S+?)\)", shown)
     assert match, shown
     assert f"{iam.url}/device" in shown
-    iam.approve_device(match.group(1), "jane")
+    iam.approve_device(match.group(1), username)
     out, err = login.communicate(timeout=60)
     assert login.returncode == 0, err
-    assert "as jane. Recognised as a member of ESCAPE, CTA" in shown + out
+    return shown + out
+
+
+def test_login_with_the_device_flow_then_use_refresh_and_logout(
+    live_server: LiveServer, iam: IamDouble, tmp_path: Path
+) -> None:
+    iam.add_user("jane", certificate=TestCA().issue_user("Jane Doe"))
+    tokens = tmp_path / "config" / "tokens.json"
+    shown = approved_login(live_server, iam, tokens, "jane")
+    assert "as jane. Recognised as a member of ESCAPE, CTA" in shown
     assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
     assert iam.count("/token", grant_type="urn:ietf:params:oauth:grant-type:device_code") >= 1
 
@@ -99,3 +107,23 @@ def test_login_denied_in_the_browser_says_so(
     _, err = login.communicate(timeout=60)
     assert login.returncode == 1 and "IAM did not sign you in" in err
     assert not tokens.exists()
+
+
+AUDIENCE = "https://concordia.example"
+
+
+@pytest.mark.parametrize("live_server_env", [{"CONCORDIA_OIDC_AUDIENCE": AUDIENCE}], indirect=True)
+def test_login_asks_iam_for_the_audience_the_server_checks(
+    live_server: LiveServer, iam: IamDouble, tmp_path: Path
+) -> None:
+    iam.add_user("jane")
+    tokens = tmp_path / "tokens.json"
+    shown = approved_login(live_server, iam, tokens, "jane")
+    assert "Signed in to" in shown and "as jane" in shown
+    assert run(live_server, tokens, "me").returncode == 0
+    stored = json.loads(tokens.read_text())
+    stored[live_server.url]["expires_at"] = 0  # the refreshed token is for the audience too
+    tokens.write_text(json.dumps(stored))
+    me = run(live_server, tokens, "me")
+    assert me.returncode == 0, me.stderr
+    assert iam.count("/token", grant_type="refresh_token") == 1

@@ -178,7 +178,7 @@ def test_a_failing_job_ends_failed_with_its_exit_status(
     [run] = [r for r in site.run_once() if r.job_id == job_id]
     assert (run.status, run.exit_code) == ("Failed", 3)
     row = job(jane, job_id)
-    assert (row["Status"], row["MinorStatus"]) == ("Failed", "Application exited with status 3")
+    assert (row["Status"], row["MinorStatus"]) == ("Failed", "Application Finished With Errors")
     out = tmp_path / "out"
     assert "std.err" in output_files(jane, job_id, out)
     assert (out / "std.err").read_text() == "oops\n"

@@ -213,7 +213,7 @@ async def test_disconnecting_forgets_the_tokens(user_grid: IamApp) -> None:
     # Jobs of a user who is not connected (any more) are refused by the backend with why:
     # the reconciler fails them with it, they are not retried for ever.
     spec = JobSpec(
-        uuid=str(uuid.uuid4()), job_id=1, name="orphan", argv=["true"], cpu_time=60,
+        uuid=str(uuid.uuid4()), job_id=1, name="orphan", argv=["true"], cpu_time=600,
         owner=JANE, vo="cta", group=USER_GROUP, job_group="orphan.1",
     )  # fmt: skip
     [ref] = await app.running.platform.backends["diracx"].submit([spec])

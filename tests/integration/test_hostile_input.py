@@ -117,7 +117,7 @@ async def test_output_names_cannot_inject_response_headers(app: Running) -> None
     for name in (evil, with_newline):
         (outputs / name).write_text("payload\n")
     base = f"/api/v1/jobs/{job['id']}/outputs"
-    listing = [o["path"] for o in (await app.client.get(base)).json()]
+    listing = [o["path"] for o in (await app.client.get(base)).json()["items"]]
     assert evil in listing and with_newline in listing
     archive = await app.client.get(f"{base}.zip")
     names = zipfile.ZipFile(io.BytesIO(archive.content)).namelist()

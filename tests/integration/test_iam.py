@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -16,9 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
 from concordia.auth import oidc
-from concordia.db.tables import UserSecret
+from concordia.db.tables import BrowserSession, User, UserSecret
+from concordia.logic.iam_session import iam_access_token
+from concordia.logic.identity import Identity
 from concordia.settings import Settings
 from tests.conftest import Running, free_port, make_settings, running_app, seed_images
+from tests.iam.fixtures import serving_iam
 from tests.iam.pki import TestCA, UserCert
 from tests.iam.server import IamDouble
 
@@ -230,6 +234,67 @@ async def test_iam_access_tokens_are_bearer_tokens_and_forgeries_are_refused(
     assert ok.status_code == 200
 
 
+async def test_a_key_changed_under_its_kid_is_fetched_again_and_forgeries_still_fail(
+    iam_app: IamApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iam = iam_app.iam
+    jane(iam_app)
+    api = iam_app.running.client
+
+    async def bearer(token: str) -> httpx.Response:
+        return await api.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+
+    async with iam_app.browser() as browser:
+        assert (await iam_app.sign_in(browser, "jane")).status_code == 303
+    assert (await bearer(iam.token_for("jane"))).status_code == 200
+    fetched = iam.count("/jwk")
+
+    # IAM's keystore replaced, the kid kept: a sign-in and a bearer call fetch the keys
+    # again (once for both: one cache). The rate limit is lifted to test at once.
+    monkeypatch.setattr(oidc, "JWKS_REFETCH_SECONDS", 0.0)
+    iam.change_key()
+    async with iam_app.browser() as browser:
+        assert (await iam_app.sign_in(browser, "jane")).status_code == 303
+        assert (await browser.get("/api/v1/me")).json()["username"] == "jane"
+    assert (await bearer(iam.token_for("jane"))).status_code == 200
+    assert iam.count("/jwk") == fetched + 1
+
+    # Signed by a key IAM never published, under its kid: refused after one more look.
+    iam.change_key(publish=False)
+    async with iam_app.browser() as browser:
+        refused = await iam_app.sign_in(browser, "jane")
+        assert refused.status_code == 401 and "signature is not IAM" in refused.text
+        assert (await browser.get("/api/v1/me")).status_code == 401
+    forged = await bearer(iam.token_for("jane"))
+    assert forged.status_code == 401 and "signature" in forged.json()["detail"]
+
+    # With the limit in force, forged tokens do not make Concordia ask IAM again and again.
+    monkeypatch.setattr(oidc, "JWKS_REFETCH_SECONDS", 30.0)
+    fetched = iam.count("/jwk")
+    for _ in range(20):
+        assert (await bearer(iam.token_for("jane"))).status_code == 401
+    assert iam.count("/jwk") == fetched
+
+
+async def test_keys_unreadable_when_a_token_needs_them_is_a_503(
+    tmp_path: Path, image_seed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ExitStack() as issuer:
+        iam = issuer.enter_context(serving_iam())  # this test's own: it is stopped below
+        iam.add_user("jane")
+        settings = seed_images(iam_settings(tmp_path / "var", iam), image_seed)
+        async with running_app(settings) as running:
+            headers = {"Authorization": f"Bearer {iam.token_for('jane')}"}
+            assert (await running.client.get("/api/v1/me", headers=headers)).status_code == 200
+            monkeypatch.setattr(oidc, "JWKS_REFETCH_SECONDS", 0.0)
+            iam.change_key()
+            headers = {"Authorization": f"Bearer {iam.token_for('jane')}"}
+            issuer.close()
+            answer = await running.client.get("/api/v1/me", headers=headers)
+            assert answer.status_code == 503, answer.text
+            assert "IAM's keys cannot be read" in answer.json()["detail"]
+
+
 async def test_the_audience_is_checked_where_configured(
     tmp_path: Path, iam: IamDouble, image_seed: Path
 ) -> None:
@@ -242,6 +307,45 @@ async def test_the_audience_is_checked_where_configured(
                 "/api/v1/me", headers={"Authorization": f"Bearer {token}"}
             )
             assert answer.status_code == status, answer.text
+        # The refusal names the claim that failed, and what was expected of it.
+        detail = answer.json()["detail"]
+        assert "'aud'" in detail and "https://concordia.example" in detail, detail
+        assert "not valid yet" not in detail
+
+
+async def test_a_token_not_valid_yet_is_told_apart_from_a_wrong_audience(
+    iam_app: IamApp,
+) -> None:
+    iam_app.iam.add_user("jane")
+    claims = iam_app.iam.access_claims("jane")
+    early = iam_app.iam.mint({**claims, "nbf": int(time.time()) + 3600})
+    answer = await iam_app.running.client.get(
+        "/api/v1/me", headers={"Authorization": f"Bearer {early}"}
+    )
+    assert answer.status_code == 401
+    assert "not valid yet" in answer.json()["detail"] and "'nbf'" in answer.json()["detail"]
+
+
+async def test_with_an_audience_the_web_sign_in_asks_iam_for_it(
+    tmp_path: Path, iam: IamDouble, image_seed: Path
+) -> None:
+    """The access token a browser sign-in gets from IAM is one Concordia then accepts."""
+    settings = iam_settings(tmp_path / "var", iam, oidc_audience="https://concordia.example")
+    async with running_app(settings) as running:
+        app = IamApp(running, iam, TestCA())
+        jane(app)
+        async with app.browser() as browser:
+            assert (await app.sign_in(browser, "jane")).status_code == 303
+            assert (await browser.get("/api/v1/me")).json()["username"] == "jane"
+        async with running.platform.reading() as session:
+            user_id = await session.scalar(select(User.id).where(User.username == "jane"))
+        assert user_id is not None
+        identity = Identity(user_id=user_id, username="jane", display_name="", auth="session")
+        token = await iam_access_token(running.platform, identity)
+        answer = await running.client.get(
+            "/api/v1/me", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200, answer.text
 
 
 async def test_applications_are_open_to_their_vos_only_and_submissions_record_the_vo(
@@ -367,19 +471,81 @@ async def test_groups_come_from_userinfo_when_the_token_has_none(iam_app: IamApp
     assert odd_answer.status_code == 401
 
 
+async def csrf_of(browser: httpx.AsyncClient) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', (await browser.get("/account")).text)
+    assert found
+    return found.group(1)
+
+
 async def test_signing_out_forgets_the_iam_tokens(iam_app: IamApp) -> None:
     iam_app.iam.add_user("jane")
     async with iam_app.browser() as browser:
         await iam_app.sign_in(browser, "jane")
         async with iam_app.running.platform.reading() as session:
-            kinds = list(await session.scalars(select(UserSecret.kind)))
-        assert kinds == ["iam_tokens"]
-        page = await browser.get("/account")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
-        assert csrf
-        assert (await browser.post("/logout", data={"csrf": csrf.group(1)})).status_code == 303
+            rows = list(await session.scalars(select(BrowserSession)))
+        assert len(rows) == 1 and rows[0].iam_tokens
+        assert "access_token" not in rows[0].iam_tokens  # encrypted by the vault
+        csrf = await csrf_of(browser)
+        assert (await browser.post("/logout", data={"csrf": csrf})).status_code == 303
         async with iam_app.running.platform.reading() as session:
-            assert list(await session.scalars(select(UserSecret.kind))) == []
+            assert list(await session.scalars(select(BrowserSession))) == []
+            assert list(await session.scalars(select(UserSecret))) == []
+
+
+async def test_a_cookie_copied_before_signing_out_opens_nothing_even_after_a_new_sign_in(
+    iam_app: IamApp,
+) -> None:
+    iam_app.iam.add_user("jane")
+    async with iam_app.browser() as browser:
+        # A sign-in under way has a session (IAM's state): signing in does not keep its id.
+        planted = (await browser.get("/login")).cookies["concordia_session"]
+        await iam_app.sign_in(browser, "jane")
+        copied = browser.cookies["concordia_session"]
+        assert copied != planted
+        await browser.post("/logout", data={"csrf": await csrf_of(browser)})
+        await iam_app.sign_in(browser, "jane")  # the same person signs in again
+        assert browser.cookies["concordia_session"] != copied  # a new session id
+        assert (await browser.get("/api/v1/me")).status_code == 200
+    for cookie in (copied, planted):
+        async with iam_app.browser() as thief:
+            thief.cookies.set("concordia_session", cookie)
+            me = await thief.get("/api/v1/me")
+            assert me.status_code == 401 and me.json()["detail"] == "not authenticated"
+            page = await thief.get("/account")
+            assert page.status_code == 401 and "/login?next=/account" in page.text
+            assert (await thief.post("/api/v1/me/scim")).status_code == 401
+
+
+async def test_each_session_acts_with_the_iam_tokens_of_its_own_sign_in(iam_app: IamApp) -> None:
+    iam = iam_app.iam
+    iam.state.access_token_lifetime = 30  # under the refresh margin: every request refreshes
+    iam.add_user("jane")
+    async with iam_app.browser() as first, iam_app.browser() as second:
+        await iam_app.sign_in(first, "jane")
+        first_grants = set(iam.state.refresh_tokens)
+        await iam_app.sign_in(second, "jane")  # another browser, a newer sign-in
+        assert first.cookies["concordia_session"] != second.cookies["concordia_session"]
+        for grant in first_grants:
+            del iam.state.refresh_tokens[grant]  # IAM ends the first sign-in only
+        # The first session does not go on with the second sign-in's tokens...
+        assert (await first.get("/api/v1/me")).status_code == 401
+        # ...and the second one is not ended with it.
+        assert (await second.get("/api/v1/me")).status_code == 200
+        assert (
+            await second.post("/logout", data={"csrf": await csrf_of(second)})
+        ).status_code == 303
+        async with iam_app.running.platform.reading() as session:
+            assert list(await session.scalars(select(BrowserSession))) == []
+
+
+async def test_api_tokens_sign_in_on_the_web_in_local_mode_only(iam_app: IamApp) -> None:
+    async with iam_app.running.new_client("jane") as api:
+        token = api.headers["Authorization"].removeprefix("Bearer ")
+    async with iam_app.browser() as browser:
+        assert (await browser.get("/login")).status_code == 302  # to IAM: no token form
+        refused = await browser.post("/login", data={"token": token})
+        assert refused.status_code == 404
+        assert (await browser.get("/api/v1/me")).status_code == 401
 
 
 async def test_iam_down_at_sign_in_is_a_clear_503(tmp_path: Path, iam: IamDouble) -> None:

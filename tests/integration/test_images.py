@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import tarfile
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from concordia.core.build_progress import BuildProgress
 from concordia.logic import images
 from concordia.settings import SHIPPED_APPLICATIONS, Settings
 from tests.conftest import LiveServer, free_port, make_settings, running_app
@@ -39,7 +41,7 @@ build_args:
   flavour: {{type: enum, choices: [vanilla, chocolate], default: vanilla}}
 parameters:
   jobs: {{type: int, default: 1, min: 1, max: 10}}
-{BUSYBOX}    - 'echo "made in the image: {{flavour}}" > /etc/concordia-proof'
+{BUSYBOX}    - 'echo "made in the image:" {{flavour}} > /etc/concordia-proof'
   files: {{proof.txt: /opt/proof/proof.txt}}
 """
 BROKEN_YAML = f"""
@@ -108,7 +110,7 @@ async def test_an_image_is_built_once_then_selected(image_settings: Settings) ->
         assert first.status_code == 202 and first.json()["selected"] is False
         image_id = first.json()["image"]["id"]
         # The log streams live (SSE) until the build ends.
-        text, end = "", None
+        text, end, phases = "", None, []
         async with client.stream("GET", f"/api/v1/images/{image_id}/log/events") as stream:
             event = ""
             async for line in stream.aiter_lines():
@@ -116,11 +118,17 @@ async def test_an_image_is_built_once_then_selected(image_settings: Settings) ->
                     event = line.split(":", 1)[1].strip()
                 elif line.startswith("data:") and event == "log":
                     text += json.loads(line[5:])["text"]
+                elif line.startswith("data:") and event == "progress":
+                    phases.append(BuildProgress.model_validate_json(line[5:]).text)
                 elif line.startswith("data:") and event == "end":
                     end = json.loads(line[5:])
                     break
         assert end == {"status": "ready", "error": ""}
         assert "### step 2/2" in text and "built in" in text
+        # Where the build is, as it goes (at each chunk of log the phase it has reached).
+        assert len(set(phases)) >= 2 and phases[-1] == "done", phases
+        # apt's own lines (mmdebstrap --verbose): what the phase and n of N are read from.
+        assert re.search(r"\d+ newly installed", text) and re.search(r"\] Get:1 ", text)
         image = await wait_built(client, image_id)
         rootfs = app.platform.images.store.path(image_id) / "rootfs"
         assert (rootfs / "opt" / "proof" / "proof.txt").read_text() == "copied in\n"
@@ -203,7 +211,10 @@ async def test_jobs_wait_for_their_image_then_run_in_it(image_settings: Settings
 
 
 async def test_limits_hold_in_an_image(image_settings: Settings) -> None:
-    async with running_app(image_settings) as app:
+    # Wall time ten times its CPU time: on a busy machine the spinning job reaches its CPU
+    # bound (1 s) before its wall-clock one, as it would alone.
+    settings = image_settings.model_copy(update={"local_wall_time_factor": 10.0})
+    async with running_app(settings) as app:
         submitted = (
             await app.client.post("/api/v1/submissions", json={"application": "spin"})
         ).json()

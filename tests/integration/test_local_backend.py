@@ -15,7 +15,8 @@ import pytest
 
 from concordia.backends import sandbox
 from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
-from concordia.backends.cgroup import SlotCgroup
+from concordia.backends.cgroup import slot_cgroup
+from concordia.backends.forkserver import ForkServer
 from concordia.backends.local import LocalBackend
 from concordia.core.states import FINAL_STATES, JobStatus
 from tests.integration.conftest import Factory
@@ -102,7 +103,7 @@ async def test_job_runs_and_its_outputs_are_collected(make_backend: Factory) -> 
     assert all(a.timestamp < b.timestamp for a, b in pairwise(history))
     assert history[-1].exit_code == 0
     assert history[1].state["isolated"] is True
-    assert history[1].state["memory_limit"] is None  # none asked for
+    assert history[1].state["memory_limit"] is True  # the default bound (local_memory_mb)
     jd = backend.job_dir("j1")
     assert (jd / "std.out").read_text() == "hello\n"
     assert (jd / "std.err").read_text() == "oops\n"
@@ -187,7 +188,7 @@ async def test_a_job_killed_while_it_starts_does_not_run(
     """The launch runs in a thread (the server answers meanwhile): a kill that comes then,
     with no process yet to signal, still ends the job once it has one."""
     entered, release = threading.Event(), threading.Event()
-    real_spawn = sandbox.spawn
+    real_spawn = ForkServer.spawn
 
     def slow_spawn(*args: Any, **kwargs: Any) -> Any:
         entered.set()
@@ -195,7 +196,7 @@ async def test_a_job_killed_while_it_starts_does_not_run(
         return real_spawn(*args, **kwargs)
 
     backend = await make_backend()  # (its start-up spawns probes)
-    monkeypatch.setattr(sandbox, "spawn", slow_spawn)
+    monkeypatch.setattr(ForkServer, "spawn", slow_spawn)
     await backend.submit([job("s", "sleep", "301")])
     assert await asyncio.to_thread(entered.wait, 15)
     killing = asyncio.ensure_future(backend.kill([ref("s")]))
@@ -324,11 +325,11 @@ async def test_plain_mode(make_backend: Factory) -> None:
 
 
 async def test_memory_limit(make_backend: Factory) -> None:
-    probe = SlotCgroup(64)
-    limited = probe.memory_limited
+    probe = slot_cgroup()
+    limited = "memory" in probe.bounds
     probe.remove()
     if not limited:
-        pytest.skip("no writable cgroup v1 memory controller")
+        pytest.skip("no writable memory cgroup")
     backend = await make_backend(local_memory_mb=64)
     hog = "x = bytearray(400 * 1024 * 1024); print('survived')"
     updates = await run(backend, job("mem", "python3", "-c", hog), job("small", "true"))

@@ -58,6 +58,10 @@ async def test_the_catalogue_leads_to_each_application(signed_in: httpx.AsyncCli
     page = (await signed_in.get("/concordia")).text
     assert 'href="/concordia/hello"' in page
     assert "Hello, Concordia" in page and "Prints a message" in page
+    # Which outputs are data for the data lake, and whether by default.
+    assert "data outputs <code>*.corsika.zst</code> to the data lake by default" in page
+    assert "data outputs <code>photons_run*.npy</code> to the data lake on request" in page
+    assert page.count("data outputs") == 2  # hello has none
 
 
 async def test_the_form_has_a_labelled_input_per_parameter(
@@ -82,6 +86,18 @@ async def test_the_form_has_a_labelled_input_per_parameter(
     assert 'maxlength="200"' in field_html(html, "p-message")
     assert "Image configuration" not in html  # hello has no build arguments
     assert "hello_1" in html  # the preview of the defaults
+
+
+async def test_the_showermodel_form_offers_the_photon_file_off_by_default(
+    signed_in: httpx.AsyncClient,
+) -> None:
+    html = (await signed_in.get("/concordia/showermodel")).text
+    field = field_html(html, "p-photon_file")
+    assert '<label for="p-photon_file">Photon file' in field
+    assert '<select id="p-photon_file" name="parameters.photon_file"' in field
+    options = re.findall(r'<option value="([^"]*)"( selected)?', field)
+    assert options == [("none", " selected"), ("arrival-times", "")]
+    assert "photons_run&lt;run&gt;.npy" in field  # the help says what it writes
 
 
 async def test_check_shows_the_message_next_to_the_field_and_stores_nothing(

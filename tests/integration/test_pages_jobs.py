@@ -156,10 +156,12 @@ async def test_the_job_page(app: Running, signed_in: httpx.AsyncClient) -> None:
     assert svg.headers["x-content-type-options"] == "nosniff"
 
     parts = await signed_in.get(f"/jobs/{job['id']}/parts")
-    assert parts.text.count('hx-swap-oob="true"') == 2
+    assert parts.text.count('hx-swap-oob="true"') == 3  # its head (actions), outputs, history
+    assert 'id="job-head"' in parts.text and "Exit code" in parts.text
 
     # A Done job can be neither killed nor rescheduled: no buttons, and a forced POST is refused.
     assert f"/jobs/{job['id']}/reschedule" not in html and f"/jobs/{job['id']}/kill" not in html
+    assert f'action="/jobs/{job["id"]}/delete"' in html  # but deleted, from its page
     killed = await signed_in.post(f"/jobs/{job['id']}/kill", data={"csrf": csrf_of(html)})
     assert "cannot be killed" in unescape((await signed_in.get(killed.headers["location"])).text)
 

@@ -57,7 +57,7 @@ image:
   workdir: /data
   steps:
     - cd /opt
-    - 'echo "made by a step: {flavour} in $(pwd)" > /etc/proof'
+    - echo "made by a step:" {flavour} "in $(pwd)" > /etc/proof
 """
 BROKEN_YAML = """
 name: broken

@@ -29,7 +29,8 @@ def wait_for(
         if job["status"] in statuses:
             return job
         time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached {statuses}: {job['status']}")
+    history = [(h["status"], h["minor_status"]) for h in job["history"]]
+    raise AssertionError(f"job {job_id} never reached {statuses} in {timeout} s: {history}")
 
 
 def processes_become(expected: int, timeout: float = 15) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import shlex
@@ -14,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from concordia.backends.diracx import DiracXBackend
+from concordia.backends.local import LocalBackend
 from concordia.core.application import (
     ApplicationDef,
     EnumParam,
@@ -29,8 +32,13 @@ from concordia.core.application import (
     validate_parameters,
 )
 from concordia.core.jdl import parse_jdl
+from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.submissions import plan_jobs
-from concordia.settings import SHIPPED_APPLICATIONS
+from concordia.settings import SHIPPED_APPLICATIONS, Settings
+
+# What each backend is given of a job is described without starting it (no I/O).
+LOCAL = LocalBackend(Settings())
+GRID = DiracXBackend(Settings(diracx_url="https://diracx.invalid"))
 
 
 def cta_like(**extra: Any) -> ApplicationDef:
@@ -113,6 +121,10 @@ def test_values_cannot_inject_shell_words() -> None:
         ({"command": "run {undefined}"}, "unknown name"),
         ({"command": "run {showers!r}"}, "plain name"),
         ({"outputs": ["../escape/*"]}, "inside the work directory"),
+        ({"outputs": ["my results.txt"]}, "output glob 'my results.txt': ' ' cannot travel"),
+        ({"outputs": ["out_%j.root"]}, "output glob 'out_%j.root': '%j' cannot travel"),
+        ({"outputs": ["*.{root,log}"]}, "'{' cannot travel in DIRAC's JDL lists"),
+        ({"tags": ["8 cores"]}, "tag '8 cores': ' ' cannot travel in DIRAC's JDL lists"),
         ({"input_files": ["/etc/passwd"]}, "relative path"),
         ({"batch": {"count": "array"}}, "batch.count"),
         ({"surprise": 1}, "Extra inputs"),
@@ -188,7 +200,7 @@ def test_any_json_parameters_give_a_valid_plan_or_errors_naming_each_field(
     assert set(values) == set(app.parameters)
     for name, value in values.items():
         _assert_obeys(app.parameters[name], value)
-    jobs = plan_jobs(app, values, submission_id=1)
+    jobs = plan_jobs(LOCAL, app, values, 1, Path("apps"))
     assert len(jobs) == (int(values[app.batch.count]) if app.batch.count else 1)
     for job in jobs:
         # What a job is stored and shown as is UTF-8 JSON; its JDL says exactly its argv.
@@ -198,6 +210,10 @@ def test_any_json_parameters_give_a_valid_plan_or_errors_naming_each_field(
         arguments = jdl.get("Arguments", "")
         assert isinstance(arguments, str)
         assert shlex.split(arguments) == job.argv[1:]
+    # The grid's JDL carries the argv whole, in one word its job wrapper decodes.
+    for job in plan_jobs(GRID, app, values, 1, Path("apps")):
+        [word] = shlex.split(str(parse_jdl(job.jdl)["Arguments"]))
+        assert json.loads(base64.urlsafe_b64decode(word)) == {"argv": job.argv}
 
 
 def _assert_obeys(spec: ParameterDef, value: ParamValue) -> None:
@@ -230,3 +246,54 @@ def test_one_value_is_coerced_or_refused_with_a_parameter_error(
         assert exc.field == "p" and exc.message
         return
     _assert_obeys(spec, value)
+
+
+# --- placeholders in shell lines: a value is one word, never read by a shell again --------
+
+HOSTILE = ["$(touch /work/pwned)", "'; touch pwned; '", 'a "b" `id` \\ $HOME', "-x y"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_a_value_reaches_the_program_as_one_literal_argument(value: str) -> None:
+    app = cta_like(command="simulate --array {array} --name=run{run}.{array} {array}")
+    values = validate_parameters(app, {"he_model": "EPOS-LHC", "array": value})
+    argv = expand_batch(app, values)[0].argv
+    assert argv == ["simulate", "--array", value, f"--name=run1.{value}", value]
+
+
+@pytest.mark.parametrize(
+    ("command", "placeholder"),
+    [
+        ("sh -c 'echo {array}'", "array"),
+        ('sh -c "echo {array}"', "array"),
+        ("sh -c 'echo '{array}", None),  # after the quotes: bare
+        ("echo \\{array}", "array"),  # a backslash would escape the value's quote
+        ("echo {showers} 'x {array} y'", "array"),
+        ("echo --a={array} '{{literal}}'", None),
+    ],
+)
+def test_placeholders_inside_quotes_are_refused(command: str, placeholder: str | None) -> None:
+    if placeholder is None:
+        cta_like(command=command)
+        return
+    with pytest.raises(ValidationError) as info:
+        cta_like(command=command)
+    message = str(info.value)
+    assert f"application 'showers': placeholder {{{placeholder}}} in its command" in message
+    assert repr(command) in message and "inside quotes" in message
+
+
+def test_an_application_quoting_a_placeholder_is_left_out_at_load(tmp_path: Path) -> None:
+    (tmp_path / "echo.yaml").write_text(
+        "name: echo\ntitle: Echo\ncommand: \"sh -c 'echo {message}'\"\n"
+        "parameters: {message: {type: str, default: hi}}\n"
+    )
+    (tmp_path / "fine.yaml").write_text(
+        'name: fine\ntitle: Fine\ncommand: "sh -c \'echo \\"$1\\"\' job {message}"\n'
+        "parameters: {message: {type: str, default: hi}}\n"
+    )
+    catalog = ApplicationCatalog(tmp_path).load()
+    assert list(catalog.apps) == ["fine"]
+    error = catalog.errors["echo.yaml"]
+    assert "application 'echo': placeholder {message}" in error
+    assert "'sh -c \\'echo {message}\\''" in error or "sh -c 'echo {message}'" in error

@@ -120,8 +120,9 @@ def test_containerfile_runs_concordia_serve_as_a_user_on_all_interfaces() -> Non
 
 
 def _settings_variables(text: str) -> set[str]:
-    """The CONCORDIA_ names in a text, but for families such as CONCORDIA_OIDC_*."""
-    return set(re.findall(r"\bCONCORDIA_[A-Z0-9_]*[A-Z0-9]\b(?!_?\*)", text))
+    """The CONCORDIA_ names in a text, but for families such as CONCORDIA_OIDC_* and the
+    variables of a worker node (CONCORDIA_NODE_*, read by the job wrapper)."""
+    return set(re.findall(r"\bCONCORDIA_(?!NODE_)[A-Z0-9_]*[A-Z0-9]\b(?!_?\*)", text))
 
 
 @pytest.mark.parametrize(
@@ -163,6 +164,7 @@ def test_systemd_unit_is_hardened_without_breaking_jobs(unit: Path) -> None:
     assert data_dir in service["ReadWritePaths"]
     assert f"CONCORDIA_DATA_DIR={data_dir}" in service["Environment"]
     assert not BREAKS_JOBS_OR_BUILDS & set(service), "see the unit's comments"
+    assert service["Delegate"] == ["yes"]  # cgroup v2 bounds of local jobs
     variables = _settings_variables(" ".join(service["Environment"]))
     assert variables <= {f"CONCORDIA_{name.upper()}" for name in Settings.model_fields}
 
@@ -184,3 +186,32 @@ def test_systemd_unit_verifies(unit: Path, tmp_path: Path) -> None:
     )
     problems = [line for line in result.stderr.splitlines() if unit.name in line]
     assert result.returncode == 0 and not problems, result.stderr
+
+
+#: Settings whose value is a secret: the guide keeps them out of the group-readable TOML.
+SECRET_SETTINGS = {
+    name
+    for name, field in Settings.model_fields.items()
+    if "SecretStr" in str(field.annotation) or name == "database_url"  # its password
+}
+
+
+def test_the_guide_keeps_secrets_from_the_service_group() -> None:
+    """The TOML is readable by the service's group, so by its jobs and builds: it holds no
+    secret. Secrets are root-only files (a 0700 directory, written under umask 077) that
+    every unit hands over with LoadCredential=, named as Concordia reads them."""
+    text = DEPLOYMENT.read_text()
+    for block in re.findall(r"```toml\n(.*?)```", text, re.S):
+        assert not set(tomllib.loads(block)) & SECRET_SETTINGS, block
+    loaded = {value for unit in UNITS for value in _unit(unit)["Service"]["LoadCredential"]}
+    [credential] = loaded  # the same in every unit
+    prefix, directory = credential.split(":", 1)
+    assert prefix == "CONCORDIA"  # a file NAME becomes CONCORDIA_NAME, a setting's variable
+    assert f"install -d -m 0700 -o root -g root {directory}\n" in text
+    [written] = [b for b in re.findall(r"```sh\n(.*?)```", text, re.S) if f"cd {directory}" in b]
+    assert f"sh -c 'umask 077; cd {directory}\n" in written
+    for name in SECRET_SETTINGS - {"metrics_token"}:  # optional, named in the text
+        assert f"> {name.upper()}" in written, name
+    assert "`METRICS_TOKEN`" in text
+    for unit in UNITS:
+        assert "concordia.toml" in " ".join(_unit(unit)["Service"]["Environment"])

@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from concordia.core.jdl import Expression, JDLError, JDLValue, job_jdl, parse_jdl, render_jdl
+from concordia.core.jdl import (
+    Expression,
+    JDLError,
+    JDLValue,
+    dirac_list_item_problem,
+    job_jdl,
+    parse_jdl,
+    render_jdl,
+)
 
 E = Expression
 
@@ -115,7 +123,7 @@ def test_render_is_dirac_style_one_attribute_per_line() -> None:
     )
 
 
-_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True)
+_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}(\.[A-Za-z0-9_]{1,4}){0,2}", fullmatch=True)
 _plain_text = st.text(st.characters(min_codepoint=0x20, exclude_characters="\x7f"))
 _identifiers = st.from_regex(
     r"[A-Za-z_][A-Za-z0-9_]{0,6}(\.[A-Za-z0-9_]{1,6}){0,3}", fullmatch=True
@@ -187,6 +195,117 @@ def test_seed_printout_with_unclosed_input_sandbox_is_an_error_naming_the_line()
     assert (caught.value.line, caught.value.column) == (9, 5)  # where JobGroup starts
     assert "line 9" in str(caught.value)
     assert "line 6, column 9" in str(caught.value)  # where the unclosed '{' is
+
+
+# --- what DIRAC writes --------------------------------------------------------------------
+
+# A parametric job as DiracX 0.7.0 stores its second job (JobDB, after its own rewrite):
+# the sequences' values under dotted names, a nested description, lists over lines.
+DIRACX_STORED = """\
+[
+    Arguments = "1 y 1";
+    CPUTime = 600;
+    JobGroup = "g";
+    JobID = 2;
+    JobRequirements =
+        [
+            CPUTime = 600;
+            Owner = "jane";
+            UserPriority = 3;
+        ];
+    OutputSandbox =
+        {
+            "a*.txt",
+            "std.out"
+        };
+    Parameter = 1;
+    Parameter.A = 3;
+    Parameter.B = "y";
+    ParameterNumber = 1;
+    Tags =
+        {
+            "t1",
+            "t2"
+        };
+]"""
+
+
+def test_a_jdl_as_diracx_stores_it_is_read_with_its_dotted_parameters() -> None:
+    parsed = parse_jdl(DIRACX_STORED)
+    assert parsed["Parameter.A"] == 3 and parsed["Parameter.B"] == "y"
+    assert parsed["OutputSandbox"] == ["a*.txt", "std.out"]
+    assert parsed["Tags"] == ["t1", "t2"]
+    requirements = parsed["JobRequirements"]
+    assert isinstance(requirements, Expression) and 'Owner = "jane"' in requirements
+    assert typed(parse_jdl(render_jdl(parsed))) == typed(parsed)
+
+
+def test_a_parametric_description_with_named_sequences_is_read_and_written_back() -> None:
+    text = """[
+        Executable = "run.sh";
+        Arguments = "%(A)s %(B)s %n";
+        Parameters = 2;
+        ParameterStart.A = 1;
+        ParameterStep.A = 2;
+        ParameterFactor.A = 1.5;
+        Parameters.B = { "x", "y" };
+        Parameters.InputData = { "LFN:/cta/a.dat", "LFN:/cta/b.dat" };
+    ]"""
+    parsed = parse_jdl(text)
+    assert parsed["ParameterStart.A"] == 1 and parsed["ParameterFactor.A"] == 1.5
+    assert parsed["Parameters.B"] == ["x", "y"]
+    assert parsed["Parameters.InputData"] == ["LFN:/cta/a.dat", "LFN:/cta/b.dat"]
+    assert typed(parse_jdl(render_jdl(parsed))) == typed(parsed)
+
+
+def test_dotted_names_still_ignore_case_and_must_be_names() -> None:
+    with pytest.raises(JDLError, match="duplicate attribute"):
+        parse_jdl("Parameters.A = 1; parameters.a = 2;")
+    for bad in ("Parameters.", "Parameters..A", ".A", "Parameters.A-B"):
+        with pytest.raises(JDLError, match="attribute name"):
+            render_jdl({bad: 1})
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_a_line_break_inside_a_string_is_dropped_as_dirac_drops_it(newline: str) -> None:
+    # DIRAC keeps what surrounds the break (here the next line's indentation).
+    text = f'[\n    Arguments = "a{newline}    b";\n    Files = {{ "x{newline}y", "z" }};\n]'
+    assert parse_jdl(text) == {"Arguments": "a    b", "Files": ["xy", "z"]}
+
+
+def test_an_unclosed_string_is_still_an_error_where_it_opens() -> None:
+    with pytest.raises(JDLError, match="unterminated string") as caught:
+        parse_jdl('A = 1;\nB = "abc;\nC = 2;\n')
+    assert (caught.value.line, caught.value.column) == (2, 5)
+
+
+@pytest.mark.parametrize("item", ["result.txt", "data/*.root", "out_?.log", "run_1?.txt"])
+def test_plain_globs_travel_in_dirac_lists(item: str) -> None:
+    assert dirac_list_item_problem(item) is None
+
+
+@pytest.mark.parametrize(
+    ("item", "bad"),
+    [
+        ("my file.txt", "' '"),
+        ("a,b", "','"),
+        ('a"b', "'\"'"),
+        ("a\\b", "'\\\\'"),
+        ("a;b", "';'"),
+        ("run[0-9].txt", "'['"),
+        ("*.{root,log}", "'{'"),
+        ("out_%j.txt", "'%j'"),
+        ("tab\there", "'\\t'"),
+    ],
+)
+def test_what_dirac_lists_cannot_carry_is_named(item: str, bad: str) -> None:
+    problem = dirac_list_item_problem(item)
+    assert problem is not None and problem.startswith(bad), problem
+    assert "DIRAC" in problem
+
+
+def test_an_empty_list_item_is_refused() -> None:
+    assert dirac_list_item_problem("") == "an empty item is dropped by DIRAC"
 
 
 # --- job_jdl -----------------------------------------------------------------------------

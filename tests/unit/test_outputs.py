@@ -23,7 +23,7 @@ def job_dir(tmp_path: Path) -> Path:
 
 def collected(job_dir: Path, patterns: list[str]) -> list[str]:
     outputs = job_dir / "outputs"
-    files = collect_outputs(job_dir, patterns)
+    files = collect_outputs(job_dir, patterns).files
     assert all(f.is_relative_to(outputs) and f.is_file() and not f.is_symlink() for f in files)
     return sorted(f.relative_to(outputs).as_posix() for f in files)
 
@@ -70,3 +70,18 @@ def test_a_directory_nested_deeper_than_allowed_is_not_walked(job_dir: Path) -> 
     (deep / "bottom.txt").write_text("x\n")
     (job_dir / "work" / "top.txt").write_text("y\n")
     assert collected(job_dir, ["**/*.txt"]) == ["std.out", "top.txt"]
+
+
+def test_a_collection_cut_short_is_done_again(job_dir: Path) -> None:
+    """A worker killed in the middle of a collection: the one adopting the job collects again
+    and gets the same files (the logs already linked, the outputs already moved)."""
+    (job_dir / "work" / "result.txt").write_text("42\n")
+    (job_dir / "std.err").write_text("warnings\n")
+    first = collected(job_dir, ["*.txt"])
+    (job_dir / "outputs" / "std.err").unlink()
+    (job_dir / "outputs" / "std.err").write_text("half of a cop")  # a copy cut short
+    assert first == ["result.txt", "std.err", "std.out"]
+    assert collected(job_dir, ["*.txt"]) == ["std.err", "std.out"]  # result.txt: moved before
+    assert sorted(p.name for p in (job_dir / "outputs").iterdir()) == first
+    assert (job_dir / "outputs" / "std.err").read_text() == "warnings\n"
+    assert (job_dir / "outputs" / "result.txt").read_text() == "42\n"

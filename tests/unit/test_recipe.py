@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,30 @@ def test_the_catalogue_refuses_unknown_or_looping_bases(tmp_path: Path) -> None:
     assert "'nope', which is no application with a recipe" in catalog.errors["orphan.yaml"]
     assert "loop: ping -> pong -> ping" in catalog.errors["ping.yaml"]
     assert "packges" in catalog.errors["typo.yaml"]
+
+
+FLAVOUR = {"flavour": {"type": "str", "default": "vanilla"}}
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "echo 'made with {flavour}' > /etc/proof",
+        'echo "{flavour}" > /etc/proof',
+        "cat > /etc/proof <<EOF\n{flavour}\nEOF",
+    ],
+)
+def test_a_build_step_quoting_a_placeholder_is_refused(step: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        app_with({"steps": [step]}, build_args=FLAVOUR)
+    assert "application 'a': placeholder {flavour} in its build step" in str(info.value)
+
+
+def test_a_build_argument_becomes_one_shell_word_of_its_step(tmp_path: Path) -> None:
+    app = app_with({"steps": ["printf '[%s]' {flavour} x{flavour} > out"]}, build_args=FLAVOUR)
+    assert app.image is not None
+    value = "$(touch pwned)'; touch pwned; '"
+    [step] = app.image.rendered_steps({"flavour": value})
+    subprocess.run(["sh", "-c", step], cwd=tmp_path, check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out").read_text() == f"[{value}][x{value}]"

@@ -91,12 +91,40 @@ def test_the_default_command_is_what_the_script_expects(
     assert isinstance(layout, EnumParam) and isinstance(primary, EnumParam)
     assert layout.choices == list(script.LAYOUTS)
     assert primary.choices == sorted(script.PROFILE_MODELS)
+    # No photon file unless asked: existing runs write what they wrote.
+    assert args.photon_file == "none"
+    photon_file = app.parameters["photon_file"]
+    assert isinstance(photon_file, EnumParam)
+    assert photon_file.choices == list(script.PHOTON_FILES)
+
+
+def test_the_photon_file_is_asked_for_on_the_command_line(
+    app: ApplicationDef, script: ModuleType
+) -> None:
+    values = validate_parameters(app, {"photon_file": "arrival-times", "first_run": 5})
+    (plan,) = expand_batch(app, values)
+    assert script.parse_args(plan.argv[2:]).photon_file == "arrival-times"
+    with pytest.raises(ParameterErrors) as info:
+        validate_parameters(app, {"photon_file": "hdf5"})
+    assert [e.field for e in info.value.errors] == ["photon_file"]
+    # Its histograms cost a little CPU per shower and telescope: the estimate counts it.
+    big = {"showers": 700, "layout": "grid-25", "primary": "proton"}
+    without = app.cpu_seconds(validate_parameters(app, big))
+    with_photons = app.cpu_seconds(
+        validate_parameters(app, {**big, "photon_file": "arrival-times"})
+    )
+    assert without == pytest.approx(530)
+    assert with_photons == pytest.approx(5 + 700 * (0.75 + 0.038))
 
 
 def test_the_outputs_cover_what_the_script_writes(app: ApplicationDef) -> None:
-    written = ["showers_run7.csv", "profile_run7.png", "signal_run7.png"]
+    written = ["showers_run7.csv", "profile_run7.png", "signal_run7.png", "photons_run7.npy"]
     for name in written:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in app.outputs), name
+    # Only the photon file is data for the data lake.
+    assert app.datalake is not None
+    data = [n for n in written if any(fnmatch.fnmatch(n, g) for g in app.datalake.data)]
+    assert data == ["photons_run7.npy"]
     assert not any(fnmatch.fnmatch("run_showers.py", pattern) for pattern in app.outputs)
 
 
@@ -127,8 +155,9 @@ def test_the_definition_refuses_bad_values(
 def test_the_script_refuses_an_inverted_energy_range(
     app: ApplicationDef, script: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A definition checks each value alone, so the job script checks the pair.
-    values = validate_parameters(app, {"energy_min": 50, "energy_max": 5})
+    # The definition's rule refuses the pair before any job (tests/unit/test_rules.py); the
+    # script checks it again for a run by hand.
+    values = {**validate_parameters(app, {}), "energy_min": 50.0, "energy_max": 5.0}
     (plan,) = expand_batch(app, values)
     with pytest.raises(SystemExit) as info:
         script.parse_args(plan.argv[2:])

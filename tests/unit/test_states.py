@@ -57,3 +57,42 @@ def test_kill_and_reschedule_sets_follow_the_table() -> None:
     assert S.DONE not in KILLABLE_STATES
     assert S.FAILED in RESCHEDULABLE_STATES and S.KILLED in RESCHEDULABLE_STATES
     assert S.DONE not in RESCHEDULABLE_STATES
+
+
+def test_a_status_text_too_long_to_store_is_cut() -> None:
+    """PostgreSQL refuses a minor status longer than its column, and the job's whole update
+    with it (an internal error's message naming two long paths did): it is cut instead."""
+    from datetime import UTC, datetime
+
+    from concordia.backends.base import StatusUpdate
+    from concordia.core.states import STATUS_TEXT_MAX
+    from concordia.db.tables import Job
+
+    update = StatusUpdate(
+        uuid="u", status=S.FAILED, minor_status="Internal error: " + "x" * 900,
+        application_status="y" * 300, timestamp=datetime.now(UTC),
+    )  # fmt: skip
+    assert len(update.minor_status) == len(update.application_status) == STATUS_TEXT_MAX
+    assert update.minor_status.startswith("Internal error: x") and update.minor_status[-1] == "…"
+    assert Job.__table__.c.minor_status.type.length == STATUS_TEXT_MAX  # type: ignore[attr-defined]
+    short = StatusUpdate(uuid="u", status=S.DONE, minor_status="ok", timestamp=datetime.now(UTC))
+    assert short.minor_status == "ok"
+
+
+def test_a_status_text_made_by_concordia_itself_is_cut_where_it_is_written() -> None:
+    """A data-lake or internal error's message becomes a minor status through logic, not a
+    backend's StatusUpdate: record_status, where every status is written, cuts it too."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from concordia.core.states import STATUS_TEXT_MAX
+    from concordia.logic.jobs import HISTORY_KEY, record_status
+
+    session = SimpleNamespace(info={})
+    job = SimpleNamespace(id=1, status="Completing", minor_status="", application_status="",
+                          updated_at=None, started_at=None, ended_at=None)  # fmt: skip
+    record_status(cast(Any, session), cast(Any, job), S.FAILED,
+                  minor="data lake: " + "x" * 900, source="DataLake")  # fmt: skip
+    assert len(job.minor_status) == STATUS_TEXT_MAX and job.minor_status.endswith("…")
+    [row] = session.info[HISTORY_KEY]
+    assert row["minor_status"] == job.minor_status

@@ -157,7 +157,7 @@ def test_unencrypted_pem_loads_even_with_a_password(pki: Pki) -> None:
     ("data", "message"),
     [
         (b"hello, this is not a certificate", "not a certificate file"),
-        (b"\x30\x03\x02\x01\x01", "wrong or missing password"),  # DER, but no PKCS#12
+        (b"\x30\x03\x02\x01\x01", "not a certificate file"),  # DER, but no PKCS#12
         (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "no readable"),
     ],
 )

@@ -1,0 +1,1 @@
+"""Fakes of Concordia's own interfaces, for testing its rules fast."""

@@ -1,0 +1,78 @@
+"""Pytest fixtures: a real Rucio server with its POSIX and WebDAV RSEs (scripts/rucio-server)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER_SCRIPT = REPO / "scripts" / "rucio-server"
+RUCIO_VENV = REPO / ".venv-rucio"
+SCRIPT_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True, slots=True)
+class RucioServer:
+    """What scripts/rucio-server wrote in env.json: where Rucio and its RSEs are, and the
+    passwords of its accounts (root, the service account ``service``, the users)."""
+
+    url: str
+    webdav_url: str
+    ca: str  # the WebDAV RSE's self-signed certificate: the ``verify`` of a client
+    passwords: dict[str, str]
+    service: str
+    users: tuple[str, ...]
+    posix_rse: str
+    webdav_rse: str
+    posix_prefix: Path
+    state_dir: Path
+
+    def password(self, account: str) -> str:
+        return self.passwords[account]
+
+
+def rucio_script(*args: str) -> None:
+    """Run scripts/rucio-server, or fail the test with its stderr."""
+    result = subprocess.run(
+        [sys.executable, str(SERVER_SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/rucio-server {args[0]} failed:\n{result.stderr}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def rucio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RucioServer]:
+    """Rucio, nginx (WebDAV) and a database of their own, started once per session."""
+    if not (RUCIO_VENV / "bin" / "gunicorn").exists():
+        pytest.fail(
+            "the Rucio server is not installed in .venv-rucio: `make test-deps` installs it",
+            pytrace=False,
+        )
+    state = tmp_path_factory.mktemp("rucio")
+    rucio_script("start", str(state))
+    try:
+        info = json.loads((state / "env.json").read_text())
+        yield RucioServer(
+            url=info["url"],
+            webdav_url=info["webdav_url"],
+            ca=info["ca"],
+            passwords=dict(info["accounts"]),
+            service=info["service_account"],
+            users=tuple(info["users"]),
+            posix_rse=info["rses"]["posix"],
+            webdav_rse=info["rses"]["webdav"],
+            posix_prefix=Path(info["posix_prefix"]),
+            state_dir=state,
+        )
+    finally:
+        rucio_script("stop", str(state))
