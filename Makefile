@@ -6,13 +6,23 @@ STAMP := $(VENV)/.installed
 # DiracX (GPL-3.0) runs in a venv of its own as a separate process: the project never imports it.
 DIRACX_VENV := .venv-diracx
 DIRACX_STAMP := $(DIRACX_VENV)/.installed
+# The Rucio server of the data-lake tests runs in a venv of its own too: the project talks to
+# it over its REST API only.
+RUCIO_VENV := .venv-rucio
+RUCIO_STAMP := $(RUCIO_VENV)/.installed
 # bubblewrap runs jobs in their images; mmdebstrap builds images; squashfs-tools and umoci
-# write the SquashFS (Apptainer) and OCI forms of each image.
-SYSTEM_PACKAGES := bubblewrap mmdebstrap squashfs-tools umoci
+# write the SquashFS (Apptainer) and OCI forms of each image; slirp4netns (with iproute2 to
+# block routes) gives build steps a network namespace of their own, outbound only.
+SYSTEM_PACKAGES := bubblewrap mmdebstrap squashfs-tools umoci slirp4netns iproute2
 # podman (with runc: crun refuses cgroup v1 hybrid mode) is the third runtime of jobs in images.
-TEST_PACKAGES := chromium podman runc
+# docker-registry is the OCI registry grid images are pushed to in tests (htpasswd from
+# apache2-utils for its auth), skopeo reads what was pushed back independently.
+# nginx with its WebDAV module serves the https (WebDAV) RSE of the Rucio of the tests, on a
+# self-signed certificate made by openssl.
+TEST_PACKAGES := chromium podman runc docker-registry skopeo apache2-utils \
+	nginx libnginx-mod-http-dav-ext openssl
 
-.PHONY: run test lint system-deps test-deps diracx-venv bench clean
+.PHONY: run test lint system-deps test-deps diracx-venv rucio-venv bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +43,17 @@ $(DIRACX_STAMP): scripts/diracx-requirements.txt
 # The real DiracX server the tests of tests/diracx start (scripts/diracx-server).
 diracx-venv: $(DIRACX_STAMP)
 
-test-deps: system-deps diracx-venv
-	@scripts/ensure-packages "the browser tests drive Debian's chromium; podman runs jobs in tests" $(TEST_PACKAGES)
+$(RUCIO_STAMP): scripts/rucio-requirements.txt
+	$(PYTHON) -m venv $(RUCIO_VENV)
+	$(RUCIO_VENV)/bin/pip install --quiet --upgrade pip
+	$(RUCIO_VENV)/bin/pip install --quiet -r scripts/rucio-requirements.txt
+	touch $(RUCIO_STAMP)
+
+# The real Rucio server the data-lake tests start (scripts/rucio-server).
+rucio-venv: $(RUCIO_STAMP)
+
+test-deps: system-deps diracx-venv rucio-venv
+	@scripts/ensure-packages "the browser tests drive Debian's chromium; podman runs jobs in tests; grid images are pushed to a real registry; nginx serves the WebDAV RSE of the data-lake tests" $(TEST_PACKAGES)
 	@scripts/ensure-postgresql
 
 run: $(STAMP) system-deps
@@ -51,16 +70,22 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check concordia tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP) system-deps diracx-venv
+bench: $(STAMP) system-deps diracx-venv rucio-venv
 	$(BIN)/python bench/local_overhead.py
 	$(BIN)/python bench/jobs_query.py
 	$(BIN)/python bench/pages.py
+	$(BIN)/python bench/submission_page.py
 	$(BIN)/python bench/image_lookup.py
+	$(BIN)/python bench/image_rebuild.py
 	$(BIN)/python bench/job_start.py
+	$(BIN)/python bench/grid_image.py
+	$(BIN)/python bench/isolation.py
 	$(BIN)/python bench/bearer_auth.py
 	$(BIN)/python bench/diracx_submit.py
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/datalake.py
+	$(BIN)/python bench/datalake_local.py
 	$(BIN)/python bench/load.py
 
 clean:
-	rm -rf $(VENV) $(DIRACX_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DIRACX_VENV) $(RUCIO_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -15,15 +15,27 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 
 
-def noop_app(apps: Path, max_jobs: int) -> None:
-    """A CTA application whose jobs do nothing: what is measured is the platform."""
+#: A tiny image (Debian's static busybox, as applications/hello.yaml), for jobs that must
+#: have one to publish.
+BUSYBOX_IMAGE = """image:
+  base: debian:bookworm
+  variant: extract
+  packages: [busybox-static]
+  shell: /bin/busybox sh
+  steps: ["/bin/busybox --install -s /bin"]
+"""
+
+
+def noop_app(apps: Path, max_jobs: int, image: bool = False) -> None:
+    """A CTA application whose jobs do nothing: what is measured is the platform. With
+    ``image``, they run in the busybox image (a grid job's image is published first)."""
     apps.mkdir(parents=True, exist_ok=True)
     (apps / "noop.yaml").write_text(
         f"""name: noop
 title: No-op
 vos: [cta]
-command: "true"
-cpu_time: 60
+{BUSYBOX_IMAGE if image else ""}command: "true"
+cpu_time: 600
 batch: {{count: jobs}}
 parameters:
   jobs: {{type: int, default: 1, min: 1, max: {max_jobs}}}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from server import serve
 
-from concordia.backends.sandbox import build_command, detect_isolation, hand_over
+from concordia.backends.sandbox import build_command, detect_isolation, hand_over, minimal_etc
 
 APPLICATION = """\
 name: noop
@@ -60,6 +60,8 @@ def run_platform(tmp: Path, jobs: int, slots: int) -> float:
 
 async def run_direct(tmp: Path, jobs: int, slots: int, isolated: bool) -> float:
     root = tmp / "direct"
+    root.mkdir()
+    etc = minimal_etc(root)  # what a job without an image sees as /etc
     limit = asyncio.Semaphore(slots)
 
     async def one(index: int) -> None:
@@ -67,7 +69,7 @@ async def run_direct(tmp: Path, jobs: int, slots: int, isolated: bool) -> float:
             work = root / str(index) / "work"
             work.mkdir(parents=True)
             hand_over(work)
-            cmd = build_command(["/bin/true"], work, isolated=isolated, network=False)
+            cmd = build_command(["/bin/true"], work, isolated=isolated, etc=etc)
             proc = await asyncio.create_subprocess_exec(*cmd, cwd=work)
             if await proc.wait() != 0:
                 raise SystemExit(f"direct run {index} failed")

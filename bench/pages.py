@@ -38,6 +38,27 @@ def add_login_token(db: Path) -> str:
     return token
 
 
+def time_page(
+    url: str, token: str, path: str, requests: int, row: str, rows: int
+) -> tuple[list[float], httpx.Response]:
+    """Sign in with ``token``, then GET ``path`` ``requests`` times (after 10 that warm
+    caches and connections), each with ``rows`` times ``row``: the sorted times in ms, and
+    the last answer."""
+    times = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        signed_in = client.get("/login", params={"token": token})
+        assert signed_in.status_code == 303, signed_in.text
+        for i in range(requests + 10):
+            start = time.perf_counter()
+            response = client.get(path)
+            elapsed = (time.perf_counter() - start) * 1000
+            response.raise_for_status()
+            assert response.text.count(row) == rows
+            if i >= 10:
+                times.append(elapsed)
+    return sorted(times), response
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
@@ -50,20 +71,10 @@ def main() -> None:
         fill(db, args.jobs)
         token = add_login_token(db)
         print(f"filled {args.jobs} jobs in {time.perf_counter() - t0:.1f} s")
-        times = []
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            signed_in = client.get("/login", params={"token": token})
-            assert signed_in.status_code == 303, signed_in.text
-            for i in range(args.requests + 10):
-                start = time.perf_counter()
-                response = client.get("/jobs")
-                elapsed = (time.perf_counter() - start) * 1000
-                response.raise_for_status()
-                assert response.text.count("<tr data-job-id=") == 50
-                if i >= 10:  # the first requests warm caches and connections
-                    times.append(elapsed)
+        times, response = time_page(
+            server.url, token, "/jobs", args.requests, "<tr data-job-id=", 50
+        )
         summary = response.text.split('class="jobs-summary">', 1)[1].split("<", 1)[0]
-        times.sort()
         print(f"requests {len(times)} of GET /jobs ({summary}), {len(response.text)} bytes")
         print(f"p50_ms {statistics.median(times):.1f}")
         print(f"peak_rss_mb {server.peak_rss_mb():.0f}")
