@@ -41,6 +41,12 @@ class JobLimits(BaseModel):
         return ", ".join(parts)
 
 
+#: CPU seconds a whole job may use over its CPU time before it is killed. A job of one process
+#: gets SIGXCPU from its own RLIMIT_CPU first, whatever its runtime's processes (a container's
+#: init) added to the whole job's count.
+CPU_GRACE = 0.5
+
+
 def exceeded(
     limits: JobLimits,
     cpu_time: int,
@@ -51,7 +57,7 @@ def exceeded(
 ) -> str | None:
     """The bound a running job is over, as its minor status, or None. ``cpu_time`` is the
     CPU seconds of the whole job; a refused fork means it reached its process bound."""
-    if cpu_used is not None and cpu_used > max(1, cpu_time):
+    if cpu_used is not None and cpu_used > max(1, cpu_time) + CPU_GRACE:
         return "CPU time limit exceeded"
     if forks_refused and limits.processes:
         return f"Process limit exceeded ({limits.processes} processes)"
