@@ -16,9 +16,6 @@ import pytest
 from tests.diracx.fixtures import ADMIN_GROUP, JANE, USER_GROUP, DiracX
 from tests.diracx.site import Site, extract, upload_sandbox
 
-# The DiracX test harness: no Concordia database.
-pytestmark = pytest.mark.one_database
-
 RUN_SH = b"""#!/bin/sh
 echo "hello $1"
 echo "home=$HOME job=$DIRACJOBID"
@@ -202,7 +199,7 @@ def test_a_job_killed_while_running_is_stopped(jane: httpx.Client, site: Site) -
             },
         )
         assert killed.status_code == 200, killed.text
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # the site polls DiracX; a loaded machine is slow
         while not any(r.job_id == job_id for r in site.runs):
             assert time.monotonic() < deadline, "the site did not let go of the killed job"
             time.sleep(0.05)
