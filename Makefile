@@ -22,7 +22,7 @@ SYSTEM_PACKAGES := bubblewrap mmdebstrap squashfs-tools umoci slirp4netns iprout
 TEST_PACKAGES := chromium podman runc docker-registry skopeo apache2-utils \
 	nginx libnginx-mod-http-dav-ext openssl
 
-.PHONY: run test lint system-deps test-deps diracx-venv rucio-venv bench clean
+.PHONY: run test test-fast lint system-deps test-deps diracx-venv rucio-venv bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,11 +59,15 @@ test-deps: system-deps diracx-venv rucio-venv
 run: $(STAMP) system-deps
 	$(BIN)/concordia serve
 
-# The whole suite on the embedded SQLite and, side by side with it, every test that uses a
-# database again on PostgreSQL (tests/unit is pure code, and the tests marked one_database run
-# backends, image builds or the job wrapper on their own: nothing there differs between the two).
+# The whole suite on the embedded SQLite (on several pytest workers) and, side by side with
+# it, the tests marked sql again on PostgreSQL: what depends on the database engine.
 test: $(STAMP) test-deps
 	scripts/run-tests $(BIN)
+
+# Before every commit: the unit tests and the in-process ones that start no real part (no
+# image build, job, server or browser), in well under a minute on two cores.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 -m "not real" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check concordia tests bench

@@ -29,6 +29,24 @@ pytest_plugins = ["tests.iam.fixtures", "tests.diracx.fixtures", "tests.registry
 __all__ = ["pg_template", "test_database"]  # every test's database (tests/database.py)
 
 
+#: Fixtures that start real parts (image builds and jobs, servers, a browser): a test using
+#: one is marked ``real`` and left out of `make test-fast`, as are the files marked so.
+REAL_PARTS = frozenset(
+    {"image_seed", "make_backend", "live_server", "diracx_server", "rucio_server", "registry",
+     "browser", "image_settings", "models_settings", "podman_settings", "toy_server",
+     "bare_server", "json_server", "server"}
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_PARTS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real)
+    # The slow tests first: spread over the workers (scripts/run-tests), none is left to run
+    # alone at the end while the others wait.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def tmp_path(tmp_path: Path) -> Path:
     """pytest's own, made traversable: jobs of a server running as root run as an

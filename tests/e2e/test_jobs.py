@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from playwright.sync_api import Page, Route, expect
 
 from tests.conftest import LiveServer
 from tests.e2e.conftest import shot, sign_in
+
+pytestmark = pytest.mark.slow
 
 
 def submit(server: LiveServer, **parameters: Any) -> dict[str, Any]:

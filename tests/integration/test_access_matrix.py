@@ -32,6 +32,8 @@ from tests.iam.server import IamDouble
 from tests.integration.test_api import wait_submission
 from tests.integration.test_iam import IamApp, iam_settings
 
+pytestmark = pytest.mark.sql
+
 #: Two VOs that share no group: C, of the other, is a member of nothing A is.
 VOS = {
     "cta": VoConfig(title="CTA", groups=["/cta"]),

@@ -24,9 +24,12 @@ from concordia.worker import LeaseNotHeld, Reconciler
 from tests.database import ON_POSTGRESQL
 from tests.integration.test_write_safety import process, running_job
 
-pytestmark = pytest.mark.skipif(
-    not ON_POSTGRESQL, reason="slots are PostgreSQL's: on SQLite one worker runs at a time"
-)
+pytestmark = [
+    pytest.mark.sql,
+    pytest.mark.skipif(
+        not ON_POSTGRESQL, reason="slots are PostgreSQL's: on SQLite one worker runs at a time"
+    ),
+]
 SLOT = 5
 
 

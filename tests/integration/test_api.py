@@ -14,6 +14,8 @@ import pytest
 from concordia.core.jdl import parse_jdl
 from tests.conftest import Running
 
+pytestmark = pytest.mark.sql
+
 FINAL = {"Done", "Failed", "Killed", "Deleted"}
 
 

@@ -14,6 +14,8 @@ from concordia.logic.identity import digest
 from concordia.settings import Settings
 from tests.conftest import Running, running_app
 
+pytestmark = pytest.mark.sql
+
 
 async def set_groups(app: Running, username: str, groups: list[str]) -> None:
     async with app.platform.writing() as session:

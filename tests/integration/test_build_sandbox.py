@@ -13,6 +13,8 @@ from tests.conftest import make_settings, running_app
 from tests.integration.conftest import host_address
 from tests.integration.test_images import BUSYBOX, wait_built
 
+pytestmark = pytest.mark.real
+
 SECRET = "environ-secret-3f9a1c"
 
 

@@ -21,6 +21,8 @@ from concordia.cli import app
 from concordia.settings import SHIPPED_APPLICATIONS
 from tests.conftest import LiveServer, free_port, make_settings, seed_images
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 
 

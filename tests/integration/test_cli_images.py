@@ -18,6 +18,8 @@ from tests.conftest import LiveServer, free_port
 from tests.integration.test_cli import cli, ok
 from tests.integration.test_images import BUSYBOX
 
+pytestmark = pytest.mark.slow
+
 TOY_YAML = f"""
 name: toy
 title: Toy

@@ -37,6 +37,8 @@ from tests.integration.test_diracx_backend import grid_server_env
 from tests.integration.test_diracx_crash import client_of, in_diracx, total_in_diracx
 from tests.pg import PrivatePostgres, private_postgres
 
+pytestmark = [pytest.mark.slow, pytest.mark.sql]
+
 __all__ = ["private_postgres"]  # the fixture, found by pytest in this module
 JOBS = 200
 #: The installations, by what their three kills hit: `concordia serve`, or, apart, the web

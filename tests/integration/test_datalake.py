@@ -23,6 +23,8 @@ from tests.fakes.datalake import FakeLake
 from tests.integration.test_api import wait_status
 from tests.integration.test_pages_concordia import csrf_of
 
+pytestmark = pytest.mark.sql
+
 APP = """\
 name: lake
 title: Data lake test

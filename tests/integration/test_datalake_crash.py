@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from concordia.datalake.rucio import Rucio
 from tests.conftest import LiveServer, free_port
 from tests.integration.test_datalake import SCRIPT
 from tests.rucio import RucioServer
+
+pytestmark = pytest.mark.sql
 
 APP = """\
 name: big

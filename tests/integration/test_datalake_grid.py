@@ -24,8 +24,6 @@ from concordia.backends.wrapper.concordia_job import DATALAKE_MANIFEST, lake_pat
 from concordia.datalake.rucio import DatalakeError, NotFound, Rucio
 from tests.rucio import RucioServer
 
-pytestmark = pytest.mark.one_database
-
 WRAPPER = resources.files("concordia.backends") / "wrapper"
 SCOPE = "user.jane"
 NODE_PATH = "/usr/bin:/bin"

@@ -18,6 +18,8 @@ from tests.fakes.datalake import FakeLake
 from tests.integration.test_api import wait_status
 from tests.integration.test_datalake import FINAL, RSE
 
+pytestmark = pytest.mark.real
+
 APP = """\
 name: wired
 title: Stored by its backend

@@ -18,8 +18,6 @@ from concordia.datalake import storage
 from concordia.datalake.rucio import DataFile, DatalakeError, NotFound, Rucio
 from tests.rucio import RucioServer
 
-pytestmark = pytest.mark.one_database
-
 SCOPE = "user.jane"
 SIZE = 3 * 1024 * 1024 + 17  # a few MB, not a whole number of chunks
 

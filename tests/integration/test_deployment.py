@@ -15,8 +15,7 @@ import pytest
 from concordia.db.migrate import schema_heads
 from tests.database import _admin, fetch_value, pg_url, run_sync
 
-# Each test makes a PostgreSQL database of its own: the PostgreSQL pass need not run it again.
-pytestmark = [pytest.mark.postgres, pytest.mark.one_database]
+pytestmark = [pytest.mark.real, pytest.mark.postgres]
 
 #: A system user with no home (/nonexistent), as `useradd --system` makes the service's.
 SYSTEM_USER = "nobody"

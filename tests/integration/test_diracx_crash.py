@@ -17,6 +17,8 @@ from tests.diracx.fixtures import JANE, USER_GROUP, DiracX
 from tests.diracx.site import Site
 from tests.integration.test_diracx_backend import grid_server_env
 
+pytestmark = pytest.mark.slow
+
 JOBS = 100
 
 

@@ -9,11 +9,14 @@ from itertools import pairwise
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from concordia.db.tables import Job, JobStatusHistory, Submission
 from concordia.logic.scheduling import user_limit_minor
 from tests.conftest import make_settings, running_app
+
+pytestmark = [pytest.mark.real, pytest.mark.sql]
 
 APPLICATION = """\
 name: {name}

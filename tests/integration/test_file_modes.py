@@ -13,8 +13,7 @@ import pytest
 
 from tests.conftest import LiveServer, free_port
 
-# The embedded default's files (SQLite's among them): the PostgreSQL pass has none to check.
-pytestmark = pytest.mark.one_database
+pytestmark = pytest.mark.real
 
 # An image built by the server itself: a file a build step writes, one the recipe copies in
 # (below a directory the build makes), both read by the job as the sandbox's uid.

@@ -18,7 +18,6 @@ import pytest
 from concordia.backends import sandbox
 from concordia.backends.forkserver import ForkServer
 
-pytestmark = pytest.mark.one_database
 AS_ROOT = os.geteuid() == 0
 
 

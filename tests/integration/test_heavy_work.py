@@ -27,6 +27,8 @@ from tests.iam.pki import TestCA
 from tests.integration.test_api import FINAL, wait_status
 from tests.integration.test_proxies import upload
 
+pytestmark = pytest.mark.real
+
 BOMB = 2**31 - 1
 
 

@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import Running
 from tests.integration.test_api import FINAL, submit, wait_status
 
+pytestmark = pytest.mark.sql
+
 BOUNDARY = "concordia-test-boundary"
 
 

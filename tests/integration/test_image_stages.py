@@ -19,6 +19,8 @@ from concordia.logic.images import STAGES_DIR
 from tests.conftest import make_settings, running_app
 from tests.integration.test_images import BUSYBOX, wait_built, wait_jobs_final
 
+pytestmark = pytest.mark.real
+
 HOOK = "usr/share/initramfs-tools/hooks/zz-busybox"
 CONF = "usr/share/initramfs-tools/conf-hooks.d/busybox"
 # Its last steps change a file of the base system in place and remove another: neither

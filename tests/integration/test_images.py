@@ -23,6 +23,8 @@ from concordia.logic import images
 from concordia.settings import SHIPPED_APPLICATIONS, Settings
 from tests.conftest import LiveServer, free_port, make_settings, running_app
 
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
 BUSYBOX = """
 image:
   variant: extract

@@ -21,8 +21,8 @@ from tests.integration.conftest import Factory, host_address
 from tests.integration.test_local_backend import job, run
 
 pytestmark = [
+    pytest.mark.real,
     pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap"),
-    pytest.mark.one_database,
 ]
 S = JobStatus
 

@@ -33,8 +33,7 @@ from concordia.backends.wrapper.concordia_job import (
 from concordia.images.store import ImageStore
 from tests.rucio import RucioServer
 
-# A grid node runs it: no database anywhere.
-pytestmark = pytest.mark.one_database
+pytestmark = pytest.mark.real
 
 WRAPPER = resources.files("concordia.backends") / "wrapper"
 STANDIN = Path(__file__).resolve().parents[1] / "diracx" / "apptainer.py"

@@ -21,11 +21,10 @@ from concordia.backends.local import LocalBackend
 from concordia.core.states import FINAL_STATES, JobStatus
 from tests.integration.conftest import Factory
 
-# The local backend on its own: no database (the one_database mark leaves it out of the
-# PostgreSQL pass).
+# The local backend on its own: no database.
 pytestmark = [
+    pytest.mark.real,
     pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap"),
-    pytest.mark.one_database,
 ]
 
 S = JobStatus

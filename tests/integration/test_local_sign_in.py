@@ -14,12 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
 from tests.conftest import LiveServer
-
-# A live server's own SQLite file is read (its rows as stored): nothing to repeat on PostgreSQL.
-pytestmark = pytest.mark.one_database
 
 COOKIE = "concordia_session"
 

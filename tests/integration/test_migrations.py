@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection
@@ -13,6 +14,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from concordia.db.migrate import upgrade
 from concordia.db.tables import Base
 from concordia.settings import Settings
+
+pytestmark = pytest.mark.sql
 
 
 def _differences(connection: Connection) -> list[Any]:

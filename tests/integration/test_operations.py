@@ -23,6 +23,8 @@ from tests.conftest import Running, make_settings, running_app, seed_images
 from tests.database import PG_ADMIN
 from tests.integration.test_api import submit, wait_submission
 
+pytestmark = pytest.mark.sql
+
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 
 

@@ -18,6 +18,8 @@ from tests.conftest import Running, make_settings, running_app
 from tests.integration.test_api import FINAL, submit, wait_status
 from tests.integration.test_images import BUSYBOX, wait_built
 
+pytestmark = pytest.mark.real
+
 TINY_YAML = f"""
 name: tiny
 title: Tiny

@@ -8,9 +8,12 @@ from datetime import UTC, datetime, timedelta
 from html import unescape
 
 import httpx
+import pytest
 
 from tests.conftest import Running
 from tests.integration.test_api import FINAL, submit, wait_status, wait_submission
+
+pytestmark = pytest.mark.sql
 
 
 def job_ids(html: str) -> list[int]:

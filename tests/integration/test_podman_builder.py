@@ -33,14 +33,14 @@ from concordia.settings import Settings
 from tests.conftest import make_settings, running_app
 from tests.integration.test_images import BUSYBOX, wait_built, wait_jobs_final
 
-# The podman builder: its builds and what they leave; the image rows it writes are the
-# images tests' (on both databases), so the PostgreSQL pass leaves it out (one_database).
+# The podman builder: its builds and what they leave.
 pytestmark = [
+    pytest.mark.real,
+    pytest.mark.slow,
     pytest.mark.skipif(
         shutil.which("podman") is None or shutil.which("mmdebstrap") is None or os.geteuid() != 0,
         reason="needs podman, runc and mmdebstrap, as root (make test-deps)",
     ),
-    pytest.mark.one_database,
 ]
 
 BASE = "localhost/concordia-test-base:bookworm"

@@ -23,8 +23,8 @@ from concordia.images.store import ImageStore
 from tests.integration.conftest import Factory
 from tests.integration.test_local_backend import job, ref, run, until, within
 
-# The local backend's container runtimes on their own: no database.
-pytestmark = pytest.mark.one_database
+pytestmark = pytest.mark.real
+
 S = JobStatus
 AS_ROOT = os.geteuid() == 0
 HAS_PODMAN = shutil.which("podman") is not None

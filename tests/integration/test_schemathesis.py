@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,8 @@ from schemathesis.python import asgi
 
 from concordia.web.app import create_app
 from tests.conftest import make_settings, seed_images
+
+pytestmark = [pytest.mark.slow, pytest.mark.sql]
 
 # Per operation: about 30 operations stay well within two minutes on two cores.
 MAX_EXAMPLES = 100

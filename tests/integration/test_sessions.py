@@ -11,6 +11,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from sqlalchemy import select, update
 
 from concordia.db.browser_sessions import add_session
@@ -18,6 +19,8 @@ from concordia.db.tables import BrowserSession, utcnow
 from concordia.logic import browser_sessions
 from concordia.logic.identity import local_sign_in
 from tests.conftest import Running
+
+pytestmark = pytest.mark.sql
 
 COOKIE = "concordia_session"
 

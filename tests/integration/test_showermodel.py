@@ -21,8 +21,7 @@ from concordia.settings import Settings
 from tests.conftest import Running, make_settings, running_app
 from tests.rucio import RucioServer
 
-# An application and its (big) image build: nothing of it depends on the database.
-pytestmark = pytest.mark.one_database
+pytestmark = pytest.mark.slow
 
 
 async def test_showermodel_builds_and_two_jobs_make_results_and_plots(

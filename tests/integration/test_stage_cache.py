@@ -12,6 +12,8 @@ from concordia.core.recipe import Recipe
 from concordia.images.builders import BuildPlan, MmdebstrapBuilder, pip_key
 from concordia.images.stages import StageCache
 
+pytestmark = pytest.mark.real
+
 MB = 1 << 20
 
 

@@ -10,10 +10,13 @@ import zipfile
 from html import unescape
 
 import httpx
+import pytest
 
 from tests.conftest import Running
 from tests.integration.test_api import FINAL, submit, wait_status, wait_submission
 from tests.integration.test_pages_jobs import csrf_of
+
+pytestmark = pytest.mark.sql
 
 
 async def test_kill_reschedule_download_and_delete_a_whole_submission(app: Running) -> None:

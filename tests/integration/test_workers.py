@@ -25,6 +25,8 @@ from prometheus_client.samples import Sample
 from tests.conftest import LiveServer, free_port
 from tests.database import ON_POSTGRESQL, fetch_value
 
+pytestmark = [pytest.mark.slow, pytest.mark.sql]
+
 
 @dataclass
 class Worker:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.util import greenlet_spawn
 
@@ -22,6 +23,8 @@ from concordia.logic.identity import ensure_user
 from concordia.logic.jobs import get_owned_job, rows_where, store_rows, transition
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
+
+pytestmark = pytest.mark.sql
 
 
 @asynccontextmanager

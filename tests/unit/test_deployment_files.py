@@ -21,9 +21,9 @@ UNITS = sorted((ROOT / "docs" / "systemd").glob("*.service"))
 DEPLOYMENT = ROOT / "docs" / "deployment.md"
 #: Debian's python3 per suite: the base image must be new enough for requires-python.
 DEBIAN_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
-#: Not settings of the server: the CLI's as a client (--url, --token), and the placeholder
-#: of "CONCORDIA_NAME=value" lines.
-NOT_SETTINGS = {"CONCORDIA_URL", "CONCORDIA_TOKEN", "CONCORDIA_NAME"}
+#: Not settings of the server: the CLI's as a client (--url, --token), the placeholder of
+#: "CONCORDIA_NAME=value" lines, and the test runner's (scripts/run-tests).
+NOT_SETTINGS = {"CONCORDIA_URL", "CONCORDIA_TOKEN", "CONCORDIA_NAME", "CONCORDIA_TEST_WORKERS"}
 #: Options that stop bubblewrap (user namespaces, a fresh /proc) or mmdebstrap's setuid
 #: newuidmap from working in the service; see the unit's comments.
 BREAKS_JOBS_OR_BUILDS = {
