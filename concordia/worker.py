@@ -163,6 +163,9 @@ class Reconciler:
             await start_builds(self.platform)
         if resync:  # a worker that died: its jobs are this one's now
             await self.adopt()
+            # Uploads that stopped (a grid's sandbox or the data lake not answering): again,
+            # rather than at the next start only.
+            self._upload(await datalake.held_jobs(self.platform, self.platform.lease.slot))
         for name, backend in self.platform.backends.items():
             if resync:
                 await self._load_watched(name)
@@ -585,7 +588,7 @@ class Reconciler:
         if self._uploads.get(job_id) is task:
             del self._uploads[job_id]
         if not task.cancelled() and (exc := task.exception()) is not None:
-            # Left Completing: resumed at the next start, as after a crash.
+            # Left Completing: tried again at the next timed poll, as after a crash.
             log.error("job %s: data lake upload stopped: %r", job_id, exc)
 
     @staticmethod

@@ -491,7 +491,7 @@ async def _register_all(
 
 async def _fetch(platform: Platform, job: Job) -> None:
     """The job's sandbox, a few times if its backend does not answer (then the job stays
-    held: resumed at the next start)."""
+    held: the worker tries again at its next timed poll)."""
     for attempt in range(FETCH_TRIES):
         try:
             await fetch_outputs(platform, job)

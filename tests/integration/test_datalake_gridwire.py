@@ -13,6 +13,10 @@ import pytest
 from concordia.backends.base import BackendRef, JobSpec
 from concordia.backends.local import LocalBackend
 from concordia.datalake.store import DataLake
+from concordia.db.tables import Job
+from concordia.logic import datalake
+from concordia.logic.errors import Conflict
+from concordia.logic.platform import Platform
 from tests.conftest import make_settings, running_app
 from tests.fakes.datalake import FakeLake
 from tests.integration.test_api import wait_status
@@ -124,3 +128,30 @@ async def test_a_job_whose_backend_stores_its_data_registers_only_its_own(
         assert (await wait_status(app.client, hello_id, FINAL))["status"] == "Done"
         [plain] = [s for s in sent if s.job_id == hello_id]
         assert plain.datalake is None
+
+
+async def test_a_sandbox_not_fetched_at_first_is_fetched_again_without_a_restart(
+    tmp_path: Path, lake: FakeLake, sent: list[JobSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose sandbox its backend would not give (DiracX down) is not left Completing
+    until the next start: the worker asks again at its next timed poll."""
+    fetch = datalake.fetch_outputs
+    refused: list[int] = []
+
+    async def unanswered_twice(platform: Platform, job: Job) -> None:
+        if len(refused) < 2:
+            refused.append(job.id)
+            raise Conflict("the backend did not answer")
+        await fetch(platform, job)
+
+    monkeypatch.setattr(datalake, "fetch_outputs", unanswered_twice)
+    monkeypatch.setattr(datalake, "FETCH_TRIES", 1)
+    async with running_app(settings(tmp_path)) as app:
+        made = await app.client.post(
+            "/api/v1/submissions", json={"application": "wired", "parameters": {}}
+        )
+        [job_id] = made.json()["job_ids"]
+        job = await wait_status(app.client, job_id, FINAL)
+    assert refused == [job_id, job_id]
+    # Fetched at last: what came back is judged (this job's wrapper wrote no manifest).
+    assert job["status"] == "Failed" and "without concordia-datalake.json" in job["minor_status"]
