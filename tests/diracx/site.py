@@ -31,6 +31,10 @@ from tests.diracx.jdl import as_list, parse_jdl
 T = TypeVar("T")
 SOURCE = "TestSite"
 PER_PAGE = 100
+#: Answers of DiracX tried again: 502-504 from a proxy or a starting server; 500 from its own
+#: passing failures (its configuration cache raced: KeyError 'latest_revision'), which a
+#: pilot reports through again.
+RETRIED = frozenset({500, 502, 503, 504})
 # States after which the site must let go of a job: someone killed or deleted it.
 ABANDONED = frozenset({"Killed", "Deleted"})
 # What a sandbox PFN looks like in a JDL: "SB:SandboxSE|/S3/<bucket>/..." (or the bare path).
@@ -109,8 +113,8 @@ class Site:
         while True:
             try:
                 result = call()
-                # 502-504: a proxy or a starting server; anything else is the caller's answer.
-                if isinstance(result, httpx.Response) and result.status_code in (502, 503, 504):
+                # Anything but RETRIED is the caller's answer.
+                if isinstance(result, httpx.Response) and result.status_code in RETRIED:
                     raise httpx.TransportError(f"{result.status_code} from DiracX")
                 return result
             except httpx.TransportError:
