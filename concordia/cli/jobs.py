@@ -202,7 +202,7 @@ def _show_plan(plan: dict[str, Any]) -> None:
     count = plan["job_count"]
     say(f"dry run: {count} job(s) on {plan['backend']} as {plan['vo'] or 'no VO'}; nothing stored")
     if lake := plan.get("datalake"):
-        did = lake["did"] or f"{lake['scope']}:<application>.<submission id>"
+        did = lake["did"] or f"{lake['scope']}:<application>.<submission id>.<uuid>"
         say(f"data outputs to the data lake: dataset {did} on {lake['rse']}")
     else:
         say("data outputs: not to the data lake (they come back with the outputs)")

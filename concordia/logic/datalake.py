@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,8 @@ class DatalakeRequest(BaseModel):
     rse: str | None = Field(default=None, description="An RSE the server offers; default its own.")
     dataset: str | None = Field(
         default=None,
-        description="The dataset's name in the user's scope; default <application>.<submission>.",
+        description="The dataset's name in the user's scope; default "
+        "<application>.<submission id>.<8 random hex digits>.",
     )
 
 
@@ -87,7 +89,11 @@ class DatalakeFileView(BaseModel):
 
 
 def default_dataset(application: str, submission_id: int) -> str:
-    return f"{application}.{submission_id}"
+    """A submission's dataset unless the user names one (stored with the submission):
+    readable, and unique in a scope that another installation (or this one after a new
+    database) shares, numbering its submissions from 1 again: 8 random hex digits, as the
+    jobs' names have their uuids'."""
+    return f"{application}.{submission_id}.{secrets.token_hex(4)}"
 
 
 def name_prefix(

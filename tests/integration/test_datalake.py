@@ -110,7 +110,7 @@ async def test_the_choice_is_checked_and_defaults_per_application(
         }  # fmt: skip
 
         on = (await submit(client)).json()  # the application's default: on
-        assert on["datalake"]["did"] == f"user.local:lake.{on['id']}"
+        assert re.fullmatch(rf"user\.local:lake\.{on['id']}\.[0-9a-f]{{8}}", on["datalake"]["did"])
         assert on["datalake"]["rse"] == RSE
         named = (await submit(client, datalake={"rse": OTHER_RSE, "dataset": "my.set-1"})).json()
         assert named["datalake"]["did"] == "user.local:my.set-1"
@@ -137,7 +137,9 @@ async def test_a_local_job_is_done_with_its_data_in_the_lake(
         assert [j["status"] for j in jobs] == ["Done", "Done"], jobs
         history = [h["minor_status"] for h in jobs[0]["history"]]
         assert "Uploading data to the data lake" in history
-        dataset = ("user.local", f"lake.{sub['id']}")
+        # Named after the submission, and random: unique where installations share a scope.
+        assert re.fullmatch(rf"lake\.{sub['id']}\.[0-9a-f]{{8}}", sub["datalake"]["dataset"])
+        dataset = ("user.local", sub["datalake"]["dataset"])
         assert sorted(lake.datasets[dataset]) == [
             ("user.local", f"lake.{sub['id']}.0.{jobs[0]['uuid'][:8]}.data-5.bin"),
             ("user.local", f"lake.{sub['id']}.1.{jobs[1]['uuid'][:8]}.data-6.bin"),
@@ -231,7 +233,7 @@ async def test_a_stop_in_the_middle_of_an_upload_resumes_it_once(
         listed = (await app.client.get(f"/api/v1/jobs/{job_id}/datalake")).json()
         assert len(listed) == 1
     assert lake.writes == 1  # stored once; the resumed upload found it
-    assert len(lake.datasets[("user.local", f"lake.{sub['id']}")]) == 1
+    assert len(lake.datasets[("user.local", sub["datalake"]["dataset"])]) == 1
 
 
 async def test_the_pages_offer_the_choice_and_show_the_files(
