@@ -48,7 +48,11 @@ def page(browser: Browser) -> Iterator[Page]:
     refused: list[str] = []
     page.on(
         "console",
-        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+        lambda m: (
+            refused.append(f"{m.location.get('url')}: {m.text}")
+            if "Content Security Policy" in m.text
+            else None
+        ),
     )
     yield page
     context.close()
