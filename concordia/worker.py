@@ -619,8 +619,7 @@ class Reconciler:
         """At start: the jobs this worker's slot had (its last holder died or stopped), and
         those of workers that died meanwhile, are adopted."""
         await self.adopt(at_start=True)
-        # Uploads a crash or stop cut short: again (uploads are idempotent).
-        self._upload(await datalake.held_jobs(self.platform, self.platform.lease.slot))
+        # Uploads a crash or stop cut short are taken up by the first round (a resync).
 
     async def adopt(self, *, at_start: bool = False) -> None:
         """Jobs under way whose worker is gone (no live worker holds their slot) become this

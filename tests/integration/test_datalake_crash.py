@@ -13,29 +13,21 @@ import pytest
 
 from concordia.datalake.rucio import Rucio
 from tests.conftest import LiveServer, free_port
+from tests.integration.test_datalake import APP as LAKE_APP
 from tests.integration.test_datalake import SCRIPT
 from tests.rucio import RucioServer
 
 pytestmark = pytest.mark.sql
 
-APP = """\
-name: big
-title: Big data outputs
-command: "sh lake.sh {run} {kb}"
-input_files: [lake.sh]
-outputs: ["result-*.txt", "data-*.bin"]
-datalake:
-  default: true
-  data: ["data-*.bin"]
-batch:
-  count: jobs
-  sequences:
-    run: first_run
-parameters:
-  jobs: {type: int, default: 1, min: 1, max: 10}
-  first_run: {type: int, default: 1, min: 0, max: 1000}
-  kb: {type: int, default: 1024, min: 1, max: 1048576}
-"""
+# test_datalake's application, named apart, with outputs of up to a GB.
+APP = (
+    LAKE_APP.replace("name: lake", "name: big")
+    .replace("title: Data lake test", "title: Big data outputs")
+    .replace(
+        "kb: {type: int, default: 64, min: 1, max: 4096}",
+        "kb: {type: int, default: 1024, min: 1, max: 1048576}",
+    )
+)
 JOBS, KB = 3, 256 * 1024
 UPLOADING = "Uploading data to the data lake"
 
