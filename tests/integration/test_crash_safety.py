@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -76,9 +75,15 @@ class Story:
     seed: int
     started: float = field(default_factory=time.monotonic)
     events: list[str] = field(default_factory=list)
+    #: Called at each step of a wait: what must stop it at once (a test site's failure).
+    checks: list[Callable[[], None]] = field(default_factory=list)
 
     def __call__(self, event: str) -> None:
         self.events.append(f"{time.monotonic() - self.started:6.1f}s {event}")
+
+    def check(self) -> None:
+        for check in self.checks:
+            check()
 
     def __str__(self) -> str:
         return f"{SEED_VARIABLE}={self.seed}\n  " + "\n  ".join(self.events)
@@ -233,8 +238,9 @@ def database_restarter(
 
 
 @contextmanager
-def sites(diracx: DiracX, tmp_path: Path, workers: int) -> Iterator[None]:
-    """The test site as ``workers`` nodes, each taking its share of the jobs, for the block."""
+def sites(diracx: DiracX, tmp_path: Path, workers: int, story: Story) -> Iterator[None]:
+    """The test site as ``workers`` nodes, each taking its share of the jobs, for the block;
+    a node that fails stops the story's waits at once."""
     token = diracx.token(SITE_USER, ADMIN_GROUP)
     nodes = [
         Site(diracx, token, workdir=tmp_path / "site", shard=(i, workers)) for i in range(workers)
@@ -243,6 +249,7 @@ def sites(diracx: DiracX, tmp_path: Path, workers: int) -> Iterator[None]:
         for node in nodes:
             stack.callback(node.close)
             stack.enter_context(node.running())
+            story.checks.append(node.check)
         yield
 
 
@@ -298,20 +305,44 @@ def wait_until(
 ) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := ready()):
+        story.check()
         assert time.monotonic() < deadline, f"never {what} in {timeout:.0f} s\n{story}"
         time.sleep(interval)
     return value
 
 
 def progress(view: dict[str, Any]) -> int:
-    """0 to 2 * JOBS: jobs taken by their backend, plus jobs done."""
-    return int(view["handed_over"]) + int(view["counts"].get("Done", 0))
+    """0 to 2 * JOBS: jobs taken by their backend, plus jobs ended."""
+    ended = sum(int(view["counts"].get(status, 0)) for status in ("Done", "Failed"))
+    return int(view["handed_over"]) + ended
 
 
-def reached(client: httpx.Client, url: str, at: int) -> dict[str, Any] | None:
-    """The submission's view once its progress is ``at`` or more."""
-    view: dict[str, Any] | None = answer(client, url)
-    return view if view is not None and progress(view) >= at else None
+def wait_for_progress(
+    client: httpx.Client,
+    url: str,
+    story: Story,
+    ready: Callable[[dict[str, Any]], bool],
+    what: str,
+    still_for: float = 120,
+) -> dict[str, Any]:
+    """The submission's view once ``ready``; fails when its progress stands still for
+    ``still_for`` s: a loaded machine makes the batch slow, a stuck one does not move."""
+    best, last = -1, None
+    deadline = time.monotonic() + still_for
+    while True:
+        story.check()
+        view = answer(client, url)
+        if view is not None:
+            if ready(view):
+                return dict(view)
+            last = view
+            if progress(view) > best:
+                best, deadline = progress(view), time.monotonic() + still_for
+        assert time.monotonic() < deadline, (
+            f"never {what}: progress stood at {best} for {still_for:.0f} s"
+            f" ({last and last['handed_over']} handed over, {last and last['counts']})\n{story}"
+        )
+        time.sleep(0.05)
 
 
 def kill_during_submission(
@@ -375,7 +406,8 @@ def run_batch(
         steps.append((rng.randint(handing + 1, JOBS * 19 // 10), "database"))
     for at, action in sorted(steps):
         with client_of(concordia.web) as client:
-            view = wait_until(f"progress {at}", partial(reached, client, url, at), story)
+            ready = lambda v, at=at: progress(v) >= at  # noqa: E731
+            view = wait_for_progress(client, url, story, ready, f"progress {at}")
         state = f"{view['handed_over']} handed over, {view['counts'].get('Done', 0)} done"
         if action != "database":
             concordia.crash(action, state)
@@ -384,12 +416,8 @@ def run_batch(
             restart_database(rng.uniform(0.2, 2.0))
             story(f"the database crashed and restarted ({state})")
     with client_of(concordia.web) as client:
-        final = wait_until(
-            "the end of every job",
-            lambda: (v := answer(client, url)) and v["finished"] and v,
-            story,
-            timeout=180,
-            interval=0.5,
+        final = wait_for_progress(
+            client, url, story, lambda v: bool(v["finished"]), "the end of every job"
         )
     story(f"finished: {final['counts']}")
     return submission
@@ -566,7 +594,7 @@ def test_diracx_batch_survives_kills(
     request.addfinalizer(concordia.stop)
     body = {"application": "gridhello", "parameters": {"jobs": JOBS}}
     restart = database_restarter(request, database)
-    with sites(diracx, tmp_path, SITE_WORKERS):
+    with sites(diracx, tmp_path, SITE_WORKERS, story):
         submission = run_batch(concordia, KILLED[killed], body, rng, restart)
     jobs = assert_each_job_once_and_final(concordia, submission, stalls_expected=False)
     # Each job once in DiracX (its JobName is its uuid and run), no DiracX job without its
