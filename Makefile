@@ -22,7 +22,7 @@ SYSTEM_PACKAGES := bubblewrap mmdebstrap squashfs-tools umoci slirp4netns iprout
 TEST_PACKAGES := chromium podman runc docker-registry skopeo apache2-utils \
 	nginx libnginx-mod-http-dav-ext openssl
 
-.PHONY: run test test-fast lint system-deps test-deps diracx-venv rucio-venv bench clean
+.PHONY: run test test-fast lint system-deps test-deps diracx-venv rucio-venv bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,22 +74,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check concordia tests bench
 	$(BIN)/mypy
 
+# Every benchmark, in this order: `make bench` to its end (figures), `make bench-quick` at
+# small sizes in seconds each (CI: a change that breaks one fails there).
+BENCHES = local_overhead jobs_query pages submission_page image_lookup image_rebuild job_start grid_image isolation bearer_auth diracx_submit reconcile datalake datalake_local load
+
 bench: $(STAMP) system-deps diracx-venv rucio-venv
-	$(BIN)/python bench/local_overhead.py
-	$(BIN)/python bench/jobs_query.py
-	$(BIN)/python bench/pages.py
-	$(BIN)/python bench/submission_page.py
-	$(BIN)/python bench/image_lookup.py
-	$(BIN)/python bench/image_rebuild.py
-	$(BIN)/python bench/job_start.py
-	$(BIN)/python bench/grid_image.py
-	$(BIN)/python bench/isolation.py
-	$(BIN)/python bench/bearer_auth.py
-	$(BIN)/python bench/diracx_submit.py
-	$(BIN)/python bench/reconcile.py
-	$(BIN)/python bench/datalake.py
-	$(BIN)/python bench/datalake_local.py
-	$(BIN)/python bench/load.py
+	set -e; for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
+
+bench-quick: $(STAMP) system-deps diracx-venv rucio-venv
+	set -e; for b in $(BENCHES); do echo "== bench/$$b.py --quick"; $(BIN)/python bench/$$b.py --quick; done
 
 clean:
 	rm -rf $(VENV) $(DIRACX_VENV) $(RUCIO_VENV) .pytest_cache .mypy_cache .ruff_cache

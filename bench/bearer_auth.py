@@ -17,17 +17,18 @@ import time
 from pathlib import Path
 
 import httpx
+from options import benchmark, parse
 from server import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.iam.fixtures import serving_iam
 
-REQUESTS, WARM_UP = 400, 50
+WARM_UP = 50
 
 
-def timed(client: httpx.Client, headers: dict[str, str]) -> list[float]:
+def timed(client: httpx.Client, headers: dict[str, str], requests: int) -> list[float]:
     times = []
-    for i in range(WARM_UP + REQUESTS):
+    for i in range(WARM_UP + requests):
         start = time.perf_counter()
         response = client.get("/api/v1/jobs?per_page=20", headers=headers)
         elapsed = time.perf_counter() - start
@@ -42,6 +43,9 @@ def p95(times: list[float]) -> float:
 
 
 def main() -> None:
+    parser = benchmark(__doc__)
+    parser.add_argument("--requests", type=int, default=400, help="timed, after 50 to warm up")
+    args = parse(parser, requests=20)
     with tempfile.TemporaryDirectory() as tmp, serving_iam() as iam:
         root = Path(tmp)
         iam.add_user("jane")
@@ -53,11 +57,11 @@ def main() -> None:
         }  # fmt: skip
         with serve(root / "iam-var", **iam_settings) as server:
             with httpx.Client(base_url=server.url, timeout=60) as client:
-                with_iam = timed(client, bearer)
+                with_iam = timed(client, bearer, args.requests)
         with serve(root / "local-var", **settings) as server:
             local = {"Authorization": f"Bearer {server.token}"}
             with httpx.Client(base_url=server.url, timeout=60) as client:
-                with_token = timed(client, local)
+                with_token = timed(client, local, args.requests)
     print(f"iam_jwt   median_ms {statistics.median(with_iam):.2f} p95_ms {p95(with_iam):.2f}")
     print(f"api_token median_ms {statistics.median(with_token):.2f} p95_ms {p95(with_token):.2f}")
     print(f"ratio {p95(with_iam) / p95(with_token):.2f}")

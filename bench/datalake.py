@@ -10,7 +10,6 @@ wrapper / median curl). Goal: <= 1.1.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from options import benchmark, parse
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER_DIR = REPO / "concordia" / "backends" / "wrapper"
@@ -62,10 +62,10 @@ def timed(command: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--mb", type=int, default=1024, help="the file's size in MB")
     parser.add_argument("--runs", type=int, default=3, help="uploads of each kind")
-    args = parser.parse_args()
+    args = parse(parser, mb=4, runs=1)
     curl = shutil.which("curl")
     python3 = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
     if curl is None:

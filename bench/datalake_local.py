@@ -13,7 +13,6 @@ Goal: <= 1.2.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from datalake import REPO, running_rucio  # beside this file (run as a script)
+from options import benchmark, parse
 from server import serve
 
 APP = """\
@@ -84,10 +84,10 @@ def concordia_upload(client: object, mb: int, run: int) -> tuple[float, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--mb", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    args = parse(parser, mb=4, runs=1)
     rucio_bin = REPO / ".venv-rucio" / "bin" / "rucio"
     if not rucio_bin.exists():
         raise SystemExit("the Rucio client is in .venv-rucio: `make rucio-venv` installs it")

@@ -46,13 +46,12 @@ from pathlib import Path
 
 import httpx
 from grid import noop_app, running_diracx, token
+from options import benchmark, parse
 from server import serve
 
 from concordia.core.jdl import job_jdl
 
-JOBS, CHUNK = 1000, 20
-#: Rounds of both measurements (the machine is shared: one round alone is noisy).
-ROUNDS = 5
+CHUNK = 20
 
 
 def jdl(group: str, sandbox: list[str]) -> str:
@@ -132,18 +131,18 @@ def built_image(client: httpx.Client) -> str:
 
 
 def through_concordia(
-    client: httpx.Client, db: sqlite3.Connection
+    client: httpx.Client, db: sqlite3.Connection, jobs: int
 ) -> tuple[float, float, list[str]]:
     """Seconds until Concordia recorded every DiracX id, the submission call's, and the JDLs
     it sent."""
     after = int(db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0])
     start = time.perf_counter()
     made = client.post(
-        "/api/v1/submissions", json={"application": "noop", "parameters": {"jobs": JOBS}}
+        "/api/v1/submissions", json={"application": "noop", "parameters": {"jobs": jobs}}
     )
     made.raise_for_status()
     accepted = time.perf_counter() - start
-    while recorded(db, after) < JOBS:
+    while recorded(db, after) < jobs:
         time.sleep(0.02)
     through = time.perf_counter() - start
     return through, accepted, recorded_jdls(db, after)
@@ -152,19 +151,25 @@ def through_concordia(
 def posted_directly(dx: httpx.Client, sent: list[str]) -> float:
     jdls = [renamed(recorded) for recorded in sent]
     start = time.perf_counter()
-    for i in range(0, JOBS, CHUNK):
+    for i in range(0, len(jdls), CHUNK):
         dx.post("/api/jobs/jdl", json=jdls[i : i + CHUNK]).raise_for_status()
     return time.perf_counter() - start
 
 
 def main() -> None:
+    parser = benchmark(__doc__)
+    parser.add_argument("--jobs", type=int, default=1000)
+    # Rounds of both measurements (the machine is shared: one round alone is noisy).
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parse(parser, jobs=40, rounds=1)
+    jobs = args.jobs
     pairs: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         root.chmod(0o711)
         with running_diracx(root / "diracx") as (url, secret):
             apps = root / "apps"
-            noop_app(apps, JOBS, image=True)
+            noop_app(apps, jobs, image=True)
             published = root / "published"  # a CVMFS repository's publication directory
             settings = {
                 "applications_dir": str(apps), "local_user": "jane", "diracx_url": url,
@@ -181,13 +186,13 @@ def main() -> None:
                 ):
                     image_id = built_image(client)
                     flat = published / ".flat" / image_id[:2] / image_id
-                    for n in range(ROUNDS):
+                    for n in range(args.rounds):
                         assert flat.is_dir() == (n > 0), "published in the first round only"
-                        through, accepted, sent = through_concordia(client, db)
+                        through, accepted, sent = through_concordia(client, db, jobs)
                         assert flat.is_dir() and signed_link(sent[0]), "published, linked"
-                        assert listed(dx) == CHUNK + (2 * n + 1) * JOBS
+                        assert listed(dx) == CHUNK + (2 * n + 1) * jobs
                         direct = posted_directly(dx, sent)  # measured last in each round
-                        assert listed(dx) == CHUNK + (2 * n + 2) * JOBS
+                        assert listed(dx) == CHUNK + (2 * n + 2) * jobs
                         pairs.append((through, direct))
                         print(
                             f"round {n + 1}: concordia_s {through:.2f} (the submission call "
@@ -198,8 +203,8 @@ def main() -> None:
           f"ratio {first / pairs[0][1]:.2f}")  # fmt: skip
     through = statistics.median(c for c, _ in pairs)
     direct = statistics.median(d for _, d in pairs)
-    print(f"concordia_s {through:.2f} ({JOBS / through:.0f} jobs/s; median of {ROUNDS})")
-    print(f"direct_s {direct:.2f} ({JOBS / direct:.0f} jobs/s; median of {ROUNDS})")
+    print(f"concordia_s {through:.2f} ({jobs / through:.0f} jobs/s; median of {args.rounds})")
+    print(f"direct_s {direct:.2f} ({jobs / direct:.0f} jobs/s; median of {args.rounds})")
     print(f"ratio {through / direct:.2f}")
 
 

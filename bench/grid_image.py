@@ -14,7 +14,6 @@ direct). Goal: <= 1.2.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import shutil
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from job_start import BUSYBOX, print_ratio  # beside this file (run as a script)
+from options import benchmark, parse
 
 from concordia.backends.diracx import wrapper_arguments, wrapper_files
 from concordia.images.build import choose_builder, run_build
@@ -74,9 +74,9 @@ def until_payload_starts(cmd: list[str], work: Path, env: dict[str, str]) -> flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--runs", type=int, default=60)
-    args = parser.parse_args()
+    args = parse(parser, runs=3)
     with tempfile.TemporaryDirectory(prefix="concordia-bench-") as tmp:
         root = Path(tmp)
         data_dir = root / "var"

@@ -10,7 +10,6 @@ Goal: p95 < 10 ms.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import shutil
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+from options import benchmark, parse
 from server import serve
 
 from concordia.core.recipe import image_id
@@ -94,10 +94,10 @@ def p95(values: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=500)
-    args = parser.parse_args()
+    args = parse(parser, images=20, requests=20)
     with tempfile.TemporaryDirectory(prefix="concordia-bench-") as tmp:
         apps, data_dir = Path(tmp) / "apps", Path(tmp) / "var"
         apps.mkdir()

@@ -10,7 +10,6 @@ build argument; builds it for model=a, then for model=b, each timed from the req
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from options import benchmark, parse
 from server import serve
 
 APP = """
@@ -49,8 +49,8 @@ def build(client: httpx.Client, model: str) -> tuple[float, dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
+    parser = benchmark(__doc__)
+    parse(parser)
     with tempfile.TemporaryDirectory(prefix="concordia-bench-") as tmp:
         apps, data_dir = Path(tmp) / "apps", Path(tmp) / "var"
         apps.mkdir()

@@ -15,7 +15,6 @@ direct). Goal: <= 1.3.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from job_start import print_ratio, through_backend
+from options import benchmark, parse
 
 from concordia.backends import sandbox
 from concordia.backends.cgroup import slot_cgroup
@@ -87,9 +87,9 @@ def side_by_side(settings: Settings, runs: int) -> tuple[list[float], list[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--runs", type=int, default=100)
-    args = parser.parse_args()
+    args = parse(parser, runs=3)
     with tempfile.TemporaryDirectory(prefix="concordia-bench-") as tmp:
         data_dir = Path(tmp) / "var"
         settings = Settings(data_dir=data_dir, local_slots=1)

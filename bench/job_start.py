@@ -9,7 +9,6 @@ median direct). Goal: <= 1.5.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import subprocess
@@ -17,6 +16,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from options import benchmark, parse
 
 from concordia.backends import sandbox
 from concordia.backends.base import JobImage, JobSpec
@@ -84,9 +85,9 @@ def direct(rootfs: Path, workdir: Path, runs: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--runs", type=int, default=60)
-    args = parser.parse_args()
+    args = parse(parser, runs=3)
     with tempfile.TemporaryDirectory(prefix="concordia-bench-") as tmp:
         data_dir = Path(tmp) / "var"
         Settings(data_dir=data_dir).make_data_dir()

@@ -8,7 +8,6 @@ Goal: p95 < 50 ms, RSS < 250 MB.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sqlite3
 import statistics
@@ -18,6 +17,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from options import benchmark, parse
 from server import serve
 
 STATUSES = ["Done"] * 70 + ["Failed"] * 10 + ["Running"] * 5 + ["Waiting"] * 10 + ["Killed"] * 5
@@ -79,10 +79,10 @@ def _stamp(at: datetime) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=200)
-    args = parser.parse_args()
+    args = parse(parser, jobs=2000, requests=20)
 
     with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp) / "var") as server:
         t0 = time.perf_counter()

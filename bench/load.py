@@ -31,6 +31,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 from local_overhead import APPLICATION
+from options import benchmark, parse
 from server import Server, serve
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -211,7 +212,7 @@ def percentile(times: list[float], share: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=50)
@@ -227,7 +228,7 @@ def main() -> None:
         help="serve --workers N beside a concordia worker (0: one process does all)",
     )  # fmt: skip
     parser.add_argument("--deadline", type=float, default=600, help="seconds, per phase")
-    args = parser.parse_args()
+    args = parse(parser, jobs=20, clients=4, sse=1, think=0.2, max_requests=200, deadline=60)
 
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)

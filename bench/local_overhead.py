@@ -11,7 +11,6 @@ Last line: `ratio <platform/direct>`. Goal <= 1.5.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -19,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from options import benchmark, parse
 from server import serve
 
 from concordia.backends.sandbox import build_command, detect_isolation, hand_over, minimal_etc
@@ -80,10 +80,10 @@ async def run_direct(tmp: Path, jobs: int, slots: int, isolated: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--slots", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args()
+    args = parse(parser, jobs=10)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         tmp.chmod(0o711)  # jobs of a server running as root pass through as another uid

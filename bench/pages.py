@@ -8,7 +8,6 @@ Last line: `p95_ms <x>`. Goal: p95 < 100 ms.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import secrets
 import sqlite3
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 from jobs_query import _stamp, fill
+from options import benchmark, parse
 from server import serve
 
 
@@ -60,10 +60,10 @@ def time_page(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=100)
-    args = parser.parse_args()
+    args = parse(parser, jobs=2000, requests=10)
 
     with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp) / "var") as server:
         db = server.data_dir / "concordia.db"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 from grid import noop_app, running_diracx, token
+from options import benchmark, parse
 from sqlalchemy import func, select
 
 from concordia.db.tables import Job
@@ -26,12 +27,10 @@ from concordia.settings import Settings
 from concordia.web.app import create_app
 from concordia.worker import Reconciler
 
-JOBS, CHANGED = 10_000, 1_000
 
-
-async def run(root: Path, url: str, secret: str) -> float:
+async def run(root: Path, url: str, secret: str, jobs: int, changed: int) -> float:
     apps = root / "apps"
-    noop_app(apps, JOBS)
+    noop_app(apps, jobs)
     settings = Settings(
         data_dir=root / "var", applications_dir=apps, local_user="jane", diracx_url=url,
         diracx_legacy_secret=secret, default_backend="diracx", poll_interval=3600,
@@ -48,7 +47,7 @@ async def run(root: Path, url: str, secret: str) -> float:
             headers={"Authorization": f"Bearer {local_token}"},
         ) as client:
             made = await client.post(
-                "/api/v1/submissions", json={"application": "noop", "parameters": {"jobs": JOBS}}
+                "/api/v1/submissions", json={"application": "noop", "parameters": {"jobs": jobs}}
             )
             made.raise_for_status()
         while True:  # the reconciler in the background hands them over
@@ -58,7 +57,7 @@ async def run(root: Path, url: str, secret: str) -> float:
                 break
             await asyncio.sleep(0.5)
         async with platform.reading() as session:
-            refs = list(await session.scalars(select(Job.backend_ref).limit(CHANGED)))
+            refs = list(await session.scalars(select(Job.backend_ref).limit(changed)))
         backend = platform.backends["diracx"]
         reconciler = Reconciler(platform)
         backend._last_poll = -float("inf")
@@ -80,7 +79,7 @@ async def run(root: Path, url: str, secret: str) -> float:
         }  # fmt: skip
         async with httpx.AsyncClient(base_url=url, timeout=300) as dx:
             headers = {"Authorization": f"Bearer {token(url, secret, 'site', 'cta_admin')}"}
-            for i in range(0, CHANGED, 200):
+            for i in range(0, changed, 200):
                 chunk = dict(list(body.items())[i : i + 200])
                 (await dx.patch("/api/jobs/status", json=chunk, headers=headers)).raise_for_status()
 
@@ -90,17 +89,21 @@ async def run(root: Path, url: str, secret: str) -> float:
         seconds = time.perf_counter() - begin
         async with platform.reading() as session:
             matched = await session.scalar(select(func.count()).where(Job.status == "Matched"))
-        assert matched == CHANGED, matched
+        assert matched == changed, matched
         return seconds
 
 
 def main() -> None:
+    parser = benchmark(__doc__)
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--changed", type=int, default=1_000)
+    args = parse(parser, jobs=200, changed=20)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         root.chmod(0o711)
         with running_diracx(root / "diracx") as (url, secret):
-            seconds = asyncio.run(run(root, url, secret))
-    print(f"jobs {JOBS} changed {CHANGED}")
+            seconds = asyncio.run(run(root, url, secret, args.jobs, args.changed))
+    print(f"jobs {args.jobs} changed {args.changed}")
     print(f"seconds {seconds:.2f}")
 
 

@@ -8,21 +8,21 @@ the first page of its jobs). Last line: `p95_ms <x>`. Goal: p95 < 200 ms.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
 
 from jobs_query import fill
+from options import benchmark, parse
 from pages import add_login_token, time_page
 from server import serve
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark(__doc__)
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=100)
-    args = parser.parse_args()
+    args = parse(parser, jobs=200, requests=10)
 
     with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp) / "var") as server:
         db = server.data_dir / "concordia.db"
