@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
 import json
+import threading
 import time
 from typing import Any
 
 import httpx
+from cachetools import TLRUCache
 from joserfc import errors as jose_errors
 from joserfc import jwt
 from joserfc.jwk import KeySet
@@ -25,6 +28,10 @@ JWKS_REFETCH_SECONDS = 30.0
 LEEWAY_SECONDS = 30
 USERINFO_CACHE_SECONDS = 300.0
 USERINFO_CACHE_SIZE = 1024
+#: Access tokens whose signature and claims a process remembers as checked, at most (each
+#: a few hundred bytes of claims): an API client sends the same token with every call.
+#: The least recently used go first.
+VERIFIED_TOKENS = 4096
 GROUP_CLAIMS = ("wlcg.groups", "groups", "eduperson_entitlement")
 
 
@@ -60,6 +67,16 @@ class Iam:
         self._keys_fetched = -JWKS_REFETCH_SECONDS
         self._keys_failed = False
         self._keys_lock = asyncio.Lock()
+        #: Access tokens validated lately: token digest -> (its exp, its claims). An entry
+        #: dies at the token's exp (the wall clock's, as exp is) and with the keys that
+        #: verified it: every entry goes when IAM's keys are fetched anew and differ.
+        self._verified: TLRUCache[str, tuple[float, dict[str, Any]]] = TLRUCache(
+            maxsize=VERIFIED_TOKENS, ttu=lambda _key, value, _now: value[0], timer=_wall_clock
+        )
+        #: Bumped when the keys change: a check begun with the old keys is not remembered.
+        self._keys_generation = 0
+        #: The cache is read and written with no await between: the lock is for threads.
+        self._verified_lock = threading.Lock()
 
     async def metadata(self) -> dict[str, Any]:
         if self._metadata is None:
@@ -128,7 +145,25 @@ class Iam:
 
     async def validate(self, token: str) -> dict[str, Any]:
         """The claims of an IAM access token (JWT): signature by the issuer's keys, iss, exp,
-        nbf and, where configured, aud. Raises TokenInvalid saying what is wrong."""
+        nbf and, where configured, aud. Raises TokenInvalid saying what is wrong. A token
+        that passed is remembered (by its digest) until its exp, not checked again: only
+        accepted tokens are, and never past exp (its leeway then goes through the check)."""
+        key = hashlib.sha256(token.encode()).hexdigest()
+        with self._verified_lock:
+            cached = self._verified.get(key)
+        if cached is not None and cached[0] > _wall_clock():
+            return copy.deepcopy(cached[1])  # a caller changing its claims changes no other's
+        generation = self._keys_generation
+        claims = await self._checked_claims(token)
+        exp = claims["exp"]
+        if isinstance(exp, int | float) and not isinstance(exp, bool) and exp > _wall_clock():
+            with self._verified_lock:
+                if generation == self._keys_generation:  # the keys did not change meanwhile
+                    self._verified[key] = (float(exp), copy.deepcopy(claims))
+        return claims
+
+    async def _checked_claims(self, token: str) -> dict[str, Any]:
+        """validate's check itself, every time."""
         unverified = _unverified_claims(token)
         if str(unverified.get("iss", "")).rstrip("/") != self.issuer:
             raise TokenInvalid(
@@ -212,11 +247,21 @@ class Iam:
                 keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
             except (jose_errors.JoseError, ValueError, TypeError, KeyError):
                 raise IamUnreachable("IAM publishes no usable keys") from None
+            if self._keys is not None and jwks != self._jwks:
+                # Tokens checked with keys IAM may have dropped are checked again.
+                with self._verified_lock:
+                    self._keys_generation += 1
+                    self._verified.clear()
             self._keys, self._jwks, self._keys_failed = keys, jwks, False
             return keys
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+def _wall_clock() -> float:
+    """The time a token's exp is compared with (looked up at each call: tests move it)."""
+    return time.time()
 
 
 def _bearer(token: str) -> dict[str, str]:
