@@ -326,6 +326,27 @@ async def test_a_token_not_valid_yet_is_told_apart_from_a_wrong_audience(
     assert "not valid yet" in answer.json()["detail"] and "'nbf'" in answer.json()["detail"]
 
 
+async def test_a_remembered_iam_token_still_has_its_account_read_on_each_request(
+    tmp_path: Path, iam: IamDouble
+) -> None:
+    iam.add_user("jane")
+    async with running_app(iam_settings(tmp_path / "var", iam)) as running:
+        headers = {"Authorization": f"Bearer {iam.token_for('jane')}"}
+        assert (await running.client.get("/api/v1/me", headers=headers)).status_code == 200
+        assert running.platform.iam is not None and len(running.platform.iam._verified) == 1
+        # The account changed since (another sign-in read other groups): the token's check
+        # is remembered, what follows it is not. The user is read, the token's groups win.
+        async with running.platform.writing() as session:
+            user = await session.scalar(select(User).where(User.username == "jane"))
+            assert user is not None
+            user.groups = []
+        me = await running.client.get("/api/v1/me", headers=headers)
+        assert me.status_code == 200 and me.json()["vos"] == ["escape", "cta"]
+        async with running.platform.reading() as session:
+            groups = await session.scalar(select(User.groups).where(User.username == "jane"))
+        assert groups == ["/escape", "/escape/cta"]
+
+
 async def test_with_an_audience_the_web_sign_in_asks_iam_for_it(
     tmp_path: Path, iam: IamDouble, image_seed: Path
 ) -> None:
