@@ -202,9 +202,10 @@ class Settings(BaseSettings):
     api_token_trust_seconds: float = Field(
         default=5.0,
         ge=0,
-        description="How long a web process goes on trusting an API token it has checked, "
-        "without reading the database again (never past the token's expiry): a change of "
-        "the user's groups shows after it. 0: every request reads the token.",
+        description="How long a web process goes on trusting a bearer token it has checked "
+        "(a Concordia API token or an IAM access token), without checking it again (never "
+        "past the token's expiry): a change of the user's groups shows after it. 0: every "
+        "request checks the token.",
     )
     vos: dict[str, VoConfig] = Field(
         default_factory=lambda: dict(DEFAULT_VOS),

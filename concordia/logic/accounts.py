@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from sqlalchemy import select
@@ -208,31 +208,66 @@ async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) ->
 
 
 async def api_token_identity(platform: Platform, token: str) -> Identity | None:
-    """The caller of a Concordia API token; None for an unknown or expired one. A token
-    checked in the last api_token_trust_seconds is trusted without a database read (a
-    client polling the job list sends one request a second or more)."""
+    """The caller of a Concordia API token; None for an unknown or expired one (trusted for
+    a while once checked: see _trusted)."""
+
+    async def check() -> tuple[Identity, float | None] | None:
+        async with platform.reading() as session:
+            found = await token_holder(session, token)
+        if found is None:
+            return None
+        user, expires_at = found
+        left = None if expires_at is None else (expires_at - utcnow()).total_seconds()
+        return identity_of(platform.settings, user, "token"), left
+
+    return await _trusted(platform, token, check)
+
+
+async def bearer_identity(platform: Platform, token: str) -> Identity:
+    """The caller of an IAM access token (the CLI after `concordia login`); TokenInvalid if
+    the token is not the issuer's, expired, or issued to another client (trusted for a
+    while once checked: see _trusted)."""
+
+    async def check() -> tuple[Identity, float | None]:
+        identity, expires = await _bearer_account(platform, token)
+        return identity, expires - time.time()
+
+    identity = await _trusted(platform, token, check)
+    if identity is None:  # check() raises TokenInvalid rather than answer None
+        raise TokenInvalid("the token was refused")
+    return identity
+
+
+async def _trusted(
+    platform: Platform,
+    token: str,
+    check: Callable[[], Awaitable[tuple[Identity, float | None] | None]],
+) -> Identity | None:
+    """The caller of a bearer token, by ``check`` (the caller and the seconds the token has
+    left, None: no end; None for a token refused without error). A token checked in the last
+    api_token_trust_seconds is trusted without checking it again, never past its end: a
+    client polling the job list sends one request a second or more, and its token's
+    signature, account and groups are what they were a moment ago."""
     key = digest(token)
     now = time.monotonic()
     cached = platform.trusted_tokens.get(key)
     if cached is not None:
         return cached[0]
-    async with platform.reading() as session:
-        found = await token_holder(session, token)
-    if found is None:
+    checked = await check()
+    if checked is None:
         return None
-    user, expires_at = found
-    identity = identity_of(platform.settings, user, "token")
+    identity, left = checked
     trust = platform.settings.api_token_trust_seconds
-    if expires_at is not None:
-        trust = min(trust, (expires_at - utcnow()).total_seconds())
+    if left is not None:
+        trust = min(trust, left)
     if trust > 0:
         platform.trusted_tokens[key] = (identity, now + trust)
     return identity
 
 
-async def bearer_identity(platform: Platform, token: str) -> Identity:
-    """The caller of an IAM access token (the CLI after `concordia login`); TokenInvalid if
-    the token is not the issuer's, expired, or issued to another client."""
+async def _bearer_account(platform: Platform, token: str) -> tuple[Identity, float]:
+    """The account of an IAM access token, made or brought up to date with its groups, and
+    its expiry (epoch seconds)."""
     iam = iam_of(platform)
     claims = await iam.validate(token)
     async with platform.reading() as session:
@@ -258,7 +293,8 @@ async def bearer_identity(platform: Platform, token: str) -> Identity:
             if scim is not None:
                 user.scim = scim.model_dump(mode="json")
     scopes = str(claims.get("scope", "")).split()
-    return identity_of(platform.settings, user, "iam-token", iam_token=token, iam_scopes=scopes)
+    identity = identity_of(platform.settings, user, "iam-token", iam_token=token, iam_scopes=scopes)
+    return identity, float(claims["exp"])
 
 
 async def refresh_scim(platform: Platform, identity: Identity) -> ScimReading:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from concordia.auth import oidc
 from concordia.db.tables import BrowserSession, User, UserSecret
 from concordia.logic.iam_session import iam_access_token
-from concordia.logic.identity import Identity
+from concordia.logic.identity import Identity, digest
 from concordia.settings import Settings
 from tests.conftest import Running, free_port, make_settings, running_app, seed_images
 from tests.iam.fixtures import serving_iam
@@ -326,16 +326,19 @@ async def test_a_token_not_valid_yet_is_told_apart_from_a_wrong_audience(
     assert "not valid yet" in answer.json()["detail"] and "'nbf'" in answer.json()["detail"]
 
 
-async def test_a_remembered_iam_token_still_has_its_account_read_on_each_request(
-    tmp_path: Path, iam: IamDouble
+@pytest.mark.parametrize(("trust", "stored"), [(0.0, ["/escape", "/escape/cta"]), (3600.0, [])])
+async def test_a_checked_iam_token_is_trusted_for_the_window_only(
+    tmp_path: Path, iam: IamDouble, trust: float, stored: list[str]
 ) -> None:
     iam.add_user("jane")
-    async with running_app(iam_settings(tmp_path / "var", iam)) as running:
-        headers = {"Authorization": f"Bearer {iam.token_for('jane')}"}
+    settings = iam_settings(tmp_path / "var", iam, api_token_trust_seconds=trust)
+    async with running_app(settings) as running:
+        token = iam.token_for("jane")
+        headers = {"Authorization": f"Bearer {token}"}
         assert (await running.client.get("/api/v1/me", headers=headers)).status_code == 200
-        assert running.platform.iam is not None and len(running.platform.iam._verified) == 1
-        # The account changed since (another sign-in read other groups): the token's check
-        # is remembered, what follows it is not. The user is read, the token's groups win.
+        # The account changed since (another sign-in read other groups). Outside a trust
+        # window the account is read again and the token's groups are written back; within
+        # one, the caller checked a moment ago stands, as for API tokens.
         async with running.platform.writing() as session:
             user = await session.scalar(select(User).where(User.username == "jane"))
             assert user is not None
@@ -344,7 +347,22 @@ async def test_a_remembered_iam_token_still_has_its_account_read_on_each_request
         assert me.status_code == 200 and me.json()["vos"] == ["escape", "cta"]
         async with running.platform.reading() as session:
             groups = await session.scalar(select(User.groups).where(User.username == "jane"))
-        assert groups == ["/escape", "/escape/cta"]
+        assert groups == stored
+
+
+async def test_an_iam_token_is_trusted_no_longer_than_it_lives(
+    tmp_path: Path, iam: IamDouble
+) -> None:
+    iam.add_user("jane")
+    settings = iam_settings(tmp_path / "var", iam, api_token_trust_seconds=3600.0)
+    async with running_app(settings) as running:
+        token = iam.token_for("jane", lifetime=60)
+        answer = await running.client.get(
+            "/api/v1/me", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200
+        _, until = running.platform.trusted_tokens[digest(token)]
+        assert until <= time.monotonic() + 60
 
 
 async def test_with_an_audience_the_web_sign_in_asks_iam_for_it(
