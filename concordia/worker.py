@@ -22,6 +22,7 @@ from concordia.backends.base import (
     BackendUnreachable,
     JobImage,
     JobSpec,
+    Owner,
     StatusUpdate,
 )
 from concordia.core.application import ApplicationDef
@@ -422,7 +423,7 @@ class Reconciler:
                 continue
             proxy = None
             if app.proxy:  # checked at submission; it may have been replaced or run out since
-                key = (job.owner_id, groups[job.submission_id][2], app.cpu_time)
+                key = (job.owner_id, groups[job.submission_id].group, app.cpu_time)
                 if key not in proxies:
                     proxies[key] = await usable_proxy(self.platform, *key)
                 proxy, why = proxies[key]
@@ -447,9 +448,7 @@ class Reconciler:
             specs.append(spec)
         return specs
 
-    async def _groups_of(
-        self, session: AsyncSession, submission_ids: set[int]
-    ) -> dict[int, tuple[str, str, str]]:
+    async def _groups_of(self, session: AsyncSession, submission_ids: set[int]) -> dict[int, Owner]:
         """Each submission's owner, VO and DIRAC group (a grid backend acts as them; their
         jobs' proxies must carry the group)."""
         rows = await session.execute(
@@ -457,7 +456,7 @@ class Reconciler:
             .join(User, User.id == Submission.owner_id)
             .where(Submission.id.in_(submission_ids))
         )
-        return {sid: (owner, vo, group) for sid, owner, vo, group in rows.all()}
+        return {sid: Owner(owner, vo, group) for sid, owner, vo, group in rows.all()}
 
     async def _runs_of(
         self, session: AsyncSession, submission_ids: set[int]
@@ -490,7 +489,7 @@ class Reconciler:
         app: ApplicationDef,
         image: JobImage | None,
         proxy: bytes | None,
-        run_as: tuple[str, str, str],
+        run_as: Owner,
     ) -> JobSpec:
         return job_spec(
             app,
@@ -503,9 +502,9 @@ class Reconciler:
             jdl=job.jdl,
             image=image,
             proxy=proxy,
-            owner=run_as[0],
-            vo=run_as[1],
-            group=run_as[2],
+            owner=run_as.user,
+            vo=run_as.vo,
+            group=run_as.group,
             attempt=job.reschedule_count,
             maybe_submitted=job.id <= self._last_before_start,
         )

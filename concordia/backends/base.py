@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +28,16 @@ class JobRefused(BackendError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Whom a job runs as in its backend: its owner's username, the VO and the DIRAC group
+    of its submission (a grid backend acts as them, with a token for each)."""
+
+    user: str
+    vo: str
+    group: str
 
 
 class JobImage(BaseModel):
@@ -86,6 +97,11 @@ class JobSpec(BaseModel):
     #: It may already be in the backend (handed over by a process that died before
     #: recording it): the backend looks before it submits.
     maybe_submitted: bool = False
+
+    @property
+    def run_as(self) -> Owner:
+        """Whom the job runs as: its owner, VO and DIRAC group."""
+        return Owner(self.owner, self.vo, self.group)
 
 
 class BackendRef(BaseModel):

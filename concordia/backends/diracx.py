@@ -28,6 +28,7 @@ from concordia.backends.base import (
     BackendUnreachable,
     JobRefused,
     JobSpec,
+    Owner,
     StatusUpdate,
 )
 from concordia.backends.grid_images import GridImages, ImageNotPublished, exit_code_of
@@ -133,10 +134,8 @@ class DiracXBackend:
         self.images = GridImages(settings, image_keys or [])
         self.url = settings.diracx_url.rstrip("/")
         self.http = httpx.AsyncClient(base_url=self.url, timeout=60)
-        self._tokens: dict[tuple[str, str, str], tuple[float, str]] = {}
-        self._token_locks: defaultdict[tuple[str, str, str], asyncio.Lock] = defaultdict(
-            asyncio.Lock
-        )
+        self._tokens: dict[Owner, tuple[float, str]] = {}
+        self._token_locks: defaultdict[Owner, asyncio.Lock] = defaultdict(asyncio.Lock)
         #: Input sandboxes DiracX has (sha256 -> PFN): one upload per content, ever.
         self._sandboxes: dict[str, str] = {}
         #: Chunks of JDLs sent at once (all hand-overs together). A single-process DiracX on
@@ -149,8 +148,8 @@ class DiracXBackend:
         #: The sandbox of each submission (job group, image): its jobs need it built once.
         self._made: dict[tuple[str, str], str] = {}
         self._making: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
-        #: When each (user, vo, group)'s jobs were last polled: the next asks what changed since.
-        self._polled: dict[tuple[str, str, str], datetime] = {}
+        #: When each owner's jobs were last polled: the next asks what changed since.
+        self._polled: dict[Owner, datetime] = {}
         self._last_poll = -float("inf")
         #: Set by a poll that found DiracX unreachable (the UI says so); None when fine.
         self.unreachable: str | None = None
@@ -185,24 +184,24 @@ class DiracXBackend:
         self.unreachable = why
         return DiracXUnreachable(why)
 
-    async def _call(self, method: str, path: str, key: tuple[str, str, str], **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {await self._token(key)}"}
+    async def _call(self, method: str, path: str, owner: Owner, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {await self._token(owner)}"}
         response = await self._send(method, path, path, headers=headers, **kwargs)
         return response.json() if response.content else None
 
-    async def _token(self, key: tuple[str, str, str]) -> str:
-        """A DiracX access token for (user, vo, group): the user's own (per-user mode), or
-        obtained as a trusted service."""
-        async with self._token_locks[key]:
-            cached = self._tokens.get(key)
+    async def _token(self, owner: Owner) -> str:
+        """A DiracX access token for the owner in their VO and group: their own (per-user
+        mode), or obtained as a trusted service."""
+        async with self._token_locks[owner]:
+            cached = self._tokens.get(owner)
             if cached is not None and cached[0] - TOKEN_MARGIN > time.time():
                 return cached[1]
-            user, vo, group = key
+            user, vo, group = owner.user, owner.vo, owner.group
             if self.settings.diracx_auth == "user":
                 if self.user_tokens is None:
                     raise DiracXError("users' DiracX sign-ins are not available here")
                 access, expires_at = await self.user_tokens(user, vo, group)
-                self._tokens[key] = (expires_at, access)
+                self._tokens[owner] = (expires_at, access)
                 return access
             secret = self.settings.diracx_legacy_secret.get_secret_value()
             if not secret:
@@ -215,7 +214,7 @@ class DiracXBackend:
                 headers={"Authorization": f"Bearer diracx:legacy:{secret}"},
             )
             token = Token.model_validate(response.json())
-            self._tokens[key] = (time.time() + token.expires_in, token.access_token)
+            self._tokens[owner] = (time.time() + token.expires_in, token.access_token)
             return token.access_token
 
     async def refresh(self, refresh_token: str) -> Token:
@@ -233,9 +232,9 @@ class DiracXBackend:
         )
         return Token.model_validate(response.json())
 
-    def forget_token(self, key: tuple[str, str, str]) -> None:
+    def forget_token(self, owner: Owner) -> None:
         """A user disconnected: their cached access token goes too."""
-        self._tokens.pop(key, None)
+        self._tokens.pop(owner, None)
 
     # --- submit
 
@@ -247,12 +246,12 @@ class DiracXBackend:
         """Each job once: jobs DiracX already has (a JobName is Concordia's job uuid: a crash
         between DiracX accepting and Concordia recording finds them) are adopted."""
         refs: list[BackendRef] = []
-        by_key: dict[tuple[str, str, str], list[JobSpec]] = defaultdict(list)
+        by_owner: dict[Owner, list[JobSpec]] = defaultdict(list)
         for spec in jobs:
-            by_key[(spec.owner, spec.vo, spec.group)].append(spec)
-        for key, specs in by_key.items():
+            by_owner[spec.run_as].append(spec)
+        for owner, specs in by_owner.items():
             try:
-                refs += await self._submit_as(key, specs)
+                refs += await self._submit_as(owner, specs)
             except DiracXUnreachable:
                 raise  # nothing decided: the round is tried again
             except DiracXError as exc:  # refused for this user (their sign-in, their group)
@@ -265,11 +264,11 @@ class DiracXBackend:
                 ]
         return refs
 
-    async def _submit_as(self, key: tuple[str, str, str], specs: list[JobSpec]) -> list[BackendRef]:
+    async def _submit_as(self, owner: Owner, specs: list[JobSpec]) -> list[BackendRef]:
         # Look only where it may be: jobs older than this process, or sent in a round that
         # failed after DiracX accepted part of it.
         doubt = [_job_name(s) for s in specs if s.maybe_submitted or s.uuid in self._doubt]
-        found = await self._find_by_name(key, doubt) if doubt else {}
+        found = await self._find_by_name(owner, doubt) if doubt else {}
         known = {s.uuid: found[_job_name(s)] for s in specs if _job_name(s) in found}
         # Nothing is sent of a job DIRAC would refuse, or would not run as described.
         refused = {
@@ -280,7 +279,7 @@ class DiracXBackend:
         for s in specs:
             if s.uuid not in refused:
                 try:
-                    pfns[s.uuid] = await self._sandbox_for(key, s)
+                    pfns[s.uuid] = await self._sandbox_for(owner, s)
                 except ImageNotPublished as exc:  # named in each job's minor status
                     if s.uuid not in known:  # DiracX has the others: they run as sent
                         refused[s.uuid] = str(exc)
@@ -293,7 +292,8 @@ class DiracXBackend:
         chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
         # A few chunks at once: DiracX serves them side by side.
         answers = await asyncio.gather(
-            *(self._insert(key, [jdls[s.uuid] for s in c]) for c in chunks), return_exceptions=True
+            *(self._insert(owner, [jdls[s.uuid] for s in c]) for c in chunks),
+            return_exceptions=True,
         )
         for chunk, answer in zip(chunks, answers, strict=True):
             if isinstance(answer, DiracXError) and not isinstance(answer, DiracXUnreachable):
@@ -302,7 +302,7 @@ class DiracXBackend:
                 raise answer  # the accepted chunks are in doubt: adopted next round
             else:
                 known.update({s.uuid: job_id for s, job_id in zip(chunk, answer, strict=True)})
-        state = {"owner": key[0], "vo": key[1], "group": key[2], "seen": 0}
+        state = {"owner": owner.user, "vo": owner.vo, "group": owner.group, "seen": 0}
         return [
             BackendRef(uuid=s.uuid, ref="", error=refused[s.uuid])
             if s.uuid in refused
@@ -315,25 +315,25 @@ class DiracXBackend:
             for s in specs
         ]
 
-    async def _insert(self, key: tuple[str, str, str], jdls: list[str]) -> list[int]:
+    async def _insert(self, owner: Owner, jdls: list[str]) -> list[int]:
         async with self._inserting:
-            inserted = await self._call("POST", "/api/jobs/jdl", key, json=jdls)
+            inserted = await self._call("POST", "/api/jobs/jdl", owner, json=jdls)
         return [Inserted.model_validate(i).JobID for i in inserted]
 
-    async def _find_by_name(self, key: tuple[str, str, str], names: list[str]) -> dict[str, int]:
+    async def _find_by_name(self, owner: Owner, names: list[str]) -> dict[str, int]:
         body = {
             "parameters": ["JobID", "JobName"],
             "search": [{"parameter": "JobName", "operator": "in", "values": names}],
         }
-        rows = await self._search(key, body)
+        rows = await self._search(owner, body)
         return {str(r["JobName"]): int(r["JobID"]) for r in rows}
 
-    async def _search(self, key: tuple[str, str, str], body: dict[str, Any]) -> list[Any]:
+    async def _search(self, owner: Owner, body: dict[str, Any]) -> list[Any]:
         """Every page of a job search."""
         rows: list[Any] = []
         page = 1
         while True:
-            headers = {"Authorization": f"Bearer {await self._token(key)}"}
+            headers = {"Authorization": f"Bearer {await self._token(owner)}"}
             response = await self._send(
                 "POST", "/api/jobs/search", "/api/jobs/search", headers=headers,
                 params={"page": page, "per_page": SEARCH_PAGE}, json=body,
@@ -370,7 +370,7 @@ class DiracXBackend:
             tags=spec.tags,
         )
 
-    async def _sandbox_for(self, key: tuple[str, str, str], spec: JobSpec) -> str:
+    async def _sandbox_for(self, owner: Owner, spec: JobSpec) -> str:
         """The PFN of the job's input sandbox: made once per submission (its jobs share it),
         uploaded once per content."""
         made = (spec.job_group, spec.image.id if spec.image else "")
@@ -379,7 +379,7 @@ class DiracXBackend:
             if sha256 is None or sha256 not in self._sandboxes:
                 sandbox = await asyncio.to_thread(self._input_sandbox, spec)
                 if sandbox.sha256 not in self._sandboxes:
-                    self._sandboxes[sandbox.sha256] = await self._upload(key, sandbox)
+                    self._sandboxes[sandbox.sha256] = await self._upload(owner, sandbox)
                 self._made[made] = sha256 = sandbox.sha256
         return self._sandboxes[sha256]
 
@@ -398,7 +398,7 @@ class DiracXBackend:
             files[path.name] = path.read_bytes()
         return input_sandbox(files, executables=frozenset({WRAPPER, WRAPPER_PY}))
 
-    async def _upload(self, key: tuple[str, str, str], sandbox: Sandbox) -> str:
+    async def _upload(self, owner: Owner, sandbox: Sandbox) -> str:
         """Content-addressed: DiracX answers with no URL when it has the sandbox already."""
         request = {
             "checksum_algorithm": "sha256",
@@ -407,7 +407,7 @@ class DiracXBackend:
             "format": "tar.bz2",
         }
         slot = SandboxSlot.model_validate(
-            await self._call("POST", "/api/jobs/sandbox", key, json=request)
+            await self._call("POST", "/api/jobs/sandbox", owner, json=request)
         )
         if slot.url is not None:
             try:
@@ -436,12 +436,12 @@ class DiracXBackend:
         # a doubt kept a little longer costs no more than a search should the job come again.
         self._doubt.difference_update(ref.uuid for ref in refs)
         try:
-            for key, jobs in _by_key(refs).items():
+            for owner, jobs in _by_owner(refs).items():
                 started = datetime.now(UTC)
                 search: list[dict[str, Any]] = [
                     {"parameter": "JobID", "operator": "in", "values": list(jobs)}
                 ]
-                since = self._polled.get(key)
+                since = self._polled.get(owner)
                 if since is not None:  # only what changed since (clocks drift: a margin)
                     search.append(
                         {
@@ -453,13 +453,16 @@ class DiracXBackend:
                     )
                 body = {"parameters": _SEARCH_FIELDS, "search": search}
                 try:
-                    rows = await self._search(key, body)
+                    rows = await self._search(owner, body)
                 except DiracXUnreachable:
                     raise
                 except DiracXError as exc:  # this user's (a sign-in ended): not the others'
-                    log.warning("DiracX poll for %s in %s/%s refused: %s", *key, exc)
+                    log.warning(
+                        "DiracX poll for %s in %s/%s refused: %s",
+                        owner.user, owner.vo, owner.group, exc,
+                    )  # fmt: skip
                     continue
-                self._polled[key] = started
+                self._polled[owner] = started
                 for row in rows:
                     known = jobs.get(int(row["JobID"]))
                     if known is not None:
@@ -476,8 +479,8 @@ class DiracXBackend:
         keeps a job that ended meanwhile as it ended (it answers 200 all the same): that job
         comes back, with its state, and the next poll is not put off."""
         too_late: list[StatusUpdate] = []
-        for key, jobs in _by_key(refs).items():
-            runs = await self._runs(key, jobs)
+        for owner, jobs in _by_owner(refs).items():
+            runs = await self._runs(owner, jobs)
             # Only what is still going: a kill of an ended job changes nothing but its minor
             # status ("Marked for termination"), which would then hide how it ended.
             going = [
@@ -487,7 +490,7 @@ class DiracXBackend:
             ]
             steps = [(JobStatus.KILLED, "Marked for termination")]
             reached = (
-                await self._set_status(key, {job_id: steps for job_id in going}) if going else {}
+                await self._set_status(owner, {job_id: steps for job_id in going}) if going else {}
             )
             for job_id, ref in jobs.items():
                 row = reached.get(job_id) or runs.get(job_id, {})
@@ -508,8 +511,8 @@ class DiracXBackend:
         """Deleted in DiracX too (DIRAC's final state: out of the task queue, its sandboxes
         left to DiracX's clean-up), with every earlier run of a rescheduled job (one still
         going is killed first: DIRAC deletes only what has ended)."""
-        for key, jobs in _by_key(refs).items():
-            runs = await self._runs(key, jobs)
+        for owner, jobs in _by_owner(refs).items():
+            runs = await self._runs(owner, jobs)
             deleted = (JobStatus.DELETED, "Deleted by user")
             changes = {job_id: [deleted] for job_id in jobs}
             for job_id, row in runs.items():
@@ -520,14 +523,14 @@ class DiracXBackend:
                         if ended
                         else [(JobStatus.KILLED, "Marked for termination"), deleted]
                     )
-            await self._set_status(key, changes)
+            await self._set_status(owner, changes)
 
-    async def _runs(self, key: tuple[str, str, str], jobs: dict[int, BackendRef]) -> dict[int, Any]:
+    async def _runs(self, owner: Owner, jobs: dict[int, BackendRef]) -> dict[int, Any]:
         """DiracX's rows (status, minor status) of these jobs and of the earlier runs of
         those rescheduled, found by their names (the job's uuid and run)."""
         fields = ["JobID", "Status", "MinorStatus"]
         rows = await self._search(
-            key,
+            owner,
             {
                 "parameters": fields,
                 "search": [{"parameter": "JobID", "operator": "in", "values": list(jobs)}],
@@ -540,11 +543,11 @@ class DiracXBackend:
         ]
         if earlier:
             search = [{"parameter": "JobName", "operator": "in", "values": earlier}]
-            rows += await self._search(key, {"parameters": fields, "search": search})
+            rows += await self._search(owner, {"parameters": fields, "search": search})
         return {int(row["JobID"]): row for row in rows}
 
     async def _set_status(
-        self, key: tuple[str, str, str], changes: dict[int, list[tuple[JobStatus, str]]]
+        self, owner: Owner, changes: dict[int, list[tuple[JobStatus, str]]]
     ) -> dict[int, Any]:
         """Each job through its steps (one after the other, a millisecond apart); what DiracX
         says each job's state is now."""
@@ -558,7 +561,7 @@ class DiracXBackend:
             }
             for job_id, steps in changes.items()
         }  # fmt: skip
-        answer = await self._call("PATCH", "/api/jobs/status", key, json=body)
+        answer = await self._call("PATCH", "/api/jobs/status", owner, json=body)
         success = answer.get("success", {}) if isinstance(answer, dict) else {}
         return {int(job_id): row for job_id, row in success.items() if isinstance(row, dict)}
 
@@ -568,13 +571,13 @@ class DiracXBackend:
         marker = dest.parent / FETCHED
         if marker.exists():
             return sorted(p for p in dest.rglob("*") if p.is_file())
-        key = _key(ref)
-        pfns = await self._call("GET", f"/api/jobs/{ref.ref}/sandbox/output", key)
+        owner = _owner(ref)
+        pfns = await self._call("GET", f"/api/jobs/{ref.ref}/sandbox/output", owner)
         if not pfns:  # not uploaded yet (the job is not over)
             return []
         files: list[Path] = []
         for pfn in pfns or []:
-            link = await self._call("GET", "/api/jobs/sandbox", key, params={"pfn": pfn})
+            link = await self._call("GET", "/api/jobs/sandbox", owner, params={"pfn": pfn})
             url = link["url"] if isinstance(link, dict) else str(link)
             with tempfile.TemporaryDirectory() as tmp:
                 archive = Path(tmp) / "outputs.tar"
@@ -623,17 +626,17 @@ def _refusals(spec: JobSpec) -> list[str]:
     return problems
 
 
-def _by_key(refs: list[BackendRef]) -> dict[tuple[str, str, str], dict[int, BackendRef]]:
+def _by_owner(refs: list[BackendRef]) -> dict[Owner, dict[int, BackendRef]]:
     """The jobs by whom they run as in DiracX, each by its DiracX id."""
-    by_key: dict[tuple[str, str, str], dict[int, BackendRef]] = defaultdict(dict)
+    by_owner: dict[Owner, dict[int, BackendRef]] = defaultdict(dict)
     for ref in refs:
-        by_key[_key(ref)][int(ref.ref)] = ref
-    return by_key
+        by_owner[_owner(ref)][int(ref.ref)] = ref
+    return by_owner
 
 
-def _key(ref: BackendRef) -> tuple[str, str, str]:
+def _owner(ref: BackendRef) -> Owner:
     """Whom a job runs as in DiracX: its owner, VO and DIRAC group (kept in its state)."""
-    return (ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))
+    return Owner(ref.state.get("owner", ""), ref.state.get("vo", ""), ref.state.get("group", ""))
 
 
 def _job_name(spec: JobSpec) -> str:

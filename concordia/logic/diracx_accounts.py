@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from concordia.auth.vault import VaultError
+from concordia.backends.base import Owner
 from concordia.backends.diracx import (
     DiracXBackend,
     DiracXError,
@@ -125,7 +126,7 @@ async def connect(
         kept = await _read(platform, identity.user_id)
         kept[f"{vo}/{group}"] = _entry(vo, group, token, user)
         await _write(platform, identity.user_id, kept)
-    grid(platform).forget_token((identity.username, vo, group))
+    grid(platform).forget_token(Owner(identity.username, vo, group))
     log.info("user %s connected DiracX as %s in %s/%s", identity.username, user, vo, group)
     return DiracXConnection.model_validate(kept[f"{vo}/{group}"])
 
@@ -157,7 +158,7 @@ async def disconnect(platform: Platform, identity: Identity, vo: str, group: str
         if kept.pop(f"{vo}/{group}", None) is None:
             raise NotConnected(f"your DiracX account is not connected for {vo}/{group}")
         await _write(platform, identity.user_id, kept)
-    grid(platform).forget_token((identity.username, vo, group))
+    grid(platform).forget_token(Owner(identity.username, vo, group))
 
 
 async def access_token(platform: Platform, user_id: int, vo: str, group: str) -> tuple[str, float]:
