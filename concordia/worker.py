@@ -216,7 +216,7 @@ class Reconciler:
     async def _wait(self) -> bool:
         """Until news or the poll interval; True if woken by news."""
         events = [self.platform.wakeup]
-        events += [e for b in self.platform.backends.values() if (e := _changed(b)) is not None]
+        events += [e for b in self.platform.backends.values() if (e := b.changed) is not None]
         waiters = [asyncio.create_task(e.wait()) for e in events]
         try:
             done, _ = await asyncio.wait(
@@ -759,11 +759,6 @@ def _stall(session: AsyncSession, job: Job, max_reschedules: int, gone: str) -> 
 def _held(job: Job) -> bool:
     """Whether a job's process has ended and its data are going to the data lake."""
     return job.status == JobStatus.COMPLETING.value and job.minor_status == datalake.UPLOADING
-
-
-def _changed(backend: Any) -> asyncio.Event | None:
-    event = getattr(backend, "changed", None)
-    return event if isinstance(event, asyncio.Event) else None
 
 
 async def cancel(task: asyncio.Task[Any]) -> None:

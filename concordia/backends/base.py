@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -138,7 +139,24 @@ class StatusUpdate(BaseModel):
 
 
 class Backend(Protocol):
+    """Everything the worker, the logic and the pages use of a compute backend (nothing
+    above backends/ reaches for more, or asks which backend it is).
+
+    A job is named by its uuid. What a backend must know of a job to find it again is in
+    the BackendRef it returned (``ref`` and ``state``, with the ``state`` of each update
+    merged in): stored with the job, and given back to poll, kill, delete and fetch_outputs
+    by any later process. After a restart, a backend that ``survives_restart``
+    re-attaches to its jobs from those refs alone; one that does not lost them with the
+    process (the worker stalls them, then reschedules).
+
+    A call raises BackendUnreachable when the backend does not answer (nothing was decided:
+    the same call may be tried again later) and BackendError when it refuses, with why.
+    """
+
+    #: Its key in the platform's backends and in each job's row ("local", "diracx").
     name: str
+    #: How the submission form names it, for people.
+    title: str
     #: False where jobs run without isolation (the UI and CLI say so).
     isolated: bool
     #: Why jobs are not isolated (what to install or change); None where they are.
@@ -157,6 +175,13 @@ class Backend(Protocol):
     #: when it answers.
     unreachable: str | None
 
+    @property
+    def changed(self) -> asyncio.Event | None:
+        """Set when poll() has news to tell (a backend whose jobs run in this process says
+        so at once); poll() clears it. None: news come only by polling, at the worker's
+        poll interval."""
+        ...
+
     def capacity(self) -> int | None:
         """How many more jobs it takes now (None: no limit). Jobs beyond stay in the queue
         all workers share, for whichever has room: a worker runs no more than it can."""
@@ -170,14 +195,35 @@ class Backend(Protocol):
         job breaks; submit() refuses such a job too."""
         ...
 
-    async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]: ...
+    async def submit(self, jobs: list[JobSpec]) -> list[BackendRef]:
+        """Hand the jobs over. Returns a ref for each job it took (stored with the job: the
+        job is then the backend's), or with ``error`` set for each it refused (the job
+        fails with why, and is not in the backend). A job left out of the answer stays
+        Waiting and is handed over again in a later round.
 
-    async def poll(self, refs: list[BackendRef]) -> list[StatusUpdate]: ...
+        Idempotent per job uuid: a job it holds already (``maybe_submitted``: handed over by
+        a process that died before recording the ref) is adopted, never run twice; a job
+        whose ``attempt`` is new is a new run. Raises BackendUnreachable when the backend
+        does not answer: the jobs stay Waiting without a ref and the round is tried again."""
+        ...
+
+    async def poll(self, refs: list[BackendRef]) -> list[StatusUpdate]:
+        """What changed since it was last told, oldest first: one update per new entry of
+        a job's status history. It may tell of jobs not in ``refs`` too (the worker keeps
+        the news of those it watches).
+
+        Each update's ``state`` is what the backend must find in the job's ref next time
+        (what it has told already): stored with the job, it spares a restarted process the
+        same news again. Never raises for a backend that does not answer: it returns what
+        it has, and ``unreachable`` says why."""
+        ...
 
     async def kill(self, refs: list[BackendRef]) -> list[StatusUpdate]:
         """Stop the jobs, and every earlier run of a rescheduled one still going. Returns the
         jobs the kill came too late for, as the backend has them: they ended on their own,
-        were not killed, and keep that state (the next poll brings their news)."""
+        were not killed, and keep that state (the next poll brings their news). A job it
+        does not hold (lost in a restart) is nothing to stop. The caller records Killed
+        itself."""
         ...
 
     async def delete(self, refs: list[BackendRef]) -> None:
@@ -185,4 +231,18 @@ class Backend(Protocol):
         every earlier run of a rescheduled one."""
         ...
 
-    async def fetch_outputs(self, ref: BackendRef, dest: Path) -> list[Path]: ...
+    async def fetch_outputs(self, ref: BackendRef, dest: Path) -> list[Path]:
+        """Bring the job's outputs into ``dest`` (its outputs/ directory), its std.out and
+        std.err where its logs are read. Called whenever a user asks for them, before the
+        job is over too, and by any process after a restart: what is in place already is
+        not fetched again. Returns the output files in ``dest`` that it brought there, by
+        this call or an earlier one; an empty list where there is nothing yet (the job is
+        not over) or where ``dest`` is where the backend keeps them (nothing to bring).
+        Raises BackendError when they cannot be brought now."""
+        ...
+
+    async def close(self) -> None:
+        """The process stops: the backend lets go of what it holds here (connections,
+        threads, processes). Jobs of a backend that ``survives_restart`` go on; the others
+        are killed, with no update told (the next process stalls them)."""
+        ...

@@ -121,12 +121,15 @@ class DiracXBackend:
     owner under the submission's VO and DIRAC group (a token per owner and group)."""
 
     name = "diracx"
+    title = "The grid (DIRAC)"
     isolated = True
     isolation_problem: str | None = None
     runtime_summary = "apptainer or singularity on grid worker nodes (bubblewrap where neither)"
     limits_summary = "the grid site's, from each job's CPUTime"
     survives_restart = True
     uploads_data = True
+    #: DiracX is asked at its poll interval: it tells no news of its own.
+    changed: asyncio.Event | None = None
 
     def __init__(self, settings: Settings, image_keys: list[bytes] | None = None) -> None:
         self.settings = settings
@@ -157,6 +160,7 @@ class DiracXBackend:
         self.user_tokens: UserTokens | None = None
 
     async def close(self) -> None:
+        """Its connections close; its jobs go on in DiracX."""
         await self.http.aclose()
         self.images.close()
 

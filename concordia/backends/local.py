@@ -98,6 +98,7 @@ class LocalBackend:
     """
 
     name = "local"
+    title = "This machine"
     survives_restart = False
     uploads_data = False
     unreachable: str | None = None  # it runs here

@@ -138,14 +138,10 @@ async def _image_context(
     return context | {"image": state, "image_listed": listed}
 
 
-#: How the form names each backend.
-BACKEND_TITLES = {"local": "This machine", "diracx": "The grid (DIRAC)"}
-
-
 async def _form(
     platform: PlatformDep, user: Identity, app: ApplicationDef, values: dict[str, str]
 ) -> dict[str, Any]:
-    backends = [(name, BACKEND_TITLES.get(name, name)) for name in platform.backends]
+    backends = [(name, backend.title) for name, backend in platform.backends.items()]
     settings = platform.settings
     return (
         await _form_context(platform, user, app, values)
