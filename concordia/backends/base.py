@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +40,21 @@ class Owner:
     user: str
     vo: str
     group: str
+
+
+#: Where a backend that ``needs_user_token`` gets an owner's own access token and when it
+#: expires (seconds since the epoch). Raises BackendError, saying why, for an owner without
+#: a usable sign-in: that owner's calls are refused, not the others'.
+UserTokenSource = Callable[[Owner], Awaitable[tuple[str, float]]]
+
+
+class Token(BaseModel):
+    """The tokens a sign-in service answers with (OAuth's token endpoint), at sign-in or
+    at a refresh."""
+
+    access_token: str
+    expires_in: int = 3600
+    refresh_token: str | None = None
 
 
 class JobImage(BaseModel):
@@ -174,6 +190,10 @@ class Backend(Protocol):
     #: Why the backend cannot be reached now (its jobs keep their last known state); None
     #: when it answers.
     unreachable: str | None
+    #: True where jobs act as their owners with the owners' own sign-ins (a grid in per-user
+    #: mode): a submission is refused until its owner has one for its VO and group, and the
+    #: platform gives the backend where they come from (use_user_tokens) as it starts.
+    needs_user_token: bool
 
     @property
     def changed(self) -> asyncio.Event | None:
@@ -239,6 +259,24 @@ class Backend(Protocol):
         this call or an earlier one; an empty list where there is nothing yet (the job is
         not over) or where ``dest`` is where the backend keeps them (nothing to bring).
         Raises BackendError when they cannot be brought now."""
+        ...
+
+    def use_user_tokens(self, source: UserTokenSource) -> None:
+        """Where owners' own access tokens come from: given once as the platform starts,
+        before any job is handed over, to a backend that ``needs_user_token`` (another
+        ignores it). Without it, such a backend refuses to act for anyone."""
+        ...
+
+    def forget_token(self, owner: Owner) -> None:
+        """The owner's sign-in changed or ended: an access token kept for them goes, and the
+        next call for them gets one anew. Nothing for an owner it keeps none of."""
+        ...
+
+    async def refresh_user_token(self, refresh_token: str) -> Token:
+        """New tokens for a user's refresh token, from the backend's sign-in service. The
+        service may rotate them: the old refresh token is then dead, and using it again may
+        end all the user's sign-ins. Raises BackendError where the backend takes no
+        sign-ins (not ``needs_user_token``) or the service refuses it."""
         ...
 
     async def close(self) -> None:

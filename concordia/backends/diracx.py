@@ -11,7 +11,6 @@ import re
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -30,6 +29,8 @@ from concordia.backends.base import (
     JobSpec,
     Owner,
     StatusUpdate,
+    Token,
+    UserTokenSource,
 )
 from concordia.backends.grid_images import GridImages, ImageNotPublished, exit_code_of
 from concordia.backends.sandboxes import Sandbox, UnsafeArchive, extract_outputs, input_sandbox
@@ -96,16 +97,6 @@ class Inserted(BaseModel):
     Status: str = ""
 
 
-class Token(BaseModel):
-    access_token: str
-    expires_in: int = 3600
-    refresh_token: str | None = None
-
-
-#: Per-user mode: (owner, vo, group) -> the owner's own access token and when it expires.
-UserTokens = Callable[[str, str, str], Awaitable[tuple[str, float]]]
-
-
 def unverified_claims(token: str) -> dict[str, Any]:
     """A DiracX token's claims, read without checking the signature: only to show whom it
     names and until when (it came from DiracX's own token endpoint, and DiracX checks it)."""
@@ -156,8 +147,10 @@ class DiracXBackend:
         self._last_poll = -float("inf")
         #: Set by a poll that found DiracX unreachable (the UI says so); None when fine.
         self.unreachable: str | None = None
-        #: Per-user mode: where each user's own tokens come from (set by the platform).
-        self.user_tokens: UserTokens | None = None
+        #: Per-user mode: jobs act with their owners' own tokens, from where the platform
+        #: says (use_user_tokens); else with tokens obtained as a trusted service.
+        self.needs_user_token = settings.diracx_auth == "user"
+        self._user_tokens: UserTokenSource | None = None
 
     async def close(self) -> None:
         """Its connections close; its jobs go on in DiracX."""
@@ -201,10 +194,10 @@ class DiracXBackend:
             if cached is not None and cached[0] - TOKEN_MARGIN > time.time():
                 return cached[1]
             user, vo, group = owner.user, owner.vo, owner.group
-            if self.settings.diracx_auth == "user":
-                if self.user_tokens is None:
+            if self.needs_user_token:
+                if self._user_tokens is None:
                     raise DiracXError("users' DiracX sign-ins are not available here")
-                access, expires_at = await self.user_tokens(user, vo, group)
+                access, expires_at = await self._user_tokens(owner)
                 self._tokens[owner] = (expires_at, access)
                 return access
             secret = self.settings.diracx_legacy_secret.get_secret_value()
@@ -221,7 +214,11 @@ class DiracXBackend:
             self._tokens[owner] = (time.time() + token.expires_in, token.access_token)
             return token.access_token
 
-    async def refresh(self, refresh_token: str) -> Token:
+    def use_user_tokens(self, source: UserTokenSource) -> None:
+        """Per-user mode: where owners' own tokens come from (users' DiracX sign-ins)."""
+        self._user_tokens = source
+
+    async def refresh_user_token(self, refresh_token: str) -> Token:
         """New tokens for a user's refresh token (DiracX rotates them: the old one is dead
         after this, and using it again would end all the user's sign-ins)."""
         response = await self._send(
@@ -237,7 +234,7 @@ class DiracXBackend:
         return Token.model_validate(response.json())
 
     def forget_token(self, owner: Owner) -> None:
-        """A user disconnected: their cached access token goes too."""
+        """A user connected or disconnected: their cached access token goes."""
         self._tokens.pop(owner, None)
 
     # --- submit

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from concordia.backends import runtimes, sandbox
-from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
+from concordia.backends.base import (
+    BackendError,
+    BackendRef,
+    JobSpec,
+    Owner,
+    StatusUpdate,
+    Token,
+    UserTokenSource,
+)
 from concordia.backends.cgroup import Counters, SlotCgroup, slot_cgroup
 from concordia.backends.forkserver import ForkServer
 from concordia.backends.network import NetworkError, OutboundNetwork
@@ -102,6 +110,7 @@ class LocalBackend:
     survives_restart = False
     uploads_data = False
     unreachable: str | None = None  # it runs here
+    needs_user_token = False  # jobs run as the server's user, whoever owns them
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -253,6 +262,15 @@ class LocalBackend:
             if not self._cgroups and not self._containers:
                 break
             await asyncio.sleep(0.05)
+
+    def use_user_tokens(self, source: UserTokenSource) -> None:
+        """Nothing to do: jobs here run as the server's user, not as their owners."""
+
+    def forget_token(self, owner: Owner) -> None:
+        """Nothing to do: no token is kept here."""
+
+    async def refresh_user_token(self, refresh_token: str) -> Token:
+        raise BackendError("jobs on this machine take no sign-ins: there is nothing to refresh")
 
     def job_dir(self, uuid: str) -> Path:
         if not _UUID.match(uuid):

@@ -13,14 +13,8 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from concordia.auth.vault import VaultError
-from concordia.backends.base import Owner
-from concordia.backends.diracx import (
-    DiracXBackend,
-    DiracXError,
-    DiracXUnreachable,
-    Token,
-    unverified_claims,
-)
+from concordia.backends.base import Backend, Owner, Token
+from concordia.backends.diracx import DiracXError, DiracXUnreachable, unverified_claims
 from concordia.db.tables import User
 from concordia.logic.accounts import member_of
 from concordia.logic.errors import Conflict, Forbidden, Unavailable
@@ -56,14 +50,22 @@ class NotConnected(Conflict):
 
 
 def per_user(platform: Platform) -> bool:
-    return "diracx" in platform.backends and platform.settings.diracx_auth == "user"
+    """Whether jobs go to DiracX with their owners' own sign-ins (diracx_auth = user)."""
+    return any(backend.needs_user_token for backend in platform.backends.values())
 
 
-def grid(platform: Platform) -> DiracXBackend:
-    backend = platform.backends.get("diracx")
-    if not isinstance(backend, DiracXBackend):
-        raise Conflict("no DiracX is configured here (diracx_url)")
-    return backend
+def _grid(platform: Platform) -> Backend:
+    """The backend whose jobs act with users' own sign-ins: DiracX in per-user mode."""
+    for backend in platform.backends.values():
+        if backend.needs_user_token:
+            return backend
+    raise Conflict("no DiracX is configured here (diracx_url)")
+
+
+def _forget_token(platform: Platform, owner: Owner) -> None:
+    """The user's sign-in changed: no backend acts with the token it kept of the old one."""
+    for backend in platform.backends.values():
+        backend.forget_token(owner)
 
 
 def scope_for(identity: Identity, vo: str) -> tuple[str, str]:
@@ -126,7 +128,7 @@ async def connect(
         kept = await _read(platform, identity.user_id)
         kept[f"{vo}/{group}"] = _entry(vo, group, token, user)
         await _write(platform, identity.user_id, kept)
-    grid(platform).forget_token(Owner(identity.username, vo, group))
+    _forget_token(platform, Owner(identity.username, vo, group))
     log.info("user %s connected DiracX as %s in %s/%s", identity.username, user, vo, group)
     return DiracXConnection.model_validate(kept[f"{vo}/{group}"])
 
@@ -158,7 +160,7 @@ async def disconnect(platform: Platform, identity: Identity, vo: str, group: str
         if kept.pop(f"{vo}/{group}", None) is None:
             raise NotConnected(f"your DiracX account is not connected for {vo}/{group}")
         await _write(platform, identity.user_id, kept)
-    grid(platform).forget_token(Owner(identity.username, vo, group))
+    _forget_token(platform, Owner(identity.username, vo, group))
 
 
 async def access_token(platform: Platform, user_id: int, vo: str, group: str) -> tuple[str, float]:
@@ -190,7 +192,7 @@ async def _refresh(
 ) -> tuple[str, float]:
     entry = kept[key]
     try:
-        token = await grid(platform).refresh(entry["refresh_token"])
+        token = await _grid(platform).refresh_user_token(entry["refresh_token"])
     except DiracXUnreachable:
         raise
     except DiracXError as exc:
@@ -216,19 +218,22 @@ async def require_connection(platform: Platform, identity: Identity, vo: str, gr
 
 
 def user_tokens(platform: Platform) -> None:
-    """Give the DiracX backend its per-user token source: users' own sign-ins, by username."""
+    """Give each backend that needs users' own tokens where they come from: users' own
+    sign-ins, by username."""
 
-    async def source(username: str, vo: str, group: str) -> tuple[str, float]:
+    async def source(owner: Owner) -> tuple[str, float]:
         async with platform.reading() as session:
-            user_id = await session.scalar(select(User.id).where(User.username == username))
+            user_id = await session.scalar(select(User.id).where(User.username == owner.user))
         if user_id is None:
-            raise NotConnectedGrid(f"no user {username!r} here")
+            raise NotConnectedGrid(f"no user {owner.user!r} here")
         try:
-            return await access_token(platform, user_id, vo, group)
+            return await access_token(platform, user_id, owner.vo, owner.group)
         except NotConnected as exc:
             raise NotConnectedGrid(str(exc)) from None
 
-    grid(platform).user_tokens = source
+    for backend in platform.backends.values():
+        if backend.needs_user_token:
+            backend.use_user_tokens(source)
 
 
 class NotConnectedGrid(DiracXError):

@@ -38,7 +38,7 @@ from concordia.logic.datalake import (
     default_dataset,
     stored_choice,
 )
-from concordia.logic.diracx_accounts import per_user, require_connection
+from concordia.logic.diracx_accounts import require_connection
 from concordia.logic.errors import Conflict, Forbidden, Invalid, NotFound, TooMany
 from concordia.logic.identity import Identity
 from concordia.logic.images import image_state, select_or_build
@@ -381,7 +381,7 @@ async def _admit(
             raise Forbidden(f"{what} is open to {', '.join(app.vos)}, not to {request.vo!r}")
         vo = member_of(identity, request.vo).vo
     member = identity.membership(vo)
-    if backend == "diracx" and per_user(platform):  # jobs would fail without their token
+    if chosen.needs_user_token:  # jobs would fail without their token
         await require_connection(platform, identity, vo, member.dirac_group if member else "")
     # Refused now rather than a job failing later for want of a proxy; a dry run leaves the
     # proxy alone, as making one is a change.

@@ -1,0 +1,58 @@
+"""Each backend has everything the Backend protocol declares, and says what differs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from concordia.backends.base import Backend, BackendError, JobSpec, Owner
+from concordia.backends.diracx import DiracXBackend
+from concordia.backends.local import LocalBackend
+from concordia.settings import Settings
+
+# Made without starting them (no I/O).
+LOCAL = LocalBackend(Settings())
+GRID = DiracXBackend(Settings(diracx_url="https://diracx.invalid"))
+USERS_GRID = DiracXBackend(Settings(diracx_url="https://diracx.invalid", diracx_auth="user"))
+
+
+def declared() -> set[str]:
+    """The members the protocol declares: its attributes and its methods."""
+    methods = {name for name in vars(Backend) if not name.startswith("_")}
+    return set(Backend.__annotations__) | methods
+
+
+@pytest.mark.parametrize("backend", [LOCAL, GRID], ids=["local", "diracx"])
+def test_every_backend_has_all_the_protocol_declares(backend: Backend) -> None:
+    missing = {name for name in declared() if not hasattr(backend, name)}
+    assert not missing
+
+
+def test_backends_name_themselves_for_the_form() -> None:
+    assert (LOCAL.title, GRID.title) == ("This machine", "The grid (DIRAC)")
+
+
+def test_only_a_grid_in_per_user_mode_needs_its_users_tokens() -> None:
+    assert (LOCAL.needs_user_token, GRID.needs_user_token) == (False, False)
+    assert USERS_GRID.needs_user_token
+
+
+def test_the_local_backend_tells_its_news_and_the_grid_is_polled() -> None:
+    assert isinstance(LOCAL.changed, asyncio.Event)
+    assert GRID.changed is None
+
+
+async def test_the_local_backend_has_no_sign_in_to_refresh() -> None:
+    LOCAL.forget_token(Owner("jane", "cta", "cta_user"))  # nothing kept: nothing happens
+    with pytest.raises(BackendError):
+        await LOCAL.refresh_user_token("a-refresh-token")
+
+
+def test_a_job_runs_as_its_owner_in_its_vo_and_group() -> None:
+    spec = JobSpec(
+        uuid="5b0e", job_id=1, name="hello_1", argv=["true"], cpu_time=600,
+        owner="jane", vo="cta", group="cta_user",
+    )  # fmt: skip
+    assert spec.run_as == Owner(user="jane", vo="cta", group="cta_user")
+    assert {spec.run_as: 1}[Owner("jane", "cta", "cta_user")] == 1  # a key of per-owner maps
