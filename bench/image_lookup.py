@@ -25,7 +25,7 @@ from server import serve
 
 from concordia.core.recipe import image_id
 from concordia.logic.applications import ApplicationCatalog
-from concordia.logic.images import flat_recipe
+from concordia.logic.image_plans import flat_recipe
 
 APP = """
 name: lookup

@@ -35,7 +35,7 @@ from concordia.images.publication import IMAGE_LINKS
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.diracx_accounts import per_user, user_tokens
 from concordia.logic.identity import local_sign_in, login_link
-from concordia.logic.images import clear_build_leftovers, open_image_builds, start_builds
+from concordia.logic.image_builds import clear_build_leftovers, open_image_builds, start_builds
 from concordia.logic.platform import Platform
 from concordia.logic.relay import Relay
 from concordia.settings import Settings

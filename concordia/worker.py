@@ -26,19 +26,14 @@ from concordia.backends.base import (
     StatusUpdate,
 )
 from concordia.core.application import ApplicationDef
+from concordia.core.image_status import BUILDING, CANCELLED, FAILED
 from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
 from concordia.db.lease import live_slots
 from concordia.db.queue import heads, held_by_owner, take
 from concordia.db.tables import Application, Image, Job, Submission, User
 from concordia.images.store import StoredImage
 from concordia.logic import datalake
-from concordia.logic.images import (
-    BUILDING,
-    CANCELLED,
-    FAILED,
-    clear_build_leftovers,
-    start_builds,
-)
+from concordia.logic.image_builds import clear_build_leftovers, start_builds
 from concordia.logic.jobs import (
     ROW_COLUMNS,
     JobRow,

@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from concordia.core.image_status import ImageStatus
 from concordia.core.states import STATUS_TEXT_MAX
 
 # Stable constraint names, so Alembic migrations work the same on SQLite and PostgreSQL.
@@ -144,7 +145,7 @@ class Image(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the recipe
     application: Mapped[str] = mapped_column(String(64), index=True)
     build_args: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="building")
+    status: Mapped[str] = mapped_column(String(16), default=ImageStatus.BUILDING.value)
     builder: Mapped[str] = mapped_column(Text, default="")
     formats: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,7 +12,7 @@ from concordia.db.grid_images import job_image
 from concordia.images.publication import IMAGE_LINKS, link_valid
 from concordia.images.store import FORMAT_FILES
 from concordia.logic.errors import Forbidden, NotFound
-from concordia.logic.images import checked_id
+from concordia.logic.image_views import checked_id
 from concordia.logic.platform import Platform
 
 #: One answer for every refused link: it says why without telling what exists.

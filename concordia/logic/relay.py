@@ -9,8 +9,9 @@ import time
 
 from sqlalchemy import func, or_, select
 
+from concordia.core.image_status import ImageStatus
 from concordia.db.tables import Image, Job, JobStatusHistory
-from concordia.logic.images import BUILDING, announce_image
+from concordia.logic.image_events import announce_image
 from concordia.logic.jobs import ROW_COLUMNS, JobRow, publish_jobs
 from concordia.logic.platform import Platform
 
@@ -40,8 +41,10 @@ class Relay:
         """From the changes after now (before this process serves anyone: none is missed)."""
         async with self.platform.reading() as session:
             self._last = await session.scalar(select(func.max(JobStatusHistory.id))) or 0
-            building = await session.scalars(select(Image.id).where(Image.status == BUILDING))
-            self._images = dict.fromkeys(building, BUILDING)
+            building = await session.scalars(
+                select(Image.id).where(Image.status == ImageStatus.BUILDING)
+            )
+            self._images = dict.fromkeys(building, ImageStatus.BUILDING)
 
     async def run(self) -> None:
         while True:
@@ -68,13 +71,17 @@ class Relay:
             ).all()
             images = (
                 await session.scalars(
-                    select(Image).where(or_(Image.status == BUILDING, Image.id.in_(self._images)))
+                    select(Image).where(
+                        or_(Image.status == ImageStatus.BUILDING, Image.id.in_(self._images))
+                    )
                 )
             ).all()
-            changed_images = [i for i in images if self._images.get(i.id, BUILDING) != i.status]
+            changed_images = [
+                i for i in images if self._images.get(i.id, ImageStatus.BUILDING) != i.status
+            ]
             for image in changed_images:
                 await announce_image(self.platform, session, image)
-        self._images = {i.id: i.status for i in images if i.status == BUILDING}
+        self._images = {i.id: i.status for i in images if i.status == ImageStatus.BUILDING}
         self._note([row[0] for row in rows])  # in id order
         jobs = {row[1]: JobRow(*row[1:]) for row in rows}  # each job once, as it is now
         publish_jobs(self.platform.bus, list(jobs.values()))

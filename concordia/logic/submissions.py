@@ -24,6 +24,7 @@ from concordia.core.application import (
     validate_build_args,
     validate_parameters,
 )
+from concordia.core.image_status import ImageStatus
 from concordia.core.rules import WARN_SHARE
 from concordia.core.states import JobStatus
 from concordia.core.units import duration
@@ -41,7 +42,7 @@ from concordia.logic.datalake import (
 from concordia.logic.diracx_accounts import require_connection
 from concordia.logic.errors import Conflict, Forbidden, Invalid, NotFound, TooMany
 from concordia.logic.identity import Identity
-from concordia.logic.images import image_state, select_or_build
+from concordia.logic.image_selection import image_state, select_or_build
 from concordia.logic.jobs import JobRow, publish_jobs, record_status
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import ensure_proxy
@@ -127,7 +128,7 @@ class SubmissionPlan(BaseModel):
     #: The image jobs would run in; None for an application without one.
     image_id: str | None
     #: ready, building, failed; None: a submission would build it first.
-    image_status: str | None
+    image_status: ImageStatus | None
     job_count: int
     cpu: CpuEstimate | None
     #: Where its data outputs would go (a dataset named after the submission when

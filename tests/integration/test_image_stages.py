@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from concordia.logic.images import STAGES_DIR
+from concordia.logic.image_builds import STAGES_DIR
 from tests.conftest import make_settings, running_app
 from tests.integration.test_images import BUSYBOX, wait_built, wait_jobs_final
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from concordia.core.build_progress import BuildProgress
-from concordia.logic import images
+from concordia.logic import image_selection
 from concordia.settings import SHIPPED_APPLICATIONS, Settings
 from tests.conftest import LiveServer, free_port, make_settings, running_app
 
@@ -360,8 +360,8 @@ async def test_corsika_is_unavailable_until_its_source_is_configured(tmp_path: P
     async with running_app(make_settings(tmp_path / "b", sources={"corsika": source})) as app:
         view = (await app.client.get("/api/v1/applications/corsika")).json()
         assert view["unavailable"] is None
-        state = await images.image_state(app.platform, "corsika", {"he_model": "epos-lhc"})
-        other = await images.image_state(app.platform, "corsika", {})
+        state = await image_selection.image_state(app.platform, "corsika", {"he_model": "epos-lhc"})
+        other = await image_selection.image_state(app.platform, "corsika", {})
         assert state.problem is None and state.status is None  # buildable, not built yet
         assert state.id and other.id and state.id != other.id
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from concordia.logic import images
+from concordia.logic import image_plans, image_selection, image_views
 from tests.conftest import Running, make_settings, running_app
 from tests.integration.test_api import FINAL, submit, wait_status
 from tests.integration.test_images import BUSYBOX, wait_built
@@ -62,7 +62,7 @@ async def test_the_catalogue_lists_an_image_once_asked_for(
     assert empty.status_code == 200
     assert image_rows(empty.text) == [] and "No images yet." in empty.text
     assert '<a href="/images" aria-current="page">Images</a>' in empty.text
-    builder = images.builders(app.platform).summary
+    builder = image_views.builders(app.platform).summary
     assert builder.startswith("mmdebstrap")
     assert f"Images are built here with {builder} and stored as SquashFS and OCI archive" in (
         text_of(empty.text)
@@ -203,7 +203,7 @@ async def test_the_pages_need_a_session(app: Running) -> None:
 async def test_the_form_shows_the_ready_image_and_the_unavailable_reason(
     app: Running, signed_in: httpx.AsyncClient
 ) -> None:
-    state = await images.image_state(app.platform, "hello", {})
+    state = await image_selection.image_state(app.platform, "hello", {})
     assert state.status == "ready" and state.id
     short = state.id[:12]
     form = text_of((await signed_in.get("/concordia/hello")).text)
@@ -214,7 +214,7 @@ async def test_the_form_shows_the_ready_image_and_the_unavailable_reason(
 
     # corsika needs a source the operator has not configured: said on its card and its form,
     # and its form cannot be submitted.
-    reason = images.unavailable_reason(app.platform, app.platform.catalog.get("corsika"))
+    reason = image_plans.unavailable_reason(app.platform, app.platform.catalog.get("corsika"))
     assert reason and "its build needs the file 'corsika'" in reason
     catalogue = (await signed_in.get("/concordia")).text
     card = catalogue[catalogue.index('href="/concordia/corsika"') :]
@@ -243,8 +243,12 @@ async def test_the_form_follows_the_image_of_its_build_arguments(tmp_path: Path)
         ) as c:
             login = urlsplit(app.login_url)
             await c.get(f"{login.path}?{login.query}")
-            vanilla = await images.image_state(app.platform, "tiny", {"flavour": "vanilla"})
-            chocolate = await images.image_state(app.platform, "tiny", {"flavour": "chocolate"})
+            vanilla = await image_selection.image_state(
+                app.platform, "tiny", {"flavour": "vanilla"}
+            )
+            chocolate = await image_selection.image_state(
+                app.platform, "tiny", {"flavour": "chocolate"}
+            )
             assert vanilla.id and chocolate.id and vanilla.id != chocolate.id
             assert vanilla.status is None
 

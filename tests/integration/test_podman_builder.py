@@ -27,7 +27,7 @@ from concordia.images.builders import (
 )
 from concordia.images.podman import PodmanBuilder
 from concordia.images.store import ImageStore
-from concordia.logic.images import clear_build_leftovers
+from concordia.logic.image_builds import clear_build_leftovers
 from concordia.logic.platform import ImageBuilds
 from concordia.settings import Settings
 from tests.conftest import make_settings, running_app

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from concordia.core.application import ApplicationDef
 from concordia.logic.accounts import vo_refusal
 from concordia.logic.identity import Identity
-from concordia.logic.images import unavailable_reason
+from concordia.logic.image_plans import unavailable_reason
 from concordia.logic.platform import Platform
 from concordia.web.deps import CurrentUser, PlatformDep
 from concordia.web.errors import AUTHENTICATED, documented

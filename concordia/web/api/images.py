@@ -11,8 +11,8 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
-from concordia.logic import images
-from concordia.logic.images import BuildersView, ImageSelection, ImageView
+from concordia.logic import image_builds, image_logs, image_selection, image_views
+from concordia.logic.image_views import BuildersView, ImageSelection, ImageView
 from concordia.web.api.media import RAW, event_stream, raw
 from concordia.web.deps import CurrentUser, PlatformDep
 from concordia.web.errors import AUTHENTICATED, BODY, CHANGES, documented
@@ -33,7 +33,7 @@ class ImageRequest(BaseModel):
 @router.get("/builders")
 async def list_builders(platform: PlatformDep, _user: CurrentUser) -> BuildersView:
     """The image builder in use, and for the others why not (what to install)."""
-    return images.builders(platform)
+    return image_views.builders(platform)
 
 
 @router.get("/images")
@@ -41,7 +41,7 @@ async def list_images(
     platform: PlatformDep, user: CurrentUser, application: str | None = None
 ) -> list[ImageView]:
     """The images the caller asked for (and, where shared, those of their VOs)."""
-    return await images.list_images(platform, user, application)
+    return await image_views.list_images(platform, user, application)
 
 
 @router.post(
@@ -57,7 +57,7 @@ async def list_images(
 async def select_or_build(
     body: ImageRequest, response: Response, platform: PlatformDep, user: CurrentUser
 ) -> ImageSelection:
-    selection = await images.select_or_build(
+    selection = await image_selection.select_or_build(
         platform, user, body.application, body.build_args, force=body.force
     )
     response.status_code = 200 if selection.selected else 202
@@ -66,19 +66,19 @@ async def select_or_build(
 
 @router.get("/images/{image_id}", responses=documented(404))
 async def get_image(image_id: str, platform: PlatformDep, user: CurrentUser) -> ImageView:
-    return await images.get_image(platform, user, images.checked_id(image_id))
+    return await image_views.get_image(platform, user, image_views.checked_id(image_id))
 
 
 @router.delete("/images/{image_id}", status_code=204, responses=CHANGES | documented(404, 409))
 async def delete_image(image_id: str, platform: PlatformDep, user: CurrentUser) -> None:
     """The caller stops using the image; its files go with its last user."""
-    await images.delete_image(platform, user, images.checked_id(image_id))
+    await image_selection.delete_image(platform, user, image_views.checked_id(image_id))
 
 
 @router.post("/images/{image_id}/cancel", responses=CHANGES | documented(404, 409))
 async def cancel_build(image_id: str, platform: PlatformDep, user: CurrentUser) -> ImageView:
     """Stop the image's build (409 unless building); its waiting jobs fail."""
-    return await images.cancel_image(platform, user, images.checked_id(image_id))
+    return await image_builds.cancel_image(platform, user, image_views.checked_id(image_id))
 
 
 @router.post(
@@ -89,7 +89,7 @@ async def retry_build(
     image_id: str, response: Response, platform: PlatformDep, user: CurrentUser
 ) -> ImageSelection:
     """Build a failed or cancelled image again, same configuration (409 otherwise)."""
-    selection = await images.retry_image(platform, user, images.checked_id(image_id))
+    selection = await image_selection.retry_image(platform, user, image_views.checked_id(image_id))
     response.status_code = 200 if selection.selected else 202
     return selection
 
@@ -111,8 +111,8 @@ async def build_log(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> PlainTextResponse:
     """The build log from byte ``offset``; X-Log-Offset is where to continue from."""
-    checked = images.checked_id(image_id)
-    text, next_offset, status = await images.read_log(platform, user, checked, offset)
+    checked = image_views.checked_id(image_id)
+    text, next_offset, status = await image_logs.read_log(platform, user, checked, offset)
     headers = {"X-Log-Offset": str(next_offset), "X-Image-Status": status}
     return PlainTextResponse(text, headers=headers)
 
@@ -137,17 +137,17 @@ async def follow_build_log(
 ) -> EventSourceResponse:
     """Server-Sent Events: "log" (new text) and "progress" (its phase and n of N, when they
     change) until the build ends, then "end" (its status)."""
-    await images.get_image(platform, user, images.checked_id(image_id))
+    await image_views.get_image(platform, user, image_views.checked_id(image_id))
 
     async def stream() -> AsyncIterator[dict[str, str]]:
-        progress = await images.progress_until(platform, user, image_id, offset)
-        async for text in images.follow_log(platform, user, image_id, offset):
+        progress = await image_logs.progress_until(platform, user, image_id, offset)
+        async for text in image_logs.follow_log(platform, user, image_id, offset):
             if await request.is_disconnected():
                 return
             yield {"event": "log", "data": json.dumps({"text": text})}
             if progress.advance(text):
                 yield {"event": "progress", "data": progress.model_dump_json()}
-        view = await images.get_image(platform, user, image_id)
+        view = await image_views.get_image(platform, user, image_id)
         yield {"event": "end", "data": json.dumps({"status": view.status, "error": view.error})}
 
     return EventSourceResponse(stream(), ping=15)
@@ -161,6 +161,6 @@ async def follow_build_log(
 async def download(
     image_id: str, fmt: Literal["squashfs", "oci"], platform: PlatformDep, user: CurrentUser
 ) -> FileResponse:
-    path, view = await images.image_file(platform, user, images.checked_id(image_id), fmt)
+    path, view = await image_views.image_file(platform, user, image_views.checked_id(image_id), fmt)
     name = f"{view.application}-{image_id[:12]}.{_SUFFIX[fmt]}"
     return FileResponse(path, media_type=_MEDIA[fmt], filename=name)

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from concordia.core.application import ApplicationDef, FloatParam, ParameterDef
-from concordia.logic import images, submissions
+from concordia.logic import image_plans, image_selection, image_views, submissions
 from concordia.logic.accounts import vo_refusal
 from concordia.logic.datalake import DatalakeRequest, choose
 from concordia.logic.errors import DomainError, Invalid, NotFound
@@ -124,7 +124,9 @@ async def _image_context(
     if app.image is None:
         return context
     try:
-        state = await images.image_state(platform, app.name, _request_of(app, values).build_args)
+        state = await image_selection.image_state(
+            platform, app.name, _request_of(app, values).build_args
+        )
     except Invalid:  # the inputs' own messages say what is wrong
         return context
     # An image has a page for those who asked for it (or see it shared with their VO): one
@@ -132,7 +134,7 @@ async def _image_context(
     listed = state.status is not None
     if listed and state.id:
         try:
-            await images.get_image(platform, user, state.id)
+            await image_views.get_image(platform, user, state.id)
         except NotFound:
             listed = False
     return context | {"image": state, "image_listed": listed}
@@ -165,7 +167,7 @@ async def choose_application(
     request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     apps = sorted(platform.catalog.apps.values(), key=lambda a: a.title.lower())
-    unavailable = {app.name: images.unavailable_reason(platform, app) for app in apps}
+    unavailable = {app.name: image_plans.unavailable_reason(platform, app) for app in apps}
     not_allowed = {
         app.name: vo_refusal(user, app.vos, app.title, platform.settings) for app in apps
     }
@@ -175,7 +177,7 @@ async def choose_application(
         apps=apps,
         unavailable=unavailable,
         not_allowed=not_allowed,
-        builders=images.builders(platform),
+        builders=image_views.builders(platform),
     )
 
 

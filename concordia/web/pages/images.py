@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from concordia.logic import images
+from concordia.logic import image_builds, image_logs, image_selection, image_views
 from concordia.logic.errors import Conflict, Invalid, NotFound
 from concordia.logic.identity import Identity
-from concordia.logic.images import ImageView
+from concordia.logic.image_views import ImageView
 from concordia.web.deps import PlatformDep
 from concordia.web.pages.common import PageUser, read_form, render
 
@@ -29,7 +29,7 @@ def _application(request: Request) -> str | None:
 async def _catalogue(
     platform: PlatformDep, user: Identity, application: str | None
 ) -> dict[str, Any]:
-    found = await images.list_images(platform, user, application)
+    found = await image_views.list_images(platform, user, application)
     return {"images": found, "application": application, "short": SHORT, "names": FORMAT_NAMES}
 
 
@@ -43,7 +43,7 @@ async def images_page(request: Request, platform: PlatformDep, user: PageUser) -
     return render(
         request,
         "images.html",
-        builders=images.builders(platform),
+        builders=image_views.builders(platform),
         applications=sorted(known),
         flash=request.session.pop(FLASH, None),
         **context,
@@ -66,8 +66,8 @@ async def _detail(
     status_code: int = 200,
     problem: str | None = None,
 ) -> HTMLResponse:
-    view = await images.get_image(platform, user, images.checked_id(image_id))
-    log, offset, _ = await images.read_log(platform, user, view.id, 0)
+    view = await image_views.get_image(platform, user, image_views.checked_id(image_id))
+    log, offset, _ = await image_logs.read_log(platform, user, view.id, 0)
     return render(
         request,
         "image.html",
@@ -97,7 +97,7 @@ async def image_parts(
     image_id: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     """Facts, formats and actions again, swapped in when the build ends (htmx out-of-band)."""
-    view = await images.get_image(platform, user, images.checked_id(image_id))
+    view = await image_views.get_image(platform, user, image_views.checked_id(image_id))
     return render(request, "image_parts.html", oob=True, **_parts_context(platform, view))
 
 
@@ -106,10 +106,10 @@ async def rebuild_image(
     image_id: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> Response:
     await read_form(request)
-    view = await images.get_image(platform, user, images.checked_id(image_id))
-    await images.may_change(platform, user, view.id)  # seen shared with a VO: read-only
+    view = await image_views.get_image(platform, user, image_views.checked_id(image_id))
+    await image_views.may_change(platform, user, view.id)  # seen shared with a VO: read-only
     try:
-        selection = await images.select_or_build(
+        selection = await image_selection.select_or_build(
             platform, user, view.application, view.build_args, force=True
         )
     except (Conflict, Invalid, NotFound) as exc:  # the application changed or cannot build
@@ -138,7 +138,7 @@ async def cancel_build(
 ) -> Response:
     await read_form(request)
     try:
-        await images.cancel_image(platform, user, images.checked_id(image_id))
+        await image_builds.cancel_image(platform, user, image_views.checked_id(image_id))
     except Conflict as exc:  # it ended meanwhile
         problem = exc.message
         return await _detail(request, platform, user, image_id, status_code=409, problem=problem)
@@ -152,7 +152,9 @@ async def retry_build(
 ) -> Response:
     await read_form(request)
     try:
-        selection = await images.retry_image(platform, user, images.checked_id(image_id))
+        selection = await image_selection.retry_image(
+            platform, user, image_views.checked_id(image_id)
+        )
     except (Conflict, Invalid, NotFound) as exc:
         return await _detail(
             request, platform, user, image_id, status_code=exc.status_code, problem=exc.message
@@ -165,9 +167,9 @@ async def delete_image(
     image_id: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> Response:
     await read_form(request)
-    view = await images.get_image(platform, user, images.checked_id(image_id))
+    view = await image_views.get_image(platform, user, image_views.checked_id(image_id))
     try:
-        await images.delete_image(platform, user, view.id)
+        await image_selection.delete_image(platform, user, view.id)
     except Conflict as exc:
         problem = f"The image was not deleted: {exc.message}."
         return await _detail(request, platform, user, image_id, status_code=409, problem=problem)

@@ -1,0 +1,37 @@
+"""Image change events: whom an image's changes reach, and telling them."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concordia.db.tables import Image, ImageUser
+from concordia.logic.events import Event
+from concordia.logic.platform import Platform
+
+#: (user ids, VOs) an image's events reach.
+Audience = tuple[list[int], list[str]]
+
+
+async def audience(session: AsyncSession, platform: Platform, image: str) -> Audience:
+    """Whom an image's changes reach: its users, and with images_shared_in_vo their VOs."""
+    rows = (
+        await session.execute(
+            select(ImageUser.user_id, ImageUser.vo).where(ImageUser.image_id == image)
+        )
+    ).all()
+    shared = platform.settings.images_shared_in_vo
+    return sorted({user for user, _ in rows}), sorted({vo for _, vo in rows if vo and shared})
+
+
+def publish(platform: Platform, row: Image, reached: Audience) -> None:
+    """Tell ``reached`` of the image's state (once the change is committed)."""
+    data = {"id": row.id, "application": row.application, "status": row.status}
+    viewers, vos = reached
+    event = Event(kind="image", owner_id=None, data=data, viewers=viewers, vos=vos)
+    platform.bus.publish(event)
+
+
+async def announce_image(platform: Platform, session: AsyncSession, row: Image) -> None:
+    """Tell the image's audience of its state (a web process, of a build in the worker)."""
+    publish(platform, row, await audience(session, platform, row.id))
