@@ -42,7 +42,8 @@ from concordia.logic.datalake import (
 from concordia.logic.diracx_accounts import require_connection
 from concordia.logic.errors import Conflict, Forbidden, Invalid, NotFound, TooMany
 from concordia.logic.identity import Identity
-from concordia.logic.image_selection import image_state, select_or_build
+from concordia.logic.image_plans import plan_image
+from concordia.logic.image_selection import ImageClaim, claim_image, image_state
 from concordia.logic.jobs import JobRow, publish_jobs, record_status
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import ensure_proxy
@@ -436,11 +437,14 @@ async def _submit_batch(
     app, backend, chosen = admitted.app, admitted.backend, admitted.chosen
     values, build_args = admitted.values, admitted.build_args
     vo, member = admitted.vo, admitted.member
-    image = None
-    if app.image is not None:  # the container: selected if it exists, else its build starts
-        selection = await select_or_build(platform, identity, app.name, build_args, vo=vo)
-        image = selection.image.id
+    # The image's plan is checked before any write (it may be refused: Conflict).
+    image = None if app.image is None else plan_image(platform, app, build_args)
+    claim: ImageClaim | None = None
     async with platform.writing() as session:
+        # The container, selected if it exists, else marked building: claimed in the
+        # submission's own transaction, so that a refused submission leaves no claim behind.
+        if image is not None:
+            claim = await claim_image(session, platform, identity, image, [vo])
         app_row = await _application_row(session, app)
         submission = Submission(
             owner_id=owner_id,
@@ -450,7 +454,7 @@ async def _submit_batch(
             build_args=build_args,
             backend=backend,
             job_count=0,
-            image_id=image,
+            image_id=None if image is None else image.image_id,
             vo=vo,
             group=member.dirac_group if member is not None else "",
         )
@@ -465,47 +469,57 @@ async def _submit_batch(
         # Again in the transaction that adds them: the user's submissions one at a time.
         await check_queue_room(platform, session, owner_id, len(planned), lock=True)
         submission.job_count = len(planned)
-        now = utcnow()
-        received, accepted = JobStatus.RECEIVED, "Job accepted"
-        new_jobs = [
-            {
-                "uuid": p.uuid,
-                "submission_id": submission.id,
-                "owner_id": owner_id,
-                "application": app.name,
-                "index": p.index,
-                "name": p.name,
-                "parameters": p.parameters,
-                "argv": p.argv,
-                "jdl": p.jdl,
-                "status": received.value,
-                "minor_status": accepted,
-                "backend": backend,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for p in planned
-        ]
-        # One multi-row INSERT (a batch may have thousands of jobs: ORM objects would cost
-        # their bookkeeping each); the ids come back in the rows' order.
-        ids = await session.scalars(
-            insert(Job).returning(Job.id, sort_by_parameter_order=True), new_jobs
-        )
-        jobs = [
-            JobRow(
-                id=job_id, uuid=job_uuid, owner_id=owner_id, submission_id=submission.id,
-                status=received.value, minor_status=accepted, application_status="",
-                updated_at=now, started_at=None, ended_at=None, exit_code=None,
-                backend_ref=None, backend_state={},
-            )
-            for job_id, job_uuid in zip(ids, [p.uuid for p in planned], strict=True)
-        ]  # fmt: skip
-        for job in jobs:
-            record_status(session, job, received, minor=accepted, source="User", at=now)
+        jobs = await _store_jobs(session, submission, planned)
         submission_id = submission.id
+    if claim is not None:  # its build starts now, if it must be built
+        claim.after_commit(platform)
     publish_jobs(platform.bus, jobs)
     platform.wakeup.set()
     return await get_submission(platform, owner_id, submission_id)
+
+
+async def _store_jobs(
+    session: AsyncSession, submission: Submission, planned: list[PlannedJob]
+) -> list[JobRow]:
+    """The submission's jobs, stored as Received with their first history row."""
+    now = utcnow()
+    received, accepted = JobStatus.RECEIVED, "Job accepted"
+    new_jobs = [
+        {
+            "uuid": p.uuid,
+            "submission_id": submission.id,
+            "owner_id": submission.owner_id,
+            "application": submission.application,
+            "index": p.index,
+            "name": p.name,
+            "parameters": p.parameters,
+            "argv": p.argv,
+            "jdl": p.jdl,
+            "status": received.value,
+            "minor_status": accepted,
+            "backend": submission.backend,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for p in planned
+    ]
+    # One multi-row INSERT (a batch may have thousands of jobs: ORM objects would cost
+    # their bookkeeping each); the ids come back in the rows' order.
+    ids = await session.scalars(
+        insert(Job).returning(Job.id, sort_by_parameter_order=True), new_jobs
+    )
+    jobs = [
+        JobRow(
+            id=job_id, uuid=job_uuid, owner_id=submission.owner_id, submission_id=submission.id,
+            status=received.value, minor_status=accepted, application_status="",
+            updated_at=now, started_at=None, ended_at=None, exit_code=None,
+            backend_ref=None, backend_state={},
+        )
+        for job_id, job_uuid in zip(ids, [p.uuid for p in planned], strict=True)
+    ]  # fmt: skip
+    for job in jobs:
+        record_status(session, job, received, minor=accepted, source="User", at=now)
+    return jobs
 
 
 async def check_queue_room(

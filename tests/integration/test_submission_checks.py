@@ -8,11 +8,17 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.core.jdl import parse_jdl
+from concordia.db.tables import Image, ImageUser
+from concordia.logic import submissions
+from concordia.logic.errors import TooMany
+from concordia.logic.platform import Platform
 from tests.conftest import Running, make_settings, running_app
 
-# Every request here is refused or dry-run before an image or a job exists: no image seed.
+# Every request here is refused or dry-run, and leaves no image or job: no image seed.
 
 
 @pytest.fixture
@@ -82,3 +88,29 @@ async def test_a_dry_run_returns_every_job_and_jdl_and_stores_nothing(bare: Runn
     bad = {"application": "showermodel", "parameters": {"energy_min": 50, "energy_max": 5}}
     refused = await bare.client.post("/api/v1/submissions?dry_run=true", json=bad)
     assert "parameters.energy_max" in problems(refused)
+
+
+async def test_a_submission_refused_after_its_image_claim_leaves_no_claim(
+    bare: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another submission of the user's takes the last room in their queue between the first
+    # check and the one in the transaction, after the image (to be built) is claimed in it.
+    first_check = submissions.check_queue_room
+
+    async def full_when_storing(
+        platform: Platform, session: AsyncSession, owner_id: int, adding: int, *, lock: bool = False
+    ) -> None:
+        if lock:
+            raise TooMany("the queue filled up meanwhile")
+        await first_check(platform, session, owner_id, adding)
+
+    monkeypatch.setattr(submissions, "check_queue_room", full_when_storing)
+    refused = await bare.client.post("/api/v1/submissions", json={"application": "hello"})
+    assert refused.status_code == 429, refused.text
+    assert "filled up meanwhile" in refused.json()["detail"]
+    async with bare.platform.reading() as session:
+        assert await session.scalar(select(func.count()).select_from(Image)) == 0
+        assert await session.scalar(select(func.count()).select_from(ImageUser)) == 0
+    assert bare.platform.images.started == 0 and not bare.platform.images.tasks
+    assert (await bare.client.get("/api/v1/images")).json() == []
+    assert await stored_jobs(bare.client) == 0
