@@ -99,7 +99,7 @@ class Case:
     #: A's answer must show A's things (so that their absence elsewhere means something).
     shows_a: bool = False
     #: Markers that may appear here (the form says whether a configuration's image exists:
-    #: content-addressed, it is selected for whoever asks, see logic.images.select_or_build).
+    #: content-addressed, it is selected for whoever asks, see image_selection.select_or_build).
     allowed: frozenset[str] = frozenset()
 
 
