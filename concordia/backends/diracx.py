@@ -133,15 +133,14 @@ class DiracXBackend:
         #: Input sandboxes DiracX has (sha256 -> PFN): one upload per content, ever.
         self._sandboxes: dict[str, str] = {}
         #: Chunks of JDLs sent at once (all hand-overs together). A single-process DiracX on
-        #: SQLite serves two side by side slower than one after the other: its writers wait
-        #: on each other (bench/diracx_submit.py, 5 rounds each: ratio 1.21 and 1.10 with
-        #: one, 1.38 and 1.37 with two); the reconciler's next hand-over is ready meanwhile.
+        #: SQLite serves two side by side slower than one after the other (its writers wait
+        #: on each other); the reconciler's next hand-over is ready meanwhile.
         self._inserting = asyncio.Semaphore(settings.diracx_calls_at_once)
         #: Jobs sent in a round that may not have been recorded (it failed half way).
-        self._doubt: set[str] = set()
+        self._maybe_sent: set[str] = set()
         #: The sandbox of each submission (job group, image): its jobs need it built once.
-        self._made: dict[tuple[str, str], str] = {}
-        self._making: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._sandbox_of: dict[tuple[str, str], str] = {}
+        self._sandbox_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         #: When each owner's jobs were last polled: the next asks what changed since.
         self._polled: dict[Owner, datetime] = {}
         self._last_poll = -float("inf")
@@ -261,15 +260,15 @@ class DiracXBackend:
                 refs += [
                     BackendRef(uuid=s.uuid, ref="", error=str(exc))
                     for s in specs
-                    if not (s.maybe_submitted or s.uuid in self._doubt)
+                    if not (s.maybe_submitted or s.uuid in self._maybe_sent)
                 ]
         return refs
 
     async def _submit_as(self, owner: Owner, specs: list[JobSpec]) -> list[BackendRef]:
         # Look only where it may be: jobs older than this process, or sent in a round that
         # failed after DiracX accepted part of it.
-        doubt = [_job_name(s) for s in specs if s.maybe_submitted or s.uuid in self._doubt]
-        found = await self._find_by_name(owner, doubt) if doubt else {}
+        unsure = [_job_name(s) for s in specs if s.maybe_submitted or s.uuid in self._maybe_sent]
+        found = await self._find_by_name(owner, unsure) if unsure else {}
         known = {s.uuid: found[_job_name(s)] for s in specs if _job_name(s) in found}
         # Nothing is sent of a job DIRAC would refuse, or would not run as described.
         refused = {
@@ -289,7 +288,7 @@ class DiracXBackend:
         # sandbox is content addressed: the same files, the same address).
         jdls = {uuid: self._jdl(s, pfns[s.uuid]) for s in specs if (uuid := s.uuid) in pfns}
         size = self.settings.diracx_chunk_size
-        self._doubt.update(s.uuid for s in todo)  # until DiracX's answer is recorded
+        self._maybe_sent.update(s.uuid for s in todo)  # until DiracX's answer is recorded
         chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
         # A few chunks at once: DiracX serves them side by side.
         answers = await asyncio.gather(
@@ -374,14 +373,14 @@ class DiracXBackend:
     async def _sandbox_for(self, owner: Owner, spec: JobSpec) -> str:
         """The PFN of the job's input sandbox: made once per submission (its jobs share it),
         uploaded once per content."""
-        made = (spec.job_group, spec.image.id if spec.image else "")
-        async with self._making[made]:  # hand-overs of one submission side by side: once
-            sha256 = self._made.get(made)
+        submission = (spec.job_group, spec.image.id if spec.image else "")
+        async with self._sandbox_locks[submission]:  # its hand-overs side by side: made once
+            sha256 = self._sandbox_of.get(submission)
             if sha256 is None or sha256 not in self._sandboxes:
                 sandbox = await asyncio.to_thread(self._input_sandbox, spec)
                 if sandbox.sha256 not in self._sandboxes:
                     self._sandboxes[sandbox.sha256] = await self._upload(owner, sandbox)
-                self._made[made] = sha256 = sandbox.sha256
+                self._sandbox_of[submission] = sha256 = sandbox.sha256
         return self._sandboxes[sha256]
 
     def _input_sandbox(self, spec: JobSpec) -> Sandbox:
@@ -435,7 +434,7 @@ class DiracXBackend:
         # Recorded: no doubt left. Not at every round, as it goes through every job watched
         # (a twentieth of Concordia's CPU while it hands 1,000 jobs over, with 5,000 known);
         # a doubt kept a little longer costs no more than a search should the job come again.
-        self._doubt.difference_update(ref.uuid for ref in refs)
+        self._maybe_sent.difference_update(ref.uuid for ref in refs)
         try:
             for owner, jobs in _by_owner(refs).items():
                 started = datetime.now(UTC)

@@ -1,1 +1,1 @@
-"""The web layer: the FastAPI app, the JSON API (/api/v1) and, later, the pages."""
+"""The web layer: the FastAPI app, the JSON API (/api/v1) and the pages (Jinja2 and htmx)."""

@@ -13,7 +13,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.datastructures import QueryParams
 
 from concordia.core.states import KILLABLE_STATES, RESCHEDULABLE_STATES, JobStatus
-from concordia.db.tables import Job
 from concordia.logic import datalake, monitor, outputs
 from concordia.logic import jobs as job_logic
 from concordia.logic.errors import DomainError, Invalid
@@ -185,7 +184,7 @@ async def job_page(
     job_id: RowId, request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     context = await _job_parts(job_id, request, platform, user.user_id)
-    job: Job = context.pop("job")
+    job = context.pop("job")
     jobs_dir, limit = platform.settings.jobs_dir, outputs.PREVIEW_BYTES
     logs = {s: outputs.read_log(jobs_dir, job, s, 0, limit) for s in ("stdout", "stderr")}
     return render(request, "job.html", logs=logs, flash=request.session.pop(FLASH, None), **context)
