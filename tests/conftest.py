@@ -202,7 +202,7 @@ class LiveServer:
         default = f"sqlite+aiosqlite:///{self.data_dir.absolute() / 'concordia.db'}"
         return self.env.get("CONCORDIA_DATABASE_URL") or default
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 60) -> None:
         self.log_path = self.data_dir.parent / f"server-{time.monotonic_ns()}.log"
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
