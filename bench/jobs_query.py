@@ -100,7 +100,7 @@ def main() -> None:
                 assert len(response.json()["items"]) == 50
                 if i >= 10:  # the first requests warm caches and connections
                     times.append(elapsed)
-        total = response.json()["total"]
+        total = f"{response.json()['total']}{'+' if response.json().get('more') else ''}"
         times.sort()
         print(f"requests {len(times)} (status=Done: {total} jobs), per_page 50")
         print(f"p50_ms {statistics.median(times):.1f}")

@@ -252,7 +252,9 @@ def list_jobs(
         for j in data["items"]
     ]
     out.print(table("id, name, application, status, minor status, updated (UTC)", rows))
-    say(f"page {page} of {max(1, math.ceil(data['total'] / per_page))} ({data['total']} jobs)")
+    plus = "+" if data.get("more") else ""  # counted up to a bound: more than that
+    pages = max(1, math.ceil(data["total"] / per_page))
+    say(f"page {page} of {pages}{plus} ({data['total']}{plus} jobs)")
 
 
 @app.command()

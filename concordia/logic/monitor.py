@@ -1,40 +1,44 @@
-"""The job monitor's queries: a user's jobs filtered, sorted, paged, and counted by status."""
+"""The job monitor's rules: a user's jobs filtered, sorted, paged, and counted by status."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
-from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.core.states import JobStatus
-from concordia.db.tables import Job
+from concordia.db import job_monitor
+from concordia.db.job_monitor import JobWhere
 from concordia.logic.errors import Invalid
 from concordia.logic.jobs import JobSummary
-
-#: The jobs table itself: the monitor's reads are Core queries (rows, no ORM objects), which
-#: cost the server a fraction of the ORM's work per request (bench/load.py polls them).
-_jobs = Job.__table__
 
 SortKey = Literal[
     "id", "-id", "updated", "-updated", "created", "-created", "name", "-name", "status", "-status"
 ]
-_SORT_COLUMNS = {
-    "id": _jobs.c.id,
-    "updated": _jobs.c.updated_at,
-    "created": _jobs.c.created_at,
-    "name": _jobs.c.name,
-    "status": _jobs.c.status,
-}
+#: Jobs counted at most for a total or a status: beyond it the monitor says "more than", as
+#: counting a collaboration's million jobs would make every page wait for it.
+COUNTED = 10_000
+#: Jobs one action on "every job matching the filters" takes at most.
+MOST_MATCHING = 100_000
+_ORDER = [s.value for s in JobStatus]
 
 
 class JobPage(BaseModel):
     items: list[JobSummary]
+    #: The jobs matching, counted up to COUNTED; ``more``: there are more than that.
     total: int
     page: int
     per_page: int
+    more: bool = False
+
+
+class StatusCounts(BaseModel):
+    """Jobs per status, each counted up to COUNTED; ``more`` names those beyond it."""
+
+    counts: dict[str, int]
+    more: list[str] = []
 
 
 class JobFilter(BaseModel):
@@ -48,30 +52,28 @@ class JobFilter(BaseModel):
     created_to: date | None = None
 
 
-def _filtered(owner_id: int, where: JobFilter, *, by_status: bool = True) -> Select[Any]:
-    query = select(_jobs.c.id).where(_jobs.c.owner_id == owner_id)
-    unknown = [s for s in where.statuses if s not in JobStatus.__members__.values()]
+def _where(owner_id: int, where: JobFilter) -> JobWhere:
+    """The filter as the database takes it; Invalid for an unknown status or dates the wrong
+    way round. Deleted jobs are shown only when asked for."""
+    unknown = [s for s in where.statuses if s not in _ORDER]
     if unknown:
         raise Invalid("status", f"unknown status {unknown[0]!r}", location="query")
-    if by_status and where.statuses:
-        query = query.where(_jobs.c.status.in_(where.statuses))
-    elif by_status:
-        query = query.where(_jobs.c.status != JobStatus.DELETED.value)
-    if where.submission is not None:
-        query = query.where(_jobs.c.submission_id == where.submission)
-    if where.application:
-        query = query.where(_jobs.c.application == where.application)
-    if where.text:
-        pattern = where.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(_jobs.c.name.ilike(f"%{pattern}%", escape="\\"))
     if where.created_from and where.created_to and where.created_from > where.created_to:
         raise Invalid("created_to", "must not be before created_from", location="query")
-    if where.created_from:
-        query = query.where(_jobs.c.created_at >= datetime.combine(where.created_from, time(), UTC))
-    if where.created_to:
-        end = datetime.combine(where.created_to + timedelta(days=1), time(), UTC)
-        query = query.where(_jobs.c.created_at < end)
-    return query
+    return JobWhere(
+        owner_id=owner_id,
+        statuses=tuple(where.statuses),
+        hidden=JobStatus.DELETED.value,
+        submission=where.submission,
+        application=where.application,
+        text=where.text,
+        created_from=_midnight(where.created_from),
+        created_to=_midnight(where.created_to + timedelta(days=1) if where.created_to else None),
+    )
+
+
+def _midnight(day: date | None) -> datetime | None:
+    return datetime.combine(day, time(), UTC) if day else None
 
 
 async def list_jobs(
@@ -83,15 +85,19 @@ async def list_jobs(
     per_page: int = 50,
     sort: SortKey = "-updated",
 ) -> JobPage:
-    """One page of a user's jobs with their total; Deleted jobs only when asked for."""
-    base = _filtered(owner_id, where)
-    items = await _page_items(session, base, page, per_page, sort)
+    """One page of a user's jobs with their total (up to COUNTED)."""
+    checked = _where(owner_id, where)
+    items = await _page_items(session, checked, page, per_page, sort)
     if len(items) < per_page and (items or page == 1):
-        # The last page: the total follows from it, with no COUNT over every matching row.
+        # The last page: the total follows from it, with no count of the matching rows.
         total = (page - 1) * per_page + len(items)
     else:
-        total = await session.scalar(select(func.count()).select_from(base.subquery())) or 0
-    return JobPage(items=items, total=total, page=page, per_page=per_page)
+        total = await job_monitor.count_up_to(session, checked, COUNTED)
+    more = total > COUNTED
+    return JobPage(
+        items=items, total=min(total, COUNTED) if more else total, page=page, per_page=per_page,
+        more=more,
+    )  # fmt: skip
 
 
 async def monitor_jobs(
@@ -102,51 +108,35 @@ async def monitor_jobs(
     page: int = 1,
     per_page: int = 50,
     sort: SortKey = "-updated",
-) -> tuple[JobPage, dict[str, int]]:
-    """The job monitor's page and its counts per status, in two queries: the total is
-    the sum of the counts of the statuses shown, not a third COUNT over the table."""
+) -> tuple[JobPage, StatusCounts]:
+    """The job monitor's page and its counts per status: the total is the sum of the
+    counts of the statuses shown, not another count over the table."""
     counts = await count_by_status(session, owner_id, where)
-    shown = where.statuses or [s for s in counts if s != JobStatus.DELETED.value]
-    total = sum(counts.get(s, 0) for s in set(shown))
-    items = await _page_items(session, _filtered(owner_id, where), page, per_page, sort)
-    return JobPage(items=items, total=total, page=page, per_page=per_page), counts
-
-
-#: Jobs one action on "every job matching the filters" takes at most.
-MOST_MATCHING = 100_000
+    shown = set(where.statuses or [s for s in counts.counts if s != JobStatus.DELETED.value])
+    total = sum(counts.counts.get(s, 0) for s in shown)
+    items = await _page_items(session, _where(owner_id, where), page, per_page, sort)
+    more = any(s in shown for s in counts.more)
+    found = JobPage(items=items, total=total, page=page, per_page=per_page, more=more)
+    return found, counts
 
 
 async def matching_ids(session: AsyncSession, owner_id: int, where: JobFilter) -> list[int]:
     """The ids of every job matching the filters (the monitor's "select all matching"), in
-    the order they were made."""
-    query = _filtered(owner_id, where).order_by(_jobs.c.id).limit(MOST_MATCHING)
-    return list(await session.scalars(query))
+    the order they were made, MOST_MATCHING at most."""
+    return await job_monitor.ids_up_to(session, _where(owner_id, where), MOST_MATCHING)
 
 
-async def count_by_status(session: AsyncSession, owner_id: int, where: JobFilter) -> dict[str, int]:
-    """Jobs per status under every filter but the status one (one GROUP BY)."""
-    query = (
-        _filtered(owner_id, where, by_status=False)
-        .with_only_columns(_jobs.c.status, func.count())
-        .group_by(_jobs.c.status)
-    )
-    rows = (await session.execute(query)).all()
-    order = [s.value for s in JobStatus]
-    return {s: n for s, n in sorted(rows, key=lambda row: order.index(row[0]))}
+async def count_by_status(session: AsyncSession, owner_id: int, where: JobFilter) -> StatusCounts:
+    """Jobs per status under every filter but the status one, each up to COUNTED."""
+    found = await job_monitor.counts_up_to(session, _where(owner_id, where), _ORDER, COUNTED)
+    counts = {s: min(found[s], COUNTED) for s in _ORDER if s in found}
+    return StatusCounts(counts=counts, more=[s for s in counts if found[s] > COUNTED])
 
 
 async def _page_items(
-    session: AsyncSession, base: Select[Any], page: int, per_page: int, sort: SortKey
+    session: AsyncSession, where: JobWhere, page: int, per_page: int, sort: SortKey
 ) -> list[JobSummary]:
-    column = _SORT_COLUMNS[sort.lstrip("-")]
-    order = [column.desc(), _jobs.c.id.desc()] if sort.startswith("-") else [column, _jobs.c.id]
-    summary_columns = [_jobs.c[f] for f in JobSummary.model_fields]
-    query = (
-        base.with_only_columns(*summary_columns)
-        .order_by(*order)
-        .limit(per_page)
-        .offset((page - 1) * per_page)
-    )
-    rows = (await session.execute(query)).mappings().all()
+    columns = list(JobSummary.model_fields)
+    rows = await job_monitor.page_rows(session, where, columns, sort, page=page, per_page=per_page)
     # The columns are the model's fields, typed by the table: nothing left to validate.
     return [JobSummary.model_construct(**r) for r in rows]

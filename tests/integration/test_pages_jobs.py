@@ -10,6 +10,7 @@ from html import unescape
 import httpx
 import pytest
 
+from concordia.logic import monitor
 from tests.conftest import Running
 from tests.integration.test_api import FINAL, submit, wait_status, wait_submission
 
@@ -32,7 +33,7 @@ def count_of(html: str, status: str) -> int:
 
 
 async def test_the_monitor_filters_sorts_and_pages(
-    app: Running, signed_in: httpx.AsyncClient
+    app: Running, signed_in: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = await submit(app.client, jobs=3, first_run=1)
     second = await submit(app.client, jobs=2, first_run=20, exit_code=3)
@@ -85,6 +86,19 @@ async def test_the_monitor_filters_sorts_and_pages(
     assert 'All <span class="n">55</span>' in counts and "Failed" not in counts
     table = await signed_in.get("/jobs/table", params={"submission": more["id"]})
     assert len(job_ids(table.text)) == 50 and "<html" not in table.text
+
+    # Counted up to a bound (a collaboration's million jobs are not counted for each page):
+    # beyond it the monitor, the API and the counts say "more than".
+    await wait_submission(app.client, more["id"])
+    monkeypatch.setattr(monitor, "COUNTED", 20)
+    listed = (await app.client.get("/api/v1/jobs", params={"per_page": 5})).json()
+    assert (listed["total"], listed["more"], len(listed["items"])) == (20, True, 5)
+    exact = (await app.client.get("/api/v1/jobs", params={"status": "Failed"})).json()
+    assert (exact["total"], exact["more"]) == (2, False)
+    bounded = (await signed_in.get("/jobs")).text
+    assert "Page 1 of 1+, 22+ jobs" in bounded and count_of(bounded, "Failed") == 2
+    assert re.search(r'Done <span class="n">20\+<', bounded)
+    assert 'rel="next"' in bounded and ">Last<" not in bounded  # where the last is, unknown
 
 
 async def test_bulk_kill_reports_each_refusal(app: Running, signed_in: httpx.AsyncClient) -> None:

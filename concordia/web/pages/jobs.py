@@ -119,8 +119,14 @@ async def _monitor(request: Request, platform: PlatformDep, user_id: int) -> dic
         found, counts = await monitor.monitor_jobs(
             session, user_id, query.where, page=query.page, per_page=query.per_page, sort=query.sort
         )
-    pages = max(1, -(-found.total // query.per_page))
-    return {"q": query, "found": found, "counts": counts, "pages": pages}
+    pages = max(1, -(-found.total // query.per_page), found.page if found.more else 1)
+    return {
+        "q": query,
+        "found": found,
+        "counts": counts.counts,
+        "more": counts.more,
+        "pages": pages,
+    }
 
 
 def flash_of(outcome: BulkOutcome, asked: int, **more: str) -> dict[str, Any]:
@@ -157,7 +163,7 @@ async def jobs_counts(request: Request, platform: PlatformDep, user: PageUser) -
     query = monitor_query(request)
     async with platform.reading() as session:
         counts = await monitor.count_by_status(session, user.user_id, query.where)
-    return render(request, "jobs_counts.html", q=query, counts=counts)
+    return render(request, "jobs_counts.html", q=query, counts=counts.counts, more=counts.more)
 
 
 @router.post("/jobs/bulk")
