@@ -65,7 +65,11 @@ TOKEN_MARGIN = 60.0
 _BEFORE_US = {JobStatus.RECEIVED, JobStatus.CHECKING}
 #: DiracX states after which a job does nothing more.
 _ENDED = {s.value for s in (JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED, JobStatus.DELETED)}
-_SEARCH_FIELDS = ["JobID", "JobName", "Status", "MinorStatus", "ApplicationStatus", "LoggingInfo"]
+_SEARCH_FIELDS = [
+    "JobID", "JobName", "Status", "MinorStatus", "ApplicationStatus", "Site", "LoggingInfo",
+]  # fmt: skip
+#: What DIRAC says of a job not at a site yet.
+_NO_SITE = frozenset({"", "ANY", "Unknown"})
 #: What a description shows for the input sandbox until it is uploaded, at hand-over.
 PENDING_SANDBOX = "<input sandbox: uploaded at hand-over>"
 #: DIRAC's JobManager refuses a CPUTime outside this range (seconds).
@@ -650,6 +654,9 @@ def _news(ref: BackendRef, row: dict[str, Any]) -> list[StatusUpdate]:
     and source (its Received and Checking as steps of Concordia's Waiting)."""
     history = row.get("LoggingInfo") or []
     seen = int(ref.state.get("seen", 0))
+    # Where it runs, once matched (the data lake records it with the job's files).
+    site = str(row.get("Site") or "")
+    where = {} if site in _NO_SITE else {"site": site}
     updates = []
     for index, entry in enumerate(history[seen:], start=seen):
         try:
@@ -675,7 +682,7 @@ def _news(ref: BackendRef, row: dict[str, Any]) -> list[StatusUpdate]:
                 exit_code=code,
                 timestamp=_when(entry.get("StatusTime")),
                 source=str(entry.get("Source") or ""),
-                state={"seen": index + 1},
+                state={"seen": index + 1, **where},
             )
         )
     ref.state["seen"] = len(history)

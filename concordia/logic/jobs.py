@@ -77,6 +77,8 @@ class JobDetail(JobSummary):
     history: list[HistoryEntry]
     #: The container image the job runs in (its build log explains an "Image build failed").
     image_id: str | None
+    #: Where the grid ran it (DIRAC's site name), once known; None on this machine.
+    site: str | None = None
 
 
 class Tracked(Protocol):
@@ -241,6 +243,7 @@ async def job_detail(session: AsyncSession, job: Job) -> JobDetail:
     )
     derived = {
         "isolated": job.backend_state.get("isolated"),
+        "site": job.backend_state.get("site"),
         "history": [HistoryEntry.model_validate(r, from_attributes=True) for r in rows],
         "image_id": await session.scalar(
             select(Submission.image_id).where(Submission.id == job.submission_id)

@@ -78,6 +78,8 @@ class Site:
     kill_poll: float = 0.3  # how often a running job's status is checked (killed or deleted?)
     #: (i, n): this node runs the jobs whose JobID is i modulo n (n nodes share a grid).
     shard: tuple[int, int] = (0, 1)
+    #: The site's DIRAC name, set on each job it takes as DIRAC's matcher does.
+    name: str = "LCG.Test.org"
     runs: list[Run] = field(default_factory=list)
     #: The node: directories put first on the jobs' PATH (e.g. a stand-in apptainer), and
     #: more of their environment (e.g. CONCORDIA_NODE_IMAGE_CACHE, one per node).
@@ -212,6 +214,7 @@ class Site:
                 ("Matched", "Assigned"),
             )
             run.status = "Matched"
+            self._request("PATCH", "/api/jobs/metadata", json={str(job_id): {"Site": self.name}})
             jdl = parse_jdl(self.diracx.job_jdl(job_id))
             with self.diracx.client(owner, owner_group) as as_owner:
                 workdir.mkdir(parents=True)

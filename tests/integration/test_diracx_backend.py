@@ -646,6 +646,7 @@ async def test_a_grid_submission_s_data_reach_the_data_lake_through_concordia(
             [job] = await wait_jobs(grid.client, [job_id], "Done", "Failed", timeout=120)
         assert (job["status"], job["minor_status"]) == ("Done", "Execution Complete"), job
         assert "Completing" in [h["status"] for h in job["history"]]
+        assert job["site"] == site.name  # where DIRAC ran it, as its matcher set it
 
         listed = await grid.client.get(f"/api/v1/jobs/{job_id}/datalake")
         assert listed.status_code == 200, listed.text
@@ -660,8 +661,8 @@ async def test_a_grid_submission_s_data_reach_the_data_lake_through_concordia(
         files = await lake.files("user.jane", view["datalake"]["dataset"])
         assert [f.name for f in files] == [stored["name"]]
         meta = await lake.metadata("user.jane", stored["name"])
-        assert (meta["application"], meta["job_id"], meta["backend"]) == (
-            "gridlake", job_id, "diracx",
+        assert (meta["application"], meta["job_id"], meta["backend"], meta["site"]) == (
+            "gridlake", job_id, "diracx", site.name,
         )  # fmt: skip
 
         # The sandbox brought back the small output and the manifest, not the data.
