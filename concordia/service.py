@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from concordia.auth.oidc import Iam
-from concordia.auth.vault import open_vault
+from concordia.auth.vault import Vault, open_vault
 from concordia.backends.base import Backend
 from concordia.backends.diracx import DiracXBackend
 from concordia.backends.local import LocalBackend
@@ -50,12 +50,19 @@ Role = Literal["all", "web", "worker"]
 
 @asynccontextmanager
 async def running_platform(
-    settings: Settings, role: Role, *, on_standby: Callable[[], None] | None = None
+    settings: Settings,
+    role: Role,
+    *,
+    on_standby: Callable[[], None] | None = None,
+    backends: dict[str, Backend] | None = None,
 ) -> AsyncIterator[Platform]:
     """The platform, up for the body. Workers run side by side on PostgreSQL, each with its
     own jobs; on SQLite a worker waits as a standby while another runs the work
     (``on_standby`` is told). `serve` refuses to start beside a worker (LeaseHeld). A worker
-    whose lease is lost stops (LeaseLost: its jobs are adopted by the others)."""
+    whose lease is lost stops (LeaseLost: its jobs are adopted by the others).
+
+    ``backends``: the jobs' backends instead of those the settings configure (the tests'
+    fakes), closed as the platform stops as those would be."""
     engine = make_engine(settings.database_url)
     tasks: list[asyncio.Task[None]] = []
     async with AsyncExitStack() as stack:
@@ -70,15 +77,12 @@ async def running_platform(
                 worker_lease(engine, settings.data_dir, on_standby, alone=role == "all")
             )
             await upgrade_in_turn(engine, settings.database_url)
-        local = LocalBackend(settings)
-        await (local.start() if works else local.probe())
-        stack.push_async_callback(local.close)
-        backends: dict[str, Backend] = {"local": local}
         vault = open_vault(settings.encryption_keys, settings.encryption_key_file)
-        if settings.diracx_url:
-            grid = DiracXBackend(settings, image_keys=vault.derived_keys(IMAGE_LINKS))
-            stack.push_async_callback(grid.close)
-            backends["diracx"] = grid
+        if backends is None:
+            backends = await _configured_backends(stack, settings, works, vault)
+        else:
+            for backend in backends.values():
+                stack.push_async_callback(backend.close)
         platform = Platform(
             settings=settings,
             sessions=make_sessionmaker(engine),
@@ -126,6 +130,22 @@ async def running_platform(
         finally:
             for task in tasks:
                 await cancel(task)
+
+
+async def _configured_backends(
+    stack: AsyncExitStack, settings: Settings, works: bool, vault: Vault
+) -> dict[str, Backend]:
+    """This machine, started (only probed in a web process), and the grid where configured;
+    each closed with the ``stack``."""
+    local = LocalBackend(settings)
+    await (local.start() if works else local.probe())
+    stack.push_async_callback(local.close)
+    backends: dict[str, Backend] = {"local": local}
+    if settings.diracx_url:
+        grid = DiracXBackend(settings, image_keys=vault.derived_keys(IMAGE_LINKS))
+        stack.push_async_callback(grid.close)
+        backends["diracx"] = grid
+    return backends
 
 
 #: What a server process makes is its own: the database and its -wal/-shm, logs, keys, job

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from concordia.backends.base import Backend
 from concordia.logic.identity import create_token, ensure_user
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
@@ -123,9 +124,12 @@ class Running:
 
 
 @asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[Running]:
+async def running_app(
+    settings: Settings, backends: dict[str, Backend] | None = None
+) -> AsyncIterator[Running]:
+    """``backends``: jobs run there instead of in those the settings configure (fakes)."""
     ready: list[str] = []
-    app = create_app(settings, on_ready=lambda url, _platform: ready.append(url))
+    app = create_app(settings, on_ready=lambda url, _platform: ready.append(url), backends=backends)
     async with app.router.lifespan_context(app):
         platform: Platform = app.state.platform
         transport = httpx.ASGITransport(app=app)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from concordia import __version__
+from concordia.backends.base import Backend
 from concordia.logic import operations
 from concordia.logic.diracx_accounts import per_user
 from concordia.logic.identity import local_sign_in
@@ -37,15 +38,17 @@ def create_app(
     settings: Settings,
     on_ready: Callable[[str, Platform], None] | None = None,
     role: Literal["all", "web"] = "all",
+    backends: dict[str, Backend] | None = None,
 ) -> FastAPI:
     """``on_ready`` receives the one-time login URL and the platform once it is up. A "web"
     app leaves the background work to `concordia worker` (`concordia serve --workers N`,
-    whose parent process made the local user's sign-in link)."""
+    whose parent process made the local user's sign-in link). ``backends``: the jobs'
+    backends instead of those the settings configure (the tests' fakes)."""
     settings.make_data_dir()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running_platform(settings, role) as platform:
+        async with running_platform(settings, role, backends=backends) as platform:
             login_url = f"{settings.public_url}/login"
             if not settings.iam_mode and role == "all":  # local mode: the machine's user
                 async with platform.writing() as session:
