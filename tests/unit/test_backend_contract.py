@@ -10,6 +10,7 @@ from concordia.backends.base import Backend, BackendError, JobSpec, Owner
 from concordia.backends.diracx import DiracXBackend
 from concordia.backends.local import LocalBackend
 from concordia.settings import Settings
+from tests.fakes.backends import FAMILY
 
 # Made without starting them (no I/O).
 LOCAL = LocalBackend(Settings())
@@ -23,7 +24,12 @@ def declared() -> set[str]:
     return set(Backend.__annotations__) | methods
 
 
-@pytest.mark.parametrize("backend", [LOCAL, GRID], ids=["local", "diracx"])
+@pytest.mark.parametrize(
+    "backend",
+    # The tests' fakes play backends: they must have all of it too.
+    [LOCAL, GRID, *(fake() for fake in FAMILY)],
+    ids=["local", "diracx", *(fake.__name__ for fake in FAMILY)],
+)
 def test_every_backend_has_all_the_protocol_declares(backend: Backend) -> None:
     missing = {name for name in declared() if not hasattr(backend, name)}
     assert not missing
