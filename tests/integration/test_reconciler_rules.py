@@ -1,0 +1,360 @@
+"""The reconciler's rules with fake backends (tests/fakes/backends.py), in-process, in
+milliseconds: hand-overs, refusals, restarts, reschedules, kills, room and fair share."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from concordia.db.migrate import upgrade
+from concordia.settings import Settings
+from tests.conftest import Running, make_settings, running_app
+from tests.fakes.backends import (
+    FailingBackend,
+    FakeBackend,
+    FastBackend,
+    LosingBackend,
+    NeverStartingBackend,
+    SlowBackend,
+    StartingBackend,
+)
+
+pytestmark = pytest.mark.sql
+
+APPLICATION = """\
+name: noop
+title: Nothing, in a fake backend
+command: /bin/true
+cpu_time: 60
+batch: {count: jobs}
+parameters:
+  jobs: {type: int, default: 1, min: 1, max: 100}
+"""
+#: What every job goes through here before its backend has it.
+QUEUED = ["Received", "Checking", "Waiting"]
+
+
+@pytest.fixture(scope="session")
+def schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite database at the newest schema, made once: each test starts on a copy
+    (migrating one takes longer than most tests here)."""
+    path = tmp_path_factory.mktemp("schema") / "concordia.db"
+    with ThreadPoolExecutor(1) as pool:  # alembic runs its own event loop
+        pool.submit(upgrade, f"sqlite+aiosqlite:///{path}").result()
+    return path
+
+
+@pytest.fixture
+def fake_settings(tmp_path: Path, schema: Path) -> Callable[..., Settings]:
+    """Settings with ``overrides``: the application above, jobs in the fake backend, a short
+    poll interval, no image builder (none is probed at start: the application runs in no
+    image), the database a copy of ``schema`` (on PostgreSQL, the test's own)."""
+
+    def make(**overrides: object) -> Settings:
+        apps = tmp_path / "apps"
+        apps.mkdir(exist_ok=True)
+        (apps / "noop.yaml").write_text(APPLICATION)
+        values: dict[str, object] = {
+            "default_backend": "fake", "poll_interval": 0.05, "image_builders": [],
+        }  # fmt: skip
+        settings = make_settings(tmp_path / "var", applications_dir=apps, **values | overrides)
+        database = settings.data_dir / "concordia.db"
+        if settings.database_url.endswith(str(database)) and not database.exists():
+            settings.make_data_dir()
+            shutil.copyfile(schema, database)
+        return settings
+
+    return make
+
+
+@pytest.fixture
+def settings(fake_settings: Callable[..., Settings]) -> Settings:
+    return fake_settings()
+
+
+@asynccontextmanager
+async def started(settings: Settings, backend: FakeBackend) -> AsyncIterator[Running]:
+    """The platform up with ``backend`` its only one (a start, or a restart)."""
+    async with running_app(settings, {backend.name: backend}) as app:
+        yield app
+
+
+async def submit(client: httpx.AsyncClient, jobs: int = 1) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/submissions", json={"application": "noop", "parameters": {"jobs": jobs}}
+    )
+    assert response.status_code == 201, response.text
+    submission: dict[str, Any] = response.json()
+    return submission
+
+
+async def job(client: httpx.AsyncClient, job_id: int) -> dict[str, Any]:
+    found: dict[str, Any] = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    return found
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 5) -> None:
+    """Until ``check()`` is true, or fail after ``timeout`` seconds saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def status_of(client: httpx.AsyncClient) -> dict[int, str]:
+    """The status of each of the client's jobs, by id (one request: a request a job would
+    take the loop from the reconciler)."""
+    page = (await client.get("/api/v1/jobs", params={"per_page": 500})).json()
+    return {item["id"]: item["status"] for item in page["items"]}
+
+
+async def until_status(
+    client: httpx.AsyncClient, job_ids: list[int], *statuses: str
+) -> list[dict[str, Any]]:
+    """The jobs, once each is in one of ``statuses``."""
+
+    async def reached() -> bool:
+        now = await status_of(client)
+        return all(now[i] in statuses for i in job_ids)
+
+    await until(reached, f"jobs {job_ids} {' or '.join(statuses)}")
+    return [await job(client, i) for i in job_ids]
+
+
+def statuses(found: dict[str, Any]) -> list[str]:
+    return [entry["status"] for entry in found["history"]]
+
+
+async def rounds(app: Running, count: int = 3) -> None:
+    """Time for a few reconciler rounds (each woken at once)."""
+    for _ in range(count):
+        app.platform.wakeup.set()
+        await asyncio.sleep(0.02)
+
+
+async def test_a_batch_is_handed_over_once_each_and_ends_done(settings: Settings) -> None:
+    fake = FastBackend()
+    async with started(settings, fake) as app:
+        batch = await submit(app.client, jobs=5)
+        jobs = await until_status(app.client, batch["job_ids"], "Done")
+    assert sorted(fake.handed) == sorted(j["uuid"] for j in jobs)
+    for done in jobs:
+        assert statuses(done) == [*QUEUED, "Matched", "Running", "Completing", "Done"]
+        assert done["exit_code"] == 0 and done["backend"] == "fake"
+
+
+async def test_an_unreachable_backend_keeps_jobs_waiting_then_takes_them_once(
+    settings: Settings,
+) -> None:
+    fake = FastBackend()
+    fake.unreachable = "connection refused"
+    async with started(settings, fake) as app:
+        batch = await submit(app.client, jobs=3)
+
+        async def tried_again() -> bool:
+            return fake.attempts >= 2
+
+        await until(tried_again, "a second hand-over")  # at the next poll, still down
+        for waiting in await until_status(app.client, batch["job_ids"], "Waiting"):
+            assert waiting["backend_ref"] is None
+        assert fake.handed == []
+
+        fake.unreachable = None
+        jobs = await until_status(app.client, batch["job_ids"], "Done")
+    assert sorted(fake.handed) == sorted(j["uuid"] for j in jobs)
+    assert all(statuses(done).count("Matched") == 1 for done in jobs)
+
+
+async def test_a_refused_job_fails_with_the_backends_reason(settings: Settings) -> None:
+    fake = FailingBackend(reason="no site offers the tag GPU")
+    async with started(settings, fake) as app:
+        batch = await submit(app.client, jobs=2)
+        jobs = await until_status(app.client, batch["job_ids"], "Failed")
+    for failed in jobs:
+        assert failed["minor_status"] == "Refused by fake: no site offers the tag GPU"
+        assert failed["backend_ref"] is None
+        assert statuses(failed) == [*QUEUED, "Failed"]
+    assert fake.handed == []
+
+
+async def test_a_job_failing_in_its_backend_keeps_its_exit_code(settings: Settings) -> None:
+    async with started(settings, FailingBackend(exit_code=3)) as app:
+        batch = await submit(app.client)
+        [failed] = await until_status(app.client, batch["job_ids"], "Failed")
+    assert failed["exit_code"] == 3
+    assert failed["minor_status"] == "Application exited with status 3"
+    assert statuses(failed) == [*QUEUED, "Matched", "Running", "Failed"]
+
+
+async def test_a_job_lost_in_a_restart_is_rescheduled_until_none_are_left(
+    fake_settings: Callable[..., Settings],
+) -> None:
+    """Its backend loses its jobs with the server's process: each restart stalls it, and
+    reschedules it while it has reschedules left (max_reschedules), then fails it."""
+    settings = fake_settings(max_reschedules=1)
+    first, second, third = LosingBackend(), LosingBackend(), LosingBackend()
+    async with started(settings, first) as app:
+        [job_id] = (await submit(app.client))["job_ids"]
+        [running] = await until_status(app.client, [job_id], "Running")
+    assert first.closed and first.handed == [running["uuid"]]
+
+    async with started(settings, second) as app:
+
+        async def running_again() -> bool:
+            return bool(second.handed) and (await job(app.client, job_id))["status"] == "Running"
+
+        await until(running_again, "the job running again")
+        rerun = await job(app.client, job_id)
+    after_first_run = statuses(rerun)[len(statuses(running)) :]
+    assert after_first_run == [
+        "Stalled", "Failed", "Rescheduled", *QUEUED, "Matched", "Running",
+    ]  # fmt: skip
+    assert rerun["reschedule_count"] == 1 and second.handed == [rerun["uuid"]]
+
+    async with started(settings, third) as app:
+        [failed] = await until_status(app.client, [job_id], "Failed")
+        await rounds(app)
+        failed = await job(app.client, job_id)
+    assert failed["status"] == "Failed" and failed["minor_status"] == "Stalled"
+    assert statuses(failed)[-2:] == ["Stalled", "Failed"]
+    assert failed["reschedule_count"] == 1 and third.handed == []
+
+
+async def test_a_backend_that_survives_a_restart_keeps_its_jobs(settings: Settings) -> None:
+    fake = StartingBackend()
+    async with started(settings, fake) as app:
+        [job_id] = (await submit(app.client))["job_ids"]
+        await until_status(app.client, [job_id], "Running")
+    async with started(settings, fake) as app:  # the same grid, after the restart
+        await rounds(app)
+        assert (await job(app.client, job_id))["status"] == "Running"
+        fake.end(fake.handed[0])
+        [done] = await until_status(app.client, [job_id], "Done")
+    assert "Stalled" not in statuses(done) and done["reschedule_count"] == 0
+    assert len(fake.handed) == 1  # followed, not handed over again
+
+
+@pytest.mark.parametrize(
+    ("backend", "status"),
+    [(StartingBackend, "Running"), (NeverStartingBackend, "Waiting")],
+    ids=["running", "waiting-for-a-site"],
+)
+async def test_a_kill_reaches_the_backend_once_and_the_job_ends_killed(
+    settings: Settings, backend: type[FakeBackend], status: str
+) -> None:
+    fake = backend()
+    async with started(settings, fake) as app:
+        [job_id] = (await submit(app.client))["job_ids"]
+
+        async def handed_over() -> bool:
+            found = await job(app.client, job_id)
+            return found["status"] == status and found["backend_ref"] is not None
+
+        await until(handed_over, f"job {status} in its backend")
+        killed = await app.client.post(f"/api/v1/jobs/{job_id}/kill")
+        assert killed.status_code == 200, killed.text
+        assert killed.json()["status"] == "Killed"
+        assert (await app.client.post(f"/api/v1/jobs/{job_id}/kill")).status_code == 409
+        await rounds(app)
+        found = await job(app.client, job_id)
+    assert fake.kills == [found["uuid"]]
+    assert found["status"] == "Killed" and statuses(found)[-1] == "Killed"
+    assert not fake.held()
+
+
+async def test_a_job_killed_too_late_keeps_the_state_it_ended_in(settings: Settings) -> None:
+    """The job ends in its backend just as the kill reaches it, the reconciler not told yet:
+    the kill is refused, and the job is Done, as it ended."""
+    fake = StartingBackend()
+    async with started(settings, fake) as app:
+        [job_id] = (await submit(app.client))["job_ids"]
+        [running] = await until_status(app.client, [job_id], "Running")
+        fake.ending_at_kill.add(running["uuid"])
+        refused = await app.client.post(f"/api/v1/jobs/{job_id}/kill")
+        assert refused.status_code == 409, refused.text
+        assert "too late" in refused.json()["detail"]
+        [done] = await until_status(app.client, [job_id], "Done", "Killed")
+    assert done["status"] == "Done" and done["exit_code"] == 0
+    assert "Killed" not in statuses(done)
+
+
+async def test_a_job_killed_while_being_handed_over_is_killed_in_its_backend(
+    settings: Settings,
+) -> None:
+    """The kill is recorded at once; the backend, which takes the job after it, is told."""
+    fake = SlowBackend()
+    async with started(settings, fake) as app:
+        [job_id] = (await submit(app.client))["job_ids"]
+        await asyncio.wait_for(fake.waiting.wait(), 5)
+        killed = await app.client.post(f"/api/v1/jobs/{job_id}/kill")
+        assert killed.status_code == 200 and killed.json()["status"] == "Killed", killed.text
+        assert fake.kills == []  # not the backend's yet: nothing to stop there
+        fake.gate.set()
+
+        async def told() -> bool:
+            return bool(fake.kills)
+
+        await until(told, "the kill told to the backend")
+        await rounds(app)
+        found = await job(app.client, job_id)
+    assert fake.handed == fake.kills == [found["uuid"]] and not fake.held()
+    assert found["status"] == "Killed" and "Running" not in statuses(found)
+
+
+async def test_a_backend_is_handed_no_more_jobs_than_it_has_room_for(
+    settings: Settings,
+) -> None:
+    fake = StartingBackend(room=2)
+    async with started(settings, fake) as app:
+        batch = await submit(app.client, jobs=5)
+        ids = batch["job_ids"]
+
+        async def two_run_three_wait() -> bool:
+            found = list((await status_of(app.client)).values())
+            return found.count("Running") == 2 and found.count("Waiting") == 3
+
+        await until(two_run_three_wait, "two jobs running, three waiting")
+        await rounds(app)
+        assert len(fake.handed) == 2
+        waiting = [j for j in [await job(app.client, i) for i in ids] if j["status"] == "Waiting"]
+        assert {j["minor_status"] for j in waiting} == {"Waiting for a fake slot"}
+
+        while len(fake.handed) < len(ids):  # each end makes room for one more
+            handed = len(fake.handed)
+            fake.end(fake.held()[0].spec.uuid)
+
+            async def one_more(handed: int = handed) -> bool:
+                return len(fake.handed) > handed
+
+            await until(one_more, "the next job handed over")
+        for run in fake.held():
+            fake.end(run.spec.uuid)
+        await until_status(app.client, ids, "Done")
+    assert fake.most_held == 2 and len(set(fake.handed)) == 5
+
+
+async def test_one_users_queue_does_not_keep_anothers_job_waiting(settings: Settings) -> None:
+    """Room for one job: Bob's one job, submitted after Alice's four, is the next to run."""
+    fake = StartingBackend(room=1)
+    async with (
+        started(settings, fake) as app,
+        app.new_client("alice") as alice,
+        app.new_client("bob") as bob,
+    ):
+        hers = (await submit(alice, jobs=4))["job_ids"]
+        await until_status(alice, hers[:1], "Running")
+        [his] = (await submit(bob))["job_ids"]
+        await until_status(bob, [his], "Waiting")
+        fake.end(fake.handed[0])
+        [running] = await until_status(bob, [his], "Running")
+    assert fake.handed[1] == running["uuid"]
+    assert fake.most_held == 1
