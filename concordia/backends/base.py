@@ -223,8 +223,11 @@ class Backend(Protocol):
 
         Idempotent per job uuid: a job it holds already (``maybe_submitted``: handed over by
         a process that died before recording the ref) is adopted, never run twice; a job
-        whose ``attempt`` is new is a new run. Raises BackendUnreachable when the backend
-        does not answer: the jobs stay Waiting without a ref and the round is tried again."""
+        whose ``attempt`` is new is a new run. The ``state`` of a new run's ref is merged
+        into what the job kept of its earlier runs: what counts per run (how much of its
+        history was told) must be given again, reset. Raises BackendUnreachable when the
+        backend does not answer: the jobs stay Waiting without a ref and the round is tried
+        again."""
         ...
 
     async def poll(self, refs: list[BackendRef]) -> list[StatusUpdate]:
