@@ -29,7 +29,7 @@ BLOCK_WIDTH = 88
 HEADER = """\
 # Configuration reference
 
-<!-- Generated from concordia/settings.py by `concordia config reference`: do not edit by
+<!-- Generated from concordia/settings/ by `concordia config reference`: do not edit by
 hand; run `concordia config reference > docs/configuration.md` after changing a setting. -->
 
 Every setting is an environment variable, `CONCORDIA_` and its name in capitals, or a key
