@@ -17,7 +17,7 @@ from joserfc import errors as jose_errors
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from concordia.settings import Settings
+from concordia.settings import IamSettings
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 #: A token whose key id is unknown, or whose signature the key under its id does not verify,
@@ -54,7 +54,7 @@ class GrantRefused(Exception):
 class Iam:
     """One configured issuer: its discovery document, its keys, its token endpoint."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: IamSettings) -> None:
         self.settings = settings
         self.issuer = settings.oidc_issuer
         self.http = httpx.AsyncClient(timeout=settings.oidc_http_timeout)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from concordia.datalake.rucio import DataFile, Rucio
-from concordia.settings import Settings
+from concordia.settings import DatalakeSettings
 
 
 class DataLake(Protocol):
@@ -55,7 +55,7 @@ class DataLake(Protocol):
     def open(self, scope: str, name: str) -> AsyncIterator[bytes]: ...
 
 
-def connect(settings: Settings) -> DataLake:
+def connect(settings: DatalakeSettings) -> DataLake:
     """The data lake of the settings, as the operator's service account."""
     return Rucio(
         settings.datalake_url,

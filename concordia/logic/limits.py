@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from concordia.logic.errors import TooMany
-from concordia.settings import Settings
+from concordia.settings import OperationSettings
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ class WorkPool:
 class WorkPools:
     """The pools of one process, sized by the settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: OperationSettings) -> None:
         self.zips = WorkPool(
             "zip", settings.zip_threads, settings.zip_per_user, "too many downloads at once"
         )

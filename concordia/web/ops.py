@@ -13,7 +13,7 @@ from concordia import __version__
 from concordia.logic import operations
 from concordia.logic.platform import Platform
 from concordia.metrics import exposition
-from concordia.settings import Settings
+from concordia.settings import OperationSettings, Settings
 
 router = APIRouter(tags=["health"])
 
@@ -68,7 +68,7 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
-def metrics_refusal(settings: Settings, authorization: str) -> tuple[int, str] | None:
+def metrics_refusal(settings: OperationSettings, authorization: str) -> tuple[int, str] | None:
     """Why a scrape is refused (its status code and reason), the same on the web processes'
     port and on a worker's; None: it is served."""
     if not settings.metrics_enabled:
