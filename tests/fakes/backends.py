@@ -60,7 +60,8 @@ class FakeBackend:
     uploads_data = False
     needs_user_token = False
 
-    def __init__(self, name: str = "fake", *, room: int | None = None) -> None:
+    def __init__(self, name: str = "diracx", *, room: int | None = None) -> None:
+        # In the grid's place by default: default_backend names a backend Concordia has.
         self.name = name
         #: How many jobs it holds at once (not ended); None: no limit.
         self.room = room
@@ -255,7 +256,7 @@ class SlowBackend(StartingBackend):
     """A far grid: a hand-over is answered only once the test opens ``gate`` (``waiting`` is
     set while one waits there); its jobs then start at once."""
 
-    def __init__(self, name: str = "fake") -> None:
+    def __init__(self, name: str = "diracx") -> None:
         super().__init__(name)
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
@@ -270,7 +271,7 @@ class FailingBackend(FakeBackend):
     """It refuses every job with ``reason``, or runs each to Failed with ``exit_code``."""
 
     def __init__(
-        self, name: str = "fake", *, reason: str | None = None, exit_code: int = 1
+        self, name: str = "diracx", *, reason: str | None = None, exit_code: int = 1
     ) -> None:
         super().__init__(name)
         self.reason = reason

@@ -64,7 +64,7 @@ def fake_settings(tmp_path: Path, schema: Path) -> Callable[..., Settings]:
         apps.mkdir(exist_ok=True)
         (apps / "noop.yaml").write_text(APPLICATION)
         values: dict[str, object] = {
-            "default_backend": "fake", "poll_interval": 0.05, "image_builders": [],
+            "default_backend": "diracx", "poll_interval": 0.05, "image_builders": [],
         }  # fmt: skip
         settings = make_settings(tmp_path / "var", applications_dir=apps, **values | overrides)
         database = settings.data_dir / "concordia.db"
@@ -149,7 +149,7 @@ async def test_a_batch_is_handed_over_once_each_and_ends_done(settings: Settings
     assert sorted(fake.handed) == sorted(j["uuid"] for j in jobs)
     for done in jobs:
         assert statuses(done) == [*QUEUED, "Matched", "Running", "Completing", "Done"]
-        assert done["exit_code"] == 0 and done["backend"] == "fake"
+        assert done["exit_code"] == 0 and done["backend"] == "diracx"
 
 
 async def test_an_unreachable_backend_keeps_jobs_waiting_then_takes_them_once(
@@ -180,7 +180,7 @@ async def test_a_refused_job_fails_with_the_backends_reason(settings: Settings) 
         batch = await submit(app.client, jobs=2)
         jobs = await until_status(app.client, batch["job_ids"], "Failed")
     for failed in jobs:
-        assert failed["minor_status"] == "Refused by fake: no site offers the tag GPU"
+        assert failed["minor_status"] == "Refused by diracx: no site offers the tag GPU"
         assert failed["backend_ref"] is None
         assert statuses(failed) == [*QUEUED, "Failed"]
     assert fake.handed == []
@@ -326,7 +326,7 @@ async def test_a_backend_is_handed_no_more_jobs_than_it_has_room_for(
         await rounds(app)
         assert len(fake.handed) == 2
         waiting = [j for j in [await job(app.client, i) for i in ids] if j["status"] == "Waiting"]
-        assert {j["minor_status"] for j in waiting} == {"Waiting for a fake slot"}
+        assert {j["minor_status"] for j in waiting} == {"Waiting for a diracx slot"}
 
         while len(fake.handed) < len(ids):  # each end makes room for one more
             handed = len(fake.handed)
