@@ -20,7 +20,7 @@ import pytest
 from asn1crypto import pkcs12 as asn1_pkcs12
 
 from concordia.auth.x509 import CredentialError, load_credential
-from concordia.db.engine import make_engine, make_sessionmaker
+from concordia.db.engine import WRITES, make_engine, make_sessionmaker
 from concordia.logic.identity import create_token, ensure_user
 from tests.conftest import LiveServer, make_settings, running_app, seed_images
 from tests.iam.pki import TestCA
@@ -229,6 +229,9 @@ async def other_user_token(server: LiveServer, username: str) -> str:
     engine = make_engine(server.database_url)
     try:
         async with make_sessionmaker(engine)() as session, session.begin():
+            # Writing from its start (SQLite: BEGIN IMMEDIATE), as the server's writes are:
+            # a read then a write fails at once if the server committed in between.
+            await session.connection(execution_options={WRITES: True})
             return await create_token(session, await ensure_user(session, username))
     finally:
         await engine.dispose()
