@@ -34,6 +34,7 @@ from concordia.db.tables import Application, Image, Job, Submission, User
 from concordia.images.store import StoredImage
 from concordia.logic import datalake
 from concordia.logic.image_builds import clear_build_leftovers, start_builds
+from concordia.logic.job_ends import TOLD_ENDS, end_in_backend, end_recorded
 from concordia.logic.jobs import (
     ROW_COLUMNS,
     JobRow,
@@ -174,18 +175,8 @@ class Reconciler:
         """Jobs of a backend that runs them in this process, killed or deleted by a user in a
         web process (which recorded it and could not stop them): stopped here."""
         watched = self._watched.get(name)
-        if not watched:
-            return
-        ended = (JobStatus.KILLED.value, JobStatus.DELETED.value)
-        async with self.platform.reading() as session:
-            rows = await session.execute(
-                select(Job.uuid, Job.status).where(Job.uuid.in_(watched), Job.status.in_(ended))
-            )
-            found = rows.all()
-        for status, call in ((JobStatus.KILLED, backend.kill), (JobStatus.DELETED, backend.delete)):
-            refs = [watched.pop(uuid) for uuid, now in found if now == status.value]
-            if refs:
-                await call(refs)
+        if watched:
+            await end_recorded(self.platform, backend, watched)
 
     async def _load_watched(self, name: str) -> None:
         added: set[str] = set()
@@ -387,11 +378,11 @@ class Reconciler:
         publish_jobs(self.platform.bus, jobs)  # the submission page counts them handed over
         self._watch(name, jobs)
         # Killed or deleted while being handed over: the backend has it now, so tell it too.
-        for status, call in ((JobStatus.KILLED, backend.kill), (JobStatus.DELETED, backend.delete)):
+        for status in TOLD_ENDS:
             late = [backend_ref(j) for j in jobs if j.status == status.value and j.backend_ref]
             if late:
                 try:
-                    await call(late)
+                    await end_in_backend(backend, status, late)
                 except BackendError as exc:
                     log.warning("%d %s jobs not told to %s: %s", len(late), status, name, exc)
 
@@ -667,7 +658,7 @@ class Reconciler:
                     # ended; their uploads are resumed here.
                     held = [j for j in jobs if _held(j)]
                     lost = [j for j in jobs if j.status != JobStatus.WAITING.value and not _held(j)]
-                    await backend.kill([backend_ref(j) for j in lost])
+                    await end_in_backend(backend, JobStatus.KILLED, [backend_ref(j) for j in lost])
                     for job in lost:
                         _stall(session, job, max_reschedules, gone_from[job.id])
                     # Queued in the process that died: back in the shared queue.

@@ -29,6 +29,7 @@ from concordia.db import datalake_files
 from concordia.db.tables import Job, JobStatusHistory, Submission, utcnow
 from concordia.logic.errors import Conflict, DomainError, NotFound, Unavailable
 from concordia.logic.events import Event, EventBus
+from concordia.logic.job_ends import end_in_backend
 from concordia.logic.platform import HISTORY_KEY, Platform
 
 BulkAction = Literal["kill", "reschedule", "delete"]
@@ -324,10 +325,8 @@ async def _tell_backend(
     backend = platform.backends[job.backend]
     done = "killed" if action == "kill" else "deleted"
     try:
-        if action == "kill":
-            return await backend.kill([backend_ref(job)])
-        await backend.delete([backend_ref(job)])
-        return []
+        status = JobStatus.KILLED if action == "kill" else JobStatus.DELETED
+        return await end_in_backend(backend, status, [backend_ref(job)])
     except BackendUnreachable as exc:
         raise Unavailable(f"job {job.id} was not {done}, try again later: {exc}") from None
     except BackendError as exc:
