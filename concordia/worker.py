@@ -8,35 +8,28 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.backends.base import (
     Backend,
-    BackendError,
     BackendRef,
     BackendUnreachable,
-    JobImage,
     JobSpec,
-    Owner,
     StatusUpdate,
 )
-from concordia.core.application import ApplicationDef
-from concordia.core.image_status import BUILDING, CANCELLED, FAILED
 from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
 from concordia.db.lease import live_slots
-from concordia.db.queue import heads, held_by_owner, take
-from concordia.db.tables import Application, Image, Job, Submission, User
-from concordia.images.store import StoredImage
+from concordia.db.tables import Job
 from concordia.logic import datalake
+from concordia.logic.dispatch import dispatch_round, end_late, record_hand_over
 from concordia.logic.image_builds import clear_build_leftovers, start_builds
-from concordia.logic.job_ends import TOLD_ENDS, end_in_backend, end_recorded
+from concordia.logic.job_ends import end_in_backend, end_recorded
+from concordia.logic.job_specs import RoundMemory
 from concordia.logic.jobs import (
-    ROW_COLUMNS,
     JobRow,
     backend_ref,
     publish_jobs,
@@ -47,37 +40,26 @@ from concordia.logic.jobs import (
     transition,
 )
 from concordia.logic.platform import Platform
-from concordia.logic.proxies import usable_proxy
-from concordia.logic.scheduling import Choice, FairShare, user_limit_minor
-from concordia.logic.submissions import job_spec
 from concordia.metrics import RECONCILE_ROUND_FAILURES, RECONCILE_ROUND_SECONDS
+
+__all__ = ["COALESCE_SECONDS", "HANDOVERS_AT_ONCE", "LeaseNotHeld", "Reconciler", "cancel"]
 
 log = logging.getLogger(__name__)
 
-#: Jobs handed to a backend per round: small enough that the first jobs start while the
-#: rest of a big submission is still being handed over, and no round stalls the loop; a
-#: multiple of 20, DiracX's most JDLs per call. 120 rather than 60: half the rounds, each
-#: with its queries and its transaction (bench/diracx_submit.py, three runs of each,
-#: interleaved: ratio 1.25, 1.19, 1.17 against 1.23, 1.34, 1.29).
-DISPATCH_BATCH = 120
 #: After a backend's news, wait this long for more: one round then stores many updates in one
 #: transaction, instead of a round per update taking CPU from the jobs themselves.
 COALESCE_SECONDS = 0.02
-_WATCHED = (JobStatus.WAITING, *ACTIVE_STATES)
 #: Hand-overs under way at once: the next round is made ready while a backend (a grid far
 #: away) answers the last one, so that it is never idle waiting for Concordia.
 HANDOVERS_AT_ONCE = 2
-WAITING_FOR_IMAGE = "Waiting for image"
-#: A job's minor status when its image's build ended without an image: cancelled builds
-#: fail their jobs as failed ones do, rather than leave them waiting for a retry that may
-#: never come (holding their queue places and the image against deletion).
-IMAGE_ENDED = {FAILED: "Image build failed", CANCELLED: "Image build cancelled"}
+_WATCHED = (JobStatus.WAITING, *ACTIVE_STATES)
 
 
 class Reconciler:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
-        self._definitions: dict[int, ApplicationDef] = {}
+        #: What dispatch rounds keep: application definitions, RSE addresses, users' turns.
+        self._memory = RoundMemory()
         #: Per backend, the jobs it holds (Waiting or active), by uuid. Kept up to date as
         #: rounds go, and read again from the database at every timed poll, so that jobs
         #: killed or deleted by users drop out; a round then needs no query to know them.
@@ -97,12 +79,8 @@ class Reconciler:
         #: Per backend, news a failed round could not store (its database down): offered
         #: again first, as the local backend tells each only once.
         self._unstored: dict[str, list[StatusUpdate]] = {}
-        #: Per backend with a room limit, the turns of its users.
-        self._shares: dict[str, FairShare] = {}
         #: Jobs whose data outputs are being uploaded to the data lake, by id.
         self._uploads: dict[int, asyncio.Task[None]] = {}
-        #: Each RSE's WebDAV base URL, as Rucio said it (grid jobs write their data there).
-        self._rse_urls: dict[str, str] = {}
 
     async def run(self) -> None:
         recovered = False
@@ -229,115 +207,23 @@ class Reconciler:
         room = backend.capacity()
         if room is not None:
             room = max(0, room - len(being_handed))
-        slot = self.platform.lease.slot
-        async with self.platform.writing() as session:
-            # Waiting without a ref: in the shared queue (no worker), or this worker's, whose
-            # hand-over failed or was cut short by a crash; not another's, which may be being
-            # handed over now (no image: no Image row, a NULL status).
-            to_hand_over = and_(
-                Job.status == JobStatus.WAITING.value,
-                Job.backend_ref.is_(None),
-                or_(Job.worker.is_(None), Job.worker == slot),
-                or_(Image.status.is_(None), Image.status != BUILDING),
-            )
-            received = Job.status == JobStatus.RECEIVED.value
-            ours = Job.backend == name
-            # New jobs, each into the queue; from the queue, as many as there is room for:
-            # with no room limit (the grid) the oldest; else shared fairly between users.
-            new = await take(
-                session, _COLUMNS, ours, received, limit=DISPATCH_BATCH, leave=being_handed
-            )
-            choice = None
-            if room is None:
-                old = await take(
-                    session, _COLUMNS, ours, to_hand_over, limit=DISPATCH_BATCH, leave=being_handed
-                )
-            else:
-                choice = await self._choose(session, name, room, to_hand_over, new, being_handed)
-                picked = {*choice.chosen, *choice.held_back} - {row.id for row in new}
-                old = await take(session, _COLUMNS, Job.id.in_(picked), limit=len(picked), leave=())
-            if not old and not new:
-                return
-            # More than a round takes (not only more than there is room for): back at once.
-            if len(new) == DISPATCH_BATCH or (room is None and len(old) == DISPATCH_BATCH):
-                self.platform.wakeup.set()
-            rows = [(_Ready(*row[:-1]), row[-1]) for row in old + new]
-            before = {job.id: (job.status, job.minor_status) for job, _ in rows}
-            ready: list[_Ready] = []
-            for job, image_status in rows:
-                if job.status == JobStatus.RECEIVED.value:
-                    transition(
-                        session, job, JobStatus.CHECKING, minor="JobSanity", source="JobSanity"
-                    )
-                if image_status in (FAILED, CANCELLED):
-                    transition(
-                        session, job, JobStatus.FAILED, minor=IMAGE_ENDED[image_status],
-                        source="JobScheduling",
-                    )  # fmt: skip
-                elif image_status == BUILDING:
-                    transition(
-                        session, job, JobStatus.WAITING, minor=WAITING_FOR_IMAGE,
-                        source="JobScheduling",
-                    )  # fmt: skip
-                else:
-                    minor = f"Waiting for a {name} slot"
-                    if choice is not None and job.id in choice.held_back:
-                        minor = user_limit_minor(self.platform.settings.max_running_jobs_per_user)
-                    if job.minor_status == minor:  # queued already, or a failed hand-over
-                        pass
-                    elif job.status == JobStatus.WAITING.value:  # image ready, or a user limit
-                        source = (
-                            "Images" if job.minor_status == WAITING_FOR_IMAGE else "JobScheduling"
-                        )
-                        record_status(session, job, JobStatus.WAITING, minor=minor, source=source)
-                    else:
-                        transition(
-                            session, job, JobStatus.WAITING, minor=minor, source="JobScheduling"
-                        )
-                    if choice is None or job.id in choice.chosen:
-                        ready.append(job)
-            if choice is not None:  # in the order chosen: the backend starts them in it
-                order = {job_id: n for n, job_id in enumerate(choice.chosen)}
-                ready.sort(key=lambda job: order[job.id])
-            specs = await self._specs(session, ready, backend.uploads_data) if ready else []
-            jobs = [job for job, _ in rows if (job.status, job.minor_status) != before[job.id]]
-            await store_rows(session, jobs)
-            if specs:  # this worker's now: no other takes them, or adopts them while it lives
-                await session.execute(
-                    update(Job)
-                    .where(
-                        Job.id.in_([spec.job_id for spec in specs]),
-                        Job.worker.is_distinct_from(slot),
-                    )
-                    .values(worker=slot)
-                )
-        self._watch(name, jobs)
-        publish_jobs(self.platform.bus, jobs)
-        if specs:
-            task = asyncio.create_task(self._hand_over(name, backend, specs))
+        try:
+            done = await dispatch_round(
+                self.platform, self._memory, name, backend, room=room,
+                being_handed=being_handed, last_before_start=self._last_before_start,
+            )  # fmt: skip
+        finally:
+            if self._memory.retry_later:  # a data lake not answering: at the next poll
+                self._memory.retry_later = False
+                self._backoff = True
+        if done is None:
+            return
+        self._watch(name, done.jobs)
+        publish_jobs(self.platform.bus, done.jobs)
+        if done.specs:
+            task = asyncio.create_task(self._hand_over(name, backend, done.specs))
             task.add_done_callback(lambda _: self.platform.wakeup.set())
-            self._handing[task] = (name, {spec.job_id for spec in specs})
-
-    async def _choose(
-        self,
-        session: AsyncSession,
-        name: str,
-        room: int,
-        queued: ColumnElement[bool],
-        new: Sequence[Any],
-        being_handed: set[int],
-    ) -> Choice:
-        """The jobs of the queue (and the new ones) to hand over, shared between users."""
-        room = min(room, DISPATCH_BATCH)
-        waiting = await heads(
-            session, Job.backend == name, queued, per_owner=room, leave=being_handed
-        )
-        # A new job whose image is ready joins the queue now; its owner may be next.
-        waiting += [(row.id, row.owner_id) for row in new if row[-1] not in (FAILED, BUILDING)]
-        owners = {owner for _, owner in waiting}
-        held = await held_by_owner(session, name, owners, being_handed)
-        limit = self.platform.settings.max_running_jobs_per_user
-        return self._shares.setdefault(name, FairShare()).choose(waiting, room, held, limit)
+            self._handing[task] = (name, {spec.job_id for spec in done.specs})
 
     def _reap(self) -> None:
         """Forget finished hand-overs. A failed one's jobs are Waiting without a ref: a later
@@ -359,141 +245,10 @@ class Reconciler:
         refs = {ref.uuid: ref for ref in await backend.submit(specs)}
         if len(refs) < len(specs):  # some left waiting by the backend: not again at once
             self._backoff = True
-        async with self.platform.writing() as session:
-            jobs = await rows_where(session, Job.uuid.in_(refs))
-            for job in jobs:
-                ref = refs[job.uuid]
-                if ref.error is not None:
-                    if job.status == JobStatus.WAITING.value and job.backend_ref is None:
-                        minor = f"Refused by {name}: {ref.error}"
-                        transition(session, job, JobStatus.FAILED, minor=minor, source=name)
-                    continue
-                job.backend_ref = ref.ref
-                job.backend_state = {**job.backend_state, **ref.state}
-            await store_rows(session, jobs)
-            # The JDL the backend was sent is the job's, as its page shows it.
-            sent = [{"id": j.id, "jdl": jdl} for j in jobs if (jdl := refs[j.uuid].jdl) is not None]
-            if sent:
-                await session.execute(update(Job), sent)
+        jobs = await record_hand_over(self.platform, name, refs)
         publish_jobs(self.platform.bus, jobs)  # the submission page counts them handed over
         self._watch(name, jobs)
-        # Killed or deleted while being handed over: the backend has it now, so tell it too.
-        for status in TOLD_ENDS:
-            late = [backend_ref(j) for j in jobs if j.status == status.value and j.backend_ref]
-            if late:
-                try:
-                    await end_in_backend(backend, status, late)
-                except BackendError as exc:
-                    log.warning("%d %s jobs not told to %s: %s", len(late), status, name, exc)
-
-    async def _specs(
-        self, session: AsyncSession, jobs: Sequence[Job | _Ready], uploads_data: bool
-    ) -> list[JobSpec]:
-        """What the backend needs of each job; a job that cannot run fails here, with why.
-        A backend that ``uploads_data`` is told where a data-lake submission's jobs store
-        their data; such a job waits while Rucio does not say where its RSE is."""
-        submission_ids = {job.submission_id for job in jobs}
-        runs = await self._runs_of(session, submission_ids)
-        lakes = {}
-        if uploads_data:
-            urls = self._rse_urls
-            lakes = await datalake.grid_lakes(self.platform, session, submission_ids, urls)
-        proxies: dict[tuple[int, str, int], tuple[bytes | None, str]] = {}
-        groups = await self._groups_of(session, {job.submission_id for job in jobs})
-        specs = []
-        for job in jobs:
-            app, image_id, image = runs[job.submission_id]
-            if image_id is not None and image is None:  # removed from the store by hand
-                minor = "Image files missing from the store: rebuild the image"
-                transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
-                continue
-            proxy = None
-            if app.proxy:  # checked at submission; it may have been replaced or run out since
-                key = (job.owner_id, groups[job.submission_id].group, app.cpu_time)
-                if key not in proxies:
-                    proxies[key] = await usable_proxy(self.platform, *key)
-                proxy, why = proxies[key]
-                if proxy is None:
-                    minor = f"No usable proxy ({why}): get one on the account page, then reschedule"
-                    transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
-                    continue
-            spec = self._spec(job, app, image, proxy, groups[job.submission_id])
-            if (lake := lakes.get(job.submission_id)) is not None:
-                if lake.error:
-                    minor = f"Data lake: {lake.error}"
-                    transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
-                    continue
-                if lake.url is None:  # Rucio did not answer: the next round tries again
-                    self._backoff = True
-                    continue
-                spec.datalake = datalake.grid_settings(
-                    self.platform.settings, lake.url, lake.choice, app,
-                    submission_id=job.submission_id, index=job.index, job_uuid=job.uuid,
-                    attempt=job.reschedule_count, ca=lake.ca,
-                )  # fmt: skip
-            specs.append(spec)
-        return specs
-
-    async def _groups_of(self, session: AsyncSession, submission_ids: set[int]) -> dict[int, Owner]:
-        """Each submission's owner, VO and DIRAC group (a grid backend acts as them; their
-        jobs' proxies must carry the group)."""
-        rows = await session.execute(
-            select(Submission.id, User.username, Submission.vo, Submission.group)
-            .join(User, User.id == Submission.owner_id)
-            .where(Submission.id.in_(submission_ids))
-        )
-        return {sid: Owner(owner, vo, group) for sid, owner, vo, group in rows.all()}
-
-    async def _runs_of(
-        self, session: AsyncSession, submission_ids: set[int]
-    ) -> dict[int, tuple[ApplicationDef, str | None, JobImage | None]]:
-        """Each submission's application definition (as stored when it was first used), its
-        image id, and the image its jobs run in (None too when its files are gone)."""
-        rows = (
-            await session.execute(
-                select(Submission.id, Submission.application_id, Submission.image_id).where(
-                    Submission.id.in_(submission_ids)
-                )
-            )
-        ).all()
-        missing = {app_id for _, app_id, _ in rows} - set(self._definitions)
-        if missing:
-            stored = await session.execute(
-                select(Application.id, Application.definition).where(Application.id.in_(missing))
-            )
-            for app_id, definition in stored.all():
-                self._definitions[app_id] = ApplicationDef.model_validate(definition)
-        store = self.platform.images.store
-        return {
-            sid: (self._definitions[app_id], image, _job_image(store.get(image)) if image else None)
-            for sid, app_id, image in rows
-        }
-
-    def _spec(
-        self,
-        job: Job | _Ready,
-        app: ApplicationDef,
-        image: JobImage | None,
-        proxy: bytes | None,
-        run_as: Owner,
-    ) -> JobSpec:
-        return job_spec(
-            app,
-            self.platform.catalog.directory,
-            uuid=job.uuid,
-            job_id=job.id,
-            name=job.name,
-            argv=job.argv,
-            submission_id=job.submission_id,
-            jdl=job.jdl,
-            image=image,
-            proxy=proxy,
-            owner=run_as.user,
-            vo=run_as.vo,
-            group=run_as.group,
-            attempt=job.reschedule_count,
-            maybe_submitted=job.id <= self._last_before_start,
-        )
+        await end_late(name, backend, jobs)
 
     def _watch(self, name: str, jobs: Sequence[Job | JobRow]) -> None:
         watched = self._watched.setdefault(name, {})
@@ -684,42 +439,9 @@ class LeaseNotHeld(RuntimeError):
     """The worker's slot is not held in the database: its round is not done."""
 
 
-@dataclass
-class _Ready(JobRow):
-    """A job being dispatched: its row and what its backend needs of it."""
-
-    name: str
-    argv: list[str]
-    jdl: str
-    reschedule_count: int
-    index: int
-
-
-_READY_COLUMNS = (Job.name, Job.argv, Job.jdl, Job.reschedule_count, Job.index)
-_COLUMNS = (*ROW_COLUMNS, *_READY_COLUMNS)
-
-
 def _news_key(update: StatusUpdate) -> tuple[str, str, str, datetime]:
     """What makes one piece of news: a job's status and minor status at a time."""
     return (update.uuid, update.status.value, update.minor_status, update.timestamp)
-
-
-def _job_image(image: StoredImage | None) -> JobImage | None:
-    if image is None:
-        return None
-    squashfs = image.format_path("squashfs")
-    oci_archive = image.format_path("oci")
-    return JobImage(
-        id=image.id,
-        rootfs=image.rootfs,
-        squashfs=squashfs if squashfs.exists() else None,
-        squashfs_sha256=image.meta.get("formats", {}).get("squashfs", {}).get("sha256"),
-        oci_archive=oci_archive if oci_archive.exists() else None,
-        env=image.meta.get("env", {}),
-        workdir=image.meta.get("workdir", "/work"),
-        application=image.meta.get("application", ""),
-        redistributable=image.meta.get("redistributable", False),
-    )
 
 
 def _process_name(worker: int | None, shared: bool) -> str:

@@ -15,7 +15,7 @@ import pytest
 from concordia.backends.base import JobImage
 from concordia.backends.grid_images import GridImages
 from concordia.images.publication import IMAGE_LINKS, link_signature
-from concordia.worker import _job_image
+from concordia.logic.job_specs import job_image as _job_image
 from tests.conftest import Running
 
 

@@ -16,7 +16,7 @@ from concordia.backends.base import JobImage
 from concordia.backends.grid_images import GridImages, ImageNotPublished
 from concordia.images.registry import SQUASHFS_TYPE
 from concordia.images.store import ImageStore
-from concordia.worker import _job_image
+from concordia.logic.job_specs import job_image as _job_image
 from tests.conftest import free_port, make_settings
 from tests.registry import PASSWORD, USER, LocalRegistry
 

@@ -1,0 +1,178 @@
+"""What a backend is given of each job handed to it, and the jobs that cannot run (image
+files gone, no usable proxy, a data lake refusing): failed, with why."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concordia.backends.base import JobImage, JobSpec, Owner
+from concordia.core.application import ApplicationDef
+from concordia.core.states import JobStatus
+from concordia.db import submission_runs
+from concordia.db.tables import Job
+from concordia.images.store import StoredImage
+from concordia.logic import datalake
+from concordia.logic.jobs import ROW_COLUMNS, JobRow, transition
+from concordia.logic.platform import Platform
+from concordia.logic.proxies import usable_proxy
+from concordia.logic.scheduling import FairShare
+from concordia.logic.submissions import job_spec
+
+
+@dataclass
+class RoundMemory:
+    """What a worker's dispatch rounds keep from one round to the next."""
+
+    #: Application definitions by id, as stored when first used.
+    definitions: dict[int, ApplicationDef] = field(default_factory=dict)
+    #: Each RSE's WebDAV base URL, as Rucio said it (grid jobs write their data there).
+    rse_urls: dict[str, str] = field(default_factory=dict)
+    #: Per backend with a room limit, the turns of its users.
+    shares: dict[str, FairShare] = field(default_factory=dict)
+    #: Set by a round that left jobs for later (Rucio did not say where an RSE is): the
+    #: worker dispatches no more until the next poll interval.
+    retry_later: bool = False
+
+
+@dataclass
+class ReadyJob(JobRow):
+    """A job being dispatched: its row and what its backend needs of it."""
+
+    name: str
+    argv: list[str]
+    jdl: str
+    reschedule_count: int
+    index: int
+
+
+READY_COLUMNS = (*ROW_COLUMNS, Job.name, Job.argv, Job.jdl, Job.reschedule_count, Job.index)
+
+
+async def specs_for(
+    platform: Platform,
+    session: AsyncSession,
+    memory: RoundMemory,
+    jobs: Sequence[ReadyJob],
+    *,
+    uploads_data: bool,
+    last_before_start: int,
+) -> list[JobSpec]:
+    """What the backend needs of each job; a job that cannot run fails here, with why.
+    A backend that ``uploads_data`` is told where a data-lake submission's jobs store
+    their data; such a job waits while Rucio does not say where its RSE is. A job not newer
+    than ``last_before_start`` may have been handed over by a process that died."""
+    submission_ids = {job.submission_id for job in jobs}
+    runs = await _runs_of(platform, session, memory, submission_ids)
+    lakes = {}
+    if uploads_data:
+        urls = memory.rse_urls
+        lakes = await datalake.grid_lakes(platform, session, submission_ids, urls)
+    proxies: dict[tuple[int, str, int], tuple[bytes | None, str]] = {}
+    groups = await _groups_of(session, {job.submission_id for job in jobs})
+    specs = []
+    for job in jobs:
+        app, image_id, image = runs[job.submission_id]
+        if image_id is not None and image is None:  # removed from the store by hand
+            minor = "Image files missing from the store: rebuild the image"
+            transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
+            continue
+        proxy = None
+        if app.proxy:  # checked at submission; it may have been replaced or run out since
+            key = (job.owner_id, groups[job.submission_id].group, app.cpu_time)
+            if key not in proxies:
+                proxies[key] = await usable_proxy(platform, *key)
+            proxy, why = proxies[key]
+            if proxy is None:
+                minor = f"No usable proxy ({why}): get one on the account page, then reschedule"
+                transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
+                continue
+        maybe_submitted = job.id <= last_before_start
+        spec = _spec(platform, job, app, image, proxy, groups[job.submission_id], maybe_submitted)
+        if (lake := lakes.get(job.submission_id)) is not None:
+            if lake.error:
+                minor = f"Data lake: {lake.error}"
+                transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
+                continue
+            if lake.url is None:  # Rucio did not answer: the next round tries again
+                memory.retry_later = True
+                continue
+            spec.datalake = datalake.grid_settings(
+                platform.settings, lake.url, lake.choice, app,
+                submission_id=job.submission_id, index=job.index, job_uuid=job.uuid,
+                attempt=job.reschedule_count, ca=lake.ca,
+            )  # fmt: skip
+        specs.append(spec)
+    return specs
+
+
+async def _groups_of(session: AsyncSession, submission_ids: set[int]) -> dict[int, Owner]:
+    """Each submission's owner, VO and DIRAC group (a grid backend acts as them; their
+    jobs' proxies must carry the group)."""
+    rows = await submission_runs.owners(session, submission_ids)
+    return {sid: Owner(owner, vo, group) for sid, owner, vo, group in rows}
+
+
+async def _runs_of(
+    platform: Platform, session: AsyncSession, memory: RoundMemory, submission_ids: set[int]
+) -> dict[int, tuple[ApplicationDef, str | None, JobImage | None]]:
+    """Each submission's application definition (as stored when it was first used), its
+    image id, and the image its jobs run in (None too when its files are gone)."""
+    rows = await submission_runs.applications_and_images(session, submission_ids)
+    missing = {app_id for _, app_id, _ in rows} - set(memory.definitions)
+    if missing:
+        for app_id, definition in await submission_runs.definitions(session, missing):
+            memory.definitions[app_id] = ApplicationDef.model_validate(definition)
+    store = platform.images.store
+    return {
+        sid: (memory.definitions[app_id], image, job_image(store.get(image)) if image else None)
+        for sid, app_id, image in rows
+    }
+
+
+def _spec(
+    platform: Platform,
+    job: ReadyJob,
+    app: ApplicationDef,
+    image: JobImage | None,
+    proxy: bytes | None,
+    run_as: Owner,
+    maybe_submitted: bool,
+) -> JobSpec:
+    return job_spec(
+        app,
+        platform.catalog.directory,
+        uuid=job.uuid,
+        job_id=job.id,
+        name=job.name,
+        argv=job.argv,
+        submission_id=job.submission_id,
+        jdl=job.jdl,
+        image=image,
+        proxy=proxy,
+        owner=run_as.user,
+        vo=run_as.vo,
+        group=run_as.group,
+        attempt=job.reschedule_count,
+        maybe_submitted=maybe_submitted,
+    )
+
+
+def job_image(image: StoredImage | None) -> JobImage | None:
+    if image is None:
+        return None
+    squashfs = image.format_path("squashfs")
+    oci_archive = image.format_path("oci")
+    return JobImage(
+        id=image.id,
+        rootfs=image.rootfs,
+        squashfs=squashfs if squashfs.exists() else None,
+        squashfs_sha256=image.meta.get("formats", {}).get("squashfs", {}).get("sha256"),
+        oci_archive=oci_archive if oci_archive.exists() else None,
+        env=image.meta.get("env", {}),
+        workdir=image.meta.get("workdir", "/work"),
+        application=image.meta.get("application", ""),
+        redistributable=image.meta.get("redistributable", False),
+    )
