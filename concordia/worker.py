@@ -1,4 +1,5 @@
-"""The reconciler: hands new jobs to their backend, stores what backends report, heals restarts."""
+"""The reconciler: hands new jobs to their backend, stores what backends report, heals restarts.
+It loops, schedules and calls logic; every state decision and every statement is elsewhere."""
 
 from __future__ import annotations
 
@@ -8,11 +9,7 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
-
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.backends.base import (
     Backend,
@@ -21,24 +18,16 @@ from concordia.backends.base import (
     JobSpec,
     StatusUpdate,
 )
-from concordia.core.states import ACTIVE_STATES, InvalidTransition, JobStatus
-from concordia.db.lease import live_slots
+from concordia.core.states import JobStatus
 from concordia.db.tables import Job
-from concordia.logic import datalake
+from concordia.logic import adoption, datalake
+from concordia.logic.adoption import HELD_STATES, LeaseNotHeld
 from concordia.logic.dispatch import dispatch_round, end_late, record_hand_over
 from concordia.logic.image_builds import clear_build_leftovers, start_builds
-from concordia.logic.job_ends import end_in_backend, end_recorded
+from concordia.logic.job_ends import end_recorded
 from concordia.logic.job_specs import RoundMemory
-from concordia.logic.jobs import (
-    JobRow,
-    backend_ref,
-    publish_jobs,
-    record_status,
-    requeue,
-    rows_where,
-    store_rows,
-    transition,
-)
+from concordia.logic.job_updates import followed, once_each, store_updates
+from concordia.logic.jobs import JobRow, backend_ref, publish_jobs
 from concordia.logic.platform import Platform
 from concordia.metrics import RECONCILE_ROUND_FAILURES, RECONCILE_ROUND_SECONDS
 
@@ -52,7 +41,6 @@ COALESCE_SECONDS = 0.02
 #: Hand-overs under way at once: the next round is made ready while a backend (a grid far
 #: away) answers the last one, so that it is never idle waiting for Concordia.
 HANDOVERS_AT_ONCE = 2
-_WATCHED = (JobStatus.WAITING, *ACTIVE_STATES)
 
 
 class Reconciler:
@@ -160,16 +148,7 @@ class Reconciler:
         added: set[str] = set()
         self._loading[name] = added
         try:
-            async with self.platform.reading() as session:
-                rows = await session.execute(
-                    select(Job.uuid, Job.backend_ref, Job.backend_state).where(
-                        Job.status.in_([s.value for s in _WATCHED]),
-                        Job.backend == name,
-                        Job.backend_ref.is_not(None),
-                        Job.worker == self.platform.lease.slot,
-                    )
-                )
-            fresh = {u: BackendRef(uuid=u, ref=r, state=s) for u, r, s in rows.all()}
+            fresh = await followed(self.platform, name, HELD_STATES)
             # A hand-over recorded while the query ran: it may not be in what it read.
             current = self._watched.get(name, {})
             fresh.update({u: current[u] for u in added if u in current})
@@ -253,7 +232,7 @@ class Reconciler:
     def _watch(self, name: str, jobs: Sequence[Job | JobRow]) -> None:
         watched = self._watched.setdefault(name, {})
         for job in jobs:
-            if JobStatus(job.status) not in _WATCHED:
+            if JobStatus(job.status) not in HELD_STATES:
                 watched.pop(job.uuid, None)
             elif job.backend_ref is None:  # waiting for its image: not in the backend yet
                 continue
@@ -267,38 +246,13 @@ class Reconciler:
         if not watched:
             return
         kept = self._unstored.pop(name, [])
-        # A backend that keeps its history (a grid) may tell kept news again: once each.
-        fresh = {_news_key(u): u for u in [*kept, *await backend.poll(list(watched.values()))]}
-        updates = list(fresh.values())
+        updates = once_each([*kept, *await backend.poll(list(watched.values()))])
         if not updates:
             return
         try:
             async with self.platform.writing() as session:
-                # A job adopted by another worker (its row no longer names this one's slot) is
-                # not this worker's to record, as a deleted job is not.
-                uuids = Job.uuid.in_({u.uuid for u in updates})
-                found = await rows_where(session, uuids, Job.worker == self.platform.lease.slot)
-                rows = {row.uuid: row for row in found}
-                with_data: set[int] = set()
-                # Concordia stores the data of these jobs: Done after that (one query, only in
-                # a round where some job ended well).
-                done = {u.uuid for u in updates if u.status is JobStatus.DONE}
-                if done:
-                    ended = {r.submission_id for r in found if r.uuid in done}
-                    with_data = await datalake.with_data(session, ended)
-                held: list[int] = []
-                for update in updates:
-                    row = rows.get(update.uuid)
-                    if row is None:
-                        continue
-                    if update.status is JobStatus.DONE and row.submission_id in with_data:
-                        update = update.model_copy(
-                            update={"status": JobStatus.COMPLETING, "source": datalake.SOURCE,
-                                    "minor_status": datalake.UPLOADING}
-                        )  # fmt: skip
-                        held.append(row.id)
-                    self._apply(session, name, row, update)
-                await store_rows(session, found)
+                slot = self.platform.lease.slot
+                rows, held = await store_updates(session, name, slot, updates)
         except BaseException:
             self._unstored[name] = updates
             raise
@@ -331,30 +285,6 @@ class Reconciler:
             # Left Completing: tried again at the next timed poll, as after a crash.
             log.error("job %s: data lake upload stopped: %r", job_id, exc)
 
-    @staticmethod
-    def _apply(session: AsyncSession, backend: str, job: JobRow, update: StatusUpdate) -> None:
-        # The same status again is news of its minor status (DIRAC logs those too).
-        same = JobStatus(job.status) == update.status
-        try:
-            (record_status if same else transition)(
-                session,
-                job,
-                update.status,
-                minor=update.minor_status,
-                app_status=update.application_status,
-                source=update.source or f"{backend} backend",
-                at=update.timestamp,
-            )
-        except InvalidTransition as exc:
-            # A user's kill or delete may overtake what the backend saw; anything else
-            # is a backend bug worth shouting about, but never worth stopping for.
-            level = logging.INFO if JobStatus(job.status).is_final else logging.ERROR
-            log.log(level, "job %s: update ignored: %s", job.id, exc)
-            return
-        job.backend_state = {**job.backend_state, **update.state}
-        if update.exit_code is not None:
-            job.exit_code = update.exit_code
-
     async def recover(self) -> None:
         """At start: the jobs this worker's slot had (its last holder died or stopped), and
         those of workers that died meanwhile, are adopted."""
@@ -363,110 +293,24 @@ class Reconciler:
 
     async def adopt(self, *, at_start: bool = False) -> None:
         """Jobs under way whose worker is gone (no live worker holds their slot) become this
-        worker's: those whose process died with it are Stalled, then rescheduled or Failed;
-        those queued in it go back into the shared queue; a grid's are watched here.
+        worker's (logic.adoption says what becomes of them); a grid's are watched here.
         At start, this worker's own slot counts as gone (it held it just now)."""
-        max_reschedules = self.platform.settings.max_reschedules
-        slot = self.platform.lease.slot
         if not (at_start or self.platform.lease.side_by_side):
             return  # one worker at a time (SQLite): none is gone while it runs
         async with self.platform.writing() as session:
-            live: set[int] = set()
-            if self.platform.lease.side_by_side:
-                live = await live_slots(session)
-                if slot not in live:
-                    # The database restarted (or cut the lease's connection) and the lease
-                    # watcher has not seen it yet: this worker's own jobs would look gone, and
-                    # be taken from the backend that still runs them. It stops (or takes its
-                    # slot again, `serve`): its jobs are adopted then, by the slot's holder.
-                    raise LeaseNotHeld(f"worker slot {slot} not held: no jobs adopted")
-            others = live - {slot} if at_start else live
-            # A job with no worker is in the shared queue, but for those of before workers
-            # had slots, handed over already, and those under way without one (before
-            # LeaseNotHeld a worker could put its own queued jobs back, then run them).
-            unqueued = or_(Job.backend_ref.is_not(None), Job.status != JobStatus.WAITING.value)
-            gone = or_(
-                and_(Job.worker.is_not(None), Job.worker.not_in(others)),
-                and_(Job.worker.is_(None), unqueued),
-            )
-            newest = await session.scalar(select(func.max(Job.id))) or 0
+            live = await adoption.others_alive(session, self.platform, at_start=at_start)
+            newest = await adoption.newest_job_id(session)
             adopted = False
             for name, backend in self.platform.backends.items():
-                rows = await session.scalars(
-                    select(Job)
-                    .where(Job.backend == name, Job.status.in_([s.value for s in _WATCHED]), gone)
-                    .with_for_update(skip_locked=True)
-                )
-                jobs = list(rows)
-                if not jobs:
+                found = await adoption.adopt_from(session, self.platform, name, backend, live)
+                if found is None:
                     continue
                 adopted = True
-                shared = self.platform.shared
-                gone_from = {job.id: _process_name(job.worker, shared) for job in jobs}
-                for job in jobs:
-                    job.worker = slot
-                lost: list[Job] = []
-                held: list[Job] = []
-                queued = 0
-                if not backend.survives_restart:  # its jobs died with their worker
-                    # Those whose data were being uploaded are not lost: their process had
-                    # ended; their uploads are resumed here.
-                    held = [j for j in jobs if _held(j)]
-                    lost = [j for j in jobs if j.status != JobStatus.WAITING.value and not _held(j)]
-                    await end_in_backend(backend, JobStatus.KILLED, [backend_ref(j) for j in lost])
-                    for job in lost:
-                        _stall(session, job, max_reschedules, gone_from[job.id])
-                    # Queued in the process that died: back in the shared queue.
-                    for job in jobs:
-                        if job.status == JobStatus.WAITING.value and job.backend_ref is not None:
-                            job.backend_ref, job.worker = None, None
-                            queued += 1
-                log.warning(
-                    "%s adopted %d %s job(s) of %s, gone: %d stalled, %d back in the queue, "
-                    "%d followed here",
-                    _process_name(slot, shared), len(jobs), name,
-                    ", ".join(sorted(set(gone_from.values()))), len(lost), queued,
-                    len(jobs) - len(lost) - queued,
-                )  # fmt: skip
-                self._watch(name, jobs)
-                publish_jobs(self.platform.bus, jobs)
-                self._upload([j.id for j in held])
+                self._watch(name, found.jobs)
+                publish_jobs(self.platform.bus, found.jobs)
+                self._upload(found.held)
             if at_start or adopted:  # any job may have been handed over, unrecorded
                 self._last_before_start = newest
-
-
-class LeaseNotHeld(RuntimeError):
-    """The worker's slot is not held in the database: its round is not done."""
-
-
-def _news_key(update: StatusUpdate) -> tuple[str, str, str, datetime]:
-    """What makes one piece of news: a job's status and minor status at a time."""
-    return (update.uuid, update.status.value, update.minor_status, update.timestamp)
-
-
-def _process_name(worker: int | None, shared: bool) -> str:
-    """A process that runs jobs, as jobs' histories and the log name it: a worker by its slot
-    (its start-up line in the log gives its pid and host), or `serve` running alone."""
-    return f"worker {worker}" if shared and worker is not None else "the server"
-
-
-def _stall(session: AsyncSession, job: Job, max_reschedules: int, gone: str) -> None:
-    if job.status != JobStatus.MATCHED.value:  # a Matched job never started: nothing stalled
-        transition(
-            session,
-            job,
-            JobStatus.STALLED,
-            minor=f"Job process lost: {gone} stopped while it ran",
-            source="StalledJobAgent",
-        )
-    transition(session, job, JobStatus.FAILED, minor="Stalled", source="StalledJobAgent")
-    if job.reschedule_count < max_reschedules:
-        requeue(session, job, minor="Rescheduled after a stall", source="StalledJobAgent")
-
-
-def _held(job: Job) -> bool:
-    """Whether a job's process has ended and its data are going to the data lake."""
-    return job.status == JobStatus.COMPLETING.value and job.minor_status == datalake.UPLOADING
 
 
 async def cancel(task: asyncio.Task[Any]) -> None:

@@ -1,16 +1,33 @@
-"""Queries of the jobs a worker holds: those it hands over and claims, those users ended."""
+"""Queries of the jobs a worker holds: those it follows in a backend, hands over, claims and
+adopts from workers that are gone."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.core.image_status import BUILDING
 from concordia.core.states import JobStatus
 from concordia.db.tables import Image, Job
+
+
+async def followed(
+    session: AsyncSession, backend: str, statuses: Collection[JobStatus], slot: int
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(uuid, backend ref, backend state) of the worker's jobs in one of ``statuses`` that
+    the backend holds (they have a ref)."""
+    rows = await session.execute(
+        select(Job.uuid, Job.backend_ref, Job.backend_state).where(
+            Job.status.in_([s.value for s in statuses]),
+            Job.backend == backend,
+            Job.backend_ref.is_not(None),
+            Job.worker == slot,
+        )
+    )
+    return [(uuid, ref, state) for uuid, ref, state in rows.all()]
 
 
 async def statuses_among(
@@ -50,3 +67,28 @@ async def store_jdls(session: AsyncSession, jdls: Sequence[dict[str, Any]]) -> N
     """Each job's JDL (``{"id": ..., "jdl": ...}``), in one statement."""
     if jdls:
         await session.execute(update(Job), list(jdls))
+
+
+async def newest_job_id(session: AsyncSession) -> int:
+    return await session.scalar(select(func.max(Job.id))) or 0
+
+
+async def gone_jobs(
+    session: AsyncSession, backend: str, statuses: Collection[JobStatus], live: Collection[int]
+) -> list[Job]:
+    """The backend's jobs in one of ``statuses`` whose worker is gone (its slot is not in
+    ``live``), locked; those another worker is adopting are left to it (PostgreSQL)."""
+    # A job with no worker is in the shared queue, but for those of before workers had
+    # slots, handed over already, and those under way without one (before LeaseNotHeld a
+    # worker could put its own queued jobs back, then run them).
+    unqueued = or_(Job.backend_ref.is_not(None), Job.status != JobStatus.WAITING.value)
+    gone = or_(
+        and_(Job.worker.is_not(None), Job.worker.not_in(live)),
+        and_(Job.worker.is_(None), unqueued),
+    )
+    rows = await session.scalars(
+        select(Job)
+        .where(Job.backend == backend, Job.status.in_([s.value for s in statuses]), gone)
+        .with_for_update(skip_locked=True)
+    )
+    return list(rows)

@@ -1,0 +1,124 @@
+"""Adoption: the jobs of a worker that is gone become another's; those whose process died
+with it are Stalled, then rescheduled or Failed (the reschedule policy); those queued in it
+go back into the shared queue; a grid's are followed by the adopter."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concordia.backends.base import Backend
+from concordia.core.states import ACTIVE_STATES, JobStatus
+from concordia.db import worker_jobs
+from concordia.db.lease import live_slots
+from concordia.db.tables import Job
+from concordia.logic import datalake
+from concordia.logic.job_ends import end_in_backend
+from concordia.logic.jobs import backend_ref, requeue, transition
+from concordia.logic.platform import Platform
+
+log = logging.getLogger(__name__)
+
+#: The states of the jobs a worker holds: in the queue or its backend, or under way there.
+HELD_STATES = (JobStatus.WAITING, *ACTIVE_STATES)
+
+
+class LeaseNotHeld(RuntimeError):
+    """The worker's slot is not held in the database: its round is not done."""
+
+
+@dataclass
+class Adopted:
+    """A backend's jobs adopted: all of them, and those whose data go to the data lake."""
+
+    jobs: list[Job]
+    held: list[int]
+
+
+async def others_alive(session: AsyncSession, platform: Platform, *, at_start: bool) -> set[int]:
+    """The slots of the other workers alive now (none where one worker runs at a time). At
+    start, this worker's own slot counts as gone (it held it just now)."""
+    slot = platform.lease.slot
+    live: set[int] = set()
+    if platform.lease.side_by_side:
+        live = await live_slots(session)
+        if slot not in live:
+            # The database restarted (or cut the lease's connection) and the lease watcher
+            # has not seen it yet: this worker's own jobs would look gone, and be taken from
+            # the backend that still runs them. It stops (or takes its slot again, `serve`):
+            # its jobs are adopted then, by the slot's holder.
+            raise LeaseNotHeld(f"worker slot {slot} not held: no jobs adopted")
+    return live - {slot} if at_start else live
+
+
+async def newest_job_id(session: AsyncSession) -> int:
+    """The newest job now: any job up to it may have been handed to its backend by a process
+    that died before recording it."""
+    return await worker_jobs.newest_job_id(session)
+
+
+async def adopt_from(
+    session: AsyncSession, platform: Platform, name: str, backend: Backend, live: set[int]
+) -> Adopted | None:
+    """The backend's jobs whose worker is not in ``live``, now this worker's (None: there
+    were none). A backend that does not survive a restart lost those under way."""
+    jobs = await worker_jobs.gone_jobs(session, name, HELD_STATES, live)
+    if not jobs:
+        return None
+    slot, shared = platform.lease.slot, platform.shared
+    gone_from = {job.id: process_name(job.worker, shared) for job in jobs}
+    for job in jobs:
+        job.worker = slot
+    lost: list[Job] = []
+    held: list[Job] = []
+    queued = 0
+    if not backend.survives_restart:  # its jobs died with their worker
+        # Those whose data were being uploaded are not lost: their process had ended; their
+        # uploads are resumed here.
+        held = [j for j in jobs if _held(j)]
+        lost = [j for j in jobs if j.status != JobStatus.WAITING.value and not _held(j)]
+        await end_in_backend(backend, JobStatus.KILLED, [backend_ref(j) for j in lost])
+        for job in lost:
+            stall(session, job, platform.settings.max_reschedules, gone_from[job.id])
+        # Queued in the process that died: back in the shared queue.
+        for job in jobs:
+            if job.status == JobStatus.WAITING.value and job.backend_ref is not None:
+                job.backend_ref, job.worker = None, None
+                queued += 1
+    log.warning(
+        "%s adopted %d %s job(s) of %s, gone: %d stalled, %d back in the queue, "
+        "%d followed here",
+        process_name(slot, shared), len(jobs), name,
+        ", ".join(sorted(set(gone_from.values()))), len(lost), queued,
+        len(jobs) - len(lost) - queued,
+    )  # fmt: skip
+    return Adopted(jobs, [j.id for j in held])
+
+
+def stall(session: AsyncSession, job: Job, max_reschedules: int, gone: str) -> None:
+    """A job whose process was lost: Stalled, Failed, and rescheduled while it has
+    reschedules left."""
+    if job.status != JobStatus.MATCHED.value:  # a Matched job never started: nothing stalled
+        transition(
+            session,
+            job,
+            JobStatus.STALLED,
+            minor=f"Job process lost: {gone} stopped while it ran",
+            source="StalledJobAgent",
+        )
+    transition(session, job, JobStatus.FAILED, minor="Stalled", source="StalledJobAgent")
+    if job.reschedule_count < max_reschedules:
+        requeue(session, job, minor="Rescheduled after a stall", source="StalledJobAgent")
+
+
+def process_name(worker: int | None, shared: bool) -> str:
+    """A process that runs jobs, as jobs' histories and the log name it: a worker by its slot
+    (its start-up line in the log gives its pid and host), or `serve` running alone."""
+    return f"worker {worker}" if shared and worker is not None else "the server"
+
+
+def _held(job: Job) -> bool:
+    """Whether a job's process has ended and its data are going to the data lake."""
+    return job.status == JobStatus.COMPLETING.value and job.minor_status == datalake.UPLOADING

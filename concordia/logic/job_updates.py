@@ -1,0 +1,97 @@
+"""What backends report of their jobs, stored: each job's status, minor status, exit code
+and backend state, Done held as Completing while Concordia stores its data."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concordia.backends.base import BackendRef, StatusUpdate
+from concordia.core.states import InvalidTransition, JobStatus
+from concordia.db import worker_jobs
+from concordia.db.tables import Job
+from concordia.logic import datalake
+from concordia.logic.jobs import JobRow, record_status, rows_where, store_rows, transition
+from concordia.logic.platform import Platform
+
+log = logging.getLogger(__name__)
+
+
+async def followed(
+    platform: Platform, backend: str, statuses: Collection[JobStatus]
+) -> dict[str, BackendRef]:
+    """The refs of this worker's jobs in one of ``statuses`` that the backend holds, by uuid:
+    those whose news it reports."""
+    async with platform.reading() as session:
+        rows = await worker_jobs.followed(session, backend, statuses, platform.lease.slot)
+    return {u: BackendRef(uuid=u, ref=r, state=s) for u, r, s in rows}
+
+
+def once_each(updates: Iterable[StatusUpdate]) -> list[StatusUpdate]:
+    """The news, each once: a backend that keeps its history (a grid) may tell kept news
+    again. One piece of news is a job's status and minor status at a time."""
+    return list({_news_key(u): u for u in updates}.values())
+
+
+def _news_key(update: StatusUpdate) -> tuple[str, str, str, datetime]:
+    return (update.uuid, update.status.value, update.minor_status, update.timestamp)
+
+
+async def store_updates(
+    session: AsyncSession, backend: str, slot: int, updates: list[StatusUpdate]
+) -> tuple[dict[str, JobRow], list[int]]:
+    """The updates of the jobs of the worker in ``slot``, stored; the rows they changed, by
+    uuid, and the ids of the jobs held Completing while their data go to the data lake."""
+    # A job adopted by another worker (its row no longer names this one's slot) is not this
+    # worker's to record, as a deleted job is not.
+    uuids = Job.uuid.in_({u.uuid for u in updates})
+    found = await rows_where(session, uuids, Job.worker == slot)
+    rows = {row.uuid: row for row in found}
+    with_data: set[int] = set()
+    # Concordia stores the data of these jobs: Done after that (one query, only in a round
+    # where some job ended well).
+    done = {u.uuid for u in updates if u.status is JobStatus.DONE}
+    if done:
+        ended = {r.submission_id for r in found if r.uuid in done}
+        with_data = await datalake.with_data(session, ended)
+    held: list[int] = []
+    for update in updates:
+        row = rows.get(update.uuid)
+        if row is None:
+            continue
+        if update.status is JobStatus.DONE and row.submission_id in with_data:
+            update = update.model_copy(
+                update={"status": JobStatus.COMPLETING, "source": datalake.SOURCE,
+                        "minor_status": datalake.UPLOADING}
+            )  # fmt: skip
+            held.append(row.id)
+        _apply(session, backend, row, update)
+    await store_rows(session, found)
+    return rows, held
+
+
+def _apply(session: AsyncSession, backend: str, job: JobRow, update: StatusUpdate) -> None:
+    # The same status again is news of its minor status (DIRAC logs those too).
+    same = JobStatus(job.status) == update.status
+    try:
+        (record_status if same else transition)(
+            session,
+            job,
+            update.status,
+            minor=update.minor_status,
+            app_status=update.application_status,
+            source=update.source or f"{backend} backend",
+            at=update.timestamp,
+        )
+    except InvalidTransition as exc:
+        # A user's kill or delete may overtake what the backend saw; anything else is a
+        # backend bug worth shouting about, but never worth stopping for.
+        level = logging.INFO if JobStatus(job.status).is_final else logging.ERROR
+        log.log(level, "job %s: update ignored: %s", job.id, exc)
+        return
+    job.backend_state = {**job.backend_state, **update.state}
+    if update.exit_code is not None:
+        job.exit_code = update.exit_code
