@@ -42,11 +42,31 @@ async def statuses_among(
     return [(uuid, status) for uuid, status in rows.all()]
 
 
-def to_hand_over(slot: int) -> ColumnElement[bool]:
-    """Waiting without a ref: in the shared queue (no worker), or this worker's, whose
-    hand-over failed or was cut short by a crash; not another's, which may be being handed
-    over now; not while its image builds (no image: no Image row, a NULL status)."""
+def received(backend: str) -> ColumnElement[bool]:
+    """The backend's new jobs (Received)."""
+    return and_(Job.backend == backend, Job.status == JobStatus.RECEIVED.value)
+
+
+def with_ids(job_ids: Collection[int]) -> ColumnElement[bool]:
+    return Job.id.in_(job_ids)
+
+
+def with_uuids(uuids: Collection[str]) -> ColumnElement[bool]:
+    return Job.uuid.in_(uuids)
+
+
+def of_worker(slot: int, uuids: Collection[str]) -> ColumnElement[bool]:
+    """Those of the jobs whose row names the worker in ``slot``."""
+    return and_(Job.uuid.in_(uuids), Job.worker == slot)
+
+
+def to_hand_over(backend: str, slot: int) -> ColumnElement[bool]:
+    """The backend's jobs Waiting without a ref: in the shared queue (no worker), or this
+    worker's, whose hand-over failed or was cut short by a crash; not another's, which may
+    be being handed over now; not while its image builds (no image: no Image row, a NULL
+    status)."""
     return and_(
+        Job.backend == backend,
         Job.status == JobStatus.WAITING.value,
         Job.backend_ref.is_(None),
         or_(Job.worker.is_(None), Job.worker == slot),

@@ -16,7 +16,6 @@ from concordia.core.image_status import BUILDING, CANCELLED, FAILED, ImageStatus
 from concordia.core.states import JobStatus
 from concordia.db import worker_jobs
 from concordia.db.queue import heads, held_by_owner, take
-from concordia.db.tables import Job
 from concordia.logic.job_ends import TOLD_ENDS, end_in_backend
 from concordia.logic.job_specs import READY_COLUMNS, ReadyJob, RoundMemory, specs_for
 from concordia.logic.jobs import (
@@ -66,24 +65,21 @@ async def dispatch_round(
     The jobs handed over are the worker's from then on."""
     slot = platform.lease.slot
     async with platform.writing() as session:
-        queued = worker_jobs.to_hand_over(slot)
-        ours = Job.backend == name
-        received = Job.status == JobStatus.RECEIVED.value
-        new = await take(
-            session, READY_COLUMNS, ours, received, limit=DISPATCH_BATCH, leave=being_handed
-        )
+        queued = worker_jobs.to_hand_over(name, slot)
+        received = worker_jobs.received(name)
+        new = await take(session, READY_COLUMNS, received, limit=DISPATCH_BATCH, leave=being_handed)
         # With no room limit (the grid) the oldest; else shared fairly between users.
         choice = None
         if room is None:
             old = await take(
-                session, READY_COLUMNS, ours, queued, limit=DISPATCH_BATCH, leave=being_handed
+                session, READY_COLUMNS, queued, limit=DISPATCH_BATCH, leave=being_handed
             )
         else:
             share = memory.shares.setdefault(name, FairShare())
             choice = await _choose(platform, session, share, name, room, queued, new, being_handed)
             picked = {*choice.chosen, *choice.held_back} - {row.id for row in new}
             old = await take(
-                session, READY_COLUMNS, Job.id.in_(picked), limit=len(picked), leave=()
+                session, READY_COLUMNS, worker_jobs.with_ids(picked), limit=len(picked), leave=()
             )
         if not old and not new:
             return None
@@ -163,7 +159,7 @@ async def _choose(
 ) -> Choice:
     """The jobs of the queue (and the new ones) to hand over, shared between users."""
     room = min(room, DISPATCH_BATCH)
-    waiting = await heads(session, Job.backend == name, queued, per_owner=room, leave=being_handed)
+    waiting = await heads(session, queued, per_owner=room, leave=being_handed)
     # A new job whose image is ready joins the queue now; its owner may be next.
     waiting += [(row.id, row.owner_id) for row in new if row[-1] not in (FAILED, BUILDING)]
     owners = {owner for _, owner in waiting}
@@ -179,7 +175,7 @@ async def record_hand_over(
     (unless a user ended it meanwhile). The JDL the backend was sent is the job's, as its
     page shows it."""
     async with platform.writing() as session:
-        jobs = await rows_where(session, Job.uuid.in_(refs))
+        jobs = await rows_where(session, worker_jobs.with_uuids(refs))
         for job in jobs:
             ref = refs[job.uuid]
             if ref.error is not None:

@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from concordia.backends.base import BackendRef, StatusUpdate
 from concordia.core.states import InvalidTransition, JobStatus
 from concordia.db import worker_jobs
-from concordia.db.tables import Job
 from concordia.logic import datalake
 from concordia.logic.jobs import JobRow, record_status, rows_where, store_rows, transition
 from concordia.logic.platform import Platform
@@ -47,8 +46,7 @@ async def store_updates(
     uuid, and the ids of the jobs held Completing while their data go to the data lake."""
     # A job adopted by another worker (its row no longer names this one's slot) is not this
     # worker's to record, as a deleted job is not.
-    uuids = Job.uuid.in_({u.uuid for u in updates})
-    found = await rows_where(session, uuids, Job.worker == slot)
+    found = await rows_where(session, worker_jobs.of_worker(slot, {u.uuid for u in updates}))
     rows = {row.uuid: row for row in found}
     with_data: set[int] = set()
     # Concordia stores the data of these jobs: Done after that (one query, only in a round
