@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -84,6 +85,11 @@ def serve(
         "host": settings.host,
         "port": settings.port,
         "http": http_protocol(settings.request_read_timeout),
+        # An idle connection stays open as long as a client may take to send its next
+        # request's head: uvicorn's own 5 s is the idle expiry of httpx's pools (the CLI's),
+        # and a request sent on a connection the server was closing at that moment was lost
+        # ("Server disconnected without sending a response").
+        "timeout_keep_alive": max(1, math.ceil(settings.request_read_timeout)),
         "log_level": "info",
         # One handler for every logger, whose filters mask login tokens and add request ids.
         "log_config": logging_config(settings.log_format),
