@@ -85,19 +85,18 @@ async def list_jobs(
     per_page: int = 50,
     sort: SortKey = "-updated",
 ) -> JobPage:
-    """One page of a user's jobs with their total (up to COUNTED)."""
+    """One page of a user's jobs with their total (counted up to COUNTED)."""
     checked = _where(owner_id, where)
     items = await _page_items(session, checked, page, per_page, sort)
     if len(items) < per_page and (items or page == 1):
-        # The last page: the total follows from it, with no count of the matching rows.
+        # The last page: its exact total follows from it, with no count of the matching rows.
         total = (page - 1) * per_page + len(items)
-    else:
-        total = await job_monitor.count_up_to(session, checked, COUNTED)
-    more = total > COUNTED
+        return JobPage(items=items, total=total, page=page, per_page=per_page)
+    counted = await job_monitor.count_up_to(session, checked, COUNTED)
+    more = counted > COUNTED
     return JobPage(
-        items=items, total=min(total, COUNTED) if more else total, page=page, per_page=per_page,
-        more=more,
-    )  # fmt: skip
+        items=items, total=min(counted, COUNTED), page=page, per_page=per_page, more=more
+    )
 
 
 async def monitor_jobs(

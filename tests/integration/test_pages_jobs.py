@@ -95,6 +95,8 @@ async def test_the_monitor_filters_sorts_and_pages(
     assert (listed["total"], listed["more"], len(listed["items"])) == (20, True, 5)
     exact = (await app.client.get("/api/v1/jobs", params={"status": "Failed"})).json()
     assert (exact["total"], exact["more"]) == (2, False)
+    last = (await app.client.get("/api/v1/jobs", params={"per_page": 50, "page": 2})).json()
+    assert (last["total"], last["more"]) == (60, False)  # a last page knows its total
     bounded = (await signed_in.get("/jobs")).text
     assert "Page 1 of 1+, 22+ jobs" in bounded and count_of(bounded, "Failed") == 2
     assert re.search(r'Done <span class="n">20\+<', bounded)
