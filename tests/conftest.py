@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The slow tests first: spread over the workers (scripts/run-tests), none is left to run
     # alone at the end while the others wait.
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+#: The lines of a live server's log shown under a test that failed with it.
+LOG_TAIL = 80
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's live server says what it did: the tail of its log under the failure
+    (a browser test's timeout alone does not tell a refused request from a lost click)."""
+    report = yield
+    server = getattr(item, "funcargs", {}).get("live_server")
+    if report.failed and isinstance(server, LiveServer):
+        tail = server.output().splitlines()[-LOG_TAIL:]
+        report.sections.append(("live server log (its end)", "\n".join(tail)))
+    return report
 
 
 @pytest.fixture

@@ -50,3 +50,24 @@ def test_the_preview_shows_cpu_time_and_refuses_a_job_over_the_limit(
     expect(cpu).to_contain_text("2,120 s (35 min) for the batch")
     expect(page.locator(".preview-cpu-warning")).to_contain_text("a slow worker node")
     shot(page, "concordia-cpu-estimate")
+
+
+def test_a_click_on_submit_survives_a_check_landing_during_it(
+    page: Page, live_server: LiveServer
+) -> None:
+    """A check answered between the press and the release of a click on Submit (a user who
+    types and submits at once) leaves the button in place, so the click submits."""
+    sign_in(page, live_server)
+    page.goto(f"{live_server.url}/concordia/showermodel")
+    expect(page.locator(".preview-count")).to_contain_text("1 job")
+    page.locator("#p-jobs").fill("2")
+    submit = page.get_by_role("button", name="Submit")
+    submit.scroll_into_view_if_needed()
+    box = submit.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    expect(page.locator(".preview-count")).to_contain_text("2 jobs")  # the check has landed
+    page.mouse.up()
+    page.wait_for_url(f"{live_server.url}/submissions/*")
+    assert submissions_made(live_server) == 2

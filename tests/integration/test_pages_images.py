@@ -222,11 +222,16 @@ async def test_the_form_shows_the_ready_image_and_the_unavailable_reason(
     why = reason.split(" is unavailable: ", 1)[1]  # the card shows the title already
     assert f"Unavailable here</strong>: {why}" in unescape(card)
     corsika = (await signed_in.get("/concordia/corsika")).text
-    assert '<button type="submit" disabled aria-describedby="submit-why">' in corsika
+    assert (
+        '<button type="submit" id="concordia-submit" disabled aria-describedby="submit-why">'
+        in corsika
+    )
     image_line = corsika[corsika.index('id="concordia-image"') :]
     assert reason in unescape(image_line[: image_line.index("</div>")])
     checked = (await signed_in.post("/concordia/corsika/check", data={})).text
-    assert 'id="concordia-actions"' in checked and "disabled" in checked
+    why_checked = checked[checked.index('id="submit-why"') :]
+    assert "Submitting is not possible" in why_checked[: why_checked.index("</p>")]
+    assert 'id="submit-why" hidden' not in checked
     forced = await signed_in.post("/concordia/corsika", data={"csrf": csrf_of(corsika)})
     assert forced.status_code == 409
     assert "Nothing was submitted" in forced.text and reason in unescape(forced.text)
@@ -255,7 +260,7 @@ async def test_the_form_follows_the_image_of_its_build_arguments(tmp_path: Path)
             form = (await c.get("/concordia/tiny")).text
             assert f'data-image-watch="{vanilla.id}"' in form
             assert "not built yet — submitting builds it" in text_of(form)
-            assert '<button type="submit">Submit</button>' in form
+            assert '<button type="submit" id="concordia-submit">Submit</button>' in form
 
             # The image line follows the build arguments as they are checked.
             async def line(flavour: str) -> str:

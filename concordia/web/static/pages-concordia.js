@@ -1,12 +1,20 @@
 // The Concordia form and the submission page: small helpers on top of htmx and concordia.js.
 "use strict";
 
-// The check swaps in only the messages (the inputs keep what is being typed): mark each
-// input invalid or not from its message.
+// The check swaps in only the messages (the inputs keep what is being typed, the Submit
+// button a click on it): mark each input invalid or not from its message.
 function concordiaSyncInvalid() {
   for (const message of document.querySelectorAll("[data-error-for]")) {
     const input = document.getElementById(message.dataset.errorFor);
     if (input) input.setAttribute("aria-invalid", message.hidden ? "false" : "true");
+  }
+  // Likewise the Submit button, from the reason it cannot be used.
+  const submit = document.getElementById("concordia-submit");
+  const why = document.getElementById("submit-why");
+  if (submit && why) {
+    submit.disabled = !why.hidden;
+    if (why.hidden) submit.removeAttribute("aria-describedby");
+    else submit.setAttribute("aria-describedby", "submit-why");
   }
 }
 
