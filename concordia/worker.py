@@ -20,7 +20,7 @@ from concordia.backends.base import (
 )
 from concordia.core.states import JobStatus
 from concordia.db.tables import Job
-from concordia.logic import adoption, datalake
+from concordia.logic import adoption, datalake_uploads
 from concordia.logic.adoption import HELD_STATES, LeaseNotHeld
 from concordia.logic.dispatch import dispatch_round, end_late, record_hand_over
 from concordia.logic.image_builds import clear_build_leftovers, start_builds
@@ -128,7 +128,7 @@ class Reconciler:
             await self.adopt()
             # Uploads that stopped (a grid's sandbox or the data lake not answering): again,
             # rather than at the next start only.
-            self._upload(await datalake.held_jobs(self.platform, self.platform.lease.slot))
+            self._upload(await datalake_uploads.held_jobs(self.platform, self.platform.lease.slot))
         for name, backend in self.platform.backends.items():
             if resync:
                 await self._load_watched(name)
@@ -274,7 +274,7 @@ class Reconciler:
         for job_id in job_ids:
             task = self._uploads.get(job_id)
             if task is None or task.done():
-                task = asyncio.create_task(datalake.store_job_data(self.platform, job_id))
+                task = asyncio.create_task(datalake_uploads.store_job_data(self.platform, job_id))
                 task.add_done_callback(functools.partial(self._uploaded, job_id))
                 self._uploads[job_id] = task
 

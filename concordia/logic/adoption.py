@@ -14,7 +14,7 @@ from concordia.core.states import ACTIVE_STATES, JobStatus
 from concordia.db import worker_jobs
 from concordia.db.lease import live_slots
 from concordia.db.tables import Job
-from concordia.logic import datalake
+from concordia.logic import datalake_uploads
 from concordia.logic.job_ends import end_in_backend
 from concordia.logic.jobs import backend_ref, requeue, transition
 from concordia.logic.platform import Platform
@@ -121,4 +121,6 @@ def process_name(worker: int | None, shared: bool) -> str:
 
 def _held(job: Job) -> bool:
     """Whether a job's process has ended and its data are going to the data lake."""
-    return job.status == JobStatus.COMPLETING.value and job.minor_status == datalake.UPLOADING
+    return (
+        job.status == JobStatus.COMPLETING.value and job.minor_status == datalake_uploads.UPLOADING
+    )

@@ -14,7 +14,7 @@ from concordia.core.states import JobStatus
 from concordia.db import submission_runs
 from concordia.db.tables import Job
 from concordia.images.store import StoredImage
-from concordia.logic import datalake
+from concordia.logic import datalake_grid
 from concordia.logic.jobs import ROW_COLUMNS, JobRow, transition
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import usable_proxy
@@ -69,7 +69,7 @@ async def specs_for(
     lakes = {}
     if uploads_data:
         urls = memory.rse_urls
-        lakes = await datalake.grid_lakes(platform, session, submission_ids, urls)
+        lakes = await datalake_grid.grid_lakes(platform, session, submission_ids, urls)
     proxies: dict[tuple[int, str, int], tuple[bytes | None, str]] = {}
     groups = await _groups_of(session, {job.submission_id for job in jobs})
     specs = []
@@ -99,7 +99,7 @@ async def specs_for(
             if lake.url is None:  # Rucio did not answer: the next round tries again
                 memory.retry_later = True
                 continue
-            spec.datalake = datalake.grid_settings(
+            spec.datalake = datalake_grid.grid_settings(
                 platform.settings, lake.url, lake.choice, app,
                 submission_id=job.submission_id, index=job.index, job_uuid=job.uuid,
                 attempt=job.reschedule_count, ca=lake.ca,

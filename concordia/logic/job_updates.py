@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from concordia.backends.base import BackendRef, StatusUpdate
 from concordia.core.states import InvalidTransition, JobStatus
 from concordia.db import worker_jobs
-from concordia.logic import datalake
+from concordia.logic import datalake_uploads
 from concordia.logic.jobs import JobRow, record_status, rows_where, store_rows, transition
 from concordia.logic.platform import Platform
 
@@ -54,7 +54,7 @@ async def store_updates(
     done = {u.uuid for u in updates if u.status is JobStatus.DONE}
     if done:
         ended = {r.submission_id for r in found if r.uuid in done}
-        with_data = await datalake.with_data(session, ended)
+        with_data = await datalake_uploads.with_data(session, ended)
     held: list[int] = []
     for update in updates:
         row = rows.get(update.uuid)
@@ -62,8 +62,8 @@ async def store_updates(
             continue
         if update.status is JobStatus.DONE and row.submission_id in with_data:
             update = update.model_copy(
-                update={"status": JobStatus.COMPLETING, "source": datalake.SOURCE,
-                        "minor_status": datalake.UPLOADING}
+                update={"status": JobStatus.COMPLETING, "source": datalake_uploads.SOURCE,
+                        "minor_status": datalake_uploads.UPLOADING}
             )  # fmt: skip
             held.append(row.id)
         _apply(session, backend, row, update)

@@ -32,7 +32,7 @@ from concordia.db import submission_jobs as job_queries
 from concordia.db.queue import unfinished_jobs
 from concordia.db.tables import Application, Job, Submission, utcnow
 from concordia.logic.accounts import member_of, require_vo
-from concordia.logic.datalake import (
+from concordia.logic.datalake_choice import (
     DatalakeChoice,
     DatalakeRequest,
     choose,

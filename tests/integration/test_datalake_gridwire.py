@@ -14,7 +14,7 @@ from concordia.backends.base import BackendRef, JobSpec
 from concordia.backends.local import LocalBackend
 from concordia.datalake.store import DataLake
 from concordia.db.tables import Job
-from concordia.logic import datalake
+from concordia.logic import datalake_uploads
 from concordia.logic.errors import Conflict
 from concordia.logic.platform import Platform
 from tests.conftest import make_settings, running_app
@@ -135,7 +135,7 @@ async def test_a_sandbox_not_fetched_at_first_is_fetched_again_without_a_restart
 ) -> None:
     """A job whose sandbox its backend would not give (DiracX down) is not left Completing
     until the next start: the worker asks again at its next timed poll."""
-    fetch = datalake.fetch_outputs
+    fetch = datalake_uploads.fetch_outputs
     refused: list[int] = []
 
     async def unanswered_twice(platform: Platform, job: Job) -> None:
@@ -144,8 +144,8 @@ async def test_a_sandbox_not_fetched_at_first_is_fetched_again_without_a_restart
             raise Conflict("the backend did not answer")
         await fetch(platform, job)
 
-    monkeypatch.setattr(datalake, "fetch_outputs", unanswered_twice)
-    monkeypatch.setattr(datalake, "FETCH_TRIES", 1)
+    monkeypatch.setattr(datalake_uploads, "fetch_outputs", unanswered_twice)
+    monkeypatch.setattr(datalake_uploads, "FETCH_TRIES", 1)
     async with running_app(settings(tmp_path)) as app:
         made = await app.client.post(
             "/api/v1/submissions", json={"application": "wired", "parameters": {}}

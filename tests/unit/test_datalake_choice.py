@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from concordia.core.application import ApplicationDef, DatalakeDef
-from concordia.logic.datalake import DatalakeRequest, choose, file_name
+from concordia.logic.datalake_choice import DatalakeRequest, choose, file_name
 from concordia.logic.errors import Invalid
 from concordia.settings import Settings
 

@@ -10,14 +10,8 @@ import pytest
 
 from concordia.core.application import ApplicationDef, DatalakeDef
 from concordia.datalake.errors import DatalakeError
-from concordia.logic.datalake import (
-    DatalakeChoice,
-    ca_text,
-    file_name,
-    grid_settings,
-    name_prefix,
-    read_manifest,
-)
+from concordia.logic.datalake_choice import DatalakeChoice, file_name, name_prefix
+from concordia.logic.datalake_grid import ca_text, grid_settings, read_manifest
 from concordia.settings import Settings
 
 UUID = "0123abcd-0000-4000-8000-000000000000"

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, StreamingResponse
 
-from concordia.logic import datalake, monitor, outputs
+from concordia.logic import datalake_views, monitor, outputs
 from concordia.logic import jobs as job_logic
-from concordia.logic.datalake import DatalakeFileView
+from concordia.logic.datalake_views import DatalakeFileView
 from concordia.logic.jobs import DeletedJob, JobDetail, JobSummary
 from concordia.logic.monitor import JobFilter, JobPage, SortKey
 from concordia.logic.outputs import LogChunk, OutputPage, Stream
@@ -129,7 +129,7 @@ async def list_datalake_files(
     job_id: RowId, platform: PlatformDep, user: CurrentUser
 ) -> list[DatalakeFileView]:
     """The job's data outputs stored in the data lake (Rucio)."""
-    return await datalake.job_files(platform, user.user_id, job_id)
+    return await datalake_views.job_files(platform, user.user_id, job_id)
 
 
 @router.get(
@@ -142,7 +142,7 @@ async def download_datalake_file(
     job_id: RowId, name: str, platform: PlatformDep, user: CurrentUser
 ) -> StreamingResponse:
     """One of the job's files in the data lake, streamed from its RSE through Concordia."""
-    view, stream = await datalake.open_file(platform, user.user_id, job_id, name)
+    view, stream = await datalake_views.open_file(platform, user.user_id, job_id, name)
     headers = {
         "Content-Disposition": f'attachment; filename="{view.name}"',
         "Content-Length": str(view.bytes),

@@ -11,7 +11,7 @@ from starlette.datastructures import FormData
 from concordia.core.application import ApplicationDef, FloatParam, ParameterDef
 from concordia.logic import image_plans, image_selection, image_views, submissions
 from concordia.logic.accounts import vo_refusal
-from concordia.logic.datalake import DatalakeRequest, choose
+from concordia.logic.datalake_choice import DatalakeRequest, choose
 from concordia.logic.errors import DomainError, Invalid, NotFound
 from concordia.logic.identity import Identity
 from concordia.logic.submissions import SubmissionPreview, SubmissionRequest

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.datastructures import QueryParams
 
 from concordia.core.states import KILLABLE_STATES, RESCHEDULABLE_STATES, JobStatus
-from concordia.logic import datalake, monitor, outputs
+from concordia.logic import datalake_views, monitor, outputs
 from concordia.logic import jobs as job_logic
 from concordia.logic.errors import DomainError, Invalid
 from concordia.logic.jobs import BulkAction, BulkOutcome
@@ -235,7 +235,7 @@ async def _job_parts(
         "files": found.items,
         "outputs": {"page": page, "pages": pages, "total": found.total, "more": found.more},
         "previews": previews,
-        "lake_files": await datalake.job_files(platform, user_id, job_id),
+        "lake_files": await datalake_views.job_files(platform, user_id, job_id),
     }
 
 
