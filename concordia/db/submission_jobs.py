@@ -1,12 +1,12 @@
-"""Queries of one submission's jobs: by status, a page of them in index order, whether any
-is left (not deleted)."""
+"""Queries of one submission's jobs: adding them, by status, a page of them in index order,
+their counts, whether any is left (not deleted)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.core.states import JobStatus
@@ -58,3 +58,31 @@ async def jobs_page(
         .limit(limit)
     )
     return [dict(row) for row in rows.mappings()]
+
+
+async def insert_jobs(session: AsyncSession, rows: list[dict[str, Any]]) -> list[int]:
+    """Add the jobs of ``rows`` (their columns' values); their ids, in the rows' order."""
+    # One multi-row INSERT (a batch may have thousands of jobs: ORM objects would cost
+    # their bookkeeping each); the ids come back in the rows' order.
+    ids = await session.scalars(insert(Job).returning(Job.id, sort_by_parameter_order=True), rows)
+    return list(ids)
+
+
+async def status_counts(session: AsyncSession, submission_id: int) -> list[tuple[str, int, int]]:
+    """(status, how many of the submission's jobs are in it, how many of those their
+    backend has taken) of each status its jobs are in."""
+    # count(backend_ref) counts the jobs that have one: those their backend has taken.
+    rows = await session.execute(
+        select(Job.status, func.count(), func.count(Job.backend_ref))
+        .where(Job.submission_id == submission_id)
+        .group_by(Job.status)
+    )
+    return [(status, n, taken) for status, n, taken in rows.all()]
+
+
+async def all_job_ids(session: AsyncSession, submission_id: int) -> list[int]:
+    """The ids of all the submission's jobs, in index order."""
+    ids = await session.scalars(
+        select(Job.id).where(Job.submission_id == submission_id).order_by(Job.index)
+    )
+    return list(ids)

@@ -19,7 +19,7 @@ from concordia.logic.jobs import ROW_COLUMNS, JobRow, transition
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import usable_proxy
 from concordia.logic.scheduling import FairShare
-from concordia.logic.submissions import job_spec
+from concordia.logic.submission_plans import job_spec
 
 
 @dataclass

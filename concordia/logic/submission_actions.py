@@ -11,7 +11,8 @@ from concordia.db import submission_jobs
 from concordia.logic import outputs
 from concordia.logic.jobs import BulkOutcome, bulk_action
 from concordia.logic.platform import Platform
-from concordia.logic.submissions import SubmissionJob, owned_submission
+from concordia.logic.submission_models import SubmissionJob
+from concordia.logic.submission_views import owned_submission
 
 SubmissionAction = Literal["kill", "reschedule", "delete"]
 #: The jobs each action takes: kill those not finished, reschedule those that failed; a

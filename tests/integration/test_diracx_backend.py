@@ -22,8 +22,8 @@ from concordia.backends.base import JobSpec
 from concordia.backends.diracx import PENDING_SANDBOX
 from concordia.core.jdl import parse_jdl
 from concordia.datalake.rucio import Rucio
-from concordia.logic import submissions
-from concordia.logic.submissions import SubmissionRequest
+from concordia.logic import submission_plans
+from concordia.logic.submission_models import SubmissionRequest
 from concordia.settings import Settings
 from tests.conftest import Running, make_settings, running_app
 from tests.diracx.fixtures import JANE, USER_GROUP, DiracX
@@ -315,7 +315,7 @@ async def test_the_jdl_a_grid_job_shows_is_the_jdl_diracx_was_sent(
         request = SubmissionRequest(
             application="gridhello", parameters={"jobs": 2}, backend="diracx"
         )
-        preview = parse_jdl((await submissions.preview(grid.platform, app, request)).first_jdl)
+        preview = parse_jdl((await submission_plans.preview(grid.platform, app, request)).first_jdl)
         made = await grid.client.post("/api/v1/submissions", json=request.model_dump())
         assert made.status_code == 201, made.text
         jobs = await handed_over(grid.client, made.json()["job_ids"])

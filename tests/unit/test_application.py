@@ -33,7 +33,7 @@ from concordia.core.application import (
 )
 from concordia.core.jdl import parse_jdl
 from concordia.logic.applications import ApplicationCatalog
-from concordia.logic.submissions import plan_jobs
+from concordia.logic.submission_plans import plan_jobs
 from concordia.settings import SHIPPED_APPLICATIONS, Settings
 
 # What each backend is given of a job is described without starting it (no I/O).

@@ -16,12 +16,8 @@ from concordia.core.application import (
     validate_parameters,
 )
 from concordia.core.expressions import ExpressionError, Name, check, evaluate, parse
-from concordia.logic.submissions import (
-    CpuEstimate,
-    SubmissionRequest,
-    check_request,
-    cpu_estimate,
-)
+from concordia.logic.submission_models import CpuEstimate, SubmissionRequest
+from concordia.logic.submission_plans import check_request, cpu_estimate
 from concordia.settings import SHIPPED_APPLICATIONS
 
 NAMES = {

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from concordia.logic import submission_actions, submissions
+from concordia.logic import submission_actions, submission_views, submissions
 from concordia.logic.jobs import BulkOutcome
-from concordia.logic.submissions import SubmissionPlan, SubmissionRequest, SubmissionView
+from concordia.logic.submission_models import SubmissionPlan, SubmissionRequest, SubmissionView
 from concordia.web.api.media import RAW, raw
 from concordia.web.deps import CurrentUser, PlatformDep, RowId
 from concordia.web.errors import AUTHENTICATED, BODY, CHANGES, documented
@@ -52,7 +52,7 @@ async def create_submission(
 async def get_submission(
     submission_id: RowId, platform: PlatformDep, user: CurrentUser
 ) -> SubmissionView:
-    return await submissions.get_submission(platform, user.user_id, submission_id)
+    return await submission_views.get_submission(platform, user.user_id, submission_id)
 
 
 @router.post("/submissions/{submission_id}/kill", responses=CHANGES | documented(404))

@@ -9,12 +9,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from concordia.core.application import ApplicationDef, FloatParam, ParameterDef
-from concordia.logic import image_plans, image_selection, image_views, submissions
+from concordia.logic import image_plans, image_selection, image_views, submission_plans, submissions
 from concordia.logic.accounts import vo_refusal
 from concordia.logic.datalake_choice import DatalakeRequest, choose
 from concordia.logic.errors import DomainError, Invalid, NotFound
 from concordia.logic.identity import Identity
-from concordia.logic.submissions import SubmissionPreview, SubmissionRequest
+from concordia.logic.submission_models import SubmissionPreview, SubmissionRequest
 from concordia.web.deps import PlatformDep
 from concordia.web.pages.common import PageUser, read_form, render
 
@@ -88,7 +88,7 @@ async def _checked(
     request = _request_of(app, values)
     lake = _lake_problems(platform, user, app, request)
     try:
-        return await submissions.preview(platform, app, request), {}, lake
+        return await submission_plans.preview(platform, app, request), {}, lake
     except Invalid as exc:
         errors: dict[str, str] = {}
         others: list[tuple[str, str]] = []

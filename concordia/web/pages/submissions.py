@@ -8,7 +8,7 @@ from typing import get_args
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from concordia.logic import submission_actions, submissions
+from concordia.logic import submission_actions, submission_views
 from concordia.logic.errors import Invalid
 from concordia.logic.submission_actions import PAGE_SIZE, SubmissionAction
 from concordia.web.deps import PlatformDep, RowId
@@ -28,7 +28,7 @@ async def submission_page(
     request: Request, submission_id: RowId, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     page = page_number(request)
-    view = await submissions.get_submission(platform, user.user_id, submission_id)
+    view = await submission_views.get_submission(platform, user.user_id, submission_id)
     jobs = await submission_actions.jobs_page(platform, user.user_id, submission_id, page)
     app = platform.catalog.apps.get(view.application)
     pages = max(1, -(-view.job_count // PAGE_SIZE))
@@ -43,7 +43,7 @@ async def submission_page(
 async def submission_progress(
     request: Request, submission_id: RowId, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
-    view = await submissions.get_submission(platform, user.user_id, submission_id)
+    view = await submission_views.get_submission(platform, user.user_id, submission_id)
     return render(request, "submission_progress.html", s=view, buckets=BUCKETS)
 
 
@@ -64,7 +64,7 @@ async def submission_action(
     chosen = next((a for a in ACTIONS if a == action), None)
     if chosen is None:
         raise Invalid("action", f"must be one of {', '.join(ACTIONS)}", location="path")
-    view = await submissions.get_submission(platform, user.user_id, submission_id)
+    view = await submission_views.get_submission(platform, user.user_id, submission_id)
     asked = submission_actions.taken(view.counts)[chosen]
     outcome = await submission_actions.act(platform, user.user_id, submission_id, chosen)
     flash = flash_of(outcome, asked, scope="submission")
