@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from concordia.datalake.rucio import DataFile, Rucio
+from concordia.datalake.rucio import Rucio
+from concordia.datalake.rucio_dids import DataFile
 from concordia.settings import DatalakeSettings
 
 

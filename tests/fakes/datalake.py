@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from concordia.datalake.errors import DatalakeError, NotFound
-from concordia.datalake.rucio import DataFile
+from concordia.datalake.rucio_dids import DataFile
 
 
 def adler32_of(path: Path) -> str:

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from concordia.datalake import storage
-from concordia.datalake.rucio import DataFile, DatalakeError, NotFound, Rucio
+from concordia.datalake.rucio import DatalakeError, NotFound, Rucio
+from concordia.datalake.rucio_dids import DataFile
 from tests.rucio import RucioServer
 
 SCOPE = "user.jane"
