@@ -28,14 +28,14 @@ import httpx
 from options import benchmark, parse
 
 REPO = Path(__file__).resolve().parents[1]
-WRAPPER_DIR = REPO / "concordia" / "backends" / "wrapper"
-#: The wrapper's upload as a node runs it: its own module, standard library only.
+#: The wrapper's upload as a node runs it: its own module, standard library only (imported
+#: from this checkout, whose concordia package imports nothing else).
 UPLOAD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import concordia_job
+from concordia.backends.wrapper.concordia_job_lake import lake_put
 lake = json.loads(sys.argv[2])
-print(json.dumps(concordia_job.lake_put(lake, sys.argv[3], sys.argv[4])))
+print(json.dumps(lake_put(lake, sys.argv[3], sys.argv[4])))
 """
 
 
@@ -83,7 +83,7 @@ def main() -> None:
                 for kind in ("wrapper", "curl"):
                     url = f"{base}/bench/{kind}-{run}-{uuid.uuid4().hex[:8]}.bin"
                     if kind == "wrapper":
-                        command = [python3, "-I", "-S", "-c", UPLOAD, str(WRAPPER_DIR)]
+                        command = [python3, "-I", "-S", "-c", UPLOAD, str(REPO)]
                         command += [json.dumps(lake), str(source), url]
                     else:
                         command = [curl, "-sSf", "--cacert", ca, "-T", str(source), url]

@@ -34,12 +34,9 @@ from concordia.backends.base import (
 )
 from concordia.backends.grid_images import GridImages, ImageNotPublished, exit_code_of
 from concordia.backends.sandboxes import Sandbox, UnsafeArchive, extract_outputs, input_sandbox
-from concordia.backends.wrapper.concordia_job import (
-    DATALAKE_MANIFEST,
-    SH_SETTINGS,
-    sh_argument,
-    shell_settings,
-)
+from concordia.backends.wrapper.concordia_job_base import SH_SETTINGS, WRAPPER_FILES
+from concordia.backends.wrapper.concordia_job_lake import DATALAKE_MANIFEST
+from concordia.backends.wrapper.concordia_job_shell import sh_argument, shell_settings
 from concordia.core.jdl import job_jdl
 from concordia.core.states import JobStatus
 from concordia.settings import Settings
@@ -756,7 +753,7 @@ def _manifest(spec: JobSpec) -> list[str]:
 
 def wrapper_files(config: dict[str, Any]) -> dict[str, bytes]:
     """The wrapper and a submission's settings, as a job's directory on a node has them."""
-    files = {name: _wrapper_file(name) for name in (WRAPPER, WRAPPER_PY)}
+    files = {name: _wrapper_file(name) for name in WRAPPER_FILES}
     files[JOB_CONFIG] = json.dumps(config, sort_keys=True).encode()
     settings: str | None = shell_settings(config)
     if settings is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.backends.wrapper.concordia_job import DATALAKE_MANIFEST
+from concordia.backends.wrapper.concordia_job_lake import DATALAKE_MANIFEST
 from concordia.core.application import ApplicationDef
 from concordia.datalake.errors import DatalakeError
 from concordia.db import datalake_files

@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from concordia.backends.wrapper.concordia_job import DATALAKE_MANIFEST, lake_path
+from concordia.backends.wrapper.concordia_job_base import WRAPPER_FILES
+from concordia.backends.wrapper.concordia_job_lake import DATALAKE_MANIFEST, lake_path
 from concordia.datalake.rucio import DatalakeError, NotFound, Rucio
 from tests.rucio import RucioServer
 
@@ -63,7 +64,7 @@ def job_dir(root: Path, datalake: dict[str, Any]) -> Path:
     own argument, as the JDL gives it)."""
     work = root / "job"
     work.mkdir(parents=True)
-    for name in ("concordia-job.sh", "concordia_job.py"):
+    for name in WRAPPER_FILES:
         (work / name).write_bytes((WRAPPER / name).read_bytes())
     shared = {k: v for k, v in datalake.items() if k != "names"}
     config = {"image": None, "network": False, "datalake": shared}
@@ -203,7 +204,7 @@ async def test_a_job_that_fails_stores_nothing_and_one_without_a_datalake_is_unc
 
     plain = tmp_path / "plain"
     plain.mkdir()
-    for name in ("concordia-job.sh", "concordia_job.py"):
+    for name in WRAPPER_FILES:
         shutil.copy(str(WRAPPER / name), plain / name)
     (plain / "concordia-job.json").write_text(json.dumps({"image": None, "network": False}))
     done = run_job(plain, "head -c 2000000 /dev/zero > big.root", names)
@@ -215,7 +216,7 @@ async def test_a_job_that_fails_stores_nothing_and_one_without_a_datalake_is_unc
 async def test_the_wrapper_writes_where_rucio_says_the_file_is(
     rucio: Rucio, rucio_server: RucioServer, name: str
 ) -> None:
-    from concordia.backends.wrapper.concordia_job import lake_url
+    from concordia.backends.wrapper.concordia_job_lake import lake_url
 
     settings = lake(rucio_server, "")
     assert lake_url(settings, name) == await rucio.pfn(SCOPE, name, rucio_server.webdav_rse)

@@ -24,12 +24,10 @@ from typing import Any
 import pytest
 
 from concordia.backends.diracx import wrapper_arguments, wrapper_config, wrapper_files
-from concordia.backends.wrapper.concordia_job import (
-    DATALAKE_MANIFEST,
-    DEFAULT_PATH,
-    SH_ESCAPED,
-    SH_SAFE,
-)
+from concordia.backends.wrapper.concordia_job_base import WRAPPER_FILES
+from concordia.backends.wrapper.concordia_job_lake import DATALAKE_MANIFEST
+from concordia.backends.wrapper.concordia_job_runtime import DEFAULT_PATH
+from concordia.backends.wrapper.concordia_job_shell import SH_ESCAPED, SH_SAFE
 from concordia.images.store import ImageStore
 from tests.rucio import RucioServer
 
@@ -109,7 +107,7 @@ def image_config(stored: dict[str, Any], **changes: object) -> dict[str, Any]:
 def job_dir(root: Path, image: dict[str, Any] | None) -> Path:
     work = root / "job"
     work.mkdir(parents=True)
-    for name in ("concordia-job.sh", "concordia_job.py"):
+    for name in WRAPPER_FILES:
         (work / name).write_bytes((WRAPPER / name).read_bytes())
         (work / name).chmod(0o755)
     (work / "concordia-job.json").write_text(json.dumps({"image": image, "network": False}))
@@ -265,15 +263,22 @@ def test_failures_are_one_line_and_never_a_traceback(
 
 
 def test_the_wrapper_runs_on_a_node_s_python3(tmp_path: Path) -> None:
-    """Standard library only, and nothing newer than Python 3.6's syntax (EL8's python3)."""
-    source = (WRAPPER / "concordia_job.py").read_text()
-    imported = {
-        line.split()[1].split(".")[0]
-        for line in source.splitlines()
-        if line.startswith(("import ", "from "))
-    }
-    assert imported <= set(sys.stdlib_module_names), imported
-    ast.parse(source, feature_version=(3, 6))
+    """Standard library only, and nothing newer than Python 3.6's syntax (EL8's python3); the
+    wrapper's own modules, wherever imported, are ones its jobs are given."""
+    shipped = {name.removesuffix(".py") for name in WRAPPER_FILES if name.endswith(".py")}
+    for name in shipped:
+        tree = ast.parse((WRAPPER / f"{name}.py").read_text(), feature_version=(3, 6))
+        stdlib: set[str] = set()
+        own: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                stdlib |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                own.add(str(node.module))
+            elif isinstance(node, ast.ImportFrom):
+                stdlib.add(str(node.module).split(".")[0])
+        assert stdlib <= set(sys.stdlib_module_names), (name, stdlib)
+        assert own <= shipped, (name, own - shipped)
     assert shutil.which("python3")
 
 

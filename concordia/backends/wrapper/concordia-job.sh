@@ -20,7 +20,7 @@ cj_python() {
     exec python3 -I -S "$cj_dir/concordia_job.py" "$@"
 }
 
-# The character of a _XX escape of concordia_job.sh_argument (its SH_ESCAPED), into $cj_c.
+# The character of a _XX escape of concordia_job_shell.sh_argument (its SH_ESCAPED), into $cj_c.
 cj_unescape() {
     case $1 in
     20) cj_c=' ' ;; 21) cj_c='!' ;; 22) cj_c='"' ;; 23) cj_c='#' ;; 24) cj_c='$' ;;
