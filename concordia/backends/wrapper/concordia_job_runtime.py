@@ -25,23 +25,17 @@ def find_runtime(config):
         candidate = os.path.join(place, "apptainer")
         if os.access(candidate, os.X_OK):
             return "apptainer", candidate, f"from {place} (none on PATH)"
-    found = which("singularity")
-    if found:
-        return (
-            "singularity",
-            found,
-            "on PATH (no apptainer on PATH or in {})".format(", ".join(places)),
-        )
-    found = which("bwrap")
-    if found:
-        return (
-            "bwrap",
-            found,
-            "no apptainer or singularity (on PATH or in {})".format(", ".join(places)),
-        )
+    where = ", ".join(places)
+    for kind, why in (
+        ("singularity", f"on PATH (no apptainer on PATH or in {where})"),
+        ("bwrap", f"no apptainer or singularity (on PATH or in {where})"),
+    ):
+        found = which(kind)
+        if found:
+            return kind, found, why
     raise Failure(
-        "no container runtime on this node: no apptainer (on PATH or in {}), "
-        "no singularity, no bwrap".format(", ".join(places))
+        f"no container runtime on this node: no apptainer (on PATH or in {where}), "
+        "no singularity, no bwrap"
     )
 
 
