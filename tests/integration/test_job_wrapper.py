@@ -124,14 +124,20 @@ def node_bin(root: Path) -> Path:
 
 
 def start(
-    work: Path, argv: list[str], cache: Path, *, url: str | None = None, path: str = NODE_PATH
+    work: Path,
+    argv: list[str],
+    cache: Path,
+    *,
+    url: str | None = None,
+    path: str = NODE_PATH,
+    options: tuple[str, ...] = (),
 ) -> subprocess.Popen[str]:
     job: dict[str, Any] = {"argv": argv, "image_url": url}
     arg = base64.urlsafe_b64encode(json.dumps(job).encode()).decode().rstrip("=")
     env = {"PATH": path, "CONCORDIA_NODE_IMAGE_CACHE": str(cache)}
     env["APPTAINER_STANDIN_LOG"] = str(work.parent / "apptainer.log")
     return subprocess.Popen(
-        [sys.executable, str(work / "concordia_job.py"), arg], cwd=work, env=env,
+        [sys.executable, *options, str(work / "concordia_job.py"), arg], cwd=work, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -228,6 +234,28 @@ def test_the_unpacked_tree_is_run_in_place_with_no_download(
     [call] = calls(tmp_path)
     assert stored["rootfs"] in call["argv"] and image_server.gets == 0
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.sqsh"))
+
+
+def test_a_job_whose_image_is_cached_imports_only_what_it_needs(
+    tmp_path: Path, stored: dict[str, Any], image_server: ImageServer
+) -> None:
+    """Nothing to fetch, check or upload, no DiracX to tell: python3's start is most of such a
+    job's wait, and none of that code (urllib alone takes longer than bubblewrap) is read."""
+    cache = tmp_path / "node-cache"
+    first, again = (job_dir(tmp_path / name, image_config(stored)) for name in ("1", "2"))
+    assert run(first, ["true"], cache, url=image_server.url).returncode == 0
+    options = ("-I", "-S", "-X", "importtime")  # as a node starts it, saying what it imports
+    done = run(again, ["true"], cache, url=image_server.url, options=options)
+    assert done.returncode == 0, done.stderr
+    imported = {
+        line.split("|")[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "concordia_wrapper.concordia_job_image" in imported
+    heavy = {"urllib", "http", "ssl", "hashlib", "shutil", "subprocess", "fcntl"}
+    assert not imported & (heavy | {"concordia_wrapper.concordia_job_lake"})
+    assert not (again / "__pycache__").exists()  # nothing left in the job's directory
 
 
 def test_failures_are_one_line_and_never_a_traceback(
