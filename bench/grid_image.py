@@ -28,7 +28,7 @@ from options import benchmark, parse
 
 from concordia.backends.diracx import wrapper_arguments, wrapper_files
 from concordia.images.build import choose_builder, run_build
-from concordia.images.builders import BuildPlan
+from concordia.images.plan import BuildPlan
 from concordia.images.store import ImageStore
 from concordia.settings import Settings
 

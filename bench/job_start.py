@@ -25,7 +25,7 @@ from concordia.backends.local import LocalBackend
 from concordia.core.recipe import Recipe
 from concordia.core.states import FINAL_STATES
 from concordia.images.build import choose_builder, run_build
-from concordia.images.builders import BuildPlan
+from concordia.images.plan import BuildPlan
 from concordia.images.store import ImageStore
 from concordia.settings import Settings
 

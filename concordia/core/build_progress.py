@@ -26,7 +26,7 @@ _PHASES = (
 _NEWLY = re.compile(r"\b(\d+) newly installed\b")
 #: apt fetching its n-th package.
 _GET = re.compile(r"^Get:(\d+) ")
-#: A build step starting (builders.steps_script announces each).
+#: A build step starting (plan.steps_script announces each).
 _STEP = re.compile(r"^### step (\d+)/(\d+):")
 
 

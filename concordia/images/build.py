@@ -9,20 +9,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from concordia.images.builders import (
-    ApptainerBuilder,
-    BuildCancelled,
-    Builder,
-    BuildError,
-    BuildPlan,
-    MmdebstrapBuilder,
-    TimedLog,
-    check_cancelled,
-    finish_rootfs,
-)
+from concordia.images.apptainer import ApptainerBuilder
+from concordia.images.builders import BuildCancelled, Builder, BuildError, TimedLog, check_cancelled
 from concordia.images.formats import make_formats, missing_tools
+from concordia.images.mmdebstrap import MmdebstrapBuilder
+from concordia.images.plan import BuildPlan
 from concordia.images.podman import PodmanBuilder
 from concordia.images.stages import BuildStages, StageCache
+from concordia.images.steps import finish_rootfs
 from concordia.images.store import ROOTFS, ImageStore, StoredImage, unmount_below
 
 #: What to install for each builder (Debian package names), shown when none is usable.

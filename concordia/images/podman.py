@@ -19,14 +19,9 @@ from typing import IO
 
 from concordia.backends import sandbox
 from concordia.backends.runtimes import Podman
-from concordia.images.builders import (
-    DPKG_EXCLUDES,
-    BuildError,
-    BuildPlan,
-    fetch_sources,
-    run_logged,
-    steps_script,
-)
+from concordia.images.builders import DPKG_EXCLUDES, HOST_CA, BuildError, run_logged
+from concordia.images.plan import BuildPlan, steps_script
+from concordia.images.sources import fetch_sources
 from concordia.images.stages import BuildStages
 
 #: Where the extract variant's packages are unpacked in the podman build's first stage.
@@ -34,7 +29,6 @@ _EXTRACT_DIR = "/.concordia-extract"
 #: Mount points a podman build's RUN instructions leave in the image (removed when empty).
 _RUN_LEFTOVER_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 _RUN_LEFTOVER_DIRS = ("etc/ssl/certs", "etc/ssl")
-_HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 
 class PodmanBuilder:
@@ -111,9 +105,9 @@ class PodmanBuilder:
             shutil.copyfile(src, copy)
             copy.chmod(0o755 if os.access(src, os.X_OK) else 0o644)
             copies[dest] = copy.name
-        lend_ca = bool(plan.steps()) and os.path.isfile(_HOST_CA)
+        lend_ca = bool(plan.steps()) and os.path.isfile(HOST_CA)
         if lend_ca:
-            shutil.copyfile(_HOST_CA, context / "host-ca.crt")
+            shutil.copyfile(HOST_CA, context / "host-ca.crt")
         name = f"{self.prefix}-{plan.image_id[:12]}-{uuid.uuid4().hex[:6]}"
         base_tag, scratch = f"localhost/{name}-base", f"localhost/{name}-scratch"
         try:
@@ -340,7 +334,7 @@ def podman_containerfile(
     if plan.steps():
         mount = ""
         if lend_ca:  # the host's trust store for the steps (pip behind a TLS proxy)
-            mount = f"--mount=type=bind,source=host-ca.crt,target={_HOST_CA},ro=true "
+            mount = f"--mount=type=bind,source=host-ca.crt,target={HOST_CA},ro=true "
         argv = [*shlex.split(recipe.shell), "-c", steps_script(plan)]
         lines.append(f"RUN {mount}{json.dumps(argv)}")
     lines.append(f"WORKDIR {_quoted(recipe.workdir)}")

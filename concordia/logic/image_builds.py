@@ -15,10 +15,10 @@ from concordia.images.builders import (
     CURRENT_BUILD,
     BuildCancelled,
     BuildError,
-    BuildPlan,
     cancel_build,
     forget_cancel,
 )
+from concordia.images.plan import BuildPlan
 from concordia.images.stages import StageCache
 from concordia.images.store import ImageStore, StoredImage
 from concordia.logic.errors import Conflict, NotFound

@@ -8,7 +8,7 @@ from typing import Any
 
 from concordia.core.application import ApplicationDef, ParameterErrors, validate_build_args
 from concordia.core.recipe import Recipe, image_id
-from concordia.images.builders import BuildPlan, Source
+from concordia.images.plan import BuildPlan, Source
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.errors import Conflict, Invalid
 from concordia.logic.platform import Platform

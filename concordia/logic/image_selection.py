@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from concordia.core.image_status import ImageStatus
 from concordia.core.states import FINAL_STATES
 from concordia.db.tables import Image, ImageUser, Job, Submission, utcnow
-from concordia.images.builders import BuildPlan
+from concordia.images.plan import BuildPlan
 from concordia.images.store import StoredImage
 from concordia.logic.errors import Conflict, NotFound
 from concordia.logic.identity import Identity

@@ -19,12 +19,8 @@ import pytest
 from concordia.backends.runtimes import Podman
 from concordia.core.recipe import Recipe
 from concordia.images.build import BuilderChoice, PodmanSetup, choose_builder, run_build
-from concordia.images.builders import (
-    BuildError,
-    BuildPlan,
-    Source,
-    stop_running_builds,
-)
+from concordia.images.builders import BuildError, stop_running_builds
+from concordia.images.plan import BuildPlan, Source
 from concordia.images.podman import PodmanBuilder
 from concordia.images.store import ImageStore
 from concordia.logic.image_builds import clear_build_leftovers

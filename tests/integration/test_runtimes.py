@@ -18,7 +18,7 @@ from concordia.backends.runtimes import ContainerCgroup, Podman, choose_runtime
 from concordia.core.recipe import Recipe
 from concordia.core.states import JobStatus
 from concordia.images.build import choose_builder, run_build
-from concordia.images.builders import BuildPlan
+from concordia.images.plan import BuildPlan
 from concordia.images.store import ImageStore
 from tests.integration.conftest import Factory
 from tests.integration.test_local_backend import job, ref, run, until, within

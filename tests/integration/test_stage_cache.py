@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from concordia.core.recipe import Recipe
-from concordia.images.builders import BuildPlan, MmdebstrapBuilder, pip_key
+from concordia.images.mmdebstrap import MmdebstrapBuilder, pip_key
+from concordia.images.plan import BuildPlan
 from concordia.images.stages import StageCache
 
 pytestmark = pytest.mark.real

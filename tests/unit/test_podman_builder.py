@@ -11,7 +11,8 @@ import pytest
 
 from concordia.core.recipe import Recipe
 from concordia.images.build import PodmanSetup, choose_builder
-from concordia.images.builders import BuildError, BuildPlan
+from concordia.images.builders import BuildError
+from concordia.images.plan import BuildPlan
 from concordia.images.podman import podman_containerfile
 
 
