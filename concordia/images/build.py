@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO, Any
 
 from concordia.images.apptainer import ApptainerBuilder
 from concordia.images.builders import BuildCancelled, Builder, BuildError, TimedLog, check_cancelled
@@ -129,30 +130,10 @@ def run_build(
                 rootfs, work, formats, env, plan.recipe.workdir, log, plan.timeout, below
             )
             shutil.rmtree(context)
-            meta = {
-                "id": plan.image_id,
-                "application": plan.application,
-                "build_args": plan.build_args,
-                "builder": builder.version,
-                "env": env,
-                "workdir": plan.recipe.workdir,
-                # Operator-provided sources may be licensed to registered users only.
-                "redistributable": not plan.sources,
-                "formats": made,
-                "rootfs_size": _tree_size(rootfs),
-                "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
-            }
+            meta = _image_meta(plan, builder, env, made, rootfs, started)
             image = store.publish(plan.image_id, work, meta)
         except BaseException as exc:
-            reason = str(exc) if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, BuildCancelled):
-                log.write("\nBUILD CANCELLED: its commands were stopped, its workspace removed\n")
-            else:
-                log.write(f"\nBUILD FAILED: {reason}\n")
-            unmount_below(work)
-            shutil.rmtree(work, ignore_errors=True)
-            if isinstance(exc, BuildError):
-                raise
+            reason = _abandon(work, log, exc)
             if isinstance(exc, OSError):
                 raise BuildError(reason) from exc
             raise
@@ -160,6 +141,43 @@ def run_build(
             stages.release()
         log.write(f"\nbuilt in {meta['seconds']} s: {', '.join(made) or 'rootfs only'}\n")
     return image
+
+
+def _image_meta(
+    plan: BuildPlan,
+    builder: Builder,
+    env: dict[str, str],
+    made: dict[str, Any],
+    rootfs: Path,
+    started: datetime,
+) -> dict[str, Any]:
+    """What the image's catalogue entry says of it."""
+    return {
+        "id": plan.image_id,
+        "application": plan.application,
+        "build_args": plan.build_args,
+        "builder": builder.version,
+        "env": env,
+        "workdir": plan.recipe.workdir,
+        # Operator-provided sources may be licensed to registered users only.
+        "redistributable": not plan.sources,
+        "formats": made,
+        "rootfs_size": _tree_size(rootfs),
+        "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
+    }
+
+
+def _abandon(work: Path, log: IO[str], exc: BaseException) -> str:
+    """The end of a failed or cancelled build in its log, its workspace removed; why it
+    failed."""
+    reason = str(exc) if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, BuildCancelled):
+        log.write("\nBUILD CANCELLED: its commands were stopped, its workspace removed\n")
+    else:
+        log.write(f"\nBUILD FAILED: {reason}\n")
+    unmount_below(work)
+    shutil.rmtree(work, ignore_errors=True)
+    return reason
 
 
 def _tree_size(path: Path) -> int:
