@@ -12,8 +12,8 @@ import pytest
 from concordia.core.recipe import Recipe
 from concordia.images.build import PodmanSetup, choose_builder
 from concordia.images.builders import BuildError
+from concordia.images.containerfile import podman_containerfile
 from concordia.images.plan import BuildPlan
-from concordia.images.podman import podman_containerfile
 
 
 def plan_of(recipe: Recipe, **build_args: object) -> BuildPlan:
