@@ -3,36 +3,18 @@ export and delete images, and say which builder the server uses."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
-import shlex
-import time
-from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
-from email.message import Message
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
-from rich.console import Console
-from rich.padding import Padding
-from rich.progress import Progress
-from rich.table import Table
 from rich.text import Text
 
 from concordia.cli.common import (
     JSON_OPTION,
-    POLL_SECONDS,
     TIMEOUT_OPTION,
     Api,
     api_of,
     app,
-    cell,
-    download_bar,
     err,
     error_lines,
     fail,
@@ -40,11 +22,17 @@ from concordia.cli.common import (
     pairs,
     print_json,
     say,
-    status_text,
     table,
-    when,
 )
-from concordia.core.build_progress import BuildProgress
+from concordia.cli.image_download import ImageFormat, download
+from concordia.cli.image_follow import follow_build
+from concordia.cli.image_views import (
+    elapsed_text,
+    epoch_seconds,
+    formats_text,
+    show_image,
+    show_image_list,
+)
 from concordia.core.units import size_text
 
 images_app = typer.Typer(
@@ -53,19 +41,8 @@ images_app = typer.Typer(
 )
 app.add_typer(images_app, name="images")
 
-IMAGE_STYLES = {"ready": "green", "building": "cyan", "failed": "red", "cancelled": "red"}
 HEX_DIGITS = frozenset("0123456789abcdef")
 ID_LENGTH, MIN_PREFIX = 64, 6
-#: How often a live log may close early (the server restarting) before following gives up.
-MAX_RECONNECTS = 3
-
-
-class ImageFormat(StrEnum):
-    squashfs = "squashfs"
-    oci = "oci"
-
-
-SUFFIXES = {ImageFormat.squashfs: "sqsh", ImageFormat.oci: "oci.tar"}
 FOLLOW_OPTION = typer.Option(
     False, "--follow", "-f", help="Show the build log live; exit 0 if the image is made."
 )
@@ -107,29 +84,6 @@ def resolve(api: Api, ref: str) -> dict[str, Any]:
     return found
 
 
-def _args(build_args: dict[str, Any], sep: str = ", ") -> str:
-    return sep.join(f"{k}={v}" for k, v in build_args.items())
-
-
-def _formats(formats: dict[str, Any], sep: str = ", ") -> str:
-    return sep.join(f"{name} {size_text(f['size'])}" for name, f in formats.items())
-
-
-def _timestamp(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    moment = datetime.fromisoformat(iso)
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def _duration(seconds: float) -> str:
-    whole = max(0, int(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    minutes, seconds_left = divmod(whole, 60)
-    return f"{minutes}m {seconds_left:02d}s"
-
-
 @images_app.command("list")
 def list_images(
     ctx: typer.Context,
@@ -143,18 +97,7 @@ def list_images(
     images = api_of(ctx).call("GET", "/images", params=params)
     if as_json:
         return print_json(images)
-    # One block per image, not a table: seven columns never fit 80 characters, and a
-    # squeezed table breaks ids, dates and values across lines.
-    for i in images:
-        head = Text(f"{i['id'][:12]}  {i['application']}  ")
-        head.append_text(status_text(i["status"], styles=IMAGE_STYLES))
-        if i["built_at"]:
-            head.append(f"  built {when(i['built_at'])}")
-        head.append(f"  {i['jobs']} job(s)")
-        out.print(head)
-        for line in (_args(i["build_args"]), _formats(i["formats"])):
-            if line:
-                out.print(Padding(Text(line, overflow="fold"), (0, 0, 0, 2), expand=False))
+    show_image_list(images)
     say(f"{len(images)} image(s)")
 
 
@@ -164,27 +107,7 @@ def show(ctx: typer.Context, image: str = IMAGE_ARG, as_json: bool = JSON_OPTION
     i = resolve(api_of(ctx), image)
     if as_json:
         return print_json(i)
-    info = Table.grid(padding=(0, 2))
-    for label, value in (
-        ("image", i["id"]),
-        ("application", i["application"]),
-        ("build args", _args(i["build_args"]) or "none"),
-        ("status", status_text(i["status"], styles=IMAGE_STYLES)),
-        ("builder", i["builder"]),
-        ("rootfs", size_text(i["rootfs_size"]) if i["rootfs_size"] else ""),
-        ("created", when(i["created_at"])),
-        ("built", when(i["built_at"])),
-        ("jobs", i["jobs"]),
-    ):
-        info.add_row(Text(label, style="bold"), cell(value))
-    if i["error"]:
-        info.add_row(Text("error", style="bold"), Text(i["error"], style="red"))
-    # A row per format and one for its sha256, whole (a table column would cut it short).
-    for name, f in i["formats"].items():
-        size = f"{size_text(f['size'])} ({f['size']} bytes), file {f['file']}"
-        info.add_row(Text(name, style="bold"), Text(size))
-        info.add_row(Text("  sha256"), Text(f["sha256"]))
-    out.print(info)
+    show_image(i)
 
 
 @images_app.command("build")
@@ -257,125 +180,9 @@ def _selected_or_built(
     if end.get("status") != "ready":
         fail(f"image {image['id'][:12]} failed to build: {end.get('error') or 'no reason given'}")
     if not as_json:
-        made, started = _timestamp(image["built_at"]), _timestamp(image["created_at"])
-        took = f" in {_duration(made - started)}" if made and started else ""
-        say(f"image {image['id'][:12]} is ready{took}: {_formats(image['formats'])}", "green")
-
-
-class _Elapsed:
-    """The status line under a followed log: rendered afresh on every refresh, so the time runs;
-    with the build's phase and n of N (its "progress" events)."""
-
-    def __init__(self, label: str, since: float) -> None:
-        self.label, self.since = label, since
-        self.progress = ""
-
-    def __rich__(self) -> Text:
-        phase = f" — {self.progress}" if self.progress else ""
-        return Text(f"{self.label} — {_duration(time.time() - self.since)}{phase}")
-
-
-def _sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """Server-sent events as (event, data); a comment (the server's keep-alive) as ("", "")."""
-    event, data = "", list[str]()
-    for line in lines:
-        if not line:
-            if data:
-                yield event or "message", "\n".join(data)
-            event, data = "", []
-        elif line.startswith(":"):
-            yield "", ""
-        else:
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                event = value
-            elif name == "data":
-                data.append(value)
-
-
-def _decoded(data: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def follow_build(
-    api: Api, image: dict[str, Any], console: Console, timeout: float
-) -> dict[str, Any]:
-    """Print the build log as it is written, whole lines only, under a spinner that shows the
-    build's time; returns the end event ({status, error}). Ctrl-C or --timeout stop the
-    following, never the build."""
-    deadline = time.monotonic() + timeout if timeout else math.inf
-    path = f"/images/{image['id']}/log/events"
-    since = min(time.time(), _timestamp(image["created_at"]) or time.time())
-    label = f"building image {image['id'][:12]} of {image['application']}"
-    status = _Elapsed(label, since)
-    try:
-        with console.status(status):
-            return _follow(api, path, console, deadline, timeout, status)
-    except KeyboardInterrupt:
-        fail(f"stopped following image {image['id'][:12]}; the build goes on", 130)
-
-
-def _follow(
-    api: Api, path: str, console: Console, deadline: float, timeout: float, status: _Elapsed
-) -> dict[str, Any]:
-    offset, pending, reconnects = 0, "", 0
-    while True:
-        end: dict[str, Any] | None = None
-        started_at = offset
-        read = min(60.0, max(0.5, deadline - time.monotonic()))
-        timeouts = httpx.Timeout(60, connect=5, read=read)
-        with api.stream(path, params={"offset": offset}, timeout=timeouts) as response:
-            try:
-                for event, data in _sse(response.iter_lines()):
-                    if event == "log":
-                        text = str(_decoded(data).get("text", ""))
-                        offset += len(text.encode())
-                        *lines, pending = (pending + text).split("\n")
-                        for line in lines:
-                            say(line, console=console)
-                    elif event == "progress":
-                        status.progress = BuildProgress.model_validate(_decoded(data)).text
-                    elif event == "end":
-                        end = _decoded(data)
-                        break
-                    if time.monotonic() >= deadline:
-                        break
-            except httpx.ReadTimeout:
-                if time.monotonic() < deadline:
-                    raise  # the server went silent (no keep-alive): exit 2
-        if pending and (end is not None or time.monotonic() >= deadline):
-            say(pending, console=console)
-            pending = ""
-        if end is not None:
-            return end
-        if time.monotonic() >= deadline:
-            fail(f"stopped following after {timeout:g} s; the build goes on")
-        # Closed before the end (the server stopping): open it again where it stopped.
-        reconnects = 0 if offset > started_at else reconnects + 1
-        if reconnects > MAX_RECONNECTS:
-            fail(f"the build log at {api.url}/api/v1{path} keeps closing before its end", 2)
-        time.sleep(POLL_SECONDS)
-
-
-def image_line(api: Api, image_id: str, application: str, build_args: dict[str, Any]) -> Text:
-    """One line on a submission's image: selected, being built (and how to watch), failed."""
-    short = image_id[:12]
-    response = api.send("GET", f"/images/{image_id}")
-    if response.is_error:
-        return Text(f"image {short}: {' '.join(error_lines(response))}", style="yellow")
-    image = response.json()
-    if image["status"] == "ready":
-        return Text(f"image {short}: selected (it exists)")
-    if image["status"] == "building":
-        args = "".join(f" -b {shlex.quote(f'{k}={v}')}" for k, v in build_args.items())
-        watch = f"concordia images build {shlex.quote(application)}{args} --follow"
-        return Text(f"image {short}: being built, the jobs wait for it (watch: {watch})")
-    return Text(f"image {short}: {image['status']}: {image['error']}", style="red")
+        made, started = epoch_seconds(image["built_at"]), epoch_seconds(image["created_at"])
+        took = f" in {elapsed_text(made - started)}" if made and started else ""
+        say(f"image {image['id'][:12]} is ready{took}: {formats_text(image['formats'])}", "green")
 
 
 @images_app.command("rm")
@@ -387,72 +194,6 @@ def remove(ctx: typer.Context, image: str = IMAGE_ARG) -> None:
     if response.is_error:
         fail(error_lines(response))
     say(f"deleted image {found['id']} of {found['application']}")
-
-
-def _attachment_name(header: str | None) -> str | None:
-    """The file name a Content-Disposition offers, if it is a plain name (no directory)."""
-    if not header:
-        return None
-    message = Message()
-    message["content-disposition"] = header
-    name = message.get_filename()
-    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
-        return None
-    return name
-
-
-def _publish(partial: Path, target: Path, force: bool) -> None:
-    """Give the finished download its name; without --force never over an existing file
-    (a hard link fails if the name exists, at the moment it is made)."""
-    if force:
-        partial.replace(target)
-        return
-    try:
-        os.link(partial, target)
-    except FileExistsError:
-        fail(f"{target} exists: not overwritten (--force overwrites it)")
-    except OSError:  # a file system without hard links
-        if target.exists():
-            fail(f"{target} exists: not overwritten (--force overwrites it)")
-        partial.replace(target)
-
-
-def _download(
-    api: Api, image: dict[str, Any], fmt: ImageFormat, output: Path | None, force: bool
-) -> tuple[Path, int, str]:
-    """Stream the format's file to FILE.part, check its sha256 against the catalogue, then
-    name it FILE: an interrupted or damaged download leaves nothing behind."""
-    expected = image["formats"][fmt.value]
-    default = f"{image['application']}-{image['id'][:12]}.{SUFFIXES[fmt]}"
-    with api.stream(f"/images/{image['id']}/download/{fmt.value}") as r:
-        name = _attachment_name(r.headers.get("content-disposition")) or default
-        target = output / name if output and output.is_dir() else (output or Path(name))
-        if target.exists() and not force:
-            fail(f"{target} exists: not overwritten (--force overwrites it)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
-        digest, size = hashlib.sha256(), 0
-        try:
-            with download_bar() as bar, partial.open("wb") as fh:
-                task = _add_task(bar, target.name, r.headers.get("content-length"))
-                for data in r.iter_bytes(1 << 16):
-                    fh.write(data)
-                    digest.update(data)
-                    size += len(data)
-                    bar.advance(task, len(data))
-            if digest.hexdigest() != expected["sha256"]:
-                fail(
-                    f"the download of {target.name} is damaged (sha256 {digest.hexdigest()}, "
-                    f"expected {expected['sha256']}); nothing was written"
-                )
-            _publish(partial, target, force)
-        finally:
-            partial.unlink(missing_ok=True)
-    return target, size, digest.hexdigest()
-
-
-def _add_task(bar: Progress, name: str, length: str | None) -> Any:
-    return bar.add_task(name, total=int(length) if length and length.isdigit() else None)
 
 
 @images_app.command("export")
@@ -480,7 +221,7 @@ def export(
     if fmt.value not in found["formats"]:
         made = ", ".join(found["formats"]) or "none"
         fail(f"image {found['id'][:12]} has no {fmt.value} format (it has: {made})")
-    target, size, sha256 = _download(api, found, fmt, output, force)
+    target, size, sha256 = download(api, found, fmt, output, force)
     say(f"wrote {target} ({size} bytes, {size_text(size)}; sha256 {sha256})")
 
 

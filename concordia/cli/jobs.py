@@ -36,7 +36,7 @@ from concordia.cli.common import (
     table,
     when,
 )
-from concordia.cli.images import image_line
+from concordia.cli.image_views import image_line
 from concordia.core.units import duration, size_text
 
 JOB_ARG = typer.Argument(..., help="The job id.", show_default=False)

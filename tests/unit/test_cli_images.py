@@ -15,14 +15,9 @@ import typer
 from rich.console import Console
 
 from concordia.cli.common import Api
-from concordia.cli.images import (
-    ImageFormat,
-    _attachment_name,
-    _download,
-    _sse,
-    follow_build,
-    resolve,
-)
+from concordia.cli.image_download import ImageFormat, _attachment_name, download
+from concordia.cli.image_follow import _sse, follow_build
+from concordia.cli.images import resolve
 
 FIRST, SECOND = "abcdef01" + "0" * 56, "abcdef02" + "1" * 56
 
@@ -100,7 +95,7 @@ def test_follow_prints_whole_lines_and_resumes_where_a_closed_stream_stopped() -
 def test_follow_gives_up_on_a_stream_that_keeps_closing(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("concordia.cli.images.POLL_SECONDS", 0)
+    monkeypatch.setattr("concordia.cli.image_follow.POLL_SECONDS", 0)
     api = api_with(lambda _: httpx.Response(200, content=events("ping")))
     with pytest.raises(typer.Exit) as gave_up:
         follow_build(api, image(FIRST), Console(record=True), timeout=0)
@@ -116,15 +111,13 @@ def test_a_damaged_download_leaves_nothing(
     api = api_with(lambda _: httpx.Response(200, content=body[:-1] + b"!"))
     target = tmp_path / "toy.sqsh"
     with pytest.raises(typer.Exit) as damaged:
-        _download(
-            api, image(FIRST, formats={"squashfs": good}), ImageFormat.squashfs, target, False
-        )
+        download(api, image(FIRST, formats={"squashfs": good}), ImageFormat.squashfs, target, False)
     assert damaged.value.exit_code == 1
     assert "the download of toy.sqsh is damaged" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
     api = api_with(lambda _: httpx.Response(200, content=body))
-    written = _download(
+    written = download(
         api, image(FIRST, formats={"squashfs": good}), ImageFormat.squashfs, target, False
     )
     assert written == (target, len(body), good["sha256"]) and target.read_bytes() == body
