@@ -26,7 +26,7 @@ from pathlib import Path
 from job_start import BUSYBOX, print_ratio  # beside this file (run as a script)
 from options import benchmark, parse
 
-from concordia.backends.diracx import wrapper_arguments, wrapper_files
+from concordia.backends.diracx.jobs import wrapper_arguments, wrapper_files
 from concordia.images.build import choose_builder, run_build
 from concordia.images.plan import BuildPlan
 from concordia.images.store import ImageStore

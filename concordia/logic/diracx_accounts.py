@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from concordia.auth.vault import VaultError
 from concordia.backends.base import Backend, Owner, Token
-from concordia.backends.diracx import DiracXError, DiracXUnreachable, unverified_claims
+from concordia.backends.diracx import DiracXError, DiracXUnreachable
+from concordia.backends.diracx.client import unverified_claims
 from concordia.db.tables import User
 from concordia.logic.accounts import member_of
 from concordia.logic.errors import Conflict, Forbidden, Unavailable

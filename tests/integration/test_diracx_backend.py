@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from concordia.backends.base import JobSpec
-from concordia.backends.diracx import PENDING_SANDBOX
+from concordia.backends.diracx.jobs import PENDING_SANDBOX
 from concordia.core.jdl import parse_jdl
 from concordia.datalake.rucio import Rucio
 from concordia.logic import submission_plans

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from concordia.backends.diracx import wrapper_arguments, wrapper_config, wrapper_files
+from concordia.backends.diracx.jobs import wrapper_arguments, wrapper_config, wrapper_files
 from concordia.backends.wrapper.concordia_job_base import WRAPPER_FILES
 from concordia.backends.wrapper.concordia_job_lake import DATALAKE_MANIFEST
 from concordia.backends.wrapper.concordia_job_runtime import DEFAULT_PATH

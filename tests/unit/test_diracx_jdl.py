@@ -10,7 +10,8 @@ import tarfile
 import pytest
 
 from concordia.backends.base import JobRefused, JobSpec
-from concordia.backends.diracx import PENDING_SANDBOX, DiracXBackend
+from concordia.backends.diracx import DiracXBackend
+from concordia.backends.diracx.jobs import PENDING_SANDBOX, submission_sandbox
 from concordia.core.jdl import parse_jdl
 from concordia.settings import Settings
 
@@ -77,7 +78,7 @@ def test_a_job_with_a_datalake_gets_its_names_and_brings_back_its_manifest() -> 
     assert sent == {"argv": ["echo", "hi"], "datalake_names": "ds.000001."}
 
     # The submission's settings, shared by its jobs: the job's names are not in them.
-    with tarfile.open(fileobj=io.BytesIO(GRID._input_sandbox(job).data)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(submission_sandbox(job, GRID.images).data)) as tar:
         member = tar.extractfile("concordia-job.json")
         assert member is not None
         config = json.load(member)
