@@ -187,13 +187,16 @@ class Backend(Protocol):
     #: the worker node); False: Concordia uploads them from the job's outputs/ once its
     #: process has ended, before the job is Done.
     uploads_data: bool
-    #: Why the backend cannot be reached now (its jobs keep their last known state); None
-    #: when it answers.
-    unreachable: str | None
     #: True where jobs act as their owners with the owners' own sign-ins (a grid in per-user
     #: mode): a submission is refused until its owner has one for its VO and group, and the
     #: platform gives the backend where they come from (use_user_tokens) as it starts.
     needs_user_token: bool
+
+    @property
+    def unreachable(self) -> str | None:
+        """Why the backend cannot be reached now (its jobs keep their last known state);
+        None when it answers."""
+        ...
 
     @property
     def changed(self) -> asyncio.Event | None:

@@ -81,10 +81,6 @@ class DiracXBackend:
         """Why DiracX did not answer its last call (the UI says so); None when fine."""
         return self.client.unreachable
 
-    @unreachable.setter  # the Backend protocol declares a plain attribute: settable
-    def unreachable(self, why: str | None) -> None:
-        self.client.unreachable = why
-
     async def close(self) -> None:
         """Its connections close; its jobs go on in DiracX."""
         await self.client.close()
