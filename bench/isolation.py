@@ -26,7 +26,7 @@ from pathlib import Path
 from job_start import print_ratio, through_backend
 from options import benchmark, parse
 
-from concordia.backends import sandbox
+from concordia.backends import job_exit, job_process, sandbox
 from concordia.backends.cgroup import slot_cgroup
 from concordia.backends.local import LocalBackend
 from concordia.settings import Settings
@@ -55,17 +55,17 @@ def side_by_side(settings: Settings, runs: int) -> tuple[list[float], list[float
     sandbox.hand_over(work)
     direct_cmd = reference_command(etc, work)
     cgroup = slot_cgroup()
-    server = sandbox.fork_server(cgroup)
+    server = job_process.fork_server(cgroup)
     null = os.open(os.devnull, os.O_WRONLY)
 
     def ours() -> float:
         cgroup.configure(limits)
         started = time.perf_counter()
-        proc = sandbox.launch(
+        proc = job_process.launch(
             ["true"], work, forkserver=server, stdout=null, stderr=null, cpu_time=60,
             isolated=True, cgroup=cgroup, etc=etc, limits=limits,
         )  # fmt: skip
-        sandbox.until_ended(proc.pid)
+        job_exit.until_ended(proc.pid)
         proc.reap()
         if proc.returncode != 0:
             raise RuntimeError(f"the sandboxed job failed: exit code {proc.returncode}")

@@ -21,7 +21,8 @@ from pathlib import Path
 from options import benchmark, parse
 from server import serve
 
-from concordia.backends.sandbox import build_command, detect_isolation, hand_over, minimal_etc
+from concordia.backends.isolation import detect_isolation
+from concordia.backends.sandbox import build_command, hand_over, minimal_etc
 
 APPLICATION = """\
 name: noop

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from concordia.backends import runtimes, sandbox
+from concordia.backends import isolation, job_exit, job_process, runtimes, sandbox
 from concordia.backends.base import (
     BackendError,
     BackendRef,
@@ -58,7 +58,7 @@ class _Job:
     #: The bound it went over (its minor status), when the backend ended it for that.
     over: str | None = None
     limits: JobLimits = field(default_factory=JobLimits)
-    proc: sandbox.JobProcess | None = None
+    proc: job_process.JobProcess | None = None
     #: What runs it: "apptainer", "bwrap" or "podman"; None: a plain process.
     runtime: str | None = None
     #: Its podman container's name.
@@ -148,7 +148,7 @@ class LocalBackend:
         jobs_dir = self.settings.jobs_dir
         jobs_dir.mkdir(exist_ok=True)
         mode = self.settings.local_isolation
-        problem = await asyncio.to_thread(sandbox.isolation_problem, mode, jobs_dir)
+        problem = await asyncio.to_thread(isolation.isolation_problem, mode, jobs_dir)
         self._etc = await asyncio.to_thread(sandbox.minimal_etc, jobs_dir)
         choice = await asyncio.to_thread(self._choose_runtime, problem)
         self._decided(problem, choice)
@@ -171,7 +171,7 @@ class LocalBackend:
             _Slot(
                 cgroup,
                 ThreadPoolExecutor(1, f"local-slot-{i}"),
-                sandbox.fork_server(cgroup),
+                job_process.fork_server(cgroup),
                 self._containers[i] if self._containers else None,
             )
             for i, cgroup in enumerate(self._cgroups)
@@ -450,7 +450,7 @@ class LocalBackend:
         oom = after.ooms > before.ooms
         if job.runtime == "podman":  # a peak at the limit, then the OOM killer's SIGKILL
             oom = oom and os.waitstatus_to_exitcode(status) == 128 + signal.SIGKILL
-        minor, code = sandbox.exit_reason(
+        minor, code = job_exit.exit_reason(
             status, cpu, spec.cpu_time, isolated=isolated, oom=oom, stderr=job.dir / "std.err",
             runtime=job.runtime, program=spec.argv[0] if spec.argv else "",
             file_mb=job.limits.work_mb or 0,
@@ -487,7 +487,7 @@ class LocalBackend:
         container: removed."""
         assert job.proc is not None
         limit = self._wall_seconds(job.spec)
-        with sandbox.exit_watch(job.proc.pid) as job.exited:
+        with job_exit.exit_watch(job.proc.pid) as job.exited:
             timer = asyncio.get_running_loop().call_later(limit, self._wall_limit, job)
             watch = asyncio.create_task(self._watch_bounds(job, meter, before))
             try:
@@ -530,7 +530,7 @@ class LocalBackend:
     def _wall_seconds(self, spec: JobSpec) -> float:
         return max(1, spec.cpu_time) * self.settings.local_wall_time_factor
 
-    def _launch(self, job: _Job, out: int, err: int, slot: _Slot) -> sandbox.JobProcess:
+    def _launch(self, job: _Job, out: int, err: int, slot: _Slot) -> job_process.JobProcess:
         """Start the job; a job with a network of its own is held until it is connected."""
         proc = self._start(job, out, err, slot)
         if job.net is not None:
@@ -538,26 +538,26 @@ class LocalBackend:
                 job.net.started()
                 job.net.connect()
             except NetworkError as exc:
-                sandbox.signal_job(proc.pid, signal.SIGKILL, isolated=True)  # still held
+                job_exit.signal_job(proc.pid, signal.SIGKILL, isolated=True)  # still held
                 proc.reap()
                 job.net.close()
                 job.net = None
                 raise OSError(f"its network: {exc}") from exc
         return proc
 
-    def _start(self, job: _Job, out: int, err: int, slot: _Slot) -> sandbox.JobProcess:
+    def _start(self, job: _Job, out: int, err: int, slot: _Slot) -> job_process.JobProcess:
         """Start the job: in its image with the runtime, or without one as before."""
         spec, image, work = job.spec, job.spec.image, job.dir / "work"
         cgroup, containers = slot.cgroup, slot.containers
         under_bwrap = self.isolated if image is None else self.runtime == "bwrap"
         if spec.network and under_bwrap:
-            job.net = sandbox.own_network()
+            job.net = job_process.own_network()
         if image is None or self.runtime != "podman":  # podman's containers have their own
             cgroup.configure(job.limits)
         if image is None:
             job.runtime = "bwrap" if self.isolated else None
             inside = "/work" if self.isolated else str(work)
-            return sandbox.launch(
+            return job_process.launch(
                 spec.argv, work, forkserver=slot.forkserver, stdout=out, stderr=err,
                 cpu_time=spec.cpu_time, isolated=self.isolated, network=job.net, cgroup=cgroup,
                 env={**spec.env, **_proxy_env(spec, inside)}, etc=self._etc, limits=job.limits,
@@ -573,14 +573,14 @@ class LocalBackend:
                 memory_mb=job.limits.memory_mb or 0, processes=job.limits.processes or 0,
             )  # fmt: skip
             # No launcher: the container's limits are podman's; its client is not the job.
-            return sandbox.spawn(cmd, work, out, err, self._podman.env)
+            return job_process.spawn(cmd, work, out, err, self._podman.env)
         container = None
         if self.runtime == "apptainer":
             assert self._runtime_command is not None
             container = runtimes.apptainer_command(
                 self._runtime_command, spec.argv, image, work, env, network=spec.network
             )
-        return sandbox.launch(
+        return job_process.launch(
             spec.argv, work, forkserver=slot.forkserver, stdout=out, stderr=err,
             cpu_time=spec.cpu_time, isolated=True,
             network=job.net, cgroup=cgroup, env=env, rootfs=image.rootfs, etc=self._etc,
@@ -609,7 +609,7 @@ class LocalBackend:
             # podman's client passes SIGTERM on to its container; SIGKILL ends only the client
             # (_wait then removes the container).
             sandboxed = job.runtime is not None and job.runtime != "podman"
-            sandbox.signal_job(job.proc.pid, sig, isolated=sandboxed)
+            job_exit.signal_job(job.proc.pid, sig, isolated=sandboxed)
 
     def _update(self, uuid: str, status: JobStatus, minor: str, **kw: Any) -> StatusUpdate:
         now = datetime.now(UTC)

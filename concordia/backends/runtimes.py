@@ -20,6 +20,7 @@ from pathlib import Path
 from concordia.backends import sandbox
 from concordia.backends.base import JobImage
 from concordia.backends.cgroup import Counters, rmdir_if_empty
+from concordia.backends.job_process import CPU_HARD_MARGIN
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ class Podman:
         cmd += ["-v", f"{bind_path(work)}:{workdir}", "--workdir", workdir]
         for path in read_only:
             cmd += ["-v", f"{bind_path(path)}:{path}:ro"]
-        cmd += ["--ulimit", f"cpu={soft}:{soft + sandbox.CPU_HARD_MARGIN}"]
+        cmd += ["--ulimit", f"cpu={soft}:{soft + CPU_HARD_MARGIN}"]
         for ulimit in self.ulimits:  # --ulimit replaces the configured ones: all of them again
             cmd += ["--ulimit", ulimit]
         cmd += ["--timeout", str(math.ceil(wall_seconds) + PODMAN_TIMEOUT_MARGIN)]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from concordia.backends import sandbox
+from concordia.backends import job_exit, job_process, sandbox
 from concordia.backends.forkserver import ForkServer
 
 AS_ROOT = os.geteuid() == 0
@@ -23,7 +23,7 @@ AS_ROOT = os.geteuid() == 0
 
 @pytest.fixture
 def server() -> Iterator[ForkServer]:
-    forkserver = sandbox.fork_server()
+    forkserver = job_process.fork_server()
     yield forkserver
     forkserver.close()
 
@@ -37,7 +37,7 @@ def run(
         fds = {1: stdout.fileno(), 2: stdout.fileno()}
         env = {"PATH": sandbox.SANDBOX_PATH, "ONLY": "this"}
         proc = server.spawn(["sh", "-c", textwrap.dedent(script)], Path("/"), env, fds, rlimits)
-    assert sandbox.until_ended(proc.pid, timeout=30)
+    assert job_exit.until_ended(proc.pid, timeout=30)
     proc.reap()
     assert proc.returncode is not None
     return proc.returncode, out.read_text()
@@ -52,7 +52,7 @@ def test_a_job_gets_its_descriptors_session_limits_and_nothing_else(
     server: ForkServer, tmp_path: Path
 ) -> None:
     read_end, write_end = os.pipe()
-    rlimits = sandbox.job_rlimits(60, file_mb=2)
+    rlimits = job_process.job_rlimits(60, file_mb=2)
     try:
         out = tmp_path / "out"
         with open(out, "wb") as stdout:
@@ -71,7 +71,7 @@ def test_a_job_gets_its_descriptors_session_limits_and_nothing_else(
             )
         os.close(write_end)
         assert os.read(read_end, 100) == b"passed\n"  # fd 9 is the job's copy of the pipe
-        assert sandbox.until_ended(proc.pid, timeout=30)
+        assert job_exit.until_ended(proc.pid, timeout=30)
         assert proc.reap()[0] == 0 and proc.returncode == 0
     finally:
         os.close(read_end)
@@ -113,15 +113,15 @@ def test_a_program_that_cannot_start_raises_and_the_next_one_starts(
 def test_higher_hard_limits_or_a_cpu_limit_near_its_own_use_get_a_new_fork_server(
     server: ForkServer, tmp_path: Path
 ) -> None:
-    run(server, "true", tmp_path, rlimits=sandbox.job_rlimits(100))
+    run(server, "true", tmp_path, rlimits=job_process.job_rlimits(100))
     first = server.pid
-    _, out = run(server, "cat /proc/self/limits", tmp_path, rlimits=sandbox.job_rlimits(50))
+    _, out = run(server, "cat /proc/self/limits", tmp_path, rlimits=job_process.job_rlimits(50))
     assert server.pid == first and limits_of(out, "Max cpu time") == ["50", "55"]  # lowered
-    _, out = run(server, "cat /proc/self/limits", tmp_path, rlimits=sandbox.job_rlimits(200))
+    _, out = run(server, "cat /proc/self/limits", tmp_path, rlimits=job_process.job_rlimits(200))
     assert server.pid != first and limits_of(out, "Max cpu time") == ["200", "205"]
     second = server.pid
     # A 1 s CPU limit is within a second of any fork server's own use: a new one each time.
-    run(server, "true", tmp_path, rlimits=sandbox.job_rlimits(1))
+    run(server, "true", tmp_path, rlimits=job_process.job_rlimits(1))
     assert server.pid != second
 
 
@@ -132,10 +132,10 @@ def test_jobs_die_with_their_fork_server_which_is_replaced(
     work.mkdir()
     sandbox.hand_over(work)
     etc = sandbox.minimal_etc(tmp_path)
-    plain = ForkServer(sandbox.privilege_drop())
+    plain = ForkServer(job_process.privilege_drop())
     try:
         procs = [  # bwrap's sandbox, and a plain job (no isolation)
-            sandbox.launch(
+            job_process.launch(
                 ["sleep", "301"],
                 work,
                 forkserver=forkserver,
@@ -154,7 +154,7 @@ def test_jobs_die_with_their_fork_server_which_is_replaced(
             assert forkserver.pid is not None
             os.kill(forkserver.pid, signal.SIGKILL)
         for proc in procs:
-            assert sandbox.until_ended(proc.pid, timeout=15)
+            assert job_exit.until_ended(proc.pid, timeout=15)
             status, _ = proc.reap()
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     finally:
@@ -165,7 +165,7 @@ def test_jobs_die_with_their_fork_server_which_is_replaced(
 @pytest.mark.parametrize(
     "start",
     [
-        "sandbox.launch(['sleep', '303'], work, forkserver=server, stdout=1, stderr=2,"
+        "job_process.launch(['sleep', '303'], work, forkserver=server, stdout=1, stderr=2,"
         " cpu_time=60, isolated=True, etc=sandbox.minimal_etc(work.parent))",
         # A program that never asks to die with its parent, as bwrap does only some
         # milliseconds after its start: the fork server kills it as it ends.
@@ -178,11 +178,11 @@ def test_nothing_outlives_a_killed_server(tmp_path: Path, start: str) -> None:
     script = textwrap.dedent(f"""
         import os, sys, time
         from pathlib import Path
-        from concordia.backends import sandbox
+        from concordia.backends import job_process, sandbox
         work = Path({str(tmp_path)!r}) / "work"
         work.mkdir()
         sandbox.hand_over(work)
-        server = sandbox.fork_server()
+        server = job_process.fork_server()
         proc = {start}
         print(server.pid, proc.pid, flush=True)
         time.sleep(300)
@@ -202,10 +202,10 @@ def test_nothing_outlives_a_killed_server(tmp_path: Path, start: str) -> None:
         host.kill()
 
 
-def runs_sleep(proc: sandbox.JobProcess) -> bool:
+def runs_sleep(proc: job_process.JobProcess) -> bool:
     """Whether the job's process, or the sandbox's below bwrap, runs ``sleep`` by now."""
     with contextlib.suppress(OSError):
-        for pid in [proc.pid, *sandbox.descendants(proc.pid)]:
+        for pid in [proc.pid, *job_exit.descendants(proc.pid)]:
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep\0"):
                 return True
     return False
@@ -213,4 +213,4 @@ def runs_sleep(proc: sandbox.JobProcess) -> bool:
 
 def alive(pid: int) -> bool:
     """Whether the process runs (a zombie has ended: init reaps orphans in its own time)."""
-    return not sandbox.until_ended(pid, timeout=0)
+    return not job_exit.until_ended(pid, timeout=0)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from concordia.backends import sandbox
+from concordia.backends import isolation, sandbox
 from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
 from concordia.backends.cgroup import slot_cgroup
 from concordia.backends.forkserver import ForkServer
@@ -360,10 +360,10 @@ async def test_close_kills_everything(make_backend: Factory) -> None:
 
 
 def test_isolation_modes(tmp_path: Path) -> None:
-    assert sandbox.detect_isolation("none") is False
-    assert sandbox.detect_isolation("auto", tmp_path) is True
-    assert sandbox.detect_isolation("bwrap", tmp_path) is True
+    assert isolation.detect_isolation("none") is False
+    assert isolation.detect_isolation("auto", tmp_path) is True
+    assert isolation.detect_isolation("bwrap", tmp_path) is True
     with pytest.raises(ValueError, match="unknown isolation mode"):
-        sandbox.detect_isolation("docker")
-    assert "local_isolation = none" in (sandbox.isolation_problem("none") or "")
-    assert sandbox.isolation_problem("auto", tmp_path) is None
+        isolation.detect_isolation("docker")
+    assert "local_isolation = none" in (isolation.isolation_problem("none") or "")
+    assert isolation.isolation_problem("auto", tmp_path) is None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from concordia.backends import runtimes, sandbox
+from concordia.backends import job_exit, runtimes, sandbox
 from concordia.backends.base import JobImage
 from concordia.backends.local import LocalBackend
 from concordia.backends.runtimes import ContainerCgroup, Podman, choose_runtime
@@ -478,17 +478,17 @@ def test_choose_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_start_errors_of_runtimes() -> None:
     podman = "Error: runc: runc create failed: unable to start container process"
-    assert sandbox.start_error(f"x\n{podman}\n", 126, runtime="podman") == (
+    assert job_exit.start_error(f"x\n{podman}\n", 126, runtime="podman") == (
         "podman: runc: runc create failed: unable to start container process"
     )
     # A job's own words, or another runtime's job: its exit is its own.
-    assert sandbox.start_error(f"{podman}\n", 1, runtime="podman") is None
-    assert sandbox.start_error(f"{podman}\n", 126, runtime="bwrap") is None
+    assert job_exit.start_error(f"{podman}\n", 1, runtime="podman") is None
+    assert job_exit.start_error(f"{podman}\n", 126, runtime="bwrap") is None
     init = "ERROR (catatonit:6): failed to exec pid1: No such file or directory\n"
-    error = sandbox.start_error(init, 1, runtime="podman", program="prog")
+    error = job_exit.start_error(init, 1, runtime="podman", program="prog")
     assert error == "podman: cannot run prog: No such file or directory"
     fatal = "FATAL:   could not open image x.sqsh\n"
-    error = sandbox.start_error(fatal, 255, runtime="apptainer")
+    error = job_exit.start_error(fatal, 255, runtime="apptainer")
     assert error == "apptainer: could not open image x.sqsh"
     bwrap = "bwrap: execvp nope: No such file or directory\n"
-    assert sandbox.start_error(bwrap, 1) == bwrap.strip()
+    assert job_exit.start_error(bwrap, 1) == bwrap.strip()
