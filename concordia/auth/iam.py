@@ -10,8 +10,8 @@ import httpx
 from cryptography import x509
 from pydantic import BaseModel, Field, ValidationError, computed_field
 
+from concordia.auth.distinguished_names import normalise_dn
 from concordia.auth.oidc import IamUnreachable
-from concordia.auth.x509 import normalise_dn
 
 log = logging.getLogger(__name__)
 

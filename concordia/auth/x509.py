@@ -1,58 +1,26 @@
-"""User x509 credentials: load and check them, sign RFC 3820 proxies from them, read proxies."""
+"""User x509 credentials: load a certificate and its key (PKCS#12 or PEM) and check them."""
 
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from itertools import pairwise
+from datetime import datetime
 
 from asn1crypto import algos as asn1_algos
 from asn1crypto import keys as asn1_keys
 from asn1crypto import pem as asn1_pem
 from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-PROXY_CERT_INFO_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
-INHERIT_ALL_OID = "1.3.6.1.5.5.7.21.1"
-DIRAC_GROUP_OID = x509.ObjectIdentifier("1.2.42.42")
-PROXY_KEY_BITS = 2048
-# Sites' clocks drift: a proxy valid from "now" exactly is refused by a node a minute behind.
-CLOCK_SKEW = timedelta(minutes=5)
+from concordia.auth.distinguished_names import dirac_dn, normalise_dn
 
-# The short names OpenSSL's one-line form prints, which is what DIRAC stores DNs as.
-_SHORT_NAMES = {
-    NameOID.COMMON_NAME: "CN",
-    NameOID.COUNTRY_NAME: "C",
-    NameOID.LOCALITY_NAME: "L",
-    NameOID.STATE_OR_PROVINCE_NAME: "ST",
-    NameOID.STREET_ADDRESS: "street",
-    NameOID.ORGANIZATION_NAME: "O",
-    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
-    NameOID.DOMAIN_COMPONENT: "DC",
-    NameOID.EMAIL_ADDRESS: "emailAddress",
-    NameOID.USER_ID: "UID",
-    NameOID.SERIAL_NUMBER: "serialNumber",
-    NameOID.SURNAME: "SN",
-    NameOID.GIVEN_NAME: "GN",
-    NameOID.TITLE: "title",
-}
-# RFC 2253 spellings (SCIM, LDAP, Java) of the same attributes, upper-cased.
-_ALIASES = {name.upper(): name for name in _SHORT_NAMES.values()} | {
-    "E": "emailAddress",
-    "EMAIL": "emailAddress",
-    "SERIALNUMBER": "serialNumber",
-    "G": "GN",
-    "GIVENNAME": "GN",
-    "T": "title",
-}
-_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: The extension marking an RFC 3820 proxy: a credential must not be one.
+PROXY_CERT_INFO_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
+
 _PEM_KEY = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.S)
 
 UserKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -67,47 +35,6 @@ class Credential:
     certificate: x509.Certificate
     key: UserKey
     chain: tuple[x509.Certificate, ...] = ()
-
-
-@dataclass(frozen=True)
-class ProxyInfo:
-    subject_dn: str
-    issuer_dn: str  # the identity: the end-entity certificate the proxy chain starts from
-    not_after: datetime
-    seconds_left: int
-    dirac_group: str | None
-    #: The certificate of the chain behind the proxy that expires first, and when: a proxy
-    #: cannot outlive it, so a proxy ending then was cut short by it.
-    chain_ends: datetime | None = None
-    chain_end_dn: str = ""
-    chain_end_is_proxy: bool = False
-
-
-def dirac_dn(name: x509.Name) -> str:
-    """The DN in DIRAC's slash form, RDNs in certificate order: /DC=ch/DC=cern/CN=Jane Doe."""
-    parts = []
-    for rdn in name.rdns:
-        values = [f"{_SHORT_NAMES.get(a.oid, a.oid.dotted_string)}={a.value!s}" for a in rdn]
-        parts.append("+".join(values))
-    return "".join(f"/{part}" for part in parts)
-
-
-def normalise_dn(dn: str) -> str:
-    """Either DN form (DIRAC slash or SCIM's RFC 2253) as DIRAC's slash form, for comparing."""
-    dn = dn.strip()
-    if dn.startswith("/"):
-        components = [c for c in dn[1:].split("/") if c]
-    else:
-        # RFC 2253 lists the RDNs last-first and escapes commas inside values.
-        components = [c.strip().replace("\\,", ",") for c in re.split(r"(?<!\\),", dn)][::-1]
-    out: list[str] = []
-    for component in components:
-        key, sep, value = component.partition("=")
-        if not sep:
-            out[-1:] = [f"{out[-1]}/{component}"] if out else [component]  # a "/" inside a value
-            continue
-        out.append(f"{_ALIASES.get(key.strip().upper(), key.strip())}={value.strip()}")
-    return "".join(f"/{c}" for c in out)
 
 
 def is_proxy(cert: x509.Certificate) -> bool:
@@ -278,16 +205,16 @@ def load_credential(data: bytes, password: str | None) -> Credential:
 
 def credential_pem(cred: Credential) -> bytes:
     """The credential as PEM (certificate, chain, unencrypted key): only ever stored encrypted."""
-    return _certs_pem([cred.certificate, *cred.chain]) + _key_pem(cred.key)
+    return certs_pem([cred.certificate, *cred.chain]) + key_pem(cred.key)
 
 
-def _key_pem(key: UserKey) -> bytes:
+def key_pem(key: UserKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def _certs_pem(certs: list[x509.Certificate]) -> bytes:
+def certs_pem(certs: list[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
@@ -304,127 +231,3 @@ def check_credential(cred: Credential, expected_dn: str | None, now: datetime) -
             f"the certificate is for {dn}, but your account's certificate is "
             f"{normalise_dn(expected_dn)}"
         )
-
-
-def _der(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
-
-
-def _der_oid(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    body = bytearray()
-    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        while arc > 0x7F:
-            arc >>= 7
-            chunk.append(0x80 | (arc & 0x7F))
-        body += bytes(reversed(chunk))
-    return _der(0x06, bytes(body))
-
-
-def proxy_cert_info(policy_language: str = INHERIT_ALL_OID) -> bytes:
-    """DER ProxyCertInfo ::= SEQUENCE { ProxyPolicy ::= SEQUENCE { policyLanguage OID } }."""
-    return _der(0x30, _der(0x30, _der_oid(policy_language)))
-
-
-def _new_proxy_key(user_key: UserKey) -> UserKey:
-    if isinstance(user_key, ec.EllipticCurvePrivateKey):
-        return ec.generate_private_key(user_key.curve)
-    return rsa.generate_private_key(public_exponent=65537, key_size=PROXY_KEY_BITS)
-
-
-def make_proxy(
-    cred: Credential, lifetime: timedelta, now: datetime, dirac_group: str | None = None
-) -> bytes:
-    """An RFC 3820 proxy signed by the user's key, as PEM: proxy, its key, user cert, chain."""
-    if lifetime <= timedelta(0):
-        raise ValueError("the proxy lifetime must be positive")
-    if dirac_group is not None and not _GROUP_NAME.fullmatch(dirac_group):
-        raise ValueError(f"not a DIRAC group name: {dirac_group!r}")
-    check_credential(cred, None, now)
-    user = cred.certificate
-    key = _new_proxy_key(cred.key)
-    serial = secrets.randbits(63) | 1  # positive, non-zero, unique enough among one user's proxies
-    cn = x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, str(serial))])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([*user.subject.rdns, cn]))
-        .issuer_name(user.subject)
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(max(now - CLOCK_SKEW, user.not_valid_before_utc))
-        .not_valid_after(min(now + lifetime, user.not_valid_after_utc))
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_encipherment=True,
-                data_encipherment=True,
-                content_commitment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.UnrecognizedExtension(PROXY_CERT_INFO_OID, proxy_cert_info()), critical=True
-        )
-    )
-    if dirac_group is not None:
-        # DIRAC writes the group as a non-critical DER IA5String under its private OID.
-        value = _der(0x16, dirac_group.encode("ascii"))
-        builder = builder.add_extension(
-            x509.UnrecognizedExtension(DIRAC_GROUP_OID, value), critical=False
-        )
-    proxy = builder.sign(cred.key, hashes.SHA256())
-    return _certs_pem([proxy]) + _key_pem(key) + _certs_pem([user, *cred.chain])
-
-
-def _dirac_group(cert: x509.Certificate) -> str | None:
-    try:
-        ext = cert.extensions.get_extension_for_oid(DIRAC_GROUP_OID)
-    except x509.ExtensionNotFound:
-        return None
-    raw = ext.value.value if isinstance(ext.value, x509.UnrecognizedExtension) else b""
-    if len(raw) < 2 or raw[0] != 0x16 or raw[1] != len(raw) - 2:
-        raise CredentialError("the proxy's DIRAC group extension is not a DER IA5String")
-    return raw[2:].decode("ascii")
-
-
-def proxy_info(pem: bytes, now: datetime) -> ProxyInfo:
-    """Who a PEM proxy chain speaks for, until when, and for which DIRAC group."""
-    try:
-        certs = x509.load_pem_x509_certificates(pem)
-    except ValueError:
-        raise CredentialError("the proxy holds no readable certificate") from None
-    if not is_proxy(certs[0]):
-        raise CredentialError("not a proxy: its first certificate is an ordinary one")
-    identity = certs[0]
-    for cert, issuer in pairwise(certs):
-        if not is_proxy(cert):
-            break
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            raise CredentialError("the proxy chain is broken: a certificate is forged") from None
-        identity = issuer
-    if is_proxy(identity):
-        raise CredentialError("the proxy chain lacks the user's own certificate")
-    proxy = certs[0]
-    first_end = min(certs[1:], key=lambda c: c.not_valid_after_utc, default=None)
-    return ProxyInfo(
-        subject_dn=dirac_dn(proxy.subject),
-        issuer_dn=dirac_dn(identity.subject),
-        not_after=proxy.not_valid_after_utc,
-        seconds_left=max(0, int((proxy.not_valid_after_utc - now).total_seconds())),
-        dirac_group=_dirac_group(proxy),
-        chain_ends=first_end.not_valid_after_utc if first_end is not None else None,
-        chain_end_dn=dirac_dn(first_end.subject) if first_end is not None else "",
-        chain_end_is_proxy=first_end is not None and is_proxy(first_end),
-    )

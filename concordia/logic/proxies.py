@@ -10,19 +10,12 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
+from concordia.auth.distinguished_names import dirac_dn
 from concordia.auth.iam import ProxyRefused, managed_proxy
 from concordia.auth.oidc import IamUnreachable
+from concordia.auth.proxy_certificates import ProxyInfo, make_proxy, proxy_info
 from concordia.auth.vault import VaultError
-from concordia.auth.x509 import (
-    CredentialError,
-    ProxyInfo,
-    check_credential,
-    credential_pem,
-    dirac_dn,
-    load_credential,
-    make_proxy,
-    proxy_info,
-)
+from concordia.auth.x509 import CredentialError, check_credential, credential_pem, load_credential
 from concordia.db.tables import utcnow
 from concordia.logic.accounts import scim_reading
 from concordia.logic.errors import Conflict, DomainError, Invalid, NotFound, TooLarge

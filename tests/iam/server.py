@@ -27,7 +27,8 @@ from joserfc import jws, jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from starlette.responses import Response
 
-from concordia.auth.x509 import Credential, make_proxy
+from concordia.auth.proxy_certificates import make_proxy
+from concordia.auth.x509 import Credential
 from tests.iam.pki import PrivateKey, UserCert, rfc2253
 
 Profile = Literal["wlcg", "iam", "aarc"]

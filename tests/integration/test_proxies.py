@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from concordia.auth.x509 import proxy_info
+from concordia.auth.proxy_certificates import proxy_info
 from concordia.db.tables import Submission, UserSecret, utcnow
 from concordia.logic.proxies import PROXY
 from concordia.logic.secrets import read_secret

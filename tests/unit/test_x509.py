@@ -16,17 +16,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from concordia.auth.distinguished_names import dirac_dn, normalise_dn
+from concordia.auth.proxy_certificates import DIRAC_GROUP_OID, make_proxy, proxy_info
 from concordia.auth.x509 import (
-    DIRAC_GROUP_OID,
     PROXY_CERT_INFO_OID,
     Credential,
     CredentialError,
     check_credential,
-    dirac_dn,
     load_credential,
-    make_proxy,
-    normalise_dn,
-    proxy_info,
 )
 from tests.iam.pki import PrivateKey, TestCA, UserCert, cert_pem, dn, key_pem, new_key
 
