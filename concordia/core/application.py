@@ -1,20 +1,37 @@
-"""Application definitions: typed parameters, the command template, and batch expansion."""
+"""Application definitions: the model, a submission's values checked, and batch expansion."""
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import json
-import re
 import shlex
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from concordia.core.application_checks import (
+    check_batch,
+    check_build_args,
+    check_dirac_list_items,
+    check_parameters,
+    check_paths,
+    check_shell_placeholders,
+    check_templates,
+)
 from concordia.core.expressions import Name
-from concordia.core.jdl import dirac_list_item_problem
 from concordia.core.limits import JobLimits
-from concordia.core.recipe import Recipe, shell_placeholder_problem, template_fields
+from concordia.core.parameters import (
+    CONTROL_CHARACTERS,
+    EnumParam,
+    ParameterDef,
+    ParameterError,
+    ParameterErrors,
+    ParamValue,
+    StrParam,
+    check_value,
+)
+from concordia.core.recipe import Recipe
 from concordia.core.rules import (
     Rule,
     broken_rules,
@@ -26,118 +43,6 @@ from concordia.core.rules import (
 )
 
 NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
-PARAM_RE = r"^[a-z][a-z0-9_]{0,62}$"
-#: Characters refused in any string value: they could break a JDL, a log line or a shell.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-#: Halves of a UTF-16 pair: JSON may carry one alone, which no UTF-8 text (a database
-#: row, a response, a job's argv) can hold.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-#: An integer as text: ASCII digits, spaces or tabs around (as a form sends it).
-_INTEGER = re.compile(r"[ \t]*([+-]?[0-9]{1,18})[ \t]*")
-#: Names every job gets besides its parameters.
-JOB_BUILTINS = ("index", "job_name")
-
-
-class ParameterError(ValueError):
-    """A parameter value breaks its definition's rule; ``field`` names the parameter."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}")
-
-
-class ParameterErrors(ParameterError):
-    """Several bad values at once, so a form can show every one; reads as the first."""
-
-    def __init__(self, errors: list[ParameterError]) -> None:
-        self.errors = errors
-        super().__init__(errors[0].field, errors[0].message)
-
-
-class _ParamBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    label: str = ""
-    help: str = ""
-
-
-class IntParam(_ParamBase):
-    type: Literal["int"]
-    default: int | None = None
-    min: int | None = None
-    max: int | None = None
-
-
-class FloatParam(_ParamBase):
-    type: Literal["float"]
-    default: float | None = None
-    min: float | None = None
-    max: float | None = None
-
-
-class StrParam(_ParamBase):
-    type: Literal["str"]
-    default: str | None = None
-    max_length: int = Field(default=256, ge=1, le=4096)
-    pattern: str | None = None
-
-
-class EnumParam(_ParamBase):
-    type: Literal["enum"]
-    choices: list[str] = Field(min_length=1)
-    default: str | None = None
-
-
-ParameterDef = Annotated[IntParam | FloatParam | StrParam | EnumParam, Field(discriminator="type")]
-ParamValue = int | float | str
-
-
-def check_value(name: str, spec: ParameterDef, raw: Any) -> ParamValue:
-    """Coerce and check one raw value (from JSON, a form or the CLI) against its definition."""
-    if isinstance(spec, IntParam):
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            value = raw
-        elif isinstance(raw, float) and raw.is_integer():
-            value = int(raw)
-        elif isinstance(raw, str) and (digits := _INTEGER.fullmatch(raw)):
-            value = int(digits.group(1))
-        else:
-            raise ParameterError(name, f"must be an integer, got {raw!r}")
-        _check_range(name, value, spec.min, spec.max)
-        return value
-    if isinstance(spec, FloatParam):
-        if isinstance(raw, bool) or not isinstance(raw, int | str | float):
-            raise ParameterError(name, "must be a number")
-        try:
-            fvalue = float(raw)
-        except (ValueError, OverflowError):  # an int beyond any float overflows
-            raise ParameterError(name, f"must be a number, got {raw!r}") from None
-        if fvalue != fvalue or fvalue in (float("inf"), float("-inf")):
-            raise ParameterError(name, "must be a finite number")
-        _check_range(name, fvalue, spec.min, spec.max)
-        return fvalue
-    if not isinstance(raw, str):
-        raise ParameterError(name, "must be a string")
-    if isinstance(spec, EnumParam):
-        if raw not in spec.choices:
-            raise ParameterError(name, f"must be one of {', '.join(spec.choices)}")
-        return raw
-    if _CONTROL.search(raw):
-        raise ParameterError(name, "must not contain control characters (newlines, tabs, NUL)")
-    if _SURROGATE.search(raw):
-        raise ParameterError(name, "must be Unicode text (JSON's lone \\ud800-\\udfff are not)")
-    if len(raw) > spec.max_length:
-        raise ParameterError(name, f"must be at most {spec.max_length} characters")
-    if spec.pattern is not None and not re.fullmatch(spec.pattern, raw):
-        raise ParameterError(name, f"must match {spec.pattern}")
-    return raw
-
-
-def _check_range(name: str, value: float, lo: float | None, hi: float | None) -> None:
-    if lo is not None and value < lo:
-        raise ParameterError(name, f"must be >= {lo}")
-    if hi is not None and value > hi:
-        raise ParameterError(name, f"must be <= {hi}")
 
 
 class BatchDef(BaseModel):
@@ -172,7 +77,7 @@ class DatalakeDef(BaseModel):
     @classmethod
     def _check_globs(cls, globs: list[str]) -> list[str]:
         for glob in globs:
-            if not glob.strip() or _CONTROL.search(glob):
+            if not glob.strip() or CONTROL_CHARACTERS.search(glob):
                 raise ValueError(f"data glob {glob!r} must be a non-empty glob on one line")
         if len(set(globs)) != len(globs):
             raise ValueError("data globs must not repeat")
@@ -271,73 +176,24 @@ class ApplicationDef(BaseModel):
     def _check_references(self) -> ApplicationDef:
         if self.datalake is not None and (problem := datalake_problem(self.datalake, self.outputs)):
             raise ValueError(problem)
-        for pname in self.parameters:
-            if not re.fullmatch(PARAM_RE, pname) or pname in JOB_BUILTINS:
-                raise ValueError(f"parameter name {pname!r} is not allowed")
-        for pname, spec in self.parameters.items():
-            if spec.default is not None:
-                check_value(pname, spec, spec.default)
+        check_parameters(self.parameters)
         check_definitions(self.rules, self.cpu_estimate, self.tables, self.expression_names())
+        self._check_default_submission()
+        check_batch(self.batch.count, self.batch.sequences, self.parameters)
+        check_templates(self.command, self.job_name, self.parameters, self.batch.sequences)
+        check_shell_placeholders(self.name, self.command, self.image.steps if self.image else [])
+        check_build_args(self.build_args, self.image)
+        check_paths(self.input_files, self.outputs)
+        check_dirac_list_items(self.outputs, self.tags)
+        return self
+
+    def _check_default_submission(self) -> None:
         if all(p.default is not None for p in self.parameters.values()):
             # The form opens on the defaults: they must pass the rules and the estimate.
             try:
                 validate_parameters(self, {})
             except ParameterErrors as exc:
                 raise ValueError(f"the default parameters are refused: {exc}") from None
-        if self.batch.count is not None:
-            count = self.parameters.get(self.batch.count)
-            if not isinstance(count, IntParam) or count.min is None or count.min < 1:
-                raise ValueError("batch.count must name an int parameter with min >= 1")
-            if count.max is None:
-                raise ValueError("batch.count's parameter needs a max")
-        for seq, source in self.batch.sequences.items():
-            if seq in self.parameters or not re.fullmatch(PARAM_RE, seq):
-                raise ValueError(f"batch sequence {seq!r} clashes or is not a valid name")
-            if not isinstance(self.parameters.get(source), IntParam):
-                raise ValueError(f"batch sequence {seq!r} must start from an int parameter")
-        known = set(self.parameters) | set(self.batch.sequences) | {"index", "application"}
-        for template in (self.command, self.job_name):
-            for field in template_fields(template):
-                if field not in known:
-                    raise ValueError(f"template uses unknown name {{{field}}}")
-        try:
-            for word in shlex.split(self.command):
-                template_fields(word)
-        except ValueError as exc:
-            raise ValueError(f"command {self.command!r} is not a command line: {exc}") from None
-        shell_lines = [("command", self.command)]
-        shell_lines += [("build step", step) for step in (self.image.steps if self.image else [])]
-        for kind, line in shell_lines:
-            if (bad := shell_placeholder_problem(line)) is not None:
-                raise ValueError(
-                    f"application {self.name!r}: placeholder {{{bad}}} in its {kind} {line!r}"
-                    " is inside quotes, after a backslash or in a here-document, where a shell"
-                    " would read its value again ($(...) in it would run); put it outside quotes:"
-                    " a value always becomes one word"
-                )
-        for name, spec in self.build_args.items():
-            if not re.fullmatch(PARAM_RE, name) or spec.default is None:
-                raise ValueError(f"build argument {name!r} needs a plain name and a default")
-            check_value(name, spec, spec.default)
-        if self.image is not None:
-            unknown = sorted(self.image.placeholders() - set(self.build_args))
-            if unknown:
-                raise ValueError(f"image recipe uses unknown build argument {{{unknown[0]}}}")
-        elif self.build_args:
-            raise ValueError("build arguments need an image recipe that uses them")
-        for rel in self.input_files:
-            if rel.startswith("/") or ".." in rel.split("/"):
-                raise ValueError(f"input file {rel!r} must be a relative path inside the app")
-        for pattern in self.outputs:
-            if pattern.startswith("/") or ".." in pattern.split("/"):
-                raise ValueError(f"output glob {pattern!r} must stay inside the work directory")
-        # Refused here rather than on the grid, where they would be split or rewritten and
-        # the job's outputs or matching silently differ from what the definition says.
-        for kind, items in (("output glob", self.outputs), ("tag", self.tags)):
-            for item in items:
-                if (problem := dirac_list_item_problem(item)) is not None:
-                    raise ValueError(f"{kind} {item!r}: {problem}")
-        return self
 
     def fingerprint(self) -> str:
         """A content hash identifying this exact definition (applications in use)."""

@@ -6,7 +6,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from concordia.core.application import ApplicationDef, ParameterErrors, validate_build_args
+from concordia.core.application import ApplicationDef, validate_build_args
+from concordia.core.parameters import ParameterErrors
 from concordia.core.recipe import Recipe, image_id
 from concordia.images.plan import BuildPlan, Source
 from concordia.logic.applications import ApplicationCatalog

@@ -9,12 +9,11 @@ from typing import Any
 from concordia.backends.base import Backend, JobRefused, JobSpec
 from concordia.core.application import (
     ApplicationDef,
-    ParameterErrors,
-    ParamValue,
     expand_batch,
     validate_build_args,
     validate_parameters,
 )
+from concordia.core.parameters import ParameterErrors, ParamValue
 from concordia.core.rules import WARN_SHARE
 from concordia.core.units import duration
 from concordia.db import submissions as submission_queries

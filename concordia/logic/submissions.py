@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.auth.groups import Membership
 from concordia.backends.base import Backend
-from concordia.core.application import ApplicationDef, ParamValue
+from concordia.core.application import ApplicationDef
+from concordia.core.parameters import ParamValue
 from concordia.core.states import JobStatus
 from concordia.db import submission_jobs as job_queries
 from concordia.db import submissions as submission_queries

@@ -17,8 +17,9 @@ from pydantic import ValidationError
 
 from concordia.backends.diracx import DiracXBackend
 from concordia.backends.local import LocalBackend
-from concordia.core.application import (
-    ApplicationDef,
+from concordia.core.application import ApplicationDef, expand_batch, validate_parameters
+from concordia.core.jdl import parse_jdl
+from concordia.core.parameters import (
     EnumParam,
     FloatParam,
     IntParam,
@@ -28,10 +29,7 @@ from concordia.core.application import (
     ParamValue,
     StrParam,
     check_value,
-    expand_batch,
-    validate_parameters,
 )
-from concordia.core.jdl import parse_jdl
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.submission_plans import plan_jobs
 from concordia.settings import SHIPPED_APPLICATIONS, Settings

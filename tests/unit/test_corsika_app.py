@@ -17,15 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from concordia.core.application import (
-    ApplicationDef,
-    EnumParam,
-    ParameterError,
-    ParameterErrors,
-    check_value,
-    expand_batch,
-    validate_parameters,
-)
+from concordia.core.application import ApplicationDef, expand_batch, validate_parameters
+from concordia.core.parameters import EnumParam, ParameterError, ParameterErrors, check_value
 from concordia.core.recipe import image_id
 from concordia.logic.applications import ApplicationCatalog
 from concordia.settings import SHIPPED_APPLICATIONS

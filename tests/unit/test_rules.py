@@ -9,13 +9,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from concordia.core.application import (
-    ApplicationDef,
-    ParameterErrors,
-    expand_batch,
-    validate_parameters,
-)
+from concordia.core.application import ApplicationDef, expand_batch, validate_parameters
 from concordia.core.expressions import ExpressionError, Name, check, evaluate, parse
+from concordia.core.parameters import ParameterErrors
 from concordia.logic.submission_models import CpuEstimate, SubmissionRequest
 from concordia.logic.submission_plans import check_request, cpu_estimate
 from concordia.settings import SHIPPED_APPLICATIONS

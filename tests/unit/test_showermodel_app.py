@@ -14,13 +14,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from concordia.core.application import (
-    ApplicationDef,
-    EnumParam,
-    ParameterErrors,
-    expand_batch,
-    validate_parameters,
-)
+from concordia.core.application import ApplicationDef, expand_batch, validate_parameters
+from concordia.core.parameters import EnumParam, ParameterErrors
 from concordia.logic.applications import ApplicationCatalog
 from concordia.settings import SHIPPED_APPLICATIONS
 

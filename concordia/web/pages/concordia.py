@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 
-from concordia.core.application import ApplicationDef, FloatParam, ParameterDef
+from concordia.core.application import ApplicationDef
+from concordia.core.parameters import FloatParam, ParameterDef
 from concordia.logic import image_plans, image_selection, image_views, submission_plans, submissions
 from concordia.logic.accounts import vo_refusal
 from concordia.logic.datalake_choice import DatalakeRequest, choose
