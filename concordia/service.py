@@ -63,26 +63,13 @@ async def running_platform(
 
     ``backends``: the jobs' backends instead of those the settings configure (the tests'
     fakes), closed as the platform stops as those would be."""
-    engine = make_engine(settings.database_url)
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = []  # cancelled first as the platform stops
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(engine.dispose)
-        read_engine = make_read_engine(settings.database_url)
-        if read_engine is not None:
-            stack.push_async_callback(read_engine.dispose)
+        engine, read_engine = _open_engines(stack, settings.database_url)
         works = role != "web"
-        lease = Lease(slot=0, leads=False)
-        if works:  # each worker holds a slot; one leads (builds images)
-            lease = await stack.enter_async_context(
-                worker_lease(engine, settings.data_dir, on_standby, alone=role == "all")
-            )
-            await upgrade_in_turn(engine, settings.database_url)
+        lease = await _hold_lease(stack, engine, settings, role, on_standby)
         vault = open_vault(settings.encryption_keys, settings.encryption_key_file)
-        if backends is None:
-            backends = await _configured_backends(stack, settings, works, vault)
-        else:
-            for backend in backends.values():
-                stack.push_async_callback(backend.close)
+        backends = await _open_backends(stack, settings, works, vault, backends)
         platform = Platform(
             settings=settings,
             sessions=make_sessionmaker(engine),
@@ -96,35 +83,9 @@ async def running_platform(
             lease=lease,
             shared=role != "all",
         )
-        stack.callback(platform.work.shutdown)
-        if settings.datalake_enabled:
-            platform.datalake = connect_datalake(settings)
-            stack.push_async_callback(platform.datalake.aclose)
-        if role == "worker":
-            platform.stopping = lease.lost
-        if platform.iam is not None:
-            stack.push_async_callback(platform.iam.close)
-        if per_user(platform):  # jobs go to DiracX with their owners' own tokens
-            user_tokens(platform)
-        if works:
-            if lease.leads:  # those a restart interrupted
-                await asyncio.to_thread(clear_build_leftovers, platform.images)
-                await start_builds(platform)
-            stack.push_async_callback(_stop_builds, platform)  # those it started on leading
-            reconciler = Reconciler(platform)
-            tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
-        if role == "web":  # the worker's changes reach this process's live pages
-            relay = Relay(platform)
-            await relay.start()
-            tasks.append(asyncio.create_task(relay.run(), name="relay"))
-            feed: ChangeFeed | None = ChangeFeed(engine, relay.wake.set)
-        elif role == "worker":  # what web processes asked for
-            feed = ChangeFeed(engine, reconciler.changed_elsewhere)
-        else:  # everything happens here
-            feed = None
-        if feed is not None:
-            feed.start()
-            stack.push_async_callback(feed.close)
+        _open_services(stack, platform, role)
+        reconciler = await _start_work(stack, platform, tasks) if works else None
+        await _follow_other_processes(stack, engine, platform, role, reconciler, tasks)
         try:
             yield platform
         finally:
@@ -132,11 +93,48 @@ async def running_platform(
                 await cancel(task)
 
 
-async def _configured_backends(
-    stack: AsyncExitStack, settings: Settings, works: bool, vault: Vault
+def _open_engines(stack: AsyncExitStack, url: str) -> tuple[AsyncEngine, AsyncEngine | None]:
+    """The database's engine, and one for reads only where the database has one; each
+    disposed with the ``stack``."""
+    engine = make_engine(url)
+    stack.push_async_callback(engine.dispose)
+    read_engine = make_read_engine(url)
+    if read_engine is not None:
+        stack.push_async_callback(read_engine.dispose)
+    return engine, read_engine
+
+
+async def _hold_lease(
+    stack: AsyncExitStack,
+    engine: AsyncEngine,
+    settings: Settings,
+    role: Role,
+    on_standby: Callable[[], None] | None,
+) -> Lease:
+    """A process that works holds a slot (one leads: it builds images), given up with the
+    ``stack``, and brings the schema up to date in turn; a web process holds none."""
+    if role == "web":
+        return Lease(slot=0, leads=False)
+    lease = await stack.enter_async_context(
+        worker_lease(engine, settings.data_dir, on_standby, alone=role == "all")
+    )
+    await upgrade_in_turn(engine, settings.database_url)
+    return lease
+
+
+async def _open_backends(
+    stack: AsyncExitStack,
+    settings: Settings,
+    works: bool,
+    vault: Vault,
+    given: dict[str, Backend] | None,
 ) -> dict[str, Backend]:
-    """This machine, started (only probed in a web process), and the grid where configured;
-    each closed with the ``stack``."""
+    """The jobs' backends, each closed with the ``stack``: the ``given`` ones, else this
+    machine, started (only probed in a web process), and the grid where configured."""
+    if given is not None:
+        for backend in given.values():
+            stack.push_async_callback(backend.close)
+        return given
     local = LocalBackend(settings)
     await (local.start() if works else local.probe())
     stack.push_async_callback(local.close)
@@ -146,6 +144,60 @@ async def _configured_backends(
         stack.push_async_callback(grid.close)
         backends["diracx"] = grid
     return backends
+
+
+def _open_services(stack: AsyncExitStack, platform: Platform, role: Role) -> None:
+    """The platform's services, each closed with the ``stack``: its work threads, the data
+    lake's client and the IAM client. A worker stops when its lease is lost; backends that
+    send jobs with their owners' own tokens are told where those come from."""
+    stack.callback(platform.work.shutdown)
+    if platform.settings.datalake_enabled:
+        platform.datalake = connect_datalake(platform.settings)
+        stack.push_async_callback(platform.datalake.aclose)
+    if role == "worker":
+        platform.stopping = platform.lease.lost
+    if platform.iam is not None:
+        stack.push_async_callback(platform.iam.close)
+    if per_user(platform):  # jobs go to DiracX with their owners' own tokens
+        user_tokens(platform)
+
+
+async def _start_work(
+    stack: AsyncExitStack, platform: Platform, tasks: list[asyncio.Task[None]]
+) -> Reconciler:
+    """The background work: the leader's image builds (first those a restart interrupted),
+    stopped with the ``stack``, and the reconciler, running among the ``tasks``."""
+    if platform.lease.leads:  # those a restart interrupted
+        await asyncio.to_thread(clear_build_leftovers, platform.images)
+        await start_builds(platform)
+    stack.push_async_callback(_stop_builds, platform)  # those it started on leading
+    reconciler = Reconciler(platform)
+    tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+    return reconciler
+
+
+async def _follow_other_processes(
+    stack: AsyncExitStack,
+    engine: AsyncEngine,
+    platform: Platform,
+    role: Role,
+    reconciler: Reconciler | None,
+    tasks: list[asyncio.Task[None]],
+) -> None:
+    """Where the work is shared between processes, each follows the others' changes in the
+    database (a feed closed with the ``stack``); a process doing everything needs none."""
+    if role == "web":  # the worker's changes reach this process's live pages
+        relay = Relay(platform)
+        await relay.start()
+        tasks.append(asyncio.create_task(relay.run(), name="relay"))
+        feed = ChangeFeed(engine, relay.wake.set)
+    elif role == "worker":  # what web processes asked for
+        assert reconciler is not None  # every worker runs one
+        feed = ChangeFeed(engine, reconciler.changed_elsewhere)
+    else:  # everything happens here
+        return
+    feed.start()
+    stack.push_async_callback(feed.close)
 
 
 #: What a server process makes is its own: the database and its -wal/-shm, logs, keys, job
