@@ -193,7 +193,7 @@ async def _follow_other_processes(
         feed = ChangeFeed(engine, relay.wake.set)
     elif role == "worker":  # what web processes asked for
         assert reconciler is not None  # every worker runs one
-        feed = ChangeFeed(engine, reconciler.changed_elsewhere)
+        feed = ChangeFeed(engine, reconciler.another_process_wrote)
     else:  # everything happens here
         return
     feed.start()

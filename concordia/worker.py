@@ -62,8 +62,8 @@ class Reconciler:
         self._backoff = False
         #: Per backend being re-read: the jobs handed over meanwhile (kept in the new list).
         self._loading: dict[str, set[str]] = {}
-        #: Set by changed_elsewhere: the next round looks for other processes' requests.
-        self._elsewhere = False
+        #: Set by another_process_wrote: the next round looks for other processes' requests.
+        self._other_writes = False
         #: Per backend, news a failed round could not store (its database down): offered
         #: again first, as the local backend tells each only once.
         self._unstored: dict[str, list[StatusUpdate]] = {}
@@ -91,7 +91,7 @@ class Reconciler:
                     # Not at once: a backend's news would wake it, and while the database
                     # is down every round fails (a busy loop writing tracebacks).
                     await asyncio.sleep(self.platform.settings.poll_interval)
-                self._reap()
+                self._forget_finished_hand_overs()
                 if self._backoff:  # a backend failing: its jobs again at the next poll only
                     self._backoff = False
                     self.platform.wakeup.clear()
@@ -100,29 +100,30 @@ class Reconciler:
                     resync = True
         finally:
             # Cut short as by a crash: what the backend took is found by the next process.
-            self._reap()  # a finished one's failure is logged, not raised here
+            # A finished hand-over's failure is logged, not raised here.
+            self._forget_finished_hand_overs()
             tasks = [*self._handing, *self._uploads.values()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def changed_elsewhere(self) -> None:
+    def another_process_wrote(self) -> None:
         """Another process (a web process) may have changed the database: its users' image
         builds and kills are looked for at the next round, which starts now."""
-        self._elsewhere = True
+        self._other_writes = True
         self.platform.wakeup.set()
 
     async def step(self, *, resync: bool = True) -> None:
         self.platform.wakeup.clear()
         # Only after word from another process: the rounds a backend's news starts (many a
         # second while local jobs run) need not look.
-        elsewhere, self._elsewhere = self._elsewhere, False
+        look_wider, self._other_writes = self._other_writes, False
         lease = self.platform.lease
         if lease.now_leads.is_set():  # the last leader died: its builds are resumed here
             lease.now_leads.clear()
             await asyncio.to_thread(clear_build_leftovers, self.platform.images)
-            elsewhere = True
-        if elsewhere and lease.leads:  # web processes leave image builds to the leader
+            look_wider = True
+        if look_wider and lease.leads:  # web processes leave image builds to the leader
             await start_builds(self.platform)
         if resync:  # a worker that died: its jobs are this one's now
             await self.adopt()
@@ -132,12 +133,12 @@ class Reconciler:
         for name, backend in self.platform.backends.items():
             if resync:
                 await self._load_watched(name)
-            if elsewhere and not backend.survives_restart:
-                await self._stop_ended_elsewhere(name, backend)
+            if look_wider and not backend.survives_restart:
+                await self._stop_killed_by_web_processes(name, backend)
             await self.dispatch(name, backend)
             await self.apply_updates(name, backend)
 
-    async def _stop_ended_elsewhere(self, name: str, backend: Backend) -> None:
+    async def _stop_killed_by_web_processes(self, name: str, backend: Backend) -> None:
         """Jobs of a backend that runs them in this process, killed or deleted by a user in a
         web process (which recorded it and could not stop them): stopped here."""
         watched = self._watched.get(name)
@@ -178,7 +179,7 @@ class Reconciler:
         """Received -> Checking -> Waiting (the queue all workers share), and from there into
         this worker's backend, as many as it has room for, once the job's image is ready
         ("Waiting for image" until then; a failed build fails the job)."""
-        self._reap()
+        self._forget_finished_hand_overs()
         mine = [ids for backend_name, ids in self._handing.values() if backend_name == name]
         if self._backoff or len(mine) >= HANDOVERS_AT_ONCE:
             return  # the end of a hand-over wakes the loop; a failure waits for the next poll
@@ -204,7 +205,7 @@ class Reconciler:
             task.add_done_callback(lambda _: self.platform.wakeup.set())
             self._handing[task] = (name, {spec.job_id for spec in done.specs})
 
-    def _reap(self) -> None:
+    def _forget_finished_hand_overs(self) -> None:
         """Forget finished hand-overs. A failed one's jobs are Waiting without a ref: a later
         round takes them again (after a back-off)."""
         for task in [t for t in self._handing if t.done()]:
