@@ -39,7 +39,7 @@ USER_GROUP = f"{VO}_user"
 ADMIN_GROUP = f"{VO}_admin"
 IDP_CLIENT_ID = "diracx"
 #: Where DiracX may send a user back after signing in (per-user mode): the in-process
-#: Concordia of the tests (tests.integration.test_iam.PUBLIC_URL).
+#: Concordia of the tests (tests.integration.auth.test_iam.PUBLIC_URL).
 CONCORDIA_CALLBACK = "http://testserver/auth/diracx/callback"
 SCRIPT_TIMEOUT = 180.0
 TOKEN_MARGIN = 60.0  # seconds of validity a cached token must still have

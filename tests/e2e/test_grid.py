@@ -13,7 +13,7 @@ from tests.conftest import LiveServer
 from tests.diracx.fixtures import DiracX
 from tests.diracx.site import Site
 from tests.e2e.conftest import shot, sign_in
-from tests.integration.test_diracx_backend import grid_server_env
+from tests.integration.backends.test_diracx_backend import grid_server_env
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import LiveServer
 from tests.e2e.conftest import shot, sign_in
-from tests.integration.test_images import BUSYBOX
+from tests.integration.images.test_images import BUSYBOX
 
 # A busybox image whose build takes a few seconds more than it needs, to be watched.
 SLOW_YAML = f"""

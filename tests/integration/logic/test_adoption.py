@@ -1,0 +1,119 @@
+"""Adoption on PostgreSQL, where workers run side by side: a worker takes the jobs of a slot
+no live worker holds, and never its own while it lives, even when its own slot is not held
+for a moment (the database restarted, and the worker has not seen it yet)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from sqlalchemy import select, text, update
+
+from concordia.backends.base import BackendRef
+from concordia.backends.local import LocalBackend
+from concordia.core.states import JobStatus
+from concordia.db.engine import make_engine
+from concordia.db.lease import SLOT_CLASS, Lease
+from concordia.db.migrate import upgrade
+from concordia.db.tables import Job
+from concordia.logic.platform import Platform
+from concordia.settings import Settings
+from concordia.worker import LeaseNotHeld, Reconciler
+from tests.database import ON_POSTGRESQL
+from tests.integration.db.test_write_safety import process, running_job
+
+pytestmark = [
+    pytest.mark.sql,
+    pytest.mark.skipif(
+        not ON_POSTGRESQL, reason="slots are PostgreSQL's: on SQLite one worker runs at a time"
+    ),
+]
+SLOT = 5
+
+
+@asynccontextmanager
+async def worker(settings: Settings) -> AsyncIterator[tuple[Platform, int]]:
+    """A worker's platform in slot SLOT (not held yet), and a job of its, Running."""
+    await asyncio.to_thread(upgrade, settings.database_url)
+    lease = Lease(slot=SLOT, leads=False, side_by_side=True)
+    async with process(settings, {"local": LocalBackend(settings)}, lease) as platform:
+        _, job_id = await running_job(platform)
+        await assign(platform, job_id, SLOT)
+        yield platform, job_id
+
+
+@asynccontextmanager
+async def holding(settings: Settings, slot: int) -> AsyncIterator[None]:
+    """The slot held as a live worker holds it: an advisory lock of a connection's."""
+    engine = make_engine(settings.database_url)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(
+                text("SELECT pg_advisory_lock(:c, :n)"), {"c": SLOT_CLASS, "n": slot}
+            )
+            await connection.commit()
+            yield
+    finally:
+        await engine.dispose()
+
+
+async def assign(platform: Platform, job_id: int, slot: int | None, **values: object) -> None:
+    async with platform.writing() as session:
+        await session.execute(update(Job).where(Job.id == job_id).values(worker=slot, **values))
+
+
+async def status_of(platform: Platform, job_id: int) -> tuple[str, int | None]:
+    async with platform.reading() as session:
+        row = (await session.execute(select(Job.status, Job.worker).where(Job.id == job_id))).one()
+    return row[0], row[1]
+
+
+async def test_a_worker_whose_slot_is_not_held_adopts_nothing(settings: Settings) -> None:
+    async with worker(settings) as (platform, job_id):
+        reconciler = Reconciler(platform)
+        with pytest.raises(LeaseNotHeld):  # it would have found its own job "gone"
+            await reconciler.adopt()
+        with pytest.raises(LeaseNotHeld):
+            await reconciler.adopt(at_start=True)
+        assert await status_of(platform, job_id) == ("Running", SLOT)
+        async with holding(settings, SLOT):
+            await reconciler.adopt()  # its own, alive: left running
+            assert await status_of(platform, job_id) == ("Running", SLOT)
+            await assign(platform, job_id, SLOT + 1)  # another worker's, which died
+            await reconciler.adopt()
+            assert await status_of(platform, job_id) == (JobStatus.RECEIVED.value, SLOT)
+
+
+async def test_a_job_under_way_with_no_worker_is_adopted(settings: Settings) -> None:
+    """What earlier versions could leave: a job a worker's backend ran after its row was put
+    back in the shared queue, Running with no worker and no backend ref."""
+    async with worker(settings) as (platform, job_id):
+        await assign(platform, job_id, None, backend_ref=None)
+        async with holding(settings, SLOT):
+            await Reconciler(platform).adopt()
+        assert await status_of(platform, job_id) == (JobStatus.RECEIVED.value, SLOT)
+
+
+async def test_news_of_a_job_another_worker_adopted_is_not_recorded(settings: Settings) -> None:
+    """A worker's backend may still tell of a job another worker took over (its row names
+    the other's slot): the news is not this worker's to record, and the job is no longer
+    watched; once the row names this worker again, its news is."""
+    async with worker(settings) as (platform, job_id):
+        backend = platform.backends["local"]
+        assert isinstance(backend, LocalBackend)
+        reconciler = Reconciler(platform)
+        async with platform.reading() as session:
+            uuid, ref = (await session.execute(select(Job.uuid, Job.backend_ref))).one()
+        await assign(platform, job_id, SLOT + 1)  # adopted by another worker
+        reconciler._watched["local"] = {uuid: BackendRef(uuid=uuid, ref=ref)}
+        backend._emit(uuid, JobStatus.DONE, "Execution Complete")
+        await reconciler.apply_updates("local", backend)
+        assert await status_of(platform, job_id) == ("Running", SLOT + 1)
+        assert uuid not in reconciler._watched["local"]
+        await assign(platform, job_id, SLOT)  # this worker's again
+        reconciler._watched["local"] = {uuid: BackendRef(uuid=uuid, ref=ref)}
+        backend._emit(uuid, JobStatus.DONE, "Execution Complete")
+        await reconciler.apply_updates("local", backend)
+        assert await status_of(platform, job_id) == ("Done", SLOT)
