@@ -118,6 +118,36 @@ def test_a_long_job_is_killed_from_the_table(page: Page, live_server: LiveServer
     expect(page.get_by_role("search", name="Filter jobs")).to_be_visible()
 
 
+def test_a_box_checked_while_the_rows_are_fetched_stays_checked(
+    page: Page, live_server: LiveServer
+) -> None:
+    """The rows are fetched again as jobs change; a job selected meanwhile is still selected
+    once the new rows are in, and the bulk action acts on it."""
+    sign_in(page, live_server)
+    long = submit(live_server, sleep=60)["job_ids"][0]
+    running(live_server, long)
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:  # the page's catch-up fetch waits here
+        held.append(route)
+
+    page.route("**/jobs/table?*", hold)
+    page.goto(f"{live_server.url}/jobs")
+    deadline = time.monotonic() + 30
+    while not held:
+        assert time.monotonic() < deadline, "the page never fetched its rows again"
+        page.wait_for_timeout(100)
+    row(page, long).get_by_role("checkbox").check()
+    expect(page.locator("#jobs-selected")).to_have_text("1 selected:")
+    with page.expect_response("**/jobs/table?*"):
+        held[0].continue_()
+    expect(row(page, long).get_by_role("checkbox")).to_be_checked()
+    expect(page.locator("#jobs-selected")).to_have_text("1 selected:")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Kill").click()
+    expect(page.locator(".jobs-flash")).to_contain_text("Killed 1 of 1 job.")
+
+
 def test_the_job_page_tails_the_log_while_the_job_runs(page: Page, live_server: LiveServer) -> None:
     sign_in(page, live_server)
     job_id = submit(live_server, sleep=60, first_run=5, message="still going")["job_ids"][0]

@@ -68,14 +68,22 @@
     const refreshCounts = debounce(() => {
       htmx.ajax("GET", "/jobs/counts?" + query, { target: "#jobs-counts", swap: "outerHTML" });
     }, 400);
-    // A job not on the page (a new submission): fetch the rows again, keeping the selection.
+    // A job not on the page (a new submission): fetch the rows again.
     const refreshTable = debounce(() => {
-      const keep = new Set(checked().map((box) => box.value));
-      htmx.ajax("GET", "/jobs/table?" + query, { target: "#jobs-table", swap: "innerHTML" }).then(() => {
-        table.querySelectorAll('input[name="job"]').forEach((box) => { box.checked = keep.has(box.value); });
-        updateSelection();
-      });
+      htmx.ajax("GET", "/jobs/table?" + query, { target: "#jobs-table", swap: "innerHTML" });
     }, 600);
+    // The selection survives new rows: the boxes checked just before the swap (those checked
+    // while the rows were on their way included) are checked again right after it, in the
+    // same task, so that no click can fall between.
+    let keep = new Set();
+    document.body.addEventListener("htmx:beforeSwap", (event) => {
+      if (event.detail.target === table) keep = new Set(checked().map((box) => box.value));
+    });
+    document.body.addEventListener("htmx:afterSwap", (event) => {
+      if (event.detail.target !== table) return;
+      table.querySelectorAll('input[name="job"]').forEach((box) => { box.checked = keep.has(box.value); });
+      updateSelection();
+    });
 
     const source = concordiaJobEvents((job) => {
       const row = table.querySelector(`tr[data-job-id="${Number(job.id)}"]`);
