@@ -6,9 +6,8 @@ import asyncio
 import logging
 import time
 
-from sqlalchemy import select
-
 from concordia.core.image_status import ImageStatus
+from concordia.db import images as image_queries
 from concordia.db.tables import Image, utcnow
 from concordia.images.build import PodmanSetup, choose_builder, run_build
 from concordia.images.builders import (
@@ -128,8 +127,7 @@ async def start_builds(platform: Platform) -> None:
     (their half-made workspace was discarded; those whose application changed since fail, as
     do their jobs); in the worker, those a web process asked for."""
     async with platform.reading() as session:
-        query = select(Image).where(Image.status == ImageStatus.BUILDING)
-        rows = list(await session.scalars(query))
+        rows = await image_queries.images_building(session)
     building = {row.id for row in rows}
     for running in list(platform.images.tasks):
         if running not in building:  # cancelled in a web process

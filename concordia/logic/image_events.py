@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.db.tables import Image, ImageUser
+from concordia.db import images as image_queries
+from concordia.db.tables import Image
 from concordia.logic.events import Event
 from concordia.logic.platform import Platform
 
@@ -15,11 +15,7 @@ Audience = tuple[list[int], list[str]]
 
 async def audience(session: AsyncSession, platform: Platform, image: str) -> Audience:
     """Whom an image's changes reach: its users, and with images_shared_in_vo their VOs."""
-    rows = (
-        await session.execute(
-            select(ImageUser.user_id, ImageUser.vo).where(ImageUser.image_id == image)
-        )
-    ).all()
+    rows = await image_queries.claims_on(session, image)
     shared = platform.settings.images_shared_in_vo
     return sorted({user for user, _ in rows}), sorted({vo for _, vo in rows if vo and shared})
 

@@ -6,12 +6,11 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.core.image_status import ImageStatus
-from concordia.core.states import FINAL_STATES
-from concordia.db.tables import Image, ImageUser, Job, Submission, utcnow
+from concordia.db import images as image_queries
+from concordia.db.tables import Image, ImageUser, utcnow
 from concordia.images.plan import BuildPlan
 from concordia.images.store import StoredImage
 from concordia.logic.errors import Conflict, NotFound
@@ -124,8 +123,7 @@ async def claim_image(
 
 async def _unclaimed(session: AsyncSession, image: str, user_id: int, vos: list[str]) -> list[str]:
     """Which of these VOs the user is not yet recorded as a user of the image under."""
-    query = select(ImageUser.vo).where(ImageUser.image_id == image, ImageUser.user_id == user_id)
-    have = set(await session.scalars(query))
+    have = await image_queries.vos_claimed_by(session, image, user_id)
     return [vo for vo in vos if vo not in have]
 
 
@@ -191,32 +189,16 @@ async def delete_image(platform: Platform, user: Identity, image: str) -> None:
         await require_user_of(session, platform, user, image)
         if row.status == ImageStatus.BUILDING:
             raise Conflict("the image is being built; delete it when the build has ended")
-        others = await session.scalar(
-            select(exists().where(ImageUser.image_id == image, ImageUser.user_id != user.user_id))
-        )
+        others = await image_queries.has_other_users(session, image, user.user_id)
         # With other users, only this user's jobs count: theirs are theirs to know, and the
         # image stays for them.
-        active = await _active_jobs(session, image, user.user_id if others else None)
+        owner_id = user.user_id if others else None
+        active = await image_queries.active_jobs(session, image, owner_id)
         if active:
             raise Conflict(f"{active} job(s) not yet finished use this image")
         reached = await audience(session, platform, image)
-        await session.execute(
-            delete(ImageUser).where(ImageUser.image_id == image, ImageUser.user_id == user.user_id)
-        )
+        await image_queries.drop_claims(session, image, user.user_id)
         if not others:
             await asyncio.to_thread(platform.images.store.delete, image)
             row.status, row.formats, row.rootfs_size = ImageStatus.DELETED, {}, 0
     publish(platform, row, reached)
-
-
-async def _active_jobs(session: AsyncSession, image: str, owner_id: int | None) -> int:
-    """Jobs not yet over that run in the image (only ``owner_id``'s, if given)."""
-    query = (
-        select(func.count())
-        .select_from(Job)
-        .join(Submission, Job.submission_id == Submission.id)
-        .where(Submission.image_id == image, Job.status.not_in([s.value for s in FINAL_STATES]))
-    )
-    if owner_id is not None:
-        query = query.where(Submission.owner_id == owner_id)
-    return await session.scalar(query) or 0

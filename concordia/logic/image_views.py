@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.core.image_status import ImageStatus
-from concordia.db.tables import Image, ImageUser, Submission
+from concordia.db import images as image_queries
+from concordia.db.tables import Image
 from concordia.images.store import FORMAT_FILES
 from concordia.logic.errors import Forbidden, NotFound
 from concordia.logic.identity import Identity
@@ -85,60 +85,34 @@ def checked_id(image_id: str) -> str:
     return image_id
 
 
-def _jobs_of(user_id: int) -> Any:
-    """The user's jobs that used an image, beside each image row (one query)."""
-    return (
-        select(func.coalesce(func.sum(Submission.job_count), 0))
-        .where(Submission.image_id == Image.id, Submission.owner_id == user_id)
-        .correlate(Image)
-        .scalar_subquery()
-    )
-
-
-def _asked_by(user_id: int) -> ColumnElement[bool]:
-    """Whether the user is one of an image's users, beside each image row."""
-    return exists().where(ImageUser.image_id == Image.id, ImageUser.user_id == user_id)
-
-
-def _seen_by(platform: Platform, user: Identity) -> ColumnElement[bool]:
-    """An image the user may see: one they asked for, or with images_shared_in_vo one that a
-    member of one of their VOs asked for under it (read-only: see require_user_of)."""
-    theirs: ColumnElement[bool] = ImageUser.user_id == user.user_id
-    if platform.settings.images_shared_in_vo and user.vos:
-        theirs = or_(theirs, ImageUser.vo.in_(user.vos))
-    return exists().where(ImageUser.image_id == Image.id, theirs)
+def _shared_vos(platform: Platform, user: Identity) -> list[str]:
+    """The VOs whose members' images the user may see too (read-only: see require_user_of):
+    with images_shared_in_vo, the user's own; else none."""
+    return user.vos if platform.settings.images_shared_in_vo else []
 
 
 async def list_images(
     platform: Platform, user: Identity, application: str | None = None
 ) -> list[ImageView]:
-    query = (
-        select(Image, _jobs_of(user.user_id), _asked_by(user.user_id))
-        .where(Image.status != ImageStatus.DELETED, _seen_by(platform, user))
-        .order_by(Image.created_at.desc())
-    )
-    if application:
-        query = query.where(Image.application == application)
+    shared = _shared_vos(platform, user)
     async with platform.reading() as session:
-        rows = (await session.execute(query)).all()
+        rows = await image_queries.images_seen_by(session, user.user_id, shared, application)
     return [_view(row, jobs, yours) for row, jobs, yours in rows]
 
 
 async def get_image(platform: Platform, user: Identity, image: str) -> ImageView:
     """An image the user may see; any other is 'not found', as if it did not exist."""
+    shared = _shared_vos(platform, user)
     async with platform.reading() as session:
-        found = await find_image(session, image, user.user_id, _seen_by(platform, user))
-    if found is None or found.status == ImageStatus.DELETED:
+        found = await image_queries.image_seen_by(session, image, user.user_id, shared)
+    if found is None or found[0].status == ImageStatus.DELETED:
         raise NotFound(f"no image {image}")
-    return found
+    return _view(*found)
 
 
-async def find_image(
-    session: AsyncSession, image: str, user_id: int, *where: ColumnElement[bool]
-) -> ImageView | None:
-    """The image as ``user_id`` sees it, if it exists and matches ``where`` (any state)."""
-    query = select(Image, _jobs_of(user_id), _asked_by(user_id)).where(Image.id == image, *where)
-    found = (await session.execute(query)).first()
+async def find_image(session: AsyncSession, image: str, user_id: int) -> ImageView | None:
+    """The image as ``user_id`` sees it, if it exists (any state)."""
+    found = await image_queries.image_with_use(session, image, user_id)
     return None if found is None else _view(*found)
 
 
@@ -153,16 +127,14 @@ async def require_user_of(
 ) -> None:
     """Only an image's own users change it; members of their VOs see it read-only (403), and
     anyone else does not see it at all (404)."""
-    mine = exists().where(ImageUser.image_id == image, ImageUser.user_id == user.user_id)
-    if await session.scalar(select(mine)):
+    if await image_queries.is_user_of(session, image, user.user_id):
         return
-    if platform.settings.images_shared_in_vo and user.vos:
-        shared = exists().where(ImageUser.image_id == image, ImageUser.vo.in_(user.vos))
-        if await session.scalar(select(shared)):
-            raise Forbidden(
-                "this image is shared with your VO read-only: only those who asked for it "
-                "may rebuild or delete it (asking for its configuration makes it yours too)"
-            )
+    shared = _shared_vos(platform, user)
+    if shared and await image_queries.claimed_in(session, image, shared):
+        raise Forbidden(
+            "this image is shared with your VO read-only: only those who asked for it "
+            "may rebuild or delete it (asking for its configuration makes it yours too)"
+        )
     raise NotFound(f"no image {image}")
 
 
