@@ -7,13 +7,13 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.auth.groups import Membership, every_membership, groups_from_claims, memberships
 from concordia.auth.iam import ScimReading, read_scim
 from concordia.auth.oidc import GROUP_CLAIMS, Iam, IamUnreachable, TokenInvalid, looks_like_jwt
+from concordia.db import users as db
 from concordia.db.tables import User, utcnow
 from concordia.logic.browser_sessions import start_session, state_of
 from concordia.logic.errors import Forbidden, NotFound
@@ -119,18 +119,17 @@ async def _account(session: AsyncSession, issuer: str, claims: dict[str, Any]) -
     """The user of an IAM subject, created at first sight (its username from IAM's); two
     processes meeting a new subject at once end with one account."""
     subject = str(claims["sub"])
-    query = select(User).where(User.issuer == issuer, User.subject == subject)
-    user = await session.scalar(query)
+    user = await db.iam_account(session, issuer, subject)
     if user is None:
         username = str(claims.get("preferred_username") or subject)[:100]
-        if await session.scalar(select(User.id).where(User.username == username)) is not None:
+        if await db.user_id_named(session, username) is not None:
             username = f"{username}-{subject[:8]}"  # two IAM accounts, one name: keep both
         try:
             async with session.begin_nested():
                 user = User(username=username, issuer=issuer, subject=subject, groups=[], scim={})
                 session.add(user)
         except IntegrityError:  # created meanwhile by another process
-            user = await session.scalar(query)
+            user = await db.iam_account(session, issuer, subject)
             if user is None:
                 raise
     if claims.get("name"):
@@ -271,9 +270,7 @@ async def _bearer_account(platform: Platform, token: str) -> tuple[Identity, flo
     iam = iam_of(platform)
     claims = await iam.validate(token)
     async with platform.reading() as session:
-        user = await session.scalar(
-            select(User).where(User.issuer == iam.issuer, User.subject == str(claims["sub"]))
-        )
+        user = await db.iam_account(session, iam.issuer, str(claims["sub"]))
     groups = await _token_groups(iam, token, claims)
     if groups is None:
         groups = list(user.groups) if user is not None else []

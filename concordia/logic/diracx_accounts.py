@@ -10,13 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from concordia.auth.vault import VaultError
 from concordia.backends.base import Backend, Owner, Token
 from concordia.backends.diracx import DiracXError, DiracXUnreachable
 from concordia.backends.diracx.client import unverified_claims
-from concordia.db.tables import User
+from concordia.db import users as db
 from concordia.logic.accounts import member_of
 from concordia.logic.errors import Conflict, Forbidden, Unavailable
 from concordia.logic.identity import Identity
@@ -142,7 +141,7 @@ async def _check_same_person(
     if not platform.settings.diracx_same_iam:
         return
     async with platform.reading() as session:
-        subject = await session.scalar(select(User.subject).where(User.id == identity.user_id))
+        subject = await db.iam_subject(session, identity.user_id)
     if subject is not None and dirac_sub.partition(":")[2] != subject:
         raise Forbidden(
             f"DiracX signed you in as {dirac_user}, another IAM account than yours: sign out "
@@ -224,7 +223,7 @@ def user_tokens(platform: Platform) -> None:
 
     async def source(owner: Owner) -> tuple[str, float]:
         async with platform.reading() as session:
-            user_id = await session.scalar(select(User.id).where(User.username == owner.user))
+            user_id = await db.user_id_named(session, owner.user)
         if user_id is None:
             raise NotConnectedGrid(f"no user {owner.user!r} here")
         try:

@@ -9,10 +9,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.auth.groups import Membership
+from concordia.db import users as db
 from concordia.db.tables import ApiToken, User, utcnow
 from concordia.settings import Settings
 
@@ -51,7 +51,7 @@ def digest(token: str) -> str:
 
 
 async def ensure_user(session: AsyncSession, username: str, display_name: str = "") -> User:
-    user = await session.scalar(select(User).where(User.username == username))
+    user = await db.user_named(session, username)
     if user is None:
         user = User(username=username, display_name=display_name or username)
         session.add(user)
@@ -75,18 +75,7 @@ async def create_token(
 async def token_holder(session: AsyncSession, token: str) -> tuple[User, datetime | None] | None:
     """The user of an API token and when the token expires; an unknown or expired token
     gives None."""
-    row = (
-        await session.execute(
-            select(User, ApiToken.expires_at)
-            .join(ApiToken, ApiToken.user_id == User.id)
-            .where(
-                ApiToken.digest == digest(token),
-                ApiToken.kind == "api",
-                or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()),
-            )
-        )
-    ).one_or_none()
-    return None if row is None else (row[0], row[1])
+    return await db.api_token_holder(session, digest(token), utcnow())
 
 
 async def user_for_token(session: AsyncSession, token: str) -> User | None:
@@ -97,19 +86,7 @@ async def user_for_token(session: AsyncSession, token: str) -> User | None:
 
 async def consume_login_token(session: AsyncSession, token: str) -> User | None:
     """Exchange a one-time login token for its user; a used or expired token gives None."""
-    now = utcnow()
-    result = await session.execute(
-        update(ApiToken)
-        .where(
-            ApiToken.digest == digest(token),
-            ApiToken.kind == "login",
-            ApiToken.used_at.is_(None),
-            ApiToken.expires_at > now,
-        )
-        .values(used_at=now)
-        .returning(ApiToken.user_id)
-    )
-    user_id = result.scalar_one_or_none()
+    user_id = await db.use_login_token(session, digest(token), utcnow())
     if user_id is None:
         return None
     return await session.get(User, user_id)
@@ -141,12 +118,7 @@ async def login_link(session: AsyncSession, settings: Settings, name: str) -> st
     """A new one-time sign-in link for the local user (single use, LOGIN_TOKEN_LIFETIME,
     only its digest stored); links used or expired are cleared away."""
     user = await ensure_user(session, settings.local_user)
-    await session.execute(
-        delete(ApiToken).where(
-            ApiToken.kind == "login",
-            or_(ApiToken.used_at.is_not(None), ApiToken.expires_at <= utcnow()),
-        )
-    )
+    await db.clear_spent_login_tokens(session, utcnow())
     token = await create_token(session, user, kind="login", name=name)
     return f"{settings.public_url}/login?token={token}"
 
