@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.auth.vault import Vault
+from concordia.db import user_secrets as db
 from concordia.db.tables import UserSecret, utcnow
 
 
@@ -22,9 +22,7 @@ async def put_secret(
     expires_at: datetime | None = None,
 ) -> None:
     """Store (or replace) the user's secret of this kind; ``info`` is what may be shown."""
-    row = await session.scalar(
-        select(UserSecret).where(UserSecret.user_id == user_id, UserSecret.kind == kind)
-    )
+    row = await db.secret_row(session, user_id, kind)
     if row is None:
         row = UserSecret(user_id=user_id, kind=kind, ciphertext="")
         session.add(row)
@@ -38,20 +36,14 @@ async def put_secret(
 async def read_secret(
     session: AsyncSession, vault: Vault, user_id: int, kind: str
 ) -> tuple[bytes, UserSecret] | None:
-    row = await session.scalar(
-        select(UserSecret).where(UserSecret.user_id == user_id, UserSecret.kind == kind)
-    )
+    row = await db.secret_row(session, user_id, kind)
     return None if row is None else (vault.decrypt(row.ciphertext), row)
 
 
 async def secret_rows(session: AsyncSession, user_id: int) -> dict[str, UserSecret]:
     """The user's secrets by kind, still encrypted: for what their ``info`` may show."""
-    rows = await session.scalars(select(UserSecret).where(UserSecret.user_id == user_id))
-    return {row.kind: row for row in rows}
+    return {row.kind: row for row in await db.secret_rows_of(session, user_id)}
 
 
 async def drop_secret(session: AsyncSession, user_id: int, kind: str) -> bool:
-    result = await session.execute(
-        delete(UserSecret).where(UserSecret.user_id == user_id, UserSecret.kind == kind)
-    )
-    return bool(getattr(result, "rowcount", 0))
+    return await db.delete_secret(session, user_id, kind)
