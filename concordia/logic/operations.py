@@ -7,11 +7,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
-
+from concordia.db.job_counts import jobs_by_state_and_backend
 from concordia.db.lease import live_workers
 from concordia.db.migrate import schema_heads, schema_revisions
-from concordia.db.tables import Job
 from concordia.logic.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -44,10 +42,7 @@ async def job_counts(platform: Platform) -> list[tuple[str, str, int]] | None:
     scrape then still has the process's own metrics)."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS), platform.reading() as session:
-            rows = await session.execute(
-                select(Job.status, Job.backend, func.count()).group_by(Job.status, Job.backend)
-            )
-            return [(state, backend, count) for state, backend, count in rows.all()]
+            return await jobs_by_state_and_backend(session)
     except Exception as exc:
         log.warning("metrics: the database does not answer: %s", exc)
         return None
