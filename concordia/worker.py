@@ -19,6 +19,7 @@ from concordia.backends.base import (
     StatusUpdate,
 )
 from concordia.core.states import JobStatus
+from concordia.db.job_rows import JobRow
 from concordia.db.tables import Job
 from concordia.logic import adoption, datalake_uploads
 from concordia.logic.adoption import HELD_STATES, LeaseNotHeld
@@ -27,7 +28,7 @@ from concordia.logic.image_builds import clear_build_leftovers, start_builds
 from concordia.logic.job_ends import end_recorded
 from concordia.logic.job_specs import RoundMemory
 from concordia.logic.job_updates import followed, once_each, store_updates
-from concordia.logic.jobs import JobRow, backend_ref, publish_jobs
+from concordia.logic.jobs import backend_ref, publish_jobs
 from concordia.logic.platform import Platform
 from concordia.metrics import RECONCILE_ROUND_FAILURES, RECONCILE_ROUND_SECONDS
 

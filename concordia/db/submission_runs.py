@@ -42,3 +42,8 @@ async def definitions(session: AsyncSession, app_ids: Collection[int]) -> list[t
         select(Application.id, Application.definition).where(Application.id.in_(app_ids))
     )
     return [(app_id, definition) for app_id, definition in rows.all()]
+
+
+async def image_of(session: AsyncSession, submission_id: int) -> str | None:
+    """The id of the image the submission's jobs run in (None: none, or no such submission)."""
+    return await session.scalar(select(Submission.image_id).where(Submission.id == submission_id))

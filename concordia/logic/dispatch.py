@@ -15,17 +15,11 @@ from concordia.backends.base import Backend, BackendError, BackendRef, JobSpec
 from concordia.core.image_status import BUILDING, CANCELLED, FAILED, ImageStatus
 from concordia.core.states import JobStatus
 from concordia.db import worker_jobs
+from concordia.db.job_rows import READY_COLUMNS, JobRow, ReadyJob, rows_where, store_rows
 from concordia.db.queue import heads, held_by_owner, take
 from concordia.logic.job_ends import TOLD_ENDS, end_in_backend
-from concordia.logic.job_specs import READY_COLUMNS, ReadyJob, RoundMemory, specs_for
-from concordia.logic.jobs import (
-    JobRow,
-    backend_ref,
-    record_status,
-    rows_where,
-    store_rows,
-    transition,
-)
+from concordia.logic.job_specs import RoundMemory, specs_for
+from concordia.logic.jobs import backend_ref, record_status, transition
 from concordia.logic.platform import Platform
 from concordia.logic.scheduling import Choice, FairShare, user_limit_minor
 

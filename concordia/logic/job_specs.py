@@ -12,10 +12,10 @@ from concordia.backends.base import JobImage, JobSpec, Owner
 from concordia.core.application import ApplicationDef
 from concordia.core.states import JobStatus
 from concordia.db import submission_runs
-from concordia.db.tables import Job
+from concordia.db.job_rows import ReadyJob
 from concordia.images.store import StoredImage
 from concordia.logic import datalake_grid
-from concordia.logic.jobs import ROW_COLUMNS, JobRow, transition
+from concordia.logic.jobs import transition
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import usable_proxy
 from concordia.logic.scheduling import FairShare
@@ -35,20 +35,6 @@ class RoundMemory:
     #: Set by a round that left jobs for later (Rucio did not say where an RSE is): the
     #: worker dispatches no more until the next poll interval.
     retry_later: bool = False
-
-
-@dataclass
-class ReadyJob(JobRow):
-    """A job being dispatched: its row and what its backend needs of it."""
-
-    name: str
-    argv: list[str]
-    jdl: str
-    reschedule_count: int
-    index: int
-
-
-READY_COLUMNS = (*ROW_COLUMNS, Job.name, Job.argv, Job.jdl, Job.reschedule_count, Job.index)
 
 
 async def specs_for(

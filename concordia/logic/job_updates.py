@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from concordia.backends.base import BackendRef, StatusUpdate
 from concordia.core.states import InvalidTransition, JobStatus
 from concordia.db import worker_jobs
+from concordia.db.job_rows import JobRow, rows_where, store_rows
 from concordia.logic import datalake_uploads
-from concordia.logic.jobs import JobRow, record_status, rows_where, store_rows, transition
+from concordia.logic.jobs import record_status, transition
 from concordia.logic.platform import Platform
 
 log = logging.getLogger(__name__)

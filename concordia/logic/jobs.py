@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.backends.base import BackendError, BackendRef, BackendUnreachable, StatusUpdate
@@ -25,8 +23,8 @@ from concordia.core.states import (
     one_of,
     status_text,
 )
-from concordia.db import datalake_files
-from concordia.db.tables import Job, JobStatusHistory, Submission, utcnow
+from concordia.db import datalake_files, job_history, submission_runs
+from concordia.db.tables import Job, utcnow
 from concordia.logic.errors import Conflict, DomainError, NotFound, Unavailable
 from concordia.logic.events import Event, EventBus
 from concordia.logic.job_ends import end_in_backend
@@ -107,47 +105,6 @@ class Placed(Protocol):
     uuid: str
     backend_ref: str | None
     backend_state: dict[str, Any]
-
-
-@dataclass
-class JobRow:
-    """The fields of a job that status changes and hand-overs read and write: lighter than an
-    ORM Job (no parameters, argv or JDL), and written back in one statement (store_rows)
-    where ORM objects would cost their bookkeeping per job; the reconciler's rounds and a
-    big submission handle hundreds of jobs at once."""
-
-    id: int
-    uuid: str
-    owner_id: int
-    submission_id: int
-    status: str
-    minor_status: str
-    application_status: str
-    updated_at: datetime
-    started_at: datetime | None
-    ended_at: datetime | None
-    exit_code: int | None
-    backend_ref: str | None
-    backend_state: dict[str, Any]
-
-
-ROW_FIELDS = tuple(f.name for f in fields(JobRow))
-ROW_COLUMNS = tuple(getattr(Job, name) for name in ROW_FIELDS)
-
-
-async def rows_where(session: AsyncSession, *where: ColumnElement[bool]) -> list[JobRow]:
-    """The rows, locked until the transaction ends (PostgreSQL; SQLite's writers are one at a
-    time): read to be changed, they must not change in another process meanwhile."""
-    query = select(*ROW_COLUMNS).where(*where).order_by(Job.id).with_for_update()
-    result = await session.execute(query)
-    return [JobRow(*row) for row in result.all()]
-
-
-async def store_rows(session: AsyncSession, rows: Iterable[JobRow]) -> None:
-    """One UPDATE by primary key for all the rows (a subclass's extra fields stay out)."""
-    values = [{name: getattr(row, name) for name in ROW_FIELDS} for row in rows]
-    if values:
-        await session.execute(update(Job), values)
 
 
 def transition(
@@ -237,18 +194,12 @@ async def get_owned_job(
 
 
 async def job_detail(session: AsyncSession, job: Job) -> JobDetail:
-    rows = await session.scalars(
-        select(JobStatusHistory)
-        .where(JobStatusHistory.job_id == job.id)
-        .order_by(JobStatusHistory.timestamp, JobStatusHistory.id)
-    )
+    rows = await job_history.history_of(session, job.id)
     derived = {
         "isolated": job.backend_state.get("isolated"),
         "site": job.backend_state.get("site"),
         "history": [HistoryEntry.model_validate(r, from_attributes=True) for r in rows],
-        "image_id": await session.scalar(
-            select(Submission.image_id).where(Submission.id == job.submission_id)
-        ),
+        "image_id": await submission_runs.image_of(session, job.submission_id),
     }
     stored = {name: getattr(job, name) for name in JobDetail.model_fields if name not in derived}
     return JobDetail.model_validate({**stored, **derived})

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from cachetools import TLRUCache
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from concordia.auth.oidc import Iam
@@ -18,8 +17,8 @@ from concordia.backends.base import Backend
 from concordia.datalake.store import DataLake
 from concordia.db.changes import notifies, notify
 from concordia.db.engine import WRITES
+from concordia.db.job_history import add_history
 from concordia.db.lease import Lease
-from concordia.db.tables import JobStatusHistory
 from concordia.images.build import BuilderChoice
 from concordia.images.stages import StageCache
 from concordia.images.store import ImageStore
@@ -117,6 +116,6 @@ class Platform:
             history = session.info.pop(HISTORY_KEY, None)
             if history:
                 await session.flush()
-                await session.execute(insert(JobStatusHistory), history)
+                await add_history(session, history)
             if self.shared and notifies(self.settings.database_url):
                 await notify(session)

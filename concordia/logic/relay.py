@@ -7,12 +7,10 @@ import asyncio
 import logging
 import time
 
-from sqlalchemy import func, or_, select
-
 from concordia.core.image_status import ImageStatus
-from concordia.db.tables import Image, Job, JobStatusHistory
+from concordia.db import building_images, job_history
 from concordia.logic.image_events import announce_image
-from concordia.logic.jobs import ROW_COLUMNS, JobRow, publish_jobs
+from concordia.logic.jobs import publish_jobs
 from concordia.logic.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -40,10 +38,8 @@ class Relay:
     async def start(self) -> None:
         """From the changes after now (before this process serves anyone: none is missed)."""
         async with self.platform.reading() as session:
-            self._last = await session.scalar(select(func.max(JobStatusHistory.id))) or 0
-            building = await session.scalars(
-                select(Image.id).where(Image.status == ImageStatus.BUILDING)
-            )
+            self._last = await job_history.last_history_id(session)
+            building = await building_images.building_ids(session)
             self._images = dict.fromkeys(building, ImageStatus.BUILDING)
 
     async def run(self) -> None:
@@ -60,30 +56,16 @@ class Relay:
     async def step(self) -> None:
         assert self._last is not None, "Relay.start() first"
         async with self.platform.reading() as session:
-            seen = or_(JobStatusHistory.id > self._last, JobStatusHistory.id.in_(self._gaps))
-            rows = (
-                await session.execute(
-                    select(JobStatusHistory.id, *ROW_COLUMNS)
-                    .join(Job, Job.id == JobStatusHistory.job_id)
-                    .where(seen)
-                    .order_by(JobStatusHistory.id)
-                )
-            ).all()
-            images = (
-                await session.scalars(
-                    select(Image).where(
-                        or_(Image.status == ImageStatus.BUILDING, Image.id.in_(self._images))
-                    )
-                )
-            ).all()
+            changes = await job_history.changes_after(session, self._last, self._gaps)
+            images = await building_images.building_or_among(session, self._images)
             changed_images = [
                 i for i in images if self._images.get(i.id, ImageStatus.BUILDING) != i.status
             ]
             for image in changed_images:
                 await announce_image(self.platform, session, image)
         self._images = {i.id: i.status for i in images if i.status == ImageStatus.BUILDING}
-        self._note([row[0] for row in rows])  # in id order
-        jobs = {row[1]: JobRow(*row[1:]) for row in rows}  # each job once, as it is now
+        self._note([history_id for history_id, _ in changes])  # in id order
+        jobs = {job.id: job for _, job in changes}  # each job once, as it is now
         publish_jobs(self.platform.bus, list(jobs.values()))
 
     def _note(self, ids: list[int]) -> None:

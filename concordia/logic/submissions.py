@@ -15,6 +15,7 @@ from concordia.core.parameters import ParamValue
 from concordia.core.states import JobStatus
 from concordia.db import submission_jobs as job_queries
 from concordia.db import submissions as submission_queries
+from concordia.db.job_rows import JobRow
 from concordia.db.queue import unfinished_jobs
 from concordia.db.tables import Submission, utcnow
 from concordia.logic.accounts import member_of, require_vo
@@ -24,7 +25,7 @@ from concordia.logic.errors import Conflict, Forbidden, TooMany
 from concordia.logic.identity import Identity
 from concordia.logic.image_plans import plan_image
 from concordia.logic.image_selection import ImageClaim, claim_image, image_state
-from concordia.logic.jobs import JobRow, publish_jobs, record_status
+from concordia.logic.jobs import publish_jobs, record_status
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import ensure_proxy
 from concordia.logic.submission_models import (

@@ -15,12 +15,13 @@ from sqlalchemy.util import greenlet_spawn
 from concordia.backends.base import Backend
 from concordia.core.states import JobStatus
 from concordia.db.engine import make_engine, make_sessionmaker
+from concordia.db.job_rows import rows_where, store_rows
 from concordia.db.lease import Lease
 from concordia.db.migrate import upgrade
 from concordia.db.tables import Application, Job, Submission, User
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.identity import ensure_user
-from concordia.logic.jobs import get_owned_job, rows_where, store_rows, transition
+from concordia.logic.jobs import get_owned_job, transition
 from concordia.logic.platform import Platform
 from concordia.settings import Settings
 
