@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.backends.base import BackendError, BackendRef, BackendUnreachable, StatusUpdate
@@ -28,56 +27,17 @@ from concordia.db.tables import Job, utcnow
 from concordia.logic.errors import Conflict, DomainError, NotFound, Unavailable
 from concordia.logic.events import Event, EventBus
 from concordia.logic.job_ends import end_in_backend
+from concordia.logic.job_models import (
+    BulkAction,
+    BulkOutcome,
+    DeletedJob,
+    HistoryEntry,
+    JobDetail,
+    JobSummary,
+)
 from concordia.logic.platform import HISTORY_KEY, Platform
 
-BulkAction = Literal["kill", "reschedule", "delete"]
-
 log = logging.getLogger(__name__)
-
-
-class HistoryEntry(BaseModel):
-    status: str
-    minor_status: str
-    application_status: str
-    source: str
-    timestamp: datetime
-
-
-class JobSummary(BaseModel):
-    id: int
-    name: str
-    application: str
-    submission_id: int
-    status: str
-    minor_status: str
-    backend: str
-    created_at: datetime
-    updated_at: datetime
-
-
-class DeletedJob(JobSummary):
-    #: What the user must know: files of the job that stay in the data lake.
-    notice: str = ""
-
-
-class JobDetail(JobSummary):
-    uuid: str
-    index: int
-    parameters: dict[str, Any]
-    argv: list[str]
-    jdl: str
-    application_status: str
-    backend_ref: str | None
-    isolated: bool | None
-    reschedule_count: int
-    exit_code: int | None
-    started_at: datetime | None
-    ended_at: datetime | None
-    history: list[HistoryEntry]
-    #: The container image the job runs in (its build log explains an "Image build failed").
-    image_id: str | None
-    #: Where the grid ran it (DIRAC's site name), once known; None on this machine.
-    site: str | None = None
 
 
 class Tracked(Protocol):
@@ -203,14 +163,6 @@ async def job_detail(session: AsyncSession, job: Job) -> JobDetail:
     }
     stored = {name: getattr(job, name) for name in JobDetail.model_fields if name not in derived}
     return JobDetail.model_validate({**stored, **derived})
-
-
-class BulkOutcome(BaseModel):
-    action: BulkAction
-    succeeded: list[int]
-    refused: list[str]
-    #: What the user must know: the deleted jobs' files that stay in the data lake.
-    notice: str = ""
 
 
 async def bulk_action(

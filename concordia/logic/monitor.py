@@ -12,7 +12,7 @@ from concordia.core.states import JobStatus
 from concordia.db import job_monitor
 from concordia.db.job_monitor import JobWhere
 from concordia.logic.errors import Invalid
-from concordia.logic.jobs import JobSummary
+from concordia.logic.job_models import JobSummary
 
 SortKey = Literal[
     "id", "-id", "updated", "-updated", "created", "-created", "name", "-name", "status", "-status"

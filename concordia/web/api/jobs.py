@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from concordia.logic import datalake_views, monitor, outputs
 from concordia.logic import jobs as job_logic
 from concordia.logic.datalake_views import DatalakeFileView
-from concordia.logic.jobs import DeletedJob, JobDetail, JobSummary
+from concordia.logic.job_models import DeletedJob, JobDetail, JobSummary
 from concordia.logic.monitor import JobFilter, JobPage, SortKey
 from concordia.logic.outputs import LogChunk, OutputPage, Stream
 from concordia.web.api.media import ANY_FILE, RAW, raw

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
 from concordia.logic import submission_actions, submission_views, submissions
-from concordia.logic.jobs import BulkOutcome
+from concordia.logic.job_models import BulkOutcome
 from concordia.logic.submission_models import SubmissionPlan, SubmissionRequest, SubmissionView
 from concordia.web.api.media import RAW, raw
 from concordia.web.deps import CurrentUser, PlatformDep, RowId

@@ -16,7 +16,7 @@ from concordia.core.states import KILLABLE_STATES, RESCHEDULABLE_STATES, JobStat
 from concordia.logic import datalake_views, monitor, outputs
 from concordia.logic import jobs as job_logic
 from concordia.logic.errors import DomainError, Invalid
-from concordia.logic.jobs import BulkAction, BulkOutcome
+from concordia.logic.job_models import BulkAction, BulkOutcome
 from concordia.logic.monitor import JobFilter, SortKey
 from concordia.web.deps import PlatformDep, RowId
 from concordia.web.pages.common import PageUser, page_number, read_form, render
