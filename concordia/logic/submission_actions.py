@@ -9,8 +9,8 @@ from typing import Literal
 from concordia.core.states import FINAL_STATES, JobStatus
 from concordia.db import submission_jobs
 from concordia.logic import outputs
+from concordia.logic.job_actions import bulk_action
 from concordia.logic.job_models import BulkOutcome
-from concordia.logic.jobs import bulk_action
 from concordia.logic.platform import Platform
 from concordia.logic.submission_models import SubmissionJob
 from concordia.logic.submission_views import owned_submission

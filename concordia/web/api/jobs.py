@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, StreamingResponse
 
-from concordia.logic import datalake_views, monitor, outputs
+from concordia.logic import datalake_views, job_actions, monitor, outputs
 from concordia.logic import jobs as job_logic
 from concordia.logic.datalake_views import DatalakeFileView
 from concordia.logic.job_models import DeletedJob, JobDetail, JobSummary
@@ -153,14 +153,14 @@ async def download_datalake_file(
 
 @router.post("/jobs/{job_id}/kill", responses=CHANGES | documented(404, 409))
 async def kill_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> JobSummary:
-    return await job_logic.kill_job(platform, user.user_id, job_id)
+    return await job_actions.kill_job(platform, user.user_id, job_id)
 
 
 @router.post("/jobs/{job_id}/reschedule", responses=CHANGES | documented(404, 409))
 async def reschedule_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> JobSummary:
-    return await job_logic.reschedule_job(platform, user.user_id, job_id)
+    return await job_actions.reschedule_job(platform, user.user_id, job_id)
 
 
 @router.delete("/jobs/{job_id}", responses=CHANGES | documented(404, 409))
 async def delete_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> DeletedJob:
-    return await job_logic.delete_job(platform, user.user_id, job_id)
+    return await job_actions.delete_job(platform, user.user_id, job_id)

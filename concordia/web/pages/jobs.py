@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.datastructures import QueryParams
 
 from concordia.core.states import KILLABLE_STATES, RESCHEDULABLE_STATES, JobStatus
-from concordia.logic import datalake_views, monitor, outputs
+from concordia.logic import datalake_views, job_actions, monitor, outputs
 from concordia.logic import jobs as job_logic
 from concordia.logic.errors import DomainError, Invalid
 from concordia.logic.job_models import BulkAction, BulkOutcome
@@ -179,7 +179,7 @@ async def jobs_bulk(request: Request, platform: PlatformDep, user: PageUser) -> 
             ids = await monitor.matching_ids(session, user.user_id, where)
     else:
         ids = [int(v) for v in form.getlist("job") if isinstance(v, str) and v.isdigit()]
-    outcome = await job_logic.bulk_action(platform, user.user_id, action, ids)
+    outcome = await job_actions.bulk_action(platform, user.user_id, action, ids)
     request.session[FLASH] = flash_of(outcome, len(ids))
     back = urlencode(parse_qsl(back))  # a query string, nothing else
     return RedirectResponse(f"/jobs?{back}" if back else "/jobs", status_code=303)
@@ -247,7 +247,7 @@ async def job_action(
     chosen = next((a for a in ACTIONS if a == action), None)
     if chosen is None:
         raise Invalid("action", f"must be one of {', '.join(ACTIONS)}", location="path")
-    outcome = await job_logic.bulk_action(platform, user.user_id, chosen, [job_id])
+    outcome = await job_actions.bulk_action(platform, user.user_id, chosen, [job_id])
     request.session[FLASH] = flash_of(outcome, 1)
     gone = chosen == "delete" and outcome.succeeded  # its page is gone with it
     return RedirectResponse("/jobs" if gone else f"/jobs/{job_id}", status_code=303)
