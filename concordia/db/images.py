@@ -120,6 +120,15 @@ async def images_building(session: AsyncSession) -> list[Image]:
     return list(await session.scalars(select(Image).where(Image.status == ImageStatus.BUILDING)))
 
 
+async def images_building_or_among(
+    session: AsyncSession, image_ids: Collection[str]
+) -> list[Image]:
+    """The rows of the images being built, and of those of ``image_ids`` whatever their
+    status."""
+    query = select(Image).where(or_(Image.status == ImageStatus.BUILDING, Image.id.in_(image_ids)))
+    return list(await session.scalars(query))
+
+
 async def active_jobs(session: AsyncSession, image: str, owner_id: int | None) -> int:
     """Jobs not yet over that run in the image (only ``owner_id``'s, if given)."""
     query = (

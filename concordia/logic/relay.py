@@ -8,7 +8,8 @@ import logging
 import time
 
 from concordia.core.image_status import ImageStatus
-from concordia.db import building_images, job_history
+from concordia.db import images as image_queries
+from concordia.db import job_history
 from concordia.logic.image_events import announce_image
 from concordia.logic.jobs import publish_jobs
 from concordia.logic.platform import Platform
@@ -39,8 +40,8 @@ class Relay:
         """From the changes after now (before this process serves anyone: none is missed)."""
         async with self.platform.reading() as session:
             self._last = await job_history.last_history_id(session)
-            building = await building_images.building_ids(session)
-            self._images = dict.fromkeys(building, ImageStatus.BUILDING)
+            building = await image_queries.images_building(session)
+            self._images = dict.fromkeys((i.id for i in building), ImageStatus.BUILDING)
 
     async def run(self) -> None:
         while True:
@@ -57,7 +58,7 @@ class Relay:
         assert self._last is not None, "Relay.start() first"
         async with self.platform.reading() as session:
             changes = await job_history.changes_after(session, self._last, self._gaps)
-            images = await building_images.building_or_among(session, self._images)
+            images = await image_queries.images_building_or_among(session, self._images)
             changed_images = [
                 i for i in images if self._images.get(i.id, ImageStatus.BUILDING) != i.status
             ]
