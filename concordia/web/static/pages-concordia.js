@@ -2,8 +2,9 @@
 "use strict";
 
 // The check swaps in only the messages (the inputs keep what is being typed, the Submit
-// button a click on it): mark each input invalid or not from its message.
-function concordiaSyncInvalid() {
+// button a click on it): mark each input invalid or not, and the button usable or not,
+// from the messages.
+function concordiaFollowMessages() {
   for (const message of document.querySelectorAll("[data-error-for]")) {
     const input = document.getElementById(message.dataset.errorFor);
     if (input) input.setAttribute("aria-invalid", message.hidden ? "false" : "true");
@@ -51,8 +52,8 @@ function concordiaFollowSubmission(root) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  document.body.addEventListener("htmx:afterSettle", concordiaSyncInvalid);
-  document.body.addEventListener("htmx:oobAfterSwap", concordiaSyncInvalid);
+  document.body.addEventListener("htmx:afterSettle", concordiaFollowMessages);
+  document.body.addEventListener("htmx:oobAfterSwap", concordiaFollowMessages);
   const summary = document.querySelector(".summary[role=alert]");
   if (summary) summary.focus();
   const submission = document.querySelector("[data-submission]");
