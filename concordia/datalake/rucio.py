@@ -34,12 +34,28 @@ class Rucio(RucioDids):
         that exists with the same size and adler32 is reused (its replica written again if
         still being copied); with other content it is an error, never overwritten. The
         replica is marked available only after the storage holds all its bytes."""
-        size, adler32 = await asyncio.to_thread(storage.checksum, path)
-        state = await self._claim(scope, name, rse, size, adler32)
-        if state != "A":
-            await self._store(path, scope, name, rse, size, adler32)
-            await self._available(scope, name, rse)
+        pfn = await self.pfn(scope, name, rse)
+        target = storage.local_path(pfn)
+        if target is not None:
+            await self._upload_here(path, target, scope, name, rse)
+        else:
+            size, adler32 = await asyncio.to_thread(storage.checksum, path)
+            if await self._claim(scope, name, rse, size, adler32) != "A":
+                await self._store(path, pfn, scope, name, rse, size, adler32)
+                await self._available(scope, name, rse)
         return await self._finish(scope, name, rse, dataset, meta)
+
+    async def _upload_here(self, path: Path, target: Path, scope: str, name: str, rse: str) -> None:
+        """To storage on this machine: the bytes copied once beside their PFN, checksummed
+        as they are copied, then registered, and put in place only if Rucio has this
+        content under the name (another one is never overwritten)."""
+        staged = await asyncio.to_thread(storage.stage, path, target)
+        try:
+            if await self._claim(scope, name, rse, staged.size, staged.adler32) != "A":
+                await asyncio.to_thread(staged.place)
+                await self._available(scope, name, rse)
+        finally:
+            await asyncio.to_thread(staged.discard)
 
     async def register(
         self,
@@ -152,12 +168,11 @@ class Rucio(RucioDids):
         return state
 
     async def _store(
-        self, path: Path, scope: str, name: str, rse: str, size: int, adler32: str
+        self, path: Path, pfn: str, scope: str, name: str, rse: str, size: int, adler32: str
     ) -> None:
-        """Write the bytes of ``path`` to the replica's PFN and check the storage has them:
-        the size it reports, the adler32 of what was sent (and the storage's own adler32
-        where it gives one)."""
-        pfn = await self._pfn(scope, name, rse, "write")
+        """Write the bytes of ``path`` to the replica's remote PFN and check the storage has
+        them: the size it reports, the adler32 of what was sent (and the storage's own
+        adler32 where it gives one)."""
         stored, sent = await self._storage.write(path, pfn, size)
         if stored != size or sent != adler32:
             raise DatalakeError(

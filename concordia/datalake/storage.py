@@ -8,6 +8,7 @@ import ssl
 import uuid
 import zlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -57,10 +58,35 @@ def checksum(path: Path) -> tuple[int, str]:
     return seen.size, seen.hex
 
 
-def _copy(source: Path, target: Path) -> tuple[int, str]:
-    """Copy ``source`` to ``target`` through a temporary name in the same directory, so a
-    crash never leaves a partial file under the final name; the size stored and the adler32
-    of the bytes copied (the source may have changed since it was checksummed)."""
+@dataclass
+class Staged:
+    """A file's bytes copied beside a local PFN under a temporary name, with the size and
+    adler32 of what was copied: placed under the PFN once Rucio knows them, else discarded."""
+
+    part: Path
+    target: Path
+    size: int
+    adler32: str
+
+    def place(self) -> None:
+        """The copy under its final name, in one step: a crash never leaves a partial file
+        there."""
+        self.part.replace(self.target)
+
+    def discard(self) -> None:
+        self.part.unlink(missing_ok=True)
+
+
+def local_path(pfn: str) -> Path | None:
+    """The path of a PFN on this machine (``file``), None for a remote storage."""
+    parts = urlsplit(pfn)
+    return Path(unquote(parts.path)) if parts.scheme == "file" else None
+
+
+def stage(source: Path, target: Path) -> Staged:
+    """Copy ``source`` beside ``target`` (same directory, so that placing it is a rename),
+    checksummed as it is read: one pass over the bytes, and the adler32 is that of the bytes
+    stored even if the source changes meanwhile."""
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     copied = Adler32()
@@ -70,10 +96,10 @@ def _copy(source: Path, target: Path) -> tuple[int, str]:
                 writer.write(copied.add(chunk))
             writer.flush()
             os.fsync(writer.fileno())
-        part.replace(target)
-    finally:
+    except BaseException:
         part.unlink(missing_ok=True)
-    return target.stat().st_size, copied.hex
+        raise
+    return Staged(part, target, copied.size, copied.hex)
 
 
 def _adler32(digests: str) -> str | None:
@@ -121,11 +147,10 @@ class Storage:
         )
 
     async def write(self, path: Path, pfn: str, size: int) -> tuple[int, str]:
-        """Store the file at ``path`` as ``pfn``; the size the storage then holds and the
-        adler32 of the bytes sent (the storage's own, where it tells it)."""
+        """Send the file at ``path`` to the remote ``pfn``; the size the storage then holds
+        and the adler32 of the bytes sent (the storage's own, where it tells it). Files on
+        this machine are staged instead (``stage``)."""
         parts = urlsplit(pfn)
-        if parts.scheme == "file":
-            return await asyncio.to_thread(_copy, path, Path(unquote(parts.path)))
         if parts.scheme in WEBDAV:
             return await self._put(path, pfn.replace("davs://", "https://", 1), size)
         raise DatalakeError(f"Concordia cannot write to {parts.scheme} storage")

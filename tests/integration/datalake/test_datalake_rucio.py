@@ -187,11 +187,16 @@ async def test_an_upload_cut_after_registration_is_finished_by_the_next(
     dataset, name = unique("ds"), unique("cut")
     await rucio.add_dataset(SCOPE, dataset, {})
 
-    async def crash(*args: object) -> None:
+    def crash(*args: object) -> None:
         raise Crash  # as if Concordia died between registering and writing
 
+    async def crash_sending(*args: object) -> None:
+        crash()
+
     with monkeypatch.context() as patch:
-        patch.setattr(Rucio, "_store", crash)
+        # Where the bytes reach the PFN: a local file put in place, a remote one sent.
+        patch.setattr(storage.Staged, "place", crash)
+        patch.setattr(Rucio, "_store", crash_sending)
         with pytest.raises(Crash):
             await rucio.upload(source, SCOPE, name, rse, dataset=(SCOPE, dataset))
     assert probe.replicas(SCOPE, name) == {rse: "COPYING"}
@@ -217,16 +222,14 @@ async def test_other_content_under_an_existing_name_is_refused(
     assert await read(rucio, SCOPE, name) == source.read_bytes()
 
 
-@pytest.mark.parametrize("rse_kind", ["posix", "webdav"])
-async def test_a_file_changed_while_uploaded_is_never_made_available(
+async def test_a_file_changed_while_sent_is_never_made_available(
     rucio: Rucio,
     rucio_server: RucioServer,
     probe: Probe,
     source: Path,
-    rse_kind: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rse = rucio_server.posix_rse if rse_kind == "posix" else rucio_server.webdav_rse
+    rse = rucio_server.webdav_rse
     name = unique("changing")
     checksum = storage.checksum
 
@@ -240,6 +243,30 @@ async def test_a_file_changed_while_uploaded_is_never_made_available(
         await rucio.upload(source, SCOPE, name, rse)
     assert probe.replicas(SCOPE, name) == {rse: "COPYING"}
     assert probe.rules(SCOPE, name) == []
+
+
+async def test_a_file_stored_on_this_machine_is_registered_as_copied(
+    rucio: Rucio,
+    rucio_server: RucioServer,
+    source: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Copied once and checksummed as copied: a source that changes afterwards changes
+    nothing of what Rucio holds."""
+    name = unique("copied")
+    original = source.read_bytes()
+    stage = storage.stage
+
+    def then_changed(path: Path, target: Path) -> storage.Staged:
+        staged = stage(path, target)
+        path.write_bytes(os.urandom(SIZE))
+        return staged
+
+    monkeypatch.setattr(storage, "stage", then_changed)
+    done = await rucio.upload(source, SCOPE, name, rucio_server.posix_rse)
+    assert done.adler32 == f"{zlib.adler32(original):08x}" and done.bytes == len(original)
+    assert await read(rucio, SCOPE, name) == original
+    assert not list(rucio_server.posix_prefix.rglob("*.part"))
 
 
 async def test_a_token_rucio_no_longer_accepts_is_renewed(rucio: Rucio) -> None:
