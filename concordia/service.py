@@ -26,13 +26,14 @@ from concordia.backends.base import Backend
 from concordia.backends.diracx import DiracXBackend
 from concordia.backends.local import LocalBackend
 from concordia.datalake.store import connect as connect_datalake
-from concordia.db.changes import ChangeFeed
+from concordia.db.changes import ChangeFeed, notifies
 from concordia.db.engine import WRITES, make_engine, make_read_engine, make_sessionmaker
 from concordia.db.lease import Lease, worker_lease
 from concordia.db.migrate import schema_behind, upgrade_in_turn
 from concordia.images.builders import stop_running_builds
 from concordia.images.publication import IMAGE_LINKS
 from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.database import Database
 from concordia.logic.diracx_accounts import per_user, user_tokens
 from concordia.logic.identity import local_sign_in, login_link
 from concordia.logic.image_builds import clear_build_leftovers, open_image_builds, start_builds
@@ -72,8 +73,11 @@ async def running_platform(
         backends = await _open_backends(stack, settings, works, vault, backends)
         platform = Platform(
             settings=settings,
-            sessions=make_sessionmaker(engine),
-            read_sessions=make_sessionmaker(read_engine) if read_engine is not None else None,
+            db=Database(
+                sessions=make_sessionmaker(engine),
+                read_sessions=make_sessionmaker(read_engine) if read_engine else None,
+                tells_others=role != "all" and notifies(settings.database_url),
+            ),
             catalog=ApplicationCatalog(settings.applications_dir).load(),
             backends=backends,
             images=await asyncio.to_thread(open_image_builds, settings),

@@ -112,7 +112,7 @@ class Reconciler:
         """Another process (a web process) may have changed the database: its users' image
         builds and kills are looked for at the next round, which starts now."""
         self._other_writes = True
-        self.platform.wakeup.set()
+        self.platform.look_again()
 
     async def step(self, *, resync: bool = True) -> None:
         self.platform.wakeup.clear()
@@ -203,7 +203,7 @@ class Reconciler:
         publish_jobs(self.platform.bus, done.jobs)
         if done.specs:
             task = asyncio.create_task(self._hand_over(name, backend, done.specs))
-            task.add_done_callback(lambda _: self.platform.wakeup.set())
+            task.add_done_callback(lambda _: self.platform.look_again())
             self._handing[task] = (name, {spec.job_id for spec in done.specs})
 
     def _forget_finished_hand_overs(self) -> None:

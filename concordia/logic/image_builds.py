@@ -74,7 +74,7 @@ async def _build(platform: Platform, plan: BuildPlan) -> None:
         _record_end(platform, row, stored, outcome, error)
         reached = await audience(session, platform, row.id)
     publish(platform, row, reached)
-    platform.wakeup.set()  # jobs waiting for this image may go
+    platform.look_again()  # jobs waiting for this image may go
 
 
 async def _run_build(
@@ -152,7 +152,7 @@ async def _fail(platform: Platform, image: str, error: str) -> None:
         row = await session.get(Image, image)
         if row is not None:
             row.status, row.error = ImageStatus.FAILED, error
-    platform.wakeup.set()
+    platform.look_again()
 
 
 async def cancel_image(platform: Platform, user: Identity, image: str) -> ImageView:
@@ -171,5 +171,5 @@ async def cancel_image(platform: Platform, user: Identity, image: str) -> ImageV
     if image in platform.images.tasks:  # else the worker stops it, told by NOTIFY
         cancel_build(image)
     publish(platform, row, reached)
-    platform.wakeup.set()  # its waiting jobs fail now
+    platform.look_again()  # its waiting jobs fail now
     return await get_image(platform, user, image)

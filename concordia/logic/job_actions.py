@@ -73,7 +73,7 @@ async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary
         for ended in await _tell_backend(platform, job, "kill"):
             # It ended there before the kill arrived: it keeps that state, which the next
             # poll brings with its history.
-            platform.wakeup.set()
+            platform.look_again()
             raise Conflict(
                 f"job {job_id} was not killed: the kill came too late, it had ended on "
                 f"{job.backend} ({ended.status}"
@@ -130,7 +130,7 @@ async def reschedule_job(platform: Platform, owner_id: int, job_id: int) -> JobS
             )
         requeue(session, job, minor="Rescheduled by user", source="User")
     platform.bus.publish(job_event(job))
-    platform.wakeup.set()
+    platform.look_again()
     return JobSummary.model_validate(job, from_attributes=True)
 
 

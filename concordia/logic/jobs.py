@@ -13,10 +13,10 @@ from concordia.backends.base import BackendRef
 from concordia.core.states import JobStatus, check_transition, status_text
 from concordia.db import job_history, submission_runs
 from concordia.db.tables import Job, utcnow
+from concordia.logic.database import HISTORY_KEY
 from concordia.logic.errors import NotFound
 from concordia.logic.events import Event, EventBus
 from concordia.logic.job_models import HistoryEntry, JobDetail
-from concordia.logic.platform import HISTORY_KEY
 
 
 class Tracked(Protocol):

@@ -25,6 +25,26 @@ GAP_SECONDS = 30.0
 MIN_INTERVAL = 0.25
 
 
+class HistoryCursor:
+    """How far the status history was read: the last id seen, and the ids below it not seen
+    yet (transactions that may still commit), each given up after GAP_SECONDS."""
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+        self.gaps: dict[int, float] = {}  # id -> since when it is missing
+
+    def note(self, ids: list[int]) -> None:
+        """Advance past what was read (``ids`` in order); remember the ids skipped."""
+        now = time.monotonic()
+        for history_id in ids:
+            self.gaps.pop(history_id, None)
+        for history_id in ids:
+            if history_id > self.last:
+                self.gaps.update(dict.fromkeys(range(self.last + 1, history_id), now))
+                self.last = history_id
+        self.gaps = {i: t for i, t in self.gaps.items() if now - t < GAP_SECONDS}
+
+
 class Relay:
     """Woken (``wake``) when the database may have changed: tails the status history (every
     change of a job adds a row) and watches the images being built."""
@@ -32,14 +52,13 @@ class Relay:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.wake = asyncio.Event()
-        self._last: int | None = None
-        self._gaps: dict[int, float] = {}  # ids not seen yet: since when
+        self._cursor: HistoryCursor | None = None
         self._images: dict[str, str] = {}  # building when last seen: id -> status
 
     async def start(self) -> None:
         """From the changes after now (before this process serves anyone: none is missed)."""
         async with self.platform.reading() as session:
-            self._last = await job_history.last_history_id(session)
+            self._cursor = HistoryCursor(await job_history.last_history_id(session))
             building = await image_queries.images_building(session)
             self._images = dict.fromkeys((i.id for i in building), ImageStatus.BUILDING)
 
@@ -55,9 +74,10 @@ class Relay:
             await asyncio.sleep(MIN_INTERVAL - (time.monotonic() - started))
 
     async def step(self) -> None:
-        assert self._last is not None, "Relay.start() first"
+        cursor = self._cursor
+        assert cursor is not None, "Relay.start() first"
         async with self.platform.reading() as session:
-            changes = await job_history.changes_after(session, self._last, self._gaps)
+            changes = await job_history.changes_after(session, cursor.last, cursor.gaps)
             images = await image_queries.images_building_or_among(session, self._images)
             changed_images = [
                 i for i in images if self._images.get(i.id, ImageStatus.BUILDING) != i.status
@@ -65,18 +85,6 @@ class Relay:
             for image in changed_images:
                 await announce_image(self.platform, session, image)
         self._images = {i.id: i.status for i in images if i.status == ImageStatus.BUILDING}
-        self._note([history_id for history_id, _ in changes])  # in id order
+        cursor.note([history_id for history_id, _ in changes])  # in id order
         jobs = {job.id: job for _, job in changes}  # each job once, as it is now
         publish_jobs(self.platform.bus, list(jobs.values()))
-
-    def _note(self, ids: list[int]) -> None:
-        """Advance past what was read; remember the ids skipped (they may commit later)."""
-        now = time.monotonic()
-        for history_id in ids:
-            self._gaps.pop(history_id, None)
-        assert self._last is not None
-        for history_id in ids:
-            if history_id > self._last:
-                self._gaps.update(dict.fromkeys(range(self._last + 1, history_id), now))
-                self._last = history_id
-        self._gaps = {i: t for i, t in self._gaps.items() if now - t < GAP_SECONDS}

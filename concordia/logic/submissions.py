@@ -190,7 +190,7 @@ async def _submit_batch(
     if claim is not None:  # its build starts now, if it must be built
         claim.after_commit(platform)
     publish_jobs(platform.bus, jobs)
-    platform.wakeup.set()
+    platform.look_again()
     return await get_submission(platform, owner_id, submission_id)
 
 

@@ -1,4 +1,4 @@
-"""On SQLite, reads (Platform.reading) run on the event loop's thread, see what writes
+"""On SQLite, reads (Database.reading) run on the event loop's thread, see what writes
 committed, and cannot write."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 from sqlalchemy import func, select, text
@@ -15,10 +14,8 @@ from sqlalchemy.exc import OperationalError
 from concordia.db.engine import make_engine, make_read_engine, make_sessionmaker
 from concordia.db.migrate import upgrade
 from concordia.db.tables import User
-from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.database import Database
 from concordia.logic.identity import ensure_user
-from concordia.logic.platform import Platform
-from concordia.settings import Settings
 
 
 async def test_reads_run_on_the_loop_thread_see_commits_and_cannot_write(tmp_path: Path) -> None:
@@ -27,21 +24,12 @@ async def test_reads_run_on_the_loop_thread_see_commits_and_cannot_write(tmp_pat
     await asyncio.to_thread(upgrade, url)
     engine, read_engine = make_engine(url), make_read_engine(url)
     assert read_engine is not None
-    settings = Settings(data_dir=tmp_path / "var", database_url=url)
-    platform = Platform(
-        settings=settings,
-        sessions=make_sessionmaker(engine),
-        read_sessions=make_sessionmaker(read_engine),
-        catalog=ApplicationCatalog(settings.applications_dir).load(),
-        backends={},
-        images=cast(Any, None),  # not used here
-        vault=cast(Any, None),
-    )
+    db = Database(sessions=make_sessionmaker(engine), read_sessions=make_sessionmaker(read_engine))
     try:
-        async with platform.writing() as session:
+        async with db.writing() as session:
             await ensure_user(session, "jane")
         threads: set[int] = set()
-        async with platform.reading() as session:
+        async with db.reading() as session:
             raw = await (await session.connection()).get_raw_connection()
             sqlite = raw.driver_connection._conn  # type: ignore[union-attr]
             # Called by SQLite on the thread that runs each statement.
@@ -51,10 +39,10 @@ async def test_reads_run_on_the_loop_thread_see_commits_and_cannot_write(tmp_pat
         assert names == ["jane"]
         assert threads == {threading.get_ident()}
 
-        async with platform.reading() as session:
+        async with db.reading() as session:
             with pytest.raises(OperationalError, match="readonly"):
                 await session.execute(text("DELETE FROM users"))
-        async with platform.reading() as session:
+        async with db.reading() as session:
             assert await session.scalar(select(func.count()).select_from(User)) == 1
     finally:
         await read_engine.dispose()

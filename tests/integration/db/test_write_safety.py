@@ -6,53 +6,37 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.util import greenlet_spawn
 
-from concordia.backends.base import Backend
 from concordia.core.states import JobStatus
 from concordia.db.engine import make_engine, make_sessionmaker
 from concordia.db.job_rows import rows_where, store_rows
-from concordia.db.lease import Lease
 from concordia.db.migrate import upgrade
 from concordia.db.tables import Application, Job, Submission, User
-from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.database import Database
 from concordia.logic.identity import ensure_user
 from concordia.logic.jobs import get_owned_job, transition
-from concordia.logic.platform import Platform
 from concordia.settings import Settings
 
 pytestmark = pytest.mark.sql
 
 
 @asynccontextmanager
-async def process(
-    settings: Settings, backends: dict[str, Backend] | None = None, lease: Lease | None = None
-) -> AsyncIterator[Platform]:
-    """What one process has of the platform here: its own engine and its own write lock
-    (and, a worker's, its backends and lease)."""
+async def process(settings: Settings) -> AsyncIterator[Database]:
+    """What one process has of the database: its own engine and its own write lock."""
     engine = make_engine(settings.database_url)
     try:
-        platform = Platform(
-            settings=settings,
-            sessions=make_sessionmaker(engine),
-            catalog=ApplicationCatalog(settings.applications_dir).load(),
-            backends=backends or {},
-            images=cast(Any, None),  # not used here
-            vault=cast(Any, None),
-        )
-        if lease is not None:
-            platform.lease = lease
-        yield platform
+        yield Database(sessions=make_sessionmaker(engine))
     finally:
         await engine.dispose()
 
 
-async def running_job(platform: Platform) -> tuple[int, int]:
-    async with platform.writing() as session:
+async def running_job(db: Database) -> tuple[int, int]:
+    async with db.writing() as session:
         user = await ensure_user(session, "jane")
         app = Application(name="hello", fingerprint="0" * 64, definition={})
         session.add(app)

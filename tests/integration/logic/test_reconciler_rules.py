@@ -137,7 +137,7 @@ def statuses(found: dict[str, Any]) -> list[str]:
 async def rounds(app: Running, count: int = 3) -> None:
     """Time for a few reconciler rounds (each woken at once)."""
     for _ in range(count):
-        app.platform.wakeup.set()
+        app.platform.look_again()
         await asyncio.sleep(0.02)
 
 
