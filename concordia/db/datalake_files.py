@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.db.tables import DatalakeFile, Job, Submission
+from concordia.db.tables import DatalakeFile, Job, Submission, User
 
 
 async def of_job(session: AsyncSession, job_id: int) -> Sequence[DatalakeFile]:
@@ -89,3 +89,17 @@ async def submissions_of(session: AsyncSession, submission_ids: set[int]) -> Seq
         )
     )
     return rows.all()
+
+
+async def uploading_job(session: AsyncSession, job_uuid: str) -> tuple[Job, Submission, str] | None:
+    """A job by its uuid with its submission and its owner's username (the subject of its
+    upload tokens); None: no such job."""
+    row = (
+        await session.execute(
+            select(Job, Submission, User.username)
+            .join(Submission, Submission.id == Job.submission_id)
+            .join(User, User.id == Job.owner_id)
+            .where(Job.uuid == job_uuid)
+        )
+    ).first()
+    return None if row is None else (row[0], row[1], row[2])

@@ -14,7 +14,7 @@ from concordia.core.states import JobStatus
 from concordia.db import submission_runs
 from concordia.db.job_rows import ReadyJob
 from concordia.images.store import StoredImage
-from concordia.logic import datalake_grid
+from concordia.logic import datalake_grid, datalake_tokens
 from concordia.logic.jobs import transition
 from concordia.logic.platform import Platform
 from concordia.logic.proxies import usable_proxy
@@ -90,6 +90,10 @@ async def specs_for(
                 submission_id=job.submission_id, index=job.index, job_uuid=job.uuid,
                 attempt=job.reschedule_count, ca=lake.ca,
             )  # fmt: skip
+            if (keys := datalake_tokens.link_keys(platform)) is not None:
+                # Its wrapper fetches a token per file with it, as it uploads.
+                link = datalake_tokens.upload_link(platform.settings, keys, job.uuid)
+                spec.datalake["token_url"] = link
         specs.append(spec)
     return specs
 

@@ -11,6 +11,7 @@ from cachetools import TLRUCache
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.auth.oidc import Iam
+from concordia.auth.upload_tokens import UploadIssuer
 from concordia.auth.vault import Vault
 from concordia.backends.base import Backend
 from concordia.datalake.store import DataLake
@@ -43,6 +44,10 @@ class ImageBuilds:
     started: int = 0
     #: Builds at once: each wants cores, network and gigabytes of disk.
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+
+
+#: The upload-token signing key in the data dir (encrypted with the vault).
+UPLOAD_SIGNING_KEY = "upload-signing-key"
 
 
 @dataclass
@@ -87,9 +92,16 @@ class Platform:
     )
     #: Threads of their own for heavy work (zips, output listings, credentials).
     work: WorkPools = field(init=False)
+    #: Signs grid jobs' upload tokens; None: the RSEs do not trust Concordia as an issuer.
+    upload_issuer: UploadIssuer | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.work = WorkPools(self.settings)
+        self.upload_issuer = None
+        if self.settings.datalake_upload_tokens:
+            self.upload_issuer = UploadIssuer(
+                self.settings.data_dir / UPLOAD_SIGNING_KEY, self.vault, self.settings.public_url
+            )
 
     def reading(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A session for reads only (Database.reading)."""

@@ -54,6 +54,26 @@ class DatalakeSettings(BaseSettings):
         "through the sandbox (DIRAC's own limit is 10 MB).",
     )
 
+    datalake_upload_tokens: bool = Field(
+        default=False,
+        description="The RSEs trust Concordia as a token issuer (its /.well-known/"
+        "openid-configuration): grid jobs upload with a short-lived token Concordia issues "
+        "for each file, upload-only (storage.create), rather than with the user's proxy.",
+    )
+    datalake_upload_token_lifetime: int = Field(
+        default=3600,
+        ge=60,
+        le=86400,
+        description="Seconds an upload token works, from when the job fetches it (just "
+        "before each upload).",
+    )
+    datalake_upload_link_hours: float = Field(
+        default=336,
+        gt=0,
+        description="How long a job's signed link for upload tokens works (it must outlast "
+        "the job's wait in the queue and its run); the job must also not be over.",
+    )
+
     @model_validator(mode="after")
     def _derive_datalake(self) -> Self:
         if self.datalake_url:

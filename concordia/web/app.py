@@ -22,6 +22,7 @@ from concordia.settings import Settings
 from concordia.web.api import router as api_router
 from concordia.web.errors import install_error_handlers
 from concordia.web.headers import SecurityHeaders
+from concordia.web.issuer import router as issuer_router
 from concordia.web.limits import BodyLimit, NoNul
 from concordia.web.oauth import diracx_client, web_client
 from concordia.web.observe import RequestContext
@@ -85,6 +86,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(ops_router)
     app.include_router(api_router)
+    app.include_router(issuer_router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

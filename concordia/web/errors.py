@@ -63,7 +63,7 @@ BODY = documented(400, 413)
 
 
 def _is_api(request: Request) -> bool:
-    return request.url.path.startswith(("/api/", "/healthz", "/readyz"))
+    return request.url.path.startswith(("/api/", "/healthz", "/readyz", "/.well-known/"))
 
 
 def install_error_handlers(app: FastAPI) -> None:

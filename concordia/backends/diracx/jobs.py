@@ -26,6 +26,8 @@ PENDING_SANDBOX = "<input sandbox: uploaded at hand-over>"
 CPU_TIME_RANGE = (100, 500_000)
 #: DiracX's JobDB holds a JobGroup of at most this many characters.
 JOB_GROUP_LENGTH = 32
+#: Data-lake settings each job has its own of: in its arguments, not the shared sandbox.
+JOB_OWN = frozenset({"names", "token_url"})
 
 
 def jdl_of(spec: JobSpec, pfn: str, images: GridImages) -> str:
@@ -38,7 +40,11 @@ def jdl_of(spec: JobSpec, pfn: str, images: GridImages) -> str:
     return job_jdl(
         executable=WRAPPER,
         arguments=wrapper_arguments(
-            spec.argv, url, image=spec.image is not None, datalake_names=_names(spec)
+            spec.argv,
+            url,
+            image=spec.image is not None,
+            datalake_names=_names(spec),
+            datalake_token_url=_job_lake(spec).get("token_url"),
         ),
         job_name=job_name(spec),
         job_group=spec.job_group or "concordia",
@@ -93,7 +99,12 @@ def job_name(spec: JobSpec) -> str:
 
 
 def wrapper_arguments(
-    argv: list[str], image_url: str | None, *, image: bool, datalake_names: str | None = None
+    argv: list[str],
+    image_url: str | None,
+    *,
+    image: bool,
+    datalake_names: str | None = None,
+    datalake_token_url: str | None = None,
 ) -> list[str]:
     """The wrapper's arguments in a job's JDL: the job as base64 JSON (for concordia_job.py)
     and, for a job in an image, the command as concordia-job.sh reads it, when it can."""
@@ -102,6 +113,10 @@ def wrapper_arguments(
         job["image_url"] = image_url
     if datalake_names is not None:
         job["datalake_names"] = datalake_names  # the job's own: its sandbox is shared
+    if datalake_token_url is not None:
+        # Its link for upload tokens (signed for this job): never a token, which the JDL
+        # would show to users and DIRAC's administrators.
+        job["datalake_token_url"] = datalake_token_url
     arguments = [base64.urlsafe_b64encode(json.dumps(job).encode()).decode()]
     sh_form: str | None = sh_argument(argv, image_url) if image else None
     return arguments if sh_form is None else [*arguments, sh_form]
@@ -128,9 +143,13 @@ def _lake_config(spec: JobSpec) -> dict[str, Any] | None:
     in its arguments instead; the output-sandbox globs, for files too big for it."""
     if spec.datalake is None:
         return None
-    lake = {key: value for key, value in spec.datalake.items() if key != "names"}
+    lake = {key: value for key, value in spec.datalake.items() if key not in JOB_OWN}
     lake.setdefault("outputs", list(spec.outputs))
     return lake
+
+
+def _job_lake(spec: JobSpec) -> dict[str, Any]:
+    return spec.datalake or {}
 
 
 def _names(spec: JobSpec) -> str | None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import FileResponse, PlainTextResponse
 
-from concordia.logic import grid_images
+from concordia.logic import datalake_tokens, grid_images
 from concordia.web.api.media import RAW, raw
 from concordia.web.deps import PlatformDep
 from concordia.web.errors import documented
@@ -42,3 +42,22 @@ async def node_image(
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     return FileResponse(found.path, media_type="application/vnd.squashfs", headers=headers)
+
+
+@router.get(
+    "/grid/jobs/{job_uuid}/upload-token",
+    response_class=PlainTextResponse,
+    responses=raw("A token that may upload that one file (a JWT)", "text/plain")
+    | documented(403, 404, 422, 503),
+)
+async def upload_token(
+    job_uuid: Annotated[str, Path(max_length=64)],
+    platform: PlatformDep,
+    name: Annotated[str, Query(max_length=250)],
+    expires: Annotated[int, Query()],
+    sig: Annotated[str, Query(max_length=128)],
+) -> PlainTextResponse:
+    """A fresh upload token for one file of the job's, while the link is valid and the job
+    not over (its wrapper fetches one before each upload)."""
+    token = await datalake_tokens.upload_token(platform, job_uuid, name, expires, sig)
+    return PlainTextResponse(token, headers={"Cache-Control": "no-store"})

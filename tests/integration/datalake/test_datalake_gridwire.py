@@ -10,9 +10,7 @@ from typing import Any
 
 import pytest
 
-from concordia.backends.base import BackendRef, JobSpec
-from concordia.backends.local import LocalBackend
-from concordia.datalake.store import DataLake
+from concordia.backends.base import JobSpec
 from concordia.db.tables import Job
 from concordia.logic import datalake_uploads
 from concordia.logic.errors import Conflict
@@ -48,29 +46,6 @@ fi
 """
 
 
-@pytest.fixture
-def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeLake:
-    fake = FakeLake(tmp_path / "lake", rses=(RSE,))
-    checked: DataLake = fake  # the fake has the client's interface
-    monkeypatch.setattr("concordia.service.connect_datalake", lambda _settings: checked)
-    return fake
-
-
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[JobSpec]:
-    """The local backend as one that uploads its jobs' data; the specs it was given."""
-    specs: list[JobSpec] = []
-    submit = LocalBackend.submit
-
-    async def recording(self: LocalBackend, jobs: list[JobSpec]) -> list[BackendRef]:
-        specs.extend(jobs)
-        return await submit(self, jobs)
-
-    monkeypatch.setattr(LocalBackend, "uploads_data", True)
-    monkeypatch.setattr(LocalBackend, "submit", recording)
-    return specs
-
-
 def settings(tmp_path: Path, **overrides: Any) -> Any:
     apps = tmp_path / "apps"
     apps.mkdir(exist_ok=True)
@@ -97,7 +72,7 @@ def settings(tmp_path: Path, **overrides: Any) -> Any:
     ],
 )
 async def test_a_job_whose_backend_stores_its_data_registers_only_its_own(
-    tmp_path: Path, lake: FakeLake, sent: list[JobSpec], manifest: str, why: str
+    tmp_path: Path, one_rse_lake: FakeLake, sent: list[JobSpec], manifest: str, why: str
 ) -> None:
     async with running_app(settings(tmp_path)) as app:
         made = await app.client.post(
@@ -111,7 +86,7 @@ async def test_a_job_whose_backend_stores_its_data_registers_only_its_own(
         assert job["status"] == "Failed" and why in job["minor_status"], job
         assert "Uploading data to the data lake" in [h["minor_status"] for h in job["history"]]
         assert (await app.client.get(f"/api/v1/jobs/{job_id}/datalake")).json() == []
-        assert lake.files_ == {}
+        assert one_rse_lake.files_ == {}
 
         # What the backend was told: the RSE's address, the scope, the job's own names.
         [spec] = [s for s in sent if s.job_id == job_id]
@@ -131,7 +106,7 @@ async def test_a_job_whose_backend_stores_its_data_registers_only_its_own(
 
 
 async def test_a_sandbox_not_fetched_at_first_is_fetched_again_without_a_restart(
-    tmp_path: Path, lake: FakeLake, sent: list[JobSpec], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, one_rse_lake: FakeLake, sent: list[JobSpec], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A job whose sandbox its backend would not give (DiracX down) is not left Completing
     until the next start: the worker asks again at its next timed poll."""

@@ -123,6 +123,17 @@ def matrix(w: World, shared: bool) -> dict[tuple[str, str], Case]:
             f"/api/v1/grid/images/{image}/image.sqsh?job=x&expires=9999999999&sig=forged",
             403, 403, 403, 403,
         ),
+        # The same for a job's upload tokens (A's job is over: refused even if signed).
+        ("GET", "/api/v1/grid/jobs/{job_uuid}/upload-token"): Case(
+            f"/api/v1/grid/jobs/{w.job.get('uuid', 'x')}/upload-token"
+            "?name=x&expires=9999999999&sig=forged",
+            403, 403, 403, 403,
+        ),
+        # The upload-token issuer's public keys, for storages to trust it.
+        ("GET", "/.well-known/openid-configuration"): Case(
+            "/.well-known/openid-configuration", 200, 200, 200, 200
+        ),
+        ("GET", "/.well-known/jwks.json"): Case("/.well-known/jwks.json", 200, 200, 200, 200),
         ("GET", "/static"): Case("/static/concordia.css", 200, 200, 200, 200),
         ("GET", "/favicon.ico"): Case("/favicon.ico", 200, 200, 200, 200),
         ("GET", "/"): Case("/", 200, 200, 200, 200),
@@ -323,6 +334,7 @@ async def world(
         database_url=settings.database_url,
         vos=VOS,
         images_shared_in_vo=shared,
+        datalake_upload_tokens=True,
     )
     ca = TestCA()
     cert = ca.issue_user("Alice Seven")
@@ -441,7 +453,9 @@ def client_of(w: World, principal: str, api: bool) -> tuple[httpx.AsyncClient, d
 
 
 async def call(w: World, principal: str, method: str, case: Case) -> httpx.Response:
-    api = case.url.startswith(("/api/", "/healthz", "/readyz", "/metrics", "/docs/"))
+    api = case.url.startswith(
+        ("/api/", "/healthz", "/readyz", "/metrics", "/docs/", "/.well-known/")
+    )
     client, headers = client_of(w, principal, api)
     if not api and principal in NOT_SIGNED_IN:
         client = httpx.AsyncClient(transport=w.api._transport, base_url=str(w.api.base_url))

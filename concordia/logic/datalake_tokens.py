@@ -1,0 +1,93 @@
+"""Upload tokens of grid jobs: the link each job is given, and the token it fetches with it
+(one file, upload-only, short-lived), the issuer's public keys for storages."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from concordia.auth.upload_tokens import UPLOAD_LINK, UPLOAD_LINKS, UploadIssuer
+from concordia.backends.wrapper.concordia_job_lake import lake_path
+from concordia.core.states import JobStatus
+from concordia.datalake.errors import DatalakeError
+from concordia.db import datalake_files
+from concordia.images.publication import link_signature, link_valid
+from concordia.logic.datalake_choice import DID_NAME, name_prefix, stored_choice
+from concordia.logic.errors import Forbidden, Invalid, NotFound, Unavailable
+from concordia.logic.platform import Platform
+from concordia.settings import Settings
+
+#: One answer for every refused link: it says why without telling what exists.
+REFUSED = "this upload-token link is not valid: wrong signature, expired, or its job is over"
+NO_TOKENS = "this server issues no upload tokens (datalake_upload_tokens is off)"
+JWKS_PATH = "/.well-known/jwks.json"
+
+
+def link_path(job_uuid: str) -> str:
+    """The route of a job's upload-token link, below the server's public URL."""
+    return f"/api/v1/grid/jobs/{job_uuid}/upload-token"
+
+
+def upload_link(settings: Settings, keys: list[bytes], job_uuid: str) -> str:
+    """The job's own link to fetch upload tokens with (its wrapper adds ``name``): the
+    link goes in the job's arguments, the token it fetches never does."""
+    expires = int(time.time() + settings.datalake_upload_link_hours * 3600)
+    signature = link_signature(keys[0], UPLOAD_LINK, job_uuid, expires)
+    query = urlencode({"expires": expires, "sig": signature})
+    return f"{settings.public_url.rstrip('/')}{link_path(job_uuid)}?{query}"
+
+
+def link_keys(platform: Platform) -> list[bytes] | None:
+    """The keys that sign upload-token links; None where the server issues no tokens."""
+    if platform.upload_issuer is None:
+        return None
+    return platform.vault.derived_keys(UPLOAD_LINKS)
+
+
+def _issuer(platform: Platform) -> UploadIssuer:
+    if platform.upload_issuer is None:
+        raise NotFound(NO_TOKENS)
+    return platform.upload_issuer
+
+
+async def upload_token(
+    platform: Platform, job_uuid: str, name: str, expires: int, signature: str
+) -> str:
+    """A fresh token that may create ``scope:name`` on the job's RSE, for the job the link
+    was signed for while it is not over, for a name of its own (its name prefix)."""
+    issuer = _issuer(platform)
+    keys = platform.vault.derived_keys(UPLOAD_LINKS)
+    if not link_valid(keys, UPLOAD_LINK, job_uuid, expires, signature, time.time()):
+        raise Forbidden(REFUSED)
+    async with platform.reading() as session:
+        found = await datalake_files.uploading_job(session, job_uuid)
+    if found is None or JobStatus(found[0].status).is_final:
+        raise Forbidden(REFUSED)
+    job, submission, username = found
+    choice = stored_choice(submission)
+    if choice is None or platform.datalake is None:
+        raise Forbidden("this job stores no data in the data lake")
+    prefix = name_prefix(
+        submission.application, submission.id, job.index, job.uuid, job.reschedule_count
+    )
+    if not name.startswith(prefix) or not DID_NAME.fullmatch(name):
+        raise Invalid("name", f"not a file name of this job (they start with {prefix})", "query")
+    try:
+        audience = await platform.datalake.rse_url(choice.rse)
+    except DatalakeError as exc:
+        raise Unavailable(f"the data lake does not say where {choice.rse} is: {exc}") from None
+    lifetime = platform.settings.datalake_upload_token_lifetime
+    path = "/" + lake_path(choice.scope, name)
+    return issuer.mint(username, audience, [path], lifetime)
+
+
+def jwks(platform: Platform) -> dict[str, Any]:
+    """The issuer's public keys (its signing key made on first use)."""
+    return _issuer(platform).jwks()
+
+
+def discovery(platform: Platform) -> dict[str, Any]:
+    """The issuer's OpenID discovery document: where storages find its keys."""
+    issuer = _issuer(platform)
+    return issuer.discovery(issuer.issuer + JWKS_PATH)
