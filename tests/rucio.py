@@ -32,6 +32,10 @@ class RucioServer:
     webdav_rse: str
     posix_prefix: Path
     state_dir: Path
+    #: The WebDAV RSE's storage again, for WLCG token holders only: nginx asks a verifier
+    #: on verifier_port (tests/wlcg_verifier.py, started by a test) about each request.
+    token_webdav_url: str
+    verifier_port: int
 
     def password(self, account: str) -> str:
         return self.passwords[account]
@@ -73,6 +77,8 @@ def rucio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RucioServ
             webdav_rse=info["rses"]["webdav"],
             posix_prefix=Path(info["posix_prefix"]),
             state_dir=state,
+            token_webdav_url=info["token_webdav_url"],
+            verifier_port=info["ports"]["verifier"],
         )
     finally:
         rucio_script("stop", str(state))

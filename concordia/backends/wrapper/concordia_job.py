@@ -56,6 +56,8 @@ def lake_settings(config, job):
     lake = dict(lake)
     if (job or {}).get("datalake_names") is not None:
         lake["names"] = job["datalake_names"]
+    if (job or {}).get("datalake_token_url"):
+        lake["token_url"] = job["datalake_token_url"]
     return lake
 
 

@@ -79,7 +79,8 @@ def lake_context(lake):
     if not lake.get("ca") and os.path.isdir(grid_cas):
         context.load_verify_locations(capath=grid_cas)
     proxy = os.environ.get("X509_USER_PROXY")
-    if not lake.get("token") and proxy and has_certificate(proxy):
+    tokens = lake.get("token") or lake.get("token_url")
+    if not tokens and proxy and has_certificate(proxy):
         try:
             context.load_cert_chain(proxy)
         except (OSError, ssl.SSLError) as exc:
@@ -97,9 +98,11 @@ def has_certificate(proxy):
         return False
 
 
-def lake_put(lake, path, url, context=None):
+def lake_put(lake, path, url, context=None, upload_token=None):
     """PUT the file at ``path`` to ``url``, streamed, its adler32 computed as it is sent, then
-    a HEAD to see the storage holds all of it: (bytes, adler32 as 8 hex digits)."""
+    a HEAD to see the storage holds all of it: (bytes, adler32 as 8 hex digits). With an
+    ``upload_token`` (it may create, not read) there is no HEAD: Concordia compares what
+    the storage holds when it registers the file."""
     import http.client
     from urllib.parse import urlsplit
 
@@ -107,7 +110,8 @@ def lake_put(lake, path, url, context=None):
     parts = urlsplit(url.replace("davs://", "https://", 1))  # Rucio's name for WebDAV over TLS
     if parts.scheme != "https":
         raise Failure(f"data lake: upload of {label} refused: {parts.scheme} is not https")
-    headers = {"Authorization": "Bearer " + lake["token"]} if lake.get("token") else {}
+    token = upload_token or lake.get("token")
+    headers = {"Authorization": "Bearer " + token} if token else {}
     connection = http.client.HTTPSConnection(
         parts.hostname, parts.port, context=context or lake_context(lake), timeout=600
     )
@@ -121,7 +125,10 @@ def lake_put(lake, path, url, context=None):
             )
         if changed:
             raise Failure(f"data lake: {label} changed while it was uploaded")
-        stored, digest = lake_head(connection, parts.path, headers)
+        if upload_token:
+            stored, digest = size, None
+        else:
+            stored, digest = lake_head(connection, parts.path, headers)
     except (OSError, http.client.HTTPException) as exc:
         raise Failure(f"data lake: upload of {label} failed: {exc}") from None
     finally:
@@ -207,8 +214,42 @@ def store_outputs(lake):
     context = lake_context(lake)
     for path, name in files:
         url = lake_url(lake, name)
-        size, adler32 = lake_put(lake, path, lake_url(lake, name, quoted=True), context)
+        token = upload_token(lake, name) if lake.get("token_url") else None
+        size, adler32 = lake_put(lake, path, lake_url(lake, name, quoted=True), context, token)
         stored.append({"name": name, "file": path, "bytes": size, "adler32": adler32, "url": url})
         write_manifest(stored)
         os.unlink(path)
         tell(f"data lake: {path} stored as {lake['scope']}:{name} ({size} bytes)")
+
+
+def upload_token(lake, name):
+    """A token from Concordia that may upload ``name`` (fetched just before its upload: a
+    job may have waited days for a node); never written anywhere, never said."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    url = lake["token_url"] + "&name=" + quote(name, safe="")
+    context = ssl.create_default_context()
+    grid_cas = os.environ.get("X509_CERT_DIR") or "/etc/grid-security/certificates"
+    if os.path.isdir(grid_cas):
+        context.load_verify_locations(capath=grid_cas)
+    try:
+        with urllib.request.urlopen(url, timeout=60, context=context) as answer:  # noqa: S310
+            return answer.read().decode("ascii").strip()
+    except urllib.error.HTTPError as exc:
+        raise Failure(
+            f"data lake: Concordia gave no upload token for {name}: HTTP {exc.code} {refusal(exc)}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise Failure(f"data lake: Concordia gave no upload token for {name}: {exc}") from None
+
+
+def refusal(error):
+    """Why Concordia refused, as its JSON answer says ({"detail": ...}), else the reason."""
+    try:
+        detail = json.loads(error.read().decode("utf-8", "replace"))["detail"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return error.reason
+    return detail if isinstance(detail, str) else json.dumps(detail)

@@ -72,9 +72,12 @@ def job_dir(root: Path, datalake: dict[str, Any]) -> Path:
     return work
 
 
-def run_job(work: Path, script: str, names: str) -> subprocess.CompletedProcess[str]:
-    """The job as DIRAC starts it on a node: plain python3, the job's directory."""
-    job = {"argv": ["sh", "-c", script], "datalake_names": names}
+def run_job(
+    work: Path, script: str, names: str, **arguments: str
+) -> subprocess.CompletedProcess[str]:
+    """The job as DIRAC starts it on a node: plain python3, the job's directory; its
+    ``arguments`` besides the command and names (e.g. datalake_token_url)."""
+    job = {"argv": ["sh", "-c", script], "datalake_names": names, **arguments}
     arg = base64.urlsafe_b64encode(json.dumps(job).encode()).decode().rstrip("=")
     return subprocess.run(
         [sys.executable, "-I", "-S", str(work / "concordia_job.py"), arg], cwd=work,
