@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from concordia.auth.upload_tokens import UPLOAD_LINK, UPLOAD_LINKS, UploadIssuer
+from concordia.auth.vault import VaultError
 from concordia.backends.wrapper.concordia_job_lake import lake_path
 from concordia.core.states import JobStatus
 from concordia.datalake.errors import DatalakeError
@@ -46,8 +47,17 @@ def link_keys(platform: Platform) -> list[bytes] | None:
 
 
 def _issuer(platform: Platform) -> UploadIssuer:
+    """The issuer with its key at hand; Unavailable where the key cannot be had."""
     if platform.upload_issuer is None:
         raise NotFound(NO_TOKENS)
+    try:
+        platform.upload_issuer.key()
+    except VaultError:  # the operator replaced the vault's keys without keeping the old one
+        raise Unavailable(
+            "the upload-token signing key cannot be decrypted with the configured keys"
+        ) from None
+    except OSError as exc:
+        raise Unavailable(f"the upload-token signing key cannot be kept: {exc}") from None
     return platform.upload_issuer
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
@@ -210,3 +211,18 @@ async def test_a_job_whose_backend_uploads_is_given_its_own_link(
         name = spec.datalake["names"] + "a.zst"
         answer = await app.client.get(f"{url.removeprefix(PUBLIC_URL)}&name={name}")
         assert answer.status_code == 200, answer.text
+
+
+async def test_a_key_the_vault_cannot_open_is_said_not_replaced(
+    tmp_path: Path, one_rse_lake: FakeLake
+) -> None:
+    config = settings(tmp_path)
+    key_file = config.data_dir / UPLOAD_SIGNING_KEY
+    config.data_dir.mkdir(parents=True)
+    sealed = Vault([Fernet.generate_key()]).encrypt(b"another server's key")
+    key_file.write_text(sealed)
+    async with running_app(config) as app:
+        answer = await app.client.get("/.well-known/jwks.json")
+    assert answer.status_code == 503 and "cannot be decrypted" in answer.text
+    assert "another server" not in answer.text
+    assert key_file.read_text() == sealed  # kept: never replaced by a new key
