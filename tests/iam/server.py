@@ -1095,7 +1095,8 @@ def _refresh_grant(iam: IamDouble, client: IamClient, form: Mapping[str, str]) -
     scopes = _scopes(form.get("scope")) or grant.scopes
     if not set(scopes) <= set(grant.scopes):
         raise _Refused(_oauth_error(400, "invalid_scope", "Up-scoping is not allowed"))
-    audience = _scopes(form.get("aud")) or grant.audience
+    # IAM takes the audience as "audience" (RFC 8693's name) or, as before, "aud".
+    audience = _scopes(form.get("audience") or form.get("aud")) or grant.audience
     user = _active_user(iam, grant.username)
     return iam.token_response(
         client, user, scopes, grant.auth_time, audience, refresh_token=refresh_token

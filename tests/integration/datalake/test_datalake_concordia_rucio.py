@@ -39,11 +39,7 @@ async def test_a_local_jobs_data_reach_rucio_with_their_metadata(
     settings = lake_settings(
         tmp_path,
         local_user=user,
-        datalake_url=rucio_server.url,
-        datalake_account=rucio_server.service,
-        datalake_password=rucio_server.password(rucio_server.service),
-        datalake_verify=rucio_server.ca,
-        datalake_rse=rucio_server.posix_rse,
+        **rucio_server.settings(),
         datalake_rses=[rucio_server.posix_rse, rucio_server.webdav_rse],
     )
     async with running_app(settings) as app:
