@@ -101,13 +101,16 @@ class Iam:
             raise IamUnreachable(f"IAM's {what} is not a JSON object")
         return body
 
-    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+    async def refresh(self, refresh_token: str, audience: str = "") -> dict[str, Any]:
         """New tokens for a refresh token (RFC 6749 section 6, the client authenticating
-        with its secret); GrantRefused when IAM says no, IamUnreachable when it cannot."""
+        with its secret), for ``audience`` if given (another service's, e.g. Rucio's);
+        GrantRefused when IAM says no, IamUnreachable when it cannot."""
         url = await self.endpoint("token_endpoint")
         secret = self.settings.oidc_client_secret.get_secret_value()
         data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        if self.settings.oidc_audience:  # renewed tokens are for the audience checked here too
+        if audience:
+            data["audience"] = audience
+        elif self.settings.oidc_audience:  # renewed tokens are for the audience checked here
             data["aud"] = self.settings.oidc_audience
         extra: dict[str, Any] = {}
         if secret:

@@ -16,6 +16,8 @@ class DataLake(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def whoami(self) -> str: ...
+
     async def ensure_scope(self, scope: str, account: str) -> None: ...
 
     async def add_dataset(
@@ -63,6 +65,18 @@ def connect(settings: DatalakeSettings) -> DataLake:
         settings.datalake_account,
         password=settings.datalake_password.get_secret_value(),
         username=settings.datalake_account,
+        auth_url=settings.datalake_auth_url,
+        verify=settings.datalake_verify,
+    )
+
+
+def connect_as_user(settings: DatalakeSettings, account: str, token: str) -> DataLake:
+    """The data lake as a user's own Rucio ``account``, with their IAM access token (its
+    audience Rucio's): sent as Rucio's client sends an OIDC token, never renewed here."""
+    return Rucio(
+        settings.datalake_url,
+        account,
+        token=token,
         auth_url=settings.datalake_auth_url,
         verify=settings.datalake_verify,
     )

@@ -28,6 +28,7 @@ from concordia.logic.datalake_choice import (
     stored_choice,
 )
 from concordia.logic.datalake_grid import MANIFEST, read_manifest
+from concordia.logic.datalake_identity import lake_for, service_lake
 from concordia.logic.errors import Conflict
 from concordia.logic.jobs import publish_jobs, transition
 from concordia.logic.outputs import fetch_outputs
@@ -77,15 +78,15 @@ async def store_job_data(platform: Platform, job_id: int) -> None:
     app = ApplicationDef.model_validate(app_row.definition)
     choice = stored_choice(submission)
     try:
-        if platform.datalake is None:
-            raise DatalakeError("this server has no data lake configured now")
         if choice is None or choice.dataset is None:
             raise DatalakeError("the submission names no dataset")
         backend = platform.backends.get(job.backend)
-        if backend is not None and backend.uploads_data:
-            await _register_all(platform, job, submission, app, owner.username, choice)
-        else:
-            await _upload_all(platform, job, submission, app, owner.username, choice)
+        async with lake_for(platform, owner.id, owner.username) as acting:
+            log.info("job %s: its data go to the data lake as %s", job_id, acting.who)
+            if backend is not None and backend.uploads_data:
+                await _register_all(platform, acting.lake, job, submission, app, owner, choice)
+            else:
+                await _upload_all(platform, acting.lake, job, submission, app, owner, choice)
     except (DatalakeError, OSError) as exc:
         log.warning("job %s: data lake upload failed: %s", job_id, exc)
         await _end(platform, job_id, JobStatus.FAILED, f"data lake: {exc}")
@@ -95,18 +96,18 @@ async def store_job_data(platform: Platform, job_id: int) -> None:
 
 async def _upload_all(
     platform: Platform,
+    lake: DataLake,
     job: Job,
     submission: Submission,
     app: ApplicationDef,
-    username: str,
+    owner: User,
     choice: DatalakeChoice,
 ) -> None:
-    lake = platform.datalake
-    assert lake is not None and choice.dataset is not None
+    assert choice.dataset is not None
     outputs = platform.settings.jobs_dir / job.uuid / "outputs"
     globs = app.datalake.data if app.datalake else []
     data = await asyncio.to_thread(_data_outputs, outputs, globs)
-    meta = await _prepare(lake, job, submission, app, username, choice)
+    meta = await _prepare(platform, lake, job, submission, app, owner.username, choice)
     for rel in data:
         name = file_name(app.name, submission.id, job.index, job.uuid, rel, job.reschedule_count)
         if not DID_NAME.fullmatch(name):
@@ -126,6 +127,7 @@ async def _upload_all(
 
 
 async def _prepare(
+    platform: Platform,
     lake: DataLake,
     job: Job,
     submission: Submission,
@@ -133,9 +135,10 @@ async def _prepare(
     username: str,
     choice: DatalakeChoice,
 ) -> dict[str, str | int | float]:
-    """The user's scope and the submission's dataset there; the metadata of the job's files."""
+    """The user's scope (added by the service account: users cannot add scopes) and the
+    submission's dataset there; the metadata of the job's files."""
     assert choice.dataset is not None
-    await lake.ensure_scope(choice.scope, username)
+    await service_lake(platform).ensure_scope(choice.scope, username)
     await lake.add_dataset(
         choice.scope,
         choice.dataset,
@@ -171,15 +174,15 @@ async def _end(platform: Platform, job_id: int, status: JobStatus, minor: str) -
 
 async def _register_all(
     platform: Platform,
+    lake: DataLake,
     job: Job,
     submission: Submission,
     app: ApplicationDef,
-    username: str,
+    owner: User,
     choice: DatalakeChoice,
 ) -> None:
     """Register what the job's wrapper stored, as its manifest (in the sandbox) says."""
-    lake = platform.datalake
-    assert lake is not None and choice.dataset is not None
+    assert choice.dataset is not None
     await _fetch(platform, job)
     path = platform.settings.jobs_dir / job.uuid / "outputs" / MANIFEST
     try:
@@ -192,7 +195,7 @@ async def _register_all(
         return  # nothing was for the data lake
     prefix = name_prefix(app.name, submission.id, job.index, job.uuid, job.reschedule_count)
     files = read_manifest(text, prefix)
-    meta = await _prepare(lake, job, submission, app, username, choice)
+    meta = await _prepare(platform, lake, job, submission, app, owner.username, choice)
     for stored_file in files:
         stored = await lake.register(
             choice.scope, stored_file.name, choice.rse, bytes=stored_file.bytes,

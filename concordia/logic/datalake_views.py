@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 from pydantic import BaseModel
 
 from concordia.datalake.errors import DatalakeError
 from concordia.datalake.errors import NotFound as LakeNotFound
 from concordia.db import datalake_files
-from concordia.db.tables import DatalakeFile
+from concordia.db.tables import DatalakeFile, User
+from concordia.logic.datalake_identity import lake_for
 from concordia.logic.errors import NotFound, Unavailable
 from concordia.logic.jobs import get_owned_job
 from concordia.logic.platform import Platform
+
+log = logging.getLogger(__name__)
 
 
 class DatalakeFileView(BaseModel):
@@ -42,29 +47,33 @@ async def job_files(platform: Platform, owner_id: int, job_id: int) -> list[Data
 async def open_file(
     platform: Platform, owner_id: int, job_id: int, name: str
 ) -> tuple[DatalakeFileView, AsyncIterator[bytes]]:
-    """One of the caller's job's files and its bytes, streamed from the data lake."""
+    """One of the caller's job's files and its bytes, streamed from the data lake as the
+    caller where Rucio takes their IAM token (else as the service account)."""
     async with platform.reading() as session:
         await get_owned_job(session, owner_id, job_id)
         row = await datalake_files.named(session, job_id, name)
-    if row is None:
+        owner = await session.get(User, owner_id)
+    if row is None or owner is None:
         raise NotFound(f"job {job_id} has no file {name!r} in the data lake")
-    lake = platform.datalake
-    if lake is None:
-        raise Unavailable("this server has no data lake configured now")
     view = _view(row)
-    chunks = lake.open(row.scope, row.name)
-    try:  # the first chunk here: a file gone from the lake is a 404, not a broken download
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        first = b""
+    stack = AsyncExitStack()
+    try:
+        acting = await stack.enter_async_context(lake_for(platform, owner_id, owner.username))
+        chunks = acting.lake.open(row.scope, row.name)
+        # The first chunk here: a file gone from the lake is a 404, not a broken download.
+        first = await anext(chunks, b"")
     except LakeNotFound:
+        await stack.aclose()
         raise NotFound(f"{view.did} is no longer in the data lake") from None
     except DatalakeError as exc:
+        await stack.aclose()
         raise Unavailable(f"the data lake did not give {view.did}: {exc}") from None
+    log.info("job %s: %s read from the data lake as %s", job_id, view.did, acting.who)
 
     async def stream() -> AsyncIterator[bytes]:
-        yield first
-        async for chunk in chunks:
-            yield chunk
+        async with stack:  # the user's own client of Rucio lives as long as the download
+            yield first
+            async for chunk in chunks:
+                yield chunk
 
     return view, stream()

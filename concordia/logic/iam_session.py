@@ -55,38 +55,72 @@ async def fresh_tokens(
     newest live one: a caller with a bearer token), refreshed first when they expire within
     the margin. Raises SessionEnded when there are none or IAM refuses the refresh;
     IamUnreachable passes."""
-    iam = iam_of(platform)
     async with platform.token_locks[user_id]:  # one refresh per user at a time
-        async with platform.reading() as session:
-            found = await db.session_tokens(session, user_id, session_id, utcnow())
-        tokens: dict[str, Any] | None = None
-        if found is not None:
-            try:
-                tokens = json.loads(platform.vault.decrypt(found[1]))
-            except VaultError:  # the encryption keys changed: the tokens are lost, not a 500
-                tokens = None
-        if found is None or tokens is None:
-            raise SessionEnded("there is no IAM sign-in for this account: sign in again")
-        row_id = found[0]
+        row_id, tokens = await _stored(platform, user_id, session_id)
         if tokens["expires_at"] - REFRESH_MARGIN > time.time():
             return tokens
         if not tokens.get("refresh_token"):
             if tokens["expires_at"] > time.time():
                 return tokens
             raise SessionEnded("your IAM sign-in has expired: sign in again")
-        try:
-            new = await iam.refresh(tokens["refresh_token"])
-        except GrantRefused as exc:
-            if exc.error != "invalid_grant":  # our client's problem (e.g. its secret), not theirs
-                log.error("IAM refused Concordia's token refresh: %s", exc.error)
-                raise IamUnreachable(f"IAM refused the refresh ({exc.error})") from None
-            log.info("IAM ended a sign-in of user %s (invalid_grant)", user_id)
-            await _keep(platform, row_id, None)
-            raise SessionEnded("IAM ended your sign-in: sign in again") from None
+        new = await _refreshed(platform, user_id, row_id, tokens["refresh_token"])
         new.setdefault("refresh_token", tokens["refresh_token"])  # IAM does not rotate them
         kept = kept_tokens(new)
         await _keep(platform, row_id, sealed(platform, kept))
         return kept
+
+
+async def audience_token(platform: Platform, user_id: int, audience: str) -> str:
+    """An access token of the user's for another service (``audience``: Rucio's), got by
+    refreshing their newest live IAM sign-in; the sign-in's own tokens stay (a refresh
+    token IAM rotates is kept). SessionEnded when they have no sign-in with a refresh
+    token or IAM ended it; IamUnreachable passes."""
+    async with platform.token_locks[user_id]:
+        row_id, tokens = await _stored(platform, user_id, None)
+        if not tokens.get("refresh_token"):
+            raise SessionEnded("your IAM sign-in keeps no refresh token: sign in again")
+        new = await _refreshed(platform, user_id, row_id, tokens["refresh_token"], audience)
+        if new.get("refresh_token") not in (None, tokens["refresh_token"]):
+            await _keep(
+                platform,
+                row_id,
+                sealed(platform, {**tokens, "refresh_token": new["refresh_token"]}),
+            )
+        token: str = new["access_token"]
+        return token
+
+
+async def _stored(
+    platform: Platform, user_id: int, session_id: int | None
+) -> tuple[int, dict[str, Any]]:
+    """The row id and decrypted tokens of a live sign-in of the user; SessionEnded if none."""
+    iam_of(platform)  # local mode: there is no sign-in to read (Conflict)
+    async with platform.reading() as session:
+        found = await db.session_tokens(session, user_id, session_id, utcnow())
+    tokens: dict[str, Any] | None = None
+    if found is not None:
+        try:
+            tokens = json.loads(platform.vault.decrypt(found[1]))
+        except VaultError:  # the encryption keys changed: the tokens are lost, not a 500
+            tokens = None
+    if found is None or tokens is None:
+        raise SessionEnded("there is no IAM sign-in for this account: sign in again")
+    return found[0], tokens
+
+
+async def _refreshed(
+    platform: Platform, user_id: int, row_id: int, refresh_token: str, audience: str = ""
+) -> dict[str, Any]:
+    """IAM's answer to a refresh; a sign-in IAM ended is forgotten (SessionEnded)."""
+    try:
+        return await iam_of(platform).refresh(refresh_token, audience)
+    except GrantRefused as exc:
+        if exc.error != "invalid_grant":  # our client's problem (e.g. its secret), not theirs
+            log.error("IAM refused Concordia's token refresh: %s", exc.error)
+            raise IamUnreachable(f"IAM refused the refresh ({exc.error})") from None
+        log.info("IAM ended a sign-in of user %s (invalid_grant)", user_id)
+        await _keep(platform, row_id, None)
+        raise SessionEnded("IAM ended your sign-in: sign in again") from None
 
 
 async def _keep(platform: Platform, row_id: int, ciphertext: str | None) -> None:

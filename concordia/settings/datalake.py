@@ -31,6 +31,16 @@ class DatalakeSettings(BaseSettings):
     datalake_password: SecretStr = Field(
         default=SecretStr(""), description="The password of datalake_account (userpass)."
     )
+    datalake_user_tokens: bool = Field(
+        default=False,
+        description="Rucio accepts users' IAM access tokens (its [oidc] support, as ESCAPE's "
+        "does): a user signed in through IAM stores, lists and downloads their data as their "
+        "own Rucio account, with a token for datalake_token_audience got by refreshing their "
+        "sign-in; otherwise, and when they have no usable sign-in, as datalake_account.",
+    )
+    datalake_token_audience: str = Field(
+        default="rucio", description="The audience Rucio wants in users' IAM tokens."
+    )
     datalake_verify: bool | str = Field(
         default=True,
         description="Check Rucio's TLS certificate: true, false, or the path of a CA bundle.",

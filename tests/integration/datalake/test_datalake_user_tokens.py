@@ -1,17 +1,32 @@
 """The data lake as the user: the real Rucio of the tests takes the IAM double's tokens
-(audience rucio) as the user's own account, only for their own scope."""
+(audience rucio), Concordia stores a signed-in user's data as their own Rucio account and
+falls back to the service account; another user's token cannot write into their scope."""
 
 from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from concordia.datalake.errors import DatalakeError
 from concordia.datalake.rucio import Rucio
+from tests.conftest import Running, running_app
+from tests.iam.pki import TestCA
 from tests.iam.server import IamDouble
+from tests.integration.auth.test_iam import PUBLIC_URL, IamApp
+from tests.integration.datalake.test_datalake import FINAL, lake_settings, submit
+from tests.integration.web.test_api import wait_status
 from tests.rucio import RucioServer
 
 #: The scopes of ESCAPE's Rucio client: what its tokens are asked with.
 RUCIO_SCOPES = ["openid", "profile", "offline_access", "wlcg", "wlcg.groups"]
+JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 
 
 def iam_user(iam: IamDouble, rucio: RucioServer, account: str) -> None:
@@ -25,6 +40,11 @@ def did_account(rucio: RucioServer, scope: str, name: str) -> str:
     answer = rucio.as_root("GET", f"dids/{scope}/{name}")
     assert answer.status_code == 200, answer.text
     return str(answer.json()["account"])
+
+
+def rule_accounts(rucio: RucioServer, scope: str, name: str) -> set[str]:
+    answer = rucio.as_root("GET", f"dids/{scope}/{name}/rules")
+    return {json.loads(line)["account"] for line in answer.text.splitlines() if line.strip()}
 
 
 async def test_rucio_takes_a_users_token_only_for_their_own_scope(
@@ -53,3 +73,95 @@ async def test_rucio_takes_a_users_token_only_for_their_own_scope(
             await client.aclose()
     assert did_account(rucio_server, "user.jane", name) == "jane"
     assert rucio_server.as_root("GET", f"dids/user.jane/{name}.john").status_code == 404
+
+
+@asynccontextmanager
+async def lake_app(
+    tmp_path: Path,
+    rucio: RucioServer,
+    iam: IamDouble,
+    **overrides: Any,
+) -> AsyncIterator[IamApp]:
+    """Concordia signing people in at the IAM double, its data lake the real Rucio."""
+    iam.add_redirect_uri(f"{PUBLIC_URL}/auth/callback")
+    settings = lake_settings(
+        tmp_path,
+        oidc_issuer=iam.url,
+        oidc_client_id="concordia",
+        oidc_client_secret="concordia-secret",
+        public_url=PUBLIC_URL,
+        **rucio.settings(),
+        **overrides,
+    )
+    async with running_app(settings) as running:
+        yield IamApp(running, iam, TestCA())
+
+
+async def run_lake_job(app: Running, username: str, tag: str) -> tuple[dict[str, Any], str]:
+    """One lake job of the user's, waited for; it and its data file's name in Rucio."""
+    async with app.new_client(username) as client:
+        answer = await submit(
+            client, parameters={"jobs": 1, "first_run": 7, "kb": 64},
+            datalake={"dataset": f"t.{tag}"},
+        )  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        sub = answer.json()
+        job = await wait_status(client, sub["job_ids"][0], FINAL, timeout=120)
+        assert job["status"] == "Done", job
+        [file] = (await client.get(f"/api/v1/jobs/{job['id']}/datalake")).json()
+        got = await client.get(f"/api/v1/jobs/{job['id']}/datalake/{file['name']}")
+        assert got.status_code == 200 and len(got.content) == 64 * 1024
+    return job, str(file["name"])
+
+
+async def test_a_signed_in_users_job_data_are_stored_as_their_own_account(
+    tmp_path: Path,
+    rucio_server: RucioServer,
+    iam: IamDouble,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    iam_user(iam, rucio_server, "jane")
+    async with lake_app(tmp_path, rucio_server, iam, datalake_user_tokens=True) as app:
+        async with app.browser() as browser:
+            done = await app.sign_in(browser, "jane")
+            assert done.status_code == 303, done.text
+        job, name = await run_lake_job(app.running, "jane", f"own.{tmp_path.name[-20:]}")
+    assert did_account(rucio_server, "user.jane", name) == "jane"
+    assert did_account(rucio_server, "user.jane", f"t.own.{tmp_path.name[-20:]}") == "jane"
+    assert rule_accounts(rucio_server, "user.jane", name) == {"jane"}
+    # The token came from refreshing jane's sign-in (Rucio takes only audience rucio).
+    calls = iam.state.calls
+    assert any(c.path == "/token" and c.grant_type == "refresh_token" for c in calls)
+    said = caplog.text
+    wrote = "as Rucio account jane (the user's own IAM token)"
+    assert f"job {job['id']}: its data go to the data lake {wrote}" in said
+    assert "read from the data lake as Rucio account jane" in said
+    assert not JWT.search(said)
+    for refresh_token in iam.state.refresh_tokens:
+        assert refresh_token not in said
+
+
+@pytest.mark.parametrize("case", ["setting off", "no sign-in kept"])
+async def test_the_service_account_writes_without_a_usable_user_token(
+    tmp_path: Path,
+    rucio_server: RucioServer,
+    iam: IamDouble,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    iam_user(iam, rucio_server, "jane")
+    tokens = case != "setting off"
+    async with lake_app(tmp_path, rucio_server, iam, datalake_user_tokens=tokens) as app:
+        if case == "setting off":
+            async with app.browser() as browser:
+                assert (await app.sign_in(browser, "jane")).status_code == 303
+        job, name = await run_lake_job(app.running, "jane", f"svc.{tmp_path.name[-20:]}")
+    assert did_account(rucio_server, "user.jane", name) == rucio_server.service
+    assert rule_accounts(rucio_server, "user.jane", name) == {rucio_server.service}
+    said = caplog.text
+    assert (
+        f"job {job['id']}: its data go to the data lake as Rucio service account concordia" in said
+    )
+    assert not JWT.search(said)

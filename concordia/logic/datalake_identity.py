@@ -1,0 +1,87 @@
+"""Which Rucio identity acts for a user in the data lake: their own IAM token where Rucio
+takes it (datalake_user_tokens), else the operator's service account."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from concordia.auth.oidc import IamUnreachable
+from concordia.datalake.errors import DatalakeError
+from concordia.datalake.store import DataLake, connect_as_user
+from concordia.logic.iam_session import SessionEnded, audience_token
+from concordia.logic.platform import Platform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LakeIdentity:
+    """The data lake as one Rucio account, and whether it is the user's own."""
+
+    lake: DataLake
+    account: str
+    own: bool
+
+    @property
+    def who(self) -> str:
+        """Which identity acts, for logs and jobs (never its token)."""
+        if self.own:
+            return f"Rucio account {self.account} (the user's own IAM token)"
+        return f"Rucio service account {self.account}"
+
+
+def service_lake(platform: Platform) -> DataLake:
+    """The data lake as the operator's service account: scopes are added with it."""
+    if platform.datalake is None:
+        raise DatalakeError("this server has no data lake configured now")
+    return platform.datalake
+
+
+@asynccontextmanager
+async def lake_for(platform: Platform, user_id: int, username: str) -> AsyncIterator[LakeIdentity]:
+    """The data lake as the user where Rucio accepts their IAM token (audience Rucio's),
+    else as the service account: when user tokens are off, the user has no IAM sign-in
+    Concordia keeps, IAM does not give a token, or Rucio does not take it as theirs."""
+    service = LakeIdentity(service_lake(platform), platform.settings.datalake_account, False)
+    lake = await _own_lake(platform, user_id, username)
+    if lake is None:
+        yield service
+        return
+    try:
+        yield LakeIdentity(lake, username, True)
+    finally:
+        await lake.aclose()
+
+
+async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake | None:
+    """A client of Rucio as the user's own account, checked with whoami; None if there
+    is none to have (why is logged, never a token)."""
+    settings = platform.settings
+    if not settings.datalake_user_tokens or platform.iam is None:
+        return None
+    try:
+        token = await audience_token(platform, user_id, settings.datalake_token_audience)
+    except (SessionEnded, IamUnreachable) as exc:
+        log.info(
+            "data lake: no IAM token of %s for Rucio (%s): the service account acts", username, exc
+        )
+        return None
+    lake = connect_as_user(settings, username, token)
+    try:
+        account = await lake.whoami()
+    except DatalakeError as exc:
+        account, why = "", str(exc)
+    else:
+        why = f"it is Rucio's account {account}"
+    if account == username:
+        return lake
+    await lake.aclose()
+    log.warning(
+        "data lake: Rucio did not take %s's IAM token as theirs (%s): the service account acts",
+        username,
+        why,
+    )
+    return None
