@@ -55,8 +55,9 @@ class RucioApi:
         self._lock = asyncio.Lock()
         context = storage.ssl_context(verify)
         self._http = httpx.AsyncClient(timeout=timeout, verify=context, follow_redirects=True)
-        # The storage (WebDAV) may want the X.509 proxy the server never sees.
-        self._storage = storage.Storage(verify=verify, cert=cert, token=token, timeout=timeout)
+        # The storage (WebDAV) may want the X.509 proxy the server never sees; never the
+        # token, whose audience is Rucio: a storage has no use for it and must not hold it.
+        self._storage = storage.Storage(verify=verify, cert=cert, timeout=timeout)
 
     async def aclose(self) -> None:
         await self._http.aclose()

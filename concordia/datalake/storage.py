@@ -123,21 +123,15 @@ async def chunks(path: Path) -> AsyncIterator[bytes]:
 
 class Storage:
     """An RSE's storage, reached as its PFNs say: ``file`` on this machine, ``https`` or
-    ``davs`` (WebDAV) with a bearer token or an X.509 proxy where given."""
+    ``davs`` (WebDAV) with an X.509 proxy where given."""
 
-    def __init__(
-        self, *, verify: bool | str, cert: str | None, token: str | None, timeout: float
-    ) -> None:
-        self._token = token
+    def __init__(self, *, verify: bool | str, cert: str | None, timeout: float) -> None:
         self._http = httpx.AsyncClient(
             timeout=timeout, verify=ssl_context(verify, cert), follow_redirects=True
         )
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     @staticmethod
     def can_read(pfn: str) -> bool:
@@ -162,13 +156,13 @@ class Storage:
             async for chunk in chunks(path):
                 yield sent.add(chunk)
 
-        headers = {**self._headers(), "Content-Length": str(size)}
+        headers = {"Content-Length": str(size)}
         try:
             response = await self._http.put(url, content=body(), headers=headers)
             if response.status_code not in (200, 201, 204):
                 raise DatalakeError(f"the storage refused the upload: HTTP {response.status_code}")
             # Storages that keep checksums (dCache, StoRM, XRootD) answer Want-Digest.
-            head = await self._http.head(url, headers={**self._headers(), "Want-Digest": "adler32"})
+            head = await self._http.head(url, headers={"Want-Digest": "adler32"})
         except httpx.HTTPError as error:
             raise DatalakeError(f"cannot write to the storage: {error}") from None
         if head.status_code != 200:
@@ -186,7 +180,7 @@ class Storage:
         if parts.scheme not in WEBDAV:
             raise DatalakeError(f"Concordia cannot read {parts.scheme} storage")
         url = pfn.replace("davs://", "https://", 1)
-        headers = {**self._headers(), "Want-Digest": "adler32"}
+        headers = {"Want-Digest": "adler32"}
         try:
             head = await self._http.head(url, headers=headers)
         except httpx.HTTPError as error:
@@ -206,7 +200,7 @@ class Storage:
             return
         url = pfn.replace("davs://", "https://", 1)
         try:
-            async with self._http.stream("GET", url, headers=self._headers()) as response:
+            async with self._http.stream("GET", url) as response:
                 if response.status_code != 200:
                     raise DatalakeError(f"the storage cannot give it: HTTP {response.status_code}")
                 async for chunk in response.aiter_bytes(CHUNK):
