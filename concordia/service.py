@@ -39,7 +39,7 @@ from concordia.logic.identity import local_sign_in, login_link
 from concordia.logic.image_builds import clear_build_leftovers, open_image_builds, start_builds
 from concordia.logic.platform import Platform
 from concordia.logic.relay import Relay
-from concordia.settings import Settings
+from concordia.settings import ServerSettings, Settings
 from concordia.worker import Reconciler, cancel
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ async def running_platform(
             ),
             catalog=ApplicationCatalog(settings.applications_dir).load(),
             backends=backends,
-            images=await asyncio.to_thread(open_image_builds, settings),
+            images=await asyncio.to_thread(open_image_builds, settings, settings),
             vault=vault,
             iam=Iam(settings) if settings.iam_mode else None,
             runs_work=works,
@@ -111,7 +111,7 @@ def _open_engines(stack: AsyncExitStack, url: str) -> tuple[AsyncEngine, AsyncEn
 async def _hold_lease(
     stack: AsyncExitStack,
     engine: AsyncEngine,
-    settings: Settings,
+    settings: ServerSettings,
     role: Role,
     on_standby: Callable[[], None] | None,
 ) -> Lease:
@@ -325,7 +325,7 @@ class NotSetUp(RuntimeError):
     """The database is missing or behind the code: the server has not been started on it."""
 
 
-async def new_login_link(settings: Settings) -> str:
+async def new_login_link(settings: ServerSettings) -> str:
     """`concordia login-link`: a one-time sign-in link for the local user, written into the
     database a running server reads (no restart), from a process of its own."""
     url = make_url(settings.database_url)

@@ -27,13 +27,13 @@ from concordia.logic.iam_session import (
 )
 from concordia.logic.identity import Identity, consume_login_token, digest, token_holder
 from concordia.logic.platform import Platform
-from concordia.settings import Settings
+from concordia.settings import IamSettings
 
 log = logging.getLogger(__name__)
 
 
 def identity_of(
-    settings: Settings,
+    settings: IamSettings,
     user: User,
     auth: str,
     iam_token: str | None = None,
@@ -315,7 +315,7 @@ async def scim_reading(platform: Platform, user_id: int) -> ScimReading | None:
     return ScimReading.model_validate(user.scim)
 
 
-def recognised(identity: Identity, settings: Settings) -> str:
+def recognised(identity: Identity, settings: IamSettings) -> str:
     """What the account page and /me say of the user's memberships."""
     if identity.memberships:
         return "Recognised as a member of " + ", ".join(m.title for m in identity.memberships)
@@ -323,7 +323,9 @@ def recognised(identity: Identity, settings: Settings) -> str:
     return f"Not recognised as a member of any collaboration Concordia knows ({known})"
 
 
-def vo_refusal(identity: Identity, allowed: list[str], what: str, settings: Settings) -> str | None:
+def vo_refusal(
+    identity: Identity, allowed: list[str], what: str, settings: IamSettings
+) -> str | None:
     """Why the user may not use something open to ``allowed`` VOs; None if they may."""
     try:
         require_vo(identity, allowed, what, settings)
@@ -332,7 +334,7 @@ def vo_refusal(identity: Identity, allowed: list[str], what: str, settings: Sett
     return None
 
 
-def require_vo(identity: Identity, allowed: list[str], what: str, settings: Settings) -> str:
+def require_vo(identity: Identity, allowed: list[str], what: str, settings: IamSettings) -> str:
     """The VO to act under: the first allowed one the user belongs to. Forbidden, with the
     reason, for a non-member; an application open to all takes the user's first VO."""
     if not allowed:

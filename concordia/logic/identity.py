@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from concordia.auth.groups import Membership
 from concordia.db import users as db
 from concordia.db.tables import ApiToken, User, utcnow
-from concordia.settings import Settings
+from concordia.settings import ServerSettings
 
 #: A one-time sign-in link is opened at once by whoever asked for it: one lying in a
 #: terminal's scrollback or a service's journal must not open a session hours later.
@@ -114,7 +114,7 @@ async def local_api_token(session: AsyncSession, user: User, token_file: Path) -
     return token
 
 
-async def login_link(session: AsyncSession, settings: Settings, name: str) -> str:
+async def login_link(session: AsyncSession, settings: ServerSettings, name: str) -> str:
     """A new one-time sign-in link for the local user (single use, LOGIN_TOKEN_LIFETIME,
     only its digest stored); links used or expired are cleared away."""
     user = await ensure_user(session, settings.local_user)
@@ -123,7 +123,7 @@ async def login_link(session: AsyncSession, settings: Settings, name: str) -> st
     return f"{settings.public_url}/login?token={token}"
 
 
-async def local_sign_in(session: AsyncSession, settings: Settings) -> str:
+async def local_sign_in(session: AsyncSession, settings: ServerSettings) -> str:
     """Local mode at start: the machine's user, their API token in the data dir, and a
     one-time sign-in link for the browser."""
     user = await ensure_user(session, settings.local_user)

@@ -27,7 +27,7 @@ from concordia.logic.image_plans import plan_image
 from concordia.logic.image_views import ImageView, get_image, require_user_of
 from concordia.logic.platform import ImageBuilds, Platform
 from concordia.metrics import IMAGE_BUILD_SECONDS
-from concordia.settings import Settings
+from concordia.settings import ImageSettings, ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,14 @@ log = logging.getLogger(__name__)
 STAGES_DIR = ".stages"
 
 
-def open_image_builds(settings: Settings) -> ImageBuilds:
-    """The image store and the builder probed on this machine."""
-    store = ImageStore(settings.images_dir)
+def open_image_builds(settings: ImageSettings, server: ServerSettings) -> ImageBuilds:
+    """The image store (in the ``server``'s data dir) and the builder probed on this machine."""
+    store = ImageStore(server.images_dir)
     store.prepare()
-    podman = PodmanSetup(settings.image_podman_bases, settings.data_dir / "podman")
+    podman = PodmanSetup(settings.image_podman_bases, server.data_dir / "podman")
     choice = choose_builder(list(settings.image_builders), list(settings.image_formats), podman)
     log.info("image builder: %s", choice.summary)
-    stages = StageCache(settings.images_dir / STAGES_DIR, int(settings.image_stage_cache_gb * 1e9))
+    stages = StageCache(server.images_dir / STAGES_DIR, int(settings.image_stage_cache_gb * 1e9))
     stages.prepare()
     return ImageBuilds(store, choice, stages)
 
