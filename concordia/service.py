@@ -126,6 +126,8 @@ async def _hold_lease(
     return lease
 
 
+# The whole Settings: every backend's (the local backend's LocalBackendSettings, the grid's
+# GridSettings and the server's public URL its image links lead to).
 async def _open_backends(
     stack: AsyncExitStack,
     settings: Settings,
@@ -144,7 +146,9 @@ async def _open_backends(
     stack.push_async_callback(local.close)
     backends: dict[str, Backend] = {"local": local}
     if settings.diracx_url:
-        grid = DiracXBackend(settings, image_keys=vault.derived_keys(IMAGE_LINKS))
+        grid = DiracXBackend(
+            settings, settings.public_url, image_keys=vault.derived_keys(IMAGE_LINKS)
+        )
         stack.push_async_callback(grid.close)
         backends["diracx"] = grid
     return backends

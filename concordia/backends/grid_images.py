@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from concordia.backends.base import BackendError, JobImage
 from concordia.images.publication import UnpackedTree, link_signature
 from concordia.images.registry import Registry, RegistryError, repository_name
-from concordia.settings import Settings
+from concordia.settings import GridSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,12 @@ def exit_code_of(application_status: str) -> int | None:
 
 class GridImages:
     """Publication before submission, in the order of ``grid_image_targets``; ``keys`` sign
-    the links (the first; derived from the server's keys, never written anywhere)."""
+    the links (the first; derived from the server's keys, never written anywhere), which lead
+    to the server at ``public_url``."""
 
-    def __init__(self, settings: Settings, keys: list[bytes]) -> None:
+    def __init__(self, settings: GridSettings, public_url: str, keys: list[bytes]) -> None:
         self.settings = settings
+        self.public_url = public_url
         self.keys = keys
         targets = settings.grid_image_targets
         self.tree: UnpackedTree | None = None
@@ -138,4 +140,4 @@ class GridImages:
                 "sig": link_signature(self.keys[0], image.id, job, expires),
             }
         )
-        return f"{self.settings.public_url.rstrip('/')}{link_path(image.id)}?{query}"
+        return f"{self.public_url.rstrip('/')}{link_path(image.id)}?{query}"

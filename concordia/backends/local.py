@@ -41,7 +41,7 @@ from concordia.backends.runtimes import ContainerCgroup, RuntimeChoice
 from concordia.core.jdl import job_jdl
 from concordia.core.limits import JobLimits
 from concordia.core.states import JobStatus
-from concordia.settings import Settings
+from concordia.settings import LocalBackendSettings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class LocalBackend:
     unreachable: str | None = None  # it runs here
     needs_user_token = False  # jobs run as the server's user, whoever owns them
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: LocalBackendSettings) -> None:
         self.settings = settings
         self.isolated = False  # decided by start()
         self.isolation_problem: str | None = "not started"

@@ -18,7 +18,7 @@ from concordia.backends.job_process import JobProcess
 from concordia.backends.local_jobs import LocalJob, Slot
 from concordia.backends.network import NetworkError
 from concordia.backends.runtimes import RuntimeChoice
-from concordia.settings import Settings
+from concordia.settings import LocalBackendSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class CannotStart(Exception):
 
 
 def choose_runtime(
-    settings: Settings, bwrap_problem: str | None
+    settings: LocalBackendSettings, bwrap_problem: str | None
 ) -> tuple[RuntimeChoice, runtimes.Podman | None]:
     """The runtime of jobs in images, and its podman (left over containers removed) where
     that is it."""

@@ -19,7 +19,7 @@ from concordia.backends.local_jobs import LocalJob, Meter, counters
 from concordia.backends.local_start import PROXY_FILE
 from concordia.backends.outputs import collect_outputs
 from concordia.core.limits import exceeded
-from concordia.settings import Settings
+from concordia.settings import LocalBackendSettings
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _allocated(root: Path, stop_mb: int) -> int:
 
 
 async def finish(
-    job: LocalJob, cgroup: SlotCgroup, settings: Settings, meter: Meter = None
+    job: LocalJob, cgroup: SlotCgroup, settings: LocalBackendSettings, meter: Meter = None
 ) -> Counters:
     """After the process: kill what it left, collect outputs, remove work/; the counters
     of the cgroup its processes were in (``meter``)."""
@@ -134,7 +134,7 @@ async def finish(
 
 
 # File work, in a thread: see local_start.prepare.
-def _tidy(job: LocalJob, settings: Settings) -> str | None:
+def _tidy(job: LocalJob, settings: LocalBackendSettings) -> str | None:
     """After the process: the proxy gone (never an output), the outputs collected, work/
     removed unless kept; the output bound collection stopped at, if any."""
     (job.dir / "work" / PROXY_FILE).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from concordia.settings.datalake import DatalakeSettings
 from concordia.settings.grid import GRID_IMAGE_TARGETS, GridImageTarget, GridSettings
 from concordia.settings.iam import DEFAULT_VOS, IamSettings, VoConfig
 from concordia.settings.images import Builders, ImageFormats, ImageSettings, SourceFile
-from concordia.settings.local import LocalSettings
+from concordia.settings.local import LocalBackendSettings, LocalSettings
 from concordia.settings.operations import OperationSettings
 from concordia.settings.proxies import ProxySettings, ProxySource
 from concordia.settings.server import DEFAULT_CARDS, SHIPPED_APPLICATIONS, Card, ServerSettings
@@ -38,6 +38,7 @@ __all__ = [
     "IamSettings",
     "ImageFormats",
     "ImageSettings",
+    "LocalBackendSettings",
     "LocalSettings",
     "OperationSettings",
     "ProxySettings",

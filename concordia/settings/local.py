@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol
 
 from pydantic import Field
 from pydantic_settings import BaseSettings
@@ -68,3 +69,28 @@ class LocalSettings(BaseSettings):
     kill_grace_seconds: float = Field(
         default=5.0, ge=0, description="Seconds between a kill's SIGTERM and its SIGKILL."
     )
+
+
+class LocalBackendSettings(Protocol):
+    """What the local backend reads: its own settings (LocalSettings), the server's data dir
+    its jobs' directories are in (ServerSettings) and the bounds of a job's outputs
+    (OperationSettings). Settings has them all."""
+
+    data_dir: Path
+    local_slots: int
+    local_isolation: Literal["auto", "bwrap", "none"]
+    local_runtime: Literal["auto", "apptainer", "bwrap", "podman"]
+    local_wall_time_factor: float
+    local_memory_mb: int
+    local_max_processes: int
+    local_tmp_mb: int
+    local_work_mb: int
+    local_keep_workdir: bool
+    kill_grace_seconds: float
+    max_output_files: int
+    max_output_bytes: int
+
+    @property
+    def jobs_dir(self) -> Path: ...
+
+    def make_data_dir(self) -> Path: ...

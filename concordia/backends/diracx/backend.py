@@ -34,7 +34,7 @@ from concordia.backends.diracx.news import by_owner, news, news_search, owner_of
 from concordia.backends.grid_images import GridImages, ImageNotPublished
 from concordia.backends.sandboxes import UnsafeArchive, extract_outputs
 from concordia.core.states import JobStatus
-from concordia.settings import Settings
+from concordia.settings import GridSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,13 @@ class DiracXBackend:
     #: DiracX is asked at its poll interval: it tells no news of its own.
     changed: asyncio.Event | None = None
 
-    def __init__(self, settings: Settings, image_keys: list[bytes] | None = None) -> None:
+    def __init__(
+        self, settings: GridSettings, public_url: str, image_keys: list[bytes] | None = None
+    ) -> None:
         self.settings = settings
-        #: Where jobs' images are published and what their wrappers are told of them.
-        self.images = GridImages(settings, image_keys or [])
+        #: Where jobs' images are published (links lead to ``public_url``, the server's) and
+        #: what their wrappers are told of them.
+        self.images = GridImages(settings, public_url, image_keys or [])
         self.client = DiracXClient(settings)
         #: Input sandboxes DiracX has (sha256 -> PFN): one upload per content, ever.
         self._sandboxes: dict[str, str] = {}

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from concordia.backends.base import BackendError, BackendUnreachable, Owner, Token, UserTokenSource
 from concordia.backends.sandboxes import Sandbox
 from concordia.core.states import JobStatus
-from concordia.settings import Settings
+from concordia.settings import GridSettings
 
 SEARCH_PAGE = 1000
 #: Answers that say "not now" (timeout, too many requests): tried again, never final.
@@ -67,7 +67,7 @@ class DiracXClient:
     """One DiracX, called as each job's owner under the submission's VO and DIRAC group (a
     token per owner and group); ``unreachable`` says why its last call went unanswered."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: GridSettings) -> None:
         self.settings = settings
         self.url = settings.diracx_url.rstrip("/")
         self.http = httpx.AsyncClient(base_url=self.url, timeout=60)

@@ -53,7 +53,7 @@ async def test_a_job_s_link_serves_its_image_with_range_and_etag(
     job = await running_job(app)
     image = image_of(app, job)
     keys = app.platform.vault.derived_keys(IMAGE_LINKS)
-    link = GridImages(app.settings, keys).link(image, job["uuid"])
+    link = GridImages(app.settings, app.settings.public_url, keys).link(image, job["uuid"])
     assert link is not None and link.startswith(f"{app.settings.public_url}/api/v1/grid/images/")
     data = image.squashfs.read_bytes() if image.squashfs else b""
     etag = f'"{hashlib.sha256(data).hexdigest()}"'

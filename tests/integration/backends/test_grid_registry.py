@@ -33,7 +33,8 @@ def image(image_seed: Path) -> JobImage:
 
 
 def grid_images(tmp_path: Path, url: str, **settings: object) -> GridImages:
-    return GridImages(make_settings(tmp_path / "var", grid_registry_url=url, **settings), [])
+    grid = make_settings(tmp_path / "var", grid_registry_url=url, **settings)
+    return GridImages(grid, grid.public_url, [])
 
 
 def inspect(reference: str, *options: str) -> dict[str, Any]:

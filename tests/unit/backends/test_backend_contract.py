@@ -14,8 +14,10 @@ from tests.fakes.backends import FAMILY
 
 # Made without starting them (no I/O).
 LOCAL = LocalBackend(Settings())
-GRID = DiracXBackend(Settings(diracx_url="https://diracx.invalid"))
-USERS_GRID = DiracXBackend(Settings(diracx_url="https://diracx.invalid", diracx_auth="user"))
+GRID = DiracXBackend(Settings(diracx_url="https://diracx.invalid"), "http://127.0.0.1:8000")
+USERS_GRID = DiracXBackend(
+    Settings(diracx_url="https://diracx.invalid", diracx_auth="user"), "http://127.0.0.1:8000"
+)
 
 
 def declared() -> set[str]:

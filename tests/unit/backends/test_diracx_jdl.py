@@ -15,7 +15,9 @@ from concordia.backends.diracx.jobs import PENDING_SANDBOX, submission_sandbox
 from concordia.core.jdl import parse_jdl
 from concordia.settings import Settings
 
-GRID = DiracXBackend(Settings(diracx_url="https://diracx.invalid"))  # no call is made
+GRID = DiracXBackend(
+    Settings(diracx_url="https://diracx.invalid"), "http://127.0.0.1:8000"
+)  # no call is made
 
 
 def spec(**fields: object) -> JobSpec:

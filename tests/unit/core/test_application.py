@@ -36,7 +36,7 @@ from concordia.settings import SHIPPED_APPLICATIONS, Settings
 
 # What each backend is given of a job is described without starting it (no I/O).
 LOCAL = LocalBackend(Settings())
-GRID = DiracXBackend(Settings(diracx_url="https://diracx.invalid"))
+GRID = DiracXBackend(Settings(diracx_url="https://diracx.invalid"), "http://127.0.0.1:8000")
 
 
 def cta_like(**extra: Any) -> ApplicationDef:
