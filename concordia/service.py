@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 Role = Literal["all", "web", "worker"]
 
 
+# The whole Settings here and in its callers (run_worker, create_app): the platform keeps them
+# all (Platform.settings) for the logic, which reads every concern.
 @asynccontextmanager
 async def running_platform(
     settings: Settings,
@@ -296,10 +298,13 @@ async def run_worker(settings: Settings, on_standby: Callable[[], None]) -> None
     raise LeaseLost("the worker lease was lost (another worker may hold it): stopping")
 
 
-async def prepare_web_processes(settings: Settings, on_wait: Callable[[], None]) -> str:
+async def prepare_web_processes(
+    settings: ServerSettings, iam_mode: bool, on_wait: Callable[[], None]
+) -> str:
     """Before `serve --workers N` starts its processes: the database at the newest schema
     (made by `concordia db upgrade` or a worker starting; waited for, ``on_wait`` told), and
-    in local mode the machine's user's sign-in link, made once. The login URL."""
+    in local mode (not ``iam_mode``) the machine's user's sign-in link, made once. The login
+    URL."""
     engine = make_engine(settings.database_url)
     try:
         told = False
@@ -308,7 +313,7 @@ async def prepare_web_processes(settings: Settings, on_wait: Callable[[], None])
                 on_wait()
                 told = True
             await asyncio.sleep(1)
-        if settings.iam_mode:
+        if iam_mode:
             return f"{settings.public_url}/login"
         async with _writing(engine) as session:
             return await local_sign_in(session, settings)

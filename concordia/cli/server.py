@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -11,7 +12,7 @@ from rich.text import Text
 
 from concordia.cli.common import app, err, fail, get_settings, isolation, say
 from concordia.logs import logging_config
-from concordia.settings import Settings
+from concordia.settings import IamSettings, ServerSettings, Settings
 
 if TYPE_CHECKING:
     from concordia.logic.platform import Platform
@@ -32,7 +33,7 @@ def _database_kind(database_url: str) -> str:
     return url.get_backend_name()
 
 
-def _banner(settings: Settings, login_url: str, platform: Platform) -> None:
+def _banner(settings: ServerSettings, platform: Platform) -> None:
     say("\nConcordia is running", "bold green")
     say(f"  Data dir:  {settings.data_dir.resolve()}")
     say(f"  Database:  {_database_kind(settings.database_url)}")
@@ -43,11 +44,11 @@ def _banner(settings: Settings, login_url: str, platform: Platform) -> None:
     choice = platform.images.choice
     images = f"{settings.images_dir.resolve()}, built with {choice.summary}"
     say(f"  Images:    {images}", "" if choice.builder else "bold red")
-    _sign_in(settings, login_url)
 
 
-def _sign_in(settings: Settings, login_url: str) -> None:
-    """How people and the CLI sign in: the end of both banners."""
+def _sign_in(settings: IamSettings, token_file: Path, login_url: str) -> None:
+    """How people and the CLI sign in (in local mode, with the API token in ``token_file``):
+    the end of both banners."""
     if settings.iam_mode:
         say(f"  Sign-in:   IAM at {settings.oidc_issuer}")
         say("\n  Open this URL to sign in with your IAM account:")
@@ -58,7 +59,7 @@ def _sign_in(settings: Settings, login_url: str) -> None:
     say(f"      {login_url}", "bold cyan")
     say(f"  It works once, within {_link_minutes()} minutes; `concordia login-link`")
     say("  makes a new one, and the sign-in page also takes the API token.")
-    say(f"\n  The CLI uses the API token in {settings.api_token_file.resolve()}\n")
+    say(f"\n  The CLI uses the API token in {token_file.resolve()}\n")
 
 
 @app.command(rich_help_panel="Server")
@@ -101,7 +102,8 @@ def serve(
         return
 
     def banner(login_url: str, platform: Platform) -> None:
-        _banner(settings, login_url, platform)
+        _banner(settings, platform)
+        _sign_in(settings, settings.api_token_file, login_url)
 
     from concordia.service import tune_server_process
 
@@ -113,6 +115,7 @@ def serve(
         raise typer.Exit(1)
 
 
+# The whole Settings: the server's data dir, the keys of secrets and IAM's sign-in.
 def _serve_web_processes(settings: Settings, workers: int, options: dict[str, Any]) -> None:
     import uvicorn
 
@@ -126,12 +129,12 @@ def _serve_web_processes(settings: Settings, workers: int, options: dict[str, An
     def waiting() -> None:
         say("waiting for the database schema: run `concordia db upgrade` or start a worker")
 
-    login_url = asyncio.run(prepare_web_processes(settings, waiting))
+    login_url = asyncio.run(prepare_web_processes(settings, settings.iam_mode, waiting))
     say(f"\nConcordia: {workers} web processes", "bold green")
     say(f"  Data dir:  {settings.data_dir.resolve()}")
     say(f"  Database:  {_database_kind(settings.database_url)}")
     say("  Jobs and image builds run in `concordia worker` (same settings)")
-    _sign_in(settings, login_url)
+    _sign_in(settings, settings.api_token_file, login_url)
     uvicorn.run("concordia.web.app:web_app", factory=True, workers=workers, **options)
 
 
@@ -153,7 +156,7 @@ def worker() -> None:
     def standby() -> None:
         say("another worker runs the background work: waiting as a standby")
 
-    metrics = serve_worker_metrics(settings)
+    metrics = serve_worker_metrics(settings, settings.host)
     tune_server_process()
     try:
         asyncio.run(run_worker(settings, standby))

@@ -55,8 +55,10 @@ def create_app(
                 async with platform.writing() as session:
                     login_url = await local_sign_in(session, settings)
             app.state.platform = platform
-            app.state.oauth = web_client(settings, platform.iam) if platform.iam else None
-            app.state.diracx_oauth = diracx_client(settings) if per_user(platform) else None
+            iam, timeout = platform.iam, settings.oidc_http_timeout
+            app.state.oauth = web_client(settings, iam, settings.login_scopes()) if iam else None
+            per_user_grid = diracx_client(settings, timeout) if per_user(platform) else None
+            app.state.diracx_oauth = per_user_grid
             if on_ready is not None:
                 on_ready(login_url, platform)
             app.state.ready = True  # /readyz: started

@@ -9,7 +9,7 @@ import authlib.deprecate  # noqa: F401  (installs authlib's warning filter first
 from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError
 
 from concordia.auth.oidc import Iam
-from concordia.settings import Settings
+from concordia.settings import GridSettings, IamSettings
 
 with warnings.catch_warnings():
     # authlib announces httpx2 as its future HTTP client; httpx is what this project uses and
@@ -51,10 +51,11 @@ class _IamOAuth(OAuth):
     oauth2_client_cls = IamSignIn
 
 
-def web_client(settings: Settings, iam: Iam) -> StarletteOAuth2App:
-    """IAM's authorization code flow with PKCE (S256), discovery from the issuer; with
-    oidc_audience, IAM is asked for access tokens for that audience (its `aud` parameter):
-    else they carry only the client id, and Concordia's own check refuses them."""
+def web_client(settings: IamSettings, iam: Iam, scopes: list[str]) -> StarletteOAuth2App:
+    """IAM's authorization code flow with PKCE (S256), discovery from the issuer, asking for
+    ``scopes`` (Settings.login_scopes: IAM's and the proxy sources'); with oidc_audience, IAM
+    is asked for access tokens for that audience (its `aud` parameter): else they carry only
+    the client id, and Concordia's own check refuses them."""
     oauth = _IamOAuth()
     audience = {"aud": settings.oidc_audience} if settings.oidc_audience else None
     oauth.register(
@@ -64,7 +65,7 @@ def web_client(settings: Settings, iam: Iam) -> StarletteOAuth2App:
         server_metadata_url=f"{settings.oidc_issuer}/.well-known/openid-configuration",
         authorize_params=audience,
         client_kwargs={
-            "scope": " ".join(settings.login_scopes()),
+            "scope": " ".join(scopes),
             "code_challenge_method": "S256",
             "timeout": settings.oidc_http_timeout,
         },
@@ -74,9 +75,10 @@ def web_client(settings: Settings, iam: Iam) -> StarletteOAuth2App:
     return client
 
 
-def diracx_client(settings: Settings) -> StarletteOAuth2App:
+def diracx_client(settings: GridSettings, timeout: float) -> StarletteOAuth2App:
     """DiracX's own authorization code flow (per-user mode): Concordia is a public client of
-    DiracX (PKCE S256, no secret); DiracX signs the user in at their VO's IAM in between."""
+    DiracX (PKCE S256, no secret); DiracX signs the user in at their VO's IAM in between.
+    ``timeout``: seconds per call, as to IAM (oidc_http_timeout)."""
     url = settings.diracx_url.rstrip("/")
     oauth = OAuth()
     oauth.register(
@@ -88,7 +90,7 @@ def diracx_client(settings: Settings) -> StarletteOAuth2App:
         client_kwargs={
             "code_challenge_method": "S256",
             "token_endpoint_auth_method": "none",
-            "timeout": settings.oidc_http_timeout,
+            "timeout": timeout,
         },
     )
     client: StarletteOAuth2App = oauth.diracx

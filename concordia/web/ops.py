@@ -13,7 +13,7 @@ from concordia import __version__
 from concordia.logic import operations
 from concordia.logic.platform import Platform
 from concordia.metrics import exposition
-from concordia.settings import OperationSettings, Settings
+from concordia.settings import OperationSettings
 
 router = APIRouter(tags=["health"])
 
@@ -52,7 +52,7 @@ def _unready(reason: str) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     """Prometheus's text format: this process's latencies and requests, and the jobs by
     state and backend counted from the database (the same from every process)."""
-    settings: Settings = request.app.state.settings
+    settings: OperationSettings = request.app.state.settings
     refused = metrics_refusal(settings, request.headers.get("authorization", ""))
     if refused is not None:
         status, detail = refused

@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from concordia.metrics import work_exposition
-from concordia.settings import Settings
+from concordia.settings import OperationSettings
 from concordia.web.ops import metrics_refusal
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,15 @@ class _QuietHandler(WSGIRequestHandler):
 
 class WorkerMetrics:
     """Served on a thread, not on the worker's event loop: a scrape is answered even while a
-    round holds the loop, and uvicorn would take over the worker's signal handling."""
+    round holds the loop, and uvicorn would take over the worker's signal handling. On the
+    address ``host`` (the server's setting)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: OperationSettings, host: str) -> None:
         self.settings = settings
-        family = socket.getaddrinfo(settings.host, settings.worker_metrics_port)[0][0]
+        family = socket.getaddrinfo(host, settings.worker_metrics_port)[0][0]
         server_class = type("_Server", (_Server,), {"address_family": family})
         self.server: WSGIServer = make_server(
-            settings.host,
+            host,
             settings.worker_metrics_port,
             self.app,
             server_class=server_class,
@@ -86,15 +87,15 @@ def _answer(
     return [body]
 
 
-def serve_worker_metrics(settings: Settings) -> WorkerMetrics | None:
-    """The worker's /metrics, served until ``close``; None when off (no port, metrics
-    disabled) or when its port is taken (another worker on this host): the worker runs on,
-    its metrics are what is lost."""
+def serve_worker_metrics(settings: OperationSettings, host: str) -> WorkerMetrics | None:
+    """The worker's /metrics on ``host``, served until ``close``; None when off (no port,
+    metrics disabled) or when its port is taken (another worker on this host): the worker
+    runs on, its metrics are what is lost."""
     if not settings.metrics_enabled or not settings.worker_metrics_port:
         return None
-    where = f"{settings.host}:{settings.worker_metrics_port}"
+    where = f"{host}:{settings.worker_metrics_port}"
     try:
-        metrics = WorkerMetrics(settings)
+        metrics = WorkerMetrics(settings, host)
     except OSError as exc:
         log.warning("worker metrics not served at %s: %s", where, exc)
         return None
