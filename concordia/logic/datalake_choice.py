@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from concordia.core.application import ApplicationDef
 from concordia.db.tables import Submission
 from concordia.logic.errors import Invalid
-from concordia.settings import Settings
+from concordia.settings import DatalakeSettings
 
 #: Rucio's rule for DID names (its generic schema): letters, digits, dot, dash, underscore.
 DID_NAME = re.compile(r"[A-Za-z0-9._-]{1,250}")
@@ -78,13 +78,13 @@ def file_name(
     return prefix + relative.replace("/", "_")
 
 
-def user_scope(settings: Settings, username: str) -> str:
+def user_scope(settings: DatalakeSettings, username: str) -> str:
     """The user's scope, by the operator's template (user.{account})."""
     return settings.datalake_scope.format(account=username)
 
 
 def choose(
-    settings: Settings,
+    settings: DatalakeSettings,
     app: ApplicationDef,
     username: str,
     wish: DatalakeRequest | None,

@@ -18,7 +18,7 @@ from concordia.datalake.errors import DatalakeError
 from concordia.db import datalake_files
 from concordia.logic.datalake_choice import DID_NAME, DatalakeChoice, name_prefix, stored_choice
 from concordia.logic.platform import Platform
-from concordia.settings import Settings
+from concordia.settings import DatalakeSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ async def grid_lakes(
     return found
 
 
-def ca_text(settings: Settings) -> str | None:
+def ca_text(settings: DatalakeSettings) -> str | None:
     """The CA the server trusts for the data lake, as PEM text a job's wrapper is given
     (None: the node's own CAs)."""
     verify = settings.datalake_verify
@@ -78,7 +78,7 @@ def ca_text(settings: Settings) -> str | None:
 
 
 def grid_settings(
-    settings: Settings,
+    settings: DatalakeSettings,
     url: str,
     choice: DatalakeChoice,
     app: ApplicationDef,

@@ -17,7 +17,7 @@ from concordia.images.publication import link_signature, link_valid
 from concordia.logic.datalake_choice import DID_NAME, name_prefix, stored_choice
 from concordia.logic.errors import Forbidden, Invalid, NotFound, Unavailable
 from concordia.logic.platform import Platform
-from concordia.settings import Settings
+from concordia.settings import DatalakeSettings
 
 #: One answer for every refused link: it says why without telling what exists.
 REFUSED = "this upload-token link is not valid: wrong signature, expired, or its job is over"
@@ -30,13 +30,16 @@ def link_path(job_uuid: str) -> str:
     return f"/api/v1/grid/jobs/{job_uuid}/upload-token"
 
 
-def upload_link(settings: Settings, keys: list[bytes], job_uuid: str) -> str:
-    """The job's own link to fetch upload tokens with (its wrapper adds ``name``): the
-    link goes in the job's arguments, the token it fetches never does."""
+def upload_link(
+    settings: DatalakeSettings, public_url: str, keys: list[bytes], job_uuid: str
+) -> str:
+    """The job's own link to fetch upload tokens with (its wrapper adds ``name``), below
+    the server's ``public_url``: the link goes in the job's arguments, the token it fetches
+    never does."""
     expires = int(time.time() + settings.datalake_upload_link_hours * 3600)
     signature = link_signature(keys[0], UPLOAD_LINK, job_uuid, expires)
     query = urlencode({"expires": expires, "sig": signature})
-    return f"{settings.public_url.rstrip('/')}{link_path(job_uuid)}?{query}"
+    return f"{public_url.rstrip('/')}{link_path(job_uuid)}?{query}"
 
 
 def link_keys(platform: Platform) -> list[bytes] | None:

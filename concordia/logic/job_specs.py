@@ -92,7 +92,9 @@ async def specs_for(
             )  # fmt: skip
             if (keys := datalake_tokens.link_keys(platform)) is not None:
                 # Its wrapper fetches a token per file with it, as it uploads.
-                link = datalake_tokens.upload_link(platform.settings, keys, job.uuid)
+                link = datalake_tokens.upload_link(
+                    platform.settings, platform.settings.public_url, keys, job.uuid
+                )
                 spec.datalake["token_url"] = link
         specs.append(spec)
     return specs

@@ -82,7 +82,7 @@ def link(app: Running, job_uuid: str, expires: int | None = None) -> str:
     """The job's link as its arguments carry it (made as Concordia makes it), as a path."""
     keys = app.platform.vault.derived_keys(UPLOAD_LINKS)
     if expires is None:
-        url = datalake_tokens.upload_link(app.settings, keys, job_uuid)
+        url = datalake_tokens.upload_link(app.settings, app.settings.public_url, keys, job_uuid)
     else:
         signature = link_signature(keys[0], UPLOAD_LINK, job_uuid, expires)
         url = f"{PUBLIC_URL}{datalake_tokens.link_path(job_uuid)}?expires={expires}&sig={signature}"
