@@ -180,7 +180,7 @@ async def test_the_jdl_carries_the_jobs_link_never_a_token(
             datalake={"url": "https://rse.example.org/lake", "scope": "user.local",
                       "names": names, "data": ["*.bin"], "token_url": url},
         )  # fmt: skip
-        images = GridImages(app.settings, keys=[])
+        images = GridImages(app.settings, app.settings.public_url, keys=[])
         jdl = jdl_of(spec, "SB:x", images)
         sandbox = submission_sandbox(spec, images)
         answer = await app.client.get(f"{url.removeprefix(PUBLIC_URL)}&name={names}a.bin")
