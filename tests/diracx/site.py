@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tests.diracx.fixtures import DiracX
+from tests.diracx.fixtures import ADMIN_GROUP, SITE_USER, DiracX
 from tests.diracx.jdl import as_list, parse_jdl
 
 T = TypeVar("T")
@@ -367,6 +367,19 @@ class Site:
         at once, not at its deadline)."""
         if self.failure is not None:
             raise self.failure
+
+
+@contextmanager
+def grid_nodes(diracx: DiracX, workdir: Path, count: int) -> Iterator[list[Site]]:
+    """The test site as ``count`` nodes running for the block, each taking its share of the
+    jobs (JobID modulo ``count``), side by side as a grid's nodes do."""
+    token = diracx.token(SITE_USER, ADMIN_GROUP)
+    nodes = [Site(diracx, token, workdir=workdir, shard=(i, count)) for i in range(count)]
+    with ExitStack() as stack:
+        for node in nodes:
+            stack.callback(node.close)
+            stack.enter_context(node.running())
+        yield nodes
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:

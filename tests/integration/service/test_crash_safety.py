@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -30,8 +30,8 @@ import pytest
 from concordia.core.states import JobStatus
 from tests.conftest import LiveServer, free_port, make_settings, seed_images
 from tests.database import ON_POSTGRESQL
-from tests.diracx.fixtures import ADMIN_GROUP, SITE_USER, DiracX
-from tests.diracx.site import Site
+from tests.diracx.fixtures import DiracX
+from tests.diracx.site import grid_nodes
 from tests.integration.backends.test_diracx_backend import grid_server_env
 from tests.integration.backends.test_diracx_crash import client_of, in_diracx, total_in_diracx
 from tests.pg import PrivatePostgres, private_postgres
@@ -239,17 +239,10 @@ def database_restarter(
 
 @contextmanager
 def sites(diracx: DiracX, tmp_path: Path, workers: int, story: Story) -> Iterator[None]:
-    """The test site as ``workers`` nodes, each taking its share of the jobs, for the block;
-    a node that fails stops the story's waits at once."""
-    token = diracx.token(SITE_USER, ADMIN_GROUP)
-    nodes = [
-        Site(diracx, token, workdir=tmp_path / "site", shard=(i, workers)) for i in range(workers)
-    ]
-    with ExitStack() as stack:
-        for node in nodes:
-            stack.callback(node.close)
-            stack.enter_context(node.running())
-            story.checks.append(node.check)
+    """The test site as ``workers`` nodes for the block; a node that fails stops the
+    story's waits at once."""
+    with grid_nodes(diracx, tmp_path / "site", workers) as nodes:
+        story.checks.extend(node.check for node in nodes)
         yield
 
 
