@@ -66,14 +66,15 @@ def register(data_dir: Path, apps: Path, first: dict[str, object], count: int) -
         " VALUES (?, 'lookup', ?, 'ready', ?, '{}', datetime('now'), '', datetime('now'), 0)",
         [(i, args, builder) for i, args in rows],
     )
-    # Images are seen by those who asked for them: the bench's user asked for each.
-    user_id, vo = con.execute(
+    # Images are seen by those who asked for them: the bench's user asked for each, under
+    # each of their VOs as for the first (a user of several VOs claims it in each).
+    claims = con.execute(
         "SELECT user_id, vo FROM image_users WHERE image_id = ?", (first["id"],)
-    ).fetchone()
+    ).fetchall()
     con.executemany(
         "INSERT INTO image_users (image_id, user_id, vo, asked_at)"
         " VALUES (?, ?, ?, datetime('now'))",
-        [(i, user_id, vo) for i, _ in rows],
+        [(i, user_id, vo) for i, _ in rows for user_id, vo in claims],
     )
     con.commit()
     con.close()

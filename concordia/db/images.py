@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import BindParameter
 
 from concordia.core.image_status import ImageStatus
 from concordia.core.states import FINAL_STATES
@@ -17,7 +18,7 @@ from concordia.db.tables import Image, ImageUser, Job, Submission
 ImageUse = tuple[Image, int, bool]
 
 
-def _jobs_of(user_id: int) -> Any:
+def _jobs_of(user_id: int | BindParameter[int]) -> Any:
     """The user's jobs that used an image, beside each image row (one query)."""
     return (
         select(func.coalesce(func.sum(Submission.job_count), 0))
@@ -63,9 +64,29 @@ async def _image_use(
     return None if found is None else (found[0], found[1], found[2])
 
 
-async def image_with_use(session: AsyncSession, image: str, user_id: int) -> ImageUse | None:
-    """The image (in any state) with its use by the user; None: no such image."""
-    return await _image_use(session, image, user_id)
+#: The statement of image_with_claims, built once: it runs for every submission's image.
+_WITH_CLAIMS = (
+    select(Image, _jobs_of(bindparam("user_id")), ImageUser.vo)
+    .outerjoin(
+        ImageUser,
+        and_(ImageUser.image_id == Image.id, ImageUser.user_id == bindparam("user_id")),
+    )
+    .where(Image.id == bindparam("image"))
+)
+
+
+async def image_with_claims(
+    session: AsyncSession, image: str, user_id: int
+) -> tuple[ImageUse, set[str]] | None:
+    """The image (in any state) with its use by the user and the VOs the user claimed it
+    under, in one query (the select-if-exists of every submission asks both); None: no
+    such image."""
+    rows = (await session.execute(_WITH_CLAIMS, {"image": image, "user_id": user_id})).all()
+    if not rows:
+        return None
+    vos = {vo for _, _, vo in rows if vo is not None}
+    row, jobs, _ = rows[0]
+    return (row, jobs, bool(vos)), vos
 
 
 async def image_seen_by(

@@ -21,7 +21,7 @@ from concordia.logic.image_plans import check_build_args, plan_image, plan_reque
 from concordia.logic.image_views import (
     ImageSelection,
     ImageState,
-    find_image,
+    find_claimed,
     get_image,
     may_change,
     require_user_of,
@@ -73,11 +73,12 @@ async def select_or_build(
     vos = [vo] if vo is not None else (user.vos or [""])
     if not force:  # the usual case, an image that exists and is theirs: no write, no lock
         async with platform.reading() as session:
-            view = await find_image(session, plan.image_id, user.user_id)
-            unclaimed = await _unclaimed(session, plan.image_id, user.user_id, vos)
-        complete = platform.images.store.complete(plan.image_id)
-        if view is not None and view.status == ImageStatus.READY and complete and not unclaimed:
-            return ImageSelection(selected=True, image=view)
+            found = await find_claimed(session, plan.image_id, user.user_id)
+        if found is not None:
+            view, claimed = found
+            ready = view.status == ImageStatus.READY
+            if ready and claimed.issuperset(vos) and platform.images.store.complete(view.id):
+                return ImageSelection(selected=True, image=view)
     async with platform.writing() as session:  # one writer: the check and the claim are one
         claim = await claim_image(session, platform, user, plan, vos, force=force)
     claim.after_commit(platform)

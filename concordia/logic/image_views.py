@@ -110,10 +110,13 @@ async def get_image(platform: Platform, user: Identity, image: str) -> ImageView
     return _view(*found)
 
 
-async def find_image(session: AsyncSession, image: str, user_id: int) -> ImageView | None:
-    """The image as ``user_id`` sees it, if it exists (any state)."""
-    found = await image_queries.image_with_use(session, image, user_id)
-    return None if found is None else _view(*found)
+async def find_claimed(
+    session: AsyncSession, image: str, user_id: int
+) -> tuple[ImageView, set[str]] | None:
+    """The image as ``user_id`` sees it, if it exists (any state), and the VOs the user
+    claimed it under."""
+    found = await image_queries.image_with_claims(session, image, user_id)
+    return None if found is None else (_view(*found[0]), found[1])
 
 
 async def may_change(platform: Platform, user: Identity, image: str) -> None:
