@@ -46,7 +46,7 @@ async def node_image(
 
 @router.get(
     "/grid/jobs/{job_uuid}/upload-token",
-    response_class=PlainTextResponse,
+    response_class=RAW,
     responses=raw("A token that may upload that one file (a JWT)", "text/plain")
     | documented(403, 404, 422, 503),
 )
