@@ -38,7 +38,9 @@ async def served(running: Running, port: int) -> AsyncIterator[None]:
     """The running app on a loopback port too: the site's jobs reach Concordia over HTTP,
     as worker nodes reach its public URL."""
     app = running.client._transport.app  # type: ignore[attr-defined]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", log_config=None, access_log=False
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -9,20 +9,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import select, text, update
 
+from concordia.auth.vault import Vault
 from concordia.backends.base import BackendRef
 from concordia.backends.local import LocalBackend
 from concordia.core.states import JobStatus
-from concordia.db.engine import make_engine
+from concordia.db.engine import make_engine, make_sessionmaker
 from concordia.db.lease import SLOT_CLASS, Lease
 from concordia.db.migrate import upgrade
 from concordia.db.tables import Job
-from concordia.logic.platform import Platform
+from concordia.images.build import BuilderChoice
+from concordia.images.store import ImageStore
+from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.database import Database
+from concordia.logic.platform import ImageBuilds, Platform
 from concordia.settings import Settings
 from concordia.worker import LeaseNotHeld, Reconciler
 from tests.database import ON_POSTGRESQL
-from tests.integration.db.test_write_safety import process, running_job
+from tests.integration.db.test_write_safety import running_job
 
 pytestmark = [
     pytest.mark.sql,
@@ -38,10 +44,23 @@ async def worker(settings: Settings) -> AsyncIterator[tuple[Platform, int]]:
     """A worker's platform in slot SLOT (not held yet), and a job of its, Running."""
     await asyncio.to_thread(upgrade, settings.database_url)
     lease = Lease(slot=SLOT, leads=False, side_by_side=True)
-    async with process(settings, {"local": LocalBackend(settings)}, lease) as platform:
-        _, job_id = await running_job(platform)
+    engine = make_engine(settings.database_url)
+    try:
+        platform = Platform(
+            settings=settings,
+            db=Database(sessions=make_sessionmaker(engine)),
+            catalog=ApplicationCatalog(settings.applications_dir).load(),
+            backends={"local": LocalBackend(settings)},
+            # What a worker has of images and secrets (this test builds and decrypts none).
+            images=ImageBuilds(ImageStore(settings.images_dir), BuilderChoice(None)),
+            vault=Vault([Fernet.generate_key()]),
+            lease=lease,
+        )
+        _, job_id = await running_job(platform.db)
         await assign(platform, job_id, SLOT)
         yield platform, job_id
+    finally:
+        await engine.dispose()
 
 
 @asynccontextmanager
