@@ -62,11 +62,15 @@ def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLake]:
     yield fake
 
 
-def lake_settings(tmp_path: Path, **overrides: Any) -> Settings:
+def settings_with_app(
+    tmp_path: Path, name: str, app: str, script: str, **overrides: Any
+) -> Settings:
+    """Settings of a server with the data lake (its service account, RSE) and the
+    applications ``name`` (``app``, running ``script``) and hello."""
     apps = tmp_path / "apps"
     apps.mkdir(exist_ok=True)
-    (apps / "lake.yaml").write_text(APP)
-    (apps / "lake.sh").write_text(SCRIPT)
+    (apps / f"{name}.yaml").write_text(app)
+    (apps / f"{name}.sh").write_text(script)
     shutil.copy(Path("applications/hello.yaml"), apps / "hello.yaml")
     shutil.copy(Path("applications/hello.sh"), apps / "hello.sh")
     values: dict[str, Any] = {
@@ -75,10 +79,14 @@ def lake_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "datalake_account": "concordia",
         "datalake_password": "service-pw",
         "datalake_rse": RSE,
-        "datalake_rses": [RSE, OTHER_RSE],
     }
-    values.update(overrides)
-    return make_settings(tmp_path / "var", **values)
+    return make_settings(tmp_path / "var", **(values | overrides))
+
+
+def lake_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    return settings_with_app(
+        tmp_path, "lake", APP, SCRIPT, **({"datalake_rses": [RSE, OTHER_RSE]} | overrides)
+    )
 
 
 async def submit(client: httpx.AsyncClient, **body: Any) -> httpx.Response:

@@ -4,7 +4,6 @@ manifest names of the job's own; no manifest, or another's names, fail the job."
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,10 @@ from concordia.db.tables import Job
 from concordia.logic import datalake_uploads
 from concordia.logic.errors import Conflict
 from concordia.logic.platform import Platform
-from tests.conftest import make_settings, running_app
+from concordia.settings import Settings
+from tests.conftest import running_app
 from tests.fakes.datalake import FakeLake
-from tests.integration.datalake.test_datalake import FINAL, RSE
+from tests.integration.datalake.test_datalake import FINAL, settings_with_app
 from tests.integration.web.test_api import wait_status
 
 pytestmark = pytest.mark.real
@@ -46,22 +46,9 @@ fi
 """
 
 
-def settings(tmp_path: Path, **overrides: Any) -> Any:
-    apps = tmp_path / "apps"
-    apps.mkdir(exist_ok=True)
-    (apps / "wired.yaml").write_text(APP)
-    (apps / "wired.sh").write_text(SCRIPT)
-    shutil.copy(Path("applications/hello.yaml"), apps / "hello.yaml")
-    shutil.copy(Path("applications/hello.sh"), apps / "hello.sh")
-    values: dict[str, Any] = {
-        "applications_dir": apps,
-        "datalake_url": "https://rucio.invalid",
-        "datalake_account": "concordia",
-        "datalake_password": "service-pw",
-        "datalake_rse": RSE,
-        "datalake_sandbox_max_bytes": 4096,
-    }
-    return make_settings(tmp_path / "var", **(values | overrides))
+def settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values = {"datalake_sandbox_max_bytes": 4096} | overrides
+    return settings_with_app(tmp_path, "wired", APP, SCRIPT, **values)
 
 
 @pytest.mark.parametrize(
