@@ -138,8 +138,13 @@ async def test_a_job_leaving_100000_files_fails_and_the_server_stays_responsive(
 
 
 SPARSE = "open('big.dat', 'wb').truncate({size})"  # no block allocated: no work bound hit
-#: A sparse file whose zip takes some 20 s to make (zeros at ~100 MB/s, CRC and deflate).
-BIG = SPARSE.format(size=2 << 30)
+#: Outputs whose zip keeps its thread busy for seconds (2 GB of zeros to deflate) and cannot
+#: end unread: the zeros deflate to 2 MB, which the sockets' buffers would hold whole, the
+#: random bytes do not shrink.
+BIG = (
+    "import os; os.mkdir('out'); open('out/random', 'wb').write(os.urandom(64 << 20)); "
+    + SPARSE.format(size=2 << 30)
+)
 FILES = (
     "import os; os.mkdir('out'); open('out/a.txt', 'w').write('hello'); "
     "open('out/b.bin', 'wb').write(os.urandom(3 << 19)); print('done')"
