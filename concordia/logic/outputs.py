@@ -243,15 +243,16 @@ class _ZipChunks:
         self._chunks: Iterator[bytes] = iter(archive)
         self._lock = threading.Lock()
 
-    def step(self) -> bytes:
-        """The next bytes; empty at the end."""
+    def step(self) -> bytes | None:
+        """The next bytes, None at the end. They may be empty: a run of zeros deflates to
+        nothing for seconds, and the step gives its thread back all the same."""
         with self._lock:
             out, deadline = bytearray(), time.monotonic() + ZIP_STEP_SECONDS
             for chunk in self._chunks:
                 out += chunk
                 if len(out) >= ZIP_STEP_BYTES or time.monotonic() > deadline:
-                    break
-            return bytes(out)
+                    return bytes(out)
+            return bytes(out) if out else None
 
     def close(self) -> None:
         with self._lock:  # after a step still running: a generator cannot close mid-step
@@ -268,8 +269,9 @@ def _stream(pool: WorkPool, chunks: _ZipChunks, held: contextlib.ExitStack) -> A
 
     async def produce() -> AsyncIterator[bytes]:
         try:
-            while chunk := await pool.run(chunks.step):
-                yield chunk
+            while (chunk := await pool.run(chunks.step)) is not None:
+                if chunk:
+                    yield chunk
         finally:  # the client gone: cancelled here, or never iterated (below)
             release()
 
