@@ -19,19 +19,19 @@ from tests.integration.backends.test_diracx_backend import grid_server_env
 
 pytestmark = pytest.mark.slow
 
-JOBS = 100
+JOBS = 40
 #: The test site's nodes, side by side.
 NODES = 3
 
 
 @pytest.fixture
 def live_server_env(tmp_path: Path, diracx: DiracX) -> dict[str, str]:
-    # Chunks of 5: the hand-over of the batch takes 20 calls, a window the kills of these
+    # Chunks of 2: the hand-over of the batch takes 20 calls, a window the kills of these
     # tests land in even when a loaded machine slows the test's own looks at DiracX.
     return {
         **grid_server_env(tmp_path, diracx, JOBS),
         "CONCORDIA_DEFAULT_BACKEND": "diracx",
-        "CONCORDIA_DIRACX_CHUNK_SIZE": "5",
+        "CONCORDIA_DIRACX_CHUNK_SIZE": "2",
     }
 
 

@@ -1,11 +1,11 @@
-"""Crash safety: a 200-job batch while Concordia's processes are SIGKILLed at random points
-(its submission, its hand-over, its jobs running) and restarted, and PostgreSQL crashed and
-restarted under it: every job exists once, reaches its backend once and ends. Two
-installations: `concordia serve` alone, and `serve --workers 1` beside `concordia worker`
-(two side by side on PostgreSQL): its web process killed during the submission, a worker
-during the hand-over and while the jobs run. Each suite pass crashes its own database:
-SQLite under both installations, PostgreSQL in the second pass under the split one, as
-deployed."""
+"""Crash safety: a batch (200 local jobs, 60 grid jobs) while Concordia's processes are
+SIGKILLed at random points (its submission, its hand-over, its jobs running) and restarted,
+and PostgreSQL crashed and restarted under it: every job exists once, reaches its backend
+once and ends. Two installations: `concordia serve` alone, and `serve --workers 1` beside
+`concordia worker` (two side by side on PostgreSQL): its web process killed during the
+submission, a worker during the hand-over and while the jobs run. Each suite pass crashes
+its own database: SQLite under both installations, PostgreSQL in the second pass under the
+split one, as deployed."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ from tests.pg import PrivatePostgres, private_postgres
 pytestmark = [pytest.mark.slow, pytest.mark.sql]
 
 __all__ = ["private_postgres"]  # the fixture, found by pytest in this module
-JOBS = 200
+#: The batch of each backend: a grid job costs the test site and its DiracX about a second,
+#: a local job a tenth of one.
+JOBS = {"local": 200, "diracx": 60}
 #: The installations, by what their three kills hit: `concordia serve`, or, apart, the web
 #: process of `serve --workers 1` (during the submission) and `concordia worker` (during the
 #: hand-over and while the jobs run).
@@ -183,6 +185,8 @@ class Installation:
     processes: dict[str, Process]
     web: LiveServer
     story: Story
+    #: The batch's jobs.
+    jobs: int
     #: Called with the kind of process right before its kill (e.g. to see jobs run) and
     #: right after (e.g. to see that its jobs died with it).
     before_kill: Callable[[str], None] = lambda kind: None
@@ -251,7 +255,7 @@ def seed() -> int:
 
 
 def installation(
-    tmp_path: Path, database: str, env: dict[str, str], story: Story, kind: str
+    tmp_path: Path, database: str, env: dict[str, str], story: Story, kind: str, jobs: int
 ) -> Installation:
     data_dir = tmp_path / "var"
     data_dir.mkdir(exist_ok=True)
@@ -277,7 +281,7 @@ def installation(
         processes["web"] = Serve(server)
     server.start(timeout=60)
     story(f"{' and '.join(processes)} started on {database.partition(':')[0]}")
-    return Installation(processes, server, story)
+    return Installation(processes, server, story, jobs)
 
 
 def answer(client: httpx.Client, path: str, **params: Any) -> Any | None:
@@ -305,7 +309,7 @@ def wait_until(
 
 
 def progress(view: dict[str, Any]) -> int:
-    """0 to 2 * JOBS: jobs taken by their backend, plus jobs ended."""
+    """0 to twice the batch: jobs taken by their backend, plus jobs ended."""
     ended = sum(int(view["counts"].get(status, 0)) for status in ("Done", "Failed"))
     return int(view["handed_over"]) + ended
 
@@ -343,7 +347,7 @@ def kill_during_submission(
 ) -> int:
     """POST the batch and SIGKILL ``killed`` a random moment later; after the restart the
     batch is there whole or not at all (then the user submits it again). Its id."""
-    story = concordia.story
+    story, jobs = concordia.story, concordia.jobs
     posted: dict[str, Any] = {}
 
     def post() -> None:
@@ -363,12 +367,12 @@ def kill_during_submission(
     story("the POST was answered" if response else "the POST had no answer")
     with client_of(concordia.web) as client:
         page = client.get("/api/v1/jobs", params={"per_page": 500}).json()
-        assert page["total"] in (0, JOBS), f"a batch stored in part: {page['total']}\n{story}"
+        assert page["total"] in (0, jobs), f"a batch stored in part: {page['total']}\n{story}"
         if response is not None:
             assert response.status_code == 201, response.text
-            assert page["total"] == JOBS, f"an accepted batch lost\n{story}"
+            assert page["total"] == jobs, f"an accepted batch lost\n{story}"
             return int(response.json()["id"])
-        if page["total"] == JOBS:
+        if page["total"] == jobs:
             return int(page["items"][0]["submission_id"])
         story("the batch died with the process: submitted again")
         again = client.post("/api/v1/submissions", json=body)
@@ -389,14 +393,15 @@ def run_batch(
     story = concordia.story
     submission = kill_during_submission(concordia, killed[0], body, rng)
     url = f"/api/v1/submissions/{submission}"
-    # Where the later disruptions come, as progress (handed over + done, 0 to 2 * JOBS): a
+    # Where the later disruptions come, as progress (handed over + done, 0 to 2 * jobs): a
     # kill while the batch is being handed over, one while its jobs run, and the database
     # crash anywhere after the first (also last: no kill after it then heals what it broke).
-    handing = rng.randint(1, JOBS * 3 // 4)
-    running = rng.randint(JOBS * 5 // 4, JOBS * 19 // 10)
+    jobs = concordia.jobs
+    handing = rng.randint(1, jobs * 3 // 4)
+    running = rng.randint(jobs * 5 // 4, jobs * 19 // 10)
     steps: list[tuple[int, str]] = [(handing, killed[1]), (running, killed[2])]
     if restart_database is not None:
-        steps.append((rng.randint(handing + 1, JOBS * 19 // 10), "database"))
+        steps.append((rng.randint(handing + 1, jobs * 19 // 10), "database"))
     for at, action in sorted(steps):
         with client_of(concordia.web) as client:
             ready = lambda v, at=at: progress(v) >= at  # noqa: E731
@@ -419,17 +424,19 @@ def run_batch(
 def assert_each_job_once_and_final(
     concordia: Installation, submission: int, *, stalls_expected: bool
 ) -> list[dict[str, Any]]:
-    """Exactly JOBS jobs, each uuid once, each Done, or Failed as a stall with no reschedule
-    left (only where the backend's jobs die with the server); histories without a repeated
-    transition. The jobs' details."""
+    """Exactly the batch's jobs, each uuid once, each Done, or Failed as a stall with no
+    reschedule left (only where the backend's jobs die with the server); histories without a
+    repeated transition. The jobs' details."""
     story = concordia.story
     with client_of(concordia.web) as client:
         page = client.get("/api/v1/jobs", params={"per_page": 500}).json()
-        assert page["total"] == JOBS, f"{page['total']} jobs\n{story}"
+        assert page["total"] == concordia.jobs, f"{page['total']} jobs\n{story}"
         assert {j["submission_id"] for j in page["items"]} == {submission}
         jobs = [client.get(f"/api/v1/jobs/{j['id']}").json() for j in page["items"]]
     uuids = Counter(j["uuid"] for j in jobs)
-    assert len(uuids) == JOBS, f"uuids twice: {[u for u, n in uuids.items() if n > 1]}\n{story}"
+    assert len(uuids) == concordia.jobs, (
+        f"uuids twice: {[u for u, n in uuids.items() if n > 1]}\n{story}"
+    )
     outcomes: Counter[str] = Counter()
     for job in jobs:
         history = [(h["status"], h["minor_status"], h["source"]) for h in job["history"]]
@@ -457,7 +464,7 @@ def assert_each_job_once_and_final(
             assert stalls == MAX_RESCHEDULES + 1 == job["reschedule_count"] + 1, where
             outcomes["Failed (stalled, no reschedule left)"] += 1
     story(f"outcomes: {dict(outcomes)}")
-    assert outcomes["Done"] + outcomes["Failed (stalled, no reschedule left)"] == JOBS
+    assert outcomes["Done"] + outcomes["Failed (stalled, no reschedule left)"] == concordia.jobs
     print(story)  # what was done, with pytest -s or -rP
     return jobs
 
@@ -530,7 +537,7 @@ def test_local_batch_survives_kills(
     seed_images(make_settings(tmp_path / "var"), image_seed)
     workers = 1 if killed == "serve" else len(WORKERS)
     slots = {"CONCORDIA_LOCAL_SLOTS": str(LOCAL_SLOTS // workers)}
-    concordia = installation(tmp_path, database, slots, story, killed)
+    concordia = installation(tmp_path, database, slots, story, killed, JOBS["local"])
     data_dir = concordia.web.data_dir
     running: list[int] = []
     killed_jobs: set[int] = set()
@@ -557,7 +564,7 @@ def test_local_batch_survives_kills(
     request.addfinalizer(concordia.stop)
     body = {
         "application": "hello",
-        "parameters": {"jobs": JOBS, "sleep": JOB_SLEEP[killed], "message": marker},
+        "parameters": {"jobs": JOBS["local"], "sleep": JOB_SLEEP[killed], "message": marker},
     }
     restart = database_restarter(request, database)
     submission = run_batch(concordia, KILLED[killed], body, rng, restart)
@@ -582,19 +589,20 @@ def test_diracx_batch_survives_kills(
     story = Story(seed())
     rng = random.Random(story.seed)
     before = total_in_diracx(diracx)  # the session's DiracX holds other tests' jobs too
-    env = {**grid_server_env(tmp_path, diracx, JOBS), "CONCORDIA_DEFAULT_BACKEND": "diracx"}
-    concordia = installation(tmp_path, database, env, story, killed)
+    jobs = JOBS["diracx"]
+    env = {**grid_server_env(tmp_path, diracx, jobs), "CONCORDIA_DEFAULT_BACKEND": "diracx"}
+    concordia = installation(tmp_path, database, env, story, killed, jobs)
     request.addfinalizer(concordia.stop)
-    body = {"application": "gridhello", "parameters": {"jobs": JOBS}}
+    body = {"application": "gridhello", "parameters": {"jobs": jobs}}
     restart = database_restarter(request, database)
     with sites(diracx, tmp_path, SITE_WORKERS, story):
         submission = run_batch(concordia, KILLED[killed], body, rng, restart)
-    jobs = assert_each_job_once_and_final(concordia, submission, stalls_expected=False)
+    ended = assert_each_job_once_and_final(concordia, submission, stalls_expected=False)
     # Each job once in DiracX (its JobName is its uuid and run), no DiracX job without its
     # Concordia job.
-    rows = in_diracx(diracx, {f"{j['uuid']}.0" for j in jobs})
+    rows = in_diracx(diracx, {f"{j['uuid']}.0" for j in ended})
     names = Counter(r["JobName"] for r in rows)
-    assert len(rows) == JOBS == len(names), f"in DiracX twice: {names.most_common(3)}\n{story}"
-    assert {str(r["JobID"]) for r in rows} == {j["backend_ref"] for j in jobs}, str(story)
-    assert total_in_diracx(diracx) == before + JOBS, f"DiracX jobs of no Concordia job\n{story}"
+    assert len(rows) == jobs == len(names), f"in DiracX twice: {names.most_common(3)}\n{story}"
+    assert {str(r["JobID"]) for r in rows} == {j["backend_ref"] for j in ended}, str(story)
+    assert total_in_diracx(diracx) == before + jobs, f"DiracX jobs of no Concordia job\n{story}"
     assert {r["Status"] for r in rows} == {"Done"}, str(story)
