@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
-from concordia.backends.base import BackendError, BackendUnreachable, StatusUpdate
+from concordia.backends.base import BackendError, BackendUnreachable
 from concordia.core.states import (
     ACTIVE_STATES,
     KILLABLE_STATES,
@@ -17,7 +17,7 @@ from concordia.core.states import (
     JobStatus,
     one_of,
 )
-from concordia.db import datalake_files
+from concordia.db import datalake_files, owned_jobs
 from concordia.db.tables import Job
 from concordia.logic.errors import Conflict, DomainError, NotFound, Unavailable
 from concordia.logic.job_ends import end_in_backend
@@ -31,18 +31,22 @@ log = logging.getLogger(__name__)
 async def bulk_action(
     platform: Platform, owner_id: int, action: BulkAction, job_ids: Sequence[int]
 ) -> BulkOutcome:
-    """Apply one action to each job in turn; a refusal (and its reason) stops only that job."""
-    act: Callable[[Platform, int, int], Awaitable[JobSummary]] = {
-        "kill": kill_job,
-        "reschedule": reschedule_job,
-        "delete": delete_job,
-    }[action]
+    """Apply one action to each job; a refusal (and its reason) stops only that job. Kills
+    are made together: each backend told once, all recorded in one transaction."""
     outcome = BulkOutcome(action=action, succeeded=[], refused=[])
-    for job_id in dict.fromkeys(job_ids):
-        try:
-            await act(platform, owner_id, job_id)
-        except DomainError as exc:
-            outcome.refused.append(exc.message)
+    if action == "kill":
+        results = await kill_jobs(platform, owner_id, job_ids)
+    else:
+        act = reschedule_job if action == "reschedule" else delete_job
+        results = {}
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                results[job_id] = await act(platform, owner_id, job_id)
+            except DomainError as exc:
+                results[job_id] = exc
+    for job_id, result in results.items():
+        if isinstance(result, DomainError):
+            outcome.refused.append(result.message)
         else:
             outcome.succeeded.append(job_id)
     if action == "delete" and outcome.succeeded:
@@ -64,59 +68,123 @@ async def lake_notice(platform: Platform, job_ids: Sequence[int]) -> str:
 
 
 async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
+    result = (await kill_jobs(platform, owner_id, [job_id]))[job_id]
+    if isinstance(result, DomainError):
+        raise result
+    return result
+
+
+#: Each job's end, by id: what it became, or why it was refused.
+Outcomes = dict[int, JobSummary | DomainError]
+#: The jobs refused, by id, each with why.
+Refusals = dict[int, DomainError]
+
+
+async def kill_jobs(platform: Platform, owner_id: int, job_ids: Sequence[int]) -> Outcomes:
+    """Kill the user's jobs: each, by id, Killed or why not. Read in one statement, each
+    backend told once for all its jobs, recorded in one transaction."""
+    ids = list(dict.fromkeys(job_ids))
     async with platform.reading() as session:
-        job = await get_owned_job(session, owner_id, job_id)
-    status = JobStatus(job.status)
-    if status not in KILLABLE_STATES:
-        raise Conflict(f"job {job_id} is {status}: it cannot be killed")
-    if job.backend_ref is not None and (status in ACTIVE_STATES or status is JobStatus.WAITING):
-        for ended in await _tell_backend(platform, job, "kill"):
-            # It ended there before the kill arrived: it keeps that state, which the next
-            # poll brings with its history.
-            platform.look_again()
-            raise Conflict(
-                f"job {job_id} was not killed: the kill came too late, it had ended on "
-                f"{job.backend} ({ended.status}"
-                + (f", {ended.minor_status})" if ended.minor_status else ")")
-            )
-    return await _record_end(platform, job, JobStatus.KILLED, "Killed by user")
+        found = await owned_jobs.owned(session, owner_id, ids)
+    results: Outcomes = {}
+    seen: list[Job] = []
+    for job_id in ids:
+        job = found.get(job_id)
+        if job is None:
+            results[job_id] = NotFound(f"no job {job_id}")
+        elif (status := JobStatus(job.status)) not in KILLABLE_STATES:
+            results[job_id] = Conflict(f"job {job_id} is {status}: it cannot be killed")
+        else:
+            seen.append(job)
+    placed = [j for j in seen if j.backend_ref is not None and JobStatus(j.status) in _IN_BACKEND]
+    results.update(await _tell_backends(platform, placed, "kill"))
+    left = [j for j in seen if j.id not in results]
+    results.update(await _record_ends(platform, owner_id, left, JobStatus.KILLED, "Killed by user"))
+    return {job_id: results[job_id] for job_id in ids}
 
 
-async def _tell_backend(
-    platform: Platform, job: Job, action: Literal["kill", "delete"]
-) -> list[StatusUpdate]:
-    """The backend first, outside the lock (stopping a process takes its grace period; a
-    grid's call may need the database, to refresh a user's tokens): if it cannot be told,
-    nothing changes. A kill returns the job if it had ended on its own already."""
-    backend = platform.backends[job.backend]
+#: Where a job is in its backend's hands: a kill must reach it there.
+_IN_BACKEND = {*ACTIVE_STATES, JobStatus.WAITING}
+
+
+async def _tell_backends(
+    platform: Platform, jobs: Sequence[Job], action: Literal["kill", "delete"]
+) -> Refusals:
+    """Each backend told once, outside any lock (stopping a process takes its grace period;
+    a grid's call may need the database, to refresh a user's tokens). The jobs it could not
+    be told of, each with why (nothing changes for them), and the jobs a kill found ended
+    there already (they keep that state, which the next poll brings with its history)."""
+    refused: Refusals = {}
+    by_backend: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_backend.setdefault(job.backend, []).append(job)
     done = "killed" if action == "kill" else "deleted"
-    try:
-        status = JobStatus.KILLED if action == "kill" else JobStatus.DELETED
-        return await end_in_backend(backend, status, [backend_ref(job)])
-    except BackendUnreachable as exc:
-        raise Unavailable(f"job {job.id} was not {done}, try again later: {exc}") from None
-    except BackendError as exc:
-        raise Conflict(f"job {job.id} was not {done}: {job.backend}: {exc}") from None
-
-
-async def _record_end(platform: Platform, seen: Job, status: JobStatus, minor: str) -> JobSummary:
-    """Record Killed or Deleted; a job handed to its backend since it was ``seen`` (a
-    hand-over was under way) is then told to its backend too."""
-    async with platform.writing() as session:
-        job = await get_owned_job(session, seen.owner_id, seen.id, lock=True)
-        now = JobStatus(job.status)
-        if now is not status:  # the backend may have reported it already
-            try:
-                transition(session, job, status, minor=minor, source="User")
-            except InvalidTransition:  # it ended on its own meanwhile
-                raise Conflict(f"job {job.id} is {now} now: it was not changed") from None
-    if seen.backend_ref is None and job.backend_ref is not None:
+    status = JobStatus.KILLED if action == "kill" else JobStatus.DELETED
+    for name, told in by_backend.items():
         try:
-            await _tell_backend(platform, job, "kill" if status is JobStatus.KILLED else "delete")
-        except DomainError as exc:  # recorded: the backend's copy ends on its own
-            log.warning("%s", exc.message)
-    platform.bus.publish(job_event(job))
-    return JobSummary.model_validate(job, from_attributes=True)
+            ended = await end_in_backend(
+                platform.backends[name], status, [backend_ref(j) for j in told]
+            )
+        except BackendUnreachable as exc:
+            refused.update(
+                {
+                    j.id: Unavailable(f"job {j.id} was not {done}, try again later: {exc}")
+                    for j in told
+                }
+            )
+            continue
+        except BackendError as exc:
+            refused.update(
+                {j.id: Conflict(f"job {j.id} was not {done}: {name}: {exc}") for j in told}
+            )
+            continue
+        by_uuid = {j.uuid: j for j in told}
+        for update in ended:
+            job = by_uuid[update.uuid]
+            minor = f", {update.minor_status})" if update.minor_status else ")"
+            refused[job.id] = Conflict(
+                f"job {job.id} was not killed: the kill came too late, it had ended on "
+                f"{name} ({update.status}{minor}"
+            )
+        if ended:
+            platform.look_again()
+    return refused
+
+
+async def _record_ends(
+    platform: Platform, owner_id: int, seen: Sequence[Job], status: JobStatus, minor: str
+) -> Outcomes:
+    """Record Killed or Deleted, all in one transaction; a job handed to its backend since
+    it was ``seen`` (a hand-over was under way) is then told to its backend too."""
+    results: Outcomes = {}
+    if not seen:
+        return results
+    async with platform.writing() as session:
+        now = await owned_jobs.owned(session, owner_id, [j.id for j in seen], lock=True)
+        for job_id in (j.id for j in seen):
+            job = now.get(job_id)
+            if job is None:
+                results[job_id] = NotFound(f"no job {job_id}")
+            elif JobStatus(job.status) is not status:  # the backend may have reported it
+                try:
+                    transition(session, job, status, minor=minor, source="User")
+                except InvalidTransition:  # it ended on its own meanwhile
+                    results[job_id] = Conflict(
+                        f"job {job_id} is {job.status} now: it was not changed"
+                    )
+    handed = [
+        now[j.id]
+        for j in seen
+        if j.backend_ref is None and j.id not in results and now[j.id].backend_ref is not None
+    ]
+    action: Literal["kill", "delete"] = "kill" if status is JobStatus.KILLED else "delete"
+    for refused in (await _tell_backends(platform, handed, action)).values():
+        log.warning("%s", refused.message)  # recorded: the backend's copy ends on its own
+    for job_id in (j.id for j in seen):
+        if job_id not in results:
+            platform.bus.publish(job_event(now[job_id]))
+            results[job_id] = JobSummary.model_validate(now[job_id], from_attributes=True)
+    return results
 
 
 async def reschedule_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
@@ -143,10 +211,12 @@ async def delete_job(platform: Platform, owner_id: int, job_id: int) -> DeletedJ
     if status in ACTIVE_STATES:
         raise Conflict(f"job {job_id} is {status}: kill it before deleting it")
     if job.backend_ref is not None:
-        await _tell_backend(platform, job, "delete")
-    summary = DeletedJob.model_validate(
-        (await _record_end(platform, job, JobStatus.DELETED, "Deleted by user")).model_dump()
-    )
+        for refused in (await _tell_backends(platform, [job], "delete")).values():
+            raise refused
+    outcomes = await _record_ends(platform, owner_id, [job], JobStatus.DELETED, "Deleted by user")
+    if isinstance(ended := outcomes[job.id], DomainError):
+        raise ended
+    summary = DeletedJob.model_validate(ended.model_dump())
     await asyncio.to_thread(shutil.rmtree, platform.settings.jobs_dir / job.uuid, True)
     summary.notice = await lake_notice(platform, [job.id])
     return summary

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from concordia.backends.base import BackendRef, StatusUpdate
 from concordia.db.migrate import upgrade
 from concordia.settings import Settings
 from tests.conftest import Running, make_settings, running_app
@@ -285,6 +286,39 @@ async def test_a_job_killed_too_late_keeps_the_state_it_ended_in(settings: Setti
         [done] = await until_status(app.client, [job_id], "Done", "Killed")
     assert done["status"] == "Done" and done["exit_code"] == 0
     assert "Killed" not in statuses(done)
+
+
+class CountingKills(StartingBackend):
+    """Starts its jobs at once, and counts the calls that kill them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kill_calls = 0
+
+    async def kill(self, refs: list[BackendRef]) -> list[StatusUpdate]:
+        self.kill_calls += 1
+        return await super().kill(refs)
+
+
+async def test_a_submission_is_killed_in_one_call_to_its_backend(settings: Settings) -> None:
+    """A whole batch killed at once tells its backend once (a grid call per job would take
+    minutes for a thousand), and a job that ended just before is refused alone, as it ended."""
+    fake = CountingKills()
+    async with started(settings, fake) as app:
+        submission = await submit(app.client, jobs=30)
+        ids = submission["job_ids"]
+        runs = await until_status(app.client, ids, "Running")
+        fake.ending_at_kill.add(runs[7]["uuid"])
+        answer = await app.client.post(f"/api/v1/submissions/{submission['id']}/kill")
+        assert answer.status_code == 200, answer.text
+        outcome = answer.json()
+        assert fake.kill_calls == 1
+        assert sorted(outcome["succeeded"]) == sorted(i for i in ids if i != ids[7])
+        [refused] = outcome["refused"]
+        assert f"job {ids[7]} was not killed: the kill came too late" in refused
+        now = await status_of(app.client)
+        assert [now[i] for i in ids if i != ids[7]] == ["Killed"] * 29
+        await until_status(app.client, [ids[7]], "Done")
 
 
 async def test_a_job_killed_while_being_handed_over_is_killed_in_its_backend(
