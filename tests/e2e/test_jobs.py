@@ -211,6 +211,29 @@ def test_every_job_matching_the_filters_is_killed_at_once(
     assert asked == ["Kill 60 job(s)? What they have not written yet is lost."]
 
 
+def test_all_jobs_matching_stay_selected_when_new_rows_come(
+    page: Page, live_server: LiveServer
+) -> None:
+    """The rows are the most recently changed first: a job off the page that changes comes
+    onto it. With every job matching the filters selected, it comes selected too."""
+    sign_in(page, live_server)
+    sub = submit(live_server, jobs=60, sleep=300)
+    page.goto(f"{live_server.url}/jobs?submission={sub['id']}")
+    page.locator("#jobs-select-all").check()
+    page.get_by_role("button", name="Select all 60 jobs matching these filters").click()
+    selected = page.locator("#jobs-selected")
+    expect(selected).to_have_text("All 60 jobs matching these filters selected:")
+    shown = page.locator('#jobs-table input[name="job"]').evaluate_all("bs => bs.map(b => b.value)")
+    [off_page, *_] = [i for i in sub["job_ids"] if str(i) not in shown]
+    killed = httpx.post(
+        f"{live_server.url}/api/v1/jobs/{off_page}/kill",
+        headers={"Authorization": f"Bearer {live_server.token}"},
+    )
+    assert killed.status_code == 200, killed.text
+    expect(row(page, off_page).locator('input[name="job"]')).to_be_checked(timeout=15_000)
+    expect(selected).to_have_text("All 60 jobs matching these filters selected:")
+
+
 def test_a_submission_is_deleted_from_its_page_after_saying_what_is_lost(
     page: Page, live_server: LiveServer
 ) -> None:

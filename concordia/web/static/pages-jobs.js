@@ -74,14 +74,19 @@
     }, 600);
     // The selection survives new rows: the boxes checked just before the swap (those checked
     // while the rows were on their way included) are checked again right after it, in the
-    // same task, so that no click can fall between.
+    // same task, so that no click can fall between. With every job matching the filters
+    // selected, every new row is one of them: the rows are the most recently changed first,
+    // and a job changing off the page comes onto it.
     let keep = new Set();
     document.body.addEventListener("htmx:beforeSwap", (event) => {
       if (event.detail.target === table) keep = new Set(checked().map((box) => box.value));
     });
     document.body.addEventListener("htmx:afterSwap", (event) => {
       if (event.detail.target !== table) return;
-      table.querySelectorAll('input[name="job"]').forEach((box) => { box.checked = keep.has(box.value); });
+      const everyMatching = matching.value === "1";
+      table.querySelectorAll('input[name="job"]').forEach((box) => {
+        box.checked = everyMatching || keep.has(box.value);
+      });
       updateSelection();
     });
 
