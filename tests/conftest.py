@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
@@ -94,11 +95,34 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+#: A directory the suite's processes share (scripts/run-tests sets it for both passes and
+#: all their workers): the hello image is built once there, not once per process.
+SHARED_VARIABLE = "CONCORDIA_TEST_SHARED"
+
+
 @pytest.fixture(scope="session")
-def image_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An image store holding the hello image, built once per test session for real (the
-    tests of builds themselves build in their own store)."""
-    root = traversable(tmp_path_factory.mktemp("image-seed"))
+def image_seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An image store holding the hello image, built for real once per run of the suite
+    (the tests of builds themselves build in their own store)."""
+    shared = os.environ.get(SHARED_VARIABLE)
+    if not shared:
+        yield _seed(traversable(tmp_path_factory.mktemp("image-seed")))
+        return
+    root = traversable(Path(shared)) / "image-seed"
+    with (root.parent / "image-seed.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first process builds, the others wait
+        try:
+            if not root.exists():  # built aside and moved in whole: never half there
+                built = traversable(tmp_path_factory.mktemp("image-seed"))
+                _seed(built)
+                shutil.move(built, root)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    yield make_settings(root / "var").images_dir
+
+
+def _seed(root: Path) -> Path:
+    """The hello image built in a store under ``root``; the store."""
     settings = make_settings(root / "var")
 
     async def build() -> None:
