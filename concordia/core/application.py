@@ -22,7 +22,6 @@ from concordia.core.application_checks import (
 from concordia.core.expressions import Name
 from concordia.core.limits import JobLimits
 from concordia.core.parameters import (
-    CONTROL_CHARACTERS,
     EnumParam,
     ParameterDef,
     ParameterError,
@@ -41,6 +40,7 @@ from concordia.core.rules import (
     parameters_read,
     read_table,
 )
+from concordia.core.text import CONTROL_CHARACTERS
 
 NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
 

@@ -8,6 +8,8 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
+from concordia.core.text import CONTROL_CHARACTERS
+
 __all__ = [
     "Expression",
     "JDLError",
@@ -50,7 +52,6 @@ _EXPONENT = r"[eE][+-]?[0-9]+"
 _FLOAT = re.compile(rf"[+-]?(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:{_EXPONENT})?|[0-9]+{_EXPONENT})")
 # Anything below 0x20 (and DEL) could end a line or confuse a reader of the JDL; newline
 # in particular would let a value start a new attribute, so strings refuse them all.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Expressions from DIRAC may span lines, so they keep the whitespace controls.
 _EXPR_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
@@ -91,7 +92,7 @@ def _render_scalar(name: str, value: object, *, in_list: bool) -> str:
         _check_expression(name, value, in_list=in_list)
         return str.__str__(value)
     if isinstance(value, str):
-        if bad := _CONTROL.search(value):
+        if bad := CONTROL_CHARACTERS.search(value):
             raise JDLError(
                 f"attribute {name!r}: {bad.group()!r} in a string could inject into the JDL"
             )

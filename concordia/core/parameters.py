@@ -7,10 +7,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from concordia.core.text import CONTROL_CHARACTERS
+
 #: A parameter's name, also that of a build argument or a batch sequence.
 PARAM_RE = r"^[a-z][a-z0-9_]{0,62}$"
 #: Characters refused in any string value: they could break a JDL, a log line or a shell.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 #: Halves of a UTF-16 pair: JSON may carry one alone, which no UTF-8 text (a database
 #: row, a response, a job's argv) can hold.
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from concordia.core.text import CONTROL_CHARACTERS
 from concordia.logs import REQUEST_ID
 from concordia.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
 
@@ -25,7 +26,6 @@ SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: Control characters of a query string, escaped in the access log.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Query parameters that are secrets (a grid image link's signature): never logged.
 _SECRET = re.compile(r"(^|&)(sig)=[^&]*")
 
@@ -64,7 +64,7 @@ def _target(scope: Scope) -> str:
     query = scope.get("query_string", b"").decode("latin-1")
     if query:
         query = _SECRET.sub(r"\1\2=REDACTED", query)
-        target += "?" + _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", query)
+        target += "?" + CONTROL_CHARACTERS.sub(lambda m: f"%{ord(m.group()):02X}", query)
     return target
 
 
