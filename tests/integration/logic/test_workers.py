@@ -25,7 +25,8 @@ from prometheus_client.samples import Sample
 from tests.conftest import LiveServer, free_port
 from tests.database import ON_POSTGRESQL, fetch_value
 
-pytestmark = [pytest.mark.slow, pytest.mark.sql]
+#: The tests marked sql hang on the database: its lease, its notifications between processes.
+pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -155,6 +156,7 @@ class Events(threading.Thread):
                     self.seen.append(json.loads(line[6:]))
 
 
+@pytest.mark.sql
 def test_web_processes_and_a_worker_run_jobs_live_and_kill_them(split: Split) -> None:
     split.worker().wait_for("worker running")
     split.web.start()
@@ -184,6 +186,7 @@ def test_web_processes_and_a_worker_run_jobs_live_and_kill_them(split: Split) ->
         assert statuses(client, [slow])[slow] == "Killed"
 
 
+@pytest.mark.sql
 def test_a_second_worker_takes_over_from_one_that_dies(split: Split) -> None:
     """On SQLite the second waits as a standby; on PostgreSQL it runs beside the first, each
     taking jobs from the shared queue as it has room, and adopts the first's once it dies."""
@@ -230,6 +233,7 @@ def test_a_second_worker_takes_over_from_one_that_dies(split: Split) -> None:
     assert "worker stopped" in second.output()
 
 
+@pytest.mark.sql
 def test_serve_does_not_start_beside_a_worker(split: Split) -> None:
     split.worker().wait_for("worker running")
     other = split.worker()
@@ -276,6 +280,7 @@ def test_the_worker_serves_its_metrics_beside_the_web_processes(split: Split) ->
     assert "concordia_http_requests" in web
 
 
+@pytest.mark.sql
 def test_readyz_tells_when_no_worker_holds_its_lease(split: Split) -> None:
     split.web.env["CONCORDIA_WORKER_ABSENCE_SECONDS"] = "1"
     worker = split.worker()

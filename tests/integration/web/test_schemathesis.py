@@ -27,11 +27,14 @@ from schemathesis.python import asgi
 
 from concordia.web.app import create_app
 from tests.conftest import make_settings, seed_images
+from tests.database import ON_POSTGRESQL
 
 pytestmark = [pytest.mark.slow, pytest.mark.sql]
 
-# Per operation: about 30 operations stay well within two minutes on two cores.
-MAX_EXAMPLES = 100
+# Per operation: about 30 operations stay well within two minutes on two cores. The
+# PostgreSQL pass looks for what the engine answers differently (values out of a column's
+# range, text it refuses), which the first examples of each operation reach.
+MAX_EXAMPLES = 40 if ON_POSTGRESQL else 100
 
 
 def invalid_data_rejected(
