@@ -6,7 +6,6 @@ import asyncio
 import logging
 import shutil
 from collections.abc import Sequence
-from typing import Literal
 
 from concordia.backends.base import BackendError, BackendUnreachable
 from concordia.core.states import (
@@ -67,17 +66,23 @@ async def lake_notice(platform: Platform, job_ids: Sequence[int]) -> str:
     )
 
 
-async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
-    result = (await kill_jobs(platform, owner_id, [job_id]))[job_id]
-    if isinstance(result, DomainError):
-        raise result
-    return result
-
-
 #: Each job's end, by id: what it became, or why it was refused.
 Outcomes = dict[int, JobSummary | DomainError]
 #: The jobs refused, by id, each with why.
 Refusals = dict[int, DomainError]
+#: Where a job is in its backend's hands: a kill must reach it there.
+_IN_BACKEND = {*ACTIVE_STATES, JobStatus.WAITING}
+
+
+def _only(outcomes: Outcomes, job_id: int) -> JobSummary:
+    """The one job's end; its refusal raised."""
+    if isinstance(ended := outcomes[job_id], DomainError):
+        raise ended
+    return ended
+
+
+async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
+    return _only(await kill_jobs(platform, owner_id, [job_id]), job_id)
 
 
 async def kill_jobs(platform: Platform, owner_id: int, job_ids: Sequence[int]) -> Outcomes:
@@ -97,29 +102,23 @@ async def kill_jobs(platform: Platform, owner_id: int, job_ids: Sequence[int]) -
         else:
             seen.append(job)
     placed = [j for j in seen if j.backend_ref is not None and JobStatus(j.status) in _IN_BACKEND]
-    results.update(await _tell_backends(platform, placed, "kill"))
+    results.update(await _tell_backends(platform, placed, JobStatus.KILLED))
     left = [j for j in seen if j.id not in results]
     results.update(await _record_ends(platform, owner_id, left, JobStatus.KILLED, "Killed by user"))
     return {job_id: results[job_id] for job_id in ids}
 
 
-#: Where a job is in its backend's hands: a kill must reach it there.
-_IN_BACKEND = {*ACTIVE_STATES, JobStatus.WAITING}
-
-
-async def _tell_backends(
-    platform: Platform, jobs: Sequence[Job], action: Literal["kill", "delete"]
-) -> Refusals:
-    """Each backend told once, outside any lock (stopping a process takes its grace period;
-    a grid's call may need the database, to refresh a user's tokens). The jobs it could not
-    be told of, each with why (nothing changes for them), and the jobs a kill found ended
-    there already (they keep that state, which the next poll brings with its history)."""
+async def _tell_backends(platform: Platform, jobs: Sequence[Job], status: JobStatus) -> Refusals:
+    """Each backend told once that its jobs are ``status`` (Killed or Deleted), outside any
+    lock (stopping a process takes its grace period; a grid's call may need the database,
+    to refresh a user's tokens). The jobs it could not be told of, each with why (nothing
+    changes for them), and the jobs a kill found ended there already (they keep that state,
+    which the next poll brings with its history)."""
     refused: Refusals = {}
     by_backend: dict[str, list[Job]] = {}
     for job in jobs:
         by_backend.setdefault(job.backend, []).append(job)
-    done = "killed" if action == "kill" else "deleted"
-    status = JobStatus.KILLED if action == "kill" else JobStatus.DELETED
+    done = "killed" if status is JobStatus.KILLED else "deleted"
     for name, told in by_backend.items():
         try:
             ended = await end_in_backend(
@@ -177,8 +176,7 @@ async def _record_ends(
         for j in seen
         if j.backend_ref is None and j.id not in results and now[j.id].backend_ref is not None
     ]
-    action: Literal["kill", "delete"] = "kill" if status is JobStatus.KILLED else "delete"
-    for refused in (await _tell_backends(platform, handed, action)).values():
+    for refused in (await _tell_backends(platform, handed, status)).values():
         log.warning("%s", refused.message)  # recorded: the backend's copy ends on its own
     for job_id in (j.id for j in seen):
         if job_id not in results:
@@ -211,12 +209,10 @@ async def delete_job(platform: Platform, owner_id: int, job_id: int) -> DeletedJ
     if status in ACTIVE_STATES:
         raise Conflict(f"job {job_id} is {status}: kill it before deleting it")
     if job.backend_ref is not None:
-        for refused in (await _tell_backends(platform, [job], "delete")).values():
+        for refused in (await _tell_backends(platform, [job], JobStatus.DELETED)).values():
             raise refused
-    outcomes = await _record_ends(platform, owner_id, [job], JobStatus.DELETED, "Deleted by user")
-    if isinstance(ended := outcomes[job.id], DomainError):
-        raise ended
-    summary = DeletedJob.model_validate(ended.model_dump())
+    ended = await _record_ends(platform, owner_id, [job], JobStatus.DELETED, "Deleted by user")
+    summary = DeletedJob.model_validate(_only(ended, job.id).model_dump())
     await asyncio.to_thread(shutil.rmtree, platform.settings.jobs_dir / job.uuid, True)
     summary.notice = await lake_notice(platform, [job.id])
     return summary
