@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,26 +37,47 @@ def wait_for(
     raise AssertionError(f"job {job_id} never reached {statuses} in {timeout} s: {history}")
 
 
-def processes_become(expected: int, timeout: float = 15) -> int:
-    """The count of hello.sh shells once it is ``expected`` (or when time is up): a job is
-    Running once bwrap is started, its shell appears a moment later on a loaded machine."""
+def processes_become(server: LiveServer, expected: int, timeout: float = 15) -> int:
+    """The count of the server's hello.sh shells once it is ``expected`` (or when time is
+    up): a job is Running once bwrap is started, its shell appears a moment later on a
+    loaded machine."""
     deadline = time.monotonic() + timeout
-    while (count := hello_processes()) != expected and time.monotonic() < deadline:
+    while (count := hello_processes(server)) != expected and time.monotonic() < deadline:
         time.sleep(0.1)
     return count
 
 
-def hello_processes() -> int:
-    """Job shells running hello.sh, counted from /proc (bwrap's own argv is not counted)."""
+def hello_processes(server: LiveServer) -> int:
+    """Job shells running hello.sh under this server's data directory, counted from /proc
+    (bwrap's own argv is not counted). Other tests' jobs run beside these (the suite's
+    workers and its PostgreSQL pass): a shell counts when a process above it names this
+    server's data directory (the bwrap that binds the job's directory)."""
     count = 0
     for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
-            continue
-        count += argv[:2] == [b"sh", b"hello.sh"]
+        if entry.isdigit() and _cmdline(entry)[:2] == [b"sh", b"hello.sh"]:
+            count += _started_below(entry, os.fsencode(server.data_dir.absolute()))
     return count
+
+
+def _cmdline(pid: str) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().split(b"\0")
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
+        return []
+
+
+def _started_below(pid: str, data_dir: bytes) -> bool:
+    """Whether a process above ``pid`` has ``data_dir`` in its arguments."""
+    while pid not in ("0", "1"):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        pid = status.split("PPid:")[1].split()[0]
+        if any(data_dir in arg for arg in _cmdline(pid)):
+            return True
+    return False
 
 
 def test_jobs_running_at_sigkill_are_stalled_then_rescheduled(live_server: LiveServer) -> None:
@@ -71,7 +93,7 @@ def test_jobs_running_at_sigkill_are_stalled_then_rescheduled(live_server: LiveS
             assert wait_for(client, job_id, {"Running"})["isolated"] is True
         for job_id in queued["job_ids"]:  # two slots, both busy: they wait their turn
             assert wait_for(client, job_id, {"Waiting"}, timeout=10)["status"] == "Waiting"
-    assert processes_become(2) == 2
+    assert processes_become(live_server, 2) == 2
 
     live_server.kill(signal.SIGKILL)
     live_server.start()
@@ -85,7 +107,7 @@ def test_jobs_running_at_sigkill_are_stalled_then_rescheduled(live_server: LiveS
             assert history[at : at + 4] == ["Stalled", "Failed", "Rescheduled", "Received"]
             assert job["reschedule_count"] == 1
         # The reruns are the only job processes: the killed server's jobs died with it.
-        assert processes_become(2) == 2
+        assert processes_become(live_server, 2) == 2
         for job_id in running["job_ids"]:
             assert client.post(f"/api/v1/jobs/{job_id}/kill").json()["status"] == "Killed"
         # The queued jobs were neither lost nor duplicated: each ran once, to Done.
