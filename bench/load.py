@@ -236,7 +236,13 @@ def main() -> None:
         apps = tmp / "apps"
         apps.mkdir()
         (apps / "noop.yaml").write_text(APPLICATION)
-        settings = {"applications_dir": str(apps), "local_slots": str(args.slots)}
+        # The clients stand for many users' browsers but sign in as the one local user:
+        # each SSE client gets a stream (the per-user bound would refuse all past 10).
+        settings = {
+            "applications_dir": str(apps),
+            "local_slots": str(args.slots),
+            "max_event_streams_per_user": str(max(args.sse, 1)),
+        }
         with _database(args.database) as url:
             if url:
                 settings["database_url"] = url
