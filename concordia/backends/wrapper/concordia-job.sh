@@ -175,27 +175,22 @@ if [ -n "$cj_unpacked" ] && [ -d "$cj_unpacked" ]; then
     cj_where="in place from $cj_unpacked"
 else
     [ "$cj_has_url" = 1 ] || cj_python "$cj_job" "$cj_sh_arg"  # it says the image is missing
-    cj_uid=
-    while read -r cj_key cj_value cj_more; do
-        if [ "$cj_key" = Uid: ]; then
-            cj_uid=$cj_value
-            break
-        fi
-    done </proc/self/status
-    [ -n "$cj_uid" ] || cj_python "$cj_job" "$cj_sh_arg"
-    # The cache as the Python wrapper's cache_dir chooses it; one not made yet is python3's.
+    # The cache as the Python wrapper's cache_dir chooses it: the first base where
+    # concordia-images-<uid> is this user's. sh has no builtin that gives the uid (read from
+    # /proc/self/status a byte at a time, it took a tenth of the whole start), so it takes a
+    # cache of its own by that name from the first base holding one. A base without one
+    # is python3's to decide (it makes the cache there, or finds the name another user's
+    # and goes on), as is a cache not yet marked.
     cj_cache=
     for cj_base in "${CONCORDIA_NODE_IMAGE_CACHE-}" "$cj_cache_dir" /var/tmp /tmp; do
         [ -n "$cj_base" ] || continue
-        cj_candidate=$cj_base/concordia-images-$cj_uid
-        if cj_own_cache "$cj_candidate"; then
-            cj_cache=$cj_candidate
-            break
-        fi
-        # One python3 would make, or take and mark: its choice, not sh's.
-        if [ ! -e "$cj_candidate" ] && [ ! -L "$cj_candidate" ] || cj_own "$cj_candidate"; then
-            cj_python "$cj_job" "$cj_sh_arg"
-        fi
+        for cj_candidate in "$cj_base"/concordia-images-[0-9]*; do
+            if cj_own_cache "$cj_candidate"; then
+                cj_cache=$cj_candidate
+                break 2
+            fi
+        done
+        cj_python "$cj_job" "$cj_sh_arg"
     done
     [ -n "$cj_cache" ] || cj_python "$cj_job" "$cj_sh_arg"
     # Checked by the job that fetched it: the stamp it wrote after the sha256 matched.

@@ -563,6 +563,17 @@ def test_anything_not_known_good_goes_to_python3(
         os.chown(stamp, 12345, -1)
         through_python("stamp-of-another")
         os.chown(stamp, 0, -1)
+        # Another user's cache beside this user's, marked as closed: sh never takes it.
+        other = node.cache.parent / "concordia-images-12345"
+        shutil.copytree(node.cache, other, symlinks=True)
+        other.chmod(0o1700)
+        for path in [other, *other.iterdir()]:
+            os.lchown(path, 12345, 12345)
+        fast("beside-another-s")
+        assert (
+            f"from the node's cache {node.cache}\n"
+            in node.run(node.job("again-beside", stored), argv).stdout
+        )
 
     settings_file = "concordia-job.env"
     work = node.job("no-settings", stored)
