@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from concordia.auth.vault import VaultError
 from concordia.backends.base import Backend, Owner, Token
 from concordia.backends.diracx import DiracXError, DiracXUnreachable
-from concordia.backends.diracx.client import unverified_claims
+from concordia.core.tokens import unverified_claims
 from concordia.db import users as db
 from concordia.logic.accounts import member_of
 from concordia.logic.errors import Conflict, Forbidden, Unavailable
@@ -96,7 +96,7 @@ async def _write(platform: Platform, user_id: int, kept: dict[str, dict[str, Any
 
 
 def _entry(vo: str, group: str, token: Token, user: str) -> dict[str, Any]:
-    refresh_exp = unverified_claims(token.refresh_token or "").get("exp")
+    refresh_exp = (unverified_claims(token.refresh_token or "") or {}).get("exp")
     until = datetime.fromtimestamp(refresh_exp, UTC).isoformat() if refresh_exp else None
     return {
         "vo": vo,
@@ -115,7 +115,7 @@ async def connect(
     """Keep the tokens DiracX gave at the end of the user's sign-in there, once checked to
     be of a VO the user is a member of, in its DIRAC group, and of the user themself."""
     token = Token.model_validate(answer)
-    claims = unverified_claims(token.access_token)
+    claims = unverified_claims(token.access_token) or {}
     vo, group = scope_for(identity, str(claims.get("vo", "")))
     if claims.get("dirac_group") != group:
         raise Conflict(

@@ -4,7 +4,6 @@ searches page by page, job hand-overs and status changes, sandbox uploads and do
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections import defaultdict
@@ -13,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from joserfc import jws
-from joserfc.errors import JoseError
 from pydantic import BaseModel, Field
 
 from concordia.backends.base import BackendError, BackendUnreachable, Owner, Token, UserTokenSource
@@ -51,16 +48,6 @@ class SandboxSlot(BaseModel):
 class Inserted(BaseModel):
     JobID: int
     Status: str = ""
-
-
-def unverified_claims(token: str) -> dict[str, Any]:
-    """A DiracX token's claims, read without checking the signature: only to show whom it
-    names and until when (it came from DiracX's own token endpoint, and DiracX checks it)."""
-    try:
-        claims = json.loads(jws.extract_compact(token.encode()).payload)
-    except (ValueError, JoseError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
 
 
 class DiracXClient:
