@@ -1,20 +1,28 @@
 """Which Rucio identity acts for a user in the data lake: their own IAM token where Rucio
-takes it (datalake_user_tokens), else the operator's service account."""
+takes it (datalake_user_tokens), else the operator's service account. A token Rucio took
+serves the user's next operations until shortly before it expires: a thousand jobs' uploads
+are not a thousand IAM refreshes and Rucio checks."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from concordia.auth.oidc import IamUnreachable
+from concordia.core.tokens import unverified_claims
 from concordia.datalake.errors import DatalakeError
 from concordia.datalake.store import DataLake, connect_as_user
 from concordia.logic.iam_session import SessionEnded, audience_token
 from concordia.logic.platform import Platform
 
 log = logging.getLogger(__name__)
+
+#: A token Rucio took is used again until this many seconds before it expires: an
+#: operation started with it must reach Rucio and the storage in time.
+TOKEN_MARGIN = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,9 @@ async def lake_for(platform: Platform, user_id: int, username: str) -> AsyncIter
         return
     try:
         yield LakeIdentity(lake, username, True)
+    except DatalakeError:  # the token may be what failed: the next operation asks IAM again
+        platform.lake_tokens.pop(user_id, None)
+        raise
     finally:
         await lake.aclose()
 
@@ -62,6 +73,9 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
     settings = platform.settings
     if not settings.datalake_user_tokens or platform.iam is None:
         return None
+    kept = platform.lake_tokens.get(user_id)
+    if kept is not None:
+        return connect_as_user(settings, username, kept[0])
     try:
         token = await audience_token(platform, user_id, settings.datalake_token_audience)
     except (SessionEnded, IamUnreachable) as exc:
@@ -77,6 +91,7 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
     else:
         why = f"it is Rucio's account {account}"
     if account == username:
+        _keep(platform, user_id, token)
         return lake
     await lake.aclose()
     log.warning(
@@ -85,3 +100,13 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
         why,
     )
     return None
+
+
+def _keep(platform: Platform, user_id: int, token: str) -> None:
+    """Remember a token Rucio took as the user's, until TOKEN_MARGIN before it expires."""
+    expires = (unverified_claims(token) or {}).get("exp")
+    if not isinstance(expires, int | float):
+        return
+    left = expires - time.time() - TOKEN_MARGIN
+    if left > 0:
+        platform.lake_tokens[user_id] = (token, time.monotonic() + left)

@@ -90,6 +90,11 @@ class Platform:
     trusted_tokens: TLRUCache[str, tuple[Identity, float]] = field(
         default_factory=lambda: TLRUCache(maxsize=TRUSTED_TOKENS, ttu=lambda _k, v, _now: v[1])
     )
+    #: IAM tokens Rucio took as their users' own (logic.datalake_identity): user id ->
+    #: (the token, until when on the monotonic clock).
+    lake_tokens: TLRUCache[int, tuple[str, float]] = field(
+        default_factory=lambda: TLRUCache(maxsize=TRUSTED_TOKENS, ttu=lambda _k, v, _now: v[1])
+    )
     #: Threads of their own for heavy work (zips, output listings, credentials).
     work: WorkPools = field(init=False)
     #: Signs grid jobs' upload tokens; None: the RSEs do not trust Concordia as an issuer.

@@ -19,7 +19,7 @@ from concordia.datalake.rucio import Rucio
 from tests.conftest import Running, running_app
 from tests.iam.pki import TestCA
 from tests.iam.server import IamDouble
-from tests.integration.auth.test_iam import PUBLIC_URL, IamApp
+from tests.integration.auth.test_iam import PUBLIC_URL, IamApp, csrf_of
 from tests.integration.datalake.test_datalake import FINAL, lake_settings, submit
 from tests.integration.web.test_api import wait_status
 from tests.rucio import RucioServer
@@ -126,14 +126,23 @@ async def test_a_signed_in_users_job_data_are_stored_as_their_own_account(
         async with app.browser() as browser:
             done = await app.sign_in(browser, "jane")
             assert done.status_code == 303, done.text
-        job, name = await run_lake_job(app.running, "jane", f"own.{tmp_path.name[-20:]}")
+            job, name = await run_lake_job(app.running, "jane", f"own.{tmp_path.name[-20:]}")
+            # The upload and the read: one token from IAM, kept while it lasts.
+            assert iam.count("/token", grant_type="refresh_token") == 1
+            said = caplog.text
+            caplog.clear()
+            await browser.post("/logout", data={"csrf": await csrf_of(browser)})
+        async with app.running.new_client("jane") as client:  # signed out: no token of hers
+            url = f"/api/v1/jobs/{job['id']}/datalake/{name}"
+            assert (await client.get(url)).status_code == 200
+        assert "read from the data lake as Rucio service account" in caplog.text
+    said += caplog.text
     assert did_account(rucio_server, "user.jane", name) == "jane"
     assert did_account(rucio_server, "user.jane", f"t.own.{tmp_path.name[-20:]}") == "jane"
     assert rule_accounts(rucio_server, "user.jane", name) == {"jane"}
     # The token came from refreshing jane's sign-in (Rucio takes only audience rucio).
     calls = iam.state.calls
     assert any(c.path == "/token" and c.grant_type == "refresh_token" for c in calls)
-    said = caplog.text
     wrote = "as Rucio account jane (the user's own IAM token)"
     assert f"job {job['id']}: its data go to the data lake {wrote}" in said
     assert "read from the data lake as Rucio account jane" in said
