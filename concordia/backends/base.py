@@ -24,6 +24,11 @@ class BackendUnreachable(BackendError):
     again later."""
 
 
+class SignInEnded(BackendError):
+    """The backend's sign-in service ended a user's sign-in (revoked, expired or replayed, or
+    the user is no longer in the group): nothing more is done with it, they sign in again."""
+
+
 class JobRefused(BackendError):
     """The backend would refuse the job: each problem names the rule it breaks."""
 
@@ -46,6 +51,21 @@ class Owner:
 #: expires (seconds since the epoch). Raises BackendError, saying why, for an owner without
 #: a usable sign-in: that owner's calls are refused, not the others'.
 UserTokenSource = Callable[[Owner], Awaitable[tuple[str, float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    """Whom the tokens of a user's sign-in at a backend's own service name."""
+
+    vo: str
+    group: str
+    #: The user as the service names them (shown on their account page).
+    user: str
+    #: Their subject at the IAM the service signed them in with ("" where it does not say).
+    iam_subject: str
+    #: When the sign-in lapses (its refresh token expires; seconds since the epoch), None if
+    #: the service does not say.
+    usable_until: float | None
 
 
 class Token(BaseModel):
@@ -281,8 +301,15 @@ class Backend(Protocol):
     async def refresh_user_token(self, refresh_token: str) -> Token:
         """New tokens for a user's refresh token, from the backend's sign-in service. The
         service may rotate them: the old refresh token is then dead, and using it again may
-        end all the user's sign-ins. Raises BackendError where the backend takes no
-        sign-ins (not ``needs_user_token``) or the service refuses it."""
+        end all the user's sign-ins. Raises SignInEnded when the service ended the sign-in,
+        BackendUnreachable when it does not answer, and BackendError where the backend takes
+        no sign-ins (not ``needs_user_token``) or the service refuses Concordia itself."""
+        ...
+
+    def sign_in_of(self, token: Token) -> SignIn:
+        """Whom the tokens its sign-in service just gave at the end of a user's sign-in name
+        (read from them: the service checks them on every call). Raises BackendError where
+        the backend takes no sign-ins."""
         ...
 
     async def close(self) -> None:

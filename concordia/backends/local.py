@@ -19,6 +19,7 @@ from concordia.backends.base import (
     BackendRef,
     JobSpec,
     Owner,
+    SignIn,
     StatusUpdate,
     Token,
     UserTokenSource,
@@ -196,6 +197,9 @@ class LocalBackend:
 
     async def refresh_user_token(self, refresh_token: str) -> Token:
         raise BackendError("jobs on this machine take no sign-ins: there is nothing to refresh")
+
+    def sign_in_of(self, token: Token) -> SignIn:
+        raise BackendError("jobs on this machine take no sign-ins")
 
     def job_dir(self, uuid: str) -> Path:
         if not _UUID.match(uuid):

@@ -6,15 +6,22 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
 
 from concordia.auth.vault import VaultError
-from concordia.backends.base import Backend, Owner, Token
-from concordia.backends.diracx import DiracXError, DiracXUnreachable
-from concordia.core.tokens import unverified_claims
+from concordia.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnreachable,
+    Owner,
+    SignIn,
+    SignInEnded,
+    Token,
+)
 from concordia.db import users as db
 from concordia.logic.accounts import member_of
 from concordia.logic.errors import Conflict, Forbidden, Unavailable
@@ -28,9 +35,6 @@ log = logging.getLogger(__name__)
 KIND = "diracx_tokens"
 #: Refresh this long before the access token expires: a call made with it must not fail.
 REFRESH_MARGIN = 60.0
-#: DiracX's answers to a refresh that end a sign-in: revoked, expired or replayed (401), or
-#: the user no longer in the group (403). Others (400: Concordia's client id) keep it.
-_ENDED = (401, 403)
 
 
 class DiracXConnection(BaseModel):
@@ -95,14 +99,13 @@ async def _write(platform: Platform, user_id: int, kept: dict[str, dict[str, Any
         await put_secret(session, platform.vault, user_id, KIND, json.dumps(kept).encode(), shown)
 
 
-def _entry(vo: str, group: str, token: Token, user: str) -> dict[str, Any]:
-    refresh_exp = (unverified_claims(token.refresh_token or "") or {}).get("exp")
-    until = datetime.fromtimestamp(refresh_exp, UTC).isoformat() if refresh_exp else None
+def _entry(signed: SignIn, token: Token) -> dict[str, Any]:
+    until = signed.usable_until
     return {
-        "vo": vo,
-        "group": group,
-        "dirac_user": user,
-        "usable_until": until,
+        "vo": signed.vo,
+        "group": signed.group,
+        "dirac_user": signed.user,
+        "usable_until": datetime.fromtimestamp(until, UTC).isoformat() if until else None,
         "access_token": token.access_token,
         "expires_at": time.time() + token.expires_in,
         "refresh_token": token.refresh_token,
@@ -115,36 +118,32 @@ async def connect(
     """Keep the tokens DiracX gave at the end of the user's sign-in there, once checked to
     be of a VO the user is a member of, in its DIRAC group, and of the user themself."""
     token = Token.model_validate(answer)
-    claims = unverified_claims(token.access_token) or {}
-    vo, group = scope_for(identity, str(claims.get("vo", "")))
-    if claims.get("dirac_group") != group:
+    signed = _grid(platform).sign_in_of(token)
+    vo, group = scope_for(identity, signed.vo)
+    if signed.group != group:
         raise Conflict(
-            f"DiracX signed you in to {vo}/{claims.get('dirac_group')}, not to {vo}/{group}: "
-            "nothing was kept"
+            f"DiracX signed you in to {vo}/{signed.group}, not to {vo}/{group}: nothing was kept"
         )
-    user = str(claims.get("preferred_username") or claims.get("sub") or "")
-    await _check_same_person(platform, identity, str(claims.get("sub", "")), user)
+    await _check_same_person(platform, identity, signed)
     async with platform.token_locks[identity.user_id]:
         kept = await _read(platform, identity.user_id)
-        kept[f"{vo}/{group}"] = _entry(vo, group, token, user)
+        kept[f"{vo}/{group}"] = _entry(signed, token)
         await _write(platform, identity.user_id, kept)
     _forget_token(platform, Owner(identity.username, vo, group))
-    log.info("user %s connected DiracX as %s in %s/%s", identity.username, user, vo, group)
+    log.info("user %s connected DiracX as %s in %s/%s", identity.username, signed.user, vo, group)
     return DiracXConnection.model_validate(kept[f"{vo}/{group}"])
 
 
-async def _check_same_person(
-    platform: Platform, identity: Identity, dirac_sub: str, dirac_user: str
-) -> None:
-    """DiracX's subject is "<vo>:<IAM subject>": with the same IAM, it must be the user's
-    own (a browser still signed in to IAM as someone else must not connect their account)."""
+async def _check_same_person(platform: Platform, identity: Identity, signed: SignIn) -> None:
+    """With the same IAM, the IAM subject DiracX names must be the user's own (a browser
+    still signed in to IAM as someone else must not connect their account)."""
     if not platform.settings.diracx_same_iam:
         return
     async with platform.reading() as session:
         subject = await db.iam_subject(session, identity.user_id)
-    if subject is not None and dirac_sub.partition(":")[2] != subject:
+    if subject is not None and signed.iam_subject != subject:
         raise Forbidden(
-            f"DiracX signed you in as {dirac_user}, another IAM account than yours: sign out "
+            f"DiracX signed you in as {signed.user}, another IAM account than yours: sign out "
             "of IAM, then connect again as yourself; nothing was kept"
         )
 
@@ -191,19 +190,23 @@ async def _refresh(
     platform: Platform, user_id: int, kept: dict[str, dict[str, Any]], key: str, how: str
 ) -> tuple[str, float]:
     entry = kept[key]
+    grid = _grid(platform)
     try:
-        token = await _grid(platform).refresh_user_token(entry["refresh_token"])
-    except DiracXUnreachable:
-        raise
-    except DiracXError as exc:
-        if exc.status not in _ENDED:  # Concordia's problem (its client id), not theirs:
-            log.error("DiracX refused Concordia's token refresh: %s", exc)  # nothing decided
-            raise DiracXUnreachable(f"DiracX refused Concordia's token refresh: {exc}") from None
+        token = await grid.refresh_user_token(entry["refresh_token"])
+    except SignInEnded as exc:
         log.info("DiracX ended user %s's sign-in for %s: %s", user_id, key, exc)
         kept.pop(key)
         await _write(platform, user_id, kept)
         raise NotConnected(f"DiracX ended your sign-in for {key} ({exc}): {how}") from None
-    kept[key] = _entry(entry["vo"], entry["group"], token, entry["dirac_user"])
+    except BackendUnreachable:
+        raise
+    except BackendError as exc:  # Concordia's problem (its client id), not theirs:
+        log.error("DiracX refused Concordia's token refresh: %s", exc)  # nothing decided
+        raise BackendUnreachable(f"DiracX refused Concordia's token refresh: {exc}") from None
+    signed = grid.sign_in_of(token)
+    kept[key] = _entry(
+        replace(signed, vo=entry["vo"], group=entry["group"], user=entry["dirac_user"]), token
+    )
     await _write(platform, user_id, kept)
     return token.access_token, kept[key]["expires_at"]
 
@@ -213,7 +216,7 @@ async def require_connection(platform: Platform, identity: Identity, vo: str, gr
     rather than jobs failing later."""
     try:
         await access_token(platform, identity.user_id, vo, group)
-    except DiracXUnreachable as exc:  # its token needed a refresh, and DiracX is down
+    except BackendUnreachable as exc:  # its token needed a refresh, and DiracX is down
         raise Unavailable(f"nothing was submitted: {exc}") from None
 
 
@@ -236,5 +239,5 @@ def user_tokens(platform: Platform) -> None:
             backend.use_user_tokens(source)
 
 
-class NotConnectedGrid(DiracXError):
+class NotConnectedGrid(BackendError):
     """As the backend sees a missing or ended sign-in: the job's call is refused, with why."""

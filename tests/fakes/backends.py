@@ -14,6 +14,7 @@ from concordia.backends.base import (
     BackendUnreachable,
     JobSpec,
     Owner,
+    SignIn,
     StatusUpdate,
     Token,
     UserTokenSource,
@@ -167,6 +168,9 @@ class FakeBackend:
         """Nothing to do: no token is kept."""
 
     async def refresh_user_token(self, refresh_token: str) -> Token:
+        raise BackendError("a fake grid takes no sign-ins")
+
+    def sign_in_of(self, token: Token) -> SignIn:
         raise BackendError("a fake grid takes no sign-ins")
 
     async def close(self) -> None:

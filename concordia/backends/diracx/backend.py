@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from concordia.backends.base import (
+    BackendError,
     BackendRef,
+    BackendUnreachable,
     JobSpec,
     Owner,
+    SignIn,
     StatusUpdate,
     Token,
     UserTokenSource,
@@ -34,6 +37,7 @@ from concordia.backends.diracx.news import by_owner, news, news_search, owner_of
 from concordia.backends.grid_images import GridImages, ImageNotPublished
 from concordia.backends.sandboxes import UnsafeArchive, extract_outputs
 from concordia.core.states import JobStatus
+from concordia.core.tokens import unverified_claims
 from concordia.settings import GridSettings
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,20 @@ class DiracXBackend:
         """A user connected or disconnected: their cached access token goes."""
         self.client.forget_token(owner)
 
+    def sign_in_of(self, token: Token) -> SignIn:
+        """DiracX's claims: its VO and DIRAC group, the user, and its subject
+        "<vo>:<IAM subject>"; a refresh token that is a JWT says until when."""
+        claims = unverified_claims(token.access_token) or {}
+        subject = str(claims.get("sub", ""))
+        expires = (unverified_claims(token.refresh_token or "") or {}).get("exp")
+        return SignIn(
+            vo=str(claims.get("vo", "")),
+            group=str(claims.get("dirac_group", "")),
+            user=str(claims.get("preferred_username") or subject),
+            iam_subject=subject.partition(":")[2],
+            usable_until=float(expires) if isinstance(expires, int | float) else None,
+        )
+
     # --- submit
 
     def capacity(self) -> None:
@@ -119,9 +137,9 @@ class DiracXBackend:
         for owner, specs in specs_by_owner.items():
             try:
                 refs += await self._submit_as(owner, specs)
-            except DiracXUnreachable:
+            except BackendUnreachable:
                 raise  # nothing decided: the round is tried again
-            except DiracXError as exc:  # refused for this user (their sign-in, their group)
+            except BackendError as exc:  # refused for this user (their sign-in, their group)
                 # Jobs DiracX may hold already are not failed: they wait, and are found once
                 # DiracX answers for the user again.
                 refs += [
@@ -222,9 +240,9 @@ class DiracXBackend:
                 body = news_search(list(jobs), self._polled.get(owner))
                 try:
                     rows = await self.client.search(owner, body)
-                except DiracXUnreachable:
+                except BackendUnreachable:
                     raise
-                except DiracXError as exc:  # this user's (a sign-in ended): not the others'
+                except BackendError as exc:  # this user's (a sign-in ended): not the others'
                     log.warning(
                         "DiracX poll for %s in %s/%s refused: %s",
                         owner.user, owner.vo, owner.group, exc,
@@ -235,7 +253,7 @@ class DiracXBackend:
                     known = jobs.get(int(row["JobID"]))
                     if known is not None:
                         updates += news(known, row)
-        except DiracXUnreachable as exc:
+        except BackendUnreachable as exc:
             log.warning("DiracX unreachable: %s", exc)
             return updates
         return updates

@@ -14,7 +14,14 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from concordia.backends.base import BackendError, BackendUnreachable, Owner, Token, UserTokenSource
+from concordia.backends.base import (
+    BackendError,
+    BackendUnreachable,
+    Owner,
+    SignInEnded,
+    Token,
+    UserTokenSource,
+)
 from concordia.backends.sandboxes import Sandbox
 from concordia.core.states import JobStatus
 from concordia.settings import GridSettings
@@ -140,17 +147,26 @@ class DiracXClient:
 
     async def refresh_user_token(self, refresh_token: str) -> Token:
         """New tokens for a user's refresh token (DiracX rotates them: the old one is dead
-        after this, and using it again would end all the user's sign-ins)."""
-        response = await self._send(
-            "POST",
-            "/api/auth/token",
-            "a token refresh",
-            data={
-                "grant_type": "refresh_token",
-                "refresh_token": refresh_token,
-                "client_id": self.settings.diracx_client_id,
-            },
-        )
+        after this, and using it again would end all the user's sign-ins). SignInEnded when
+        DiracX ended the sign-in (401: revoked, expired or replayed; 403: the user left the
+        group); another refusal is Concordia's own (its client id)."""
+        try:
+            response = await self._send(
+                "POST",
+                "/api/auth/token",
+                "a token refresh",
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": refresh_token,
+                    "client_id": self.settings.diracx_client_id,
+                },
+            )
+        except DiracXUnreachable:
+            raise
+        except DiracXError as exc:
+            if exc.status in (401, 403):
+                raise SignInEnded(str(exc)) from None
+            raise
         return Token.model_validate(response.json())
 
     def forget_token(self, owner: Owner) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 
 import pytest
 
-from concordia.backends.base import Backend, BackendError, JobSpec, Owner
+from concordia.backends.base import Backend, BackendError, JobSpec, Owner, SignIn, Token
 from concordia.backends.diracx import DiracXBackend
 from concordia.backends.local import LocalBackend
 from concordia.settings import Settings
@@ -55,6 +57,31 @@ async def test_the_local_backend_has_no_sign_in_to_refresh() -> None:
     LOCAL.forget_token(Owner("jane", "cta", "cta_user"))  # nothing kept: nothing happens
     with pytest.raises(BackendError):
         await LOCAL.refresh_user_token("a-refresh-token")
+
+
+def unsigned_jwt(claims: dict[str, object]) -> str:
+    """A JWT of these claims (its signature is not read: the service checks it)."""
+    parts = [{"alg": "RS256", "typ": "JWT"}, claims]
+    encoded = [base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=") for p in parts]
+    return b".".join([*encoded, b"c2ln"]).decode()
+
+
+def test_a_diracx_sign_in_is_read_from_diracx_s_own_claims() -> None:
+    access = unsigned_jwt(
+        {"sub": "cta:0a1b-iam", "vo": "cta", "dirac_group": "cta_user",
+         "preferred_username": "jane", "exp": 1_900_000_000}
+    )  # fmt: skip
+    refresh = unsigned_jwt({"sub": "cta:0a1b-iam", "exp": 1_900_086_400})
+    signed = USERS_GRID.sign_in_of(Token(access_token=access, refresh_token=refresh))
+    assert signed == SignIn("cta", "cta_user", "jane", "0a1b-iam", 1_900_086_400.0)
+    # An opaque refresh token says nothing of when the sign-in lapses.
+    assert USERS_GRID.sign_in_of(Token(access_token=access, refresh_token="x")).usable_until is None
+
+
+def test_backends_without_sign_ins_refuse_to_read_one() -> None:
+    for backend in (LOCAL, *(fake() for fake in FAMILY)):
+        with pytest.raises(BackendError):
+            backend.sign_in_of(Token(access_token="a.b.c"))
 
 
 def test_a_job_runs_as_its_owner_in_its_vo_and_group() -> None:
