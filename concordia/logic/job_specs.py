@@ -77,27 +77,42 @@ async def specs_for(
                 continue
         maybe_submitted = job.id <= last_before_start
         spec = _spec(platform, job, app, image, proxy, groups[job.submission_id], maybe_submitted)
-        if (lake := lakes.get(job.submission_id)) is not None:
-            if lake.error:
-                minor = f"Data lake: {lake.error}"
-                transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
-                continue
-            if lake.url is None:  # Rucio did not answer: the next round tries again
-                memory.retry_later = True
-                continue
-            spec.datalake = datalake_grid.grid_settings(
-                platform.settings, lake.url, lake.choice, app,
-                submission_id=job.submission_id, index=job.index, job_uuid=job.uuid,
-                attempt=job.reschedule_count, ca=lake.ca,
-            )  # fmt: skip
-            if (keys := datalake_tokens.link_keys(platform)) is not None:
-                # Its wrapper fetches a token per file with it, as it uploads.
-                link = datalake_tokens.upload_link(
-                    platform.settings, platform.settings.public_url, keys, job.uuid
-                )
-                spec.datalake["token_url"] = link
-        specs.append(spec)
+        lake = lakes.get(job.submission_id)
+        if lake is None or _to_lake(platform, session, memory, job, app, spec, lake):
+            specs.append(spec)
     return specs
+
+
+def _to_lake(
+    platform: Platform,
+    session: AsyncSession,
+    memory: RoundMemory,
+    job: ReadyJob,
+    app: ApplicationDef,
+    spec: JobSpec,
+    lake: datalake_grid.GridLake,
+) -> bool:
+    """Tell the job's spec where its data go in the data lake; False if it cannot start now
+    (failed here with why, or waiting for Rucio to say where its RSE is)."""
+    if lake.error:
+        minor = f"Data lake: {lake.error}"
+        transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
+        return False
+    if lake.url is None:  # Rucio did not answer: the next round tries again
+        memory.retry_later = True
+        return False
+    spec.datalake = datalake_grid.grid_settings(
+        platform.settings, lake.url, lake.choice, app,
+        submission_id=job.submission_id, index=job.index, job_uuid=job.uuid,
+        attempt=job.reschedule_count, ca=lake.ca,
+    )  # fmt: skip
+    if (keys := datalake_tokens.link_keys(platform)) is not None:
+        # Its wrapper fetches a token per file with it, as it uploads.
+        link = datalake_tokens.upload_link(
+            platform.settings, platform.settings.public_url, keys, job.uuid
+        )
+        spec.datalake["token_url"] = link
+    return True
 
 
 async def _groups_of(session: AsyncSession, submission_ids: set[int]) -> dict[int, Owner]:
