@@ -21,7 +21,7 @@ from concordia.db.tables import Job
 from concordia.logic.errors import Conflict, DomainError, NotFound, Unavailable
 from concordia.logic.job_ends import end_in_backend
 from concordia.logic.job_models import BulkAction, BulkOutcome, DeletedJob, JobSummary
-from concordia.logic.jobs import backend_ref, get_owned_job, job_event, requeue, transition
+from concordia.logic.jobs import backend_ref, job_event, requeue, transition
 from concordia.logic.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -30,19 +30,11 @@ log = logging.getLogger(__name__)
 async def bulk_action(
     platform: Platform, owner_id: int, action: BulkAction, job_ids: Sequence[int]
 ) -> BulkOutcome:
-    """Apply one action to each job; a refusal (and its reason) stops only that job. Kills
-    are made together: each backend told once, all recorded in one transaction."""
+    """Apply one action to each job; a refusal (and its reason) stops only that job. The
+    jobs are read together, each backend told once, all recorded in one transaction."""
+    act = {"kill": kill_jobs, "reschedule": reschedule_jobs, "delete": delete_jobs}[action]
+    results = await act(platform, owner_id, job_ids)
     outcome = BulkOutcome(action=action, succeeded=[], refused=[])
-    if action == "kill":
-        results = await kill_jobs(platform, owner_id, job_ids)
-    else:
-        act = reschedule_job if action == "reschedule" else delete_job
-        results = {}
-        for job_id in dict.fromkeys(job_ids):
-            try:
-                results[job_id] = await act(platform, owner_id, job_id)
-            except DomainError as exc:
-                results[job_id] = exc
     for job_id, result in results.items():
         if isinstance(result, DomainError):
             outcome.refused.append(result.message)
@@ -186,33 +178,73 @@ async def _record_ends(
 
 
 async def reschedule_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
+    return _only(await reschedule_jobs(platform, owner_id, [job_id]), job_id)
+
+
+async def reschedule_jobs(platform: Platform, owner_id: int, job_ids: Sequence[int]) -> Outcomes:
+    """Queue the user's ended jobs again, in one transaction: each, by id, its new state or
+    why not."""
+    ids = list(dict.fromkeys(job_ids))
+    results: Outcomes = {}
+    again: list[Job] = []
     async with platform.writing() as session:
-        job = await get_owned_job(session, owner_id, job_id, lock=True)
-        status = JobStatus(job.status)
-        if status not in USER_RESCHEDULABLE_STATES:
-            raise Conflict(
-                f"job {job_id} is {status}: only {one_of(USER_RESCHEDULABLE_STATES)} jobs "
-                "can be rescheduled"
-            )
-        requeue(session, job, minor="Rescheduled by user", source="User")
-    platform.bus.publish(job_event(job))
-    platform.look_again()
-    return JobSummary.model_validate(job, from_attributes=True)
+        found = await owned_jobs.owned(session, owner_id, ids, lock=True)
+        for job_id in ids:
+            job = found.get(job_id)
+            if job is None:
+                results[job_id] = NotFound(f"no job {job_id}")
+            elif (status := JobStatus(job.status)) not in USER_RESCHEDULABLE_STATES:
+                results[job_id] = Conflict(
+                    f"job {job_id} is {status}: only {one_of(USER_RESCHEDULABLE_STATES)} jobs "
+                    "can be rescheduled"
+                )
+            else:
+                requeue(session, job, minor="Rescheduled by user", source="User")
+                again.append(job)
+    for job in again:
+        platform.bus.publish(job_event(job))
+        results[job.id] = JobSummary.model_validate(job, from_attributes=True)
+    if again:
+        platform.look_again()
+    return {job_id: results[job_id] for job_id in ids}
 
 
 async def delete_job(platform: Platform, owner_id: int, job_id: int) -> DeletedJob:
+    summary = _only(await delete_jobs(platform, owner_id, [job_id]), job_id)
+    deleted = DeletedJob.model_validate(summary.model_dump())
+    deleted.notice = await lake_notice(platform, [job_id])
+    return deleted
+
+
+async def delete_jobs(platform: Platform, owner_id: int, job_ids: Sequence[int]) -> Outcomes:
+    """Delete the user's ended jobs: each, by id, Deleted or why not. Read in one statement,
+    each backend told once for all its jobs, recorded in one transaction; then their files
+    go (their data in the data lake stay: lake_notice says so)."""
+    ids = list(dict.fromkeys(job_ids))
     async with platform.reading() as session:
-        job = await get_owned_job(session, owner_id, job_id)
-    status = JobStatus(job.status)
-    if status is JobStatus.DELETED:
-        raise NotFound(f"no job {job_id}")
-    if status in ACTIVE_STATES:
-        raise Conflict(f"job {job_id} is {status}: kill it before deleting it")
-    if job.backend_ref is not None:
-        for refused in (await _tell_backends(platform, [job], JobStatus.DELETED)).values():
-            raise refused
-    ended = await _record_ends(platform, owner_id, [job], JobStatus.DELETED, "Deleted by user")
-    summary = DeletedJob.model_validate(_only(ended, job.id).model_dump())
-    await asyncio.to_thread(shutil.rmtree, platform.settings.jobs_dir / job.uuid, True)
-    summary.notice = await lake_notice(platform, [job.id])
-    return summary
+        found = await owned_jobs.owned(session, owner_id, ids)
+    results: Outcomes = {}
+    seen: list[Job] = []
+    for job_id in ids:
+        job = found.get(job_id)
+        if job is None or (status := JobStatus(job.status)) is JobStatus.DELETED:
+            results[job_id] = NotFound(f"no job {job_id}")
+        elif status in ACTIVE_STATES:
+            results[job_id] = Conflict(f"job {job_id} is {status}: kill it before deleting it")
+        else:
+            seen.append(job)
+    placed = [j for j in seen if j.backend_ref is not None]
+    results.update(await _tell_backends(platform, placed, JobStatus.DELETED))
+    left = [j for j in seen if j.id not in results]
+    results.update(
+        await _record_ends(platform, owner_id, left, JobStatus.DELETED, "Deleted by user")
+    )
+    gone = [j.uuid for j in left if not isinstance(results[j.id], DomainError)]
+    await asyncio.to_thread(_remove_dirs, platform, gone)
+    return {job_id: results[job_id] for job_id in ids}
+
+
+def _remove_dirs(platform: Platform, uuids: Sequence[str]) -> None:
+    """The deleted jobs' directories (logs, outputs), in one thread for all."""
+    for uuid in uuids:
+        shutil.rmtree(platform.settings.jobs_dir / uuid, ignore_errors=True)
