@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable
 from functools import partial
@@ -9,6 +10,7 @@ from typing import Any
 
 import aiosqlite
 from sqlalchemy import Connection, event, make_url
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -16,6 +18,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import PoolResetState
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -35,7 +39,25 @@ def _sqlite_engine(url: str, pragmas: Callable[[Any, Any], None], **kwargs: Any)
     event.listen(engine.sync_engine, "connect", pragmas)
     event.listen(engine.sync_engine, "begin", _sqlite_begin)
     event.listen(engine.sync_engine.pool, "reset", _sqlite_reset)
+    event.listen(engine.sync_engine, "handle_error", _name_sqlite_failure)
     return engine
+
+
+#: SQLite's failures of the file, the disk or memory (not a constraint, a busy lock or a
+#: mistake in a statement, which their callers handle).
+_FAILURES = ("SQLITE_IOERR", "SQLITE_CORRUPT", "SQLITE_FULL", "SQLITE_CANTOPEN", "SQLITE_NOMEM")
+
+
+def _name_sqlite_failure(context: ExceptionContext) -> None:
+    # SQLite's message ("disk I/O error") does not say which operation failed; its extended
+    # code does (SQLITE_IOERR_SHMMAP, _FSYNC, _SHORT_READ...): the operator gets it in the
+    # log. The error itself goes on unchanged.
+    error: BaseException | None = context.original_exception
+    while error is not None and not isinstance(error, sqlite3.Error):
+        error = error.__cause__
+    name = getattr(error, "sqlite_errorname", "")
+    if name.startswith(_FAILURES):
+        log.error("SQLite failed: %s (%s)", name, error)
 
 
 #: How long a read waits on SQLite's lock (rare in WAL mode: a reader waits only while the

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from concordia.db.engine import make_engine, make_read_engine, make_sessionmaker
 from concordia.db.migrate import upgrade
@@ -52,3 +52,37 @@ async def test_reads_run_on_the_loop_thread_see_commits_and_cannot_write(tmp_pat
 def test_other_databases_have_no_read_engine() -> None:
     assert make_read_engine("postgresql+asyncpg://postgres@127.0.0.1:5432/x") is None
     assert make_read_engine("sqlite+aiosqlite:///:memory:") is None
+
+
+@pytest.mark.parametrize("reads", [False, True], ids=["write engine", "read engine"])
+async def test_a_failure_of_sqlite_s_file_is_logged_by_its_exact_name(
+    tmp_path: Path, reads: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "unable to open database file" alone does not say what failed: SQLite's extended code
+    is logged (an operator reads which operation of the disk it was)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'concordia.db'}"  # no such directory
+    engine = make_read_engine(url) if reads else make_engine(url)
+    assert engine is not None
+    try:
+        with pytest.raises(OperationalError, match="unable to open database file"):
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+    assert "SQLite failed: SQLITE_CANTOPEN (unable to open database file)" in caplog.text
+
+
+async def test_a_constraint_is_not_logged_as_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'concordia.db'}"
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (a INTEGER UNIQUE)"))
+            await connection.execute(text("INSERT INTO t VALUES (1)"))
+            with pytest.raises(IntegrityError):
+                await connection.execute(text("INSERT INTO t VALUES (1)"))
+    finally:
+        await engine.dispose()
+    assert "SQLite failed" not in caplog.text
