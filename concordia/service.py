@@ -34,6 +34,7 @@ from concordia.images.builders import stop_running_builds
 from concordia.images.publication import IMAGE_LINKS
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.database import Database
+from concordia.logic.datalake_tokens import storage_reader
 from concordia.logic.diracx_accounts import per_user, user_tokens
 from concordia.logic.identity import local_sign_in, login_link
 from concordia.logic.image_builds import clear_build_leftovers, open_image_builds, start_builds
@@ -162,7 +163,7 @@ def _open_services(stack: AsyncExitStack, platform: Platform, role: Role) -> Non
     send jobs with their owners' own tokens are told where those come from."""
     stack.callback(platform.work.shutdown)
     if platform.settings.datalake_enabled:
-        platform.datalake = connect_datalake(platform.settings)
+        platform.datalake = connect_datalake(platform.settings, storage_reader(platform))
         stack.push_async_callback(platform.datalake.aclose)
     if role == "worker":
         platform.stopping = platform.lease.lost

@@ -34,6 +34,8 @@ class RucioServer:
     users: tuple[str, ...]
     posix_rse: str
     webdav_rse: str
+    #: The WebDAV storage under /token/ as an RSE of its own: only WLCG token holders get in.
+    token_rse: str
     posix_prefix: Path
     state_dir: Path
     #: The WebDAV RSE's storage again, for WLCG token holders only: nginx asks a verifier
@@ -109,6 +111,7 @@ def rucio_server(
             users=tuple(info["users"]),
             posix_rse=info["rses"]["posix"],
             webdav_rse=info["rses"]["webdav"],
+            token_rse=info["rses"]["token"],
             posix_prefix=Path(info["posix_prefix"]),
             state_dir=state,
             token_webdav_url=info["token_webdav_url"],

@@ -19,6 +19,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
+from concordia.datalake.rucio import Rucio
+from tests.rucio import RucioServer
+
 #: What each method needs (WLCG Common JWT Profile, storage authorization).
 UPLOADS = frozenset({"PUT", "MKCOL"})
 READS = frozenset({"GET", "HEAD", "PROPFIND"})
@@ -35,6 +38,22 @@ class Trust:
     root: Path
     #: Each answer given, (status, why): tests see why a request was refused.
     decisions: list[tuple[int, str]] = field(default_factory=list)
+
+
+async def rse_trust(rucio_server: RucioServer, issuer: str, rse: str) -> Trust:
+    """What the test RSEs' token-only storage (/token/) is configured with: ``issuer``
+    (Concordia's public URL) and, as audience, ``rse``'s URL as Rucio gives it (Concordia's
+    tokens name it)."""
+    client = Rucio(
+        rucio_server.url, rucio_server.service,
+        password=rucio_server.password(rucio_server.service), verify=rucio_server.ca,
+    )  # fmt: skip
+    try:
+        audience = await client.rse_url(rse)
+    finally:
+        await client.aclose()
+    root = rucio_server.state_dir / "nginx" / "webdav" / "rucio"
+    return Trust(issuer=issuer, audience=audience, base="/token/", root=root)
 
 
 def issuer_keys(issuer: str) -> KeySet:

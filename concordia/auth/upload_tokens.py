@@ -77,13 +77,22 @@ class UploadIssuer:
             "token_endpoint_auth_signing_alg_values_supported": [ALGORITHM],
             "response_types_supported": ["token"],
             "subject_types_supported": ["public"],
-            "scopes_supported": ["storage.create:/"],
+            "scopes_supported": ["storage.create:/", "storage.read:/"],
             "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope"],
         }
 
-    def mint(self, subject: str, audience: str, paths: list[str], lifetime: int) -> str:
+    def mint(
+        self,
+        subject: str,
+        audience: str,
+        paths: list[str],
+        lifetime: int,
+        *,
+        allows: str = "storage.create",
+    ) -> str:
         """A token that may create (not read, not overwrite) the files at ``paths`` (below
-        the storage's base path, each starting with /) for ``lifetime`` seconds."""
+        the storage's base path, each starting with /) for ``lifetime`` seconds; with
+        ``allows`` "storage.read", that may read them (and nothing else)."""
         key = self.key()
         now = int(time.time())
         claims = {
@@ -95,7 +104,7 @@ class UploadIssuer:
             "exp": now + lifetime,
             "jti": str(uuid.uuid4()),
             "wlcg.ver": WLCG_VERSION,
-            "scope": " ".join(f"storage.create:{path}" for path in paths),
+            "scope": " ".join(f"{allows}:{path}" for path in paths),
         }
         header = {"alg": ALGORITHM, "kid": key.thumbprint(), "typ": "at+jwt"}
         return jwt.encode(header, claims, key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from concordia.datalake import storage
 from concordia.datalake.errors import DatalakeError, NotFound
@@ -77,7 +78,7 @@ class Rucio(RucioDids):
         Idempotent as upload is: the same DID with the same content is found again."""
         adler32 = adler32.lower().zfill(8)
         pfn = await self.pfn(scope, name, rse)
-        found = await self._storage.stat(pfn)
+        found = await self._storage.stat(pfn, await self._read_token(rse, pfn))
         if found is None:
             raise DatalakeError(f"{scope}:{name} is not on {rse}: nothing at {pfn}")
         stored, stored_adler32 = found
@@ -93,6 +94,18 @@ class Rucio(RucioDids):
         if await self._claim(scope, name, rse, bytes, adler32) != "A":
             await self._available(scope, name, rse)
         return await self._finish(scope, name, rse, dataset, meta)
+
+    async def _read_token(self, rse: str, pfn: str) -> str | None:
+        """A WLCG token that may read ``pfn`` on ``rse``, where this client was given a
+        source of them (Concordia's own upload-token issuer); None otherwise, or for a PFN
+        not under the RSE's WebDAV base."""
+        if self._storage_tokens is None or urlsplit(pfn).scheme not in storage.WEBDAV:
+            return None
+        base = await self.rse_url(rse)
+        url, root = storage.https_url(pfn), storage.https_url(base)
+        if not url.startswith(root + "/"):
+            return None
+        return self._storage_tokens(base, url[len(root) :])
 
     async def pfn(self, scope: str, name: str, rse: str) -> str:
         """Where ``rse`` keeps ``scope:name`` (the server's lfns2pfns): what a wrapper writes."""
@@ -189,15 +202,16 @@ class Rucio(RucioDids):
             raise NotFound(f"Rucio: no replica of {scope}:{name}")
         states = replicas.get("states") or {}
         pfns = [
-            pfn
+            (pfn, str(about.get("rse")))
             for pfn, about in sorted(
                 (replicas.get("pfns") or {}).items(), key=lambda item: item[1].get("priority", 0)
             )
             if states.get(about.get("rse")) == "AVAILABLE"
         ]
-        for pfn in pfns:
+        for pfn, rse in pfns:
             if self._storage.can_read(pfn):
-                async for chunk in self._storage.read(pfn):
+                token = await self._read_token(rse, pfn)
+                async for chunk in self._storage.read(pfn, token):
                     yield chunk
                 return
         raise DatalakeError(f"no available replica of {scope}:{name} Concordia can read")

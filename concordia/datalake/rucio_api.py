@@ -42,6 +42,7 @@ class RucioApi:
         verify: bool | str = True,
         timeout: float = 60.0,
         cert: str | None = None,
+        storage_tokens: storage.StorageTokens | None = None,
     ) -> None:
         if password is None and token is None:
             raise DatalakeError(f"no credentials for the Rucio account {account}")
@@ -58,6 +59,7 @@ class RucioApi:
         # The storage (WebDAV) may want the X.509 proxy the server never sees; never the
         # token, whose audience is Rucio: a storage has no use for it and must not hold it.
         self._storage = storage.Storage(verify=verify, cert=cert, timeout=timeout)
+        self._storage_tokens = storage_tokens
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -7,7 +7,7 @@ import os
 import ssl
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -121,6 +121,11 @@ async def chunks(path: Path) -> AsyncIterator[bytes]:
         stream.close()
 
 
+#: Where a storage wants a WLCG token to read: (its audience, the base URL of its RSE; the
+#: path below it, from /) -> a token that may read that path.
+StorageTokens = Callable[[str, str], str]
+
+
 class Storage:
     """An RSE's storage, reached as its PFNs say: ``file`` on this machine, ``https`` or
     ``davs`` (WebDAV) with an X.509 proxy where given."""
@@ -146,7 +151,7 @@ class Storage:
         this machine are staged instead (``stage``)."""
         parts = urlsplit(pfn)
         if parts.scheme in WEBDAV:
-            return await self._put(path, pfn.replace("davs://", "https://", 1), size)
+            return await self._put(path, https_url(pfn), size)
         raise DatalakeError(f"Concordia cannot write to {parts.scheme} storage")
 
     async def _put(self, path: Path, url: str, size: int) -> tuple[int, str]:
@@ -170,17 +175,18 @@ class Storage:
         adler32 = _adler32(head.headers.get("Digest", "")) or sent.hex
         return int(head.headers.get("Content-Length", -1)), adler32
 
-    async def stat(self, pfn: str) -> tuple[int, str | None] | None:
+    async def stat(self, pfn: str, token: str | None = None) -> tuple[int, str | None] | None:
         """How many bytes the storage holds at ``pfn`` and their adler32 where the storage
-        keeps one (dCache, StoRM, XRootD; nginx does not); None if it holds nothing there."""
+        keeps one (dCache, StoRM, XRootD; nginx does not); None if it holds nothing there.
+        ``token``: a WLCG token that may read it, for a storage that wants one."""
         parts = urlsplit(pfn)
         if parts.scheme == "file":
             path = Path(unquote(parts.path))
             return (path.stat().st_size, None) if path.is_file() else None
         if parts.scheme not in WEBDAV:
             raise DatalakeError(f"Concordia cannot read {parts.scheme} storage")
-        url = pfn.replace("davs://", "https://", 1)
-        headers = {"Want-Digest": "adler32"}
+        url = https_url(pfn)
+        headers = {"Want-Digest": "adler32", **_bearer(token)}
         try:
             head = await self._http.head(url, headers=headers)
         except httpx.HTTPError as error:
@@ -191,19 +197,28 @@ class Storage:
             raise DatalakeError(f"the storage cannot say the file's size: HTTP {head.status_code}")
         return int(head.headers["Content-Length"]), _adler32(head.headers.get("Digest", ""))
 
-    async def read(self, pfn: str) -> AsyncIterator[bytes]:
-        """The bytes at ``pfn``, streamed."""
+    async def read(self, pfn: str, token: str | None = None) -> AsyncIterator[bytes]:
+        """The bytes at ``pfn``, streamed (``token``: as for stat)."""
         parts = urlsplit(pfn)
         if parts.scheme == "file":
             async for chunk in chunks(Path(unquote(parts.path))):
                 yield chunk
             return
-        url = pfn.replace("davs://", "https://", 1)
+        url = https_url(pfn)
         try:
-            async with self._http.stream("GET", url) as response:
+            async with self._http.stream("GET", url, headers=_bearer(token)) as response:
                 if response.status_code != 200:
                     raise DatalakeError(f"the storage cannot give it: HTTP {response.status_code}")
                 async for chunk in response.aiter_bytes(CHUNK):
                     yield chunk
         except httpx.HTTPError as error:
             raise DatalakeError(f"cannot read from the storage: {error}") from None
+
+
+def https_url(url: str) -> str:
+    """A WebDAV URL as HTTP reaches it (davs:// is https://)."""
+    return url.replace("davs://", "https://", 1)
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from concordia.datalake.rucio import Rucio
 from concordia.datalake.rucio_dids import DataFile
+from concordia.datalake.storage import StorageTokens
 from concordia.settings import DatalakeSettings
 
 
@@ -58,8 +59,9 @@ class DataLake(Protocol):
     def open(self, scope: str, name: str) -> AsyncIterator[bytes]: ...
 
 
-def connect(settings: DatalakeSettings) -> DataLake:
-    """The data lake of the settings, as the operator's service account."""
+def connect(settings: DatalakeSettings, storage_tokens: StorageTokens | None = None) -> DataLake:
+    """The data lake of the settings, as the operator's service account; its reads of
+    storages that want a token get one from ``storage_tokens``."""
     return Rucio(
         settings.datalake_url,
         settings.datalake_account,
@@ -67,10 +69,16 @@ def connect(settings: DatalakeSettings) -> DataLake:
         username=settings.datalake_account,
         auth_url=settings.datalake_auth_url,
         verify=settings.datalake_verify,
+        storage_tokens=storage_tokens,
     )
 
 
-def connect_as_user(settings: DatalakeSettings, account: str, token: str) -> DataLake:
+def connect_as_user(
+    settings: DatalakeSettings,
+    account: str,
+    token: str,
+    storage_tokens: StorageTokens | None = None,
+) -> DataLake:
     """The data lake as a user's own Rucio ``account``, with their IAM access token (its
     audience Rucio's): sent as Rucio's client sends an OIDC token, never renewed here."""
     return Rucio(
@@ -79,4 +87,5 @@ def connect_as_user(settings: DatalakeSettings, account: str, token: str) -> Dat
         token=token,
         auth_url=settings.datalake_auth_url,
         verify=settings.datalake_verify,
+        storage_tokens=storage_tokens,
     )

@@ -15,6 +15,7 @@ from concordia.auth.oidc import IamUnreachable
 from concordia.core.tokens import unverified_claims
 from concordia.datalake.errors import DatalakeError
 from concordia.datalake.store import DataLake, connect_as_user
+from concordia.logic.datalake_tokens import storage_reader
 from concordia.logic.iam_session import SessionEnded, audience_token
 from concordia.logic.platform import Platform
 
@@ -75,7 +76,7 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
         return None
     kept = platform.lake_tokens.get(user_id)
     if kept is not None:
-        return connect_as_user(settings, username, kept[0])
+        return connect_as_user(settings, username, kept[0], storage_reader(platform))
     try:
         token = await audience_token(platform, user_id, settings.datalake_token_audience)
     except (SessionEnded, IamUnreachable) as exc:
@@ -83,7 +84,7 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
             "data lake: no IAM token of %s for Rucio (%s): the service account acts", username, exc
         )
         return None
-    lake = connect_as_user(settings, username, token)
+    lake = connect_as_user(settings, username, token, storage_reader(platform))
     try:
         account = await lake.whoami()
     except DatalakeError as exc:

@@ -12,10 +12,11 @@ from concordia.auth.vault import VaultError
 from concordia.backends.wrapper.concordia_job_lake import lake_path
 from concordia.core.states import JobStatus
 from concordia.datalake.errors import DatalakeError
+from concordia.datalake.storage import StorageTokens
 from concordia.db import datalake_files
 from concordia.images.publication import link_signature, link_valid
 from concordia.logic.datalake_choice import DID_NAME, name_prefix, stored_choice
-from concordia.logic.errors import Forbidden, Invalid, NotFound, Unavailable
+from concordia.logic.errors import DomainError, Forbidden, Invalid, NotFound, Unavailable
 from concordia.logic.platform import Platform
 from concordia.settings import DatalakeSettings
 
@@ -93,6 +94,27 @@ async def upload_token(
     lifetime = platform.settings.datalake_upload_token_lifetime
     path = "/" + lake_path(choice.scope, name)
     return issuer.mint(username, audience, [path], lifetime)
+
+
+def storage_reader(platform: Platform) -> StorageTokens | None:
+    """Where Concordia's own reads of an RSE (the check of what a grid job stored, a
+    download) get a token, when the RSEs trust it as an issuer (datalake_upload_tokens):
+    one that may read that file alone. None: its reads carry no token."""
+    if platform.upload_issuer is None:
+        return None
+    settings = platform.settings
+
+    def token(audience: str, path: str) -> str:
+        try:
+            issuer = _issuer(platform)
+        except DomainError as exc:
+            raise DatalakeError(f"no token to read the storage with: {exc.message}") from None
+        lifetime = settings.datalake_upload_token_lifetime
+        return issuer.mint(
+            settings.datalake_account, audience, [path], lifetime, allows="storage.read"
+        )
+
+    return token
 
 
 def jwks(platform: Platform) -> dict[str, Any]:

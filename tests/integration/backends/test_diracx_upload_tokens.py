@@ -1,5 +1,7 @@
 """A grid job through the real DiracX and the test site, its data uploaded with a token its
-wrapper fetched from Concordia with the link its JDL carries: never the token itself."""
+wrapper fetched from Concordia with the link its JDL carries (never the token itself), to an
+RSE that lets in WLCG token holders alone: Concordia checks and reads what the job stored
+there with read tokens of its own."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from tests.integration.backends.test_diracx_backend import (
     wait_jobs,
 )
 from tests.rucio import RucioServer
+from tests.wlcg_verifier import rse_trust, running_verifier
 
 #: A JWT (a JSON header, base64url, then payload and signature): none may show in the JDL
 #: or the logs.
@@ -72,9 +75,10 @@ async def test_a_grid_job_uploads_with_a_token_fetched_by_its_jdl_link(
         datalake_account=rucio_server.service,
         datalake_password=rucio_server.password(rucio_server.service),
         datalake_verify=rucio_server.ca,
-        datalake_rse=rucio_server.webdav_rse,
+        datalake_rse=rucio_server.token_rse,
         datalake_upload_tokens=True,
     )  # fmt: skip
+    trust = await rse_trust(rucio_server, settings.public_url, rucio_server.token_rse)
     async with running_app(settings) as grid, served(grid, port):
         made = await grid.client.post(
             "/api/v1/submissions", json={"application": "gridlake", "parameters": {"run": 7}}
@@ -82,11 +86,16 @@ async def test_a_grid_job_uploads_with_a_token_fetched_by_its_jdl_link(
         assert made.status_code == 201, made.text
         [job_id] = made.json()["job_ids"]
         await handed_over(grid.client, [job_id])
-        with site.running():
+        with site.running(), running_verifier(trust, rucio_server.verifier_port):
             [job] = await wait_jobs(grid.client, [job_id], "Done", "Failed", timeout=120)
-        assert (job["status"], job["minor_status"]) == ("Done", "Execution Complete"), job
-        [stored] = (await grid.client.get(f"/api/v1/jobs/{job_id}/datalake")).json()
-        assert stored["bytes"] == 3000000 and stored["state"] == "A"
+            assert (job["status"], job["minor_status"]) == ("Done", "Execution Complete"), job
+            [stored] = (await grid.client.get(f"/api/v1/jobs/{job_id}/datalake")).json()
+            assert stored["bytes"] == 3000000 and stored["state"] == "A"
+            read = await grid.client.get(f"/api/v1/jobs/{job_id}/datalake/{stored['name']}")
+            assert read.status_code == 200 and len(read.content) == 3000000
+        # The storage let in the wrapper's PUT and Concordia's own HEAD (its check before
+        # registering) and GET, each with its token; it refused nothing.
+        assert [why for _, why in trust.decisions] == ["allowed"] * 3, trust.decisions
 
     # The JDL Concordia shows carries the job's link, never a token.
     jdl = job["jdl"]

@@ -18,7 +18,7 @@ from tests.integration.datalake.test_datalake import RSE
 def one_rse_lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeLake:
     fake = FakeLake(tmp_path / "lake", rses=(RSE,))
     checked: DataLake = fake  # the fake has the client's interface
-    monkeypatch.setattr("concordia.service.connect_datalake", lambda _settings: checked)
+    monkeypatch.setattr("concordia.service.connect_datalake", lambda *_args: checked)
     return fake
 
 

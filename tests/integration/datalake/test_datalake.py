@@ -58,7 +58,7 @@ FINAL = {"Done", "Failed", "Killed"}
 def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLake]:
     fake = FakeLake(tmp_path / "lake", rses=(RSE, OTHER_RSE))
     checked: DataLake = fake  # the fake has the client's interface
-    monkeypatch.setattr("concordia.service.connect_datalake", lambda _settings: checked)
+    monkeypatch.setattr("concordia.service.connect_datalake", lambda *_args: checked)
     yield fake
 
 

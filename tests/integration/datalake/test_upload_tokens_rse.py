@@ -22,7 +22,6 @@ from cryptography.fernet import Fernet
 from concordia.auth.upload_tokens import UPLOAD_LINK, UPLOAD_LINKS, UploadIssuer
 from concordia.auth.vault import Vault
 from concordia.backends.wrapper.concordia_job_lake import lake_path
-from concordia.datalake.rucio import Rucio
 from concordia.images.publication import link_signature
 from concordia.logic.datalake_choice import name_prefix
 from concordia.logic.datalake_tokens import link_path
@@ -38,7 +37,7 @@ from tests.integration.datalake.test_datalake_grid import (
 from tests.integration.datalake.test_datalake_grid import run_job as run_wrapper
 from tests.integration.datalake.test_upload_tokens import APP
 from tests.rucio import RucioServer
-from tests.wlcg_verifier import Trust, running_verifier
+from tests.wlcg_verifier import rse_trust, running_verifier
 
 pytestmark = pytest.mark.real
 
@@ -100,21 +99,6 @@ def token_link(server: LiveServer, vault: Vault, job_uuid: str, expires: int) ->
     return f"{server.url}{link_path(job_uuid)}?expires={expires}&sig={signature}"
 
 
-async def rse_trust(rucio_server: RucioServer, server: LiveServer) -> Trust:
-    """What the storage is configured with: Concordia as issuer, the RSE's URL as Rucio
-    gives it as audience (Concordia's tokens name it)."""
-    client = Rucio(
-        rucio_server.url, rucio_server.service,
-        password=rucio_server.password(rucio_server.service), verify=rucio_server.ca,
-    )  # fmt: skip
-    try:
-        audience = await client.rse_url(rucio_server.webdav_rse)
-    finally:
-        await client.aclose()
-    root = rucio_server.state_dir / "nginx" / "webdav" / "rucio"
-    return Trust(issuer=server.url, audience=audience, base="/token/", root=root)
-
-
 async def test_a_grid_job_uploads_with_its_token_and_the_rse_refuses_any_other_use(
     concordia: tuple[LiveServer, Vault], rucio_server: RucioServer, tmp_path: Path
 ) -> None:
@@ -123,7 +107,7 @@ async def test_a_grid_job_uploads_with_its_token_and_the_rse_refuses_any_other_u
     names = job["names"]
     link = token_link(server, vault, job["uuid"], int(time.time()) + 3600)
     settings = lake(rucio_server, names, url=rucio_server.token_webdav_url)
-    trust = await rse_trust(rucio_server, server)
+    trust = await rse_trust(rucio_server, server.url, rucio_server.webdav_rse)
     https = httpx.Client(verify=ssl.create_default_context(cafile=rucio_server.ca), timeout=30)
     with running_verifier(trust, rucio_server.verifier_port), https:
         # Without a token (the proxy's way, anonymous here) the storage refuses it.
