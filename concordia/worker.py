@@ -25,7 +25,7 @@ from concordia.logic import adoption, datalake_uploads
 from concordia.logic.adoption import HELD_STATES, LeaseNotHeld
 from concordia.logic.dispatch import dispatch_round, end_late, record_hand_over
 from concordia.logic.image_builds import clear_build_leftovers, start_builds
-from concordia.logic.job_ends import end_recorded
+from concordia.logic.job_ends import TOLD_ENDS, end_recorded
 from concordia.logic.job_specs import RoundMemory
 from concordia.logic.job_updates import followed, once_each, store_updates
 from concordia.logic.jobs import backend_ref, publish_jobs
@@ -35,6 +35,9 @@ from concordia.metrics import RECONCILE_ROUND_FAILURES, RECONCILE_ROUND_SECONDS
 __all__ = ["COALESCE_SECONDS", "HANDOVERS_AT_ONCE", "LeaseNotHeld", "Reconciler", "cancel"]
 
 log = logging.getLogger(__name__)
+
+#: The ends another process records and a backend that runs jobs here must be told of.
+TOLD = {status.value for status in TOLD_ENDS}
 
 #: After a backend's news, wait this long for more: one round then stores many updates in one
 #: transaction, instead of a round per update taking CPU from the jobs themselves.
@@ -63,6 +66,10 @@ class Reconciler:
         self._backoff = False
         #: Per backend being re-read: the jobs handed over meanwhile (kept in the new list).
         self._loading: dict[str, set[str]] = {}
+        #: Per backend, jobs that left ``_watched`` because the database no longer holds them
+        #: as its (a timed re-read, or news stored after another process's write): a kill
+        #: or delete a web process recorded is told to a backend that runs them here.
+        self._left: dict[str, dict[str, BackendRef]] = {}
         #: Set by another_process_wrote: the next round looks for other processes' requests.
         self._other_writes = False
         #: Per backend, news a failed round could not store (its database down): offered
@@ -134,16 +141,23 @@ class Reconciler:
         for name, backend in self.platform.backends.items():
             if resync:
                 await self._load_watched(name)
-            if look_wider and not backend.survives_restart:
-                await self._stop_killed_by_web_processes(name, backend)
+            left = self._left.pop(name, {})
+            if not backend.survives_restart:
+                await self._stop_killed_by_web_processes(name, backend, left, look_wider)
             await self.dispatch(name, backend)
             await self.apply_updates(name, backend)
 
-    async def _stop_killed_by_web_processes(self, name: str, backend: Backend) -> None:
+    async def _stop_killed_by_web_processes(
+        self, name: str, backend: Backend, left: dict[str, BackendRef], look_wider: bool
+    ) -> None:
         """Jobs of a backend that runs them in this process, killed or deleted by a user in a
-        web process (which recorded it and could not stop them): stopped here."""
+        web process (which recorded it and could not stop them): stopped here. Looked for
+        among the jobs that just left the watched ones, and among all of them after word of
+        another process's write (the jobs it killed may still look held here)."""
+        if left:
+            await end_recorded(self.platform, backend, left)
         watched = self._watched.get(name)
-        if watched:
+        if look_wider and watched:
             await end_recorded(self.platform, backend, watched)
 
     async def _load_watched(self, name: str) -> None:
@@ -155,6 +169,8 @@ class Reconciler:
             current = self._watched.get(name, {})
             fresh.update({u: current[u] for u in added if u in current})
             self._watched[name] = fresh
+            gone = {u: ref for u, ref in current.items() if u not in fresh}
+            self._left.setdefault(name, {}).update(gone)
         finally:
             del self._loading[name]
 
@@ -235,7 +251,8 @@ class Reconciler:
         watched = self._watched.setdefault(name, {})
         for job in jobs:
             if JobStatus(job.status) not in HELD_STATES:
-                watched.pop(job.uuid, None)
+                if (ref := watched.pop(job.uuid, None)) is not None and job.status in TOLD:
+                    self._left.setdefault(name, {})[job.uuid] = ref
             elif job.backend_ref is None:  # waiting for its image: not in the backend yet
                 continue
             elif job.uuid not in watched:  # a ref names a job; it does not follow its state

@@ -14,12 +14,24 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import update
 
+from concordia.auth.vault import Vault
 from concordia.backends.base import BackendRef, StatusUpdate
+from concordia.core.states import JobStatus
 from concordia.db import owned_jobs
+from concordia.db.engine import make_engine, make_sessionmaker
 from concordia.db.migrate import upgrade
 from concordia.db.tables import Job
+from concordia.images.build import BuilderChoice
+from concordia.images.store import ImageStore
+from concordia.logic.applications import ApplicationCatalog
+from concordia.logic.database import Database
+from concordia.logic.jobs import transition
+from concordia.logic.platform import ImageBuilds, Platform
 from concordia.settings import Settings
+from concordia.worker import Reconciler
 from tests.conftest import Running, make_settings, running_app
 from tests.fakes.backends import (
     FailingBackend,
@@ -30,6 +42,7 @@ from tests.fakes.backends import (
     SlowBackend,
     StartingBackend,
 )
+from tests.integration.db.test_write_safety import running_job
 
 pytestmark = pytest.mark.sql
 
@@ -422,3 +435,39 @@ async def test_one_users_queue_does_not_keep_anothers_job_waiting(settings: Sett
         [running] = await until_status(bob, [his], "Running")
     assert fake.handed[1] == running["uuid"]
     assert fake.most_held == 1
+
+
+async def test_a_kill_recorded_elsewhere_is_carried_out_even_after_a_timed_reread(
+    settings: Settings,
+) -> None:
+    """A web process records the kill of a job the worker runs (it cannot stop it itself).
+    When the worker's timed re-read of its jobs comes before word of that write, it reads
+    the job Killed and stops following it: it must stop the job first, not forget it
+    running (a full run's split test saw a killed job's sandbox live 20 s on)."""
+    await asyncio.to_thread(upgrade, settings.database_url)
+    engine = make_engine(settings.database_url)
+    backend = LosingBackend()
+    try:
+        platform = Platform(
+            settings=settings,
+            db=Database(sessions=make_sessionmaker(engine)),
+            catalog=ApplicationCatalog(settings.applications_dir).load(),
+            backends={"local": backend},
+            images=ImageBuilds(ImageStore(settings.images_dir), BuilderChoice(None)),
+            vault=Vault([Fernet.generate_key()]),
+        )
+        _, job_id = await running_job(platform.db)
+        async with platform.writing() as session:
+            await session.execute(update(Job).where(Job.id == job_id).values(worker=1))
+        reconciler = Reconciler(platform)
+        await reconciler.step(resync=True)  # it follows its running job
+        async with platform.writing() as session:  # as a web process records a kill
+            job = await session.get(Job, job_id)
+            assert job is not None
+            transition(session, job, JobStatus.KILLED, minor="Killed by user", source="User")
+        await reconciler.step(resync=True)  # a timed re-read, before word of that write
+        reconciler.another_process_wrote()
+        await reconciler.step(resync=False)
+        assert backend.kills == [job.uuid]
+    finally:
+        await engine.dispose()
