@@ -36,9 +36,6 @@ __all__ = ["COALESCE_SECONDS", "HANDOVERS_AT_ONCE", "LeaseNotHeld", "Reconciler"
 
 log = logging.getLogger(__name__)
 
-#: The ends another process records and a backend that runs jobs here must be told of.
-TOLD = {status.value for status in TOLD_ENDS}
-
 #: After a backend's news, wait this long for more: one round then stores many updates in one
 #: transaction, instead of a round per update taking CPU from the jobs themselves.
 COALESCE_SECONDS = 0.02
@@ -251,7 +248,8 @@ class Reconciler:
         watched = self._watched.setdefault(name, {})
         for job in jobs:
             if JobStatus(job.status) not in HELD_STATES:
-                if (ref := watched.pop(job.uuid, None)) is not None and job.status in TOLD:
+                ref = watched.pop(job.uuid, None)
+                if ref is not None and JobStatus(job.status) in TOLD_ENDS:
                     self._left.setdefault(name, {})[job.uuid] = ref
             elif job.backend_ref is None:  # waiting for its image: not in the backend yet
                 continue

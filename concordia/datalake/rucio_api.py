@@ -9,6 +9,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from cachetools import TTLCache
 
 from concordia.datalake import storage
 from concordia.datalake.errors import DatalakeError, NotFound
@@ -23,6 +24,9 @@ NOT_FOUND = {"DataIdentifierNotFound", "ReplicaNotFound", "RSENotFound", "ScopeN
 #: a deadlock): the same request again then passes.
 TRANSIENT = {"DatabaseException", "RucioException"}
 RETRIES = 4
+#: How long an RSE's WebDAV base URL (rse_url) is used before Rucio is asked again: it is
+#: needed for every file a grid job stores and every token for it, and rarely changes.
+RSE_URL_SECONDS = 300.0
 
 
 class RucioApi:
@@ -60,6 +64,7 @@ class RucioApi:
         # token, whose audience is Rucio: a storage has no use for it and must not hold it.
         self._storage = storage.Storage(verify=verify, cert=cert, timeout=timeout)
         self._storage_tokens = storage_tokens
+        self._rse_urls: TTLCache[str, str] = TTLCache(maxsize=64, ttl=RSE_URL_SECONDS)
 
     async def aclose(self) -> None:
         await self._http.aclose()

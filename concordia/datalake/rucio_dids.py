@@ -149,7 +149,10 @@ class RucioDids(RucioApi):
 
     async def rse_url(self, rse: str) -> str:
         """The WebDAV base URL of ``rse`` (scheme://host:port/prefix, no trailing slash): under
-        it a grid job's wrapper writes each file at Rucio's deterministic path, as pfn says."""
+        it a grid job's wrapper writes each file at Rucio's deterministic path, as pfn says.
+        Kept for RSE_URL_SECONDS."""
+        if (known := self._rse_urls.get(rse)) is not None:
+            return known
         response = await self._request("GET", f"rses/{quote(rse, safe='')}")
         # The protocol Rucio writes with: https or davs, of the lowest wan write priority
         # (1 first; 0 means it is not written to).
@@ -164,7 +167,9 @@ class RucioDids(RucioApi):
         port = int(best.get("port") or 0)
         host = str(best["hostname"]) + (f":{port}" if port else "")
         prefix = str(best.get("prefix") or "").strip("/")
-        return f"{best['scheme']}://{host}" + (f"/{prefix}" if prefix else "")
+        url = f"{best['scheme']}://{host}" + (f"/{prefix}" if prefix else "")
+        self._rse_urls[rse] = url
+        return url
 
     async def _pfn(self, scope: str, name: str, rse: str, operation: str) -> str:
         """Where the RSE keeps ``scope:name``: the server's own lfn2pfn."""

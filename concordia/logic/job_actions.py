@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from concordia.backends.base import BackendError, BackendUnreachable
 from concordia.core.states import (
@@ -78,8 +78,31 @@ async def kill_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary
 
 
 async def kill_jobs(platform: Platform, owner_id: int, job_ids: Sequence[int]) -> Outcomes:
-    """Kill the user's jobs: each, by id, Killed or why not. Read in one statement, each
-    backend told once for all its jobs, recorded in one transaction."""
+    """Kill the user's jobs: each, by id, Killed or why not."""
+
+    def refusal(job_id: int, status: JobStatus) -> DomainError | None:
+        if status in KILLABLE_STATES:
+            return None
+        return Conflict(f"job {job_id} is {status}: it cannot be killed")
+
+    results, _ = await _end_jobs(
+        platform, owner_id, job_ids, JobStatus.KILLED, "Killed by user", refusal, _IN_BACKEND
+    )
+    return results
+
+
+async def _end_jobs(
+    platform: Platform,
+    owner_id: int,
+    job_ids: Sequence[int],
+    status: JobStatus,
+    minor: str,
+    refusal: Callable[[int, JobStatus], DomainError | None],
+    in_backend: Collection[JobStatus],
+) -> tuple[Outcomes, list[Job]]:
+    """Kill or delete (``status``) the user's jobs that ``refusal`` lets through: read in
+    one statement, each backend told once for all its jobs in ``in_backend`` states,
+    recorded in one transaction. Each job's end by id, and the jobs that ended."""
     ids = list(dict.fromkeys(job_ids))
     async with platform.reading() as session:
         found = await owned_jobs.owned(session, owner_id, ids)
@@ -89,15 +112,16 @@ async def kill_jobs(platform: Platform, owner_id: int, job_ids: Sequence[int]) -
         job = found.get(job_id)
         if job is None:
             results[job_id] = NotFound(f"no job {job_id}")
-        elif (status := JobStatus(job.status)) not in KILLABLE_STATES:
-            results[job_id] = Conflict(f"job {job_id} is {status}: it cannot be killed")
+        elif (refused := refusal(job_id, JobStatus(job.status))) is not None:
+            results[job_id] = refused
         else:
             seen.append(job)
-    placed = [j for j in seen if j.backend_ref is not None and JobStatus(j.status) in _IN_BACKEND]
-    results.update(await _tell_backends(platform, placed, JobStatus.KILLED))
+    placed = [j for j in seen if j.backend_ref is not None and JobStatus(j.status) in in_backend]
+    results.update(await _tell_backends(platform, placed, status))
     left = [j for j in seen if j.id not in results]
-    results.update(await _record_ends(platform, owner_id, left, JobStatus.KILLED, "Killed by user"))
-    return {job_id: results[job_id] for job_id in ids}
+    results.update(await _record_ends(platform, owner_id, left, status, minor))
+    ended = [j for j in left if not isinstance(results[j.id], DomainError)]
+    return {job_id: results[job_id] for job_id in ids}, ended
 
 
 async def _tell_backends(platform: Platform, jobs: Sequence[Job], status: JobStatus) -> Refusals:
@@ -217,31 +241,27 @@ async def delete_job(platform: Platform, owner_id: int, job_id: int) -> DeletedJ
 
 
 async def delete_jobs(platform: Platform, owner_id: int, job_ids: Sequence[int]) -> Outcomes:
-    """Delete the user's ended jobs: each, by id, Deleted or why not. Read in one statement,
-    each backend told once for all its jobs, recorded in one transaction; then their files
-    go (their data in the data lake stay: lake_notice says so)."""
-    ids = list(dict.fromkeys(job_ids))
-    async with platform.reading() as session:
-        found = await owned_jobs.owned(session, owner_id, ids)
-    results: Outcomes = {}
-    seen: list[Job] = []
-    for job_id in ids:
-        job = found.get(job_id)
-        if job is None or (status := JobStatus(job.status)) is JobStatus.DELETED:
-            results[job_id] = NotFound(f"no job {job_id}")
-        elif status in ACTIVE_STATES:
-            results[job_id] = Conflict(f"job {job_id} is {status}: kill it before deleting it")
-        else:
-            seen.append(job)
-    placed = [j for j in seen if j.backend_ref is not None]
-    results.update(await _tell_backends(platform, placed, JobStatus.DELETED))
-    left = [j for j in seen if j.id not in results]
-    results.update(
-        await _record_ends(platform, owner_id, left, JobStatus.DELETED, "Deleted by user")
+    """Delete the user's ended jobs: each, by id, Deleted or why not; then their files go
+    (their data in the data lake stay: lake_notice says so)."""
+
+    def refusal(job_id: int, status: JobStatus) -> DomainError | None:
+        if status is JobStatus.DELETED:
+            return NotFound(f"no job {job_id}")
+        if status in ACTIVE_STATES:
+            return Conflict(f"job {job_id} is {status}: kill it before deleting it")
+        return None
+
+    results, ended = await _end_jobs(
+        platform,
+        owner_id,
+        job_ids,
+        JobStatus.DELETED,
+        "Deleted by user",
+        refusal,
+        frozenset(JobStatus),  # an ended job too: its backend forgets it
     )
-    gone = [j.uuid for j in left if not isinstance(results[j.id], DomainError)]
-    await asyncio.to_thread(_remove_dirs, platform, gone)
-    return {job_id: results[job_id] for job_id in ids}
+    await asyncio.to_thread(_remove_dirs, platform, [j.uuid for j in ended])
+    return results
 
 
 def _remove_dirs(platform: Platform, uuids: Sequence[str]) -> None:

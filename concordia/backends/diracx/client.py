@@ -161,9 +161,7 @@ class DiracXClient:
                     "client_id": self.settings.diracx_client_id,
                 },
             )
-        except DiracXUnreachable:
-            raise
-        except DiracXError as exc:
+        except DiracXError as exc:  # unreachable: no status, raised as it is
             if exc.status in (401, 403):
                 raise SignInEnded(str(exc)) from None
             raise
