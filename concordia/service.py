@@ -38,7 +38,9 @@ from concordia.logic.datalake_tokens import storage_reader
 from concordia.logic.diracx_accounts import per_user, user_tokens
 from concordia.logic.identity import local_sign_in, login_link
 from concordia.logic.image_builds import clear_build_leftovers, open_image_builds, start_builds
+from concordia.logic.keyring import Keyring, upload_issuer
 from concordia.logic.platform import Platform
+from concordia.logic.process import Process
 from concordia.logic.relay import Relay
 from concordia.settings import ServerSettings, Settings
 from concordia.worker import Reconciler, cancel
@@ -83,12 +85,13 @@ async def running_platform(
             ),
             catalog=ApplicationCatalog(settings.applications_dir).load(),
             backends=backends,
-            images=await asyncio.to_thread(open_image_builds, settings, settings),
-            vault=vault,
-            iam=Iam(settings) if settings.iam_mode else None,
-            runs_work=works,
-            lease=lease,
-            shared=role != "all",
+            images=await asyncio.to_thread(open_image_builds, settings, settings, here=works),
+            keyring=Keyring(
+                vault=vault,
+                iam=Iam(settings) if settings.iam_mode else None,
+                upload_issuer=upload_issuer(settings, settings, vault),
+            ),
+            process=Process(runs_work=works, lease=lease, shared=role != "all"),
         )
         _open_services(stack, platform, role)
         reconciler = await _start_work(stack, platform, tasks) if works else None
@@ -166,9 +169,9 @@ def _open_services(stack: AsyncExitStack, platform: Platform, role: Role) -> Non
         platform.datalake = connect_datalake(platform.settings, storage_reader(platform))
         stack.push_async_callback(platform.datalake.aclose)
     if role == "worker":
-        platform.stopping = platform.lease.lost
-    if platform.iam is not None:
-        stack.push_async_callback(platform.iam.close)
+        platform.process.stopping = platform.process.lease.lost
+    if platform.keyring.iam is not None:
+        stack.push_async_callback(platform.keyring.iam.close)
     if per_user(platform):  # jobs go to DiracX with their owners' own tokens
         user_tokens(platform)
 
@@ -178,7 +181,7 @@ async def _start_work(
 ) -> Reconciler:
     """The background work: the leader's image builds (first those a restart interrupted),
     stopped with the ``stack``, and the reconciler, running among the ``tasks``."""
-    if platform.lease.leads:  # those a restart interrupted
+    if platform.process.lease.leads:  # those a restart interrupted
         await asyncio.to_thread(clear_build_leftovers, platform.images)
         await start_builds(platform)
     stack.push_async_callback(_stop_builds, platform)  # those it started on leading
@@ -286,13 +289,13 @@ async def run_worker(settings: Settings, on_standby: Callable[[], None]) -> None
         loop.add_signal_handler(sig, this.cancel)
     try:
         async with running_platform(settings, "worker", on_standby=on_standby) as platform:
-            lease = platform.lease
+            lease = platform.process.lease
             log.info(
                 "worker running: worker %d%s, pid %d on %s; backends %s",
                 lease.slot, " (leader: image builds)" if lease.leads else "", os.getpid(),
                 socket.gethostname(), ", ".join(platform.backends),
             )  # fmt: skip
-            await platform.stopping.wait()
+            await platform.process.stopping.wait()
     except asyncio.CancelledError:
         log.info("worker stopped")
         return

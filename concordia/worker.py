@@ -99,7 +99,7 @@ class Reconciler:
                 self._forget_finished_hand_overs()
                 if self._backoff:  # a backend failing: its jobs again at the next poll only
                     self._backoff = False
-                    self.platform.wakeup.clear()
+                    self.platform.process.wakeup.clear()
                     resync = True
                 if not await self._wait():  # the poll interval passed without news
                     resync = True
@@ -119,11 +119,11 @@ class Reconciler:
         self.platform.look_again()
 
     async def step(self, *, resync: bool = True) -> None:
-        self.platform.wakeup.clear()
+        self.platform.process.wakeup.clear()
         # Only after word from another process: the rounds a backend's news starts (many a
         # second while local jobs run) need not look.
         look_wider, self._other_writes = self._other_writes, False
-        lease = self.platform.lease
+        lease = self.platform.process.lease
         if lease.now_leads.is_set():  # the last leader died: its builds are resumed here
             lease.now_leads.clear()
             await asyncio.to_thread(clear_build_leftovers, self.platform.images)
@@ -134,7 +134,7 @@ class Reconciler:
             await self.adopt()
             # Uploads that stopped (a grid's sandbox or the data lake not answering): again,
             # rather than at the next start only.
-            self._upload(await datalake_uploads.held_jobs(self.platform, self.platform.lease.slot))
+            self._upload(await datalake_uploads.held_jobs(self.platform, lease.slot))
         for name, backend in self.platform.backends.items():
             if resync:
                 await self._load_watched(name)
@@ -173,7 +173,7 @@ class Reconciler:
 
     async def _wait(self) -> bool:
         """Until news or the poll interval; True if woken by news."""
-        events = [self.platform.wakeup]
+        events = [self.platform.process.wakeup]
         events += [e for b in self.platform.backends.values() if (e := b.changed) is not None]
         waiters = [asyncio.create_task(e.wait()) for e in events]
         try:
@@ -268,7 +268,7 @@ class Reconciler:
             return
         try:
             async with self.platform.writing() as session:
-                slot = self.platform.lease.slot
+                slot = self.platform.process.lease.slot
                 rows, held = await store_updates(session, name, slot, updates)
         except BaseException:
             self._unstored[name] = updates
@@ -312,7 +312,7 @@ class Reconciler:
         """Jobs under way whose worker is gone (no live worker holds their slot) become this
         worker's (logic.adoption says what becomes of them); a grid's are watched here.
         At start, this worker's own slot counts as gone (it held it just now)."""
-        if not (at_start or self.platform.lease.side_by_side):
+        if not (at_start or self.platform.process.lease.side_by_side):
             return  # one worker at a time (SQLite): none is gone while it runs
         async with self.platform.writing() as session:
             live = await adoption.others_alive(session, self.platform, at_start=at_start)

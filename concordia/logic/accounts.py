@@ -249,7 +249,7 @@ async def _trusted(
     signature, account and groups are what they were a moment ago."""
     key = digest(token)
     now = time.monotonic()
-    cached = platform.trusted_tokens.get(key)
+    cached = platform.keyring.trusted_tokens.get(key)
     if cached is not None:
         return cached[0]
     checked = await check()
@@ -260,7 +260,7 @@ async def _trusted(
     if left is not None:
         trust = min(trust, left)
     if trust > 0:
-        platform.trusted_tokens[key] = (identity, now + trust)
+        platform.keyring.trusted_tokens[key] = (identity, now + trust)
     return identity
 
 

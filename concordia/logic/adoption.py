@@ -40,9 +40,9 @@ class Adopted:
 async def others_alive(session: AsyncSession, platform: Platform, *, at_start: bool) -> set[int]:
     """The slots of the other workers alive now (none where one worker runs at a time). At
     start, this worker's own slot counts as gone (it held it just now)."""
-    slot = platform.lease.slot
+    slot = platform.process.lease.slot
     live: set[int] = set()
-    if platform.lease.side_by_side:
+    if platform.process.lease.side_by_side:
         live = await live_slots(session)
         if slot not in live:
             # The database restarted (or cut the lease's connection) and the lease watcher
@@ -67,7 +67,7 @@ async def adopt_from(
     jobs = await worker_jobs.gone_jobs(session, name, HELD_STATES, live)
     if not jobs:
         return None
-    slot, shared = platform.lease.slot, platform.shared
+    slot, shared = platform.process.lease.slot, platform.process.shared
     gone_from = {job.id: process_name(job.worker, shared) for job in jobs}
     for job in jobs:
         job.worker = slot

@@ -155,6 +155,6 @@ async def end_session(platform: Platform, cookie: MutableMapping[str, Any]) -> N
         async with platform.writing() as session:
             await db.end_session(session, state.row_id)
     if state.user_id is not None:  # the data lake asks IAM again, as whatever sign-in is left
-        platform.lake_tokens.pop(state.user_id, None)
+        platform.keyring.lake_tokens.pop(state.user_id, None)
     state.clear()
     state.row_id = state.user_id = state.token = None

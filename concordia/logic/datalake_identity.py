@@ -62,7 +62,7 @@ async def lake_for(platform: Platform, user_id: int, username: str) -> AsyncIter
     try:
         yield LakeIdentity(lake, username, True)
     except DatalakeError:  # the token may be what failed: the next operation asks IAM again
-        platform.lake_tokens.pop(user_id, None)
+        platform.keyring.lake_tokens.pop(user_id, None)
         raise
     finally:
         await lake.aclose()
@@ -72,9 +72,9 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
     """A client of Rucio as the user's own account, checked with whoami; None if there
     is none to have (why is logged, never a token)."""
     settings = platform.settings
-    if not settings.datalake_user_tokens or platform.iam is None:
+    if not settings.datalake_user_tokens or platform.keyring.iam is None:
         return None
-    kept = platform.lake_tokens.get(user_id)
+    kept = platform.keyring.lake_tokens.get(user_id)
     if kept is not None:
         return connect_as_user(settings, username, kept[0], storage_reader(platform))
     try:
@@ -110,4 +110,4 @@ def _keep(platform: Platform, user_id: int, token: str) -> None:
         return
     left = expires - time.time() - TOKEN_MARGIN
     if left > 0:
-        platform.lake_tokens[user_id] = (token, time.monotonic() + left)
+        platform.keyring.lake_tokens[user_id] = (token, time.monotonic() + left)

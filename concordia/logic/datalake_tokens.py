@@ -45,24 +45,24 @@ def upload_link(
 
 def link_keys(platform: Platform) -> list[bytes] | None:
     """The keys that sign upload-token links; None where the server issues no tokens."""
-    if platform.upload_issuer is None:
+    if platform.keyring.upload_issuer is None:
         return None
-    return platform.vault.derived_keys(UPLOAD_LINKS)
+    return platform.keyring.vault.derived_keys(UPLOAD_LINKS)
 
 
 def _issuer(platform: Platform) -> UploadIssuer:
     """The issuer with its key at hand; Unavailable where the key cannot be had."""
-    if platform.upload_issuer is None:
+    if platform.keyring.upload_issuer is None:
         raise NotFound(NO_TOKENS)
     try:
-        platform.upload_issuer.key()
+        platform.keyring.upload_issuer.key()
     except VaultError:  # the operator replaced the vault's keys without keeping the old one
         raise Unavailable(
             "the upload-token signing key cannot be decrypted with the configured keys"
         ) from None
     except OSError as exc:
         raise Unavailable(f"the upload-token signing key cannot be kept: {exc}") from None
-    return platform.upload_issuer
+    return platform.keyring.upload_issuer
 
 
 async def upload_token(
@@ -71,7 +71,7 @@ async def upload_token(
     """A fresh token that may create ``scope:name`` on the job's RSE, for the job the link
     was signed for while it is not over, for a name of its own (its name prefix)."""
     issuer = _issuer(platform)
-    keys = platform.vault.derived_keys(UPLOAD_LINKS)
+    keys = platform.keyring.vault.derived_keys(UPLOAD_LINKS)
     if not link_valid(keys, UPLOAD_LINK, job_uuid, expires, signature, time.time()):
         raise Forbidden(REFUSED)
     async with platform.reading() as session:
@@ -100,7 +100,7 @@ def storage_reader(platform: Platform) -> StorageTokens | None:
     """Where Concordia's own reads of an RSE (the check of what a grid job stored, a
     download) get a token, when the RSEs trust it as an issuer (datalake_upload_tokens):
     one that may read that file alone. None: its reads carry no token."""
-    if platform.upload_issuer is None:
+    if platform.keyring.upload_issuer is None:
         return None
     settings = platform.settings
 

@@ -81,7 +81,7 @@ def scope_for(identity: Identity, vo: str) -> tuple[str, str]:
 async def _read(platform: Platform, user_id: int) -> dict[str, dict[str, Any]]:
     try:
         async with platform.reading() as session:
-            found = await read_secret(session, platform.vault, user_id, KIND)
+            found = await read_secret(session, platform.keyring.vault, user_id, KIND)
     except VaultError:  # the encryption keys changed: the tokens are lost, not a 500
         return {}
     if found is None:
@@ -96,7 +96,9 @@ async def _write(platform: Platform, user_id: int, kept: dict[str, dict[str, Any
         for key, entry in kept.items()
     }
     async with platform.writing() as session:
-        await put_secret(session, platform.vault, user_id, KIND, json.dumps(kept).encode(), shown)
+        await put_secret(
+            session, platform.keyring.vault, user_id, KIND, json.dumps(kept).encode(), shown
+        )
 
 
 def _entry(signed: SignIn, token: Token) -> dict[str, Any]:
@@ -125,7 +127,7 @@ async def connect(
             f"DiracX signed you in to {vo}/{signed.group}, not to {vo}/{group}: nothing was kept"
         )
     await _check_same_person(platform, identity, signed)
-    async with platform.token_locks[identity.user_id]:
+    async with platform.keyring.token_locks[identity.user_id]:
         kept = await _read(platform, identity.user_id)
         kept[f"{vo}/{group}"] = _entry(signed, token)
         await _write(platform, identity.user_id, kept)
@@ -154,7 +156,7 @@ async def connections(platform: Platform, user_id: int) -> list[DiracXConnection
 
 
 async def disconnect(platform: Platform, identity: Identity, vo: str, group: str) -> None:
-    async with platform.token_locks[identity.user_id]:
+    async with platform.keyring.token_locks[identity.user_id]:
         kept = await _read(platform, identity.user_id)
         if kept.pop(f"{vo}/{group}", None) is None:
             raise NotConnected(f"your DiracX account is not connected for {vo}/{group}")
@@ -174,7 +176,8 @@ async def access_token(platform: Platform, user_id: int, vo: str, group: str) ->
 async def _access_token(platform: Platform, user_id: int, vo: str, group: str) -> tuple[str, float]:
     key = f"{vo}/{group}"
     how = "connect it again on your account page"
-    async with platform.token_locks[user_id]:  # DiracX rotates refresh tokens: one at a time
+    # DiracX rotates refresh tokens: one refresh at a time.
+    async with platform.keyring.token_locks[user_id]:
         kept = await _read(platform, user_id)
         entry = kept.get(key)
         if entry is None:

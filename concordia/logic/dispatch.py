@@ -57,7 +57,7 @@ async def dispatch_round(
     """New jobs, each into the queue; from the queue, as many as there is ``room`` for
     (None: no limit), none of ``being_handed``; None when there was no job to look at.
     The jobs handed over are the worker's from then on."""
-    slot = platform.lease.slot
+    slot = platform.process.lease.slot
     async with platform.writing() as session:
         queued = worker_jobs.to_hand_over(name, slot)
         received = worker_jobs.received(name)

@@ -31,7 +31,7 @@ async def node_image(
     """The SquashFS a link names, for the job it was signed for while that job is not over:
     an image licensed to some users never reaches anyone else's job."""
     image_id = checked_id(image_id)
-    keys = platform.vault.derived_keys(IMAGE_LINKS)
+    keys = platform.keyring.vault.derived_keys(IMAGE_LINKS)
     if not link_valid(keys, image_id, job, expires, signature, time.time()):
         raise Forbidden(REFUSED)
     async with platform.reading() as session:

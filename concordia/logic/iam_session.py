@@ -28,9 +28,9 @@ class SessionEnded(DomainError):
 
 
 def iam_of(platform: Platform) -> Iam:
-    if platform.iam is None:
+    if platform.keyring.iam is None:
         raise Conflict("Concordia runs in local mode: there is no IAM to ask")
-    return platform.iam
+    return platform.keyring.iam
 
 
 def kept_tokens(token: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def kept_tokens(token: dict[str, Any]) -> dict[str, Any]:
 
 def sealed(platform: Platform, kept: dict[str, Any]) -> str:
     """The tokens encrypted by the vault, as a session row keeps them."""
-    return platform.vault.encrypt(json.dumps(kept).encode())
+    return platform.keyring.vault.encrypt(json.dumps(kept).encode())
 
 
 async def fresh_tokens(
@@ -55,7 +55,7 @@ async def fresh_tokens(
     newest live one: a caller with a bearer token), refreshed first when they expire within
     the margin. Raises SessionEnded when there are none or IAM refuses the refresh;
     IamUnreachable passes."""
-    async with platform.token_locks[user_id]:  # one refresh per user at a time
+    async with platform.keyring.token_locks[user_id]:  # one refresh per user at a time
         row_id, tokens = await _stored(platform, user_id, session_id)
         if tokens["expires_at"] - REFRESH_MARGIN > time.time():
             return tokens
@@ -75,7 +75,7 @@ async def audience_token(platform: Platform, user_id: int, audience: str) -> str
     refreshing their newest live IAM sign-in; the sign-in's own tokens stay (a refresh
     token IAM rotates is kept). SessionEnded when they have no sign-in with a refresh
     token or IAM ended it; IamUnreachable passes."""
-    async with platform.token_locks[user_id]:
+    async with platform.keyring.token_locks[user_id]:
         row_id, tokens = await _stored(platform, user_id, None)
         if not tokens.get("refresh_token"):
             raise SessionEnded("your IAM sign-in keeps no refresh token: sign in again")
@@ -100,7 +100,7 @@ async def _stored(
     tokens: dict[str, Any] | None = None
     if found is not None:
         try:
-            tokens = json.loads(platform.vault.decrypt(found[1]))
+            tokens = json.loads(platform.keyring.vault.decrypt(found[1]))
         except VaultError:  # the encryption keys changed: the tokens are lost, not a 500
             tokens = None
     if found is None or tokens is None:

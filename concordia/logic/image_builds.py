@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 STAGES_DIR = ".stages"
 
 
-def open_image_builds(settings: ImageSettings, server: ServerSettings) -> ImageBuilds:
-    """The image store (in the ``server``'s data dir) and the builder probed on this machine."""
+def open_image_builds(
+    settings: ImageSettings, server: ServerSettings, *, here: bool = True
+) -> ImageBuilds:
+    """The image store (in the ``server``'s data dir) and the builder probed on this machine;
+    builds run in this process if ``here``."""
     store = ImageStore(server.images_dir)
     store.prepare()
     podman = PodmanSetup(settings.image_podman_bases, server.data_dir / "podman")
@@ -44,7 +47,7 @@ def open_image_builds(settings: ImageSettings, server: ServerSettings) -> ImageB
     log.info("image builder: %s", choice.summary)
     stages = StageCache(server.images_dir / STAGES_DIR, int(settings.image_stage_cache_gb * 1e9))
     stages.prepare()
-    return ImageBuilds(store, choice, stages)
+    return ImageBuilds(store, choice, here=here, stages=stages)
 
 
 def clear_build_leftovers(builds: ImageBuilds) -> None:

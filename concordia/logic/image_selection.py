@@ -47,7 +47,7 @@ class ImageClaim:
     def after_commit(self, platform: Platform) -> None:
         """Start the build and tell the image's users: only once the claim is committed, so
         that a transaction rolled back leaves no build running and tells no one."""
-        if self.build is not None and platform.runs_work:  # else the worker, told by NOTIFY
+        if self.build is not None and platform.images.here:  # else the worker, told by NOTIFY
             start_build(platform, self.build)
         publish(platform, self.row, self.reached)
 

@@ -26,7 +26,7 @@ async def followed(
     """The refs of this worker's jobs in one of ``statuses`` that the backend holds, by uuid:
     those whose news it reports."""
     async with platform.reading() as session:
-        rows = await worker_jobs.followed(session, backend, statuses, platform.lease.slot)
+        rows = await worker_jobs.followed(session, backend, statuses, platform.process.lease.slot)
     return {u: BackendRef(uuid=u, ref=r, state=s) for u, r, s in rows}
 
 

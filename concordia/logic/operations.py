@@ -51,8 +51,9 @@ async def job_counts(platform: Platform) -> list[tuple[str, str, int]] | None:
 async def workers_alive(platform: Platform) -> int | None:
     """How many workers hold their lease now (this process counts, if it runs the work);
     None when the database does not answer."""
-    if platform.runs_work:
-        return 0 if platform.lease.lost.is_set() else 1
+    here = platform.process.worker_alive()
+    if here is not None:
+        return here
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS), platform.reading() as session:
             return await live_workers(session, platform.settings.data_dir)

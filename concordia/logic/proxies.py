@@ -105,7 +105,8 @@ async def upload_credential(
     }
     async with platform.writing() as session:
         await put_secret(
-            session, platform.vault, identity.user_id, CREDENTIAL, credential_pem(cred), info,
+            session, platform.keyring.vault, identity.user_id, CREDENTIAL, credential_pem(cred),
+            info,
             expires_at=not_after,
         )  # fmt: skip
     log.info("user %s uploaded a credential for %s", identity.username, dn)
@@ -159,7 +160,7 @@ async def new_proxy(
     lifetime = lifetime or timedelta(hours=settings.proxy_lifetime_hours)
     member = identity.membership(vo) if vo else None
     group = member.dirac_group if member is not None and settings.proxy_dirac_group else None
-    async with platform.proxy_locks[identity.user_id]:  # one submission, one new proxy
+    async with platform.keyring.proxy_locks[identity.user_id]:  # one submission, one new proxy
         _, current = await stored(platform, identity.user_id) if reuse else (None, None)
         if (
             current is not None
@@ -182,7 +183,7 @@ async def new_proxy(
         )  # fmt: skip
         async with platform.writing() as session:
             await put_secret(
-                session, platform.vault, identity.user_id, PROXY, made.pem,
+                session, platform.keyring.vault, identity.user_id, PROXY, made.pem,
                 view.model_dump(mode="json", exclude={"seconds_left"}),
                 expires_at=info.not_after,
             )  # fmt: skip
@@ -325,7 +326,7 @@ async def _make(
             raise _Unavailable(str(exc)) from None
     try:
         async with platform.reading() as session:
-            found = await read_secret(session, platform.vault, identity.user_id, CREDENTIAL)
+            found = await read_secret(session, platform.keyring.vault, identity.user_id, CREDENTIAL)
     except VaultError:
         raise _Unavailable("the stored certificate cannot be decrypted: upload it again") from None
     if found is None:
@@ -360,7 +361,7 @@ async def usable_proxy(
     are written); else None and why."""
     try:
         async with platform.reading() as session:
-            found = await read_secret(session, platform.vault, user_id, PROXY)
+            found = await read_secret(session, platform.keyring.vault, user_id, PROXY)
     except VaultError:
         return None, "the stored proxy cannot be decrypted"
     if found is None:

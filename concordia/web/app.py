@@ -55,7 +55,7 @@ def create_app(
                 async with platform.writing() as session:
                     login_url = await local_sign_in(session, settings)
             app.state.platform = platform
-            iam, timeout = platform.iam, settings.oidc_http_timeout
+            iam, timeout = platform.keyring.iam, settings.oidc_http_timeout
             app.state.oauth = web_client(settings, iam, settings.login_scopes()) if iam else None
             per_user_grid = diracx_client(settings, timeout) if per_user(platform) else None
             app.state.diracx_oauth = per_user_grid

@@ -39,7 +39,7 @@ PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 async def bearer(platform: Platform, token: str) -> Identity:
     """An IAM access token (JWT, checked against the issuer's keys) or a Concordia API token."""
-    if platform.iam is not None and looks_like_jwt(token):
+    if platform.keyring.iam is not None and looks_like_jwt(token):
         try:
             return await bearer_identity(platform, token)
         except TokenInvalid as exc:

@@ -98,7 +98,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SignInRequired)
     async def sign_in(request: Request, _exc: SignInRequired) -> Response:
         here = quote(request.url.path)
-        if request.app.state.platform.iam is not None:
+        if request.app.state.platform.keyring.iam is not None:
             back = (f"/login?next={here}", "Sign in with your IAM account")
             return error_page(request, 401, "This page needs you to be signed in.", back=back)
         return error_page(

@@ -64,7 +64,7 @@ async def metrics(request: Request) -> Response:
     counts = await operations.job_counts(platform)
     workers = await operations.workers_alive(platform)
     # The 0.0.4 text format: what every Prometheus server reads.
-    body = exposition(counts, platform.backends, works=platform.runs_work, workers=workers)
+    body = exposition(counts, platform.backends, works=platform.process.runs_work, workers=workers)
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 

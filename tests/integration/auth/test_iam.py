@@ -361,7 +361,7 @@ async def test_an_iam_token_is_trusted_no_longer_than_it_lives(
             "/api/v1/me", headers={"Authorization": f"Bearer {token}"}
         )
         assert answer.status_code == 200
-        _, until = running.platform.trusted_tokens[digest(token)]
+        _, until = running.platform.keyring.trusted_tokens[digest(token)]
         assert until <= time.monotonic() + 60
 
 

@@ -71,7 +71,7 @@ def tamper(chain: bytes) -> bytes:
 
 async def stored_proxy(running: Running, user_id: int) -> bytes:
     async with running.platform.reading() as session:
-        found = await read_secret(session, running.platform.vault, user_id, PROXY)
+        found = await read_secret(session, running.platform.keyring.vault, user_id, PROXY)
     assert found is not None
     return found[0]
 

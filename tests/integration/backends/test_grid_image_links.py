@@ -52,7 +52,7 @@ async def test_a_job_s_link_serves_its_image_with_range_and_etag(
     caplog.set_level(logging.INFO, logger="concordia.access")
     job = await running_job(app)
     image = image_of(app, job)
-    keys = app.platform.vault.derived_keys(IMAGE_LINKS)
+    keys = app.platform.keyring.vault.derived_keys(IMAGE_LINKS)
     link = GridImages(app.settings, app.settings.public_url, keys).link(image, job["uuid"])
     assert link is not None and link.startswith(f"{app.settings.public_url}/api/v1/grid/images/")
     data = image.squashfs.read_bytes() if image.squashfs else b""
@@ -77,7 +77,7 @@ async def test_a_job_s_link_serves_its_image_with_range_and_etag(
 async def test_a_wrong_expired_or_foreign_link_is_refused(app: Running) -> None:
     job = await running_job(app)
     image = image_of(app, job)
-    [key] = app.platform.vault.derived_keys(IMAGE_LINKS)
+    [key] = app.platform.keyring.vault.derived_keys(IMAGE_LINKS)
     path = f"/api/v1/grid/images/{image.id}/image.sqsh"
 
     def query(job_uuid: str, expires: int, key: bytes = key, image_id: str = image.id) -> str:

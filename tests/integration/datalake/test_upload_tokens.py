@@ -30,7 +30,7 @@ from concordia.core.jdl import parse_jdl
 from concordia.images.publication import link_signature
 from concordia.logic import datalake_tokens
 from concordia.logic.datalake_choice import name_prefix
-from concordia.logic.platform import UPLOAD_SIGNING_KEY
+from concordia.logic.keyring import UPLOAD_SIGNING_KEY
 from tests.conftest import Running, make_settings, running_app
 from tests.fakes.datalake import FakeLake
 from tests.integration.datalake.test_datalake import RSE
@@ -80,7 +80,7 @@ async def held_job(app: Running) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def link(app: Running, job_uuid: str, expires: int | None = None) -> str:
     """The job's link as its arguments carry it (made as Concordia makes it), as a path."""
-    keys = app.platform.vault.derived_keys(UPLOAD_LINKS)
+    keys = app.platform.keyring.vault.derived_keys(UPLOAD_LINKS)
     if expires is None:
         url = datalake_tokens.upload_link(app.settings, app.settings.public_url, keys, job_uuid)
     else:
@@ -101,7 +101,7 @@ async def test_the_signing_key_is_made_once_encrypted_and_its_keys_published(
         [key] = (await app.client.get("/.well-known/jwks.json")).json()["keys"]
         assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("EC", "P-256", "ES256", "sig")
         assert "d" not in key  # the public half only
-        vault: Vault = app.platform.vault
+        vault: Vault = app.platform.keyring.vault
 
     key_file = config.data_dir / UPLOAD_SIGNING_KEY
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600

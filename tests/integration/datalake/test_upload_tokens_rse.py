@@ -25,7 +25,7 @@ from concordia.backends.wrapper.concordia_job_lake import lake_path
 from concordia.images.publication import link_signature
 from concordia.logic.datalake_choice import name_prefix
 from concordia.logic.datalake_tokens import link_path
-from concordia.logic.platform import UPLOAD_SIGNING_KEY
+from concordia.logic.keyring import UPLOAD_SIGNING_KEY
 from tests.conftest import LiveServer, free_port
 from tests.integration.datalake.test_datalake_grid import (
     SCOPE,

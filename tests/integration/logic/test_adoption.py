@@ -24,7 +24,9 @@ from concordia.images.build import BuilderChoice
 from concordia.images.store import ImageStore
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.database import Database
+from concordia.logic.keyring import Keyring
 from concordia.logic.platform import ImageBuilds, Platform
+from concordia.logic.process import Process
 from concordia.settings import Settings
 from concordia.worker import LeaseNotHeld, Reconciler
 from tests.database import ON_POSTGRESQL
@@ -53,8 +55,8 @@ async def worker(settings: Settings) -> AsyncIterator[tuple[Platform, int]]:
             backends={"local": LocalBackend(settings)},
             # What a worker has of images and secrets (this test builds and decrypts none).
             images=ImageBuilds(ImageStore(settings.images_dir), BuilderChoice(None)),
-            vault=Vault([Fernet.generate_key()]),
-            lease=lease,
+            keyring=Keyring(vault=Vault([Fernet.generate_key()])),
+            process=Process(lease=lease),
         )
         _, job_id = await running_job(platform.db)
         await assign(platform, job_id, SLOT)

@@ -29,6 +29,7 @@ from concordia.images.store import ImageStore
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.database import Database
 from concordia.logic.jobs import transition
+from concordia.logic.keyring import Keyring
 from concordia.logic.platform import ImageBuilds, Platform
 from concordia.settings import Settings
 from concordia.worker import Reconciler
@@ -454,7 +455,7 @@ async def test_a_kill_recorded_elsewhere_is_carried_out_even_after_a_timed_rerea
             catalog=ApplicationCatalog(settings.applications_dir).load(),
             backends={"local": backend},
             images=ImageBuilds(ImageStore(settings.images_dir), BuilderChoice(None)),
-            vault=Vault([Fernet.generate_key()]),
+            keyring=Keyring(vault=Vault([Fernet.generate_key()])),
         )
         _, job_id = await running_job(platform.db)
         async with platform.writing() as session:

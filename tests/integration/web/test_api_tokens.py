@@ -54,4 +54,4 @@ async def test_a_trusted_token_is_refused_once_it_expires(settings: Settings) ->
 async def test_an_unknown_token_is_refused_and_not_remembered(app: Running) -> None:
     answer = await app.client.get("/api/v1/me", headers={"Authorization": "Bearer not-a-token"})
     assert answer.status_code == 401
-    assert digest("not-a-token") not in app.platform.trusted_tokens
+    assert digest("not-a-token") not in app.platform.keyring.trusted_tokens
