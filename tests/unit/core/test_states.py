@@ -77,22 +77,3 @@ def test_a_status_text_too_long_to_store_is_cut() -> None:
     assert Job.__table__.c.minor_status.type.length == STATUS_TEXT_MAX  # type: ignore[attr-defined]
     short = StatusUpdate(uuid="u", status=S.DONE, minor_status="ok", timestamp=datetime.now(UTC))
     assert short.minor_status == "ok"
-
-
-def test_a_status_text_made_by_concordia_itself_is_cut_where_it_is_written() -> None:
-    """A data-lake or internal error's message becomes a minor status through logic, not a
-    backend's StatusUpdate: record_status, where every status is written, cuts it too."""
-    from types import SimpleNamespace
-    from typing import Any, cast
-
-    from concordia.core.states import STATUS_TEXT_MAX
-    from concordia.logic.jobs import HISTORY_KEY, record_status
-
-    session = SimpleNamespace(info={})
-    job = SimpleNamespace(id=1, status="Completing", minor_status="", application_status="",
-                          updated_at=None, started_at=None, ended_at=None)  # fmt: skip
-    record_status(cast(Any, session), cast(Any, job), S.FAILED,
-                  minor="data lake: " + "x" * 900, source="DataLake")  # fmt: skip
-    assert len(job.minor_status) == STATUS_TEXT_MAX and job.minor_status.endswith("…")
-    [row] = session.info[HISTORY_KEY]
-    assert row["minor_status"] == job.minor_status
