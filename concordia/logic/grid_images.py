@@ -11,9 +11,11 @@ from concordia.core.states import JobStatus
 from concordia.db.grid_images import job_image
 from concordia.images.publication import IMAGE_LINKS, link_valid
 from concordia.images.store import FORMAT_FILES
+from concordia.logic.database import Database
 from concordia.logic.errors import Forbidden, NotFound
 from concordia.logic.image_views import checked_id
-from concordia.logic.platform import Platform
+from concordia.logic.keyring import Keyring
+from concordia.logic.platform import ImageBuilds
 
 #: One answer for every refused link: it says why without telling what exists.
 REFUSED = "this image link is not valid: wrong signature, expired, or its job is over"
@@ -26,19 +28,25 @@ class NodeImage:
 
 
 async def node_image(
-    platform: Platform, image_id: str, job: str, expires: int, signature: str
+    db: Database,
+    images: ImageBuilds,
+    keyring: Keyring,
+    image_id: str,
+    job: str,
+    expires: int,
+    signature: str,
 ) -> NodeImage:
     """The SquashFS a link names, for the job it was signed for while that job is not over:
     an image licensed to some users never reaches anyone else's job."""
     image_id = checked_id(image_id)
-    keys = platform.keyring.vault.derived_keys(IMAGE_LINKS)
+    keys = keyring.vault.derived_keys(IMAGE_LINKS)
     if not link_valid(keys, image_id, job, expires, signature, time.time()):
         raise Forbidden(REFUSED)
-    async with platform.reading() as session:
+    async with db.reading() as session:
         found = await job_image(session, job)
     if found is None or found[0] != image_id or JobStatus(found[1]).is_final:
         raise Forbidden(REFUSED)
-    stored = await asyncio.to_thread(platform.images.store.get, image_id)
+    stored = await asyncio.to_thread(images.store.get, image_id)
     squashfs = stored.meta.get("formats", {}).get("squashfs") if stored else None
     if stored is None or not squashfs:
         raise NotFound(f"image {image_id[:12]} has no SquashFS here any more")

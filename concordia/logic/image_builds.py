@@ -20,12 +20,14 @@ from concordia.images.builders import (
 from concordia.images.plan import BuildPlan
 from concordia.images.stages import StageCache
 from concordia.images.store import ImageStore, StoredImage
+from concordia.logic.database import Database
 from concordia.logic.errors import Conflict, NotFound
 from concordia.logic.identity import Identity
 from concordia.logic.image_events import audience, publish
 from concordia.logic.image_plans import plan_image
 from concordia.logic.image_views import ImageView, get_image, require_user_of
 from concordia.logic.platform import ImageBuilds, Platform
+from concordia.logic.process import Process
 from concordia.metrics import IMAGE_BUILD_SECONDS
 from concordia.settings import ImageSettings, ServerSettings
 
@@ -69,22 +71,21 @@ def start_build(platform: Platform, plan: BuildPlan) -> None:
 
 
 async def _build(platform: Platform, plan: BuildPlan) -> None:
-    stored, outcome, error = await _run_build(platform, plan)
+    stored, outcome, error = await _run_build(platform.settings, platform.images, plan)
     async with platform.writing() as session:
         row = await session.get(Image, plan.image_id)
         if row is None:
             return
-        _record_end(platform, row, stored, outcome, error)
-        reached = await audience(session, platform, row.id)
-    publish(platform, row, reached)
+        _record_end(platform.images, row, stored, outcome, error)
+        reached = await audience(platform.settings, session, row.id)
+    publish(platform.bus, row, reached)
     platform.look_again()  # jobs waiting for this image may go
 
 
 async def _run_build(
-    platform: Platform, plan: BuildPlan
+    settings: ImageSettings, images: ImageBuilds, plan: BuildPlan
 ) -> tuple[StoredImage | None, ImageStatus, str]:
     """The image made, or how the build ended without it (cancelled or failed, and why)."""
-    images = platform.images
     builder = images.choice.builder
     assert builder is not None
     stored, outcome, error = None, ImageStatus.READY, ""
@@ -92,7 +93,7 @@ async def _run_build(
     async with images.slots:
         started = time.perf_counter()
         try:
-            formats: list[str] = list(platform.settings.image_formats)
+            formats: list[str] = list(settings.image_formats)
             stored = await asyncio.to_thread(
                 run_build, plan, builder, images.store, formats, images.stages
             )
@@ -110,7 +111,7 @@ async def _run_build(
 
 
 def _record_end(
-    platform: Platform, row: Image, stored: StoredImage | None, outcome: ImageStatus, error: str
+    images: ImageBuilds, row: Image, stored: StoredImage | None, outcome: ImageStatus, error: str
 ) -> None:
     """Set the image's row to how its build ended."""
     cancelled = row.status == ImageStatus.CANCELLED  # by cancel_image, as it was building
@@ -119,7 +120,7 @@ def _record_end(
     elif outcome == ImageStatus.FAILED or stored is None:
         row.status, row.error = ImageStatus.FAILED, error
     else:  # made (if cancelled as it finished, the image is whole all the same)
-        builder = platform.images.choice.builder
+        builder = images.choice.builder
         assert builder is not None
         row.status, row.builder, row.built_at = ImageStatus.READY, builder.version, utcnow()
         row.formats, row.rootfs_size = stored.meta["formats"], stored.meta["rootfs_size"]
@@ -140,22 +141,26 @@ async def start_builds(platform: Platform) -> None:
             continue
         try:
             app = platform.catalog.get(row.application)
-            plan = plan_image(platform, app, dict(row.build_args))
+            plan = plan_image(
+                platform.settings, platform.catalog, platform.images, app, dict(row.build_args)
+            )
         except (NotFound, Conflict) as exc:
-            await _fail(platform, row.id, f"interrupted by a restart and cannot resume: {exc}")
+            reason = f"interrupted by a restart and cannot resume: {exc}"
+            await _fail(platform.db, platform.process, row.id, reason)
             continue
         if plan.image_id != row.id:
-            await _fail(platform, row.id, "interrupted by a restart; the application changed")
+            reason = "interrupted by a restart; the application changed"
+            await _fail(platform.db, platform.process, row.id, reason)
             continue
         start_build(platform, plan)
 
 
-async def _fail(platform: Platform, image: str, error: str) -> None:
-    async with platform.writing() as session:
+async def _fail(db: Database, process: Process, image: str, error: str) -> None:
+    async with db.writing() as session:
         row = await session.get(Image, image)
         if row is not None:
             row.status, row.error = ImageStatus.FAILED, error
-    platform.look_again()
+    process.look_again()
 
 
 async def cancel_image(platform: Platform, user: Identity, image: str) -> ImageView:
@@ -166,13 +171,13 @@ async def cancel_image(platform: Platform, user: Identity, image: str) -> ImageV
         row = await session.get(Image, image)
         if row is None or row.status == ImageStatus.DELETED:
             raise NotFound(f"no image {image}")
-        await require_user_of(session, platform, user, image)
+        await require_user_of(platform.settings, session, user, image)
         if row.status != ImageStatus.BUILDING:
             raise Conflict(f"the image is {row.status}, not being built")
         row.status, row.error = ImageStatus.CANCELLED, f"cancelled by {user.username}"
-        reached = await audience(session, platform, image)
+        reached = await audience(platform.settings, session, image)
     if image in platform.images.tasks:  # else the worker stops it, told by NOTIFY
         cancel_build(image)
-    publish(platform, row, reached)
+    publish(platform.bus, row, reached)
     platform.look_again()  # its waiting jobs fail now
-    return await get_image(platform, user, image)
+    return await get_image(platform.settings, platform.db, user, image)

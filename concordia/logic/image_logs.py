@@ -7,32 +7,39 @@ from collections.abc import AsyncIterator
 
 from concordia.core.build_progress import BuildProgress
 from concordia.core.image_status import ImageStatus
+from concordia.logic.database import Database
 from concordia.logic.errors import Invalid
 from concordia.logic.identity import Identity
 from concordia.logic.image_views import get_image
 from concordia.logic.outputs import read_chunk
-from concordia.logic.platform import Platform
+from concordia.logic.platform import ImageBuilds, Platform
+from concordia.settings import Settings
 
 
 async def read_log(
-    platform: Platform, user: Identity, image: str, offset: int = 0
+    settings: Settings,
+    db: Database,
+    images: ImageBuilds,
+    user: Identity,
+    image: str,
+    offset: int = 0,
 ) -> tuple[str, int, ImageStatus]:
     """The build log from byte ``offset``: (text, next offset, the image's status)."""
     if offset < 0:
         raise Invalid("offset", "must be >= 0", location="query")
-    view = await get_image(platform, user, image)
-    path, limit = platform.images.store.log_path(image), platform.settings.max_log_chunk
+    view = await get_image(settings, db, user, image)
+    path, limit = images.store.log_path(image), settings.max_log_chunk
     text, next_offset, _ = await asyncio.to_thread(read_chunk, path, offset, limit)
     return text, next_offset, view.status
 
 
 async def progress_until(
-    platform: Platform, user: Identity, image: str, offset: int
+    settings: Settings, db: Database, images: ImageBuilds, user: Identity, image: str, offset: int
 ) -> BuildProgress:
     """Where the build was when its log reached byte ``offset`` (a follower reconnecting)."""
     progress, at = BuildProgress(), 0
     while at < offset:
-        text, next_offset, _ = await read_log(platform, user, image, at)
+        text, next_offset, _ = await read_log(settings, db, images, user, image, at)
         if next_offset <= at:
             break
         progress.advance(text.encode()[: offset - at].decode(errors="ignore"))
@@ -46,7 +53,9 @@ async def follow_log(
     """The build log as it grows, until the build ends (then the rest, and stop)."""
     async with platform.bus.subscribe() as events:
         while True:
-            text, offset, status = await read_log(platform, user, image, offset)
+            text, offset, status = await read_log(
+                platform.settings, platform.db, platform.images, user, image, offset
+            )
             if text:
                 yield text
                 continue

@@ -12,23 +12,26 @@ from concordia.core.recipe import Recipe, image_id
 from concordia.images.plan import BuildPlan, Source
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.errors import Conflict, Invalid
-from concordia.logic.platform import Platform
+from concordia.logic.platform import ImageBuilds
+from concordia.settings import ImageSettings
 
 #: Longest chain of recipe:APP bases (a loop is refused long before).
 _MAX_BASES = 8
 
 
-def unavailable_reason(platform: Platform, app: ApplicationDef) -> str | None:
+def unavailable_reason(
+    settings: ImageSettings, catalog: ApplicationCatalog, app: ApplicationDef
+) -> str | None:
     """Why the application's image cannot be made here (an operator-provided file is not
     configured); None if it can."""
     if app.image is None:
         return None
-    return _missing_source(platform, app, flat_recipe(platform.catalog, app))
+    return _missing_source(settings, app, flat_recipe(catalog, app))
 
 
-def _missing_source(platform: Platform, app: ApplicationDef, recipe: Recipe) -> str | None:
+def _missing_source(settings: ImageSettings, app: ApplicationDef, recipe: Recipe) -> str | None:
     for name, use in recipe.sources.items():
-        if name not in platform.settings.sources:
+        if name not in settings.sources:
             hint = f" {use.help}" if use.help else ""
             return f"{app.title} is unavailable: its build needs the file '{name}'.{hint}"
     return None
@@ -52,20 +55,26 @@ def flat_recipe(catalog: ApplicationCatalog, app: ApplicationDef) -> Recipe:
     return recipe
 
 
-def plan_image(platform: Platform, app: ApplicationDef, build_args: dict[str, Any]) -> BuildPlan:
+def plan_image(
+    settings: ImageSettings,
+    catalog: ApplicationCatalog,
+    images: ImageBuilds,
+    app: ApplicationDef,
+    build_args: dict[str, Any],
+) -> BuildPlan:
     """The build of this configuration and its id. Raises Conflict if it cannot be built."""
-    builder = platform.images.choice.builder
+    builder = images.choice.builder
     if builder is None:
-        raise Conflict(f"images cannot be built here: {platform.images.choice.summary}")
-    recipe = flat_recipe(platform.catalog, app)
-    reason = _missing_source(platform, app, recipe)
+        raise Conflict(f"images cannot be built here: {images.choice.summary}")
+    recipe = flat_recipe(catalog, app)
+    reason = _missing_source(settings, app, recipe)
     if reason:
         raise Conflict(reason)
-    files = {dest: platform.catalog.directory / src for src, dest in recipe.files.items()}
+    files = {dest: catalog.directory / src for src, dest in recipe.files.items()}
     digests = {dest: _file_digest(path) for dest, path in files.items()}
     sources = {}
     for name, use in recipe.sources.items():
-        configured = platform.settings.sources[name]
+        configured = settings.sources[name]
         sources[use.dest] = Source(configured.url, configured.sha256)
         digests[use.dest] = configured.sha256
     return BuildPlan(
@@ -75,18 +84,22 @@ def plan_image(platform: Platform, app: ApplicationDef, build_args: dict[str, An
         build_args=build_args,
         files=files,
         sources=sources,
-        timeout=platform.settings.image_build_timeout,
+        timeout=settings.image_build_timeout,
     )
 
 
 def plan_requested(
-    platform: Platform, application: str, raw_build_args: dict[str, Any]
+    settings: ImageSettings,
+    catalog: ApplicationCatalog,
+    images: ImageBuilds,
+    application: str,
+    raw_build_args: dict[str, Any],
 ) -> BuildPlan:
     """The build a user's request names (raw build arguments, checked here)."""
-    app = platform.catalog.get(application)
+    app = catalog.get(application)
     if app.image is None:
         raise Invalid("application", "this application runs without an image")
-    return plan_image(platform, app, check_build_args(app, raw_build_args))
+    return plan_image(settings, catalog, images, app, check_build_args(app, raw_build_args))
 
 
 _digests: dict[tuple[Path, int, int], str] = {}

@@ -26,7 +26,8 @@ from concordia.logic.image_views import (
     may_change,
     require_user_of,
 )
-from concordia.logic.platform import Platform
+from concordia.logic.platform import ImageBuilds, Platform
+from concordia.settings import ImageSettings
 
 #: How long a retry waits for the build it follows to have stopped.
 RETRY_WAIT_SECONDS = 30
@@ -49,7 +50,7 @@ class ImageClaim:
         that a transaction rolled back leaves no build running and tells no one."""
         if self.build is not None and platform.images.here:  # else the worker, told by NOTIFY
             start_build(platform, self.build)
-        publish(platform, self.row, self.reached)
+        publish(platform.bus, self.row, self.reached)
 
 
 async def select_or_build(
@@ -69,7 +70,9 @@ async def select_or_build(
     that someone else asked for is selected for this user too rather than built twice (that
     a configuration exists is no one's data); asking is what puts it in the user's
     catalogue. Who else uses it, and their jobs, stay theirs."""
-    plan = plan_requested(platform, application, raw_build_args)
+    plan = plan_requested(
+        platform.settings, platform.catalog, platform.images, application, raw_build_args
+    )
     vos = [vo] if vo is not None else (user.vos or [""])
     if not force:  # the usual case, an image that exists and is theirs: no write, no lock
         async with platform.reading() as session:
@@ -80,16 +83,18 @@ async def select_or_build(
             if ready and claimed.issuperset(vos) and platform.images.store.complete(view.id):
                 return ImageSelection(selected=True, image=view)
     async with platform.writing() as session:  # one writer: the check and the claim are one
-        claim = await claim_image(session, platform, user, plan, vos, force=force)
+        claim = await claim_image(
+            platform.settings, platform.images, session, user, plan, vos, force=force
+        )
     claim.after_commit(platform)
-    return ImageSelection(
-        selected=claim.selected, image=await get_image(platform, user, plan.image_id)
-    )
+    view = await get_image(platform.settings, platform.db, user, plan.image_id)
+    return ImageSelection(selected=claim.selected, image=view)
 
 
 async def claim_image(
+    settings: ImageSettings,
+    images: ImageBuilds,
     session: AsyncSession,
-    platform: Platform,
     user: Identity,
     plan: BuildPlan,
     vos: list[str],
@@ -100,7 +105,7 @@ async def claim_image(
     marked building) and the user's claims on it under ``vos``. The caller commits, then
     calls ``after_commit``."""
     row = await session.get(Image, plan.image_id)
-    stored = platform.images.store.get(plan.image_id)
+    stored = images.store.get(plan.image_id)
     if row is None and stored is not None and not force:
         row = _adopt(stored)  # in the store but not in this database (a shared store)
         session.add(row)
@@ -112,13 +117,13 @@ async def claim_image(
             row = Image(id=plan.image_id, application=plan.application, build_args=plan.build_args)
             session.add(row)
         row.status, row.error, row.created_at = ImageStatus.BUILDING, "", utcnow()
-        row.builder = platform.images.choice.summary
+        row.builder = images.choice.summary
         ready, build = False, replace(plan, fresh=force)
     await session.flush()  # the image row before its users'
     for name in await _unclaimed(session, plan.image_id, user.user_id, vos):
         session.add(ImageUser(image_id=plan.image_id, user_id=user.user_id, vo=name))
     await session.flush()
-    reached = await audience(session, platform, row.id)
+    reached = await audience(settings, session, row.id)
     return ImageClaim(plan.image_id, ready, build, row, reached)
 
 
@@ -151,7 +156,8 @@ async def image_state(
     if app.image is None:
         return ImageState(id=None, status=None)
     try:
-        plan = plan_image(platform, app, check_build_args(app, raw_build_args))
+        build_args = check_build_args(app, raw_build_args)
+        plan = plan_image(platform.settings, platform.catalog, platform.images, app, build_args)
     except Conflict as exc:
         return ImageState(id=None, status=None, problem=exc.message)
     async with platform.reading() as session:
@@ -167,8 +173,8 @@ async def image_state(
 async def retry_image(platform: Platform, user: Identity, image: str) -> ImageSelection:
     """Build a failed or cancelled image again: the same application and build arguments
     (a new id if the recipe changed since). Conflict unless failed or cancelled."""
-    view = await get_image(platform, user, image)
-    await may_change(platform, user, image)
+    view = await get_image(platform.settings, platform.db, user, image)
+    await may_change(platform.settings, platform.db, user, image)
     if view.status not in (ImageStatus.FAILED, ImageStatus.CANCELLED):
         raise Conflict(f"the image is {view.status}: only a failed or cancelled build is retried")
     # A build just cancelled may still be stopping here: it would end the new one with it.
@@ -187,7 +193,7 @@ async def delete_image(platform: Platform, user: Identity, image: str) -> None:
         row = await session.get(Image, image)
         if row is None or row.status == ImageStatus.DELETED:
             raise NotFound(f"no image {image}")
-        await require_user_of(session, platform, user, image)
+        await require_user_of(platform.settings, session, user, image)
         if row.status == ImageStatus.BUILDING:
             raise Conflict("the image is being built; delete it when the build has ended")
         others = await image_queries.has_other_users(session, image, user.user_id)
@@ -197,9 +203,9 @@ async def delete_image(platform: Platform, user: Identity, image: str) -> None:
         active = await image_queries.active_jobs(session, image, owner_id)
         if active:
             raise Conflict(f"{active} job(s) not yet finished use this image")
-        reached = await audience(session, platform, image)
+        reached = await audience(platform.settings, session, image)
         await image_queries.drop_claims(session, image, user.user_id)
         if not others:
             await asyncio.to_thread(platform.images.store.delete, image)
             row.status, row.formats, row.rootfs_size = ImageStatus.DELETED, {}, 0
-    publish(platform, row, reached)
+    publish(platform.bus, row, reached)

@@ -13,9 +13,11 @@ from concordia.core.image_status import ImageStatus
 from concordia.db import images as image_queries
 from concordia.db.tables import Image
 from concordia.images.store import FORMAT_FILES
+from concordia.logic.database import Database
 from concordia.logic.errors import Forbidden, NotFound
 from concordia.logic.identity import Identity
-from concordia.logic.platform import Platform
+from concordia.logic.platform import ImageBuilds
+from concordia.settings import ImageSettings
 
 
 class FormatView(BaseModel):
@@ -68,13 +70,13 @@ class ImageState(BaseModel):
     problem: str | None = None
 
 
-def builders(platform: Platform) -> BuildersView:
-    choice = platform.images.choice
+def builders(settings: ImageSettings, images: ImageBuilds) -> BuildersView:
+    choice = images.choice
     return BuildersView(
         builder=choice.builder.version if choice.builder else None,
         summary=choice.summary,
         problems=choice.problems,
-        formats=list(platform.settings.image_formats),
+        formats=list(settings.image_formats),
     )
 
 
@@ -85,25 +87,25 @@ def checked_id(image_id: str) -> str:
     return image_id
 
 
-def _shared_vos(platform: Platform, user: Identity) -> list[str]:
+def _shared_vos(settings: ImageSettings, user: Identity) -> list[str]:
     """The VOs whose members' images the user may see too (read-only: see require_user_of):
     with images_shared_in_vo, the user's own; else none."""
-    return user.vos if platform.settings.images_shared_in_vo else []
+    return user.vos if settings.images_shared_in_vo else []
 
 
 async def list_images(
-    platform: Platform, user: Identity, application: str | None = None
+    settings: ImageSettings, db: Database, user: Identity, application: str | None = None
 ) -> list[ImageView]:
-    shared = _shared_vos(platform, user)
-    async with platform.reading() as session:
+    shared = _shared_vos(settings, user)
+    async with db.reading() as session:
         rows = await image_queries.images_seen_by(session, user.user_id, shared, application)
     return [_view(row, jobs, yours) for row, jobs, yours in rows]
 
 
-async def get_image(platform: Platform, user: Identity, image: str) -> ImageView:
+async def get_image(settings: ImageSettings, db: Database, user: Identity, image: str) -> ImageView:
     """An image the user may see; any other is 'not found', as if it did not exist."""
-    shared = _shared_vos(platform, user)
-    async with platform.reading() as session:
+    shared = _shared_vos(settings, user)
+    async with db.reading() as session:
         found = await image_queries.image_seen_by(session, image, user.user_id, shared)
     if found is None or found[0].status == ImageStatus.DELETED:
         raise NotFound(f"no image {image}")
@@ -119,20 +121,20 @@ async def find_claimed(
     return None if found is None else (_view(*found[0]), found[1])
 
 
-async def may_change(platform: Platform, user: Identity, image: str) -> None:
+async def may_change(settings: ImageSettings, db: Database, user: Identity, image: str) -> None:
     """Raises unless the user may rebuild or delete the image (see require_user_of)."""
-    async with platform.reading() as session:
-        await require_user_of(session, platform, user, image)
+    async with db.reading() as session:
+        await require_user_of(settings, session, user, image)
 
 
 async def require_user_of(
-    session: AsyncSession, platform: Platform, user: Identity, image: str
+    settings: ImageSettings, session: AsyncSession, user: Identity, image: str
 ) -> None:
     """Only an image's own users change it; members of their VOs see it read-only (403), and
     anyone else does not see it at all (404)."""
     if await image_queries.is_user_of(session, image, user.user_id):
         return
-    shared = _shared_vos(platform, user)
+    shared = _shared_vos(settings, user)
     if shared and await image_queries.claimed_in(session, image, shared):
         raise Forbidden(
             "this image is shared with your VO read-only: only those who asked for it "
@@ -147,10 +149,10 @@ def _view(row: Image, jobs: int, yours: bool) -> ImageView:
 
 
 async def image_file(
-    platform: Platform, user: Identity, image: str, fmt: str
+    settings: ImageSettings, db: Database, images: ImageBuilds, user: Identity, image: str, fmt: str
 ) -> tuple[Path, ImageView]:
     """The file of one format of a ready image (for download), and the image."""
-    view = await get_image(platform, user, image)
+    view = await get_image(settings, db, user, image)
     if fmt not in view.formats:
         raise NotFound(f"image {image} has no {fmt} format")
-    return platform.images.store.path(image) / FORMAT_FILES[fmt], view
+    return images.store.path(image) / FORMAT_FILES[fmt], view

@@ -83,7 +83,7 @@ class Relay:
                 i for i in images if self._images.get(i.id, ImageStatus.BUILDING) != i.status
             ]
             for image in changed_images:
-                await announce_image(self.platform, session, image)
+                await announce_image(self.platform.settings, self.platform.bus, session, image)
         self._images = {i.id: i.status for i in images if i.status == ImageStatus.BUILDING}
         cursor.note([history_id for history_id, _ in changes])  # in id order
         jobs = {job.id: job for _, job in changes}  # each job once, as it is now

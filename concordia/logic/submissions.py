@@ -154,13 +154,19 @@ async def _submit_batch(
     values, build_args = admitted.values, admitted.build_args
     vo, member = admitted.vo, admitted.member
     # The image's plan is checked before any write (it may be refused: Conflict).
-    image = None if app.image is None else plan_image(platform, app, build_args)
+    image = (
+        None
+        if app.image is None
+        else plan_image(platform.settings, platform.catalog, platform.images, app, build_args)
+    )
     claim: ImageClaim | None = None
     async with platform.writing() as session:
         # The container, selected if it exists, else marked building: claimed in the
         # submission's own transaction, so that a refused submission leaves no claim behind.
         if image is not None:
-            claim = await claim_image(session, platform, identity, image, [vo])
+            claim = await claim_image(
+                platform.settings, platform.images, session, identity, image, [vo]
+            )
         app_row = await submission_queries.application_row(session, app)
         submission = Submission(
             owner_id=owner_id,

@@ -25,7 +25,7 @@ class ApplicationView(ApplicationDef):
 def _view(platform: Platform, app: ApplicationDef, user: Identity) -> ApplicationView:
     return ApplicationView(
         **dict(app),
-        unavailable=unavailable_reason(platform, app),
+        unavailable=unavailable_reason(platform.settings, platform.catalog, app),
         not_allowed=vo_refusal(user, app.vos, app.title, platform.settings),
     )
 

@@ -36,7 +36,9 @@ async def node_image(
     sig: Annotated[str, Query(max_length=128)],
 ) -> Response:
     """A job's image for its worker node, while the link is valid and the job not over."""
-    found = await grid_images.node_image(platform, image_id, job, expires, sig)
+    found = await grid_images.node_image(
+        platform.db, platform.images, platform.keyring, image_id, job, expires, sig
+    )
     etag = f'"{found.sha256}"'
     headers = {"ETag": etag, "Cache-Control": "private"}
     if request.headers.get("if-none-match") == etag:

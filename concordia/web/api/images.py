@@ -33,7 +33,7 @@ class ImageRequest(BaseModel):
 @router.get("/builders")
 async def list_builders(platform: PlatformDep, _user: CurrentUser) -> BuildersView:
     """The image builder in use, and for the others why not (what to install)."""
-    return image_views.builders(platform)
+    return image_views.builders(platform.settings, platform.images)
 
 
 @router.get("/images")
@@ -41,7 +41,7 @@ async def list_images(
     platform: PlatformDep, user: CurrentUser, application: str | None = None
 ) -> list[ImageView]:
     """The images the caller asked for (and, where shared, those of their VOs)."""
-    return await image_views.list_images(platform, user, application)
+    return await image_views.list_images(platform.settings, platform.db, user, application)
 
 
 @router.post(
@@ -66,7 +66,9 @@ async def select_or_build(
 
 @router.get("/images/{image_id}", responses=documented(404))
 async def get_image(image_id: str, platform: PlatformDep, user: CurrentUser) -> ImageView:
-    return await image_views.get_image(platform, user, image_views.checked_id(image_id))
+    return await image_views.get_image(
+        platform.settings, platform.db, user, image_views.checked_id(image_id)
+    )
 
 
 @router.delete("/images/{image_id}", status_code=204, responses=CHANGES | documented(404, 409))
@@ -112,7 +114,9 @@ async def build_log(
 ) -> PlainTextResponse:
     """The build log from byte ``offset``; X-Log-Offset is where to continue from."""
     checked = image_views.checked_id(image_id)
-    text, next_offset, status = await image_logs.read_log(platform, user, checked, offset)
+    text, next_offset, status = await image_logs.read_log(
+        platform.settings, platform.db, platform.images, user, checked, offset
+    )
     headers = {"X-Log-Offset": str(next_offset), "X-Image-Status": status}
     return PlainTextResponse(text, headers=headers)
 
@@ -137,17 +141,21 @@ async def follow_build_log(
 ) -> EventSourceResponse:
     """Server-Sent Events: "log" (new text) and "progress" (its phase and n of N, when they
     change) until the build ends, then "end" (its status)."""
-    await image_views.get_image(platform, user, image_views.checked_id(image_id))
+    await image_views.get_image(
+        platform.settings, platform.db, user, image_views.checked_id(image_id)
+    )
 
     async def stream() -> AsyncIterator[dict[str, str]]:
-        progress = await image_logs.progress_until(platform, user, image_id, offset)
+        progress = await image_logs.progress_until(
+            platform.settings, platform.db, platform.images, user, image_id, offset
+        )
         async for text in image_logs.follow_log(platform, user, image_id, offset):
             if await request.is_disconnected():
                 return
             yield {"event": "log", "data": json.dumps({"text": text})}
             if progress.advance(text):
                 yield {"event": "progress", "data": progress.model_dump_json()}
-        view = await image_views.get_image(platform, user, image_id)
+        view = await image_views.get_image(platform.settings, platform.db, user, image_id)
         yield {"event": "end", "data": json.dumps({"status": view.status, "error": view.error})}
 
     return EventSourceResponse(stream(), ping=15)
@@ -161,6 +169,8 @@ async def follow_build_log(
 async def download(
     image_id: str, fmt: Literal["squashfs", "oci"], platform: PlatformDep, user: CurrentUser
 ) -> FileResponse:
-    path, view = await image_views.image_file(platform, user, image_views.checked_id(image_id), fmt)
+    path, view = await image_views.image_file(
+        platform.settings, platform.db, platform.images, user, image_views.checked_id(image_id), fmt
+    )
     name = f"{view.application}-{image_id[:12]}.{_SUFFIX[fmt]}"
     return FileResponse(path, media_type=_MEDIA[fmt], filename=name)

@@ -135,7 +135,7 @@ async def _image_context(
     listed = state.status is not None
     if listed and state.id:
         try:
-            await image_views.get_image(platform, user, state.id)
+            await image_views.get_image(platform.settings, platform.db, user, state.id)
         except NotFound:
             listed = False
     return context | {"image": state, "image_listed": listed}
@@ -168,7 +168,10 @@ async def choose_application(
     request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     apps = sorted(platform.catalog.apps.values(), key=lambda a: a.title.lower())
-    unavailable = {app.name: image_plans.unavailable_reason(platform, app) for app in apps}
+    unavailable = {
+        app.name: image_plans.unavailable_reason(platform.settings, platform.catalog, app)
+        for app in apps
+    }
     not_allowed = {
         app.name: vo_refusal(user, app.vos, app.title, platform.settings) for app in apps
     }
@@ -178,7 +181,7 @@ async def choose_application(
         apps=apps,
         unavailable=unavailable,
         not_allowed=not_allowed,
-        builders=image_views.builders(platform),
+        builders=image_views.builders(platform.settings, platform.images),
     )
 
 

@@ -29,7 +29,7 @@ def _application(request: Request) -> str | None:
 async def _catalogue(
     platform: PlatformDep, user: Identity, application: str | None
 ) -> dict[str, Any]:
-    found = await image_views.list_images(platform, user, application)
+    found = await image_views.list_images(platform.settings, platform.db, user, application)
     return {"images": found, "application": application, "short": SHORT, "names": FORMAT_NAMES}
 
 
@@ -43,7 +43,7 @@ async def images_page(request: Request, platform: PlatformDep, user: PageUser) -
     return render(
         request,
         "images.html",
-        builders=image_views.builders(platform),
+        builders=image_views.builders(platform.settings, platform.images),
         applications=sorted(known),
         flash=request.session.pop(FLASH, None),
         **context,
@@ -66,8 +66,12 @@ async def _detail(
     status_code: int = 200,
     problem: str | None = None,
 ) -> HTMLResponse:
-    view = await image_views.get_image(platform, user, image_views.checked_id(image_id))
-    log, offset, _ = await image_logs.read_log(platform, user, view.id, 0)
+    view = await image_views.get_image(
+        platform.settings, platform.db, user, image_views.checked_id(image_id)
+    )
+    log, offset, _ = await image_logs.read_log(
+        platform.settings, platform.db, platform.images, user, view.id, 0
+    )
     return render(
         request,
         "image.html",
@@ -97,7 +101,9 @@ async def image_parts(
     image_id: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     """Facts, formats and actions again, swapped in when the build ends (htmx out-of-band)."""
-    view = await image_views.get_image(platform, user, image_views.checked_id(image_id))
+    view = await image_views.get_image(
+        platform.settings, platform.db, user, image_views.checked_id(image_id)
+    )
     return render(request, "image_parts.html", oob=True, **_parts_context(platform, view))
 
 
@@ -106,8 +112,11 @@ async def rebuild_image(
     image_id: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> Response:
     await read_form(request)
-    view = await image_views.get_image(platform, user, image_views.checked_id(image_id))
-    await image_views.may_change(platform, user, view.id)  # seen shared with a VO: read-only
+    view = await image_views.get_image(
+        platform.settings, platform.db, user, image_views.checked_id(image_id)
+    )
+    # Seen shared with a VO: read-only.
+    await image_views.may_change(platform.settings, platform.db, user, view.id)
     try:
         selection = await image_selection.select_or_build(
             platform, user, view.application, view.build_args, force=True
@@ -167,7 +176,9 @@ async def delete_image(
     image_id: str, request: Request, platform: PlatformDep, user: PageUser
 ) -> Response:
     await read_form(request)
-    view = await image_views.get_image(platform, user, image_views.checked_id(image_id))
+    view = await image_views.get_image(
+        platform.settings, platform.db, user, image_views.checked_id(image_id)
+    )
     try:
         await image_selection.delete_image(platform, user, view.id)
     except Conflict as exc:

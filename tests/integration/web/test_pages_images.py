@@ -62,7 +62,7 @@ async def test_the_catalogue_lists_an_image_once_asked_for(
     assert empty.status_code == 200
     assert image_rows(empty.text) == [] and "No images yet." in empty.text
     assert '<a href="/images" aria-current="page">Images</a>' in empty.text
-    builder = image_views.builders(app.platform).summary
+    builder = image_views.builders(app.platform.settings, app.platform.images).summary
     assert builder.startswith("mmdebstrap")
     assert f"Images are built here with {builder} and stored as SquashFS and OCI archive" in (
         text_of(empty.text)
@@ -214,7 +214,8 @@ async def test_the_form_shows_the_ready_image_and_the_unavailable_reason(
 
     # corsika needs a source the operator has not configured: said on its card and its form,
     # and its form cannot be submitted.
-    reason = image_plans.unavailable_reason(app.platform, app.platform.catalog.get("corsika"))
+    catalog = app.platform.catalog
+    reason = image_plans.unavailable_reason(app.platform.settings, catalog, catalog.get("corsika"))
     assert reason and "its build needs the file 'corsika'" in reason
     catalogue = (await signed_in.get("/concordia")).text
     card = catalogue[catalogue.index('href="/concordia/corsika"') :]
