@@ -172,8 +172,8 @@ def _open_services(stack: AsyncExitStack, platform: Platform, role: Role) -> Non
         platform.process.stopping = platform.process.lease.lost
     if platform.keyring.iam is not None:
         stack.push_async_callback(platform.keyring.iam.close)
-    if per_user(platform):  # jobs go to DiracX with their owners' own tokens
-        user_tokens(platform)
+    if per_user(platform.backends):  # jobs go to DiracX with their owners' own tokens
+        user_tokens(platform.db, platform.backends, platform.keyring)
 
 
 async def _start_work(

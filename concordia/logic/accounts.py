@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from concordia.auth.groups import Membership, every_membership, groups_from_claims, memberships
 from concordia.auth.iam import ScimReading, read_scim
 from concordia.auth.oidc import GROUP_CLAIMS, Iam, IamUnreachable, TokenInvalid, looks_like_jwt
-from concordia.db import users as db
+from concordia.db import users as user_queries
 from concordia.db.tables import User, utcnow
 from concordia.logic.browser_sessions import start_session, state_of
+from concordia.logic.database import Database
 from concordia.logic.errors import Forbidden, NotFound
 from concordia.logic.iam_session import (
     REFRESH_MARGIN,
@@ -26,7 +27,7 @@ from concordia.logic.iam_session import (
     sealed,
 )
 from concordia.logic.identity import Identity, consume_login_token, digest, token_holder
-from concordia.logic.platform import Platform
+from concordia.logic.keyring import Keyring
 from concordia.settings import IamSettings
 
 log = logging.getLogger(__name__)
@@ -58,48 +59,48 @@ def identity_of(
     )
 
 
-async def session_identity(platform: Platform, cookie: MutableMapping[str, Any]) -> Identity | None:
+async def session_identity(
+    settings: IamSettings, db: Database, keyring: Keyring, cookie: MutableMapping[str, Any]
+) -> Identity | None:
     """The browser's user, IAM tokens renewed when due (SessionEnded when IAM ended the
     sign-in); memberships from the groups last seen, kept in the database."""
     state = state_of(cookie)
     if state.user_id is None:
         return None
-    await renew_session(platform, state)
-    async with platform.reading() as session:
+    await renew_session(db, keyring, state)
+    async with db.reading() as session:
         user = await session.get(User, state.user_id)
     if user is None:
         return None
-    return identity_of(platform.settings, user, "session", session_id=state.row_id)
+    return identity_of(settings, user, "session", session_id=state.row_id)
 
 
-async def sign_in_with_link(
-    platform: Platform, token: str, cookie: MutableMapping[str, Any]
-) -> bool:
+async def sign_in_with_link(db: Database, token: str, cookie: MutableMapping[str, Any]) -> bool:
     """Local mode: the one-time link signs the browser in, in a new session; False for an
     unknown, used or expired link."""
-    async with platform.writing() as session:
+    async with db.writing() as session:
         user = await consume_login_token(session, token)
     if user is None:
         return False
     values = {"username": user.username, "display_name": user.display_name}
-    await start_session(platform, state_of(cookie), user.id, values)
+    await start_session(db, state_of(cookie), user.id, values)
     return True
 
 
 async def sign_in_with_api_token(
-    platform: Platform, token: str, cookie: MutableMapping[str, Any]
+    db: Database, token: str, cookie: MutableMapping[str, Any]
 ) -> bool:
     """Local mode's sign-in page: the user's API token (the data dir's api-token file)
     signs the browser in, in a new session, as the one-time link does; False for an
     unknown or expired token. Only API tokens: a one-time link's token is not one."""
-    async with platform.reading() as session:
+    async with db.reading() as session:
         found = await token_holder(session, token)
     if found is None:
         log.info("a sign-in with an unknown or expired API token was refused")
         return False
     user = found[0]
     values = {"username": user.username, "display_name": user.display_name}
-    await start_session(platform, state_of(cookie), user.id, values)
+    await start_session(db, state_of(cookie), user.id, values)
     log.info("user %s signed in with an API token", user.username)
     return True
 
@@ -119,17 +120,17 @@ async def _account(session: AsyncSession, issuer: str, claims: dict[str, Any]) -
     """The user of an IAM subject, created at first sight (its username from IAM's); two
     processes meeting a new subject at once end with one account."""
     subject = str(claims["sub"])
-    user = await db.iam_account(session, issuer, subject)
+    user = await user_queries.iam_account(session, issuer, subject)
     if user is None:
         username = str(claims.get("preferred_username") or subject)[:100]
-        if await db.user_id_named(session, username) is not None:
+        if await user_queries.user_id_named(session, username) is not None:
             username = f"{username}-{subject[:8]}"  # two IAM accounts, one name: keep both
         try:
             async with session.begin_nested():
                 user = User(username=username, issuer=issuer, subject=subject, groups=[], scim={})
                 session.add(user)
         except IntegrityError:  # created meanwhile by another process
-            user = await db.iam_account(session, issuer, subject)
+            user = await user_queries.iam_account(session, issuer, subject)
             if user is None:
                 raise
     if claims.get("name"):
@@ -143,11 +144,11 @@ async def _account(session: AsyncSession, issuer: str, claims: dict[str, Any]) -
 
 
 async def sign_in(
-    platform: Platform, token: dict[str, Any], cookie: MutableMapping[str, Any]
+    db: Database, keyring: Keyring, token: dict[str, Any], cookie: MutableMapping[str, Any]
 ) -> None:
     """After IAM's redirect back: the account (created or updated), its groups, the
     certificates SCIM lists, and a new browser session keeping the tokens encrypted."""
-    iam = iam_of(platform)
+    iam = iam_of(keyring)
     claims: dict[str, Any] = dict(token.get("userinfo") or {})
     access = str(token["access_token"])
     groups = groups_from_claims(claims)
@@ -166,18 +167,18 @@ async def sign_in(
             groups += groups_from_claims(info)
     groups = list(dict.fromkeys(groups))
     scim = await read_scim(iam.http, iam.issuer, access, utcnow())
-    async with platform.writing() as session:
+    async with db.writing() as session:
         user = await _account(session, iam.issuer, claims)
         user.groups = groups
         user.scim = scim.model_dump(mode="json")
         user_id, username, display_name = user.id, user.username, user.display_name
     kept = kept_tokens(token)
     values = {"username": username, "display_name": display_name, "iam_exp": kept["expires_at"]}
-    await start_session(platform, state_of(cookie), user_id, values, sealed(platform, kept))
+    await start_session(db, state_of(cookie), user_id, values, sealed(keyring, kept))
     log.info("user %s signed in with IAM (%d groups)", username, len(groups))
 
 
-async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) -> None:
+async def renew_session(db: Database, keyring: Keyring, cookie: MutableMapping[str, Any]) -> None:
     """Refresh the IAM tokens of a browser session before they expire, and the groups with
     them (SessionEnded when IAM refuses: the caller clears the session). While IAM is
     unreachable the session goes on with what it knew."""
@@ -185,9 +186,9 @@ async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) ->
     user_id = state_of(cookie).user_id
     if user_id is None or expires is None or expires - REFRESH_MARGIN > time.time():
         return
-    iam = iam_of(platform)
+    iam = iam_of(keyring)
     try:
-        tokens = await fresh_tokens(platform, user_id, state_of(cookie).row_id)
+        tokens = await fresh_tokens(db, keyring, user_id, state_of(cookie).row_id)
     except IamUnreachable as exc:
         log.warning("IAM unreachable for a token refresh: %s", exc)
         cookie["iam_exp"] = time.time() + REFRESH_MARGIN * 2  # try again in a minute
@@ -200,45 +201,50 @@ async def renew_session(platform: Platform, cookie: MutableMapping[str, Any]) ->
         claims = {}
     groups = await _token_groups(iam, access, claims)
     if groups is not None:  # removed from every group: no memberships any more
-        async with platform.writing() as session:
+        async with db.writing() as session:
             user = await session.get(User, user_id)
             if user is not None and user.groups != groups:
                 user.groups = groups
 
 
-async def api_token_identity(platform: Platform, token: str) -> Identity | None:
+async def api_token_identity(
+    settings: IamSettings, db: Database, keyring: Keyring, token: str
+) -> Identity | None:
     """The caller of a Concordia API token; None for an unknown or expired one (trusted for
     a while once checked: see _trusted)."""
 
     async def check() -> tuple[Identity, float | None] | None:
-        async with platform.reading() as session:
+        async with db.reading() as session:
             found = await token_holder(session, token)
         if found is None:
             return None
         user, expires_at = found
         left = None if expires_at is None else (expires_at - utcnow()).total_seconds()
-        return identity_of(platform.settings, user, "token"), left
+        return identity_of(settings, user, "token"), left
 
-    return await _trusted(platform, token, check)
+    return await _trusted(settings, keyring, token, check)
 
 
-async def bearer_identity(platform: Platform, token: str) -> Identity:
+async def bearer_identity(
+    settings: IamSettings, db: Database, keyring: Keyring, token: str
+) -> Identity:
     """The caller of an IAM access token (the CLI after `concordia login`); TokenInvalid if
     the token is not the issuer's, expired, or issued to another client (trusted for a
     while once checked: see _trusted)."""
 
     async def check() -> tuple[Identity, float | None]:
-        identity, expires = await _bearer_account(platform, token)
+        identity, expires = await _bearer_account(settings, db, keyring, token)
         return identity, expires - time.time()
 
-    identity = await _trusted(platform, token, check)
+    identity = await _trusted(settings, keyring, token, check)
     if identity is None:  # check() raises TokenInvalid rather than answer None
         raise TokenInvalid("the token was refused")
     return identity
 
 
 async def _trusted(
-    platform: Platform,
+    settings: IamSettings,
+    keyring: Keyring,
     token: str,
     check: Callable[[], Awaitable[tuple[Identity, float | None] | None]],
 ) -> Identity | None:
@@ -249,28 +255,30 @@ async def _trusted(
     signature, account and groups are what they were a moment ago."""
     key = digest(token)
     now = time.monotonic()
-    cached = platform.keyring.trusted_tokens.get(key)
+    cached = keyring.trusted_tokens.get(key)
     if cached is not None:
         return cached[0]
     checked = await check()
     if checked is None:
         return None
     identity, left = checked
-    trust = platform.settings.api_token_trust_seconds
+    trust = settings.api_token_trust_seconds
     if left is not None:
         trust = min(trust, left)
     if trust > 0:
-        platform.keyring.trusted_tokens[key] = (identity, now + trust)
+        keyring.trusted_tokens[key] = (identity, now + trust)
     return identity
 
 
-async def _bearer_account(platform: Platform, token: str) -> tuple[Identity, float]:
+async def _bearer_account(
+    settings: IamSettings, db: Database, keyring: Keyring, token: str
+) -> tuple[Identity, float]:
     """The account of an IAM access token, made or brought up to date with its groups, and
     its expiry (epoch seconds)."""
-    iam = iam_of(platform)
+    iam = iam_of(keyring)
     claims = await iam.validate(token)
-    async with platform.reading() as session:
-        user = await db.iam_account(session, iam.issuer, str(claims["sub"]))
+    async with db.reading() as session:
+        user = await user_queries.iam_account(session, iam.issuer, str(claims["sub"]))
     groups = await _token_groups(iam, token, claims)
     if groups is None:
         groups = list(user.groups) if user is not None else []
@@ -284,22 +292,22 @@ async def _bearer_account(platform: Platform, token: str) -> tuple[Identity, flo
                     claims = {**await iam.userinfo_cached(token), **claims}
                 except IamUnreachable as exc:
                     log.warning("IAM's userinfo for a new account: %s", exc)
-        async with platform.writing() as session:
+        async with db.writing() as session:
             user = await _account(session, iam.issuer, claims)
             user.groups = groups
             if scim is not None:
                 user.scim = scim.model_dump(mode="json")
     scopes = str(claims.get("scope", "")).split()
-    identity = identity_of(platform.settings, user, "iam-token", iam_token=token, iam_scopes=scopes)
+    identity = identity_of(settings, user, "iam-token", iam_token=token, iam_scopes=scopes)
     return identity, float(claims["exp"])
 
 
-async def refresh_scim(platform: Platform, identity: Identity) -> ScimReading:
+async def refresh_scim(db: Database, keyring: Keyring, identity: Identity) -> ScimReading:
     """Read /scim/Me again (after linking a certificate in IAM, say)."""
-    iam = iam_of(platform)
-    token = await iam_access_token(platform, identity)
+    iam = iam_of(keyring)
+    token = await iam_access_token(db, keyring, identity)
     reading = await read_scim(iam.http, iam.issuer, token, utcnow())
-    async with platform.writing() as session:
+    async with db.writing() as session:
         user = await session.get(User, identity.user_id)
         if user is None:
             raise NotFound("no such user")
@@ -307,8 +315,8 @@ async def refresh_scim(platform: Platform, identity: Identity) -> ScimReading:
     return reading
 
 
-async def scim_reading(platform: Platform, user_id: int) -> ScimReading | None:
-    async with platform.reading() as session:
+async def scim_reading(db: Database, user_id: int) -> ScimReading | None:
+    async with db.reading() as session:
         user = await session.get(User, user_id)
     if user is None or not user.scim:
         return None

@@ -11,10 +11,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.db import browser_sessions as db
+from concordia.db import browser_sessions as session_queries
 from concordia.db.tables import utcnow
+from concordia.logic.database import Database
 from concordia.logic.identity import digest
-from concordia.logic.platform import Platform
+from concordia.logic.keyring import Keyring
 
 #: A signed-in session lasts this long after its last request (the sliding window the
 #: signed cookie had before).
@@ -73,10 +74,10 @@ def _expiry(state: SessionState, now: datetime) -> datetime:
     return now + (LIFETIME if state.user_id is not None else SIGN_IN_LIFETIME)
 
 
-async def open_session(platform: Platform, token: str) -> SessionState:
+async def open_session(db: Database, token: str) -> SessionState:
     """The session of a cookie's id; an empty one for an unknown, expired or ended id."""
-    async with platform.reading() as session:
-        row = await db.live_session(session, digest(token), utcnow())
+    async with db.reading() as session:
+        row = await session_queries.live_session(session, digest(token), utcnow())
     if row is None:
         return SessionState()
     return SessionState(
@@ -84,30 +85,30 @@ async def open_session(platform: Platform, token: str) -> SessionState:
     )
 
 
-async def save_session(platform: Platform, state: SessionState, presented: bool) -> CookieChange:
+async def save_session(db: Database, state: SessionState, presented: bool) -> CookieChange:
     """After the request: keep what changed (a session emptied is ended), slide the expiry
     of one in use; what the cookie (``presented`` with the request or not) then needs."""
     now = utcnow()
     data = dict(state)
     if not data:
         if state.row_id is not None:
-            async with platform.writing() as session:
-                await db.end_session(session, state.row_id)
+            async with db.writing() as session:
+                await session_queries.end_session(session, state.row_id)
         state.row_id = state.token = None
         return CookieChange.CLEAR if presented else CookieChange.KEEP
     if state.row_id is None:  # first words of a sign-in under way
         state.token = secrets.token_urlsafe(32)
-        async with platform.writing() as session:
+        async with db.writing() as session:
             await _sweep(session, now)
-            state.row_id = await db.add_session(
+            state.row_id = await session_queries.add_session(
                 session, digest(state.token), None, data, None, now, _expiry(state, now)
             )
         return CookieChange.SET
     changed = data != state.saved
     stale = state.last_seen is None or now - state.last_seen > TOUCH_EVERY
     if changed or stale:
-        async with platform.writing() as session:
-            await db.save_session(
+        async with db.writing() as session:
+            await session_queries.save_session(
                 session, state.row_id, data if changed else None, now, _expiry(state, now)
             )
     return CookieChange.SET if state.issued or stale else CookieChange.KEEP
@@ -117,12 +118,12 @@ async def _sweep(session: AsyncSession, now: datetime, *, always: bool = False) 
     """Remove the expired sessions, if not done in this process for SWEEP_EVERY."""
     global _last_sweep
     if always or now - _last_sweep >= SWEEP_EVERY:
-        await db.end_expired(session, now)
+        await session_queries.end_expired(session, now)
         _last_sweep = now
 
 
 async def start_session(
-    platform: Platform,
+    db: Database,
     state: SessionState,
     user_id: int,
     values: dict[str, Any],
@@ -133,11 +134,11 @@ async def start_session(
     now = utcnow()
     token = secrets.token_urlsafe(32)
     data = {**values, "csrf": secrets.token_urlsafe(24)}
-    async with platform.writing() as session:
+    async with db.writing() as session:
         if state.row_id is not None:
-            await db.end_session(session, state.row_id)
+            await session_queries.end_session(session, state.row_id)
         await _sweep(session, now, always=True)
-        row_id = await db.add_session(
+        row_id = await session_queries.add_session(
             session, digest(token), user_id, data, iam_tokens, now, now + LIFETIME
         )
     state.clear()
@@ -147,14 +148,14 @@ async def start_session(
     state.issued = True
 
 
-async def end_session(platform: Platform, cookie: MutableMapping[str, Any]) -> None:
+async def end_session(db: Database, keyring: Keyring, cookie: MutableMapping[str, Any]) -> None:
     """Signing out: the row goes, with the IAM tokens of its sign-in; a copy of the cookie
     opens nothing any more."""
     state = state_of(cookie)
     if state.row_id is not None:
-        async with platform.writing() as session:
-            await db.end_session(session, state.row_id)
+        async with db.writing() as session:
+            await session_queries.end_session(session, state.row_id)
     if state.user_id is not None:  # the data lake asks IAM again, as whatever sign-in is left
-        platform.keyring.lake_tokens.pop(state.user_id, None)
+        keyring.lake_tokens.pop(state.user_id, None)
     state.clear()
     state.row_id = state.user_id = state.token = None

@@ -78,7 +78,9 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
     if kept is not None:
         return connect_as_user(settings, username, kept[0], storage_reader(platform))
     try:
-        token = await audience_token(platform, user_id, settings.datalake_token_audience)
+        token = await audience_token(
+            platform.db, platform.keyring, user_id, settings.datalake_token_audience
+        )
     except (SessionEnded, IamUnreachable) as exc:
         log.info(
             "data lake: no IAM token of %s for Rucio (%s): the service account acts", username, exc

@@ -22,12 +22,15 @@ from concordia.backends.base import (
     SignInEnded,
     Token,
 )
-from concordia.db import users as db
+from concordia.db import users as user_queries
 from concordia.logic.accounts import member_of
+from concordia.logic.database import Database
 from concordia.logic.errors import Conflict, Forbidden, Unavailable
 from concordia.logic.identity import Identity
+from concordia.logic.keyring import Keyring
 from concordia.logic.platform import Platform
 from concordia.logic.secrets import put_secret, read_secret
+from concordia.settings import GridSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +56,22 @@ class NotConnected(Conflict):
     """The user has not connected their DiracX account for this VO and group (or it lapsed)."""
 
 
-def per_user(platform: Platform) -> bool:
+def per_user(backends: dict[str, Backend]) -> bool:
     """Whether jobs go to DiracX with their owners' own sign-ins (diracx_auth = user)."""
-    return any(backend.needs_user_token for backend in platform.backends.values())
+    return any(backend.needs_user_token for backend in backends.values())
 
 
-def _grid(platform: Platform) -> Backend:
+def _grid(backends: dict[str, Backend]) -> Backend:
     """The backend whose jobs act with users' own sign-ins: DiracX in per-user mode."""
-    for backend in platform.backends.values():
+    for backend in backends.values():
         if backend.needs_user_token:
             return backend
     raise Conflict("no DiracX is configured here (diracx_url)")
 
 
-def _forget_token(platform: Platform, owner: Owner) -> None:
+def _forget_token(backends: dict[str, Backend], owner: Owner) -> None:
     """The user's sign-in changed: no backend acts with the token it kept of the old one."""
-    for backend in platform.backends.values():
+    for backend in backends.values():
         backend.forget_token(owner)
 
 
@@ -78,10 +81,10 @@ def scope_for(identity: Identity, vo: str) -> tuple[str, str]:
     return vo, member_of(identity, vo).dirac_group
 
 
-async def _read(platform: Platform, user_id: int) -> dict[str, dict[str, Any]]:
+async def _read(db: Database, keyring: Keyring, user_id: int) -> dict[str, dict[str, Any]]:
     try:
-        async with platform.reading() as session:
-            found = await read_secret(session, platform.keyring.vault, user_id, KIND)
+        async with db.reading() as session:
+            found = await read_secret(session, keyring.vault, user_id, KIND)
     except VaultError:  # the encryption keys changed: the tokens are lost, not a 500
         return {}
     if found is None:
@@ -90,15 +93,15 @@ async def _read(platform: Platform, user_id: int) -> dict[str, dict[str, Any]]:
     return kept
 
 
-async def _write(platform: Platform, user_id: int, kept: dict[str, dict[str, Any]]) -> None:
+async def _write(
+    db: Database, keyring: Keyring, user_id: int, kept: dict[str, dict[str, Any]]
+) -> None:
     shown = {
         key: {k: v for k, v in entry.items() if k in DiracXConnection.model_fields}
         for key, entry in kept.items()
     }
-    async with platform.writing() as session:
-        await put_secret(
-            session, platform.keyring.vault, user_id, KIND, json.dumps(kept).encode(), shown
-        )
+    async with db.writing() as session:
+        await put_secret(session, keyring.vault, user_id, KIND, json.dumps(kept).encode(), shown)
 
 
 def _entry(signed: SignIn, token: Token) -> dict[str, Any]:
@@ -120,29 +123,31 @@ async def connect(
     """Keep the tokens DiracX gave at the end of the user's sign-in there, once checked to
     be of a VO the user is a member of, in its DIRAC group, and of the user themself."""
     token = Token.model_validate(answer)
-    signed = _grid(platform).sign_in_of(token)
+    signed = _grid(platform.backends).sign_in_of(token)
     vo, group = scope_for(identity, signed.vo)
     if signed.group != group:
         raise Conflict(
             f"DiracX signed you in to {vo}/{signed.group}, not to {vo}/{group}: nothing was kept"
         )
-    await _check_same_person(platform, identity, signed)
+    await _check_same_person(platform.settings, platform.db, identity, signed)
     async with platform.keyring.token_locks[identity.user_id]:
-        kept = await _read(platform, identity.user_id)
+        kept = await _read(platform.db, platform.keyring, identity.user_id)
         kept[f"{vo}/{group}"] = _entry(signed, token)
-        await _write(platform, identity.user_id, kept)
-    _forget_token(platform, Owner(identity.username, vo, group))
+        await _write(platform.db, platform.keyring, identity.user_id, kept)
+    _forget_token(platform.backends, Owner(identity.username, vo, group))
     log.info("user %s connected DiracX as %s in %s/%s", identity.username, signed.user, vo, group)
     return DiracXConnection.model_validate(kept[f"{vo}/{group}"])
 
 
-async def _check_same_person(platform: Platform, identity: Identity, signed: SignIn) -> None:
+async def _check_same_person(
+    settings: GridSettings, db: Database, identity: Identity, signed: SignIn
+) -> None:
     """With the same IAM, the IAM subject DiracX names must be the user's own (a browser
     still signed in to IAM as someone else must not connect their account)."""
-    if not platform.settings.diracx_same_iam:
+    if not settings.diracx_same_iam:
         return
-    async with platform.reading() as session:
-        subject = await db.iam_subject(session, identity.user_id)
+    async with db.reading() as session:
+        subject = await user_queries.iam_subject(session, identity.user_id)
     if subject is not None and signed.iam_subject != subject:
         raise Forbidden(
             f"DiracX signed you in as {signed.user}, another IAM account than yours: sign out "
@@ -150,35 +155,46 @@ async def _check_same_person(platform: Platform, identity: Identity, signed: Sig
         )
 
 
-async def connections(platform: Platform, user_id: int) -> list[DiracXConnection]:
-    kept = await _read(platform, user_id)
+async def connections(db: Database, keyring: Keyring, user_id: int) -> list[DiracXConnection]:
+    kept = await _read(db, keyring, user_id)
     return [DiracXConnection.model_validate(entry) for entry in kept.values()]
 
 
-async def disconnect(platform: Platform, identity: Identity, vo: str, group: str) -> None:
-    async with platform.keyring.token_locks[identity.user_id]:
-        kept = await _read(platform, identity.user_id)
+async def disconnect(
+    db: Database,
+    backends: dict[str, Backend],
+    keyring: Keyring,
+    identity: Identity,
+    vo: str,
+    group: str,
+) -> None:
+    async with keyring.token_locks[identity.user_id]:
+        kept = await _read(db, keyring, identity.user_id)
         if kept.pop(f"{vo}/{group}", None) is None:
             raise NotConnected(f"your DiracX account is not connected for {vo}/{group}")
-        await _write(platform, identity.user_id, kept)
-    _forget_token(platform, Owner(identity.username, vo, group))
+        await _write(db, keyring, identity.user_id, kept)
+    _forget_token(backends, Owner(identity.username, vo, group))
 
 
-async def access_token(platform: Platform, user_id: int, vo: str, group: str) -> tuple[str, float]:
+async def access_token(
+    db: Database, backends: dict[str, Backend], keyring: Keyring, user_id: int, vo: str, group: str
+) -> tuple[str, float]:
     """The user's DiracX access token for (vo, group) and its expiry, refreshed first when
     it expires within the margin. NotConnected when there is none or DiracX ended it."""
     # Shielded, lock included: once DiracX has rotated a refresh token, the new one is kept
     # even if the caller is cancelled, before anyone else reads the old one (a replay ends
     # all the user's DiracX sign-ins).
-    return await asyncio.shield(_access_token(platform, user_id, vo, group))
+    return await asyncio.shield(_access_token(db, backends, keyring, user_id, vo, group))
 
 
-async def _access_token(platform: Platform, user_id: int, vo: str, group: str) -> tuple[str, float]:
+async def _access_token(
+    db: Database, backends: dict[str, Backend], keyring: Keyring, user_id: int, vo: str, group: str
+) -> tuple[str, float]:
     key = f"{vo}/{group}"
     how = "connect it again on your account page"
     # DiracX rotates refresh tokens: one refresh at a time.
-    async with platform.keyring.token_locks[user_id]:
-        kept = await _read(platform, user_id)
+    async with keyring.token_locks[user_id]:
+        kept = await _read(db, keyring, user_id)
         entry = kept.get(key)
         if entry is None:
             raise NotConnected(f"your DiracX account is not connected for {key}: {how}")
@@ -186,20 +202,26 @@ async def _access_token(platform: Platform, user_id: int, vo: str, group: str) -
             return entry["access_token"], entry["expires_at"]
         if not entry.get("refresh_token"):
             raise NotConnected(f"your DiracX sign-in for {key} has expired: {how}")
-        return await _refresh(platform, user_id, kept, key, how)
+        return await _refresh(db, backends, keyring, user_id, kept, key, how)
 
 
 async def _refresh(
-    platform: Platform, user_id: int, kept: dict[str, dict[str, Any]], key: str, how: str
+    db: Database,
+    backends: dict[str, Backend],
+    keyring: Keyring,
+    user_id: int,
+    kept: dict[str, dict[str, Any]],
+    key: str,
+    how: str,
 ) -> tuple[str, float]:
     entry = kept[key]
-    grid = _grid(platform)
+    grid = _grid(backends)
     try:
         token = await grid.refresh_user_token(entry["refresh_token"])
     except SignInEnded as exc:
         log.info("DiracX ended user %s's sign-in for %s: %s", user_id, key, exc)
         kept.pop(key)
-        await _write(platform, user_id, kept)
+        await _write(db, keyring, user_id, kept)
         raise NotConnected(f"DiracX ended your sign-in for {key} ({exc}): {how}") from None
     except BackendUnreachable:
         raise
@@ -210,34 +232,41 @@ async def _refresh(
     kept[key] = _entry(
         replace(signed, vo=entry["vo"], group=entry["group"], user=entry["dirac_user"]), token
     )
-    await _write(platform, user_id, kept)
+    await _write(db, keyring, user_id, kept)
     return token.access_token, kept[key]["expires_at"]
 
 
-async def require_connection(platform: Platform, identity: Identity, vo: str, group: str) -> None:
+async def require_connection(
+    db: Database,
+    backends: dict[str, Backend],
+    keyring: Keyring,
+    identity: Identity,
+    vo: str,
+    group: str,
+) -> None:
     """Before a submission to DiracX in per-user mode: refused now (409, with what to do)
     rather than jobs failing later."""
     try:
-        await access_token(platform, identity.user_id, vo, group)
+        await access_token(db, backends, keyring, identity.user_id, vo, group)
     except BackendUnreachable as exc:  # its token needed a refresh, and DiracX is down
         raise Unavailable(f"nothing was submitted: {exc}") from None
 
 
-def user_tokens(platform: Platform) -> None:
+def user_tokens(db: Database, backends: dict[str, Backend], keyring: Keyring) -> None:
     """Give each backend that needs users' own tokens where they come from: users' own
     sign-ins, by username."""
 
     async def source(owner: Owner) -> tuple[str, float]:
-        async with platform.reading() as session:
-            user_id = await db.user_id_named(session, owner.user)
+        async with db.reading() as session:
+            user_id = await user_queries.user_id_named(session, owner.user)
         if user_id is None:
             raise NotConnectedGrid(f"no user {owner.user!r} here")
         try:
-            return await access_token(platform, user_id, owner.vo, owner.group)
+            return await access_token(db, backends, keyring, user_id, owner.vo, owner.group)
         except NotConnected as exc:
             raise NotConnectedGrid(str(exc)) from None
 
-    for backend in platform.backends.values():
+    for backend in backends.values():
         if backend.needs_user_token:
             backend.use_user_tokens(source)
 

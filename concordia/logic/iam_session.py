@@ -9,11 +9,12 @@ from typing import Any
 
 from concordia.auth.oidc import GrantRefused, Iam, IamUnreachable
 from concordia.auth.vault import VaultError
-from concordia.db import browser_sessions as db
+from concordia.db import browser_sessions as session_queries
 from concordia.db.tables import utcnow
+from concordia.logic.database import Database
 from concordia.logic.errors import Conflict, DomainError
 from concordia.logic.identity import Identity
-from concordia.logic.platform import Platform
+from concordia.logic.keyring import Keyring
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,10 @@ class SessionEnded(DomainError):
     status_code = 401
 
 
-def iam_of(platform: Platform) -> Iam:
-    if platform.keyring.iam is None:
+def iam_of(keyring: Keyring) -> Iam:
+    if keyring.iam is None:
         raise Conflict("Concordia runs in local mode: there is no IAM to ask")
-    return platform.keyring.iam
+    return keyring.iam
 
 
 def kept_tokens(token: dict[str, Any]) -> dict[str, Any]:
@@ -43,64 +44,64 @@ def kept_tokens(token: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def sealed(platform: Platform, kept: dict[str, Any]) -> str:
+def sealed(keyring: Keyring, kept: dict[str, Any]) -> str:
     """The tokens encrypted by the vault, as a session row keeps them."""
-    return platform.keyring.vault.encrypt(json.dumps(kept).encode())
+    return keyring.vault.encrypt(json.dumps(kept).encode())
 
 
 async def fresh_tokens(
-    platform: Platform, user_id: int, session_id: int | None = None
+    db: Database, keyring: Keyring, user_id: int, session_id: int | None = None
 ) -> dict[str, Any]:
     """The IAM tokens of one browser session of the user (with no ``session_id``, of their
     newest live one: a caller with a bearer token), refreshed first when they expire within
     the margin. Raises SessionEnded when there are none or IAM refuses the refresh;
     IamUnreachable passes."""
-    async with platform.keyring.token_locks[user_id]:  # one refresh per user at a time
-        row_id, tokens = await _stored(platform, user_id, session_id)
+    async with keyring.token_locks[user_id]:  # one refresh per user at a time
+        row_id, tokens = await _stored(db, keyring, user_id, session_id)
         if tokens["expires_at"] - REFRESH_MARGIN > time.time():
             return tokens
         if not tokens.get("refresh_token"):
             if tokens["expires_at"] > time.time():
                 return tokens
             raise SessionEnded("your IAM sign-in has expired: sign in again")
-        new = await _refreshed(platform, user_id, row_id, tokens["refresh_token"])
+        new = await _refreshed(db, keyring, user_id, row_id, tokens["refresh_token"])
         new.setdefault("refresh_token", tokens["refresh_token"])  # IAM does not rotate them
         kept = kept_tokens(new)
-        await _keep(platform, row_id, sealed(platform, kept))
+        await _keep(db, row_id, sealed(keyring, kept))
         return kept
 
 
-async def audience_token(platform: Platform, user_id: int, audience: str) -> str:
+async def audience_token(db: Database, keyring: Keyring, user_id: int, audience: str) -> str:
     """An access token of the user's for another service (``audience``: Rucio's), got by
     refreshing their newest live IAM sign-in; the sign-in's own tokens stay (a refresh
     token IAM rotates is kept). SessionEnded when they have no sign-in with a refresh
     token or IAM ended it; IamUnreachable passes."""
-    async with platform.keyring.token_locks[user_id]:
-        row_id, tokens = await _stored(platform, user_id, None)
+    async with keyring.token_locks[user_id]:
+        row_id, tokens = await _stored(db, keyring, user_id, None)
         if not tokens.get("refresh_token"):
             raise SessionEnded("your IAM sign-in keeps no refresh token: sign in again")
-        new = await _refreshed(platform, user_id, row_id, tokens["refresh_token"], audience)
+        new = await _refreshed(db, keyring, user_id, row_id, tokens["refresh_token"], audience)
         if new.get("refresh_token") not in (None, tokens["refresh_token"]):
             await _keep(
-                platform,
+                db,
                 row_id,
-                sealed(platform, {**tokens, "refresh_token": new["refresh_token"]}),
+                sealed(keyring, {**tokens, "refresh_token": new["refresh_token"]}),
             )
         token: str = new["access_token"]
         return token
 
 
 async def _stored(
-    platform: Platform, user_id: int, session_id: int | None
+    db: Database, keyring: Keyring, user_id: int, session_id: int | None
 ) -> tuple[int, dict[str, Any]]:
     """The row id and decrypted tokens of a live sign-in of the user; SessionEnded if none."""
-    iam_of(platform)  # local mode: there is no sign-in to read (Conflict)
-    async with platform.reading() as session:
-        found = await db.session_tokens(session, user_id, session_id, utcnow())
+    iam_of(keyring)  # local mode: there is no sign-in to read (Conflict)
+    async with db.reading() as session:
+        found = await session_queries.session_tokens(session, user_id, session_id, utcnow())
     tokens: dict[str, Any] | None = None
     if found is not None:
         try:
-            tokens = json.loads(platform.keyring.vault.decrypt(found[1]))
+            tokens = json.loads(keyring.vault.decrypt(found[1]))
         except VaultError:  # the encryption keys changed: the tokens are lost, not a 500
             tokens = None
     if found is None or tokens is None:
@@ -109,35 +110,42 @@ async def _stored(
 
 
 async def _refreshed(
-    platform: Platform, user_id: int, row_id: int, refresh_token: str, audience: str = ""
+    db: Database,
+    keyring: Keyring,
+    user_id: int,
+    row_id: int,
+    refresh_token: str,
+    audience: str = "",
 ) -> dict[str, Any]:
     """IAM's answer to a refresh; a sign-in IAM ended is forgotten (SessionEnded)."""
     try:
-        return await iam_of(platform).refresh(refresh_token, audience)
+        return await iam_of(keyring).refresh(refresh_token, audience)
     except GrantRefused as exc:
         if exc.error != "invalid_grant":  # our client's problem (e.g. its secret), not theirs
             log.error("IAM refused Concordia's token refresh: %s", exc.error)
             raise IamUnreachable(f"IAM refused the refresh ({exc.error})") from None
         log.info("IAM ended a sign-in of user %s (invalid_grant)", user_id)
-        await _keep(platform, row_id, None)
+        await _keep(db, row_id, None)
         raise SessionEnded("IAM ended your sign-in: sign in again") from None
 
 
-async def _keep(platform: Platform, row_id: int, ciphertext: str | None) -> None:
+async def _keep(db: Database, row_id: int, ciphertext: str | None) -> None:
     """Store a session's renewed tokens, or forget them (IAM revoked them): a session ended
     meanwhile stays ended, with none."""
-    async with platform.writing() as session:
-        await db.set_session_tokens(session, row_id, ciphertext)
+    async with db.writing() as session:
+        await session_queries.set_session_tokens(session, row_id, ciphertext)
 
 
-async def iam_access_token(platform: Platform, identity: Identity, scope: str = "") -> str:
+async def iam_access_token(
+    db: Database, keyring: Keyring, identity: Identity, scope: str = ""
+) -> str:
     """A valid IAM access token to call IAM for the user: the one they authenticated with
     if it has ``scope``, else the one of the browser session they came with, or of their
     newest one (refreshed when needed)."""
     if identity.iam_token and (not scope or scope in identity.iam_scopes):
         return identity.iam_token
     try:
-        tokens = await fresh_tokens(platform, identity.user_id, identity.session_id)
+        tokens = await fresh_tokens(db, keyring, identity.user_id, identity.session_id)
     except IamUnreachable as exc:
         raise IamDown(str(exc)) from None
     token: str = tokens["access_token"]

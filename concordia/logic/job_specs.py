@@ -69,7 +69,9 @@ async def specs_for(
         if app.proxy:  # checked at submission; it may have been replaced or run out since
             key = (job.owner_id, groups[job.submission_id].group, app.cpu_time)
             if key not in proxies:
-                proxies[key] = await usable_proxy(platform, *key)
+                proxies[key] = await usable_proxy(
+                    platform.settings, platform.db, platform.keyring, *key
+                )
             proxy, why = proxies[key]
             if proxy is None:
                 minor = f"No usable proxy ({why}): get one on the account page, then reschedule"

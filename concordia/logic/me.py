@@ -47,8 +47,8 @@ class Account(BaseModel):
 
 async def account(platform: Platform, identity: Identity) -> Account:
     settings = platform.settings
-    reading = await scim_reading(platform, identity.user_id) if settings.iam_mode else None
-    credential, proxy = await stored(platform, identity.user_id)
+    reading = await scim_reading(platform.db, identity.user_id) if settings.iam_mode else None
+    credential, proxy = await stored(platform.db, identity.user_id)
     primary = reading.primary if reading is not None else None
     return Account(
         username=identity.username,
@@ -68,6 +68,8 @@ async def account(platform: Platform, identity: Identity) -> Account:
         credential=credential,
         proxy=proxy,
         proxy_sources=list(settings.proxy_sources),
-        diracx_per_user=per_user(platform),
-        diracx=await connections(platform, identity.user_id) if per_user(platform) else [],
+        diracx_per_user=per_user(platform.backends),
+        diracx=await connections(platform.db, platform.keyring, identity.user_id)
+        if per_user(platform.backends)
+        else [],
     )

@@ -18,12 +18,14 @@ from concordia.auth.vault import VaultError
 from concordia.auth.x509 import CredentialError, check_credential, credential_pem, load_credential
 from concordia.db.tables import utcnow
 from concordia.logic.accounts import scim_reading
+from concordia.logic.database import Database
 from concordia.logic.errors import Conflict, DomainError, Invalid, NotFound, TooLarge
 from concordia.logic.iam_session import SessionEnded, iam_access_token, iam_of
 from concordia.logic.identity import Identity
+from concordia.logic.keyring import Keyring
 from concordia.logic.platform import Platform
 from concordia.logic.secrets import drop_secret, put_secret, read_secret, secret_rows
-from concordia.settings import ProxySource
+from concordia.settings import ProxySettings, ProxySource, Settings
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ async def upload_credential(
         raise Invalid("file", str(exc)) from None
     dn = dirac_dn(cred.certificate.subject)
     if settings.iam_mode:
-        reading = await scim_reading(platform, identity.user_id)
+        reading = await scim_reading(platform.db, identity.user_id)
         if reading is None or reading.status != "ok":
             why = reading.message if reading else "not read yet"
             raise Conflict(
@@ -113,23 +115,21 @@ async def upload_credential(
     return CredentialView.model_validate(info)
 
 
-async def delete_credential(platform: Platform, identity: Identity) -> None:
-    async with platform.writing() as session:
+async def delete_credential(db: Database, identity: Identity) -> None:
+    async with db.writing() as session:
         if not await drop_secret(session, identity.user_id, CREDENTIAL):
             raise NotFound("no credential uploaded")
 
 
-async def forget_proxy(platform: Platform, identity: Identity) -> None:
-    async with platform.writing() as session:
+async def forget_proxy(db: Database, identity: Identity) -> None:
+    async with db.writing() as session:
         if not await drop_secret(session, identity.user_id, PROXY):
             raise NotFound("no proxy")
 
 
-async def stored(
-    platform: Platform, user_id: int
-) -> tuple[CredentialView | None, ProxyView | None]:
+async def stored(db: Database, user_id: int) -> tuple[CredentialView | None, ProxyView | None]:
     """What the account shows of the credential and the current proxy (never the secrets)."""
-    async with platform.reading() as session:
+    async with db.reading() as session:
         rows = await secret_rows(session, user_id)
     credential = (
         CredentialView.model_validate(rows[CREDENTIAL].info) if CREDENTIAL in rows else None
@@ -145,7 +145,9 @@ def _proxy_view(info: dict[str, object]) -> ProxyView:
 
 
 async def new_proxy(
-    platform: Platform,
+    settings: Settings,
+    db: Database,
+    keyring: Keyring,
     identity: Identity,
     lifetime: timedelta | None = None,
     vo: str | None = None,
@@ -156,19 +158,20 @@ async def new_proxy(
     lifetime asked; if none does, the longest that lasts ``needed``, saying why it is
     shorter (with ``reuse``, the current one if it lasts and is for the same DIRAC group).
     NoProxy, saying what each source answered and what to do, when none lasts ``needed``."""
-    settings = platform.settings
     lifetime = lifetime or timedelta(hours=settings.proxy_lifetime_hours)
     member = identity.membership(vo) if vo else None
     group = member.dirac_group if member is not None and settings.proxy_dirac_group else None
-    async with platform.keyring.proxy_locks[identity.user_id]:  # one submission, one new proxy
-        _, current = await stored(platform, identity.user_id) if reuse else (None, None)
+    async with keyring.proxy_locks[identity.user_id]:  # one submission, one new proxy
+        _, current = await stored(db, identity.user_id) if reuse else (None, None)
         if (
             current is not None
             and current.seconds_left >= needed.total_seconds()
             and current.dirac_group == group
         ):
             return current
-        made, reasons = await _from_sources(platform, identity, lifetime, group, needed)
+        made, reasons = await _from_sources(
+            settings, db, keyring, identity, lifetime, group, needed
+        )
         info = made.info
         shortened = None
         if made.short is not None:
@@ -181,9 +184,9 @@ async def new_proxy(
             seconds_left=info.seconds_left, dirac_group=info.dirac_group, created_at=utcnow(),
             shortened=shortened,
         )  # fmt: skip
-        async with platform.writing() as session:
+        async with db.writing() as session:
             await put_secret(
-                session, platform.keyring.vault, identity.user_id, PROXY, made.pem,
+                session, keyring.vault, identity.user_id, PROXY, made.pem,
                 view.model_dump(mode="json", exclude={"seconds_left"}),
                 expires_at=info.not_after,
             )  # fmt: skip
@@ -192,7 +195,9 @@ async def new_proxy(
 
 
 async def _from_sources(
-    platform: Platform,
+    settings: Settings,
+    db: Database,
+    keyring: Keyring,
     identity: Identity,
     lifetime: timedelta,
     group: str | None,
@@ -202,17 +207,17 @@ async def _from_sources(
     with what the sources passed over said. NoProxy when none lasts ``needed``."""
     reasons: list[str] = []
     best: _Made | None = None
-    for source in platform.settings.proxy_sources:
+    for source in settings.proxy_sources:
         asked_at = utcnow()
         try:
-            pem = await _make(platform, identity, source, lifetime, group)
+            pem = await _make(settings, db, keyring, identity, source, lifetime, group)
             info = proxy_info(pem, utcnow())  # read back: what is stored is checked
         except (_Unavailable, CredentialError) as exc:
             reasons.append(f"{SOURCE_NAMES[source]}: {exc}")
             continue
         short = _why_short(source, info, asked_at, asked_at + lifetime)
         if info.seconds_left < needed.total_seconds():
-            reasons.append(_too_short(platform, source, info, needed, short))
+            reasons.append(_too_short(settings, source, info, needed, short))
             continue
         if best is None or info.not_after > best.info.not_after:
             best = _Made(source, pem, info, short)
@@ -266,7 +271,11 @@ def _cut_by_chain(info: ProxyInfo) -> bool:
 
 
 def _too_short(
-    platform: Platform, source: ProxySource, info: ProxyInfo, needed: timedelta, short: str | None
+    settings: ProxySettings,
+    source: ProxySource,
+    info: ProxyInfo,
+    needed: timedelta,
+    short: str | None,
 ) -> str:
     """A source's proxy ends before the jobs may: why, and what would give a longer one."""
     text = (
@@ -276,7 +285,7 @@ def _too_short(
     if short is not None:
         text += f" ({short})"
     if source == "iam" and not _cut_by_chain(info):  # IAM's maximum: another source
-        if "upload" in platform.settings.proxy_sources:
+        if "upload" in settings.proxy_sources:
             text += (
                 ". Upload your certificate on the account page (`concordia credential "
                 "upload`): Concordia signs longer proxies from it"
@@ -298,19 +307,20 @@ class _Unavailable(Exception):
 
 
 async def _make(
-    platform: Platform,
+    settings: Settings,
+    db: Database,
+    keyring: Keyring,
     identity: Identity,
     source: ProxySource,
     lifetime: timedelta,
     group: str | None,
 ) -> bytes:
-    settings = platform.settings
     if source == "iam":
         if not settings.iam_mode:
             raise _Unavailable("Concordia is not connected to IAM")
-        iam = iam_of(platform)
+        iam = iam_of(keyring)
         try:
-            token = await iam_access_token(platform, identity, "proxy:generate")
+            token = await iam_access_token(db, keyring, identity, "proxy:generate")
             return await managed_proxy(
                 iam.http, iam.issuer, token, settings.oidc_client_id,
                 settings.oidc_client_secret.get_secret_value(), int(lifetime.total_seconds()),
@@ -325,8 +335,8 @@ async def _make(
         except (IamUnreachable, DomainError) as exc:
             raise _Unavailable(str(exc)) from None
     try:
-        async with platform.reading() as session:
-            found = await read_secret(session, platform.keyring.vault, identity.user_id, CREDENTIAL)
+        async with db.reading() as session:
+            found = await read_secret(session, keyring.vault, identity.user_id, CREDENTIAL)
     except VaultError:
         raise _Unavailable("the stored certificate cannot be decrypted: upload it again") from None
     if found is None:
@@ -343,32 +353,35 @@ async def _make(
 
 
 async def ensure_proxy(
-    platform: Platform, identity: Identity, needed: timedelta, vo: str | None = None
+    settings: Settings,
+    db: Database,
+    keyring: Keyring,
+    identity: Identity,
+    needed: timedelta,
+    vo: str | None = None,
 ) -> ProxyView:
     """The user's proxy with at least ``needed`` left (a new one when the current is short);
     NoProxy, saying why, when none lasts long enough: refused now, never a failed job later."""
-    lifetime = max(
-        needed + timedelta(hours=1), timedelta(hours=platform.settings.proxy_lifetime_hours)
-    )
-    return await new_proxy(platform, identity, lifetime, vo, needed, reuse=True)
+    lifetime = max(needed + timedelta(hours=1), timedelta(hours=settings.proxy_lifetime_hours))
+    return await new_proxy(settings, db, keyring, identity, lifetime, vo, needed, reuse=True)
 
 
 async def usable_proxy(
-    platform: Platform, user_id: int, group: str, cpu_time: int
+    settings: Settings, db: Database, keyring: Keyring, user_id: int, group: str, cpu_time: int
 ) -> tuple[bytes | None, str]:
     """The stored proxy chain for a job that needs it (written 0600, removed after use), if
     it lasts as long as the job may and carries the submission's DIRAC group (when groups
     are written); else None and why."""
     try:
-        async with platform.reading() as session:
-            found = await read_secret(session, platform.keyring.vault, user_id, PROXY)
+        async with db.reading() as session:
+            found = await read_secret(session, keyring.vault, user_id, PROXY)
     except VaultError:
         return None, "the stored proxy cannot be decrypted"
     if found is None:
         return None, "there is none"
     view = _proxy_view(found[1].info)
-    if view.seconds_left < cpu_time * platform.settings.local_wall_time_factor:
+    if view.seconds_left < cpu_time * settings.local_wall_time_factor:
         return None, f"it has {_hours(view.seconds_left)} left, less than the job may run"
-    if platform.settings.proxy_dirac_group and view.dirac_group != group:
+    if settings.proxy_dirac_group and view.dirac_group != group:
         return None, f"it is for the DIRAC group {view.dirac_group}, not {group}"
     return found[0], ""

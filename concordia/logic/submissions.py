@@ -100,11 +100,17 @@ async def _admit(
         vo = member_of(identity, request.vo).vo
     member = identity.membership(vo)
     if chosen.needs_user_token:  # jobs would fail without their token
-        await require_connection(platform, identity, vo, member.dirac_group if member else "")
+        group = member.dirac_group if member else ""
+        await require_connection(
+            platform.db, platform.backends, platform.keyring, identity, vo, group
+        )
     # Refused now rather than a job failing later for want of a proxy; a dry run leaves the
     # proxy alone, as making one is a change.
     if app.proxy and not dry_run:
-        await ensure_proxy(platform, identity, proxy_needed(platform, app), vo or None)
+        needed = proxy_needed(platform, app)
+        await ensure_proxy(
+            platform.settings, platform.db, platform.keyring, identity, needed, vo or None
+        )
     adding = int(values[app.batch.count]) if app.batch.count else 1
     async with platform.reading() as session:  # before an image build starts for nothing
         await check_queue_room(platform, session, identity.user_id, adding)

@@ -57,7 +57,9 @@ def create_app(
             app.state.platform = platform
             iam, timeout = platform.keyring.iam, settings.oidc_http_timeout
             app.state.oauth = web_client(settings, iam, settings.login_scopes()) if iam else None
-            per_user_grid = diracx_client(settings, timeout) if per_user(platform) else None
+            per_user_grid = (
+                diracx_client(settings, timeout) if per_user(platform.backends) else None
+            )
             app.state.diracx_oauth = per_user_grid
             if on_ready is not None:
                 on_ready(login_url, platform)

@@ -41,12 +41,12 @@ async def bearer(platform: Platform, token: str) -> Identity:
     """An IAM access token (JWT, checked against the issuer's keys) or a Concordia API token."""
     if platform.keyring.iam is not None and looks_like_jwt(token):
         try:
-            return await bearer_identity(platform, token)
+            return await bearer_identity(platform.settings, platform.db, platform.keyring, token)
         except TokenInvalid as exc:
             raise HTTPException(401, f"invalid token: {exc}", headers=_CHALLENGE) from None
         except IamUnreachable:
             raise HTTPException(503, "IAM's keys cannot be read now: try again") from None
-    identity = await api_token_identity(platform, token)
+    identity = await api_token_identity(platform.settings, platform.db, platform.keyring, token)
     if identity is None:
         raise HTTPException(401, "invalid token", headers=_CHALLENGE)
     return identity
@@ -56,7 +56,9 @@ async def session_user(request: Request, platform: Platform) -> Identity | None:
     """The signed-in browser user, their IAM tokens renewed when due; None if not signed in
     (or IAM ended the sign-in: the session is cleared)."""
     try:
-        identity = await session_identity(platform, request.session)
+        identity = await session_identity(
+            platform.settings, platform.db, platform.keyring, request.session
+        )
     except SessionEnded:
         identity = None
     if identity is None and "csrf" in request.session:  # a sign-in, not one under way

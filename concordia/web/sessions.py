@@ -35,12 +35,12 @@ class ServerSessions:
             await self.app(scope, receive, send)
             return
         token = HTTPConnection(scope).cookies.get(COOKIE)
-        state = await open_session(platform, token) if token else SessionState()
+        state = await open_session(platform.db, token) if token else SessionState()
         scope["session"] = state
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
-                change = await save_session(platform, state, presented=token is not None)
+                change = await save_session(platform.db, state, presented=token is not None)
                 if change is CookieChange.SET:
                     value = f"{state.token}; Max-Age={int(LIFETIME.total_seconds())}"
                     self._set(message, value)

@@ -80,7 +80,7 @@ async def me(platform: PlatformDep, user: CurrentUser) -> Me:
 # In local mode there is no IAM to read (409).
 @router.post("/me/scim", responses=CHANGES | documented(404, 409))
 async def read_scim_again(platform: PlatformDep, user: CurrentUser) -> ScimReading:
-    return await accounts.refresh_scim(platform, user)
+    return await accounts.refresh_scim(platform.db, platform.keyring, user)
 
 
 @router.post("/me/credential", status_code=201, responses=CHANGES | documented(409, 422) | BODY)
@@ -102,17 +102,19 @@ async def upload_credential(
 
 @router.delete("/me/credential", status_code=204, responses=CHANGES | documented(404))
 async def delete_credential(platform: PlatformDep, user: CurrentUser) -> Response:
-    await proxies.delete_credential(platform, user)
+    await proxies.delete_credential(platform.db, user)
     return Response(status_code=204)
 
 
 @router.post("/me/proxy", status_code=201, responses=CHANGES | documented(409) | BODY)
 async def new_proxy(request: ProxyRequest, platform: PlatformDep, user: CurrentUser) -> ProxyView:
     lifetime = timedelta(hours=request.lifetime_hours) if request.lifetime_hours else None
-    return await proxies.new_proxy(platform, user, lifetime, request.vo)
+    return await proxies.new_proxy(
+        platform.settings, platform.db, platform.keyring, user, lifetime, request.vo
+    )
 
 
 @router.delete("/me/proxy", status_code=204, responses=CHANGES | documented(404))
 async def forget_proxy(platform: PlatformDep, user: CurrentUser) -> Response:
-    await proxies.forget_proxy(platform, user)
+    await proxies.forget_proxy(platform.db, user)
     return Response(status_code=204)

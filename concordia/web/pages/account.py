@@ -67,7 +67,7 @@ async def read_scim_again(request: Request, platform: PlatformDep, user: PageUse
     await read_form(request)
 
     async def action() -> str:
-        reading = await accounts.refresh_scim(platform, user)
+        reading = await accounts.refresh_scim(platform.db, platform.keyring, user)
         return f"Read from IAM: {len(reading.certificates)} certificate(s)."
 
     return await act(request, platform, user, action())
@@ -98,7 +98,7 @@ async def delete_credential(request: Request, platform: PlatformDep, user: PageU
     await read_form(request)
 
     async def action() -> str:
-        await proxies.delete_credential(platform, user)
+        await proxies.delete_credential(platform.db, user)
         return "Your certificate and its key are deleted from Concordia."
 
     return await act(request, platform, user, action())
@@ -111,7 +111,9 @@ async def new_proxy(request: Request, platform: PlatformDep, user: PageUser) -> 
     async def action() -> str:
         hours = _hours(str(form.get("lifetime_hours", "")))
         vo = str(form.get("vo", "")) or None
-        view = await proxies.new_proxy(platform, user, timedelta(hours=hours), vo)
+        view = await proxies.new_proxy(
+            platform.settings, platform.db, platform.keyring, user, timedelta(hours=hours), vo
+        )
         made = f"New proxy for {view.dn}, valid {view.seconds_left / 3600:.1f} h."
         return f"{made} Shorter than asked: {view.shortened}" if view.shortened else made
 
@@ -133,7 +135,7 @@ async def forget_proxy(request: Request, platform: PlatformDep, user: PageUser) 
     await read_form(request)
 
     async def action() -> str:
-        await proxies.forget_proxy(platform, user)
+        await proxies.forget_proxy(platform.db, user)
         return "The proxy is deleted."
 
     return await act(request, platform, user, action())

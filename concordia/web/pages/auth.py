@@ -51,7 +51,7 @@ async def login(request: Request, platform: PlatformDep, token: str = "", next: 
                 request, 503, "IAM cannot be reached to sign you in.", "Try again in a minute."
             )
     if token:
-        if await sign_in_with_link(platform, token, request.session):
+        if await sign_in_with_link(platform.db, token, request.session):
             return RedirectResponse("/", status_code=303)
         problem = "This sign-in link is unknown, already used or expired."
         return _local_sign_in_page(request, next, 401, problem)
@@ -72,7 +72,7 @@ async def login_with_api_token(request: Request, platform: PlatformDep) -> Respo
         raise PageForbidden
     target = str(form.get("next", "/"))
     token = str(form.get("token", "")).strip()
-    if not token or not await sign_in_with_api_token(platform, token, request.session):
+    if not token or not await sign_in_with_api_token(platform.db, token, request.session):
         problem = "This API token is unknown or expired."
         return _local_sign_in_page(request, target, 401, problem)
     return RedirectResponse(_safe_next(target), status_code=303)
@@ -108,7 +108,7 @@ async def callback(request: Request, platform: PlatformDep) -> Response:
         return unreachable
     target = _safe_next(str(request.session.get("next", "/")))
     try:
-        await sign_in(platform, token, request.session)
+        await sign_in(platform.db, platform.keyring, token, request.session)
     except IamUnreachable:
         return unreachable
     return RedirectResponse(target, status_code=303)
@@ -118,5 +118,5 @@ async def callback(request: Request, platform: PlatformDep) -> Response:
 async def logout(request: Request, platform: PlatformDep) -> RedirectResponse:
     await read_form(request)  # CSRF: a cross-site form must not sign people out
     # The session and its IAM tokens go: a copy of the cookie opens nothing any more.
-    await end_session(platform, request.session)
+    await end_session(platform.db, platform.keyring, request.session)
     return RedirectResponse("/", status_code=303)

@@ -81,7 +81,9 @@ async def disconnect(request: Request, platform: PlatformDep, user: PageUser) ->
 
     async def disconnected() -> str:
         vo, group = diracx_accounts.scope_for(user, str(form.get("vo", "")))
-        await diracx_accounts.disconnect(platform, user, vo, group)
+        await diracx_accounts.disconnect(
+            platform.db, platform.backends, platform.keyring, user, vo, group
+        )
         return f"Your DiracX account is disconnected for {vo}."
 
     return await act(request, platform, user, disconnected())

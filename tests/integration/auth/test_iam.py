@@ -380,7 +380,7 @@ async def test_with_an_audience_the_web_sign_in_asks_iam_for_it(
             user_id = await session.scalar(select(User.id).where(User.username == "jane"))
         assert user_id is not None
         identity = Identity(user_id=user_id, username="jane", display_name="", auth="session")
-        token = await iam_access_token(running.platform, identity)
+        token = await iam_access_token(running.platform.db, running.platform.keyring, identity)
         answer = await running.client.get(
             "/api/v1/me", headers={"Authorization": f"Bearer {token}"}
         )

@@ -111,7 +111,7 @@ async def test_sign_ins_begun_and_never_finished_leave_no_rows_behind(app: Runni
         await add_session(session, "abandoned", None, {"state": "x"}, None, utcnow(), utcnow())
     browser_sessions._last_sweep = utcnow() - browser_sessions.SWEEP_EVERY  # not swept lately
     change = await browser_sessions.save_session(
-        app.platform, browser_sessions.SessionState({"state": "y"}), presented=False
+        app.platform.db, browser_sessions.SessionState({"state": "y"}), presented=False
     )
     assert change is browser_sessions.CookieChange.SET
     assert [row.digest for row in await rows(app)] != [] and all(

@@ -133,7 +133,8 @@ async def test_a_user_connects_diracx_and_their_jobs_run_as_them(
 
     # The tokens are kept encrypted: neither of them in the database row nor on the page.
     platform = app.running.platform
-    kept = (await diracx_accounts._read(platform, await _user_id(app)))["cta/cta_user"]
+    all_kept = await diracx_accounts._read(platform.db, platform.keyring, await _user_id(app))
+    kept = all_kept["cta/cta_user"]
     async with platform.reading() as session:
         row = await session.scalar(
             select(UserSecret).where(UserSecret.kind == diracx_accounts.KIND)
@@ -154,14 +155,17 @@ async def test_tokens_are_refreshed_and_a_sign_in_diracx_ends_is_dropped_with_wh
         await connect(app, browser)
         me = (await browser.get("/api/v1/me")).json()
         user_id = await _user_id(app)
-        first = await diracx_accounts._read(platform, user_id)
+        first = await diracx_accounts._read(platform.db, platform.keyring, user_id)
         entry = first["cta/cta_user"]
         # The access token runs out: the next use refreshes it (DiracX rotates the refresh
         # token, and the new one is what Concordia keeps).
         entry["expires_at"] = 0
-        await diracx_accounts._write(platform, user_id, first)
-        token, _ = await diracx_accounts.access_token(platform, user_id, "cta", USER_GROUP)
-        second = (await diracx_accounts._read(platform, user_id))["cta/cta_user"]
+        await diracx_accounts._write(platform.db, platform.keyring, user_id, first)
+        token, _ = await diracx_accounts.access_token(
+            platform.db, platform.backends, platform.keyring, user_id, "cta", USER_GROUP
+        )
+        all_kept = await diracx_accounts._read(platform.db, platform.keyring, user_id)
+        second = all_kept["cta/cta_user"]
         assert token == second["access_token"] != entry["access_token"]
         assert second["refresh_token"] != entry["refresh_token"]
         ok = httpx.post(
@@ -182,7 +186,9 @@ async def test_tokens_are_refreshed_and_a_sign_in_diracx_ends_is_dropped_with_wh
         )
         assert replay.status_code >= 400
         second["expires_at"] = 0
-        await diracx_accounts._write(platform, user_id, {"cta/cta_user": second})
+        await diracx_accounts._write(
+            platform.db, platform.keyring, user_id, {"cta/cta_user": second}
+        )
         api = {"X-CSRF-Token": await csrf_of(browser)}
         refused = await browser.post(
             "/api/v1/submissions", json={"application": "gridhello"}, headers=api
