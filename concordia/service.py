@@ -166,7 +166,9 @@ def _open_services(stack: AsyncExitStack, platform: Platform, role: Role) -> Non
     send jobs with their owners' own tokens are told where those come from."""
     stack.callback(platform.work.shutdown)
     if platform.settings.datalake_enabled:
-        platform.datalake = connect_datalake(platform.settings, storage_reader(platform))
+        platform.datalake = connect_datalake(
+            platform.settings, storage_reader(platform.settings, platform.keyring)
+        )
         stack.push_async_callback(platform.datalake.aclose)
     if role == "worker":
         platform.process.stopping = platform.process.lease.lost

@@ -134,7 +134,7 @@ class Reconciler:
             await self.adopt()
             # Uploads that stopped (a grid's sandbox or the data lake not answering): again,
             # rather than at the next start only.
-            self._upload(await datalake_uploads.held_jobs(self.platform, lease.slot))
+            self._upload(await datalake_uploads.held_jobs(self.platform.db, lease.slot))
         for name, backend in self.platform.backends.items():
             if resync:
                 await self._load_watched(name)

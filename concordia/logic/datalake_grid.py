@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from concordia.backends.wrapper.concordia_job_lake import DATALAKE_MANIFEST
 from concordia.core.application import ApplicationDef
 from concordia.datalake.errors import DatalakeError
+from concordia.datalake.store import DataLake
 from concordia.db import datalake_files
 from concordia.logic.datalake_choice import DID_NAME, DatalakeChoice, name_prefix, stored_choice
-from concordia.logic.platform import Platform
 from concordia.settings import DatalakeSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,11 @@ class GridLake:
 
 
 async def grid_lakes(
-    platform: Platform, session: AsyncSession, submission_ids: set[int], urls: dict[str, str]
+    settings: DatalakeSettings,
+    datalake: DataLake | None,
+    session: AsyncSession,
+    submission_ids: set[int],
+    urls: dict[str, str],
 ) -> dict[int, GridLake]:
     """Of these submissions, those whose data go to the data lake, with where their jobs
     write. ``urls`` is the caller's memory of RSE addresses (they change rarely: Rucio is
@@ -48,7 +52,7 @@ async def grid_lakes(
     found: dict[int, GridLake] = {}
     rows = await datalake_files.submissions_of(session, submission_ids)
     try:
-        ca = ca_text(platform.settings) if rows else None
+        ca = ca_text(settings) if rows else None
         unusable = ""
     except OSError as exc:  # the operator's CA file gone: the jobs cannot verify the RSE
         ca, unusable = None, f"the data lake's CA cannot be read: {exc}"
@@ -56,7 +60,7 @@ async def grid_lakes(
         choice = stored_choice(submission)
         if choice is None:
             continue
-        lake = platform.datalake
+        lake = datalake
         if lake is None or unusable:
             why = unusable or "this server has no data lake now"
             found[submission.id] = GridLake(choice, None, why)

@@ -17,6 +17,7 @@ from concordia.datalake.errors import DatalakeError
 from concordia.datalake.store import DataLake, connect_as_user
 from concordia.logic.datalake_tokens import storage_reader
 from concordia.logic.iam_session import SessionEnded, audience_token
+from concordia.logic.keyring import Keyring
 from concordia.logic.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,11 @@ class LakeIdentity:
         return f"Rucio service account {self.account}"
 
 
-def service_lake(platform: Platform) -> DataLake:
+def service_lake(datalake: DataLake | None) -> DataLake:
     """The data lake as the operator's service account: scopes are added with it."""
-    if platform.datalake is None:
+    if datalake is None:
         raise DatalakeError("this server has no data lake configured now")
-    return platform.datalake
+    return datalake
 
 
 @asynccontextmanager
@@ -54,7 +55,9 @@ async def lake_for(platform: Platform, user_id: int, username: str) -> AsyncIter
     """The data lake as the user where Rucio accepts their IAM token (audience Rucio's),
     else as the service account: when user tokens are off, the user has no IAM sign-in
     Concordia keeps, IAM does not give a token, or Rucio does not take it as theirs."""
-    service = LakeIdentity(service_lake(platform), platform.settings.datalake_account, False)
+    service = LakeIdentity(
+        service_lake(platform.datalake), platform.settings.datalake_account, False
+    )
     lake = await _own_lake(platform, user_id, username)
     if lake is None:
         yield service
@@ -76,7 +79,9 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
         return None
     kept = platform.keyring.lake_tokens.get(user_id)
     if kept is not None:
-        return connect_as_user(settings, username, kept[0], storage_reader(platform))
+        return connect_as_user(
+            settings, username, kept[0], storage_reader(settings, platform.keyring)
+        )
     try:
         token = await audience_token(
             platform.db, platform.keyring, user_id, settings.datalake_token_audience
@@ -86,7 +91,7 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
             "data lake: no IAM token of %s for Rucio (%s): the service account acts", username, exc
         )
         return None
-    lake = connect_as_user(settings, username, token, storage_reader(platform))
+    lake = connect_as_user(settings, username, token, storage_reader(settings, platform.keyring))
     try:
         account = await lake.whoami()
     except DatalakeError as exc:
@@ -94,7 +99,7 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
     else:
         why = f"it is Rucio's account {account}"
     if account == username:
-        _keep(platform, user_id, token)
+        _keep(platform.keyring, user_id, token)
         return lake
     await lake.aclose()
     log.warning(
@@ -105,11 +110,11 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
     return None
 
 
-def _keep(platform: Platform, user_id: int, token: str) -> None:
+def _keep(keyring: Keyring, user_id: int, token: str) -> None:
     """Remember a token Rucio took as the user's, until TOKEN_MARGIN before it expires."""
     expires = (unverified_claims(token) or {}).get("exp")
     if not isinstance(expires, int | float):
         return
     left = expires - time.time() - TOKEN_MARGIN
     if left > 0:
-        platform.keyring.lake_tokens[user_id] = (token, time.monotonic() + left)
+        keyring.lake_tokens[user_id] = (token, time.monotonic() + left)

@@ -17,6 +17,7 @@ from concordia.db import datalake_files
 from concordia.images.publication import link_signature, link_valid
 from concordia.logic.datalake_choice import DID_NAME, name_prefix, stored_choice
 from concordia.logic.errors import DomainError, Forbidden, Invalid, NotFound, Unavailable
+from concordia.logic.keyring import Keyring
 from concordia.logic.platform import Platform
 from concordia.settings import DatalakeSettings
 
@@ -43,26 +44,26 @@ def upload_link(
     return f"{public_url.rstrip('/')}{link_path(job_uuid)}?{query}"
 
 
-def link_keys(platform: Platform) -> list[bytes] | None:
+def link_keys(keyring: Keyring) -> list[bytes] | None:
     """The keys that sign upload-token links; None where the server issues no tokens."""
-    if platform.keyring.upload_issuer is None:
+    if keyring.upload_issuer is None:
         return None
-    return platform.keyring.vault.derived_keys(UPLOAD_LINKS)
+    return keyring.vault.derived_keys(UPLOAD_LINKS)
 
 
-def _issuer(platform: Platform) -> UploadIssuer:
+def _issuer(keyring: Keyring) -> UploadIssuer:
     """The issuer with its key at hand; Unavailable where the key cannot be had."""
-    if platform.keyring.upload_issuer is None:
+    if keyring.upload_issuer is None:
         raise NotFound(NO_TOKENS)
     try:
-        platform.keyring.upload_issuer.key()
+        keyring.upload_issuer.key()
     except VaultError:  # the operator replaced the vault's keys without keeping the old one
         raise Unavailable(
             "the upload-token signing key cannot be decrypted with the configured keys"
         ) from None
     except OSError as exc:
         raise Unavailable(f"the upload-token signing key cannot be kept: {exc}") from None
-    return platform.keyring.upload_issuer
+    return keyring.upload_issuer
 
 
 async def upload_token(
@@ -70,7 +71,7 @@ async def upload_token(
 ) -> str:
     """A fresh token that may create ``scope:name`` on the job's RSE, for the job the link
     was signed for while it is not over, for a name of its own (its name prefix)."""
-    issuer = _issuer(platform)
+    issuer = _issuer(platform.keyring)
     keys = platform.keyring.vault.derived_keys(UPLOAD_LINKS)
     if not link_valid(keys, UPLOAD_LINK, job_uuid, expires, signature, time.time()):
         raise Forbidden(REFUSED)
@@ -96,17 +97,16 @@ async def upload_token(
     return issuer.mint(username, audience, [path], lifetime)
 
 
-def storage_reader(platform: Platform) -> StorageTokens | None:
+def storage_reader(settings: DatalakeSettings, keyring: Keyring) -> StorageTokens | None:
     """Where Concordia's own reads of an RSE (the check of what a grid job stored, a
     download) get a token, when the RSEs trust it as an issuer (datalake_upload_tokens):
     one that may read that file alone. None: its reads carry no token."""
-    if platform.keyring.upload_issuer is None:
+    if keyring.upload_issuer is None:
         return None
-    settings = platform.settings
 
     def token(audience: str, path: str) -> str:
         try:
-            issuer = _issuer(platform)
+            issuer = _issuer(keyring)
         except DomainError as exc:
             raise DatalakeError(f"no token to read the storage with: {exc.message}") from None
         lifetime = settings.datalake_upload_token_lifetime
@@ -117,12 +117,12 @@ def storage_reader(platform: Platform) -> StorageTokens | None:
     return token
 
 
-def jwks(platform: Platform) -> dict[str, Any]:
+def jwks(keyring: Keyring) -> dict[str, Any]:
     """The issuer's public keys (its signing key made on first use)."""
-    return _issuer(platform).jwks()
+    return _issuer(keyring).jwks()
 
 
-def discovery(platform: Platform) -> dict[str, Any]:
+def discovery(keyring: Keyring) -> dict[str, Any]:
     """The issuer's OpenID discovery document: where storages find its keys."""
-    issuer = _issuer(platform)
+    issuer = _issuer(keyring)
     return issuer.discovery(issuer.issuer + JWKS_PATH)

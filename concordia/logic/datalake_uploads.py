@@ -20,6 +20,7 @@ from concordia.datalake.errors import DatalakeError
 from concordia.datalake.store import DataLake
 from concordia.db import datalake_files
 from concordia.db.tables import Application, Job, Submission, User
+from concordia.logic.database import Database
 from concordia.logic.datalake_choice import (
     DID_NAME,
     DatalakeChoice,
@@ -30,9 +31,11 @@ from concordia.logic.datalake_choice import (
 from concordia.logic.datalake_grid import MANIFEST, read_manifest
 from concordia.logic.datalake_identity import lake_for, service_lake
 from concordia.logic.errors import Conflict
+from concordia.logic.events import EventBus
 from concordia.logic.jobs import publish_jobs, transition
 from concordia.logic.outputs import fetch_outputs
 from concordia.logic.platform import Platform
+from concordia.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +89,28 @@ async def store_job_data(platform: Platform, job_id: int) -> None:
             if backend is not None and backend.uploads_data:
                 await _register_all(platform, acting.lake, job, submission, app, owner, choice)
             else:
-                await _upload_all(platform, acting.lake, job, submission, app, owner, choice)
+                await _upload_all(
+                    platform.settings,
+                    platform.db,
+                    platform.datalake,
+                    acting.lake,
+                    job,
+                    submission,
+                    app,
+                    owner,
+                    choice,
+                )
     except (DatalakeError, OSError) as exc:
         log.warning("job %s: data lake upload failed: %s", job_id, exc)
-        await _end(platform, job_id, JobStatus.FAILED, f"data lake: {exc}")
+        await _end(platform.db, platform.bus, job_id, JobStatus.FAILED, f"data lake: {exc}")
         return
-    await _end(platform, job_id, JobStatus.DONE, DONE_MINOR)
+    await _end(platform.db, platform.bus, job_id, JobStatus.DONE, DONE_MINOR)
 
 
 async def _upload_all(
-    platform: Platform,
+    settings: ServerSettings,
+    db: Database,
+    datalake: DataLake | None,
     lake: DataLake,
     job: Job,
     submission: Submission,
@@ -104,10 +119,10 @@ async def _upload_all(
     choice: DatalakeChoice,
 ) -> None:
     assert choice.dataset is not None
-    outputs = platform.settings.jobs_dir / job.uuid / "outputs"
+    outputs = settings.jobs_dir / job.uuid / "outputs"
     globs = app.datalake.data if app.datalake else []
     data = await asyncio.to_thread(_data_outputs, outputs, globs)
-    meta = await _prepare(platform, lake, job, submission, app, owner.username, choice)
+    meta = await _prepare(datalake, lake, job, submission, app, owner.username, choice)
     for rel in data:
         name = file_name(app.name, submission.id, job.index, job.uuid, rel, job.reschedule_count)
         if not DID_NAME.fullmatch(name):
@@ -116,7 +131,7 @@ async def _upload_all(
         stored = await lake.upload(
             path, choice.scope, name, choice.rse, dataset=(choice.scope, choice.dataset), meta=meta
         )
-        async with platform.writing() as session:
+        async with db.writing() as session:
             await datalake_files.record(
                 session, job.id, scope=stored.scope, name=stored.name, size=stored.bytes,
                 adler32=stored.adler32, rse=stored.rse, state=stored.state,
@@ -127,7 +142,7 @@ async def _upload_all(
 
 
 async def _prepare(
-    platform: Platform,
+    datalake: DataLake | None,
     lake: DataLake,
     job: Job,
     submission: Submission,
@@ -138,7 +153,7 @@ async def _prepare(
     """The user's scope (added by the service account: users cannot add scopes) and the
     submission's dataset there; the metadata of the job's files."""
     assert choice.dataset is not None
-    await service_lake(platform).ensure_scope(choice.scope, username)
+    await service_lake(datalake).ensure_scope(choice.scope, username)
     await lake.add_dataset(
         choice.scope,
         choice.dataset,
@@ -160,8 +175,8 @@ async def _prepare(
     return meta
 
 
-async def _end(platform: Platform, job_id: int, status: JobStatus, minor: str) -> None:
-    async with platform.writing() as session:
+async def _end(db: Database, bus: EventBus, job_id: int, status: JobStatus, minor: str) -> None:
+    async with db.writing() as session:
         job = await session.get(Job, job_id)
         if job is None or job.status != JobStatus.COMPLETING.value or job.minor_status != UPLOADING:
             return  # killed or deleted meanwhile
@@ -169,7 +184,7 @@ async def _end(platform: Platform, job_id: int, status: JobStatus, minor: str) -
             transition(session, job, status, minor=minor, source=SOURCE)
         except InvalidTransition:
             return
-    publish_jobs(platform.bus, [job])
+    publish_jobs(bus, [job])
 
 
 async def _register_all(
@@ -195,7 +210,7 @@ async def _register_all(
         return  # nothing was for the data lake
     prefix = name_prefix(app.name, submission.id, job.index, job.uuid, job.reschedule_count)
     files = read_manifest(text, prefix)
-    meta = await _prepare(platform, lake, job, submission, app, owner.username, choice)
+    meta = await _prepare(platform.datalake, lake, job, submission, app, owner.username, choice)
     for stored_file in files:
         stored = await lake.register(
             choice.scope, stored_file.name, choice.rse, bytes=stored_file.bytes,
@@ -221,7 +236,7 @@ async def _fetch(platform: Platform, job: Job) -> None:
             await asyncio.sleep(2.0**attempt)
 
 
-async def held_jobs(platform: Platform, slot: int) -> list[int]:
+async def held_jobs(db: Database, slot: int) -> list[int]:
     """This worker's jobs whose uploads are under way or were cut short (a restart)."""
-    async with platform.reading() as session:
+    async with db.reading() as session:
         return await datalake_files.held_jobs(session, JobStatus.COMPLETING.value, UPLOADING, slot)

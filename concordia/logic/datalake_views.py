@@ -12,6 +12,7 @@ from concordia.datalake.errors import DatalakeError
 from concordia.datalake.errors import NotFound as LakeNotFound
 from concordia.db import datalake_files
 from concordia.db.tables import DatalakeFile, User
+from concordia.logic.database import Database
 from concordia.logic.datalake_identity import lake_for
 from concordia.logic.errors import NotFound, Unavailable
 from concordia.logic.jobs import get_owned_job
@@ -37,9 +38,9 @@ def _view(row: DatalakeFile) -> DatalakeFileView:
     )  # fmt: skip
 
 
-async def job_files(platform: Platform, owner_id: int, job_id: int) -> list[DatalakeFileView]:
+async def job_files(db: Database, owner_id: int, job_id: int) -> list[DatalakeFileView]:
     """The caller's job's files in the data lake (another user's job: not found)."""
-    async with platform.reading() as session:
+    async with db.reading() as session:
         await get_owned_job(session, owner_id, job_id)
         return [_view(row) for row in await datalake_files.of_job(session, job_id)]
 

@@ -55,7 +55,9 @@ async def specs_for(
     lakes = {}
     if uploads_data:
         urls = memory.rse_urls
-        lakes = await datalake_grid.grid_lakes(platform, session, submission_ids, urls)
+        lakes = await datalake_grid.grid_lakes(
+            platform.settings, platform.datalake, session, submission_ids, urls
+        )
     proxies: dict[tuple[int, str, int], tuple[bytes | None, str]] = {}
     groups = await _groups_of(session, {job.submission_id for job in jobs})
     specs = []
@@ -108,7 +110,7 @@ def _to_lake(
         submission_id=job.submission_id, index=job.index, job_uuid=job.uuid,
         attempt=job.reschedule_count, ca=lake.ca,
     )  # fmt: skip
-    if (keys := datalake_tokens.link_keys(platform)) is not None:
+    if (keys := datalake_tokens.link_keys(platform.keyring)) is not None:
         # Its wrapper fetches a token per file with it, as it uploads.
         link = datalake_tokens.upload_link(
             platform.settings, platform.settings.public_url, keys, job.uuid

@@ -16,10 +16,10 @@ router = APIRouter(tags=["issuer"])
 @router.get("/.well-known/openid-configuration", responses=documented(404))
 async def openid_configuration(platform: PlatformDep) -> dict[str, Any]:
     """The upload-token issuer's discovery document (issuer, jwks_uri)."""
-    return datalake_tokens.discovery(platform)
+    return datalake_tokens.discovery(platform.keyring)
 
 
 @router.get("/.well-known/jwks.json", responses=documented(404))
 async def jwks(platform: PlatformDep) -> dict[str, Any]:
     """The public keys upload tokens are signed with."""
-    return datalake_tokens.jwks(platform)
+    return datalake_tokens.jwks(platform.keyring)

@@ -129,7 +129,7 @@ async def list_datalake_files(
     job_id: RowId, platform: PlatformDep, user: CurrentUser
 ) -> list[DatalakeFileView]:
     """The job's data outputs stored in the data lake (Rucio)."""
-    return await datalake_views.job_files(platform, user.user_id, job_id)
+    return await datalake_views.job_files(platform.db, user.user_id, job_id)
 
 
 @router.get(

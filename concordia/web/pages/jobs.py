@@ -235,7 +235,7 @@ async def _job_parts(
         "files": found.items,
         "outputs": {"page": page, "pages": pages, "total": found.total, "more": found.more},
         "previews": previews,
-        "lake_files": await datalake_views.job_files(platform, user_id, job_id),
+        "lake_files": await datalake_views.job_files(platform.db, user_id, job_id),
     }
 
 
