@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from concordia.backends.wrapper.concordia_job_lake import DATALAKE_MANIFEST
 from concordia.core.application import ApplicationDef
+from concordia.core.datalake_layout import DATALAKE_MANIFEST
 from concordia.datalake.errors import DatalakeError
 from concordia.datalake.store import DataLake
 from concordia.db import datalake_files

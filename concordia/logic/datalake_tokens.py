@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from concordia.auth.upload_tokens import UPLOAD_LINK, UPLOAD_LINKS, UploadIssuer
 from concordia.auth.vault import VaultError
-from concordia.backends.wrapper.concordia_job_lake import lake_path
+from concordia.core.datalake_layout import lake_path
 from concordia.core.states import JobStatus
 from concordia.datalake.errors import DatalakeError
 from concordia.datalake.storage import StorageTokens

@@ -10,6 +10,10 @@ import os
 
 from .concordia_job_base import CONFIG, SH_SETTINGS, WRAPPER_FILES, Failure, tell
 
+# DATALAKE_MANIFEST and lake_path are rules Concordia shares: its own copy is in
+# concordia/core/datalake_layout.py (this module cannot import it on a node), and
+# tests/unit/core/test_datalake_layout.py checks the two agree.
+
 #: What the wrapper stored, for Concordia to register: in the output sandbox.
 DATALAKE_MANIFEST = "concordia-datalake.json"
 #: Bytes read and sent at a time (http.client's own 8 KB blocks make a GB upload slow).
