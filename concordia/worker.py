@@ -152,16 +152,16 @@ class Reconciler:
         among the jobs that just left the watched ones, and among all of them after word of
         another process's write (the jobs it killed may still look held here)."""
         if left:
-            await end_recorded(self.platform, backend, left)
+            await end_recorded(self.platform.db, backend, left)
         watched = self._watched.get(name)
         if look_wider and watched:
-            await end_recorded(self.platform, backend, watched)
+            await end_recorded(self.platform.db, backend, watched)
 
     async def _load_watched(self, name: str) -> None:
         added: set[str] = set()
         self._loading[name] = added
         try:
-            fresh = await followed(self.platform, name, HELD_STATES)
+            fresh = await followed(self.platform.db, self.platform.process, name, HELD_STATES)
             # A hand-over recorded while the query ran: it may not be in what it read.
             current = self._watched.get(name, {})
             fresh.update({u: current[u] for u in added if u in current})
@@ -239,7 +239,7 @@ class Reconciler:
         refs = {ref.uuid: ref for ref in await backend.submit(specs)}
         if len(refs) < len(specs):  # some left waiting by the backend: not again at once
             self._backoff = True
-        jobs = await record_hand_over(self.platform, name, refs)
+        jobs = await record_hand_over(self.platform.db, name, refs)
         publish_jobs(self.platform.bus, jobs)  # the submission page counts them handed over
         self._watch(name, jobs)
         await end_late(name, backend, jobs)
@@ -315,11 +315,13 @@ class Reconciler:
         if not (at_start or self.platform.process.lease.side_by_side):
             return  # one worker at a time (SQLite): none is gone while it runs
         async with self.platform.writing() as session:
-            live = await adoption.others_alive(session, self.platform, at_start=at_start)
+            live = await adoption.others_alive(self.platform.process, session, at_start=at_start)
             newest = await adoption.newest_job_id(session)
             adopted = False
             for name, backend in self.platform.backends.items():
-                found = await adoption.adopt_from(session, self.platform, name, backend, live)
+                found = await adoption.adopt_from(
+                    self.platform.settings, self.platform.process, session, name, backend, live
+                )
                 if found is None:
                     continue
                 adopted = True

@@ -17,7 +17,8 @@ from concordia.db.tables import Job
 from concordia.logic import datalake_uploads
 from concordia.logic.job_ends import end_in_backend
 from concordia.logic.jobs import backend_ref, requeue, transition
-from concordia.logic.platform import Platform
+from concordia.logic.process import Process
+from concordia.settings import OperationSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,12 @@ class Adopted:
     held: list[int]
 
 
-async def others_alive(session: AsyncSession, platform: Platform, *, at_start: bool) -> set[int]:
+async def others_alive(process: Process, session: AsyncSession, *, at_start: bool) -> set[int]:
     """The slots of the other workers alive now (none where one worker runs at a time). At
     start, this worker's own slot counts as gone (it held it just now)."""
-    slot = platform.process.lease.slot
+    slot = process.lease.slot
     live: set[int] = set()
-    if platform.process.lease.side_by_side:
+    if process.lease.side_by_side:
         live = await live_slots(session)
         if slot not in live:
             # The database restarted (or cut the lease's connection) and the lease watcher
@@ -60,14 +61,19 @@ async def newest_job_id(session: AsyncSession) -> int:
 
 
 async def adopt_from(
-    session: AsyncSession, platform: Platform, name: str, backend: Backend, live: set[int]
+    settings: OperationSettings,
+    process: Process,
+    session: AsyncSession,
+    name: str,
+    backend: Backend,
+    live: set[int],
 ) -> Adopted | None:
     """The backend's jobs whose worker is not in ``live``, now this worker's (None: there
     were none). A backend that does not survive a restart lost those under way."""
     jobs = await worker_jobs.gone_jobs(session, name, HELD_STATES, live)
     if not jobs:
         return None
-    slot, shared = platform.process.lease.slot, platform.process.shared
+    slot, shared = process.lease.slot, process.shared
     gone_from = {job.id: process_name(job.worker, shared) for job in jobs}
     for job in jobs:
         job.worker = slot
@@ -81,7 +87,7 @@ async def adopt_from(
         lost = [j for j in jobs if j.status != JobStatus.WAITING.value and not _held(j)]
         await end_in_backend(backend, JobStatus.KILLED, [backend_ref(j) for j in lost])
         for job in lost:
-            stall(session, job, platform.settings.max_reschedules, gone_from[job.id])
+            stall(session, job, settings.max_reschedules, gone_from[job.id])
         # Queued in the process that died: back in the shared queue.
         for job in jobs:
             if job.status == JobStatus.WAITING.value and job.backend_ref is not None:

@@ -228,7 +228,7 @@ async def _fetch(platform: Platform, job: Job) -> None:
     held: the worker tries again at its next timed poll)."""
     for attempt in range(FETCH_TRIES):
         try:
-            await fetch_outputs(platform, job)
+            await fetch_outputs(platform.settings, platform.backends, job)
             return
         except Conflict:
             if attempt == FETCH_TRIES - 1:

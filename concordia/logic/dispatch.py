@@ -17,11 +17,13 @@ from concordia.core.states import JobStatus
 from concordia.db import worker_jobs
 from concordia.db.job_rows import READY_COLUMNS, JobRow, ReadyJob, rows_where, store_rows
 from concordia.db.queue import heads, held_by_owner, take
+from concordia.logic.database import Database
 from concordia.logic.job_ends import TOLD_ENDS, end_in_backend
 from concordia.logic.job_specs import RoundMemory, specs_for
 from concordia.logic.jobs import backend_ref, record_status, transition
 from concordia.logic.platform import Platform
 from concordia.logic.scheduling import Choice, FairShare, user_limit_minor
+from concordia.settings import OperationSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,9 @@ async def dispatch_round(
             )
         else:
             share = memory.shares.setdefault(name, FairShare())
-            choice = await _choose(platform, session, share, name, room, queued, new, being_handed)
+            choice = await _choose(
+                platform.settings, session, share, name, room, queued, new, being_handed
+            )
             picked = {*choice.chosen, *choice.held_back} - {row.id for row in new}
             old = await take(
                 session, READY_COLUMNS, worker_jobs.with_ids(picked), limit=len(picked), leave=()
@@ -142,7 +146,7 @@ def queue_states(
 
 
 async def _choose(
-    platform: Platform,
+    settings: OperationSettings,
     session: AsyncSession,
     share: FairShare,
     name: str,
@@ -158,17 +162,15 @@ async def _choose(
     waiting += [(row.id, row.owner_id) for row in new if row[-1] not in (FAILED, BUILDING)]
     owners = {owner for _, owner in waiting}
     held = await held_by_owner(session, name, owners, being_handed)
-    limit = platform.settings.max_running_jobs_per_user
+    limit = settings.max_running_jobs_per_user
     return share.choose(waiting, room, held, limit)
 
 
-async def record_hand_over(
-    platform: Platform, name: str, refs: dict[str, BackendRef]
-) -> list[JobRow]:
+async def record_hand_over(db: Database, name: str, refs: dict[str, BackendRef]) -> list[JobRow]:
     """The backend's refs of the jobs it took, by uuid; a job it refused fails, with why
     (unless a user ended it meanwhile). The JDL the backend was sent is the job's, as its
     page shows it."""
-    async with platform.writing() as session:
+    async with db.writing() as session:
         jobs = await rows_where(session, worker_jobs.with_uuids(refs))
         for job in jobs:
             ref = refs[job.uuid]

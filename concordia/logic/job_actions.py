@@ -7,7 +7,7 @@ import logging
 import shutil
 from collections.abc import Callable, Collection, Sequence
 
-from concordia.backends.base import BackendError, BackendUnreachable
+from concordia.backends.base import Backend, BackendError, BackendUnreachable
 from concordia.core.states import (
     ACTIVE_STATES,
     KILLABLE_STATES,
@@ -18,11 +18,15 @@ from concordia.core.states import (
 )
 from concordia.db import datalake_files, owned_jobs
 from concordia.db.tables import Job
+from concordia.logic.database import Database
 from concordia.logic.errors import Conflict, DomainError, NotFound, Unavailable
+from concordia.logic.events import EventBus
 from concordia.logic.job_ends import end_in_backend
 from concordia.logic.job_models import BulkAction, BulkOutcome, DeletedJob, JobSummary
 from concordia.logic.jobs import backend_ref, job_event, requeue, transition
 from concordia.logic.platform import Platform
+from concordia.logic.process import Process
+from concordia.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +36,14 @@ async def bulk_action(
 ) -> BulkOutcome:
     """Apply one action to each job; a refusal (and its reason) stops only that job. The
     jobs are read together, each backend told once, all recorded in one transaction."""
-    act = {"kill": kill_jobs, "reschedule": reschedule_jobs, "delete": delete_jobs}[action]
-    results = await act(platform, owner_id, job_ids)
+    if action == "kill":
+        results = await kill_jobs(platform, owner_id, job_ids)
+    elif action == "reschedule":
+        results = await reschedule_jobs(
+            platform.db, platform.bus, platform.process, owner_id, job_ids
+        )
+    else:
+        results = await delete_jobs(platform, owner_id, job_ids)
     outcome = BulkOutcome(action=action, succeeded=[], refused=[])
     for job_id, result in results.items():
         if isinstance(result, DomainError):
@@ -41,14 +51,14 @@ async def bulk_action(
         else:
             outcome.succeeded.append(job_id)
     if action == "delete" and outcome.succeeded:
-        outcome.notice = await lake_notice(platform, outcome.succeeded)
+        outcome.notice = await lake_notice(platform.db, outcome.succeeded)
     return outcome
 
 
-async def lake_notice(platform: Platform, job_ids: Sequence[int]) -> str:
+async def lake_notice(db: Database, job_ids: Sequence[int]) -> str:
     """What deleting these jobs leaves in the data lake: never deleted with them, the user
     is told, and deletes them with Rucio if they want to."""
-    async with platform.reading() as session:
+    async with db.reading() as session:
         in_lake = await datalake_files.count_of_jobs(session, job_ids)
     if not in_lake:
         return ""
@@ -117,14 +127,16 @@ async def _end_jobs(
         else:
             seen.append(job)
     placed = [j for j in seen if j.backend_ref is not None and JobStatus(j.status) in in_backend]
-    results.update(await _tell_backends(platform, placed, status))
+    results.update(await _tell_backends(platform.backends, platform.process, placed, status))
     left = [j for j in seen if j.id not in results]
     results.update(await _record_ends(platform, owner_id, left, status, minor))
     ended = [j for j in left if not isinstance(results[j.id], DomainError)]
     return {job_id: results[job_id] for job_id in ids}, ended
 
 
-async def _tell_backends(platform: Platform, jobs: Sequence[Job], status: JobStatus) -> Refusals:
+async def _tell_backends(
+    backends: dict[str, Backend], process: Process, jobs: Sequence[Job], status: JobStatus
+) -> Refusals:
     """Each backend told once that its jobs are ``status`` (Killed or Deleted), outside any
     lock (stopping a process takes its grace period; a grid's call may need the database,
     to refresh a user's tokens). The jobs it could not be told of, each with why (nothing
@@ -137,9 +149,7 @@ async def _tell_backends(platform: Platform, jobs: Sequence[Job], status: JobSta
     done = "killed" if status is JobStatus.KILLED else "deleted"
     for name, told in by_backend.items():
         try:
-            ended = await end_in_backend(
-                platform.backends[name], status, [backend_ref(j) for j in told]
-            )
+            ended = await end_in_backend(backends[name], status, [backend_ref(j) for j in told])
         except BackendUnreachable as exc:
             refused.update(
                 {
@@ -162,7 +172,7 @@ async def _tell_backends(platform: Platform, jobs: Sequence[Job], status: JobSta
                 f"{name} ({update.status}{minor}"
             )
         if ended:
-            platform.look_again()
+            process.look_again()
     return refused
 
 
@@ -192,7 +202,8 @@ async def _record_ends(
         for j in seen
         if j.backend_ref is None and j.id not in results and now[j.id].backend_ref is not None
     ]
-    for refused in (await _tell_backends(platform, handed, status)).values():
+    told = await _tell_backends(platform.backends, platform.process, handed, status)
+    for refused in told.values():
         log.warning("%s", refused.message)  # recorded: the backend's copy ends on its own
     for job_id in (j.id for j in seen):
         if job_id not in results:
@@ -201,17 +212,21 @@ async def _record_ends(
     return results
 
 
-async def reschedule_job(platform: Platform, owner_id: int, job_id: int) -> JobSummary:
-    return _only(await reschedule_jobs(platform, owner_id, [job_id]), job_id)
+async def reschedule_job(
+    db: Database, bus: EventBus, process: Process, owner_id: int, job_id: int
+) -> JobSummary:
+    return _only(await reschedule_jobs(db, bus, process, owner_id, [job_id]), job_id)
 
 
-async def reschedule_jobs(platform: Platform, owner_id: int, job_ids: Sequence[int]) -> Outcomes:
+async def reschedule_jobs(
+    db: Database, bus: EventBus, process: Process, owner_id: int, job_ids: Sequence[int]
+) -> Outcomes:
     """Queue the user's ended jobs again, in one transaction: each, by id, its new state or
     why not."""
     ids = list(dict.fromkeys(job_ids))
     results: Outcomes = {}
     again: list[Job] = []
-    async with platform.writing() as session:
+    async with db.writing() as session:
         found = await owned_jobs.owned(session, owner_id, ids, lock=True)
         for job_id in ids:
             job = found.get(job_id)
@@ -226,17 +241,17 @@ async def reschedule_jobs(platform: Platform, owner_id: int, job_ids: Sequence[i
                 requeue(session, job, minor="Rescheduled by user", source="User")
                 again.append(job)
     for job in again:
-        platform.bus.publish(job_event(job))
+        bus.publish(job_event(job))
         results[job.id] = JobSummary.model_validate(job, from_attributes=True)
     if again:
-        platform.look_again()
+        process.look_again()
     return {job_id: results[job_id] for job_id in ids}
 
 
 async def delete_job(platform: Platform, owner_id: int, job_id: int) -> DeletedJob:
     summary = _only(await delete_jobs(platform, owner_id, [job_id]), job_id)
     deleted = DeletedJob.model_validate(summary.model_dump())
-    deleted.notice = await lake_notice(platform, [job_id])
+    deleted.notice = await lake_notice(platform.db, [job_id])
     return deleted
 
 
@@ -260,11 +275,11 @@ async def delete_jobs(platform: Platform, owner_id: int, job_ids: Sequence[int])
         refusal,
         frozenset(JobStatus),  # an ended job too: its backend forgets it
     )
-    await asyncio.to_thread(_remove_dirs, platform, [j.uuid for j in ended])
+    await asyncio.to_thread(_remove_dirs, platform.settings, [j.uuid for j in ended])
     return results
 
 
-def _remove_dirs(platform: Platform, uuids: Sequence[str]) -> None:
+def _remove_dirs(settings: ServerSettings, uuids: Sequence[str]) -> None:
     """The deleted jobs' directories (logs, outputs), in one thread for all."""
     for uuid in uuids:
-        shutil.rmtree(platform.settings.jobs_dir / uuid, ignore_errors=True)
+        shutil.rmtree(settings.jobs_dir / uuid, ignore_errors=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from concordia.backends.base import Backend, BackendRef, StatusUpdate
 from concordia.core.states import JobStatus
 from concordia.db import worker_jobs
-from concordia.logic.platform import Platform
+from concordia.logic.database import Database
 
 #: The ends a user records that a backend must be told of, in the order they are told.
 TOLD_ENDS = (JobStatus.KILLED, JobStatus.DELETED)
@@ -23,13 +23,11 @@ async def end_in_backend(
     return []
 
 
-async def end_recorded(
-    platform: Platform, backend: Backend, followed: dict[str, BackendRef]
-) -> None:
+async def end_recorded(db: Database, backend: Backend, followed: dict[str, BackendRef]) -> None:
     """Of the jobs ``followed`` in a backend that runs them in this process, those a user
     killed or deleted in a web process (which recorded it and could not stop them): stopped
     here, and followed no more."""
-    async with platform.reading() as session:
+    async with db.reading() as session:
         found = await worker_jobs.statuses_among(session, followed, TOLD_ENDS)
     for status in TOLD_ENDS:
         refs = [followed.pop(uuid) for uuid, now in found if now == status.value]

@@ -15,8 +15,9 @@ from concordia.db import submission_runs
 from concordia.db.job_rows import ReadyJob
 from concordia.images.store import StoredImage
 from concordia.logic import datalake_grid, datalake_tokens
+from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.jobs import transition
-from concordia.logic.platform import Platform
+from concordia.logic.platform import ImageBuilds, Platform
 from concordia.logic.proxies import usable_proxy
 from concordia.logic.scheduling import FairShare
 from concordia.logic.submission_plans import job_spec
@@ -51,7 +52,7 @@ async def specs_for(
     their data; such a job waits while Rucio does not say where its RSE is. A job not newer
     than ``last_before_start`` may have been handed over by a process that died."""
     submission_ids = {job.submission_id for job in jobs}
-    runs = await _runs_of(platform, session, memory, submission_ids)
+    runs = await _runs_of(platform.images, session, memory, submission_ids)
     lakes = {}
     if uploads_data:
         urls = memory.rse_urls
@@ -80,7 +81,8 @@ async def specs_for(
                 transition(session, job, JobStatus.FAILED, minor=minor, source="JobScheduling")
                 continue
         maybe_submitted = job.id <= last_before_start
-        spec = _spec(platform, job, app, image, proxy, groups[job.submission_id], maybe_submitted)
+        run_as = groups[job.submission_id]
+        spec = _spec(platform.catalog, job, app, image, proxy, run_as, maybe_submitted)
         lake = lakes.get(job.submission_id)
         if lake is None or _to_lake(platform, session, memory, job, app, spec, lake):
             specs.append(spec)
@@ -127,7 +129,7 @@ async def _groups_of(session: AsyncSession, submission_ids: set[int]) -> dict[in
 
 
 async def _runs_of(
-    platform: Platform, session: AsyncSession, memory: RoundMemory, submission_ids: set[int]
+    images: ImageBuilds, session: AsyncSession, memory: RoundMemory, submission_ids: set[int]
 ) -> dict[int, tuple[ApplicationDef, str | None, JobImage | None]]:
     """Each submission's application definition (as stored when it was first used), its
     image id, and the image its jobs run in (None too when its files are gone)."""
@@ -136,7 +138,7 @@ async def _runs_of(
     if missing:
         for app_id, definition in await submission_runs.definitions(session, missing):
             memory.definitions[app_id] = ApplicationDef.model_validate(definition)
-    store = platform.images.store
+    store = images.store
     return {
         sid: (memory.definitions[app_id], image, job_image(store.get(image)) if image else None)
         for sid, app_id, image in rows
@@ -144,7 +146,7 @@ async def _runs_of(
 
 
 def _spec(
-    platform: Platform,
+    catalog: ApplicationCatalog,
     job: ReadyJob,
     app: ApplicationDef,
     image: JobImage | None,
@@ -154,7 +156,7 @@ def _spec(
 ) -> JobSpec:
     return job_spec(
         app,
-        platform.catalog.directory,
+        catalog.directory,
         uuid=job.uuid,
         job_id=job.id,
         name=job.name,

@@ -14,19 +14,20 @@ from concordia.core.states import InvalidTransition, JobStatus
 from concordia.db import worker_jobs
 from concordia.db.job_rows import JobRow, rows_where, store_rows
 from concordia.logic import datalake_uploads
+from concordia.logic.database import Database
 from concordia.logic.jobs import record_status, transition
-from concordia.logic.platform import Platform
+from concordia.logic.process import Process
 
 log = logging.getLogger(__name__)
 
 
 async def followed(
-    platform: Platform, backend: str, statuses: Collection[JobStatus]
+    db: Database, process: Process, backend: str, statuses: Collection[JobStatus]
 ) -> dict[str, BackendRef]:
     """The refs of this worker's jobs in one of ``statuses`` that the backend holds, by uuid:
     those whose news it reports."""
-    async with platform.reading() as session:
-        rows = await worker_jobs.followed(session, backend, statuses, platform.process.lease.slot)
+    async with db.reading() as session:
+        rows = await worker_jobs.followed(session, backend, statuses, process.lease.slot)
     return {u: BackendRef(uuid=u, ref=r, state=s) for u, r, s in rows}
 
 

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from concordia.db.job_counts import jobs_by_state_and_backend
 from concordia.db.lease import live_workers
 from concordia.db.migrate import schema_heads, schema_revisions
-from concordia.logic.platform import Platform
+from concordia.logic.database import Database
+from concordia.logic.process import Process
+from concordia.settings import ServerSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +20,11 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_SECONDS = 5.0
 
 
-async def unready_reason(platform: Platform) -> str | None:
+async def unready_reason(db: Database) -> str | None:
     """None when the database answers and its schema is the latest; else why not, in words
     that name no host, database or password (readiness is asked without signing in)."""
     try:
-        async with asyncio.timeout(READY_TIMEOUT_SECONDS), platform.reading() as session:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS), db.reading() as session:
             revisions = await schema_revisions(session)
     except TimeoutError:
         return f"the database did not answer within {READY_TIMEOUT_SECONDS:g} s"
@@ -36,27 +38,27 @@ async def unready_reason(platform: Platform) -> str | None:
     return None
 
 
-async def job_counts(platform: Platform) -> list[tuple[str, str, int]] | None:
+async def job_counts(db: Database) -> list[tuple[str, str, int]] | None:
     """(state, backend, count) of every job in the database, in one GROUP BY: the same
     answer from every process that shares it. None when the database does not answer (a
     scrape then still has the process's own metrics)."""
     try:
-        async with asyncio.timeout(READY_TIMEOUT_SECONDS), platform.reading() as session:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS), db.reading() as session:
             return await jobs_by_state_and_backend(session)
     except Exception as exc:
         log.warning("metrics: the database does not answer: %s", exc)
         return None
 
 
-async def workers_alive(platform: Platform) -> int | None:
+async def workers_alive(settings: ServerSettings, db: Database, process: Process) -> int | None:
     """How many workers hold their lease now (this process counts, if it runs the work);
     None when the database does not answer."""
-    here = platform.process.worker_alive()
+    here = process.worker_alive()
     if here is not None:
         return here
     try:
-        async with asyncio.timeout(READY_TIMEOUT_SECONDS), platform.reading() as session:
-            return await live_workers(session, platform.settings.data_dir)
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS), db.reading() as session:
+            return await live_workers(session, settings.data_dir)
     except Exception as exc:
         log.warning("workers: the database does not answer: %s", exc)
         return None
@@ -70,17 +72,19 @@ class WorkerWatch:
     seen: float = field(default_factory=time.monotonic)
 
 
-async def workers_absent_reason(platform: Platform, watch: WorkerWatch) -> str | None:
+async def workers_absent_reason(
+    settings: Settings, db: Database, process: Process, watch: WorkerWatch
+) -> str | None:
     """None while a worker holds its lease, or did within the last worker_absence_seconds;
     else why the background work is not done."""
-    alive = await workers_alive(platform)
+    alive = await workers_alive(settings, db, process)
     now = time.monotonic()
     if alive is None:
         return "the database does not answer"
     if alive:
         watch.seen = now
         return None
-    absent = platform.settings.worker_absence_seconds
+    absent = settings.worker_absence_seconds
     if now - watch.seen < absent:
         return None
     return (

@@ -18,13 +18,13 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from zipstream import ZIP_DEFLATED, ZipStream
 
-from concordia.backends.base import BackendError
+from concordia.backends.base import Backend, BackendError
 from concordia.core.states import JobStatus
 from concordia.db.tables import Job
 from concordia.logic.errors import Conflict, Invalid, NotFound, TooLarge
 from concordia.logic.jobs import backend_ref
-from concordia.logic.limits import WorkPool
-from concordia.logic.platform import Platform
+from concordia.logic.limits import WorkPool, WorkPools
+from concordia.settings import ServerSettings, Settings
 
 Stream = Literal["stdout", "stderr"]
 _LOG_FILES = {"stdout": "std.out", "stderr": "std.err"}
@@ -48,25 +48,30 @@ def job_dir(jobs_dir: Path, job: Job) -> Path:
     return jobs_dir / job.uuid
 
 
-async def fetch_outputs(platform: Platform, job: Job) -> None:
+async def fetch_outputs(settings: ServerSettings, backends: dict[str, Backend], job: Job) -> None:
     """Bring a job's outputs into its outputs/ directory, when a user asks for them: a
     backend keeping them elsewhere (a grid's sandbox store) is only asked when needed."""
-    dest = job_dir(platform.settings.jobs_dir, job) / "outputs"
+    dest = job_dir(settings.jobs_dir, job) / "outputs"
     try:
-        await platform.backends[job.backend].fetch_outputs(backend_ref(job), dest)
+        await backends[job.backend].fetch_outputs(backend_ref(job), dest)
     except BackendError as exc:
         raise Conflict(f"the outputs cannot be fetched from {job.backend} now: {exc}") from None
 
 
 async def job_log(
-    platform: Platform, job: Job, stream: Stream, offset: int, limit: int
+    settings: ServerSettings,
+    backends: dict[str, Backend],
+    job: Job,
+    stream: Stream,
+    offset: int,
+    limit: int,
 ) -> LogChunk:
     """A chunk of the job's log; a grid job's logs come with its output sandbox, fetched
     the first time they are read once it is over."""
-    path = job_dir(platform.settings.jobs_dir, job) / _LOG_FILES[stream]
+    path = job_dir(settings.jobs_dir, job) / _LOG_FILES[stream]
     if JobStatus(job.status).is_final and not path.exists():
-        await fetch_outputs(platform, job)
-    return read_log(platform.settings.jobs_dir, job, stream, offset, limit)
+        await fetch_outputs(settings, backends, job)
+    return read_log(settings.jobs_dir, job, stream, offset, limit)
 
 
 def read_log(jobs_dir: Path, job: Job, stream: Stream, offset: int, limit: int) -> LogChunk:
@@ -128,13 +133,19 @@ class OutputPage(BaseModel):
 
 
 async def output_page(
-    platform: Platform, user_id: int, job: Job, page: int, per_page: int
+    settings: Settings,
+    backends: dict[str, Backend],
+    work: WorkPools,
+    user_id: int,
+    job: Job,
+    page: int,
+    per_page: int,
 ) -> OutputPage:
     """A page of the outputs, listed on the listing pool's threads, never the event loop's."""
-    await fetch_outputs(platform, job)
-    limit = platform.settings.max_output_files + len(LOGS)
-    return await platform.work.listings.call(
-        user_id, list_outputs, platform.settings.jobs_dir, job, page, per_page, limit
+    await fetch_outputs(settings, backends, job)
+    limit = settings.max_output_files + len(LOGS)
+    return await work.listings.call(
+        user_id, list_outputs, settings.jobs_dir, job, page, per_page, limit
     )
 
 
@@ -205,17 +216,21 @@ ZIP_STEP_SECONDS = 0.2
 
 
 async def zip_outputs(
-    platform: Platform, user_id: int, jobs: Sequence[Job]
+    settings: Settings,
+    backends: dict[str, Backend],
+    work: WorkPools,
+    user_id: int,
+    jobs: Sequence[Job],
 ) -> AsyncIterator[bytes]:
     """All outputs of ``jobs`` as one zip, each job's under job-<id>/, made as the client
     reads it: no file is written, a client gone ends it. Refused before the first byte: 413
     above max_zip_bytes, 429 beyond the user's downloads at once. Each step runs on the zip
     pool's threads."""
-    pool, settings = platform.work.zips, platform.settings
+    pool = work.zips
     with contextlib.ExitStack() as held:
         held.enter_context(pool.turn(user_id))
         for job in jobs:
-            await fetch_outputs(platform, job)
+            await fetch_outputs(settings, backends, job)
         limit = settings.max_output_files + len(LOGS)
         args = settings.jobs_dir, jobs, settings.max_zip_bytes, limit
         chunks = await pool.run(_ZipChunks, *args)

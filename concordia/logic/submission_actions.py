@@ -9,6 +9,7 @@ from typing import Literal
 from concordia.core.states import FINAL_STATES, JobStatus
 from concordia.db import submission_jobs
 from concordia.logic import outputs
+from concordia.logic.database import Database
 from concordia.logic.job_actions import bulk_action
 from concordia.logic.job_models import BulkOutcome
 from concordia.logic.platform import Platform
@@ -33,10 +34,10 @@ async def act(
 ) -> BulkOutcome:
     """Apply ``action`` to each of the submission's jobs it takes; a job refused (and why)
     stops only that job. Another user's submission is not found."""
-    ids = await _job_ids(platform, owner_id, submission_id, TAKES[action])
+    ids = await _job_ids(platform.db, owner_id, submission_id, TAKES[action])
     if action != "delete":
         return await bulk_action(platform, owner_id, action, ids)
-    unfinished = await _job_ids(platform, owner_id, submission_id, UNFINISHED)
+    unfinished = await _job_ids(platform.db, owner_id, submission_id, UNFINISHED)
     killed = await bulk_action(platform, owner_id, "kill", unfinished)
     deleted = await bulk_action(platform, owner_id, "delete", ids)
     return deleted.model_copy(update={"refused": killed.refused + deleted.refused})
@@ -52,10 +53,10 @@ def taken(counts: Mapping[str, int]) -> dict[SubmissionAction, int]:
 
 
 async def jobs_page(
-    platform: Platform, owner_id: int, submission_id: int, page: int
+    db: Database, owner_id: int, submission_id: int, page: int
 ) -> list[SubmissionJob]:
     """One page (from 1) of the submission's jobs, in index order."""
-    async with platform.reading() as session:
+    async with db.reading() as session:
         await owned_submission(session, owner_id, submission_id)
         rows = await submission_jobs.jobs_page(
             session, submission_id, (page - 1) * PAGE_SIZE, PAGE_SIZE
@@ -71,12 +72,14 @@ async def zip_outputs(
     async with platform.reading() as session:
         await owned_submission(session, owner_id, submission_id)
         jobs = await submission_jobs.jobs(session, submission_id, TAKES["delete"])
-    return await outputs.zip_outputs(platform, owner_id, jobs)
+    return await outputs.zip_outputs(
+        platform.settings, platform.backends, platform.work, owner_id, jobs
+    )
 
 
 async def _job_ids(
-    platform: Platform, owner_id: int, submission_id: int, statuses: frozenset[JobStatus]
+    db: Database, owner_id: int, submission_id: int, statuses: frozenset[JobStatus]
 ) -> list[int]:
-    async with platform.reading() as session:
+    async with db.reading() as session:
         await owned_submission(session, owner_id, submission_id)
         return await submission_jobs.job_ids(session, submission_id, statuses)

@@ -17,6 +17,7 @@ from concordia.core.parameters import ParameterErrors, ParamValue
 from concordia.core.rules import WARN_SHARE
 from concordia.core.units import duration
 from concordia.db import submissions as submission_queries
+from concordia.logic.database import Database
 from concordia.logic.errors import Invalid
 from concordia.logic.platform import Platform
 from concordia.logic.submission_models import (
@@ -26,6 +27,7 @@ from concordia.logic.submission_models import (
     SubmissionPreview,
     SubmissionRequest,
 )
+from concordia.settings import OperationSettings
 
 #: What a job's uuid is in the preview of a submission not yet made.
 PREVIEW_UUID = "<job uuid>"
@@ -118,17 +120,19 @@ def plan_jobs(
     return planned
 
 
-def chosen_backend(platform: Platform, request: SubmissionRequest) -> tuple[str, Backend]:
+def chosen_backend(
+    settings: OperationSettings, backends: dict[str, Backend], request: SubmissionRequest
+) -> tuple[str, Backend]:
     """The backend a request names, or the default; raises Invalid for an unknown one."""
-    name = request.backend or platform.settings.default_backend
-    if name not in platform.backends:
-        raise Invalid("backend", f"unknown backend; available: {', '.join(platform.backends)}")
-    return name, platform.backends[name]
+    name = request.backend or settings.default_backend
+    if name not in backends:
+        raise Invalid("backend", f"unknown backend; available: {', '.join(backends)}")
+    return name, backends[name]
 
 
-async def next_submission_id(platform: Platform) -> int:
+async def next_submission_id(db: Database) -> int:
     """The id the next submission will most likely have (another may take it first)."""
-    async with platform.reading() as session:
+    async with db.reading() as session:
         return await submission_queries.last_id(session) + 1
 
 
@@ -137,7 +141,7 @@ async def preview(
 ) -> SubmissionPreview:
     """The jobs a request would create and the JDL its backend would be given for the first;
     raises Invalid naming each bad value, or each rule of the backend the jobs break."""
-    name, backend = chosen_backend(platform, request)
+    name, backend = chosen_backend(platform.settings, platform.backends, request)
     values, _ = check_request(app, request)
     plans = expand_batch(app, values)
     ranges = [
@@ -145,7 +149,7 @@ async def preview(
         for seq in app.batch.sequences
     ]
     [first] = plan_jobs(
-        backend, app, values, await next_submission_id(platform), platform.catalog.directory,
+        backend, app, values, await next_submission_id(platform.db), platform.catalog.directory,
         preview=True,
     )  # fmt: skip
     return SubmissionPreview(

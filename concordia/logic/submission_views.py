@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from concordia.core.states import JobStatus
 from concordia.db import submission_jobs as job_queries
 from concordia.db.tables import Submission
+from concordia.logic.database import Database
 from concordia.logic.datalake_choice import stored_choice
 from concordia.logic.errors import NotFound
-from concordia.logic.platform import Platform
 from concordia.logic.submission_models import Progress, SubmissionView
 
 
@@ -26,8 +26,8 @@ async def owned_submission(session: AsyncSession, owner_id: int, submission_id: 
     return submission
 
 
-async def get_submission(platform: Platform, owner_id: int, submission_id: int) -> SubmissionView:
-    async with platform.reading() as session:
+async def get_submission(db: Database, owner_id: int, submission_id: int) -> SubmissionView:
+    async with db.reading() as session:
         submission = await owned_submission(session, owner_id, submission_id)
         rows = await job_queries.status_counts(session, submission_id)
         counts = {status: n for status, n, _ in rows}

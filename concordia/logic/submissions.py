@@ -44,12 +44,12 @@ from concordia.logic.submission_plans import (
 )
 from concordia.logic.submission_views import get_submission
 from concordia.metrics import SUBMISSION_SECONDS
+from concordia.settings import OperationSettings, Settings
 
 
-def proxy_needed(platform: Platform, app: ApplicationDef) -> timedelta:
+def proxy_needed(settings: Settings, app: ApplicationDef) -> timedelta:
     """How long a proxy must last for an application's jobs: the operator's minimum (8 h by
     default, under the 12 h of IAM's managed proxies), longer if a job may run longer."""
-    settings = platform.settings
     wall = app.cpu_time * settings.local_wall_time_factor
     return timedelta(seconds=max(settings.proxy_min_lifetime_hours * 3600, wall))
 
@@ -83,7 +83,7 @@ async def _admit(
     platform: Platform, identity: Identity, request: SubmissionRequest, *, dry_run: bool
 ) -> _Admitted:
     app = platform.catalog.get(request.application)
-    backend, chosen = chosen_backend(platform, request)
+    backend, chosen = chosen_backend(platform.settings, platform.backends, request)
     values, build_args = check_request(app, request)  # every check before any write
     lake = choose(
         platform.settings, app, identity.username, request.datalake,
@@ -107,13 +107,13 @@ async def _admit(
     # Refused now rather than a job failing later for want of a proxy; a dry run leaves the
     # proxy alone, as making one is a change.
     if app.proxy and not dry_run:
-        needed = proxy_needed(platform, app)
+        needed = proxy_needed(platform.settings, app)
         await ensure_proxy(
             platform.settings, platform.db, platform.keyring, identity, needed, vo or None
         )
     adding = int(values[app.batch.count]) if app.batch.count else 1
     async with platform.reading() as session:  # before an image build starts for nothing
-        await check_queue_room(platform, session, identity.user_id, adding)
+        await check_queue_room(platform.settings, session, identity.user_id, adding)
     return _Admitted(app, backend, chosen, values, build_args, vo, member, lake)
 
 
@@ -131,7 +131,7 @@ async def dry_run(
             raise Conflict(state.problem)  # as the submission's build would be refused
         image_id, image_status = state.id, state.status
     jobs = plan_jobs(
-        admitted.chosen, app, values, await next_submission_id(platform),
+        admitted.chosen, app, values, await next_submission_id(platform.db),
         platform.catalog.directory,
     )  # fmt: skip
     member = admitted.member
@@ -195,7 +195,7 @@ async def _submit_batch(
             submission.datalake_dataset = default_dataset(app.name, submission.id)
         planned = plan_jobs(chosen, app, values, submission.id, platform.catalog.directory)
         # Again in the transaction that adds them: the user's submissions one at a time.
-        await check_queue_room(platform, session, owner_id, len(planned), lock=True)
+        await check_queue_room(platform.settings, session, owner_id, len(planned), lock=True)
         submission.job_count = len(planned)
         jobs = await _store_jobs(session, submission, planned)
         submission_id = submission.id
@@ -203,7 +203,7 @@ async def _submit_batch(
         claim.after_commit(platform)
     publish_jobs(platform.bus, jobs)
     platform.look_again()
-    return await get_submission(platform, owner_id, submission_id)
+    return await get_submission(platform.db, owner_id, submission_id)
 
 
 async def _store_jobs(
@@ -247,12 +247,17 @@ async def _store_jobs(
 
 
 async def check_queue_room(
-    platform: Platform, session: AsyncSession, owner_id: int, adding: int, *, lock: bool = False
+    settings: OperationSettings,
+    session: AsyncSession,
+    owner_id: int,
+    adding: int,
+    *,
+    lock: bool = False,
 ) -> None:
     """Raises TooMany if ``adding`` jobs would take the user over their limit of jobs not yet
     over (max_queued_jobs_per_user): one user's hundred thousand jobs would slow every
     query of the queue, and outlive the operator's patience."""
-    limit = platform.settings.max_queued_jobs_per_user
+    limit = settings.max_queued_jobs_per_user
     if not limit:
         return
     unfinished = await unfinished_jobs(session, owner_id, lock=lock)

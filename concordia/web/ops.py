@@ -32,9 +32,11 @@ async def readyz(request: Request, workers: bool = False) -> JSONResponse:
     platform: Platform | None = getattr(request.app.state, "platform", None)
     if platform is None or not getattr(request.app.state, "ready", False):
         return _unready("the platform is starting or stopping")
-    reason = await operations.unready_reason(platform)
+    reason = await operations.unready_reason(platform.db)
     if reason is None and workers:
-        reason = await operations.workers_absent_reason(platform, request.app.state.worker_watch)
+        reason = await operations.workers_absent_reason(
+            platform.settings, platform.db, platform.process, request.app.state.worker_watch
+        )
     if reason is not None:
         return _unready(reason)
     return JSONResponse({"status": "ready", "version": __version__})
@@ -61,8 +63,8 @@ async def metrics(request: Request) -> Response:
     platform: Platform | None = getattr(request.app.state, "platform", None)
     if platform is None:
         return JSONResponse({"detail": "the platform is starting"}, status_code=503)
-    counts = await operations.job_counts(platform)
-    workers = await operations.workers_alive(platform)
+    counts = await operations.job_counts(platform.db)
+    workers = await operations.workers_alive(platform.settings, platform.db, platform.process)
     # The 0.0.4 text format: what every Prometheus server reads.
     body = exposition(counts, platform.backends, works=platform.process.runs_work, workers=workers)
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)

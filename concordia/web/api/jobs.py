@@ -75,7 +75,9 @@ async def get_logs(
 ) -> LogChunk:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
-    return await outputs.job_log(platform, job, stream, offset, platform.settings.max_log_chunk)
+    return await outputs.job_log(
+        platform.settings, platform.backends, job, stream, offset, platform.settings.max_log_chunk
+    )
 
 
 @router.get("/jobs/{job_id}/outputs", responses=OUTPUTS | documented(429))
@@ -88,7 +90,9 @@ async def list_outputs(
 ) -> OutputPage:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
-    return await outputs.output_page(platform, user.user_id, job, page, per_page)
+    return await outputs.output_page(
+        platform.settings, platform.backends, platform.work, user.user_id, job, page, per_page
+    )
 
 
 @router.get(
@@ -101,7 +105,9 @@ async def download_zip(
 ) -> StreamingResponse:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
-    stream = await outputs.zip_outputs(platform, user.user_id, [job])
+    stream = await outputs.zip_outputs(
+        platform.settings, platform.backends, platform.work, user.user_id, [job]
+    )
     disposition = f'attachment; filename="job-{job.id}-outputs.zip"'
     return StreamingResponse(
         stream, media_type="application/zip", headers={"Content-Disposition": disposition}
@@ -118,7 +124,7 @@ async def download_output(
 ) -> FileResponse:
     async with platform.reading() as session:
         job = await job_logic.get_owned_job(session, user.user_id, job_id)
-    await outputs.fetch_outputs(platform, job)
+    await outputs.fetch_outputs(platform.settings, platform.backends, job)
     file = outputs.output_path(platform.settings.jobs_dir, job, path)
     # Opened in the browser, a job's SVG or HTML must not run script in Concordia's origin.
     return FileResponse(file, filename=file.name, headers=SAFE_DOWNLOAD_HEADERS)
@@ -158,7 +164,9 @@ async def kill_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> J
 
 @router.post("/jobs/{job_id}/reschedule", responses=CHANGES | documented(404, 409))
 async def reschedule_job(job_id: RowId, platform: PlatformDep, user: CurrentUser) -> JobSummary:
-    return await job_actions.reschedule_job(platform, user.user_id, job_id)
+    return await job_actions.reschedule_job(
+        platform.db, platform.bus, platform.process, user.user_id, job_id
+    )
 
 
 @router.delete("/jobs/{job_id}", responses=CHANGES | documented(404, 409))

@@ -52,7 +52,7 @@ async def create_submission(
 async def get_submission(
     submission_id: RowId, platform: PlatformDep, user: CurrentUser
 ) -> SubmissionView:
-    return await submission_views.get_submission(platform, user.user_id, submission_id)
+    return await submission_views.get_submission(platform.db, user.user_id, submission_id)
 
 
 @router.post("/submissions/{submission_id}/kill", responses=CHANGES | documented(404))

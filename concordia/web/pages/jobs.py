@@ -214,7 +214,7 @@ async def _job_parts(
         detail = await job_logic.job_detail(session, job)
     if JobStatus(job.status).is_final:
         try:
-            await outputs.fetch_outputs(platform, job)
+            await outputs.fetch_outputs(platform.settings, platform.backends, job)
         except DomainError as exc:  # e.g. the grid's store is down: what is here is shown
             log.warning("job %s: %s", job_id, exc.message)
     found = await platform.work.listings.call(

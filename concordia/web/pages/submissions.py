@@ -28,8 +28,8 @@ async def submission_page(
     request: Request, submission_id: RowId, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     page = page_number(request)
-    view = await submission_views.get_submission(platform, user.user_id, submission_id)
-    jobs = await submission_actions.jobs_page(platform, user.user_id, submission_id, page)
+    view = await submission_views.get_submission(platform.db, user.user_id, submission_id)
+    jobs = await submission_actions.jobs_page(platform.db, user.user_id, submission_id, page)
     app = platform.catalog.apps.get(view.application)
     pages = max(1, -(-view.job_count // PAGE_SIZE))
     takes = submission_actions.taken(view.counts)
@@ -43,7 +43,7 @@ async def submission_page(
 async def submission_progress(
     request: Request, submission_id: RowId, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
-    view = await submission_views.get_submission(platform, user.user_id, submission_id)
+    view = await submission_views.get_submission(platform.db, user.user_id, submission_id)
     return render(request, "submission_progress.html", s=view, buckets=BUCKETS)
 
 
@@ -52,7 +52,7 @@ async def submission_rows(
     request: Request, submission_id: RowId, platform: PlatformDep, user: PageUser
 ) -> HTMLResponse:
     page = page_number(request)
-    jobs = await submission_actions.jobs_page(platform, user.user_id, submission_id, page)
+    jobs = await submission_actions.jobs_page(platform.db, user.user_id, submission_id, page)
     return render(request, "submission_rows.html", jobs=jobs)
 
 
@@ -64,7 +64,7 @@ async def submission_action(
     chosen = next((a for a in ACTIONS if a == action), None)
     if chosen is None:
         raise Invalid("action", f"must be one of {', '.join(ACTIONS)}", location="path")
-    view = await submission_views.get_submission(platform, user.user_id, submission_id)
+    view = await submission_views.get_submission(platform.db, user.user_id, submission_id)
     asked = submission_actions.taken(view.counts)[chosen]
     outcome = await submission_actions.act(platform, user.user_id, submission_id, chosen)
     flash = flash_of(outcome, asked, scope="submission")

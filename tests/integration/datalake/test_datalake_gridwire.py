@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
-from concordia.backends.base import JobSpec
+from concordia.backends.base import Backend, JobSpec
 from concordia.db.tables import Job
 from concordia.logic import datalake_uploads
 from concordia.logic.errors import Conflict
-from concordia.logic.platform import Platform
-from concordia.settings import Settings
+from concordia.settings import ServerSettings, Settings
 from tests.conftest import running_app
 from tests.fakes.datalake import FakeLake
 from tests.integration.datalake.test_datalake import FINAL, settings_with_app
@@ -100,11 +99,13 @@ async def test_a_sandbox_not_fetched_at_first_is_fetched_again_without_a_restart
     fetch = datalake_uploads.fetch_outputs
     refused: list[int] = []
 
-    async def unanswered_twice(platform: Platform, job: Job) -> None:
+    async def unanswered_twice(
+        settings: ServerSettings, backends: dict[str, Backend], job: Job
+    ) -> None:
         if len(refused) < 2:
             refused.append(job.id)
             raise Conflict("the backend did not answer")
-        await fetch(platform, job)
+        await fetch(settings, backends, job)
 
     monkeypatch.setattr(datalake_uploads, "fetch_outputs", unanswered_twice)
     monkeypatch.setattr(datalake_uploads, "FETCH_TRIES", 1)

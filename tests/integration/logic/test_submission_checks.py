@@ -15,7 +15,7 @@ from concordia.core.jdl import parse_jdl
 from concordia.db.tables import Image, ImageUser
 from concordia.logic import submissions
 from concordia.logic.errors import TooMany
-from concordia.logic.platform import Platform
+from concordia.settings import OperationSettings
 from tests.conftest import Running, make_settings, running_app
 
 # Every request here is refused or dry-run, and leaves no image or job: no image seed.
@@ -98,11 +98,16 @@ async def test_a_submission_refused_after_its_image_claim_leaves_no_claim(
     first_check = submissions.check_queue_room
 
     async def full_when_storing(
-        platform: Platform, session: AsyncSession, owner_id: int, adding: int, *, lock: bool = False
+        settings: OperationSettings,
+        session: AsyncSession,
+        owner_id: int,
+        adding: int,
+        *,
+        lock: bool = False,
     ) -> None:
         if lock:
             raise TooMany("the queue filled up meanwhile")
-        await first_check(platform, session, owner_id, adding)
+        await first_check(settings, session, owner_id, adding)
 
     monkeypatch.setattr(submissions, "check_queue_room", full_when_storing)
     refused = await bare.client.post("/api/v1/submissions", json={"application": "hello"})
