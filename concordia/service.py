@@ -203,7 +203,7 @@ async def _follow_other_processes(
     """Where the work is shared between processes, each follows the others' changes in the
     database (a feed closed with the ``stack``); a process doing everything needs none."""
     if role == "web":  # the worker's changes reach this process's live pages
-        relay = Relay(platform)
+        relay = Relay(platform.settings, platform.db, platform.bus)
         await relay.start()
         tasks.append(asyncio.create_task(relay.run(), name="relay"))
         feed = ChangeFeed(engine, relay.wake.set)

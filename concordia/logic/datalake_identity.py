@@ -15,10 +15,12 @@ from concordia.auth.oidc import IamUnreachable
 from concordia.core.tokens import unverified_claims
 from concordia.datalake.errors import DatalakeError
 from concordia.datalake.store import DataLake, connect_as_user
+from concordia.logic.database import Database
 from concordia.logic.datalake_tokens import storage_reader
 from concordia.logic.iam_session import SessionEnded, audience_token
 from concordia.logic.keyring import Keyring
 from concordia.logic.platform import Platform
+from concordia.settings import DatalakeSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ async def lake_for(platform: Platform, user_id: int, username: str) -> AsyncIter
     service = LakeIdentity(
         service_lake(platform.datalake), platform.settings.datalake_account, False
     )
-    lake = await _own_lake(platform, user_id, username)
+    lake = await _own_lake(platform.settings, platform.db, platform.keyring, user_id, username)
     if lake is None:
         yield service
         return
@@ -71,27 +73,24 @@ async def lake_for(platform: Platform, user_id: int, username: str) -> AsyncIter
         await lake.aclose()
 
 
-async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake | None:
+async def _own_lake(
+    settings: DatalakeSettings, db: Database, keyring: Keyring, user_id: int, username: str
+) -> DataLake | None:
     """A client of Rucio as the user's own account, checked with whoami; None if there
     is none to have (why is logged, never a token)."""
-    settings = platform.settings
-    if not settings.datalake_user_tokens or platform.keyring.iam is None:
+    if not settings.datalake_user_tokens or keyring.iam is None:
         return None
-    kept = platform.keyring.lake_tokens.get(user_id)
+    kept = keyring.lake_tokens.get(user_id)
     if kept is not None:
-        return connect_as_user(
-            settings, username, kept[0], storage_reader(settings, platform.keyring)
-        )
+        return connect_as_user(settings, username, kept[0], storage_reader(settings, keyring))
     try:
-        token = await audience_token(
-            platform.db, platform.keyring, user_id, settings.datalake_token_audience
-        )
+        token = await audience_token(db, keyring, user_id, settings.datalake_token_audience)
     except (SessionEnded, IamUnreachable) as exc:
         log.info(
             "data lake: no IAM token of %s for Rucio (%s): the service account acts", username, exc
         )
         return None
-    lake = connect_as_user(settings, username, token, storage_reader(settings, platform.keyring))
+    lake = connect_as_user(settings, username, token, storage_reader(settings, keyring))
     try:
         account = await lake.whoami()
     except DatalakeError as exc:
@@ -99,7 +98,7 @@ async def _own_lake(platform: Platform, user_id: int, username: str) -> DataLake
     else:
         why = f"it is Rucio's account {account}"
     if account == username:
-        _keep(platform.keyring, user_id, token)
+        _keep(keyring, user_id, token)
         return lake
     await lake.aclose()
     log.warning(

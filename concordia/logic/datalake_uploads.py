@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from concordia.backends.base import Backend
 from concordia.core.application import ApplicationDef
 from concordia.core.states import InvalidTransition, JobStatus
 from concordia.datalake.errors import DatalakeError
@@ -198,7 +199,7 @@ async def _register_all(
 ) -> None:
     """Register what the job's wrapper stored, as its manifest (in the sandbox) says."""
     assert choice.dataset is not None
-    await _fetch(platform, job)
+    await _fetch(platform.settings, platform.backends, job)
     path = platform.settings.jobs_dir / job.uuid / "outputs" / MANIFEST
     try:
         text = await asyncio.to_thread(path.read_text)
@@ -223,12 +224,12 @@ async def _register_all(
             )  # fmt: skip
 
 
-async def _fetch(platform: Platform, job: Job) -> None:
+async def _fetch(settings: ServerSettings, backends: dict[str, Backend], job: Job) -> None:
     """The job's sandbox, a few times if its backend does not answer (then the job stays
     held: the worker tries again at its next timed poll)."""
     for attempt in range(FETCH_TRIES):
         try:
-            await fetch_outputs(platform.settings, platform.backends, job)
+            await fetch_outputs(settings, backends, job)
             return
         except Conflict:
             if attempt == FETCH_TRIES - 1:

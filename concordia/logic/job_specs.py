@@ -17,10 +17,12 @@ from concordia.images.store import StoredImage
 from concordia.logic import datalake_grid, datalake_tokens
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.jobs import transition
+from concordia.logic.keyring import Keyring
 from concordia.logic.platform import ImageBuilds, Platform
 from concordia.logic.proxies import usable_proxy
 from concordia.logic.scheduling import FairShare
 from concordia.logic.submission_plans import job_spec
+from concordia.settings import Settings
 
 
 @dataclass
@@ -84,13 +86,16 @@ async def specs_for(
         run_as = groups[job.submission_id]
         spec = _spec(platform.catalog, job, app, image, proxy, run_as, maybe_submitted)
         lake = lakes.get(job.submission_id)
-        if lake is None or _to_lake(platform, session, memory, job, app, spec, lake):
+        if lake is None or _to_lake(
+            platform.settings, platform.keyring, session, memory, job, app, spec, lake
+        ):
             specs.append(spec)
     return specs
 
 
 def _to_lake(
-    platform: Platform,
+    settings: Settings,
+    keyring: Keyring,
     session: AsyncSession,
     memory: RoundMemory,
     job: ReadyJob,
@@ -108,15 +113,13 @@ def _to_lake(
         memory.retry_later = True
         return False
     spec.datalake = datalake_grid.grid_settings(
-        platform.settings, lake.url, lake.choice, app,
+        settings, lake.url, lake.choice, app,
         submission_id=job.submission_id, index=job.index, job_uuid=job.uuid,
         attempt=job.reschedule_count, ca=lake.ca,
     )  # fmt: skip
-    if (keys := datalake_tokens.link_keys(platform.keyring)) is not None:
+    if (keys := datalake_tokens.link_keys(keyring)) is not None:
         # Its wrapper fetches a token per file with it, as it uploads.
-        link = datalake_tokens.upload_link(
-            platform.settings, platform.settings.public_url, keys, job.uuid
-        )
+        link = datalake_tokens.upload_link(settings, settings.public_url, keys, job.uuid)
         spec.datalake["token_url"] = link
     return True
 

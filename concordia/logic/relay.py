@@ -10,9 +10,11 @@ import time
 from concordia.core.image_status import ImageStatus
 from concordia.db import images as image_queries
 from concordia.db import job_history
+from concordia.logic.database import Database
+from concordia.logic.events import EventBus
 from concordia.logic.image_events import announce_image
 from concordia.logic.jobs import publish_jobs
-from concordia.logic.platform import Platform
+from concordia.settings import ImageSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +51,15 @@ class Relay:
     """Woken (``wake``) when the database may have changed: tails the status history (every
     change of a job adds a row) and watches the images being built."""
 
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
+    def __init__(self, settings: ImageSettings, db: Database, bus: EventBus) -> None:
+        self.settings, self.db, self.bus = settings, db, bus
         self.wake = asyncio.Event()
         self._cursor: HistoryCursor | None = None
         self._images: dict[str, str] = {}  # building when last seen: id -> status
 
     async def start(self) -> None:
         """From the changes after now (before this process serves anyone: none is missed)."""
-        async with self.platform.reading() as session:
+        async with self.db.reading() as session:
             self._cursor = HistoryCursor(await job_history.last_history_id(session))
             building = await image_queries.images_building(session)
             self._images = dict.fromkeys((i.id for i in building), ImageStatus.BUILDING)
@@ -76,15 +78,15 @@ class Relay:
     async def step(self) -> None:
         cursor = self._cursor
         assert cursor is not None, "Relay.start() first"
-        async with self.platform.reading() as session:
+        async with self.db.reading() as session:
             changes = await job_history.changes_after(session, cursor.last, cursor.gaps)
             images = await image_queries.images_building_or_among(session, self._images)
             changed_images = [
                 i for i in images if self._images.get(i.id, ImageStatus.BUILDING) != i.status
             ]
             for image in changed_images:
-                await announce_image(self.platform.settings, self.platform.bus, session, image)
+                await announce_image(self.settings, self.bus, session, image)
         self._images = {i.id: i.status for i in images if i.status == ImageStatus.BUILDING}
         cursor.note([history_id for history_id, _ in changes])  # in id order
         jobs = {job.id: job for _, job in changes}  # each job once, as it is now
-        publish_jobs(self.platform.bus, list(jobs.values()))
+        publish_jobs(self.bus, list(jobs.values()))
