@@ -162,7 +162,8 @@ async def test_wall_time_limit(make_backend: Factory) -> None:
 
 async def test_kill_running_job(make_backend: Factory) -> None:
     backend = await make_backend()
-    script = "trap 'echo got TERM; exit 1' TERM; echo started; sleep 300 & wait"
+    seconds = only_ours(300)
+    script = f"trap 'echo got TERM; exit 1' TERM; echo started; sleep {seconds} & wait"
     await backend.submit([job("k", "sh", "-c", script)])
     std_out = backend.job_dir("k") / "std.out"
     await until(lambda: std_out.exists() and "started" in std_out.read_text())
@@ -174,7 +175,7 @@ async def test_kill_running_job(make_backend: Factory) -> None:
     assert not pid_exists(pid)
     # Gone with the job (the kernel ends its sandbox's processes; on a loaded machine that
     # once took more than 5 s).
-    await until(lambda: not any(b"sleep\x00300" in c for c in cmdlines()), 15)
+    await until(lambda: not running("sleep", seconds), 15)
     await asyncio.sleep(0.2)
     assert await backend.poll([]) == []  # the caller records Killed itself
     outputs = backend.job_dir("k") / "outputs"
@@ -196,7 +197,8 @@ async def test_a_job_killed_while_it_starts_does_not_run(
 
     backend = await make_backend()  # (its start-up spawns probes)
     monkeypatch.setattr(ForkServer, "spawn", slow_spawn)
-    await backend.submit([job("s", "sleep", "301")])
+    seconds = only_ours(301)
+    await backend.submit([job("s", "sleep", seconds)])
     assert await asyncio.to_thread(entered.wait, 15)
     killing = asyncio.ensure_future(backend.kill([ref("s")]))
     await asyncio.sleep(0.3)
@@ -204,19 +206,27 @@ async def test_a_job_killed_while_it_starts_does_not_run(
     release.set()
     await within(killing)
     assert not backend.running("s")
-    await until(lambda: not any(b"sleep\x00301" in c for c in cmdlines()), 15)
+    await until(lambda: not running("sleep", seconds), 15)
     assert await backend.poll([]) == []  # not even Running: the caller records Killed
 
 
-def cmdlines() -> list[bytes]:
-    found = []
+def only_ours(seconds: int) -> str:
+    """A sleep's duration no other test's process has: the machine's processes are looked
+    through, and other test processes (the other pass, other workers) run sleeps too."""
+    return f"{seconds}.{os.getpid()}"
+
+
+def running(*argv: str) -> bool:
+    """Whether a process of this machine runs exactly ``argv``."""
+    wanted = "\0".join(argv).encode() + b"\0"
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                found.append(Path(f"/proc/{entry}/cmdline").read_bytes())
+                if Path(f"/proc/{entry}/cmdline").read_bytes() == wanted:
+                    return True
             except OSError:
                 pass
-    return found
+    return False
 
 
 async def test_kill_queued_job(make_backend: Factory) -> None:
