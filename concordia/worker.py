@@ -56,6 +56,9 @@ class Reconciler:
         #: The newest job when this process started: an older job may have been handed to
         #: its backend by a process that died before recording it.
         self._last_before_start = 0
+        #: Slots seen free, adopted from once their holder must have stopped.
+        side_by_side = platform.process.lease.side_by_side
+        self._free = adoption.FreeSlots(adoption.ADOPT_AFTER if side_by_side else 0.0)
         #: Hand-overs under way: their backend and the ids of their jobs (no round takes
         #: those again).
         self._handing: dict[asyncio.Task[None], tuple[str, set[int]]] = {}
@@ -305,23 +308,30 @@ class Reconciler:
     async def recover(self) -> None:
         """At start: the jobs this worker's slot had (its last holder died or stopped), and
         those of workers that died meanwhile, are adopted."""
-        await self.adopt(at_start=True)
+        # The slots' last holders may be alive for a moment, cut off from the database: their
+        # jobs are taken once they must have stopped (this worker's own slot's only now).
+        # (A wait for time to pass, not for an event: the holder stops unseen.)
+        while (wait := await self.adopt(at_start=True)) is not None:  # noqa: ASYNC110
+            await asyncio.sleep(wait)
         # Uploads a crash or stop cut short are taken up by the first round (a resync).
 
-    async def adopt(self, *, at_start: bool = False) -> None:
+    async def adopt(self, *, at_start: bool = False) -> float | None:
         """Jobs under way whose worker is gone (no live worker holds their slot) become this
         worker's (logic.adoption says what becomes of them); a grid's are watched here.
-        At start, this worker's own slot counts as gone (it held it just now)."""
+        At start, this worker's own slot counts as gone (it held it just now). The seconds
+        until a slot seen free may be adopted from; None if none waits."""
         if not (at_start or self.platform.process.lease.side_by_side):
-            return  # one worker at a time (SQLite): none is gone while it runs
+            return None  # one worker at a time (SQLite): none is gone while it runs
+        now = time.monotonic()
         async with self.platform.writing() as session:
             live = await adoption.others_alive(self.platform.process, session, at_start=at_start)
             newest = await adoption.newest_job_id(session)
             adopted = False
             for name, backend in self.platform.backends.items():
                 found = await adoption.adopt_from(
-                    self.platform.settings, self.platform.process, session, name, backend, live
-                )
+                    self.platform.settings, self.platform.process, session, name, backend,
+                    live, self._free, now,
+                )  # fmt: skip
                 if found is None:
                     continue
                 adopted = True
@@ -330,6 +340,7 @@ class Reconciler:
                 self._upload(found.held)
             if at_start or adopted:  # any job may have been handed over, unrecorded
                 self._last_before_start = newest
+        return self._free.wait(time.monotonic())
 
 
 async def cancel(task: asyncio.Task[Any]) -> None:

@@ -5,14 +5,14 @@ go back into the shared queue; a grid's are followed by the adopter."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concordia.backends.base import Backend
 from concordia.core.states import ACTIVE_STATES, JobStatus
 from concordia.db import worker_jobs
-from concordia.db.lease import live_slots
+from concordia.db.lease import CHECK_SECONDS, live_slots
 from concordia.db.tables import Job
 from concordia.logic import datalake_uploads
 from concordia.logic.job_ends import end_in_backend
@@ -24,6 +24,37 @@ log = logging.getLogger(__name__)
 
 #: The states of the jobs a worker holds: in the queue or its backend, or under way there.
 HELD_STATES = (JobStatus.WAITING, *ACTIVE_STATES)
+
+
+#: Seconds a slot must have been seen free before its jobs are adopted, where workers run
+#: side by side. Its holder may be alive, cut off from the database (a restart, a network
+#: cut): it sees that within CHECK_SECONDS and stops its jobs, and until then it would run
+#: them, and start those it has queued, beside their adopter, in the same job directories.
+ADOPT_AFTER = CHECK_SECONDS + 1.0
+
+
+@dataclass
+class FreeSlots:
+    """When this worker first saw each slot free (with jobs held in it), on the monotonic
+    clock: its jobs are adopted once it has been free for ``after`` seconds."""
+
+    after: float
+    since: dict[int, float] = field(default_factory=dict)
+
+    def settled(self, free: set[int], live: set[int], now: float) -> set[int]:
+        """Of the ``free`` slots, those free long enough; a ``live`` slot is forgotten (taken
+        again, it is seen free anew)."""
+        for slot in live:
+            self.since.pop(slot, None)
+        for slot in free:
+            self.since.setdefault(slot, now)
+        return {s for s in free if now - self.since[s] >= self.after}
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until the next slot seen free is settled; None if none is waiting."""
+        left = [self.since[s] + self.after - now for s in self.since]
+        waiting = [t for t in left if t > 0]
+        return min(waiting) if waiting else None
 
 
 class LeaseNotHeld(RuntimeError):
@@ -67,10 +98,15 @@ async def adopt_from(
     name: str,
     backend: Backend,
     live: set[int],
+    free: FreeSlots,
+    now: float,
 ) -> Adopted | None:
-    """The backend's jobs whose worker is not in ``live``, now this worker's (None: there
-    were none). A backend that does not survive a restart lost those under way."""
+    """The backend's jobs whose worker is not in ``live``, now this worker's, those of a
+    slot that has been ``free`` long enough (None: there were none). A backend that does not
+    survive a restart lost those under way."""
     jobs = await worker_jobs.gone_jobs(session, name, HELD_STATES, live)
+    settled = free.settled({j.worker for j in jobs if j.worker is not None}, live, now)
+    jobs = [j for j in jobs if j.worker is None or j.worker in settled]
     if not jobs:
         return None
     slot, shared = process.lease.slot, process.shared

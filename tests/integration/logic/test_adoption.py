@@ -22,6 +22,7 @@ from concordia.db.migrate import upgrade
 from concordia.db.tables import Job
 from concordia.images.build import BuilderChoice
 from concordia.images.store import ImageStore
+from concordia.logic.adoption import ADOPT_AFTER
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.database import Database
 from concordia.logic.keyring import Keyring
@@ -103,8 +104,28 @@ async def test_a_worker_whose_slot_is_not_held_adopts_nothing(settings: Settings
             await reconciler.adopt()  # its own, alive: left running
             assert await status_of(platform, job_id) == ("Running", SLOT)
             await assign(platform, job_id, SLOT + 1)  # another worker's, which died
-            await reconciler.adopt()
+            # Seen free now: its holder may be alive, cut off, and still running the job.
+            assert 0 < (await reconciler.adopt() or 0) <= ADOPT_AFTER
+            assert await status_of(platform, job_id) == ("Running", SLOT + 1)
+            await asyncio.sleep(ADOPT_AFTER)  # by now it has seen that, and stopped
+            assert await reconciler.adopt() is None
             assert await status_of(platform, job_id) == (JobStatus.RECEIVED.value, SLOT)
+
+
+async def test_a_restarted_worker_takes_its_slot_s_jobs_once_their_holder_has_stopped(
+    settings: Settings,
+) -> None:
+    """A worker that starts in a slot whose jobs are under way (its last holder died, or is
+    cut off from the database and has not seen it yet, its jobs still running) takes them
+    only once that holder must have stopped: the two would run them side by side, in the
+    same job directories (a crash test saw one job's run fail as the other's prepared)."""
+    async with worker(settings) as (platform, job_id), holding(settings, SLOT):
+        recovering = asyncio.ensure_future(Reconciler(platform).recover())
+        await asyncio.sleep(ADOPT_AFTER / 3)
+        assert not recovering.done()
+        assert await status_of(platform, job_id) == ("Running", SLOT)
+        await asyncio.wait_for(recovering, ADOPT_AFTER * 3)
+        assert await status_of(platform, job_id) == (JobStatus.RECEIVED.value, SLOT)
 
 
 async def test_a_job_under_way_with_no_worker_is_adopted(settings: Settings) -> None:
