@@ -63,12 +63,18 @@ async def test_a_failure_of_sqlite_s_file_is_logged_by_its_exact_name(
     url = f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'concordia.db'}"  # no such directory
     engine = make_read_engine(url) if reads else make_engine(url)
     assert engine is not None
+    before = set(threading.enumerate())
     try:
         with pytest.raises(OperationalError, match="unable to open database file"):
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
     finally:
         await engine.dispose()
+        # aiosqlite's thread of the connection that failed stops on its own, and tells this
+        # event loop: it must not outlive the test's loop.
+        for thread in set(threading.enumerate()) - before:
+            if thread.name.endswith("(_connection_worker_thread)"):
+                await asyncio.to_thread(thread.join, 10)
     assert "SQLite failed: SQLITE_CANTOPEN (unable to open database file)" in caplog.text
 
 
