@@ -4,7 +4,8 @@ Builds the busybox image once (mmdebstrap, in a temporary data dir), then runs `
 it N times one after the other through the local backend (job directory, launcher with
 limits, cgroup, sandbox, outputs collection; submit to final update) and, last, N times as
 the bare bubblewrap command on the same rootfs. Last line: `ratio <x>` (median backend /
-median direct). Goal: <= 1.5.
+median direct). Also printed, where the server runs as root: the same bubblewrap command
+as the job's user (the privilege drop's own share of the gap). Goal: <= 1.2.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from options import benchmark, parse
 
 from concordia.backends import sandbox
 from concordia.backends.base import JobImage, JobSpec
+from concordia.backends.job_process import privilege_drop
 from concordia.backends.local import LocalBackend
 from concordia.core.recipe import Recipe
 from concordia.core.states import FINAL_STATES
@@ -72,14 +74,15 @@ async def through_backend(
     return times, backend.limits_summary
 
 
-def direct(rootfs: Path, workdir: Path, runs: int) -> list[float]:
+def direct(rootfs: Path, workdir: Path, runs: int, prefix: list[str] | None = None) -> list[float]:
+    """The bare bubblewrap command, run by this process (``prefix`` before it)."""
     workdir.mkdir(exist_ok=True)
     sandbox.hand_over(workdir)
     cmd = sandbox.build_command(["true"], workdir, isolated=True, rootfs=rootfs)
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+        subprocess.run([*(prefix or []), *cmd], check=True, stdin=subprocess.DEVNULL)
         times.append(time.perf_counter() - started)
     return times
 
@@ -97,7 +100,13 @@ def main() -> None:
         image = JobImage(id="0" * 64, rootfs=rootfs)
         ours, _ = asyncio.run(through_backend(settings, args.runs, image))
         bare = direct(rootfs, data_dir / "direct-work", args.runs)
+        # What part of the gap is the drop to the job's user (a server running as root
+        # starts its jobs through setpriv, and bwrap then builds a user namespace unaided).
+        drop = privilege_drop()
+        dropped = direct(rootfs, data_dir / "direct-work", args.runs, drop) if drop else []
     print(f"runs {args.runs}")
+    if dropped:
+        print(f"bwrap_as_the_job_user_median_ms {statistics.median(dropped) * 1000:.2f}")
     print_ratio(ours, bare)
 
 
