@@ -6,7 +6,7 @@ Runs, in the same process and the same run:
   submission is finished (every job Done, with its history and outputs stored);
 - direct: the same 200 bubblewrap command lines (the local backend's own sandbox) run
   straight from asyncio with the same parallelism, no database, no server.
-Last line: `ratio <platform/direct>`. Goal <= 1.5.
+Last line: `ratio <platform/direct>`. Goal <= 1.2.
 """
 
 from __future__ import annotations
