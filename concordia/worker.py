@@ -57,8 +57,7 @@ class Reconciler:
         #: its backend by a process that died before recording it.
         self._last_before_start = 0
         #: Slots seen free, adopted from once their holder must have stopped.
-        side_by_side = platform.process.lease.side_by_side
-        self._free = adoption.FreeSlots(adoption.ADOPT_AFTER if side_by_side else 0.0)
+        self._free = adoption.free_slots(platform.process)
         #: Hand-overs under way: their backend and the ids of their jobs (no round takes
         #: those again).
         self._handing: dict[asyncio.Task[None], tuple[str, set[int]]] = {}

@@ -57,6 +57,12 @@ class FreeSlots:
         return min(waiting) if waiting else None
 
 
+def free_slots(process: Process) -> FreeSlots:
+    """How long this worker waits on a free slot: ADOPT_AFTER where workers run side by side;
+    not at all where one runs at a time (SQLite's lock goes only with its process)."""
+    return FreeSlots(ADOPT_AFTER if process.lease.side_by_side else 0.0)
+
+
 class LeaseNotHeld(RuntimeError):
     """The worker's slot is not held in the database: its round is not done."""
 

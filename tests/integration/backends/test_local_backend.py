@@ -167,6 +167,7 @@ async def test_kill_running_job(make_backend: Factory) -> None:
     await backend.submit([job("k", "sh", "-c", script)])
     std_out = backend.job_dir("k") / "std.out"
     await until(lambda: std_out.exists() and "started" in std_out.read_text())
+    await until(lambda: running("sleep", seconds))  # what is looked for below is there
     pending = await backend.poll([])
     pid = next(u.state["pid"] for u in pending if u.status == S.RUNNING)
     assert backend.running("k") and pid_exists(pid)
