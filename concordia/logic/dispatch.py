@@ -76,9 +76,12 @@ async def dispatch_round(
                 platform.settings, session, share, name, room, queued, new, being_handed
             )
             picked = {*choice.chosen, *choice.held_back} - {row.id for row in new}
+            # Chosen from a read without locks: still in the queue once locked, or another
+            # worker took it meanwhile (on PostgreSQL the lock reads the row as committed).
             old = await take(
-                session, READY_COLUMNS, worker_jobs.with_ids(picked), limit=len(picked), leave=()
-            )
+                session, READY_COLUMNS, worker_jobs.with_ids(picked), queued,
+                limit=len(picked), leave=(),
+            )  # fmt: skip
         if not old and not new:
             return None
         # More than a round takes (not only more than there is room for): back at once.

@@ -238,6 +238,6 @@ def test_a_failing_build_exits_1_with_its_error(toy_server: LiveServer) -> None:
 
     # Asked again, a failed image is built again; followed in plain text: exit 1 too.
     retried = cli(toy_server, "images", "build", "broken", "--follow")
-    assert retried.exit_code == 1
+    assert retried.exit_code == 1, (retried.stdout, retried.stderr)
     assert "### step 2/2: echo about to fail; exit 3" in retried.stdout
     assert "failed to build" in retried.stderr
