@@ -91,11 +91,15 @@ class ImageStore:
         os.rename(work, target)
         return StoredImage(image_id, target, meta)
 
+    def forget_log(self, image_id: str) -> None:
+        """The log of an earlier build gone: the next build's log starts empty."""
+        self.log_path(image_id).unlink(missing_ok=True)
+
     def delete(self, image_id: str) -> None:
         target = self.path(image_id)
         if target.exists():
             self._discard(target)
-        self.log_path(image_id).unlink(missing_ok=True)
+        self.forget_log(image_id)
 
     def _discard(self, path: Path) -> None:
         # Renamed away first: the id disappears at once, the slow removal comes after.

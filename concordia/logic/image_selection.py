@@ -117,6 +117,9 @@ async def claim_image(
             row = Image(id=plan.image_id, application=plan.application, build_args=plan.build_args)
             session.add(row)
         row.status, row.error, row.created_at = ImageStatus.BUILDING, "", utcnow()
+        # Before the commit, so before the build begins, in this process or a worker: a
+        # reader of the log from now on sees this build's alone, from its first byte.
+        images.store.forget_log(plan.image_id)
         row.builder = images.choice.summary
         ready, build = False, replace(plan, fresh=force)
     await session.flush()  # the image row before its users'

@@ -193,6 +193,23 @@ async def test_a_failing_step_fails_the_build_and_its_jobs(image_settings: Setti
         detail = (await client.get(f"/api/v1/jobs/{jobs[0]['id']}")).json()
         assert detail["image_id"] == image_id  # the job leads to the build log
 
+        # Asked again, it builds again, with a log of its own from its first byte: a build
+        # waiting for a slot has written none yet (a follower saw the failed one's, then
+        # this one's from where that one ended).
+        slots = app.platform.images.slots
+        for _ in range(2):
+            await slots.acquire()
+        again = await client.post("/api/v1/images", json={"application": "broken"})
+        assert again.json()["image"]["status"] == "building"
+        waiting = await client.get(f"/api/v1/images/{image_id}/log")
+        assert waiting.headers["X-Image-Status"] == "building"
+        assert waiting.text == "" and waiting.headers["X-Log-Offset"] == "0"
+        for _ in range(2):
+            slots.release()
+        assert (await wait_built(client, image_id))["status"] == "failed"
+        log = (await client.get(f"/api/v1/images/{image_id}/log")).text
+        assert log.count("BUILD FAILED") == 1, log
+
 
 async def test_jobs_wait_for_their_image_then_run_in_it(image_settings: Settings) -> None:
     async with running_app(image_settings) as app:
