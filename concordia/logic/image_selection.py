@@ -103,7 +103,8 @@ async def claim_image(
 ) -> ImageClaim:
     """In the caller's transaction: the image of ``plan`` (found, adopted from the store, or
     marked building) and the user's claims on it under ``vos``. The caller commits, then
-    calls ``after_commit``."""
+    calls ``after_commit``. Marked building, its earlier build's log is removed at once (a
+    rollback does not bring it back; the row keeps that build's error)."""
     row = await session.get(Image, plan.image_id)
     stored = images.store.get(plan.image_id)
     if row is None and stored is not None and not force:

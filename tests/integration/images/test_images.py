@@ -196,15 +196,16 @@ async def test_a_failing_step_fails_the_build_and_its_jobs(image_settings: Setti
         # Asked again, it builds again, with a log of its own from its first byte: a build
         # waiting for a slot has written none yet (a follower saw the failed one's, then
         # this one's from where that one ended).
-        slots = app.platform.images.slots
-        for _ in range(2):
+        slots, held = app.platform.images.slots, 0
+        while not slots.locked():  # every build slot taken: the build waits for one
             await slots.acquire()
+            held += 1
         again = await client.post("/api/v1/images", json={"application": "broken"})
         assert again.json()["image"]["status"] == "building"
         waiting = await client.get(f"/api/v1/images/{image_id}/log")
         assert waiting.headers["X-Image-Status"] == "building"
         assert waiting.text == "" and waiting.headers["X-Log-Offset"] == "0"
-        for _ in range(2):
+        for _ in range(held):
             slots.release()
         assert (await wait_built(client, image_id))["status"] == "failed"
         log = (await client.get(f"/api/v1/images/{image_id}/log")).text
