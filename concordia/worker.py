@@ -58,6 +58,8 @@ class Reconciler:
         self._last_before_start = 0
         #: Slots seen free, adopted from once their holder must have stopped.
         self._free = adoption.free_slots(platform.process)
+        #: Whether the log told that jobs to adopt at start were held by a transaction.
+        self._busy_told = False
         #: Hand-overs under way: their backend and the ids of their jobs (no round takes
         #: those again).
         self._handing: dict[asyncio.Task[None], tuple[str, set[int]]] = {}
@@ -318,20 +320,22 @@ class Reconciler:
         """Jobs under way whose worker is gone (no live worker holds their slot) become this
         worker's (logic.adoption says what becomes of them); a grid's are watched here.
         At start, this worker's own slot counts as gone (it held it just now). The seconds
-        until a slot seen free may be adopted from; None if none waits."""
+        until a slot seen free may be adopted from, or until jobs to adopt at start that
+        another transaction holds are looked for again; None if none waits."""
         if not (at_start or self.platform.process.lease.side_by_side):
             return None  # one worker at a time (SQLite): none is gone while it runs
         now = time.monotonic()
         async with self.platform.writing() as session:
             live = await adoption.others_alive(self.platform.process, session, at_start=at_start)
             newest = await adoption.newest_job_id(session)
-            adopted = False
+            adopted = busy = False
             for name, backend in self.platform.backends.items():
                 found = await adoption.adopt_from(
                     self.platform.settings, self.platform.process, session, name, backend,
-                    live, self._free, now,
+                    live, self._free, now, at_start=at_start,
                 )  # fmt: skip
-                if found is None:
+                busy |= found.busy
+                if not found.jobs:
                     continue
                 adopted = True
                 self._watch(name, found.jobs)
@@ -339,7 +343,16 @@ class Reconciler:
                 self._upload(found.held)
             if at_start or adopted:  # any job may have been handed over, unrecorded
                 self._last_before_start = newest
-        return self._free.wait(time.monotonic())
+        wait = self._free.wait(time.monotonic())
+        if busy:
+            if not self._busy_told:
+                self._busy_told = True
+                log.warning(
+                    "jobs of gone workers are held by another transaction (a killed process's "
+                    "the database has not ended yet?): looking again until it lets go"
+                )
+            return min(wait or adoption.BUSY_RETRY, adoption.BUSY_RETRY)
+        return wait
 
 
 async def cancel(task: asyncio.Task[Any]) -> None:

@@ -97,7 +97,29 @@ async def gone_jobs(
     session: AsyncSession, backend: str, statuses: Collection[JobStatus], live: Collection[int]
 ) -> list[Job]:
     """The backend's jobs in one of ``statuses`` whose worker is gone (its slot is not in
-    ``live``), locked; those another worker is adopting are left to it (PostgreSQL)."""
+    ``live``), locked; those another transaction holds are left (PostgreSQL): another worker
+    adopting them, or one killed in a transaction that the database has not ended yet."""
+    rows = await session.scalars(
+        select(Job).where(_gone(backend, statuses, live)).with_for_update(skip_locked=True)
+    )
+    return list(rows)
+
+
+async def count_gone(
+    session: AsyncSession, backend: str, statuses: Collection[JobStatus], live: Collection[int]
+) -> int:
+    """How many jobs gone_jobs would find, those another transaction holds included."""
+    return (
+        await session.scalar(
+            select(func.count()).select_from(Job).where(_gone(backend, statuses, live))
+        )
+        or 0
+    )
+
+
+def _gone(
+    backend: str, statuses: Collection[JobStatus], live: Collection[int]
+) -> ColumnElement[bool]:
     # A job with no worker is in the shared queue, but for those of before workers had
     # slots, handed over already, and those under way without one (before LeaseNotHeld a
     # worker could put its own queued jobs back, then run them).
@@ -106,9 +128,4 @@ async def gone_jobs(
         and_(Job.worker.is_not(None), Job.worker.not_in(live)),
         and_(Job.worker.is_(None), unqueued),
     )
-    rows = await session.scalars(
-        select(Job)
-        .where(Job.backend == backend, Job.status.in_([s.value for s in statuses]), gone)
-        .with_for_update(skip_locked=True)
-    )
-    return list(rows)
+    return and_(Job.backend == backend, Job.status.in_([s.value for s in statuses]), gone)

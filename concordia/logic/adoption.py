@@ -67,12 +67,19 @@ class LeaseNotHeld(RuntimeError):
     """The worker's slot is not held in the database: its round is not done."""
 
 
+#: Seconds between looks at start for jobs whose rows another transaction holds.
+BUSY_RETRY = 0.5
+
+
 @dataclass
 class Adopted:
     """A backend's jobs adopted: all of them, and those whose data go to the data lake."""
 
-    jobs: list[Job]
-    held: list[int]
+    jobs: list[Job] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)
+    #: Whether some were left, their rows held by another transaction (looked for at start
+    #: only: later rounds look again anyway).
+    busy: bool = False
 
 
 async def others_alive(process: Process, session: AsyncSession, *, at_start: bool) -> set[int]:
@@ -106,15 +113,20 @@ async def adopt_from(
     live: set[int],
     free: FreeSlots,
     now: float,
-) -> Adopted | None:
+    *,
+    at_start: bool = False,
+) -> Adopted:
     """The backend's jobs whose worker is not in ``live``, now this worker's, those of a
-    slot that has been ``free`` long enough (None: there were none). A backend that does not
-    survive a restart lost those under way."""
+    slot that has been ``free`` long enough. A backend that does not survive a restart lost
+    those under way. ``at_start``: whether some were left, held by another transaction."""
     jobs = await worker_jobs.gone_jobs(session, name, HELD_STATES, live)
+    # This worker's own slot's jobs are gone at start only: one that a killed transaction
+    # still holds must be waited for, or it would be left Running for ever.
+    busy = at_start and await worker_jobs.count_gone(session, name, HELD_STATES, live) > len(jobs)
     settled = free.settled({j.worker for j in jobs if j.worker is not None}, live, now)
     jobs = [j for j in jobs if j.worker is None or j.worker in settled]
     if not jobs:
-        return None
+        return Adopted(busy=busy)
     slot, shared = process.lease.slot, process.shared
     gone_from = {job.id: process_name(job.worker, shared) for job in jobs}
     for job in jobs:
@@ -142,7 +154,7 @@ async def adopt_from(
         ", ".join(sorted(set(gone_from.values()))), len(lost), queued,
         len(jobs) - len(lost) - queued,
     )  # fmt: skip
-    return Adopted(jobs, [j.id for j in held])
+    return Adopted(jobs, [j.id for j in held], busy)
 
 
 def stall(session: AsyncSession, job: Job, max_reschedules: int, gone: str) -> None:

@@ -159,3 +159,26 @@ async def test_news_of_a_job_another_worker_adopted_is_not_recorded(settings: Se
         backend._emit(uuid, JobStatus.DONE, "Execution Complete")
         await reconciler.apply_updates("local", backend)
         assert await status_of(platform, job_id) == ("Done", SLOT)
+
+
+async def test_a_restarted_worker_takes_its_jobs_once_a_dead_transaction_lets_go(
+    settings: Settings,
+) -> None:
+    """A worker killed in a transaction leaves its jobs' rows locked until the database sees
+    its connection closed, which may be after the restarted worker looks for them: it looks
+    again until it has them (it never would later: its own slot's jobs are gone only at
+    start), and they are not left Running for ever."""
+    async with worker(settings) as (platform, job_id), holding(settings, SLOT):
+        engine = make_engine(settings.database_url)
+        try:
+            async with engine.connect() as dead:  # the killed worker's open transaction
+                await dead.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+                recovering = asyncio.ensure_future(Reconciler(platform).recover())
+                await asyncio.sleep(ADOPT_AFTER * 1.5)
+                assert not recovering.done()
+                assert await status_of(platform, job_id) == ("Running", SLOT)
+                await dead.rollback()  # the database ends it
+            await asyncio.wait_for(recovering, ADOPT_AFTER * 3)
+        finally:
+            await engine.dispose()
+        assert await status_of(platform, job_id) == (JobStatus.RECEIVED.value, SLOT)
