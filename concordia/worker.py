@@ -329,12 +329,15 @@ class Reconciler:
             live = await adoption.others_alive(self.platform.process, session, at_start=at_start)
             newest = await adoption.newest_job_id(session)
             adopted = busy = False
+            waits = []
             for name, backend in self.platform.backends.items():
                 found = await adoption.adopt_from(
                     self.platform.settings, self.platform.process, session, name, backend,
                     live, self._free, now, at_start=at_start,
                 )  # fmt: skip
                 busy |= found.busy
+                if found.wait is not None:
+                    waits.append(found.wait)
                 if not found.jobs:
                     continue
                 adopted = True
@@ -343,7 +346,7 @@ class Reconciler:
                 self._upload(found.held)
             if at_start or adopted:  # any job may have been handed over, unrecorded
                 self._last_before_start = newest
-        wait = self._free.wait(time.monotonic())
+        wait = min(waits, default=None)
         if busy:
             if not self._busy_told:
                 self._busy_told = True

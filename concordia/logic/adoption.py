@@ -41,20 +41,19 @@ class FreeSlots:
     after: float
     since: dict[int, float] = field(default_factory=dict)
 
-    def settled(self, free: set[int], live: set[int], now: float) -> set[int]:
-        """Of the ``free`` slots, those free long enough; a ``live`` slot is forgotten (taken
-        again, it is seen free anew)."""
+    def settled(self, free: set[int], live: set[int], now: float) -> tuple[set[int], float | None]:
+        """Of the ``free`` slots, those free long enough, and the seconds until the next of
+        the others is (None: none waits); a ``live`` slot is forgotten (taken again, it is
+        seen free anew). Both as of ``now``: a wait reckoned later could find the time up of
+        a slot not settled here, and leave it (the worker's timers may also fire early:
+        uvloop's have a millisecond's resolution)."""
         for slot in live:
             self.since.pop(slot, None)
         for slot in free:
             self.since.setdefault(slot, now)
-        return {s for s in free if now - self.since[s] >= self.after}
-
-    def wait(self, now: float) -> float | None:
-        """Seconds until the next slot seen free is settled; None if none is waiting."""
-        left = [self.since[s] + self.after - now for s in self.since]
-        waiting = [t for t in left if t > 0]
-        return min(waiting) if waiting else None
+        left = {s: self.since[s] + self.after - now for s in free}
+        waiting = [t for t in left.values() if t > 0]
+        return {s for s, t in left.items() if t <= 0}, min(waiting) if waiting else None
 
 
 def free_slots(process: Process) -> FreeSlots:
@@ -80,6 +79,8 @@ class Adopted:
     #: Whether some were left, their rows held by another transaction (looked for at start
     #: only: later rounds look again anyway).
     busy: bool = False
+    #: Seconds until the slot of others left is free long enough (None: none waits).
+    wait: float | None = None
 
 
 async def others_alive(process: Process, session: AsyncSession, *, at_start: bool) -> set[int]:
@@ -123,10 +124,10 @@ async def adopt_from(
     # This worker's own slot's jobs are gone at start only: one that a killed transaction
     # still holds must be waited for, or it would be left Running for ever.
     busy = at_start and await worker_jobs.count_gone(session, name, HELD_STATES, live) > len(jobs)
-    settled = free.settled({j.worker for j in jobs if j.worker is not None}, live, now)
+    settled, wait = free.settled({j.worker for j in jobs if j.worker is not None}, live, now)
     jobs = [j for j in jobs if j.worker is None or j.worker in settled]
     if not jobs:
-        return Adopted(busy=busy)
+        return Adopted(busy=busy, wait=wait)
     slot, shared = process.lease.slot, process.shared
     gone_from = {job.id: process_name(job.worker, shared) for job in jobs}
     for job in jobs:
@@ -154,7 +155,7 @@ async def adopt_from(
         ", ".join(sorted(set(gone_from.values()))), len(lost), queued,
         len(jobs) - len(lost) - queued,
     )  # fmt: skip
-    return Adopted(jobs, [j.id for j in held], busy)
+    return Adopted(jobs, [j.id for j in held], busy, wait)
 
 
 def stall(session: AsyncSession, job: Job, max_reschedules: int, gone: str) -> None:

@@ -182,3 +182,22 @@ async def test_a_restarted_worker_takes_its_jobs_once_a_dead_transaction_lets_go
         finally:
             await engine.dispose()
         assert await status_of(platform, job_id) == (JobStatus.RECEIVED.value, SLOT)
+
+
+async def test_a_restarted_worker_takes_its_jobs_though_its_timer_fires_early(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop's timers (uvicorn runs on uvloop) have a millisecond's resolution: a worker
+    waiting for its slot's jobs to be free long enough may look a moment too soon. It looks
+    again then, rather than stop looking with the jobs left Running for ever."""
+    sleep = asyncio.sleep
+
+    async def early(delay: float) -> None:
+        # Far too early, so that the worker looks many times over and one of its looks
+        # begins before the slot's time is up and ends after.
+        await sleep(max(0.0, delay - ADOPT_AFTER / 6))
+
+    monkeypatch.setattr(asyncio, "sleep", early)
+    async with worker(settings) as (platform, job_id), holding(settings, SLOT):
+        await asyncio.wait_for(Reconciler(platform).recover(), ADOPT_AFTER * 3)
+        assert await status_of(platform, job_id) == (JobStatus.RECEIVED.value, SLOT)
