@@ -351,8 +351,8 @@ class Reconciler:
             if not self._busy_told:
                 self._busy_told = True
                 log.warning(
-                    "jobs of gone workers are held by another transaction (a killed process's "
-                    "the database has not ended yet?): looking again until it lets go"
+                    "jobs of gone workers are locked by another transaction (a killed "
+                    "process's, not yet ended by the database?): looking again until it ends"
                 )
             return min(wait or adoption.BUSY_RETRY, adoption.BUSY_RETRY)
         return wait
