@@ -346,16 +346,13 @@ class Reconciler:
                 self._upload(found.held)
             if at_start or adopted:  # any job may have been handed over, unrecorded
                 self._last_before_start = newest
-        wait = min(waits, default=None)
-        if busy:
-            if not self._busy_told:
-                self._busy_told = True
-                log.warning(
-                    "jobs of gone workers are locked by another transaction (a killed "
-                    "process's, not yet ended by the database?): looking again until it ends"
-                )
-            return min(wait or adoption.BUSY_RETRY, adoption.BUSY_RETRY)
-        return wait
+        if busy and not self._busy_told:
+            self._busy_told = True
+            log.warning(
+                "jobs of gone workers are locked by another transaction (a killed "
+                "process's, not yet ended by the database?): looking again until it ends"
+            )
+        return min(waits, default=None)
 
 
 async def cancel(task: asyncio.Task[Any]) -> None:

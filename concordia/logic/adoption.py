@@ -79,7 +79,8 @@ class Adopted:
     #: Whether some were left, their rows held by another transaction (looked for at start
     #: only: later rounds look again anyway).
     busy: bool = False
-    #: Seconds until the slot of others left is free long enough (None: none waits).
+    #: Seconds until those left are looked for again: until their slot is free long enough,
+    #: at most BUSY_RETRY when some were busy (None: none waits).
     wait: float | None = None
 
 
@@ -119,12 +120,14 @@ async def adopt_from(
 ) -> Adopted:
     """The backend's jobs whose worker is not in ``live``, now this worker's, those of a
     slot that has been ``free`` long enough. A backend that does not survive a restart lost
-    those under way. ``at_start``: whether some were left, held by another transaction."""
+    those under way. ``at_start``, those another transaction holds are waited for too."""
     jobs = await worker_jobs.gone_jobs(session, name, HELD_STATES, live)
     # This worker's own slot's jobs are gone at start only: one that a killed transaction
     # still holds must be waited for, or it would be left Running for ever.
     busy = at_start and await worker_jobs.count_gone(session, name, HELD_STATES, live) > len(jobs)
     settled, wait = free.settled({j.worker for j in jobs if j.worker is not None}, live, now)
+    if busy:
+        wait = BUSY_RETRY if wait is None else min(wait, BUSY_RETRY)
     jobs = [j for j in jobs if j.worker is None or j.worker in settled]
     if not jobs:
         return Adopted(busy=busy, wait=wait)
