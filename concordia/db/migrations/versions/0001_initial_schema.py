@@ -17,7 +17,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """The tables, each after those its foreign keys name."""
+    _applications_and_images()
+    _users()
+    _submissions()
+    _jobs()
+    _job_status_history()
 
+
+def _applications_and_images() -> None:
+    """The applications and the images built for them."""
     op.create_table(
         "applications",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -45,6 +54,9 @@ def upgrade() -> None:
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_images_application"), ["application"], unique=False)
 
+
+def _users() -> None:
+    """Users and their API tokens."""
     op.create_table(
         "users",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -71,6 +83,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
         sa.UniqueConstraint("digest", name=op.f("uq_api_tokens_digest")),
     )
+
+
+def _submissions() -> None:
+    """Submissions, each of one user's application."""
     op.create_table(
         "submissions",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -101,6 +117,9 @@ def upgrade() -> None:
     with op.batch_alter_table("submissions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_submissions_owner_id"), ["owner_id"], unique=False)
 
+
+def _jobs() -> None:
+    """Jobs, each of one submission, with the indexes of the monitor."""
     op.create_table(
         "jobs",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -144,6 +163,9 @@ def upgrade() -> None:
         batch_op.create_index("ix_jobs_status_backend", ["status", "backend"], unique=False)
         batch_op.create_index(batch_op.f("ix_jobs_submission_id"), ["submission_id"], unique=False)
 
+
+def _job_status_history() -> None:
+    """Every status a job went through."""
     op.create_table(
         "job_status_history",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
