@@ -26,9 +26,11 @@ from concordia.logic.platform import Platform
 from concordia.settings import Settings
 from concordia.web.app import create_app
 from tests.database import pg_template, test_database
+from tests.tls import share_default_context
 
 pytest_plugins = ["tests.iam.fixtures", "tests.diracx.fixtures", "tests.registry", "tests.rucio"]
 __all__ = ["pg_template", "test_database"]  # every test's database (tests/database.py)
+share_default_context()  # the suite's many short-lived httpx clients (tests/tls.py)
 
 
 #: Fixtures that start real parts (image builds and jobs, servers, a browser): a test using
