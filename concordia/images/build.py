@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -93,6 +95,20 @@ def _probe(name: str, podman: PodmanSetup) -> Builder | str:
 
 
 def _version(cmd: list[str]) -> str:
+    """The first line ``cmd`` prints (a builder's version), asked again only once the program's
+    file has changed: `mmdebstrap --version` costs 0.1 s of CPU, and a process that starts
+    platforms one after the other (the tests do) would ask it at each start."""
+    path = shutil.which(cmd[0])
+    try:
+        found = os.stat(path) if path else None
+    except OSError:
+        found = None
+    same_file = (found.st_ino, found.st_mtime_ns, found.st_size) if found else None
+    return _asked_version(tuple(cmd), path, same_file)
+
+
+@functools.lru_cache(maxsize=8)
+def _asked_version(cmd: tuple[str, ...], path: str | None, same_file: object) -> str:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
