@@ -12,6 +12,9 @@ from concordia.core.application import ApplicationDef
 from concordia.logic.errors import NotFound
 
 log = logging.getLogger(__name__)
+#: libyaml's parser where PyYAML was built with it: the same documents, read in a tenth of the
+#: time (a catalogue is read at each start).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ApplicationCatalog:
@@ -27,7 +30,7 @@ class ApplicationCatalog:
         errors: dict[str, str] = {}
         for path in sorted(self.directory.glob("*.yaml")):
             try:
-                app = ApplicationDef.model_validate(yaml.safe_load(path.read_text()))
+                app = ApplicationDef.model_validate(yaml.load(path.read_text(), _LOADER))  # noqa: S506 (a safe loader)
                 if app.name != path.stem:
                     raise ValueError(f"name {app.name!r} differs from the file name")
                 for rel in app.input_files:
