@@ -88,32 +88,32 @@ def _probe(name: str, podman: PodmanSetup) -> Builder | str:
         command = shutil.which("apptainer") or shutil.which("singularity")
         if command is None:
             return f"not installed ({INSTALL_HINTS['apptainer']})"
-        return ApptainerBuilder(command, _version([command, "--version"]))
-    if shutil.which("mmdebstrap") is None:
+        return ApptainerBuilder(command, _version(command))
+    command = shutil.which("mmdebstrap")
+    if command is None:
         return f"not installed ({INSTALL_HINTS['mmdebstrap']})"
-    return MmdebstrapBuilder(f"mmdebstrap {_version(['mmdebstrap', '--version']).split()[-1]}")
+    return MmdebstrapBuilder(f"mmdebstrap {_version(command).split()[-1]}")
 
 
-def _version(cmd: list[str]) -> str:
-    """The first line ``cmd`` prints (a builder's version), asked again only once the program's
-    file has changed: `mmdebstrap --version` costs 0.1 s of CPU, and a process that starts
-    platforms one after the other (the tests do) would ask it at each start."""
-    path = shutil.which(cmd[0])
+def _version(program: str) -> str:
+    """The first line `program --version` prints, asked again only once the program's file has
+    changed: `mmdebstrap --version` costs 0.1 s of CPU, and a process that starts platforms one
+    after the other (the tests do) would ask it at each start."""
     try:
-        found = os.stat(path) if path else None
+        found = os.stat(program)
     except OSError:
-        found = None
-    same_file = (found.st_ino, found.st_mtime_ns, found.st_size) if found else None
-    return _asked_version(tuple(cmd), path, same_file)
+        return _asked_version(program, None)
+    return _asked_version(program, (found.st_ino, found.st_mtime_ns, found.st_size))
 
 
 @functools.lru_cache(maxsize=8)
-def _asked_version(cmd: tuple[str, ...], path: str | None, same_file: object) -> str:
+def _asked_version(program: str, same_file: tuple[int, int, int] | None) -> str:
+    cmd = [program, "--version"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return f"{Path(cmd[0]).name} (unknown version)"
-    return out.strip().splitlines()[0] if out.strip() else Path(cmd[0]).name
+        return f"{Path(program).name} (unknown version)"
+    return out.strip().splitlines()[0] if out.strip() else Path(program).name
 
 
 def run_build(

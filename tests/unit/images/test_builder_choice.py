@@ -34,8 +34,12 @@ def test_a_builder_is_asked_its_version_once_until_it_is_replaced(
         assert choose_builder(["mmdebstrap"], []).summary == "mmdebstrap 1.3.5"
     assert count.read_text().count("asked") == 1
 
-    # An upgrade while the process runs: the new file is asked, and its version is shown.
+    # An upgrade while the process runs: the new file is asked, and its version is shown. Its
+    # size is the old one's and its inode may be too: the time it was written tells them apart
+    # (set a second later, as a filesystem's clock may not have moved yet).
+    old = (bin_dir / "mmdebstrap").stat().st_mtime_ns
     (bin_dir / "mmdebstrap").unlink()
     install(bin_dir, count, "1.5.0")
+    os.utime(bin_dir / "mmdebstrap", ns=(old + 10**9, old + 10**9))
     assert choose_builder(["mmdebstrap"], []).summary == "mmdebstrap 1.5.0"
     assert count.read_text().count("asked") == 2
