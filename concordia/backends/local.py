@@ -39,6 +39,7 @@ from concordia.backends.local_start import CannotStart, JobStarter, choose_runti
 from concordia.backends.local_watch import finish, outcome, running_state, wait_for_exit
 from concordia.backends.outputs import copy_outputs
 from concordia.backends.runtimes import ContainerCgroup, RuntimeChoice
+from concordia.backends.spread import spread_subdirectories
 from concordia.core.jdl import job_jdl
 from concordia.core.limits import JobLimits
 from concordia.core.states import JobStatus
@@ -106,6 +107,7 @@ class LocalBackend:
         self.settings.make_data_dir()  # also opens one made 0700 by an older version
         jobs_dir = self.settings.jobs_dir
         jobs_dir.mkdir(exist_ok=True)
+        await asyncio.to_thread(spread_subdirectories, jobs_dir)
         mode = self.settings.local_isolation
         problem = await asyncio.to_thread(isolation_problem, mode, jobs_dir)
         etc = await asyncio.to_thread(sandbox.minimal_etc, jobs_dir)

@@ -20,6 +20,7 @@ from concordia.backends.forkserver import ForkServer
 from concordia.backends.local import LocalBackend
 from concordia.core.states import FINAL_STATES, JobStatus
 from tests.integration.conftest import Factory
+from tests.unit.backends.test_spread import attributes, filesystem
 
 # The local backend on its own: no database.
 pytestmark = [
@@ -378,3 +379,12 @@ def test_isolation_modes(tmp_path: Path) -> None:
         isolation.detect_isolation("docker")
     assert "local_isolation = none" in (isolation.isolation_problem("none") or "")
     assert isolation.isolation_problem("auto", tmp_path) is None
+
+
+async def test_the_jobs_directory_spreads_its_jobs(make_backend: Factory) -> None:
+    """On ext4, the started backend has marked its jobs directory (see test_spread.py)."""
+    backend = await make_backend()
+    jobs_dir = backend.settings.jobs_dir
+    if filesystem(jobs_dir) != "ext2/ext3":
+        pytest.skip(f"the jobs directory is on {filesystem(jobs_dir)}, not ext4")
+    assert "T" in attributes(jobs_dir)
