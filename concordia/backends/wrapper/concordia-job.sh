@@ -98,16 +98,6 @@ cj_clear_env() {
     IFS=$cj_ifs
 }
 
-# What an `export NAME=value` line of `export -p` does, undone (an alias further down makes
-# those lines call this): NAME unset, as cj_clear_env does.
-cj_unexport() {
-    for cj_arg; do
-        cj_name=${cj_arg%%=*}
-        case $cj_name in cj_* | '' | [0-9]* | *[!A-Za-z0-9_]*) continue ;; esac
-        unset "$cj_name"
-    done
-}
-
 cj_ifs=$IFS
 cj_settings= cj_bwrap= cj_cache= cj_datalake=
 [ $# -eq 2 ] && [ -f "$cj_dir/concordia-job.env" ] || cj_python "$@"
@@ -214,38 +204,17 @@ printf '[concordia] running %s\n' "$*" >&2
 # The command as the wrapper's child (a simple command: vfork, the quickest start sh has),
 # its status reported as the Python wrapper reports it.
 if [ "$cj_kind" = bwrap ]; then
-    # The node's environment set aside: in a file of this user's own cache (closed to
-    # others) where there is one, by a builtin's redirection, else in a variable. The
-    # file spares a fork ($(export -p)): half of what sh added to bwrap's start on a busy
-    # node. -C: a name left by an earlier process is not reused.
-    cj_saved=
-    if [ -n "$cj_cache" ]; then
-        set -C
-        if { export -p >"$cj_cache/.env.$$"; } 2>/dev/null; then
-            cj_saved=$cj_cache/.env.$$
-        fi
-        set +C
-    fi
-    if [ -n "$cj_saved" ]; then
-        # Read back with each `export NAME=...` line made `cj_unexport NAME=...`.
-        alias export=cj_unexport
-        . "$cj_saved"
-        unalias export
-    else
-        cj_exported=$(export -p)
-        cj_clear_env "$cj_exported"
-    fi
+    # The node's environment set aside, then unset: bubblewrap gets the image's alone, as
+    # execve gives it in the Python wrapper's call(). A fork ($(export -p)) costs less
+    # than a file of it, whose inode a busy filesystem may be slow to give.
+    cj_exported=$(export -p)
+    cj_clear_env "$cj_exported"
     cj_bwrap_env
     cj_run_bwrap "$@"
     cj_code=$?
-    cj_clear_env "$(export -p)"
     # The node's environment again, for python3.
-    if [ -n "$cj_saved" ]; then
-        . "$cj_saved"
-        rm -f "$cj_saved"
-    else
-        eval "$cj_exported"
-    fi
+    cj_bwrap_unenv
+    eval "$cj_exported"
 else
     cj_run_apptainer "$@"
     cj_code=$?

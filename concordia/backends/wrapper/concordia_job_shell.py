@@ -100,6 +100,7 @@ def shell_settings(config: "Dict[str, Any]") -> "Optional[str]":
         exports = " ".join(shlex.quote(f"{n}={v}") for n, v in sorted(env.items()))
         lines.append("cj_bwrap=1")
         lines.append(f"cj_bwrap_env() {{ export {exports}; }}")
+        lines.append("cj_bwrap_unenv() {{ unset {}; }}".format(" ".join(sorted(env))))
         lines.append(
             _sh_function("cj_run_bwrap", bwrap_command(binary, path, image, [_ARGV], network, here))
         )

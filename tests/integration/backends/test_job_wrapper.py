@@ -513,6 +513,8 @@ def test_under_bubblewrap_the_second_job_gets_the_image_environment_alone(
     # The node's environment again for the status: python3 saw what the node gave.
     [status] = [c for c in node.log("python3") if "--exited" in c["argv"]]
     assert status["env"]["NODE_ONLY"] == node.env["NODE_ONLY"]
+    # All of it and nothing of the image's (sh sets PWD; python3 coerces the C locale).
+    assert {k: v for k, v in status["env"].items() if k not in ("PWD", "LC_CTYPE")} == node.env
     calls = node.log("bwrap")
     for call in calls:
         call["env"]["PWD"] = call["argv"][call["argv"].index("--bind") + 1]
