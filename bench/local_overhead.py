@@ -5,7 +5,10 @@ Runs, in the same process and the same run:
   application running /bin/true; the time from POST /submissions of 200 jobs until the
   submission is finished (every job Done, with its history and outputs stored);
 - direct: the same 200 bubblewrap command lines (the local backend's own sandbox) run
-  straight from asyncio with the same parallelism, no database, no server.
+  straight from asyncio with the same parallelism, no database, no server;
+- where the server runs as root, also the same command lines started as the platform starts
+  them, as the job's user from a fork server per slot (the privilege drop's share of the
+  gap: an unprivileged bubblewrap builds its user namespace unaided).
 Last line: `ratio <platform/direct>`. Goal <= 1.2.
 """
 
@@ -13,16 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from options import benchmark, parse
 from server import serve
 
 from concordia.backends.isolation import detect_isolation
-from concordia.backends.sandbox import build_command, hand_over, minimal_etc
+from concordia.backends.job_process import fork_server, privilege_drop
+from concordia.backends.sandbox import SANDBOX_PATH, build_command, hand_over, minimal_etc
 
 APPLICATION = """\
 name: noop
@@ -80,6 +86,39 @@ async def run_direct(tmp: Path, jobs: int, slots: int, isolated: bool) -> float:
     return time.perf_counter() - start
 
 
+def run_as_job_user(tmp: Path, jobs: int, slots: int) -> float:
+    """The same command lines, each slot's one after the other from its own fork server (the
+    job's user), as the local backend starts them; waited for by pidfd."""
+    root = tmp / "dropped"
+    root.mkdir()
+    etc = minimal_etc(root)
+    servers = [fork_server() for _ in range(slots)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+
+    def one_slot(slot: int) -> None:
+        for index in range(slot, jobs, slots):
+            work = root / str(index) / "work"
+            work.mkdir(parents=True)
+            hand_over(work)
+            cmd = build_command(["/bin/true"], work, isolated=True, etc=etc)
+            job = servers[slot].spawn(cmd, work, {"PATH": SANDBOX_PATH}, {1: devnull, 2: devnull})
+            ended = os.pidfd_open(job.pid)
+            select.select([ended], [], [])
+            os.close(ended)
+            if os.waitstatus_to_exitcode(job.reap()[0]) != 0:
+                raise SystemExit(f"run {index} as the job's user failed")
+
+    start = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(slots) as pool:
+            list(pool.map(one_slot, range(slots)))
+        return time.perf_counter() - start
+    finally:
+        for server in servers:
+            server.close()
+        os.close(devnull)
+
+
 def main() -> None:
     parser = benchmark(__doc__)
     parser.add_argument("--jobs", type=int, default=200)
@@ -92,6 +131,9 @@ def main() -> None:
         print(f"jobs {args.jobs}, slots {args.slots}, bubblewrap {isolated}")
         platform = run_platform(tmp, args.jobs, args.slots)
         print(f"platform_s {platform:.3f}")
+        if isolated and privilege_drop():
+            dropped = run_as_job_user(tmp, args.jobs, args.slots)
+            print(f"as_the_job_user_s {dropped:.3f}")
         direct = asyncio.run(run_direct(tmp, args.jobs, args.slots, isolated))
         print(f"direct_s {direct:.3f}")
         shutil.rmtree(tmp / "direct", ignore_errors=True)
