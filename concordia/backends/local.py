@@ -346,7 +346,7 @@ class LocalBackend:
         status, rusage_cpu = await wait_for_exit(
             job, meter, before, wall_seconds=starter.wall_seconds(spec),
             grace_seconds=self.settings.kill_grace_seconds, measure=self._measure,
-            podman=starter.podman,
+            reaper=slot.launcher, podman=starter.podman,
         )  # fmt: skip
         wall = time.monotonic() - started
         if not job.killed:

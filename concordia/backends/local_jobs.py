@@ -68,8 +68,8 @@ class LocalJob:
 
 @dataclass(eq=False)
 class Slot:
-    """What one slot runs its jobs with: its cgroup, the thread that starts them, its fork
-    server, and the parent cgroup of its podman containers (rootful podman only)."""
+    """What one slot runs its jobs with: its cgroup, the thread that starts and reaps them,
+    its fork server, and the parent cgroup of its podman containers (rootful podman only)."""
 
     cgroup: SlotCgroup
     launcher: ThreadPoolExecutor

@@ -52,14 +52,16 @@ async def wait_for_exit(
     wall_seconds: float,
     grace_seconds: float,
     measure: Executor,
+    reaper: Executor,
     podman: runtimes.Podman | None,
 ) -> tuple[int, float]:
     """Wait for the process to end, enforcing the wall-clock limit and the job's bounds
-    (its work directory measured in ``measure``'s threads); reap it. A podman client killed
-    (or that lost its race with a kill) leaves its container: removed."""
+    (its work directory measured in ``measure``'s threads); reap it in ``reaper``'s thread
+    (the slot's). A podman client killed (or that lost its race with a kill) leaves its
+    container: removed."""
     assert job.proc is not None
+    loop = asyncio.get_running_loop()
     with job_exit.exit_watch(job.proc.pid) as job.exited:
-        loop = asyncio.get_running_loop()
         timer = loop.call_later(wall_seconds, _wall_limit, job, grace_seconds)
         watch = asyncio.create_task(_watch_bounds(job, meter, before, measure))
         try:
@@ -67,7 +69,9 @@ async def wait_for_exit(
         finally:
             timer.cancel()
             watch.cancel()
-    status, cpu = job.proc.reap()
+    # Not in the event loop: a job of a fork server is reaped by asking it, a round trip
+    # to another process that takes half a millisecond, or far more on a busy machine.
+    status, cpu = await loop.run_in_executor(reaper, job.proc.reap)
     if job.net is not None:
         await asyncio.to_thread(job.net.close)
     if job.container is not None and podman is not None:

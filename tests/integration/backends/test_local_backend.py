@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from itertools import pairwise
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from concordia.backends import isolation, sandbox
 from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
 from concordia.backends.cgroup import slot_cgroup
-from concordia.backends.forkserver import ForkServer
+from concordia.backends.forkserver import ForkedJob, ForkServer
 from concordia.backends.local import LocalBackend
 from concordia.core.states import FINAL_STATES, JobStatus
 from tests.integration.conftest import Factory
@@ -388,3 +389,36 @@ async def test_the_jobs_directory_spreads_its_jobs(make_backend: Factory) -> Non
     if filesystem(jobs_dir) != "ext2/ext3":
         pytest.skip(f"the jobs directory is on {filesystem(jobs_dir)}, not ext4")
     assert "T" in attributes(jobs_dir)
+
+
+async def test_the_event_loop_runs_while_a_job_is_reaped(
+    make_backend: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reaping asks the slot's fork server: on a busy machine a slow round trip, which must
+    not hold up the requests the event loop answers meanwhile."""
+    reaping = threading.Event()
+    real_reap = ForkedJob.reap
+
+    def slow_reap(self: ForkedJob) -> tuple[int, float]:
+        reaping.set()
+        time.sleep(0.5)  # as a fork server slow to be scheduled would answer
+        reaping.clear()
+        return real_reap(self)
+
+    monkeypatch.setattr(ForkedJob, "reap", slow_reap)
+    backend = await make_backend()
+    ticks_while_reaping = 0
+
+    async def ticker() -> None:
+        nonlocal ticks_while_reaping
+        while True:
+            await asyncio.sleep(0.01)
+            ticks_while_reaping += reaping.is_set()
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        updates = await run(backend, job("reaped", "true"))
+    finally:
+        ticking.cancel()
+    assert updates["reaped"][-1].status == S.DONE
+    assert ticks_while_reaping >= 10  # about 50 in the half second
