@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import shutil
 import tempfile
 import time
@@ -27,8 +26,9 @@ from options import benchmark, parse
 from server import serve
 
 from concordia.backends.isolation import detect_isolation
-from concordia.backends.job_process import fork_server, privilege_drop
-from concordia.backends.sandbox import SANDBOX_PATH, build_command, hand_over, minimal_etc
+from concordia.backends.job_exit import until_ended
+from concordia.backends.job_process import fork_server, launch, privilege_drop
+from concordia.backends.sandbox import build_command, hand_over, minimal_etc
 
 APPLICATION = """\
 name: noop
@@ -87,8 +87,8 @@ async def run_direct(tmp: Path, jobs: int, slots: int, isolated: bool) -> float:
 
 
 def run_as_job_user(tmp: Path, jobs: int, slots: int) -> float:
-    """The same command lines, each slot's one after the other from its own fork server (the
-    job's user), as the local backend starts them; waited for by pidfd."""
+    """The same jobs, each slot's one after the other from its own fork server (the job's
+    user), started as the local backend starts them (job_process.launch)."""
     root = tmp / "dropped"
     root.mkdir()
     etc = minimal_etc(root)
@@ -100,11 +100,11 @@ def run_as_job_user(tmp: Path, jobs: int, slots: int) -> float:
             work = root / str(index) / "work"
             work.mkdir(parents=True)
             hand_over(work)
-            cmd = build_command(["/bin/true"], work, isolated=True, etc=etc)
-            job = servers[slot].spawn(cmd, work, {"PATH": SANDBOX_PATH}, {1: devnull, 2: devnull})
-            ended = os.pidfd_open(job.pid)
-            select.select([ended], [], [])
-            os.close(ended)
+            job = launch(
+                ["/bin/true"], work, forkserver=servers[slot], stdout=devnull, stderr=devnull,
+                cpu_time=60, isolated=True, etc=etc,
+            )  # fmt: skip
+            until_ended(job.pid)
             if os.waitstatus_to_exitcode(job.reap()[0]) != 0:
                 raise SystemExit(f"run {index} as the job's user failed")
 

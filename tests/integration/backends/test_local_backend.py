@@ -20,8 +20,8 @@ from concordia.backends.cgroup import slot_cgroup
 from concordia.backends.forkserver import ForkedJob, ForkServer
 from concordia.backends.local import LocalBackend
 from concordia.core.states import FINAL_STATES, JobStatus
+from tests.fsflags import EXT4, attributes, filesystem
 from tests.integration.conftest import Factory
-from tests.unit.backends.test_spread import attributes, filesystem
 
 # The local backend on its own: no database.
 pytestmark = [
@@ -386,7 +386,7 @@ async def test_the_jobs_directory_spreads_its_jobs(make_backend: Factory) -> Non
     """On ext4, the started backend has marked its jobs directory (see test_spread.py)."""
     backend = await make_backend()
     jobs_dir = backend.settings.jobs_dir
-    if filesystem(jobs_dir) != "ext2/ext3":
+    if filesystem(jobs_dir) != EXT4:
         pytest.skip(f"the jobs directory is on {filesystem(jobs_dir)}, not ext4")
     assert "T" in attributes(jobs_dir)
 

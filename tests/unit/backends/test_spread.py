@@ -10,25 +10,14 @@ from pathlib import Path
 import pytest
 
 from concordia.backends.spread import spread_subdirectories
+from tests.fsflags import EXT4, attributes, filesystem
 
 pytestmark = pytest.mark.skipif(shutil.which("lsattr") is None, reason="needs e2fsprogs")
 
 
-def filesystem(path: Path) -> str:
-    return subprocess.run(
-        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def attributes(path: Path) -> str:
-    """The flags lsattr shows of the directory itself, e.g. "-------A------e-------"."""
-    out = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True, check=True)
-    return out.stdout.split()[0]
-
-
 @pytest.fixture
 def ext4_dir(tmp_path: Path) -> Path:
-    if filesystem(tmp_path) != "ext2/ext3":  # how stat names the ext family
+    if filesystem(tmp_path) != EXT4:
         pytest.skip(f"the temporary directory is on {filesystem(tmp_path)}, not ext4")
     (tmp_path / "jobs").mkdir()
     return tmp_path / "jobs"
