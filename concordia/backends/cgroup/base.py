@@ -14,6 +14,8 @@ from concordia.core.limits import JobLimits
 
 log = logging.getLogger(__name__)
 _serial = itertools.count()
+#: Bytes read of a counter file: each is a few short lines.
+_MAX_READ = 4096
 
 
 class Counters(NamedTuple):
@@ -46,6 +48,9 @@ class SlotCgroup(abc.ABC):
         self._written: dict[str, int] = {}
         #: The slot's fork server, in the slot's cgroups but not one of the job's processes.
         self.resident: int | None = None
+        #: The counter files read so far, each kept open: a look at a job's counters is three
+        #: preads, not three opens (each far dearer than its read).
+        self._open: dict[Path, int] = {}
 
     @property
     def procs(self) -> list[Path]:
@@ -120,8 +125,33 @@ class SlotCgroup(abc.ABC):
                 found.update(map(int, procs.read_text().split()))
         return found - {self.resident}
 
+    def value(self, path: Path, key: str | None = None) -> int | None:
+        """The number a cgroup file holds, or with ``key`` its value in that flat-keyed file
+        ("key value" lines); None if it is not there."""
+        with contextlib.suppress(OSError, ValueError):
+            text = self._read(path)
+            if key is None:
+                return int(text)
+            for line in text.splitlines():
+                name, _, number = line.partition(" ")
+                if name == key:
+                    return int(number)
+        return None
+
+    def _read(self, path: Path) -> str:
+        fd = self._open.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            if self._open.setdefault(path, fd) != fd:  # another thread opened it meanwhile
+                os.close(fd)
+                fd = self._open[path]
+        return os.pread(fd, _MAX_READ, 0).decode()
+
     def remove(self) -> bool:
         """Remove the cgroups; False if some are still busy (try again a moment later)."""
+        for fd in self._open.values():
+            os.close(fd)
+        self._open.clear()
         for controller, path in list(self.dirs.items()):
             if rmdir_if_empty(path):
                 del self.dirs[controller]
@@ -131,16 +161,6 @@ class SlotCgroup(abc.ABC):
 def slot_name() -> str:
     """A slot cgroup's directory name, unique among this host's servers."""
     return f"concordia-{os.getpid()}-{next(_serial)}"
-
-
-def flat_key(path: Path, key: str) -> int | None:
-    """A value of a flat-keyed cgroup file ("key value" lines); None if it is not there."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-    return None
 
 
 def rmdir_if_empty(path: Path) -> bool:

@@ -7,12 +7,7 @@ import functools
 import logging
 from pathlib import Path
 
-from concordia.backends.cgroup.base import (
-    Counters,
-    SlotCgroup,
-    flat_key,
-    slot_name,
-)
+from concordia.backends.cgroup.base import Counters, SlotCgroup, slot_name
 
 log = logging.getLogger(__name__)
 #: The controllers a slot uses, each left out where it cannot be made.
@@ -68,16 +63,15 @@ class SlotCgroupV1(SlotCgroup):
             (self.dirs["memory"] / file).write_text(value)
 
     def counters(self) -> Counters:
-        cpu = None
-        with contextlib.suppress(KeyError, OSError, ValueError):
-            cpu = int((self.dirs["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
-        ooms, refused = 0, 0
+        cpu, ooms, refused = None, None, None
+        if "cpuacct" in self.dirs:
+            usage = self.value(self.dirs["cpuacct"] / "cpuacct.usage")
+            cpu = None if usage is None else usage / 1e9
         if "memory" in self.dirs:
             memory = self.dirs["memory"]
-            found = flat_key(memory / "memory.oom_control", "oom_kill")
-            with contextlib.suppress(OSError, ValueError):
-                # Kernels before 4.13 count no OOM kill: the times the limit was hit.
-                ooms = found if found is not None else int((memory / "memory.failcnt").read_text())
+            ooms = self.value(memory / "memory.oom_control", "oom_kill")
+            if ooms is None:  # kernels before 4.13 count no OOM kill: the times the limit was hit
+                ooms = self.value(memory / "memory.failcnt")
         if "pids" in self.dirs:
-            refused = flat_key(self.dirs["pids"] / "pids.events", "max") or 0
-        return Counters(cpu, ooms, refused)
+            refused = self.value(self.dirs["pids"] / "pids.events", "max")
+        return Counters(cpu, ooms or 0, refused or 0)

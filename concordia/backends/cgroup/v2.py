@@ -7,7 +7,7 @@ import functools
 import logging
 from pathlib import Path
 
-from concordia.backends.cgroup.base import Counters, SlotCgroup, flat_key, slot_name
+from concordia.backends.cgroup.base import Counters, SlotCgroup, slot_name
 
 log = logging.getLogger(__name__)
 MOUNT = Path("/sys/fs/cgroup")
@@ -112,9 +112,9 @@ class SlotCgroupV2(SlotCgroup):
         if not self.dirs:
             return Counters()
         path = next(iter(self.dirs.values()))
-        usec = flat_key(path / "cpu.stat", "usage_usec")
+        usec = self.value(path / "cpu.stat", "usage_usec")
         return Counters(
             None if usec is None else usec / 1e6,
-            flat_key(path / "memory.events", "oom_kill") or 0,
-            flat_key(path / "pids.events", "max") or 0,
+            self.value(path / "memory.events", "oom_kill") or 0,
+            self.value(path / "pids.events", "max") or 0,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,21 @@ def test_counters_come_from_cpu_stat_memory_events_and_pids_events(mount: Path) 
     (slot / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\n")
     (slot / "pids.events").write_text("max 7\n")
     assert cgroup.counters() == (2.5, 1, 7)
+    (slot / "cpu.stat").write_text("usage_usec 4000000\n")  # the next look reads them again
+    (slot / "pids.events").write_text("max 9\n")
+    assert cgroup.counters() == (4.0, 1, 9)
+
+
+def test_a_removed_slot_keeps_no_descriptor_of_its_counters(mount: Path) -> None:
+    cgroup = SlotCgroupV2(mount, SERVICE)
+    (cgroup.dirs["cpu"] / "cpu.stat").write_text("usage_usec 1\n")
+    before = set(os.listdir("/proc/self/fd"))
+    cgroup.counters()
+    assert len(set(os.listdir("/proc/self/fd")) - before) == 1  # kept for the next look
+    for path in cgroup.dirs["cpu"].iterdir():  # a fake tree: the kernel would drop its files
+        path.unlink()
+    cgroup.remove()
+    assert set(os.listdir("/proc/self/fd")) <= before
 
 
 def test_the_fork_server_joins_once_for_every_controller_and_is_not_the_jobs(
