@@ -27,16 +27,15 @@ from concordia.backends.base import (
 from concordia.backends.cgroup import SlotCgroup, slot_cgroup
 from concordia.backends.isolation import isolation_problem
 from concordia.backends.job_process import fork_server
-from concordia.backends.local_jobs import (
-    LocalJob,
-    Meter,
-    Slot,
-    bounds_summary,
-    counters,
-    queue_depth,
+from concordia.backends.local_jobs import LocalJob, Meter, Slot, bounds_summary, queue_depth
+from concordia.backends.local_start import CannotStart, JobStarter, choose_runtime
+from concordia.backends.local_watch import (
+    collect,
+    end_job,
+    outcome,
+    running_state,
+    wait_for_exit,
 )
-from concordia.backends.local_start import CannotStart, JobStarter, choose_runtime, prepare
-from concordia.backends.local_watch import finish, outcome, running_state, wait_for_exit
 from concordia.backends.outputs import copy_outputs
 from concordia.backends.runtimes import ContainerCgroup, RuntimeChoice
 from concordia.backends.spread import spread_subdirectories
@@ -320,21 +319,18 @@ class LocalBackend:
         job.limits = spec.limits.over(self.defaults)
         job.phase = "preparing"
         self._emit(uuid, JobStatus.MATCHED, "Assigned to local slot")
+        meter: Meter = slot.cgroup
+        if spec.image is not None and starter.choice.name == "podman":
+            meter = slot.containers  # its containers' cgroups are below it, not in the slot's
         try:
-            out, err = await asyncio.to_thread(prepare, job)
+            before, error = await starter.start(job, slot, meter)
         except CannotStart as exc:
             if not job.killed:
                 self._emit(uuid, JobStatus.FAILED, f"Cannot start application: {exc}")
             return
-        meter: Meter = slot.cgroup
-        if spec.image is not None and starter.choice.name == "podman":
-            meter = slot.containers  # its containers' cgroups are below it, not in the slot's
-            if slot.containers is not None:
-                slot.containers.begin()
-        before = counters(meter)
-        error = await starter.start(job, slot, out, err)
+        loop = asyncio.get_running_loop()
         if job.proc is None:  # killed while preparing, or could not start
-            await finish(job, slot.cgroup, self.settings)
+            await loop.run_in_executor(slot.launcher, collect, job, slot.cgroup, self.settings)
             if error and not job.killed:
                 self._emit(uuid, JobStatus.FAILED, error)
             return
@@ -343,15 +339,16 @@ class LocalBackend:
         if not job.killed:
             self._emit(uuid, JobStatus.RUNNING, "Application", state=state)
         started = time.monotonic()
-        status, rusage_cpu = await wait_for_exit(
+        await wait_for_exit(
             job, meter, before, wall_seconds=starter.wall_seconds(spec),
             grace_seconds=self.settings.kill_grace_seconds, measure=self._measure,
-            reaper=slot.launcher, podman=starter.podman,
         )  # fmt: skip
         wall = time.monotonic() - started
         if not job.killed:
             self._emit(uuid, JobStatus.COMPLETING, "Collecting outputs")
-        after = await finish(job, slot.cgroup, self.settings, meter)
+        status, rusage_cpu, after = await end_job(
+            job, slot.cgroup, self.settings, meter, reaper=slot.launcher, podman=starter.podman
+        )
         if job.killed:
             return
         minor, code, cpu = outcome(job, status, rusage_cpu, before, after)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from concordia.backends import job_process, runtimes, sandbox
 from concordia.backends.base import JobSpec
+from concordia.backends.cgroup import Counters
 from concordia.backends.job_exit import signal_job
 from concordia.backends.job_process import JobProcess
-from concordia.backends.local_jobs import LocalJob, Slot
+from concordia.backends.local_jobs import LocalJob, Meter, Slot, counters
 from concordia.backends.network import NetworkError
 from concordia.backends.runtimes import RuntimeChoice
 from concordia.settings import LocalBackendSettings
@@ -53,8 +54,9 @@ def choose_runtime(
     return choice, podman[-1]
 
 
-# File work, in threads: even a bare directory's few calls take a millisecond or two on a
-# slow filesystem, time the event loop (the web requests' too) would wait (bench/load.py).
+# File work, in the slot's thread (JobStarter.start): even a bare directory's few calls take a
+# millisecond or two on a slow filesystem, time the event loop (the web requests' too) would
+# wait (bench/load.py).
 def prepare(job: LocalJob) -> tuple[int, int]:
     """A clean job directory with the inputs in work/; the opened logs."""
     jd, work = job.dir, job.dir / "work"
@@ -105,28 +107,41 @@ class JobStarter:
     def wall_seconds(self, spec: JobSpec) -> float:
         return max(1, spec.cpu_time) * self.wall_time_factor
 
-    async def start(self, job: LocalJob, slot: Slot, out: int, err: int) -> str:
-        """Start the job's process (``job.proc``), unless it was killed meanwhile, and close
-        the logs ``out`` and ``err`` (the process has its own); why it cannot start, if so."""
-        error = ""
+    async def start(self, job: LocalJob, slot: Slot, meter: Meter) -> tuple[Counters, str]:
+        """Prepare the job's directory and start its process (``job.proc``) unless it was
+        killed meanwhile: ``meter``'s counters just before the start, and why it cannot
+        start, if so. Raises CannotStart if its directory cannot be prepared.
+        Both in the slot's thread, in one hand-over: file work takes a millisecond or two on
+        a slow filesystem, a launch returns once the job has exec'd (far more on a busy
+        machine), and the event loop answers requests meanwhile."""
+        loop = asyncio.get_running_loop()
+        before, job.proc, error = await loop.run_in_executor(
+            slot.launcher, self._prepare_and_launch, job, slot, meter
+        )
+        if job.proc is not None and job.killed:  # while it started: the kill found no process
+            job.signal(signal.SIGKILL)
+        return before, error
+
+    def _prepare_and_launch(
+        self, job: LocalJob, slot: Slot, meter: Meter
+    ) -> tuple[Counters, JobProcess | None, str]:
+        out, err = prepare(job)
+        if isinstance(meter, runtimes.ContainerCgroup):
+            meter.begin()
+        before = counters(meter)
+        proc, error = None, ""
         try:
             if job.spec.image is not None and self.choice.name is None:
                 why = self.choice.problem
                 error = f"Cannot start application: its image needs a container runtime ({why})"
             elif not job.killed:
-                # In a thread: a launch returns once the job has exec'd, a millisecond or
-                # far more on a busy machine, and the event loop answers requests meanwhile.
-                job.proc = await asyncio.get_running_loop().run_in_executor(
-                    slot.launcher, self._launch, job, out, err, slot
-                )
-                if job.killed:  # while it started: the kill found no process to signal
-                    job.signal(signal.SIGKILL)
+                proc = self._launch(job, out, err, slot)
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
             error = f"Cannot start application: {exc}"
         finally:
-            os.close(out)
+            os.close(out)  # the process has its own
             os.close(err)
-        return error
+        return before, proc, error
 
     def _launch(self, job: LocalJob, out: int, err: int, slot: Slot) -> JobProcess:
         """Start the job; a job with a network of its own is held until it is connected."""

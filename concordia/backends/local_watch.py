@@ -45,20 +45,11 @@ def running_state(job: LocalJob, meter: Meter) -> dict[str, Any]:
 
 
 async def wait_for_exit(
-    job: LocalJob,
-    meter: Meter,
-    before: Counters,
-    *,
-    wall_seconds: float,
-    grace_seconds: float,
-    measure: Executor,
-    reaper: Executor,
-    podman: runtimes.Podman | None,
-) -> tuple[int, float]:
+    job: LocalJob, meter: Meter, before: Counters, *, wall_seconds: float,
+    grace_seconds: float, measure: Executor,
+) -> None:  # fmt: skip
     """Wait for the process to end, enforcing the wall-clock limit and the job's bounds
-    (its work directory measured in ``measure``'s threads); reap it in ``reaper``'s thread
-    (the slot's). A podman client killed (or that lost its race with a kill) leaves its
-    container: removed."""
+    (its work directory measured in ``measure``'s threads). It is left unreaped (end_job)."""
     assert job.proc is not None
     loop = asyncio.get_running_loop()
     with job_exit.exit_watch(job.proc.pid) as job.exited:
@@ -69,15 +60,41 @@ async def wait_for_exit(
         finally:
             timer.cancel()
             watch.cancel()
-    # Not in the event loop: a job of a fork server is reaped by asking it, a round trip
-    # to another process that takes half a millisecond, or far more on a busy machine.
-    status, cpu = await loop.run_in_executor(reaper, job.proc.reap)
+
+
+async def end_job(
+    job: LocalJob, cgroup: SlotCgroup, settings: LocalBackendSettings, meter: Meter, *,
+    reaper: Executor, podman: runtimes.Podman | None,
+) -> tuple[int, float, Counters]:  # fmt: skip
+    """Reap the ended process, then collect what it left (``collect``): its wait status, its
+    CPU seconds by wait4 and ``meter``'s counters once it ended. Both in ``reaper``'s thread
+    (the slot's): a job of a fork server is reaped by asking it, a round trip to another
+    process that takes half a millisecond, or far more on a busy machine. In one hand-over,
+    but for a podman client: killed (or having lost its race with a kill), it leaves its
+    container, still writing in the work directory until it is removed."""
+    assert job.proc is not None
+    loop = asyncio.get_running_loop()
+    proc = job.proc
+    if job.container is None:
+        status, cpu, after = await loop.run_in_executor(
+            reaper, _reap_and_collect, job, cgroup, settings, meter
+        )
+    else:
+        status, cpu = await loop.run_in_executor(reaper, proc.reap)
+        if podman is not None and (os.WIFSIGNALED(status) or job.killed or job.timed_out):
+            await podman.remove(job.container)
+        after = await loop.run_in_executor(reaper, collect, job, cgroup, settings, meter)
     if job.net is not None:
         await asyncio.to_thread(job.net.close)
-    if job.container is not None and podman is not None:
-        if os.WIFSIGNALED(status) or job.killed or job.timed_out:
-            await podman.remove(job.container)
-    return status, cpu
+    return status, cpu, after
+
+
+def _reap_and_collect(
+    job: LocalJob, cgroup: SlotCgroup, settings: LocalBackendSettings, meter: Meter
+) -> tuple[int, float, Counters]:
+    assert job.proc is not None
+    status, cpu = job.proc.reap()
+    return status, cpu, collect(job, cgroup, settings, meter)
 
 
 def _wall_limit(job: LocalJob, grace_seconds: float) -> None:
@@ -123,21 +140,20 @@ def _allocated(root: Path, stop_mb: int) -> int:
     return total
 
 
-async def finish(
+def collect(
     job: LocalJob, cgroup: SlotCgroup, settings: LocalBackendSettings, meter: Meter = None
 ) -> Counters:
-    """After the process: kill what it left, collect outputs, remove work/; the counters
-    of the cgroup its processes were in (``meter``)."""
+    """After the process (in a thread: file work): kill what it left, collect outputs,
+    remove work/; the counters of the cgroup its processes were in (``meter``)."""
     if job.runtime is None:  # nothing outlives a sandbox; a plain job may have left some
         for pid in cgroup.pids():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
     ended = counters(meter)
-    job.outputs_exceeded = await asyncio.to_thread(_tidy, job, settings)
+    job.outputs_exceeded = _tidy(job, settings)
     return ended
 
 
-# File work, in a thread: see local_start.prepare.
 def _tidy(job: LocalJob, settings: LocalBackendSettings) -> str | None:
     """After the process: the proxy gone (never an output), the outputs collected, work/
     removed unless kept; the output bound collection stopped at, if any."""

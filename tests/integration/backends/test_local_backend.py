@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from concordia.backends import isolation, sandbox
+from concordia.backends import isolation, local_start, local_watch, sandbox
 from concordia.backends.base import BackendRef, JobSpec, StatusUpdate
 from concordia.backends.cgroup import slot_cgroup
 from concordia.backends.forkserver import ForkedJob, ForkServer
@@ -391,34 +391,40 @@ async def test_the_jobs_directory_spreads_its_jobs(make_backend: Factory) -> Non
     assert "T" in attributes(jobs_dir)
 
 
-async def test_the_event_loop_runs_while_a_job_is_reaped(
-    make_backend: Factory, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [(local_start, "prepare"), (ForkedJob, "reap"), (local_watch, "_tidy")],
+    ids=["preparing its directory", "reaping it", "collecting its outputs"],
+)
+async def test_the_event_loop_runs_while_a_job_is_prepared_reaped_and_tidied(
+    make_backend: Factory, monkeypatch: pytest.MonkeyPatch, owner: object, name: str
 ) -> None:
-    """Reaping asks the slot's fork server: on a busy machine a slow round trip, which must
-    not hold up the requests the event loop answers meanwhile."""
-    reaping = threading.Event()
-    real_reap = ForkedJob.reap
+    """A job's file work (a millisecond or two on a slow filesystem) and its reaping (it asks
+    the slot's fork server: on a busy machine a slow round trip) must not hold up the
+    requests the event loop answers meanwhile."""
+    busy = threading.Event()
+    real = getattr(owner, name)
 
-    def slow_reap(self: ForkedJob) -> tuple[int, float]:
-        reaping.set()
-        time.sleep(0.5)  # as a fork server slow to be scheduled would answer
-        reaping.clear()
-        return real_reap(self)
+    def slow(*args: Any) -> Any:
+        busy.set()
+        time.sleep(0.5)  # as a slow disk, or a fork server slow to be scheduled, would
+        busy.clear()
+        return real(*args)
 
-    monkeypatch.setattr(ForkedJob, "reap", slow_reap)
+    monkeypatch.setattr(owner, name, slow)
     backend = await make_backend()
-    ticks_while_reaping = 0
+    ticks_while_busy = 0
 
     async def ticker() -> None:
-        nonlocal ticks_while_reaping
+        nonlocal ticks_while_busy
         while True:
             await asyncio.sleep(0.01)
-            ticks_while_reaping += reaping.is_set()
+            ticks_while_busy += busy.is_set()
 
     ticking = asyncio.create_task(ticker())
     try:
-        updates = await run(backend, job("reaped", "true"))
+        updates = await run(backend, job("slow", "true"))
     finally:
         ticking.cancel()
-    assert updates["reaped"][-1].status == S.DONE
-    assert ticks_while_reaping >= 10  # about 50 in the half second
+    assert updates["slow"][-1].status == S.DONE
+    assert ticks_while_busy >= 10  # about 50 in the half second
