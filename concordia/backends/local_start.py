@@ -62,10 +62,12 @@ def prepare(job: LocalJob) -> tuple[int, int]:
     jd, work = job.dir, job.dir / "work"
     try:
         jd.mkdir()
-        jd.chmod(0o711)  # whatever the server's umask (077): the sandbox's uid passes to work/
     except FileExistsError:  # a rescheduled job starts from a clean directory
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(jd / "outputs", ignore_errors=True)
+    # Whatever the server's umask (077), and also where a crash came between the mkdir and
+    # this line: the sandbox's uid passes through to work/.
+    jd.chmod(0o711)
     work.mkdir(mode=0o700)
     try:
         for src in job.spec.input_files:

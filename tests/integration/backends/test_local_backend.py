@@ -117,6 +117,22 @@ async def test_job_runs_and_its_outputs_are_collected(make_backend: Factory) -> 
     assert (dest / "std.out").read_text() == "hello\n"
 
 
+async def test_a_job_directory_a_crash_left_half_made_is_made_again(
+    make_backend: Factory,
+) -> None:
+    """A server killed between a job's mkdir and its chmod leaves the directory closed to
+    the job's user (the server's umask); the job handed over again still runs."""
+    backend = await make_backend()
+    jd = backend.job_dir("again")
+    jd.mkdir(mode=0o700)
+    (jd / "work").mkdir(mode=0o700)
+    (jd / "work" / "left.txt").write_text("from the first try\n")
+    updates = await run(backend, job("again", "sh", "-c", "ls; echo ran"))
+    assert updates["again"][-1].status == S.DONE, updates["again"][-1].minor_status
+    assert (jd / "std.out").read_text() == "ran\n"  # in a clean work directory
+    assert jd.stat().st_mode & 0o777 == 0o711
+
+
 async def test_exit_code_and_start_failures(make_backend: Factory, tmp_path: Path) -> None:
     backend = await make_backend()
     missing = tmp_path / "missing.dat"
