@@ -97,7 +97,7 @@ class ForkServer:
                 self._stop()
             reply = self._ask(request, list(fds.values()), start=True)
             if "pid" not in reply:
-                raise OSError(reply.get("errno") or 0, reply.get("error") or "cannot start")
+                raise _error(reply, "cannot start")
             self._hard.update((which, hard) for which, _, hard in rlimits)
         return ForkedJob(self, int(reply["pid"]))
 
@@ -120,7 +120,7 @@ class ForkServer:
                 log.warning("the fork server of job process %d ended: %s", pid, exc)
                 return _KILLED, 0.0
         if "status" not in reply:
-            raise OSError(reply.get("errno") or 0, reply.get("error") or "cannot reap")
+            raise _error(reply, "cannot reap")
         return int(reply["status"]), float(reply["cpu"])
 
     def close(self) -> None:
@@ -186,6 +186,11 @@ class ForkServer:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
+
+
+def _error(reply: dict[str, Any], default: str) -> OSError:
+    """The fork server's failure as the OSError it had (its str() names the errno once)."""
+    return OSError(reply.get("errno") or 0, reply.get("error") or default, reply.get("filename"))
 
 
 def _above(value: int, other: float) -> bool:

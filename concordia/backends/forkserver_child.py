@@ -9,8 +9,8 @@ the server (its modules, settings, environment) is in it.
 Requests come on the SOCK_SEQPACKET socket whose descriptor is argv[1], one JSON object each,
 the descriptors a job gets attached (SCM_RIGHTS); one JSON reply each:
 - ``{"argv", "env", "cwd", "fds", "rlimits"}`` with len(fds) descriptors, each given to the
-  job as the number in ``fds``: ``{"pid", "used"}``, or ``{"errno", "error"}`` if it could
-  not start (nothing is left running);
+  job as the number in ``fds``: ``{"pid", "used"}``, or ``{"errno", "error", "filename"}``
+  (an OSError's parts) if it could not start (nothing is left running);
 - ``{"reap": pid}``: waits for that job, ``{"status", "cpu", "used"}`` (its wait status, its
   CPU seconds and those of the children it reaped). Until then an ended job stays a zombie, so
   its pid (and process group) cannot be reused while the server may signal it.
@@ -139,7 +139,12 @@ def serve(sock: socket.socket) -> None:
             else:
                 reply = _start(request, fds)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            reply = {"errno": getattr(exc, "errno", None) or 0, "error": str(exc)}
+            # An OSError's parts, not its str(): the server raises it again from them.
+            reply = {
+                "errno": getattr(exc, "errno", None) or 0,
+                "error": getattr(exc, "strerror", None) or str(exc),
+                "filename": getattr(exc, "filename", None),
+            }
         finally:
             for fd in fds:
                 os.close(fd)

@@ -103,8 +103,9 @@ def test_a_job_cannot_read_its_fork_servers_memory_or_environment(
 def test_a_program_that_cannot_start_raises_and_the_next_one_starts(
     server: ForkServer, tmp_path: Path
 ) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as raised:
         server.spawn(["/nonexistent/program"], tmp_path, {}, {})
+    assert str(raised.value).count("[Errno") == 1  # as the user reads it, once
     with pytest.raises(OSError):
         server.spawn(["true"], tmp_path / "no-such-directory", {"PATH": "/usr/bin:/bin"}, {})
     assert run(server, "exit 3", tmp_path)[0] == 3
