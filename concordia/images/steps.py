@@ -54,11 +54,15 @@ def run_steps(plan: BuildPlan, rootfs: Path, log: IO[str], script: str) -> None:
     prefix = step_privileges() if as_root else []
     net = network.OutboundNetwork(prefix)
     userns_r, userns_w = os.pipe()
+    # Each closed once: a descriptor closed twice may by then be another thread's file (the
+    # database's, whose next read then fails with "disk I/O error").
+    still_open = [userns_r, userns_w]
     # As root the id map is ours to write (release): the whole range, not one uid.
     bwrap = _bwrap_command(plan, rootfs, mounts, net, userns_r if as_root else None)
 
     def release() -> None:
         net.started()
+        still_open.remove(userns_r)
         os.close(userns_r)
         if as_root:
             map_ids(net.child_pid())
@@ -77,9 +81,8 @@ def run_steps(plan: BuildPlan, rootfs: Path, log: IO[str], script: str) -> None:
         )  # fmt: skip
     finally:
         net.close()
-        for fd in (userns_r, userns_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        for fd in still_open:
+            os.close(fd)
         if shifted:
             shift_ids(rootfs, -STEP_ID_BASE)
         _remove_build_files(build_dir, made)

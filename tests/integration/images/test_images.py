@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from concordia.core.build_progress import BuildProgress
+from concordia.images import steps
 from concordia.logic import image_selection
 from concordia.settings import SHIPPED_APPLICATIONS, Settings
 from tests.conftest import LiveServer, free_port, make_settings, running_app
@@ -172,6 +173,46 @@ async def test_concurrent_requests_build_once(image_settings: Settings) -> None:
         assert len(ids) == 1 and all(a.status_code == 202 for a in answers)
         assert (await wait_built(app.client, ids.pop()))["status"] == "ready"
         assert app.platform.images.started == 1
+
+
+class _OneCloseEach:
+    """The os module as images/steps.py sees it, whose close() lets another file take each
+    number it frees at once (as another thread of the server may: the database's), and
+    records a number it is asked to close again."""
+
+    def __init__(self) -> None:
+        self.taken: set[int] = set()
+        self.twice: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def close(self, fd: int) -> None:
+        if fd in self.taken:
+            self.twice.append(fd)
+        os.close(fd)
+        other = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(other, fd)  # that very number
+        os.close(other)
+        self.taken.add(fd)
+
+
+async def test_a_build_step_closes_each_descriptor_once(
+    image_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A descriptor closed twice may by then be another thread's file: the database's read
+    then fails with "disk I/O error" (SQLITE_IOERR_READ, seen in two CI runs)."""
+    seen = _OneCloseEach()
+    monkeypatch.setattr(steps, "os", seen)
+    try:
+        async with running_app(image_settings) as app:
+            started = await app.client.post("/api/v1/images", json={"application": "proof"})
+            image = await wait_built(app.client, started.json()["image"]["id"])
+            assert image["status"] == "ready"
+    finally:
+        for fd in seen.taken - set(seen.twice):
+            os.close(fd)
+    assert seen.taken and not seen.twice
 
 
 async def test_a_failing_step_fails_the_build_and_its_jobs(image_settings: Settings) -> None:
