@@ -149,9 +149,8 @@ class SlotCgroup(abc.ABC):
 
     def remove(self) -> bool:
         """Remove the cgroups; False if some are still busy (try again a moment later)."""
-        for fd in self._open.values():
-            os.close(fd)
-        self._open.clear()
+        while self._open:  # each taken out before it is closed: never closed twice
+            os.close(self._open.popitem()[1])
         for controller, path in list(self.dirs.items()):
             if rmdir_if_empty(path):
                 del self.dirs[controller]
