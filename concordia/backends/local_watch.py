@@ -74,13 +74,12 @@ async def end_job(
     container, still writing in the work directory until it is removed."""
     assert job.proc is not None
     loop = asyncio.get_running_loop()
-    proc = job.proc
     if job.container is None:
         status, cpu, after = await loop.run_in_executor(
             reaper, _reap_and_collect, job, cgroup, settings, meter
         )
     else:
-        status, cpu = await loop.run_in_executor(reaper, proc.reap)
+        status, cpu = await loop.run_in_executor(reaper, job.proc.reap)
         if podman is not None and (os.WIFSIGNALED(status) or job.killed or job.timed_out):
             await podman.remove(job.container)
         after = await loop.run_in_executor(reaper, collect, job, cgroup, settings, meter)
