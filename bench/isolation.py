@@ -23,10 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from forked import run_to_end
 from job_start import print_ratio, through_backend
 from options import benchmark, parse
 
-from concordia.backends import job_exit, job_process, sandbox
+from concordia.backends import job_process, sandbox
 from concordia.backends.cgroup import slot_cgroup
 from concordia.backends.local import LocalBackend
 from concordia.settings import Settings
@@ -61,14 +62,12 @@ def side_by_side(settings: Settings, runs: int) -> tuple[list[float], list[float
     def ours() -> float:
         cgroup.configure(limits)
         started = time.perf_counter()
-        proc = job_process.launch(
+        code = run_to_end(
             ["true"], work, forkserver=server, stdout=null, stderr=null, cpu_time=60,
             isolated=True, cgroup=cgroup, etc=etc, limits=limits,
         )  # fmt: skip
-        job_exit.until_ended(proc.pid)
-        proc.reap()
-        if proc.returncode != 0:
-            raise RuntimeError(f"the sandboxed job failed: exit code {proc.returncode}")
+        if code != 0:
+            raise RuntimeError(f"the sandboxed job failed: exit code {code}")
         return time.perf_counter() - started
 
     mine, direct = [], []

@@ -21,12 +21,12 @@ import time
 import uuid
 from pathlib import Path
 
+from forked import run_to_end
 from options import benchmark, parse
 
 from concordia.backends import sandbox
 from concordia.backends.base import JobImage, JobSpec
-from concordia.backends.job_exit import until_ended
-from concordia.backends.job_process import fork_server, launch, privilege_drop
+from concordia.backends.job_process import fork_server, privilege_drop
 from concordia.backends.local import LocalBackend
 from concordia.core.recipe import Recipe
 from concordia.core.states import FINAL_STATES
@@ -103,12 +103,11 @@ def as_the_job_user(rootfs: Path, workdir: Path, runs: int) -> list[float]:
     try:
         for _ in range(runs):
             started = time.perf_counter()
-            job = launch(
+            code = run_to_end(
                 ["true"], workdir, forkserver=server, stdout=devnull, stderr=devnull,
                 cpu_time=60, isolated=True, rootfs=rootfs,
             )  # fmt: skip
-            until_ended(job.pid)
-            if os.waitstatus_to_exitcode(job.reap()[0]) != 0:
+            if code != 0:
                 raise SystemExit("a run as the job's user failed")
             times.append(time.perf_counter() - started)
     finally:

@@ -22,12 +22,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from forked import run_to_end
 from options import benchmark, parse
 from server import serve
 
 from concordia.backends.isolation import detect_isolation
-from concordia.backends.job_exit import until_ended
-from concordia.backends.job_process import fork_server, launch, privilege_drop
+from concordia.backends.job_process import fork_server, privilege_drop
 from concordia.backends.sandbox import build_command, hand_over, minimal_etc
 
 APPLICATION = """\
@@ -100,12 +100,11 @@ def run_as_job_user(tmp: Path, jobs: int, slots: int) -> float:
             work = root / str(index) / "work"
             work.mkdir(parents=True)
             hand_over(work)
-            job = launch(
+            code = run_to_end(
                 ["/bin/true"], work, forkserver=servers[slot], stdout=devnull, stderr=devnull,
                 cpu_time=60, isolated=True, etc=etc,
             )  # fmt: skip
-            until_ended(job.pid)
-            if os.waitstatus_to_exitcode(job.reap()[0]) != 0:
+            if code != 0:
                 raise SystemExit(f"run {index} as the job's user failed")
 
     start = time.perf_counter()
