@@ -99,7 +99,7 @@ cj_clear_env() {
 }
 
 cj_ifs=$IFS
-cj_settings= cj_bwrap= cj_cache= cj_datalake=
+cj_settings= cj_bwrap= cj_cache= cj_datalake= cj_clean=
 [ $# -eq 2 ] && [ -f "$cj_dir/concordia-job.env" ] || cj_python "$@"
 . "$cj_dir/concordia-job.env"
 [ "$cj_settings" = 1 ] || cj_python "$@"
@@ -190,6 +190,13 @@ else
     if [ "$cj_kind" = bwrap ]; then
         cj_image=$cj_cache/$cj_sha256.rootfs
         cj_own "$cj_image" && [ -d "$cj_image" ] || cj_python "$cj_job" "$cj_sh_arg"
+        # python3 found that this bubblewrap clears the environment itself (--clearenv), and
+        # it has not changed since.
+        cj_stamp=$cj_cache/$cj_clearenv_stamp
+        if cj_own "$cj_stamp" && [ -f "$cj_stamp" ] && [ ! "$cj_binary" -nt "$cj_stamp" ] &&
+            read -r cj_line <"$cj_stamp" && [ "$cj_line" = "$cj_binary" ]; then
+            cj_clean=1
+        fi
     fi
     cj_where="from the node's cache $cj_cache"
 fi
@@ -203,7 +210,10 @@ printf '[concordia] running %s\n' "$*" >&2
 
 # The command as the wrapper's child (a simple command: vfork, the quickest start sh has),
 # its status reported as the Python wrapper reports it.
-if [ "$cj_kind" = bwrap ]; then
+if [ "$cj_clean" = 1 ]; then
+    cj_run_bwrap_clean "$@"
+    cj_code=$?
+elif [ "$cj_kind" = bwrap ]; then
     # The node's environment set aside, then unset: bubblewrap gets the image's alone, as
     # execve gives it in the Python wrapper's call(). A fork ($(export -p)) costs less
     # than a file of it, whose inode a busy filesystem may be slow to give.

@@ -13,6 +13,8 @@ CVMFS_APPTAINER = "/cvmfs/oasis.opensciencegrid.org/mis/apptainer/current/bin"
 #: Apptainer's --workdir, in the job's directory (made before apptainer starts).
 SCRATCH = ".concordia-tmp"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: In the node's cache: the bubblewrap found to take --clearenv (see bwrap_clears_env).
+CLEARENV_STAMP = "bwrap-clearenv"
 
 
 def find_runtime(config):
@@ -68,17 +70,23 @@ def apptainer_command(binary, image_path, image, argv, network, here):
     return [*cmd, image_path, *argv]
 
 
-def bwrap_command(binary, rootfs, image, argv, network, here):
+def bwrap_command(binary, rootfs, image, argv, network, here, clearenv=False):
+    """Bubblewrap on the unpacked image; with ``clearenv`` it sets the image's environment
+    itself (bwrap_env), else it is given that environment to pass on."""
     workdir = image.get("workdir") or "/work"
-    cmd = [binary, "--unshare-all"] + (["--share-net"] if network else [])
+    cmd = [binary]
+    if clearenv:
+        cmd.append("--clearenv")
+        for name, value in sorted(bwrap_env(image).items()):
+            cmd += ["--setenv", name, value]
+    cmd += ["--unshare-all"] + (["--share-net"] if network else [])
     cmd += ["--die-with-parent", "--ro-bind", rootfs, "/", "--bind", here, workdir]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", workdir]
     return [*cmd, "--", *argv]
 
 
 def bwrap_env(image):
-    """What a job under bubblewrap starts with: the image's environment, not the node's
-    (given to bwrap itself: --clearenv is newer than EL9's bubblewrap 0.4)."""
+    """What a job under bubblewrap starts with: the image's environment, not the node's."""
     env = {"PATH": DEFAULT_PATH, "HOME": image.get("workdir") or "/work", "LANG": "C.UTF-8"}
     env.update(image.get("env") or {})
     return env
@@ -105,6 +113,35 @@ def container_command(config, image, image_url, argv):
     tell(f"image {short(image)}: from the node's cache {cache}")
     if kind == "bwrap":
         rootfs = unpacked_rootfs(image, squashfs, cache)
+        if bwrap_clears_env(binary, cache):
+            return bwrap_command(binary, rootfs, image, argv, network, here, True), None
         return bwrap_command(binary, rootfs, image, argv, network, here), bwrap_env(image)
     os.makedirs(os.path.join(here, SCRATCH), exist_ok=True)
     return apptainer_command(binary, squashfs, image, argv, network, here), None
+
+
+def bwrap_clears_env(binary, cache):
+    """Whether ``binary`` takes --clearenv (bubblewrap 0.5 and newer; EL9's 0.4 does not).
+    Asked once per node and kept in the cache (CLEARENV_STAMP: the binary's path, not older
+    than the binary) for concordia-job.sh, which cannot ask: without it, sh must fork to
+    list the node's environment and clear it, a tenth of a job's start."""
+    stamp = os.path.join(cache, CLEARENV_STAMP)
+    try:
+        with open(stamp) as fh:
+            if (
+                fh.read() == binary + "\n"
+                and os.stat(binary).st_mtime <= os.fstat(fh.fileno()).st_mtime
+            ):
+                return True
+    except OSError:
+        pass
+    import subprocess
+
+    probe = [binary, "--clearenv", "--version"]  # --version ends bwrap where it is read
+    if subprocess.call(probe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
+        return False
+    partial = f"{stamp}.{os.getpid()}.part"
+    with open(partial, "w") as fh:
+        fh.write(binary + "\n")
+    os.replace(partial, stamp)
+    return True

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from .concordia_job_image import short
 from .concordia_job_runtime import (
+    CLEARENV_STAMP,
     SCRATCH,
     apptainer_command,
     apptainer_places,
@@ -81,6 +82,7 @@ def shell_settings(config: "Dict[str, Any]") -> "Optional[str]":
         "apptainer_dirs": "\n".join(places),
         "places": ", ".join(places),
         "scratch": SCRATCH,
+        "clearenv_stamp": CLEARENV_STAMP,
     }
     lines = [
         "# concordia-job.sh's settings for this submission's jobs, written by Concordia with",
@@ -94,14 +96,14 @@ def shell_settings(config: "Dict[str, Any]") -> "Optional[str]":
         ),
     ]
     env = bwrap_env(image)
-    # Bubblewrap gets the image's environment alone (execve's env in call()): sh exports
-    # it, so its names must be ones sh can export; else python3 starts such jobs.
+    # Bubblewrap gets the image's environment alone: it sets it itself (--clearenv) or sh
+    # exports it, so its names must be ones sh can export; else python3 starts such jobs.
     if all(re.fullmatch("[A-Za-z_][A-Za-z0-9_]*", name) for name in env):
         exports = " ".join(shlex.quote(f"{n}={v}") for n, v in sorted(env.items()))
         lines.append("cj_bwrap=1")
         lines.append(f"cj_bwrap_env() {{ export {exports}; }}")
         lines.append("cj_bwrap_unenv() {{ unset {}; }}".format(" ".join(sorted(env))))
-        lines.append(
-            _sh_function("cj_run_bwrap", bwrap_command(binary, path, image, [_ARGV], network, here))
-        )
+        for name, clearenv in (("cj_run_bwrap", False), ("cj_run_bwrap_clean", True)):
+            cmd = bwrap_command(binary, path, image, [_ARGV], network, here, clearenv)
+            lines.append(_sh_function(name, cmd))
     return "\n".join(lines) + "\n"

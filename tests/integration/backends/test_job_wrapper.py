@@ -26,7 +26,7 @@ import pytest
 from concordia.backends.diracx.jobs import wrapper_arguments, wrapper_config, wrapper_files
 from concordia.backends.wrapper.concordia_job_base import WRAPPER_FILES
 from concordia.backends.wrapper.concordia_job_lake import DATALAKE_MANIFEST
-from concordia.backends.wrapper.concordia_job_runtime import DEFAULT_PATH
+from concordia.backends.wrapper.concordia_job_runtime import CLEARENV_STAMP, DEFAULT_PATH
 from concordia.backends.wrapper.concordia_job_shell import SH_ESCAPED, SH_SAFE
 from concordia.images.store import ImageStore
 from tests.rucio import RucioServer
@@ -494,32 +494,106 @@ def test_a_job_started_without_python3_stores_its_data_through_python3(
     assert node.statuses == ["Application exited with code 0"] * 2 + [reason]
 
 
+def bwrap_0_4(path: Path, log: Path, real: str) -> None:
+    """``path`` is bubblewrap as EL9 has it (0.4): no --clearenv; it records its starts."""
+    python = shutil.which("python3", path=NODE_PATH)
+    path.write_text(
+        f"#!{python} -I\nimport json, os, sys\n"
+        "if '--clearenv' in sys.argv:\n"
+        "    sys.exit('bwrap: Unknown option --clearenv')\n"
+        f"with open({str(log)!r}, 'a') as fh:\n"
+        "    fh.write(json.dumps({'argv': sys.argv[1:], 'env': dict(os.environ)}) + '\\n')\n"
+        f"os.execv({real!r}, [{real!r}] + sys.argv[1:])\n"
+    )
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("version", ["0.8", "0.4"])
 def test_under_bubblewrap_the_second_job_gets_the_image_environment_alone(
-    node: Node, stored: dict[str, Any]
+    node: Node, stored: dict[str, Any], version: str
 ) -> None:
+    """Bubblewrap 0.5 and newer clear the node's environment themselves (--clearenv, found
+    by the node's first job); sh clears it for 0.4. Either way the same command and
+    environment for both jobs, and the image's environment alone for the command."""
     bwrap = shutil.which("bwrap", path=NODE_PATH)
     assert bwrap
     (node.root / "node-bin" / "apptainer").unlink()
-    logging_standin(node.root / "node-bin" / "bwrap", node.root / "bwrap.log", bwrap)
+    standin = logging_standin if version == "0.8" else bwrap_0_4
+    standin(node.root / "node-bin" / "bwrap", node.root / "bwrap.log", bwrap)
     first, second = node.job("first", stored), node.job("second", stored)
-    argv = ["sh", "-c", SAVE_ARG, "sh", EVERY_CHARACTER]
+    argv = ["sh", "-c", "env > env.all; " + SAVE_ARG, "sh", EVERY_CHARACTER]
     assert node.run(first, argv).returncode == 3
     two = node.run(second, argv)
     assert two.returncode == 3, two.stderr
     assert len(node.wrapper_starts()) == 2  # the first job, then the second's status
     assert "runtime: bwrap" in two.stdout and "no apptainer or singularity" in two.stdout
+    image_env = {"PATH": DEFAULT_PATH, "HOME": "/work", "LANG": "C.UTF-8", **IMAGE_ENV}
+    for work in (first, second):
+        lines = (work / "env.all").read_text().splitlines()
+        own = {"PWD": "/work", "SHLVL": "1"}  # set by bwrap's --chdir and the command's sh
+        assert dict(line.split("=", 1) for line in lines) == {**image_env, **own}
     [call] = [c for c in node.log("bwrap") if str(second) in c["argv"]]
-    assert call["env"] == {"PATH": DEFAULT_PATH, "HOME": "/work", "LANG": "C.UTF-8", **IMAGE_ENV}
+    if version == "0.8":
+        assert call["argv"][0] == "--clearenv"
+        assert call["env"]["NODE_ONLY"] == node.env["NODE_ONLY"]  # cleared by bwrap itself
+    else:
+        assert "--clearenv" not in call["argv"]
+        assert call["env"] == image_env
     # The node's environment again for the status: python3 saw what the node gave.
     [status] = [c for c in node.log("python3") if "--exited" in c["argv"]]
     assert status["env"]["NODE_ONLY"] == node.env["NODE_ONLY"]
     # All of it and nothing of the image's (sh sets PWD; python3 coerces the C locale).
     assert {k: v for k, v in status["env"].items() if k not in ("PWD", "LC_CTYPE")} == node.env
-    calls = node.log("bwrap")
+    # Asked once per node, by python3 (0.4 refuses before its stand-in records it).
+    probes = [c for c in node.log("bwrap") if "--version" in c["argv"]]
+    assert [c["argv"] for c in probes] == (
+        [["--clearenv", "--version"]] if version == "0.8" else []
+    )
+    calls = [c for c in node.log("bwrap") if c not in probes]
     for call in calls:
         call["env"]["PWD"] = call["argv"][call["argv"].index("--bind") + 1]
     (node.root / "bwrap.log").write_text("".join(json.dumps(c) + "\n" for c in calls))
     same_start(node, first, second, "bwrap")
+
+
+def test_bubblewrap_clears_the_environment_only_as_the_node_s_stamp_says(
+    node: Node, stored: dict[str, Any]
+) -> None:
+    """A stamp naming another bubblewrap, older than this one, or a link: sh clears the
+    node's environment itself, and the command still gets the image's alone."""
+    bwrap = shutil.which("bwrap", path=NODE_PATH)
+    assert bwrap
+    (node.root / "node-bin" / "apptainer").unlink()
+    binary = node.root / "node-bin" / "bwrap"
+    logging_standin(binary, node.root / "bwrap.log", bwrap)
+    argv = ["sh", "-c", "env > env.all"]
+    assert node.run(node.job("first", stored), argv).returncode == 0
+    stamp = node.cache / CLEARENV_STAMP
+    assert stamp.read_text() == f"{binary}\n"
+
+    def cleared_by_bwrap(name: str) -> bool:
+        work = node.job(name, stored)
+        before = len(node.wrapper_starts())
+        assert node.run(work, argv).returncode == 0
+        assert "--exited" in node.wrapper_starts()[before]  # started by sh, not python3
+        [call] = [c for c in node.log("bwrap") if str(work) in c["argv"]]
+        lines = (work / "env.all").read_text().splitlines()
+        env = dict(line.split("=", 1) for line in lines)
+        assert "NODE_ONLY" not in env and env["MPLBACKEND"] == "Agg", name
+        return bool(call["argv"][0] == "--clearenv")
+
+    assert cleared_by_bwrap("stamped")
+    stamp.write_text(f"{bwrap}\n")
+    assert not cleared_by_bwrap("another-bwrap")
+    stamp.write_text(f"{binary}\n")
+    later = time.time() + 60
+    os.utime(binary, (later, later))  # replaced after the stamp was written
+    assert not cleared_by_bwrap("changed-bwrap")
+    os.utime(stamp, (later + 1, later + 1))
+    assert cleared_by_bwrap("stamped-again")
+    stamp.rename(node.root / "elsewhere")
+    stamp.symlink_to(node.root / "elsewhere")
+    assert not cleared_by_bwrap("stamp-a-link")
 
 
 def test_anything_not_known_good_goes_to_python3(
