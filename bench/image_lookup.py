@@ -5,7 +5,7 @@ Starts `concordia serve` on SQLite with a one-parameter application (build argum
 builds its image for n=0 for real, then registers 999 more configurations as built (rows
 and store entries of the same content), and times 500 requests for random n. The same
 run measures GET /healthz last, as the floor of a request here. Last line: `p95_ms <x>`.
-Goal: p95 < 10 ms.
+Goal: p95 < 5 ms.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Starts `concordia serve` on SQLite in a temporary data dir, fills the database with
 100,000 jobs of the local user and a one-time login token, signs a client in with it,
 then times 100 requests of the HTML page (table, counts per status, filters).
-Last line: `p95_ms <x>`. Goal: p95 < 100 ms.
+Last line: `p95_ms <x>`. Goal: p95 < 100 ms; with --jobs 1000000, < 50 ms.
 """
 
 from __future__ import annotations
