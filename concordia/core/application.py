@@ -258,9 +258,13 @@ class JobPlan(BaseModel):
     argv: list[str]
 
 
-def expand_batch(app: ApplicationDef, values: dict[str, ParamValue]) -> list[JobPlan]:
-    """Turn validated submission values into one plan per job."""
+def expand_batch(
+    app: ApplicationDef, values: dict[str, ParamValue], first: int | None = None
+) -> list[JobPlan]:
+    """Turn validated submission values into one plan per job (the ``first`` ones only)."""
     count = int(values[app.batch.count]) if app.batch.count else 1
+    if first is not None:
+        count = min(count, first)
     words = shlex.split(app.command)
     plans = []
     for index in range(count):

@@ -96,9 +96,9 @@ def plan_jobs(
     """Every job of a submission with the JDL its backend is given, each with a new uuid
     (``preview``: only the first, its uuid a placeholder); raises Invalid naming each rule
     of the backend the jobs break."""
-    plans = expand_batch(app, values)
+    plans = expand_batch(app, values, 1 if preview else None)
     if preview:
-        plans, uuids = plans[:1], [PREVIEW_UUID]
+        uuids = [PREVIEW_UUID]
     else:
         uuids = [str(uuid.uuid4()) for _ in plans]
     planned = []

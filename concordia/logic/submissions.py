@@ -40,7 +40,6 @@ from concordia.logic.submission_plans import (
     cpu_estimate,
     next_submission_id,
     plan_jobs,
-    preview,
 )
 from concordia.logic.submission_views import get_submission
 from concordia.metrics import SUBMISSION_SECONDS
@@ -91,7 +90,10 @@ async def _admit(
     )  # fmt: skip
     # What the backend would refuse, before an image build starts for nothing (checked
     # again with the submission's own id once it has one).
-    await preview(platform, app, request)
+    plan_jobs(
+        chosen, app, values, await next_submission_id(platform.db), platform.catalog.directory,
+        preview=True,
+    )  # fmt: skip
     what = f"The application {app.title}"
     vo = require_vo(identity, app.vos, what, platform.settings)
     if request.vo is not None:  # one of the user's VOs that the application is open to
