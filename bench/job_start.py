@@ -1,13 +1,14 @@
 """Start overhead of a job in its image: the local backend against bubblewrap run directly.
 
 Builds the busybox image once (mmdebstrap, in a temporary data dir), then runs ``true`` in
-it N times one after the other through the local backend (job directory, launcher with
-limits, cgroup, sandbox, outputs collection; submit to final update) and, last, N times as
-the bare bubblewrap command on the same rootfs. Last line: `ratio <x>` (median backend /
-median direct). Also printed, where the server runs as root: the same bubblewrap command
-as the job's user, started as the backend starts it (from a fork server running as that
-user, job_process.launch), and its ratio to the direct run: the floor the privilege drop
-sets (an unprivileged bubblewrap builds its user namespace unaided). Goal: <= 1.2.
+it N times through the local backend (job directory, launcher with limits, cgroup,
+sandbox, outputs collection; submit to final update) and N times as the bare bubblewrap
+command on the same rootfs, one of each in turn (all see the same machine load). Last
+line: `ratio <x>` (median backend / median direct). Also printed, where the server runs as
+root: the same bubblewrap command as the job's user, started as the backend starts it (from
+a fork server running as that user, job_process.launch), and its ratio to the direct run:
+the floor the privilege drop sets (an unprivileged bubblewrap builds its user namespace
+unaided). Goal: <= 1.2.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from forked import run_to_end
@@ -52,68 +54,96 @@ def build_image(data_dir: Path) -> Path:
     return run_build(plan, builder, store, []).rootfs
 
 
+class OneByOne:
+    """The local backend running ``true`` (in ``image``, else without one), one job at a
+    time: each timed from submission to its final update."""
+
+    def __init__(self, settings: Settings, image: JobImage | None = None) -> None:
+        self.backend = LocalBackend(settings)
+        self.image = image
+        self.count = 0
+
+    async def __aenter__(self) -> OneByOne:
+        await self.backend.start()
+        assert self.backend.isolated, self.backend.isolation_problem
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.backend.close()
+
+    async def run(self) -> float:
+        self.count += 1
+        spec = JobSpec(uuid=str(uuid.uuid4()), job_id=self.count, name="t", argv=["true"],
+                       cpu_time=60, image=self.image)  # fmt: skip
+        started = time.perf_counter()
+        await self.backend.submit([spec])
+        while True:
+            await self.backend.changed.wait()
+            updates = await self.backend.drain()
+            if any(u.status in FINAL_STATES for u in updates):
+                return time.perf_counter() - started
+
+
 async def through_backend(
     settings: Settings, runs: int, image: JobImage | None = None
 ) -> tuple[list[float], str]:
-    """Jobs running ``true`` (in ``image``, else without one) one after the other, submit to
-    final update; and what bounds them."""
-    backend = LocalBackend(settings)
-    await backend.start()
-    assert backend.isolated, backend.isolation_problem
-    times = []
-    try:
-        for index in range(runs):
-            spec = JobSpec(uuid=str(uuid.uuid4()), job_id=index, name="t", argv=["true"],
-                           cpu_time=60, image=image)  # fmt: skip
-            started = time.perf_counter()
-            await backend.submit([spec])
-            while True:
-                await backend.changed.wait()
-                updates = await backend.drain()
-                if any(u.status in FINAL_STATES for u in updates):
-                    break
-            times.append(time.perf_counter() - started)
-    finally:
-        await backend.close()
-    return times, backend.limits_summary
+    """Jobs one after the other through the backend; and what bounds them."""
+    async with OneByOne(settings, image) as jobs:
+        return [await jobs.run() for _ in range(runs)], jobs.backend.limits_summary
 
 
-def direct(rootfs: Path, workdir: Path, runs: int) -> list[float]:
-    """The bare bubblewrap command, run by this process."""
+def direct_command(rootfs: Path, workdir: Path) -> list[str]:
+    """The bare bubblewrap command on ``rootfs``."""
     workdir.mkdir(exist_ok=True)
     sandbox.hand_over(workdir)
-    cmd = sandbox.build_command(["true"], workdir, isolated=True, rootfs=rootfs)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
-    return times
+    return sandbox.build_command(["true"], workdir, isolated=True, rootfs=rootfs)
 
 
-def as_the_job_user(rootfs: Path, workdir: Path, runs: int) -> list[float]:
-    """The same bubblewrap command from a fork server running as the job's user, started,
-    waited for and reaped as the backend does it (without its directory, cgroup or
-    records)."""
-    workdir.mkdir(exist_ok=True)
-    sandbox.hand_over(workdir)
-    server = fork_server()
+def timed(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+async def alternating(
+    settings: Settings, image: JobImage, work: Path, runs: int
+) -> tuple[list[float], list[float], list[float]]:
+    """The backend's job, the bare bubblewrap command, and (where the server runs as root)
+    the same command as the job's user from a fork server, started, waited for and reaped
+    as the backend does it (without its directory, cgroup or records): one of each in turn,
+    so that all three see the same machine."""
+    bare_cmd = direct_command(image.rootfs, work / "direct")
+    dropped_work = work / "dropped"
+    dropped_work.mkdir()
+    sandbox.hand_over(dropped_work)
+    server = fork_server() if privilege_drop() else None
     devnull = os.open(os.devnull, os.O_WRONLY)
-    times = []
+
+    def as_the_job_user() -> None:
+        code = run_to_end(
+            ["true"], dropped_work, forkserver=server, stdout=devnull, stderr=devnull,
+            cpu_time=60, isolated=True, rootfs=image.rootfs,
+        )  # fmt: skip
+        if code != 0:
+            raise SystemExit("a run as the job's user failed")
+
+    ours: list[float] = []
+    bare: list[float] = []
+    dropped: list[float] = []
     try:
-        for _ in range(runs):
-            started = time.perf_counter()
-            code = run_to_end(
-                ["true"], workdir, forkserver=server, stdout=devnull, stderr=devnull,
-                cpu_time=60, isolated=True, rootfs=rootfs,
-            )  # fmt: skip
-            if code != 0:
-                raise SystemExit("a run as the job's user failed")
-            times.append(time.perf_counter() - started)
+        async with OneByOne(settings, image) as jobs:
+            for _ in range(runs):
+                ours.append(await jobs.run())
+                bare.append(
+                    timed(lambda: subprocess.run(bare_cmd, check=True, stdin=subprocess.DEVNULL))
+                )
+                if server is not None:
+                    dropped.append(timed(as_the_job_user))
     finally:
-        server.close()
+        if server is not None:
+            server.close()
         os.close(devnull)
-    return times
+    return ours, bare, dropped
 
 
 def main() -> None:
@@ -127,12 +157,9 @@ def main() -> None:
         rootfs = build_image(data_dir)
         settings = Settings(data_dir=data_dir, local_slots=1)
         image = JobImage(id="0" * 64, rootfs=rootfs)
-        ours, _ = asyncio.run(through_backend(settings, args.runs, image))
-        bare = direct(rootfs, data_dir / "direct-work", args.runs)
-        # What part of the gap is the drop to the job's user.
-        dropped = as_the_job_user(rootfs, data_dir / "dropped-work", args.runs)
+        ours, bare, dropped = asyncio.run(alternating(settings, image, data_dir, args.runs))
     print(f"runs {args.runs}")
-    if privilege_drop():
+    if dropped:
         floor = statistics.median(dropped) / statistics.median(bare)
         print(f"bwrap_as_the_job_user_median_ms {statistics.median(dropped) * 1000:.2f}", end="")
         print(f" (floor ratio {floor:.2f})")
