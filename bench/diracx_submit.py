@@ -81,16 +81,6 @@ def listed(client: httpx.Client) -> int:
     return int(total) if total.isdigit() else len(response.json())
 
 
-def recorded_database(data_dir: Path) -> sqlite3.Connection:
-    """Concordia's SQLite file, read-only (WAL lets a reader in beside the server's writes).
-    One connection for the whole run, and each read counts only the round's rows: a read
-    every 20 ms then costs 0.04 ms of CPU, where a new connection counting every job cost
-    1.6 ms (measured on a table of 6,000 rows made for it); fifty of those a second, on a
-    machine of two cores, are CPU taken from DiracX."""
-    uri = f"file:{data_dir / 'concordia.db'}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=10)
-
-
 def recorded(db: sqlite3.Connection, after: int) -> int:
     """How many jobs of ids above ``after`` Concordia has recorded a DiracX id for."""
     query = "SELECT count(*) FROM jobs WHERE id > ? AND backend_ref IS NOT NULL"
@@ -182,7 +172,7 @@ def main() -> None:
                 with (
                     serve(root / "var", **settings) as server,
                     server.client() as client,
-                    closing(recorded_database(server.data_dir)) as db,
+                    closing(server.database()) as db,
                 ):
                     image_id = built_image(client)
                     flat = published / ".flat" / image_id[:2] / image_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -31,6 +32,15 @@ class Server:
         """User + system CPU time of the server process itself (not of its jobs)."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def database(self) -> sqlite3.Connection:
+        """The server's SQLite file, read-only (WAL lets a reader in beside its writes): what
+        a benchmark waits for, read without asking the server. One connection for the whole
+        run, each read counting only its own rows: a read every 20 ms then costs 0.04 ms of
+        CPU, where a new connection counting every job cost 1.6 ms (a table of 6,000 rows)
+        and a request for a submission's page costs the server 4-6 ms."""
+        uri = f"file:{self.data_dir / 'concordia.db'}?mode=ro"
+        return sqlite3.connect(uri, uri=True, timeout=10)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
