@@ -27,7 +27,7 @@ from concordia.logic.dispatch import dispatch_round, end_late, record_hand_over
 from concordia.logic.image_builds import clear_build_leftovers, start_builds
 from concordia.logic.job_ends import TOLD_ENDS, end_recorded
 from concordia.logic.job_specs import RoundMemory
-from concordia.logic.job_updates import followed, once_each, store_updates
+from concordia.logic.job_updates import followed, once_each, per_write, store_updates
 from concordia.logic.jobs import backend_ref, publish_jobs
 from concordia.logic.platform import Platform
 from concordia.metrics import RECONCILE_ROUND_FAILURES, RECONCILE_ROUND_SECONDS
@@ -268,15 +268,24 @@ class Reconciler:
             return
         kept = self._unstored.pop(name, [])
         updates = once_each([*kept, *await backend.poll(list(watched.values()))])
-        if not updates:
-            return
-        try:
-            async with self.platform.writing() as session:
-                slot = self.platform.process.lease.slot
-                rows, held = await store_updates(session, name, slot, updates)
-        except BaseException:
-            self._unstored[name] = updates
-            raise
+        groups = per_write(updates)
+        for done, group in enumerate(groups):
+            try:
+                if done and self.platform.process.wakeup.is_set():
+                    # New work does not wait for the news of thousands of jobs: a hand-over
+                    # that ended, a submission, take their turn between two groups.
+                    await self.dispatch(name, backend)
+                async with self.platform.writing() as session:
+                    slot = self.platform.process.lease.slot
+                    rows, held = await store_updates(session, name, slot, group)
+            except BaseException:
+                self._unstored[name] = [u for g in groups[done:] for u in g]
+                raise
+            self._stored(name, group, rows, held)
+
+    def _stored(
+        self, name: str, updates: list[StatusUpdate], rows: dict[str, JobRow], held: list[int]
+    ) -> None:
         # The watched refs follow what was stored (a resync read them before these news:
         # the backend would otherwise tell them again); a job not found is not watched.
         watched = self._watched.get(name, {})

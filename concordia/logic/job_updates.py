@@ -20,6 +20,11 @@ from concordia.logic.process import Process
 
 log = logging.getLogger(__name__)
 
+#: Jobs whose news one transaction stores (per_write): a poll may bring news of thousands
+#: (a grid's batch moving on), and while it is stored every other write waits: a hand-over
+#: being recorded (the next jobs not sent meanwhile), a user's kill.
+JOBS_PER_WRITE = 200
+
 
 async def followed(
     db: Database, process: Process, backend: str, statuses: Collection[JobStatus]
@@ -35,6 +40,20 @@ def once_each(updates: Iterable[StatusUpdate]) -> list[StatusUpdate]:
     """The news, each once: a backend that keeps its history (a grid) may tell kept news
     again. One piece of news is a job's status and minor status at a time."""
     return list({_news_key(u): u for u in updates}.values())
+
+
+def per_write(updates: list[StatusUpdate], jobs: int | None = None) -> list[list[StatusUpdate]]:
+    """The updates in groups of at most ``jobs`` jobs (JOBS_PER_WRITE), each stored in a
+    transaction of its own: each job's updates in one group, in their order."""
+    size = jobs or JOBS_PER_WRITE
+    group_of: dict[str, int] = {}
+    groups: list[list[StatusUpdate]] = []
+    for update in updates:
+        index = group_of.setdefault(update.uuid, len(group_of) // size)
+        if index == len(groups):
+            groups.append([])
+        groups[index].append(update)
+    return groups
 
 
 def _news_key(update: StatusUpdate) -> tuple[str, str, str, datetime]:

@@ -17,6 +17,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import update
 
+from concordia import worker
 from concordia.auth.vault import Vault
 from concordia.backends.base import BackendRef, StatusUpdate
 from concordia.core.states import JobStatus
@@ -26,8 +27,11 @@ from concordia.db.migrate import upgrade
 from concordia.db.tables import Job
 from concordia.images.build import BuilderChoice
 from concordia.images.store import ImageStore
+from concordia.logic import job_updates
 from concordia.logic.applications import ApplicationCatalog
 from concordia.logic.database import Database
+from concordia.logic.dispatch import dispatch_round
+from concordia.logic.job_updates import store_updates
 from concordia.logic.jobs import transition
 from concordia.logic.keyring import Keyring
 from concordia.logic.platform import ImageBuilds, Platform
@@ -258,6 +262,88 @@ async def test_a_backend_that_survives_a_restart_keeps_its_jobs(settings: Settin
         [done] = await until_status(app.client, [job_id], "Done")
     assert "Stalled" not in statuses(done) and done["reschedule_count"] == 0
     assert len(fake.handed) == 1  # followed, not handed over again
+
+
+async def test_news_of_many_jobs_is_stored_a_few_jobs_at_a_time(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll's news of many jobs is stored in several transactions: another write (a user's
+    kill, a hand-over's record) waiting meanwhile gets its turn after the first, not after
+    all of them."""
+    monkeypatch.setattr(job_updates, "JOBS_PER_WRITE", 3)
+    fake = FakeBackend()
+    async with started(settings, fake) as app:
+        batch = await submit(app.client, jobs=7)
+
+        async def handed_over() -> bool:
+            return len(fake.handed) == 7
+
+        await until(handed_over, "7 jobs in their backend")
+        writes: list[str] = []
+        others: list[asyncio.Task[None]] = []
+
+        async def another_write() -> None:
+            async with app.platform.writing():
+                writes.append("another write")
+
+        async def store(*args: Any) -> Any:
+            if not writes:  # while the first group is stored, another write waits its turn
+                others.append(asyncio.create_task(another_write()))
+                await asyncio.sleep(0)
+            writes.append(f"news of {len({u.uuid for u in args[-1]})} jobs")
+            return await store_updates(*args)
+
+        monkeypatch.setattr(worker, "store_updates", store)
+        for uuid in fake.handed:  # all at once: one poll brings the news of 7 jobs
+            fake.start(uuid)
+        await until_status(app.client, batch["job_ids"], "Running")
+        await asyncio.gather(*others)
+    assert writes == ["news of 3 jobs", "another write", "news of 3 jobs", "news of 1 jobs"]
+
+
+async def test_a_submission_is_handed_over_before_the_rest_of_a_big_poll_is_stored(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs submitted while a poll's news of many jobs is stored go to their backend between
+    two groups of that news, not after all of it."""
+    monkeypatch.setattr(job_updates, "JOBS_PER_WRITE", 3)
+    fake = FakeBackend()
+    async with started(settings, fake) as app:
+        first = await submit(app.client, jobs=7)
+
+        def handed(count: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return len(fake.handed) == count
+
+            return check
+
+        await until(handed(7), "7 jobs in their backend")
+        events: list[str] = []
+        later: list[asyncio.Task[dict[str, Any]]] = []
+
+        async def store(*args: Any) -> Any:
+            if not events:  # a user submits while the first group is stored
+                later.append(asyncio.create_task(submit(app.client, jobs=2)))
+                await asyncio.sleep(0)
+            events.append(f"news of {len({u.uuid for u in args[-1]})} jobs")
+            return await store_updates(*args)
+
+        async def dispatched(*args: Any, **kwargs: Any) -> Any:
+            done = await dispatch_round(*args, **kwargs)
+            if done is not None and done.specs:
+                events.append(f"{len(done.specs)} jobs handed over")
+            return done
+
+        monkeypatch.setattr(worker, "store_updates", store)
+        monkeypatch.setattr(worker, "dispatch_round", dispatched)
+        for uuid in fake.handed:  # all at once: one poll brings the news of 7 jobs
+            fake.start(uuid)
+        await until_status(app.client, first["job_ids"], "Running")
+        await asyncio.gather(*later)
+        await until(handed(9), "the 2 new jobs in their backend")
+    news = [event for event in events if event.startswith("news")]
+    assert news == ["news of 3 jobs", "news of 3 jobs", "news of 1 jobs"]
+    assert events.index("2 jobs handed over") < events.index("news of 1 jobs"), events
 
 
 @pytest.mark.parametrize(
