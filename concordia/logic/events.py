@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from functools import cached_property
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 
 class Event(BaseModel):
@@ -22,10 +22,21 @@ class Event(BaseModel):
     viewers: list[int] = Field(default_factory=list)
     vos: list[str] = Field(default_factory=list)
 
+    #: What the event's subscribers send of it, made once by the first (see sent_as).
+    _sent: dict[str, bytes] = PrivateAttr(default_factory=dict)
+
     @cached_property
     def data_json(self) -> str:
         """The data as JSON, made once: every subscriber's stream sends the same text."""
         return json.dumps(self.data)
+
+    def sent_as(self, form: str, make: Callable[[Event], bytes]) -> bytes:
+        """``make(self)``, made once for every subscriber that sends the event in ``form``
+        (twenty streams open, one event, one encoding)."""
+        sent = self._sent.get(form)
+        if sent is None:
+            sent = self._sent[form] = make(self)
+        return sent
 
     def reaches(self, user_id: int, vos: Iterable[str]) -> bool:
         if user_id == self.owner_id or user_id in self.viewers:

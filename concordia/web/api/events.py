@@ -85,7 +85,9 @@ async def _changes(
             events = [first]
             while not queue.empty():
                 events.append(queue.get_nowait())
-            chunk = b"".join(_encoded(e) for e in events if e.reaches(user.user_id, vos))
+            chunk = b"".join(
+                e.sent_as("sse", _encoded) for e in events if e.reaches(user.user_id, vos)
+            )
             if chunk:
                 yield chunk
 
