@@ -31,6 +31,11 @@ CHECK_SECONDS = 2.0
 POLL_SECONDS = 0.5
 #: The lock file of the worker on SQLite, in the data dir.
 LOCK_FILE = "worker.lock"
+#: How long a process that must run alone tries the lock file before it gives up: a lock
+#: being let go (a process that just stopped, whose last copy of the descriptor is in a
+#: child not yet exec'd on a busy machine; another process's look with a shared lock)
+#: frees in moments, a live worker's never.
+LET_GO_SECONDS = 2.0
 
 
 class LeaseHeld(RuntimeError):
@@ -113,6 +118,16 @@ def _lock_file_held(path: Path) -> bool:
     return False
 
 
+async def _let_go(fd: int) -> bool:
+    """Whether the lock was only being let go: taken within LET_GO_SECONDS."""
+    deadline = asyncio.get_running_loop().time() + LET_GO_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+        if _try_flock(fd):
+            return True
+    return False
+
+
 def _try_flock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,11 +142,14 @@ async def _flock(path: Path, on_wait: Callable[[], None] | None) -> AsyncIterato
     try:
         if not _try_flock(fd):
             if on_wait is None:
-                raise LeaseHeld(HELD)
-            on_wait()
-            # Polled (a lock file has no event to wait on): a standby stopped meanwhile stops.
-            while not _try_flock(fd):  # noqa: ASYNC110
-                await asyncio.sleep(POLL_SECONDS)
+                if not await _let_go(fd):
+                    raise LeaseHeld(HELD)
+            else:
+                on_wait()
+                # Polled (a lock file has no event to wait on): a standby stopped meanwhile
+                # stops.
+                while not _try_flock(fd):  # noqa: ASYNC110
+                    await asyncio.sleep(POLL_SECONDS)
         yield
     finally:
         os.close(fd)  # releases the lock
