@@ -92,11 +92,11 @@ async def through_backend(
         return [await jobs.run() for _ in range(runs)], jobs.backend.limits_summary
 
 
-def direct_command(rootfs: Path, workdir: Path) -> list[str]:
-    """The bare bubblewrap command on ``rootfs``."""
+def handed_over(workdir: Path) -> Path:
+    """``workdir`` made, and the sandbox's user's."""
     workdir.mkdir(exist_ok=True)
     sandbox.hand_over(workdir)
-    return sandbox.build_command(["true"], workdir, isolated=True, rootfs=rootfs)
+    return workdir
 
 
 def timed(run: Callable[[], object]) -> float:
@@ -112,10 +112,10 @@ async def alternating(
     the same command as the job's user from a fork server, started, waited for and reaped
     as the backend does it (without its directory, cgroup or records): one of each in turn,
     so that all three see the same machine."""
-    bare_cmd = direct_command(image.rootfs, work / "direct")
-    dropped_work = work / "dropped"
-    dropped_work.mkdir()
-    sandbox.hand_over(dropped_work)
+    bare_cmd = sandbox.build_command(
+        ["true"], handed_over(work / "direct"), isolated=True, rootfs=image.rootfs
+    )
+    dropped_work = handed_over(work / "dropped")
     server = fork_server() if privilege_drop() else None
     devnull = os.open(os.devnull, os.O_WRONLY)
 

@@ -36,6 +36,7 @@ LOCK_FILE = "worker.lock"
 #: child not yet exec'd on a busy machine; another process's look with a shared lock)
 #: frees in moments, a live worker's never.
 LET_GO_SECONDS = 2.0
+LET_GO_POLL_SECONDS = 0.02
 
 
 class LeaseHeld(RuntimeError):
@@ -118,14 +119,16 @@ def _lock_file_held(path: Path) -> bool:
     return False
 
 
-async def _let_go(fd: int) -> bool:
-    """Whether the lock was only being let go: taken within LET_GO_SECONDS."""
-    deadline = asyncio.get_running_loop().time() + LET_GO_SECONDS
-    while asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.02)
-        if _try_flock(fd):
-            return True
-    return False
+async def _flocked(fd: int, every: float, within: float | None = None) -> bool:
+    """Whether the lock was taken, tried now and every ``every`` seconds for ``within``
+    seconds at most (None: until it is)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if within is None else loop.time() + within
+    while not _try_flock(fd):
+        if deadline is not None and loop.time() >= deadline:
+            return False
+        await asyncio.sleep(every)
+    return True
 
 
 def _try_flock(fd: int) -> bool:
@@ -140,16 +143,13 @@ def _try_flock(fd: int) -> bool:
 async def _flock(path: Path, on_wait: Callable[[], None] | None) -> AsyncIterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if not _try_flock(fd):
-            if on_wait is None:
-                if not await _let_go(fd):
-                    raise LeaseHeld(HELD)
-            else:
-                on_wait()
-                # Polled (a lock file has no event to wait on): a standby stopped meanwhile
-                # stops.
-                while not _try_flock(fd):  # noqa: ASYNC110
-                    await asyncio.sleep(POLL_SECONDS)
+        if on_wait is None:  # alone: a lock being let go is waited for, a moment
+            if not await _flocked(fd, LET_GO_POLL_SECONDS, within=LET_GO_SECONDS):
+                raise LeaseHeld(HELD)
+        elif not _try_flock(fd):
+            on_wait()
+            # Polled (a lock file has no event to wait on): a standby stopped meanwhile stops.
+            await _flocked(fd, POLL_SECONDS)
         yield
     finally:
         os.close(fd)  # releases the lock

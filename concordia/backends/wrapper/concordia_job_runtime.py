@@ -123,8 +123,8 @@ def container_command(config, image, image_url, argv):
 def bwrap_clears_env(binary, cache):
     """Whether ``binary`` takes --clearenv (bubblewrap 0.5 and newer; EL9's 0.4 does not).
     Asked once per node and kept in the cache (CLEARENV_STAMP: the binary's path, not older
-    than the binary) for concordia-job.sh, which cannot ask: without it, sh must fork to
-    list the node's environment and clear it, a tenth of a job's start."""
+    than the binary) for concordia-job.sh, which cannot ask without starting a program:
+    without it, sh forks to list the node's environment and clear it."""
     stamp = os.path.join(cache, CLEARENV_STAMP)
     try:
         with open(stamp) as fh:
