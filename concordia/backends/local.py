@@ -38,6 +38,7 @@ from concordia.backends.local_watch import (
 )
 from concordia.backends.outputs import copy_outputs
 from concordia.backends.runtimes import ContainerCgroup, RuntimeChoice
+from concordia.backends.spares import remove_left, spares_dir
 from concordia.backends.spread import spread_subdirectories
 from concordia.core.jdl import job_jdl
 from concordia.core.limits import JobLimits
@@ -125,6 +126,10 @@ class LocalBackend:
         await self.probe()
         slots, memory_mb = self.settings.local_slots, self.settings.local_memory_mb
         self._cgroups = await asyncio.to_thread(lambda: [slot_cgroup() for _ in range(slots)])
+        spares = await asyncio.to_thread(spares_dir, self.settings.jobs_dir)
+        left = await asyncio.to_thread(remove_left, spares)
+        if left:
+            log.info("removed %d spare job directories of an earlier run", len(left))
         podman = self._starter.podman
         if podman is not None and not podman.rootless:
             self._containers = await asyncio.to_thread(
@@ -138,9 +143,12 @@ class LocalBackend:
                 ThreadPoolExecutor(1, f"local-slot-{i}"),
                 fork_server(cgroup),
                 self._containers[i] if self._containers else None,
+                spares,
             )
             for i, cgroup in enumerate(self._cgroups)
         ]
+        for slot in self._slots:
+            slot.launcher.submit(slot.restock)
         self._runners = [
             asyncio.create_task(self._runner(slot), name=f"local-slot-{i}")
             for i, slot in enumerate(self._slots)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from concordia.backends.job_exit import signal_job
 from concordia.backends.job_process import JobProcess
 from concordia.backends.network import OutboundNetwork
 from concordia.backends.runtimes import ContainerCgroup
+from concordia.backends.spares import make_spare
 from concordia.core.limits import JobLimits
 
 #: The cgroup that counts a job's processes: its slot's, or (rootful podman) the parent of
@@ -69,16 +71,29 @@ class LocalJob:
 @dataclass(eq=False)
 class Slot:
     """What one slot runs its jobs with: its cgroup, the thread that starts and reaps them,
-    its fork server, and the parent cgroup of its podman containers (rootful podman only)."""
+    its fork server, the parent cgroup of its podman containers (rootful podman only), and
+    where it makes its next job's directory ahead (None: each job makes its own)."""
 
     cgroup: SlotCgroup
     launcher: ThreadPoolExecutor
     forkserver: ForkServer
     containers: ContainerCgroup | None = None
+    spares: Path | None = None
+    #: The next job's directory, made (spares.take renames it into place); only the slot's
+    #: thread uses it.
+    spare: Path | None = None
+
+    def restock(self) -> None:
+        """Make the next job's directory if none is (in the slot's thread)."""
+        if self.spares is not None and self.spare is None:
+            self.spare = make_spare(self.spares)
 
     def close(self) -> None:
         self.launcher.shutdown()
         self.forkserver.close()
+        if self.spare is not None:
+            shutil.rmtree(self.spare, ignore_errors=True)
+            self.spare = None
 
 
 def counters(meter: Meter) -> Counters:

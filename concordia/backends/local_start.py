@@ -11,7 +11,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from concordia.backends import job_process, runtimes, sandbox
+from concordia.backends import job_process, runtimes, sandbox, spares
 from concordia.backends.base import JobSpec
 from concordia.backends.cgroup import Counters
 from concordia.backends.job_exit import signal_job
@@ -57,18 +57,19 @@ def choose_runtime(
 # File work, in the slot's thread (JobStarter.start): even a bare directory's few calls take a
 # millisecond or two on a slow filesystem, time the event loop (the web requests' too) would
 # wait (bench/load.py).
-def prepare(job: LocalJob) -> tuple[int, int]:
-    """A clean job directory with the inputs in work/; the opened logs."""
+def prepare(job: LocalJob, made: bool = False) -> tuple[int, int]:
+    """A clean job directory with the inputs in work/; the opened logs. ``made``: it is a
+    spare just renamed into place (spares.take), clean and whole."""
     jd, work = job.dir, job.dir / "work"
-    try:
-        jd.mkdir()
-    except FileExistsError:  # a rescheduled job starts from a clean directory
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(jd / "outputs", ignore_errors=True)
-    # Whatever the server's umask (077), and also where a crash came between the mkdir and
-    # this line: the sandbox's uid passes through to work/.
-    jd.chmod(0o711)
-    work.mkdir(mode=0o700)
+    if not made:
+        try:
+            spares.make_job_dir(jd)
+        except FileExistsError:  # a rescheduled job starts from a clean directory
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(jd / "outputs", ignore_errors=True)
+            # Also where a crash came between its mkdir and its chmod.
+            jd.chmod(0o711)
+            work.mkdir(mode=0o700)
     try:
         for src in job.spec.input_files:
             if src.is_dir():
@@ -117,9 +118,12 @@ class JobStarter:
         a slow filesystem, a launch returns once the job has exec'd (far more on a busy
         machine), and the event loop answers requests meanwhile."""
         loop = asyncio.get_running_loop()
-        before, job.proc, error = await loop.run_in_executor(
-            slot.launcher, self._prepare_and_launch, job, slot, meter
-        )
+        try:
+            before, job.proc, error = await loop.run_in_executor(
+                slot.launcher, self._prepare_and_launch, job, slot, meter
+            )
+        finally:
+            slot.launcher.submit(slot.restock)  # the next job's directory, while this one runs
         if job.proc is not None and job.killed:  # while it started: the kill found no process
             job.signal(signal.SIGKILL)
         return before, error
@@ -127,7 +131,10 @@ class JobStarter:
     def _prepare_and_launch(
         self, job: LocalJob, slot: Slot, meter: Meter
     ) -> tuple[Counters, JobProcess | None, str]:
-        out, err = prepare(job)
+        made = spares.take(slot.spare, job.dir)
+        if made:
+            slot.spare = None
+        out, err = prepare(job, made)
         if isinstance(meter, runtimes.ContainerCgroup):
             meter.begin()
         before = counters(meter)

@@ -133,6 +133,44 @@ async def test_a_job_directory_a_crash_left_half_made_is_made_again(
     assert jd.stat().st_mode & 0o777 == 0o711
 
 
+async def test_a_job_takes_the_directory_its_slot_made_ahead(make_backend: Factory) -> None:
+    """A slot makes its next job's directory while the last one runs; the job's start renames
+    it into place (no file made on the way). A rerun cleans its own directory instead."""
+    backend = await make_backend(local_slots=1)
+    spares = backend.settings.jobs_dir / ".spares"
+    await until(lambda: len(list(spares.iterdir())) == 1)
+    (first,) = spares.iterdir()
+    made = first.stat().st_ino
+    script = "ls -a; echo x > r.txt"
+    updates = await run(backend, job("ahead", "sh", "-c", script, outputs=["r.txt"]))
+    assert updates["ahead"][-1].status == S.DONE, updates["ahead"][-1].minor_status
+    jd = backend.job_dir("ahead")
+    assert jd.stat().st_ino == made
+    assert jd.stat().st_mode & 0o777 == 0o711
+    assert (jd / "std.out").read_text() == ".\n..\n"  # a clean work directory
+    assert sorted(p.name for p in (jd / "outputs").iterdir()) == ["r.txt", "std.err", "std.out"]
+    await until(lambda: [p.name for p in spares.iterdir()] not in ([], [first.name]))
+    (second,) = spares.iterdir()
+    again = await run(backend, job("ahead", "sh", "-c", script, outputs=["r.txt"]))
+    assert again["ahead"][-1].status == S.DONE
+    assert jd.stat().st_ino == made and (jd / "std.out").read_text() == ".\n..\n"
+    assert list(spares.iterdir()) == [second]
+    await within(backend.close())
+    assert list(spares.iterdir()) == []
+
+
+async def test_the_spares_a_dead_process_left_are_removed_at_start(make_backend: Factory) -> None:
+    backend = await make_backend(local_slots=1)
+    await within(backend.close())
+    spares = backend.settings.jobs_dir / ".spares"
+    dead, live = spares / "999999999-0", spares / "1-0"  # no such pid; init, always there
+    for spare in (dead, live):
+        (spare / "work").mkdir(parents=True)
+    await make_backend(local_slots=1)
+    assert not dead.exists()
+    assert (live / "work").is_dir()  # another worker's, on the same jobs directory
+
+
 async def test_exit_code_and_start_failures(make_backend: Factory, tmp_path: Path) -> None:
     backend = await make_backend()
     missing = tmp_path / "missing.dat"
