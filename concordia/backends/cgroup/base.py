@@ -80,17 +80,22 @@ class SlotCgroup(abc.ABC):
         self.resident = pid
 
     def configure(self, limits: JobLimits) -> None:
-        """Write a job's bounds before it starts; a bound that cannot be written is dropped
-        (the job runs without it, as where the controller is missing)."""
+        """Write a job's bounds before it starts, those that changed since the last job's; a
+        bound that cannot be written is dropped (the job runs without it, as where the
+        controller is missing)."""
         if "memory" in self.dirs:
             self._set_memory((limits.memory_mb or 0) * 1024 * 1024)
-        if "pids" in self.dirs:
+        processes = limits.processes or 0
+        if "pids" in self.dirs and self._written.get("pids") != processes:
             # One more than the job's: the slot's fork server is in it too.
-            bound = str(limits.processes + 1) if limits.processes else "max"
+            bound = str(processes + 1) if processes else "max"
             try:
                 self._write(self.dirs["pids"] / "pids.max", bound)
             except OSError as exc:
                 log.warning("cannot write pids.max: %s", exc)
+                self._written.pop("pids", None)
+                return
+            self._written["pids"] = processes
 
     def _write(self, path: Path, value: str) -> None:
         """Write one value to a cgroup file (one write: the kernel takes it as one command)."""
