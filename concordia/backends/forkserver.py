@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,13 @@ class ForkedJob:
         self.returncode: int | None = None
         self._server = server
 
-    def reap(self) -> tuple[int, float]:
+    def reap(self, meanwhile: Callable[[], object] | None = None) -> tuple[int, float]:
         """Kill what the job left in its process group and reap it: (wait status, CPU seconds
-        of it and of the children it reaped). Blocks until it has ended."""
+        of it and of the children it reaped). Blocks until it has ended. ``meanwhile`` runs
+        once its group is killed, while the fork server reaps it."""
         with contextlib.suppress(OSError):
             os.killpg(self.pid, signal.SIGKILL)
-        status, cpu = self._server.reap(self.pid)
+        status, cpu = self._server.reap(self.pid, meanwhile)
         self.returncode = os.waitstatus_to_exitcode(status)
         return status, cpu
 
@@ -111,14 +112,29 @@ class ForkServer:
                 return False
         return True
 
-    def reap(self, pid: int) -> tuple[int, float]:
-        """Wait for one of its jobs to end: (wait status, CPU seconds)."""
+    def reap(self, pid: int, meanwhile: Callable[[], object] | None = None) -> tuple[int, float]:
+        """Wait for one of its jobs to end: (wait status, CPU seconds). ``meanwhile`` (the work
+        that follows the job's end) runs once, whatever happens, while the fork server reaps:
+        its round trip overlaps that work instead of coming before it."""
+        reply = None
         with self._lock:
             try:
-                reply = self._ask({"reap": pid}, [], start=False)
-            except OSError as exc:  # it died, and its jobs with it
-                log.warning("the fork server of job process %d ended: %s", pid, exc)
-                return _KILLED, 0.0
+                self._send({"reap": pid}, [], start=False)
+                sent = True
+            except OSError as exc:
+                sent = False
+                _ended(pid, exc)
+            try:
+                if meanwhile is not None:
+                    meanwhile()
+            finally:
+                if sent:
+                    try:
+                        reply = self._receive()
+                    except OSError as exc:
+                        _ended(pid, exc)
+        if reply is None:  # it died, and its jobs with it
+            return _KILLED, 0.0
         if "status" not in reply:
             raise _error(reply, "cannot reap")
         return int(reply["status"]), float(reply["cpu"])
@@ -129,6 +145,10 @@ class ForkServer:
             self._stop()
 
     def _ask(self, request: dict[str, Any], fds: list[int], *, start: bool) -> dict[str, Any]:
+        self._send(request, fds, start=start)
+        return self._receive()
+
+    def _send(self, request: dict[str, Any], fds: list[int], *, start: bool) -> None:
         if self._sock is None or (self._proc is not None and self._proc.poll() is not None):
             if not start:
                 raise OSError("the fork server is not running")
@@ -136,6 +156,13 @@ class ForkServer:
         assert self._sock is not None
         try:
             socket.send_fds(self._sock, [json.dumps(request).encode()], fds)
+        except OSError:
+            self._stop()
+            raise
+
+    def _receive(self) -> dict[str, Any]:
+        assert self._sock is not None
+        try:
             reply = self._sock.recv(_BUFFER)
         except OSError:
             self._stop()
@@ -186,6 +213,10 @@ class ForkServer:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
+
+
+def _ended(pid: int, exc: OSError) -> None:
+    log.warning("the fork server of job process %d ended: %s", pid, exc)
 
 
 def _error(reply: dict[str, Any], default: str) -> OSError:

@@ -10,7 +10,7 @@ import resource
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -132,8 +132,9 @@ class JobProcess(Protocol):
     pid: int
     returncode: int | None
 
-    def reap(self) -> tuple[int, float]:
-        """Kill what it left in its process group, reap it: (wait status, CPU seconds)."""
+    def reap(self, meanwhile: Callable[[], object] | None = None) -> tuple[int, float]:
+        """Kill what it left in its process group, reap it: (wait status, CPU seconds).
+        ``meanwhile`` runs once the group is killed, as early as the reaping lets it."""
         ...
 
 
@@ -144,13 +145,15 @@ class SpawnedJob:
         self.pid, self._proc = proc.pid, proc
         self.returncode: int | None = None
 
-    def reap(self) -> tuple[int, float]:
+    def reap(self, meanwhile: Callable[[], object] | None = None) -> tuple[int, float]:
         """Reaping it ourselves, not through asyncio's child watcher, gives its CPU time and
         keeps its process group from being reused while we may still signal it."""
         with contextlib.suppress(OSError):
             os.killpg(self.pid, signal.SIGKILL)
         _, status, usage = os.wait4(self.pid, 0)
         self.returncode = self._proc.returncode = os.waitstatus_to_exitcode(status)
+        if meanwhile is not None:
+            meanwhile()
         return status, usage.ru_utime + usage.ru_stime
 
 

@@ -92,8 +92,9 @@ def _reap_and_collect(
     job: LocalJob, cgroup: SlotCgroup, settings: LocalBackendSettings, meter: Meter
 ) -> tuple[int, float, Counters]:
     assert job.proc is not None
-    status, cpu = job.proc.reap()
-    return status, cpu, collect(job, cgroup, settings, meter)
+    after: list[Counters] = []
+    status, cpu = job.proc.reap(lambda: after.append(collect(job, cgroup, settings, meter)))
+    return status, cpu, after[0]
 
 
 def _wall_limit(job: LocalJob, grace_seconds: float) -> None:

@@ -156,11 +156,30 @@ def test_jobs_die_with_their_fork_server_which_is_replaced(
             os.kill(forkserver.pid, signal.SIGKILL)
         for proc in procs:
             assert job_exit.until_ended(proc.pid, timeout=15)
-            status, _ = proc.reap()
+            ran: list[int] = []  # the work after the job, which the reaping overlaps
+            status, _ = proc.reap(lambda: ran.append(1))  # noqa: B023 (called at once)
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            assert ran == [1]  # once, though there was no fork server left to ask
     finally:
         plain.close()
     assert run(server, "exit 4", tmp_path)[0] == 4  # a new fork server
+
+
+def test_work_that_fails_while_a_job_is_reaped_leaves_the_fork_server_in_step(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    """The work after a job runs while the fork server reaps it; if that work fails, its
+    reply is still read: the next request gets its own."""
+    proc = server.spawn(["sh", "-c", "exit 3"], Path("/"), {}, {})
+    assert job_exit.until_ended(proc.pid, timeout=30)
+
+    def fails() -> None:
+        raise RuntimeError("the outputs could not be collected")
+
+    with pytest.raises(RuntimeError, match="could not be collected"):
+        proc.reap(fails)
+    assert run(server, "exit 5", tmp_path) == (5, "")
+    assert not alive(proc.pid)  # it was reaped all the same
 
 
 @pytest.mark.parametrize(
