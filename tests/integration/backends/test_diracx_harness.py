@@ -185,7 +185,12 @@ def test_a_job_killed_while_running_is_stopped(jane: httpx.Client, site: Site) -
     job_id = submit(jane, '[Executable = "/bin/sleep"; Arguments = "60";]')
     started = time.monotonic()
     with site.running():
-        wait_status(jane, job_id, "Running")
+        # Its application started: the site's last status before it, so that the kill's
+        # timestamp is after all of the site's (an earlier one would not be the job's status).
+        deadline = time.monotonic() + 30
+        while (row := job(jane, job_id))["MinorStatus"] != "Application":
+            assert time.monotonic() < deadline, f"job {job_id} never ran its application: {row}"
+            time.sleep(0.05)
         killed = jane.patch(
             "/api/jobs/status",
             json={
