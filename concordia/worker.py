@@ -78,6 +78,12 @@ class Reconciler:
         self._unstored: dict[str, list[StatusUpdate]] = {}
         #: Jobs whose data outputs are being uploaded to the data lake, by id.
         self._uploads: dict[int, asyncio.Task[None]] = {}
+        #: Backends whose last round found no job to hand over though they had room: none
+        #: has a round again until new work is told (look_again) or a timed poll comes. A
+        #: busy backend's news and hand-overs wake the worker many times a second; an idle
+        #: one's round is a write transaction each time.
+        self._idle: set[str] = set()
+        self._work_told = 0
 
     async def run(self) -> None:
         recovered = False
@@ -123,7 +129,11 @@ class Reconciler:
         self.platform.look_again()
 
     async def step(self, *, resync: bool = True) -> None:
-        self.platform.process.wakeup.clear()
+        process = self.platform.process
+        if resync or process.work_told != self._work_told:  # new work, for any backend
+            self._idle.clear()
+            self._work_told = process.work_told
+        process.wakeup.clear()
         # Only after word from another process: the rounds a backend's news starts (many a
         # second while local jobs run) need not look.
         look_wider, self._other_writes = self._other_writes, False
@@ -199,7 +209,7 @@ class Reconciler:
         ("Waiting for image" until then; a failed build fails the job)."""
         self._forget_finished_hand_overs()
         mine = [ids for backend_name, ids in self._handing.values() if backend_name == name]
-        if self._backoff or len(mine) >= HANDOVERS_AT_ONCE:
+        if self._backoff or len(mine) >= HANDOVERS_AT_ONCE or name in self._idle:
             return  # the end of a hand-over wakes the loop; a failure waits for the next poll
         being_handed = set().union(*mine)
         room = backend.capacity()
@@ -215,12 +225,14 @@ class Reconciler:
                 self._memory.retry_later = False
                 self._backoff = True
         if done is None:
+            if room != 0:  # none waits for it
+                self._idle.add(name)
             return
         self._watch(name, done.jobs)
         publish_jobs(self.platform.bus, done.jobs)
         if done.specs:
             task = asyncio.create_task(self._hand_over(name, backend, done.specs))
-            task.add_done_callback(lambda _: self.platform.look_again())
+            task.add_done_callback(lambda _: self.platform.process.wake())
             self._handing[task] = (name, {spec.job_id for spec in done.specs})
 
     def _forget_finished_hand_overs(self) -> None:
@@ -274,6 +286,8 @@ class Reconciler:
                 if done and self.platform.process.wakeup.is_set():
                     # New work does not wait for the news of thousands of jobs: a hand-over
                     # that ended, a submission, take their turn between two groups.
+                    if self.platform.process.work_told != self._work_told:
+                        self._idle.discard(name)
                     await self.dispatch(name, backend)
                 async with self.platform.writing() as session:
                     slot = self.platform.process.lease.slot

@@ -86,7 +86,7 @@ async def dispatch_round(
             return None
         # More than a round takes (not only more than there is room for): back at once.
         if len(new) == DISPATCH_BATCH or (room is None and len(old) == DISPATCH_BATCH):
-            platform.look_again()
+            platform.process.wake()
         rows = [(ReadyJob(*row[:-1]), row[-1]) for row in old + new]
         before = {job.id: (job.status, job.minor_status) for job, _ in rows}
         limit = platform.settings.max_running_jobs_per_user

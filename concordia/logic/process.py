@@ -24,11 +24,19 @@ class Process:
     #: Set to make the reconciler look for work now rather than at its next tick (through
     #: look_again; the worker's loop clears it).
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    #: How many times look_again was called: work may have come for any backend since.
+    work_told: int = 0
 
     def look_again(self) -> None:
         """Something changed that the worker acts on (work to start, a build ended, a kill):
         this process's worker looks now; other processes learn it from the commit
         (Database.tells_others)."""
+        self.work_told += 1
+        self.wakeup.set()
+
+    def wake(self) -> None:
+        """Wake the worker for its own next step with one backend (a hand-over ended, a round
+        left jobs for the next): no other backend has new work from it."""
         self.wakeup.set()
 
     def worker_alive(self) -> int | None:

@@ -346,6 +346,76 @@ async def test_a_submission_is_handed_over_before_the_rest_of_a_big_poll_is_stor
     assert events.index("2 jobs handed over") < events.index("news of 1 jobs"), events
 
 
+async def test_a_backend_with_nothing_to_take_has_no_round_until_new_work_comes(
+    fake_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend's news wake the worker many times a second. A backend whose last round
+    found no job though it had room has no dispatch round (a write transaction each) at
+    that news; a new submission still goes to it at once."""
+    settings = fake_settings(poll_interval=30)  # no timed round during the test
+    fake = FakeBackend()
+    names: list[str] = []
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        names.append(args[2])
+        return await dispatch_round(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "dispatch_round", counted)
+    async with started(settings, fake) as app:
+        first = await submit(app.client, jobs=3)
+
+        def handed(count: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return len(fake.handed) == count
+
+            return check
+
+        await until(handed(3), "3 jobs in their backend")
+        looked = len(names)
+        app.platform.look_again()  # as a hand-over's end does: a round finds the queue empty
+
+        async def looked_again() -> bool:
+            return len(names) > looked
+
+        await until(looked_again, "a round after the hand-over")
+        await asyncio.sleep(0.1)
+        before = len(names)
+        for uuid, job_id in zip(fake.handed, first["job_ids"], strict=True):
+            fake.start(uuid)  # news: a round of their own
+            await until_status(app.client, [job_id], "Running")
+        assert len(names) == before
+        await submit(app.client, jobs=1)
+        await until(handed(4), "the new job in its backend")
+    assert len(names) > before
+
+
+async def test_another_backends_hand_overs_bring_an_idle_backend_no_round(
+    fake_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submission may bring work to any backend: each has a round. The end of a hand-over
+    to one backend brings none to the others."""
+    settings = fake_settings(poll_interval=30)  # no timed round during the test
+    busy, idle = FakeBackend(), FakeBackend("local")
+    names: list[str] = []
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        names.append(args[2])
+        return await dispatch_round(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "dispatch_round", counted)
+    async with running_app(settings, {busy.name: busy, idle.name: idle}) as app:
+        for submitted in range(1, 4):
+            await submit(app.client, jobs=1)
+
+            async def handed() -> bool:
+                return len(busy.handed) == submitted  # noqa: B023 (awaited at once)
+
+            await until(handed, f"{submitted} jobs in their backend")
+            await asyncio.sleep(0.1)  # the round the hand-over's end asks for
+    assert names.count("diracx") >= 6  # a round each submission, and one after its hand-over
+    assert names.count("local") <= 4  # one at the start, one at each submission
+
+
 @pytest.mark.parametrize(
     ("backend", "status"),
     [(StartingBackend, "Running"), (NeverStartingBackend, "Waiting")],
