@@ -151,6 +151,15 @@ async def until_status(
     return [await job(client, i) for i in job_ids]
 
 
+def handed(fake: FakeBackend, count: int) -> Callable[[], Awaitable[bool]]:
+    """Whether ``fake`` was handed ``count`` jobs."""
+
+    async def check() -> bool:
+        return len(fake.handed) == count
+
+    return check
+
+
 def statuses(found: dict[str, Any]) -> list[str]:
     return [entry["status"] for entry in found["history"]]
 
@@ -311,13 +320,7 @@ async def test_a_submission_is_handed_over_before_the_rest_of_a_big_poll_is_stor
     async with started(settings, fake) as app:
         first = await submit(app.client, jobs=7)
 
-        def handed(count: int) -> Callable[[], Awaitable[bool]]:
-            async def check() -> bool:
-                return len(fake.handed) == count
-
-            return check
-
-        await until(handed(7), "7 jobs in their backend")
+        await until(handed(fake, 7), "7 jobs in their backend")
         events: list[str] = []
         later: list[asyncio.Task[dict[str, Any]]] = []
 
@@ -340,7 +343,7 @@ async def test_a_submission_is_handed_over_before_the_rest_of_a_big_poll_is_stor
             fake.start(uuid)
         await until_status(app.client, first["job_ids"], "Running")
         await asyncio.gather(*later)
-        await until(handed(9), "the 2 new jobs in their backend")
+        await until(handed(fake, 9), "the 2 new jobs in their backend")
     news = [event for event in events if event.startswith("news")]
     assert news == ["news of 3 jobs", "news of 3 jobs", "news of 1 jobs"]
     assert events.index("2 jobs handed over") < events.index("news of 1 jobs"), events
@@ -364,13 +367,7 @@ async def test_a_backend_with_nothing_to_take_has_no_round_until_new_work_comes(
     async with started(settings, fake) as app:
         first = await submit(app.client, jobs=3)
 
-        def handed(count: int) -> Callable[[], Awaitable[bool]]:
-            async def check() -> bool:
-                return len(fake.handed) == count
-
-            return check
-
-        await until(handed(3), "3 jobs in their backend")
+        await until(handed(fake, 3), "3 jobs in their backend")
         looked = len(names)
         app.platform.look_again()  # as a hand-over's end does: a round finds the queue empty
 
@@ -385,7 +382,7 @@ async def test_a_backend_with_nothing_to_take_has_no_round_until_new_work_comes(
             await until_status(app.client, [job_id], "Running")
         assert len(names) == before
         await submit(app.client, jobs=1)
-        await until(handed(4), "the new job in its backend")
+        await until(handed(fake, 4), "the new job in its backend")
     assert len(names) > before
 
 
@@ -407,10 +404,7 @@ async def test_another_backends_hand_overs_bring_an_idle_backend_no_round(
         for submitted in range(1, 4):
             await submit(app.client, jobs=1)
 
-            async def handed() -> bool:
-                return len(busy.handed) == submitted  # noqa: B023 (awaited at once)
-
-            await until(handed, f"{submitted} jobs in their backend")
+            await until(handed(busy, submitted), f"{submitted} jobs in their backend")
             await asyncio.sleep(0.1)  # the round the hand-over's end asks for
     assert names.count("diracx") >= 6  # a round each submission, and one after its hand-over
     assert names.count("local") <= 4  # one at the start, one at each submission
