@@ -285,9 +285,9 @@ class Reconciler:
             try:
                 if done and self.platform.process.wakeup.is_set():
                     # New work does not wait for the news of thousands of jobs: a hand-over
-                    # that ended, a submission, take their turn between two groups.
-                    if self.platform.process.work_told != self._work_told:
-                        self._idle.discard(name)
+                    # that ended, a submission, take their turn between two groups (one
+                    # committed but not yet told among them).
+                    self._idle.discard(name)
                     await self.dispatch(name, backend)
                 async with self.platform.writing() as session:
                     slot = self.platform.process.lease.slot
