@@ -85,7 +85,11 @@ async def test_a_sigkill_mid_upload_resumes_and_stores_each_file_once(
         server.start()
         with api(server) as client:
             deadline = time.monotonic() + 180
-            while not (view := client.get(f"/submissions/{sub['id']}").json())["finished"]:
+            while True:
+                response = client.get(f"/submissions/{sub['id']}")
+                assert response.status_code == 200, (response.status_code, response.text)
+                if (view := response.json())["finished"]:
+                    break
                 assert time.monotonic() < deadline, view
                 time.sleep(0.2)
             assert view["counts"] == {"Done": JOBS}, view
