@@ -38,7 +38,7 @@ from concordia.backends.local_watch import (
 )
 from concordia.backends.outputs import copy_outputs
 from concordia.backends.runtimes import ContainerCgroup, RuntimeChoice
-from concordia.backends.spares import remove_left, spares_dir
+from concordia.backends.spares import Spares
 from concordia.backends.spread import spread_subdirectories
 from concordia.core.jdl import job_jdl
 from concordia.core.limits import JobLimits
@@ -92,6 +92,7 @@ class LocalBackend:
         self._runners: list[asyncio.Task[None]] = []
         self._slots: list[Slot] = []
         self._cgroups: list[SlotCgroup] = []  # until they are removed
+        self._spares: Spares | None = None  # made by start()
         s = settings
         self.defaults = JobLimits(
             processes=s.local_max_processes, memory_mb=s.local_memory_mb,
@@ -126,10 +127,13 @@ class LocalBackend:
         await self.probe()
         slots, memory_mb = self.settings.local_slots, self.settings.local_memory_mb
         self._cgroups = await asyncio.to_thread(lambda: [slot_cgroup() for _ in range(slots)])
-        spares = await asyncio.to_thread(spares_dir, self.settings.jobs_dir)
-        left = await asyncio.to_thread(remove_left, spares)
-        if left:
-            log.info("removed %d spare job directories of an earlier run", len(left))
+        try:
+            self._spares = await asyncio.to_thread(Spares, self.settings.jobs_dir)
+        except OSError as exc:  # each job makes its own directory (and says why it cannot)
+            log.warning("no spare job directories: %s", exc)
+        if self._spares is not None and self._spares.removed:
+            left = len(self._spares.removed)
+            log.info("removed the spare job directories of %d ended runs", left)
         podman = self._starter.podman
         if podman is not None and not podman.rootless:
             self._containers = await asyncio.to_thread(
@@ -143,7 +147,7 @@ class LocalBackend:
                 ThreadPoolExecutor(1, f"local-slot-{i}"),
                 fork_server(cgroup),
                 self._containers[i] if self._containers else None,
-                spares,
+                self._spares,
             )
             for i, cgroup in enumerate(self._cgroups)
         ]
@@ -191,6 +195,9 @@ class LocalBackend:
         for slot in self._slots:  # their fork servers leave the slots' cgroups
             await asyncio.to_thread(slot.close)
         self._slots = []
+        if self._spares is not None:
+            await asyncio.to_thread(self._spares.close)
+            self._spares = None
         for _ in range(40):  # the last sandboxes' processes may take a moment to be reaped
             self._cgroups = [cg for cg in self._cgroups if not cg.remove()]
             self._containers = [cg for cg in self._containers if not cg.remove()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from concordia.backends.job_exit import signal_job
 from concordia.backends.job_process import JobProcess
 from concordia.backends.network import OutboundNetwork
 from concordia.backends.runtimes import ContainerCgroup
-from concordia.backends.spares import make_spare
+from concordia.backends.spares import Spares
 from concordia.core.limits import JobLimits
 
 #: The cgroup that counts a job's processes: its slot's, or (rootful podman) the parent of
@@ -78,7 +77,7 @@ class Slot:
     launcher: ThreadPoolExecutor
     forkserver: ForkServer
     containers: ContainerCgroup | None = None
-    spares: Path | None = None
+    spares: Spares | None = None
     #: The next job's directory, made (spares.take renames it into place); only the slot's
     #: thread uses it.
     spare: Path | None = None
@@ -86,14 +85,13 @@ class Slot:
     def restock(self) -> None:
         """Make the next job's directory if none is (in the slot's thread)."""
         if self.spares is not None and self.spare is None:
-            self.spare = make_spare(self.spares)
+            self.spare = self.spares.make()
 
     def close(self) -> None:
+        """Stop its thread and its fork server; its spare goes with the backend's spares."""
         self.launcher.shutdown()
         self.forkserver.close()
-        if self.spare is not None:
-            shutil.rmtree(self.spare, ignore_errors=True)
-            self.spare = None
+        self.spare = None
 
 
 def counters(meter: Meter) -> Counters:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import threading
@@ -133,13 +134,18 @@ async def test_a_job_directory_a_crash_left_half_made_is_made_again(
     assert jd.stat().st_mode & 0o777 == 0o711
 
 
+def spares_of(backend: LocalBackend) -> list[Path]:
+    """The spare job directories of every process, in the jobs directory's .spares/."""
+    root = backend.settings.jobs_dir / ".spares"
+    return sorted(spare for own in root.iterdir() for spare in own.iterdir())
+
+
 async def test_a_job_takes_the_directory_its_slot_made_ahead(make_backend: Factory) -> None:
     """A slot makes its next job's directory while the last one runs; the job's start renames
     it into place (no file made on the way). A rerun cleans its own directory instead."""
     backend = await make_backend(local_slots=1)
-    spares = backend.settings.jobs_dir / ".spares"
-    await until(lambda: len(list(spares.iterdir())) == 1)
-    (first,) = spares.iterdir()
+    await until(lambda: len(spares_of(backend)) == 1)
+    (first,) = spares_of(backend)
     made = first.stat().st_ino
     script = "ls -a; echo x > r.txt"
     updates = await run(backend, job("ahead", "sh", "-c", script, outputs=["r.txt"]))
@@ -149,26 +155,35 @@ async def test_a_job_takes_the_directory_its_slot_made_ahead(make_backend: Facto
     assert jd.stat().st_mode & 0o777 == 0o711
     assert (jd / "std.out").read_text() == ".\n..\n"  # a clean work directory
     assert sorted(p.name for p in (jd / "outputs").iterdir()) == ["r.txt", "std.err", "std.out"]
-    await until(lambda: [p.name for p in spares.iterdir()] not in ([], [first.name]))
-    (second,) = spares.iterdir()
+    await until(lambda: spares_of(backend) not in ([], [first]))
+    (second,) = spares_of(backend)
     again = await run(backend, job("ahead", "sh", "-c", script, outputs=["r.txt"]))
     assert again["ahead"][-1].status == S.DONE
     assert jd.stat().st_ino == made and (jd / "std.out").read_text() == ".\n..\n"
-    assert list(spares.iterdir()) == [second]
+    assert spares_of(backend) == [second]
     await within(backend.close())
-    assert list(spares.iterdir()) == []
+    assert list((backend.settings.jobs_dir / ".spares").iterdir()) == []
 
 
-async def test_the_spares_a_dead_process_left_are_removed_at_start(make_backend: Factory) -> None:
+async def test_the_spares_an_ended_process_left_are_removed_at_start(
+    make_backend: Factory,
+) -> None:
+    """Each process keeps its spares in a directory it holds locked: those of a process that
+    ended are removed when a backend starts, a live one's (another worker's) stay."""
     backend = await make_backend(local_slots=1)
     await within(backend.close())
-    spares = backend.settings.jobs_dir / ".spares"
-    dead, live = spares / "999999999-0", spares / "1-0"  # no such pid; init, always there
-    for spare in (dead, live):
-        (spare / "work").mkdir(parents=True)
-    await make_backend(local_slots=1)
-    assert not dead.exists()
-    assert (live / "work").is_dir()  # another worker's, on the same jobs directory
+    root = backend.settings.jobs_dir / ".spares"
+    ended, live = root / "ended", root / "live"
+    for own in (ended, live):
+        (own / "0" / "work").mkdir(parents=True)
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        await make_backend(local_slots=1)
+        assert not ended.exists()
+        assert (live / "0" / "work").is_dir()
+    finally:
+        os.close(held)
 
 
 async def test_exit_code_and_start_failures(make_backend: Factory, tmp_path: Path) -> None:
