@@ -131,9 +131,6 @@ class LocalBackend:
             self._spares = await asyncio.to_thread(Spares, self.settings.jobs_dir)
         except OSError as exc:  # each job makes its own directory (and says why it cannot)
             log.warning("no spare job directories: %s", exc)
-        if self._spares is not None and self._spares.removed:
-            left = len(self._spares.removed)
-            log.info("removed the spare job directories of %d ended runs", left)
         podman = self._starter.podman
         if podman is not None and not podman.rootless:
             self._containers = await asyncio.to_thread(

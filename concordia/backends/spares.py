@@ -53,7 +53,8 @@ class Spares:
         root = jobs_dir / SPARES
         root.mkdir(mode=0o700, exist_ok=True)
         spread_subdirectories(root)
-        self.removed = remove_left(root)
+        if removed := remove_left(root):
+            log.info("removed the spare job directories of %d ended runs", len(removed))
         self.dir = root / uuid.uuid4().hex
         self.dir.mkdir(mode=0o700)
         self._lock: int | None = os.open(self.dir, _DIR_FLAGS)
